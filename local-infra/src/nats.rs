@@ -1,0 +1,212 @@
+//! A private `nats-server` with JetStream on 127.0.0.1:<port>, its store in a given directory.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::binary::find_binary;
+use crate::error::InfraError;
+use crate::nats_probe;
+use crate::process::{self, OwnerExitSignal, spawn_tied_to_process};
+
+const SERVER: &str = "nats-server";
+const LOG_FILE: &str = "nats-server.log";
+/// JetStream recovers its store before answering; allow for a large store.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Where to run the server.
+#[derive(Clone, Debug)]
+pub struct NatsOptions {
+    /// JetStream store directory (`-sd`); created if missing. The log file is written here too.
+    pub store_dir: PathBuf,
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+}
+
+/// A running (or stopped, restartable) private `nats-server -js`. Dropping it kills it.
+#[derive(Debug)]
+pub struct NatsServer {
+    options: NatsOptions,
+    binary: PathBuf,
+    /// Unique server name, checked by the readiness probe so that a foreign server on the port
+    /// is never mistaken for ours.
+    server_name: String,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts the server and waits until it accepts clients and JetStream answers (~30 ms).
+    pub fn start(options: NatsOptions) -> Result<Self, InfraError> {
+        static STARTED: AtomicU64 = AtomicU64::new(0);
+        let binary = find_binary(SERVER)?;
+        std::fs::create_dir_all(&options.store_dir)
+            .map_err(|e| InfraError::io(format!("creating {}", options.store_dir.display()), e))?;
+        let server_name = format!(
+            "jwl-{}-{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed),
+            options.port
+        );
+        let mut server = Self {
+            options,
+            binary,
+            server_name,
+            child: None,
+        };
+        server.launch()?;
+        Ok(server)
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.options.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.options.port
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        &self.options.store_dir
+    }
+
+    /// The server's log file (in the store directory).
+    pub fn log_file(&self) -> PathBuf {
+        self.options.store_dir.join(LOG_FILE)
+    }
+
+    /// Process id of the running server (the postmaster for PostgreSQL), if started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL: the server dies at once, as in a crash. No-op when not running.
+    pub fn kill(&mut self) -> Result<(), InfraError> {
+        self.terminate(libc::SIGKILL)
+    }
+
+    /// SIGTERM, waiting for the server to exit (SIGKILL if it hangs). No-op when not running.
+    pub fn stop(&mut self) -> Result<(), InfraError> {
+        self.terminate(libc::SIGTERM)
+    }
+
+    /// Stops the server (SIGTERM) and starts it again on the same port and store.
+    pub fn restart(&mut self) -> Result<(), InfraError> {
+        self.stop()?;
+        self.launch()
+    }
+
+    /// Starts a stopped or killed server again on the same port and store. No-op when running.
+    pub fn start_again(&mut self) -> Result<(), InfraError> {
+        if self.is_running() {
+            return Ok(());
+        }
+        self.launch()
+    }
+
+    fn terminate(&mut self, signal: libc::c_int) -> Result<(), InfraError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        process::stop_child(&mut child, signal, STOP_TIMEOUT)
+            .map_err(|e| InfraError::io(format!("stopping nats-server (pid {})", child.id()), e))?;
+        Ok(())
+    }
+
+    fn launch(&mut self) -> Result<(), InfraError> {
+        let log_path = self.log_file();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| InfraError::io(format!("opening {}", log_path.display()), e))?;
+        let log_for_stderr = log
+            .try_clone()
+            .map_err(|e| InfraError::io("duplicating the log handle", e))?;
+        let mut command = Command::new(&self.binary);
+        command
+            .args(["-js", "-a", "127.0.0.1", "-p"])
+            .arg(self.options.port.to_string())
+            .arg("-sd")
+            .arg(&self.options.store_dir)
+            .arg("-n")
+            .arg(&self.server_name)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_for_stderr);
+        let child = spawn_tied_to_process(command, OwnerExitSignal::Kill)
+            .map_err(|e| InfraError::io(format!("starting {}", self.binary.display()), e))?;
+        self.child = Some(child);
+        if let Err(error) = self.wait_until_ready(&log_path) {
+            let _ = self.kill();
+            return Err(error);
+        }
+        tracing::debug!(port = self.options.port, store = %self.options.store_dir.display(), "nats-server is ready");
+        Ok(())
+    }
+
+    fn wait_until_ready(&mut self, log_path: &Path) -> Result<(), InfraError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let child = self
+                .child
+                .as_mut()
+                .ok_or_else(|| InfraError::io("nats-server", std::io::Error::other("no child")))?;
+            if let Some(status) = child
+                .try_wait()
+                .map_err(|e| InfraError::io("waiting for nats-server", e))?
+            {
+                let log_tail = process::log_tail(log_path, 30);
+                if log_tail.contains("address already in use") {
+                    return Err(InfraError::PortInUse {
+                        server: SERVER,
+                        port: self.options.port,
+                    });
+                }
+                return Err(InfraError::ExitedDuringStart {
+                    server: SERVER,
+                    status: status.to_string(),
+                    log: log_path.to_owned(),
+                    log_tail,
+                });
+            }
+            let last_problem = match nats_probe::jetstream_ready(
+                self.options.port,
+                &self.server_name,
+                Duration::from_secs(1),
+            ) {
+                Ok(()) => return Ok(()),
+                Err(problem) => problem,
+            };
+            if Instant::now() >= deadline {
+                return Err(InfraError::StartTimeout {
+                    server: SERVER,
+                    timeout: START_TIMEOUT,
+                    last_problem,
+                    log: log_path.to_owned(),
+                    log_tail: process::log_tail(log_path, 30),
+                });
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Err(e) = self.kill() {
+            tracing::warn!(error = %e, "could not kill nats-server");
+        }
+    }
+}

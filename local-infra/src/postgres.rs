@@ -1,0 +1,380 @@
+//! A private PostgreSQL cluster: `initdb` once, then `postgres` on 127.0.0.1:<port> with no
+//! Unix sockets, logging to `postgres.log` in the data directory.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::binary::find_binary;
+use crate::error::InfraError;
+use crate::pg_probe;
+use crate::process::{self, OwnerExitSignal, spawn_tied_to_process};
+use crate::service_user::ServiceUser;
+
+const SERVER: &str = "postgres";
+/// The superuser `initdb` creates; `url()` connects as it (trust authentication on loopback).
+const SUPERUSER: &str = "postgres";
+const LOG_FILE: &str = "postgres.log";
+const INITDB_TIMEOUT: Duration = Duration::from_secs(180);
+/// Generous: after an immediate stop the server replays WAL before it accepts connections.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Durability settings of the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PgTuning {
+    /// PostgreSQL's defaults: every commit is durable (`jwl up`).
+    Durable,
+    /// `fsync`, `synchronous_commit` and `full_page_writes` off and `max_connections` 300: a
+    /// crash of the machine may corrupt the cluster, and even an immediate stop of the server
+    /// loses the last few hundred milliseconds of acknowledged commits. For throw-away data
+    /// that is never subjected to a server crash.
+    FastUnsafe,
+    /// Like `FastUnsafe` but with `synchronous_commit` on: acknowledged commits survive a crash
+    /// of the *server* (immediate stop, SIGKILL) — only a crash of the machine can lose or
+    /// corrupt data. With `fsync` off a commit costs a `write`, not a disk flush, so it is
+    /// nearly as fast. The right choice for tests that inject PostgreSQL crashes (jwl-testkit).
+    FastCrashSafe,
+}
+
+/// How to stop the server (PostgreSQL's shutdown modes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// SIGINT: disconnect clients, write a checkpoint, exit cleanly.
+    Fast,
+    /// SIGQUIT: exit at once; the next start runs crash recovery (like a power cut without data loss
+    /// of committed transactions in `Durable` mode).
+    Immediate,
+}
+
+/// Where and how to run the cluster.
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    /// The cluster's directory; created and `initdb`-ed if it has no `PG_VERSION`, reused otherwise.
+    pub data_dir: PathBuf,
+    /// TCP port on 127.0.0.1.
+    pub port: u16,
+    pub tuning: PgTuning,
+}
+
+/// A running (or stopped, restartable) private PostgreSQL server. Dropping it stops it
+/// (immediate mode, bounded wait, then SIGKILL).
+#[derive(Debug)]
+pub struct PostgresServer {
+    options: PostgresOptions,
+    postgres_binary: PathBuf,
+    run_as: Option<ServiceUser>,
+    child: Option<Child>,
+}
+
+impl PostgresServer {
+    /// Initialises the cluster if needed, starts the server and waits until it accepts
+    /// connections. Blocking (1–5 s for a new cluster, well under a second for an existing one).
+    pub fn start(options: PostgresOptions) -> Result<Self, InfraError> {
+        let initdb = find_binary("initdb")?;
+        let postgres_binary = sibling_postgres(&initdb)?;
+        let run_as = ServiceUser::for_postgres()?;
+        prepare_data_dir(&options.data_dir, run_as.as_ref())?;
+        if let Some(user) = &run_as {
+            // Only matters for binaries under a private directory such as ~/.cache/jwl/tools.
+            user.make_reachable(&postgres_binary)?;
+        }
+        if !options.data_dir.join("PG_VERSION").exists() {
+            run_initdb(&initdb, &options.data_dir, run_as.as_ref())?;
+        }
+        let mut server = Self {
+            options,
+            postgres_binary,
+            run_as,
+            child: None,
+        };
+        server.launch()?;
+        Ok(server)
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/<db>`.
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://{SUPERUSER}@127.0.0.1:{}/{db}",
+            self.options.port
+        )
+    }
+
+    pub fn port(&self) -> u16 {
+        self.options.port
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.options.data_dir
+    }
+
+    /// The server's log file (in the data directory).
+    pub fn log_file(&self) -> PathBuf {
+        self.options.data_dir.join(LOG_FILE)
+    }
+
+    /// Process id of the running server (the postmaster for PostgreSQL), if started.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// Stops the server and waits for it to exit (escalating to SIGKILL if it hangs). No-op when
+    /// it is not running.
+    pub fn stop(&mut self, mode: StopMode) -> Result<(), InfraError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let (signal, grace) = match mode {
+            StopMode::Fast => (libc::SIGINT, Duration::from_secs(60)),
+            StopMode::Immediate => (libc::SIGQUIT, Duration::from_secs(15)),
+        };
+        let stopped = process::stop_child(&mut child, signal, grace)
+            .map_err(|e| InfraError::io(format!("stopping postgres (pid {})", child.id()), e))?;
+        if !stopped {
+            tracing::warn!(pid = child.id(), "postgres did not exit even after SIGKILL");
+        }
+        Ok(())
+    }
+
+    /// Starts the stopped server again on the same directory and port. No-op when running.
+    pub fn start_again(&mut self) -> Result<(), InfraError> {
+        if self.is_running() {
+            return Ok(());
+        }
+        self.launch()
+    }
+
+    fn launch(&mut self) -> Result<(), InfraError> {
+        let data_dir = &self.options.data_dir;
+        let log_path = data_dir.join(LOG_FILE);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| InfraError::io(format!("opening {}", log_path.display()), e))?;
+        let log_for_stderr = log
+            .try_clone()
+            .map_err(|e| InfraError::io("duplicating the log handle", e))?;
+
+        let mut command = Command::new(&self.postgres_binary);
+        command
+            .arg("-D")
+            .arg(data_dir)
+            .arg("-p")
+            .arg(self.options.port.to_string())
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",
+            ])
+            .args(
+                tuning_settings(self.options.tuning)
+                    .iter()
+                    .flat_map(|setting| ["-c", setting]),
+            )
+            .current_dir(data_dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_for_stderr);
+        if let Some(user) = &self.run_as {
+            user.apply(&mut command);
+        }
+        let child = spawn_tied_to_process(command, OwnerExitSignal::Quit).map_err(|e| {
+            InfraError::io(format!("starting {}", self.postgres_binary.display()), e)
+        })?;
+        self.child = Some(child);
+        if let Err(error) = self.wait_until_ready(&log_path) {
+            if let Some(mut child) = self.child.take() {
+                let _ = process::stop_child(&mut child, libc::SIGQUIT, Duration::from_secs(5));
+            }
+            return Err(error);
+        }
+        tracing::debug!(port = self.options.port, data_dir = %self.options.data_dir.display(), "postgres is ready");
+        Ok(())
+    }
+
+    /// Ready = our postmaster wrote "ready" in `postmaster.pid` and answers on the port.
+    fn wait_until_ready(&mut self, log_path: &Path) -> Result<(), InfraError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let child = self
+                .child
+                .as_mut()
+                .ok_or_else(|| InfraError::io("postgres", std::io::Error::other("no child")))?;
+            if let Some(status) = child
+                .try_wait()
+                .map_err(|e| InfraError::io("waiting for postgres", e))?
+            {
+                let log_tail = process::log_tail(log_path, 30);
+                if log_tail.contains("Address already in use") {
+                    return Err(InfraError::PortInUse {
+                        server: SERVER,
+                        port: self.options.port,
+                    });
+                }
+                return Err(InfraError::ExitedDuringStart {
+                    server: SERVER,
+                    status: status.to_string(),
+                    log: log_path.to_owned(),
+                    log_tail,
+                });
+            }
+            let last_problem = match postmaster_status(&self.options.data_dir, child.id()) {
+                Some(status) if status == "ready" => {
+                    match pg_probe::accepts_connections(
+                        self.options.port,
+                        SUPERUSER,
+                        Duration::from_secs(2),
+                    ) {
+                        Ok(()) => return Ok(()),
+                        Err(problem) => problem,
+                    }
+                }
+                Some(status) => format!("postmaster status {status:?}"),
+                None => "postmaster.pid not written yet".to_owned(),
+            };
+            if Instant::now() >= deadline {
+                return Err(InfraError::StartTimeout {
+                    server: SERVER,
+                    timeout: START_TIMEOUT,
+                    last_problem,
+                    log: log_path.to_owned(),
+                    log_tail: process::log_tail(log_path, 30),
+                });
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take()
+            && let Err(e) = process::stop_child(&mut child, libc::SIGQUIT, Duration::from_secs(5))
+        {
+            tracing::warn!(error = %e, "could not stop postgres");
+        }
+    }
+}
+
+fn tuning_settings(tuning: PgTuning) -> &'static [&'static str] {
+    match tuning {
+        PgTuning::Durable => &[],
+        PgTuning::FastUnsafe => &[
+            "fsync=off",
+            "synchronous_commit=off",
+            "full_page_writes=off",
+            "max_connections=300",
+        ],
+        PgTuning::FastCrashSafe => &["fsync=off", "full_page_writes=off", "max_connections=300"],
+    }
+}
+
+/// The `postgres` next to `initdb` (same installation and version), else any on the search path.
+fn sibling_postgres(initdb: &Path) -> Result<PathBuf, InfraError> {
+    let resolved = std::fs::canonicalize(initdb).unwrap_or_else(|_| initdb.to_owned());
+    match resolved.parent().map(|dir| dir.join("postgres")) {
+        Some(candidate) if candidate.is_file() => Ok(candidate),
+        _ => find_binary("postgres"),
+    }
+}
+
+/// Creates the data directory (mode 0700) and, when running as root, hands it to the service user.
+fn prepare_data_dir(data_dir: &Path, run_as: Option<&ServiceUser>) -> Result<(), InfraError> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| InfraError::io(format!("creating {}", data_dir.display()), e))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| InfraError::io(format!("chmod 0700 {}", data_dir.display()), e))?;
+    if let Some(user) = run_as {
+        use std::os::unix::fs::MetadataExt;
+        let owner = data_dir
+            .metadata()
+            .map_err(|e| InfraError::io(format!("stat {}", data_dir.display()), e))?
+            .uid();
+        if owner != user.uid {
+            // A cluster created by another account (or a fresh directory): hand all of it over.
+            user.chown(data_dir, true)?;
+        }
+        user.make_reachable(data_dir)?;
+    }
+    Ok(())
+}
+
+fn run_initdb(
+    initdb: &Path,
+    data_dir: &Path,
+    run_as: Option<&ServiceUser>,
+) -> Result<(), InfraError> {
+    let mut output =
+        tempfile::tempfile().map_err(|e| InfraError::io("creating a file for initdb output", e))?;
+    let output_for_stderr = output
+        .try_clone()
+        .map_err(|e| InfraError::io("duplicating a file handle", e))?;
+    let mut command = Command::new(initdb);
+    command
+        .arg("-D")
+        .arg(data_dir)
+        .args([
+            "-A",
+            "trust",
+            "-U",
+            SUPERUSER,
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ])
+        .current_dir(data_dir)
+        .stdin(Stdio::null())
+        .stdout(
+            output
+                .try_clone()
+                .map_err(|e| InfraError::io("duplicating a file handle", e))?,
+        )
+        .stderr(output_for_stderr);
+    if let Some(user) = run_as {
+        user.apply(&mut command);
+    }
+    let mut child = spawn_tied_to_process(command, OwnerExitSignal::Kill)
+        .map_err(|e| InfraError::io(format!("starting {}", initdb.display()), e))?;
+    let status = match process::wait_for_exit(&mut child, INITDB_TIMEOUT)
+        .map_err(|e| InfraError::io("waiting for initdb", e))?
+    {
+        Some(status) if status.success() => return Ok(()),
+        Some(status) => status.to_string(),
+        None => {
+            let _ = process::stop_child(&mut child, libc::SIGKILL, Duration::from_secs(5));
+            format!("timed out after {INITDB_TIMEOUT:?}")
+        }
+    };
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    let _ = output
+        .seek(std::io::SeekFrom::Start(0))
+        .and_then(|_| output.read_to_string(&mut text));
+    Err(InfraError::InitDb {
+        data_dir: data_dir.to_owned(),
+        status,
+        output: text,
+    })
+}
+
+/// Line 1 (pid) and line 8 (status) of `postmaster.pid`, if it belongs to `pid`.
+fn postmaster_status(data_dir: &Path, pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let mut lines = text.lines();
+    if lines.next()?.trim().parse::<u32>().ok()? != pid {
+        return None;
+    }
+    Some(lines.nth(6)?.trim().to_owned())
+}

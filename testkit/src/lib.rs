@@ -1,0 +1,36 @@
+//! Test harness for Jiangwanli: real PostgreSQL and real `nats-server`, private to the test
+//! process, plus [`eventually`] for waiting on a condition instead of sleeping.
+//!
+//! * [`database()`] — a fresh, empty database with a random name. All databases of one test
+//!   process live in ONE private PostgreSQL cluster, started lazily on first use in a temporary
+//!   directory and stopped and removed when the process exits; or in the server named by
+//!   `JWL_TEST_DATABASE_URL` (a server URL such as `postgres://postgres@127.0.0.1:5999/postgres`)
+//!   when that is set — `scripts/test` sets it so that the whole suite shares one cluster.
+//!   Private clusters use `PgTuning::FastCrashSafe`: no fsync, yet acknowledged commits survive
+//!   a crash of the server.
+//! * [`nats()`] — a private `nats-server -js` per call (free port, temporary store), killed and
+//!   removed on drop; it can be restarted, killed and started again for fault injection.
+//! * [`cluster()`] / [`TestCluster::start`] — PostgreSQL fault injection (stop, start again).
+//!
+//! Child processes are spawned by `jwl-local-infra` on its dedicated launcher thread, so they
+//! are tied to the test *process*, not to the test thread that happened to start them (the
+//! kernel's parent-death signal follows the spawning thread). A test binary that is killed
+//! takes its servers with it; its temporary directories are swept by the next test process.
+//!
+//! Every `#[tokio::test]` has its own runtime: connection pools and clients are per test, only
+//! the server processes are shared.
+
+mod cluster;
+mod database;
+mod eventually;
+mod nats;
+mod scratch;
+
+pub use cluster::{TestCluster, cluster};
+pub use database::{TestDatabase, database};
+pub use eventually::{PollOutcome, eventually};
+pub use jwl_local_infra::StopMode;
+pub use nats::{TestNats, nats};
+
+/// Environment variable naming an existing PostgreSQL server to create test databases in.
+pub const TEST_DATABASE_URL_ENV: &str = "JWL_TEST_DATABASE_URL";

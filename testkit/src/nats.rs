@@ -1,0 +1,121 @@
+//! A private `nats-server -js` per test, with fault injection (kill, restart).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use jwl_local_infra::{InfraError, NatsOptions, NatsServer, free_port};
+use tempfile::TempDir;
+
+use crate::scratch;
+
+const START_ATTEMPTS: usize = 5;
+
+/// A private `nats-server` with JetStream on a free port and a temporary store. Dropping it
+/// kills the server and removes the store. Methods take `&self`, so a test can share it (e.g.
+/// in an `Arc`) between the code under test and the fault injector.
+#[derive(Debug)]
+pub struct TestNats {
+    // Field order matters: the server dies before its store is removed.
+    server: Arc<Mutex<NatsServer>>,
+    url: String,
+    port: u16,
+    log_file: PathBuf,
+    dir: TempDir,
+}
+
+/// Starts a private `nats-server -js` for the calling test.
+pub async fn nats() -> anyhow::Result<TestNats> {
+    tokio::task::spawn_blocking(start_blocking)
+        .await
+        .context("nats-server start task failed")?
+}
+
+fn start_blocking() -> anyhow::Result<TestNats> {
+    let dir = scratch::new_dir("nats")?;
+    let store_dir = dir.path().join("store");
+    let mut attempt = 0;
+    let server = loop {
+        attempt += 1;
+        match NatsServer::start(NatsOptions {
+            store_dir: store_dir.clone(),
+            port: free_port()?,
+        }) {
+            Ok(server) => break server,
+            Err(InfraError::PortInUse { .. }) if attempt < START_ATTEMPTS => continue,
+            Err(error) => return Err(error).context("starting a private nats-server for a test"),
+        }
+    };
+    let (url, port, log_file) = (server.url(), server.port(), server.log_file());
+    Ok(TestNats {
+        server: Arc::new(Mutex::new(server)),
+        url,
+        port,
+        log_file,
+        dir,
+    })
+}
+
+impl TestNats {
+    /// `nats://127.0.0.1:PORT` (unchanged by restarts).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory.
+    pub fn store_dir(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    /// The server's log file, for diagnosing a failing test.
+    pub fn log_file(&self) -> &Path {
+        &self.log_file
+    }
+
+    /// Stops the server (SIGTERM) and starts it again on the same port and store; returns once
+    /// JetStream answers. Streams and durable consumers survive.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        self.blocking(NatsServer::restart).await
+    }
+
+    /// SIGKILLs the server (a crash). Bring it back with [`start_again`](Self::start_again).
+    pub async fn kill(&self) -> anyhow::Result<()> {
+        self.blocking(NatsServer::kill).await
+    }
+
+    /// Stops the server gracefully (SIGTERM).
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        self.blocking(NatsServer::stop).await
+    }
+
+    /// Starts a killed or stopped server again on the same port and store. No-op when running.
+    pub async fn start_again(&self) -> anyhow::Result<()> {
+        self.blocking(NatsServer::start_again).await
+    }
+
+    pub async fn is_running(&self) -> bool {
+        self.blocking(|server| Ok::<_, InfraError>(server.is_running()))
+            .await
+            .unwrap_or(false)
+    }
+
+    async fn blocking<T, F>(&self, operation: F) -> anyhow::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut NatsServer) -> Result<T, InfraError> + Send + 'static,
+    {
+        let server = Arc::clone(&self.server);
+        let result = tokio::task::spawn_blocking(move || {
+            let mut server = server
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            operation(&mut server)
+        })
+        .await;
+        Ok(result.context("nats-server task failed")??)
+    }
+}
