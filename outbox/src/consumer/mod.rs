@@ -1,0 +1,228 @@
+//! The consumer loop of one (service, event type): pull continuously from the durable consumer,
+//! batch what is ready, hand batches to [`batch`], and survive broker and database outages.
+
+mod batch;
+mod dead_letter;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use futures::{FutureExt, StreamExt};
+use jwl_events::{EventType, Service};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::Handler;
+use crate::metrics::ConsumerMetrics;
+use crate::naming::durable_name;
+use crate::settings::MessagingSettings;
+use crate::transport::{Broker, ConsumerSpec, Deliveries, Delivery, TransportError};
+use batch::BatchResult;
+
+/// One durable consumer's loop.
+pub(crate) struct ConsumerLoop {
+    service: Service,
+    event_type: EventType,
+    /// Durable name, also the inbox consumer name.
+    consumer: String,
+    pool: PgPool,
+    broker: Arc<dyn Broker>,
+    handler: Arc<dyn Handler>,
+    settings: Arc<MessagingSettings>,
+    metrics: ConsumerMetrics,
+}
+
+/// Why the loop stopped reading a subscription.
+enum Interrupted {
+    Shutdown,
+    Broker(TransportError),
+    Database,
+}
+
+impl ConsumerLoop {
+    pub fn new(
+        service: Service,
+        event_type: EventType,
+        pool: PgPool,
+        broker: Arc<dyn Broker>,
+        handler: Arc<dyn Handler>,
+        settings: Arc<MessagingSettings>,
+    ) -> Self {
+        let consumer = durable_name(service, event_type);
+        let metrics = ConsumerMetrics::new(&consumer, event_type.as_str());
+        Self {
+            service,
+            event_type,
+            consumer,
+            pool,
+            broker,
+            handler,
+            settings,
+            metrics,
+        }
+    }
+
+    /// Consumes until `shutdown`; transient broker and database errors are logged and waited
+    /// out, never returned.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let spec = ConsumerSpec {
+            stream: self.settings.events_stream.clone(),
+            durable_name: self.consumer.clone(),
+            filter_subject: jwl_events::type_filter(self.event_type),
+            ack_wait: self.settings.ack_wait,
+            max_ack_pending: self.settings.max_ack_pending,
+            prefetch: self.settings.consumer_batch_size,
+        };
+        let mut backoff = reconnect_backoff();
+        while !shutdown.is_cancelled() {
+            let interrupted = match self.broker.subscribe(&spec).await {
+                Ok(deliveries) => {
+                    tracing::info!(consumer = %self.consumer, "consuming");
+                    self.consume(deliveries, &shutdown, &mut backoff).await
+                }
+                Err(error) => Interrupted::Broker(error),
+            };
+            match interrupted {
+                Interrupted::Shutdown => break,
+                Interrupted::Broker(error) => {
+                    let delay = backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
+                    tracing::warn!(consumer = %self.consumer, %error, ?delay,
+                        "broker subscription interrupted; re-subscribing");
+                    sleep_or_shutdown(delay, &shutdown).await;
+                }
+                Interrupted::Database => self.wait_for_database(&shutdown).await,
+            }
+        }
+        tracing::info!(consumer = %self.consumer, "consumer stopped");
+    }
+
+    /// Reads batches until shutdown or an interruption.
+    ///
+    /// After a batch whose transaction the database refused (e.g. at commit), the next that many
+    /// messages are handled one per transaction, so the one at fault fails alone and the others
+    /// are not pushed towards `max_attempts` with it.
+    async fn consume(
+        &self,
+        mut deliveries: Deliveries,
+        shutdown: &CancellationToken,
+        backoff: &mut ExponentialBackoff,
+    ) -> Interrupted {
+        let mut handle_alone = 0usize;
+        loop {
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.nak_prefetched(&mut deliveries, Duration::ZERO).await;
+                    return Interrupted::Shutdown;
+                }
+                next = deliveries.next() => next,
+            };
+            let first = match first {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => return Interrupted::Broker(error),
+                None => return Interrupted::Broker(subscription_ended()),
+            };
+            let limit = if handle_alone > 0 {
+                1
+            } else {
+                self.settings.consumer_batch_size
+            };
+            let (batch, broken) = self.take_ready(first, &mut deliveries, limit);
+            let size = batch.len();
+            match self.handle_batch(batch).await {
+                BatchResult::Committed => handle_alone = handle_alone.saturating_sub(size),
+                BatchResult::Failed {
+                    database_down: true,
+                } => {
+                    let delay = self.settings.batch_failure_nak_delay;
+                    self.nak_prefetched(&mut deliveries, delay).await;
+                    return Interrupted::Database;
+                }
+                BatchResult::Failed {
+                    database_down: false,
+                } if size > 1 => handle_alone = size,
+                BatchResult::Failed {
+                    database_down: false,
+                } => handle_alone = handle_alone.saturating_sub(1),
+            }
+            *backoff = reconnect_backoff();
+            if let Some(error) = broken {
+                return Interrupted::Broker(error);
+            }
+        }
+    }
+
+    /// `first`, plus whatever else is ready right now, up to `limit`. Also returns the error if
+    /// the subscription broke while taking.
+    fn take_ready(
+        &self,
+        first: Box<dyn Delivery>,
+        deliveries: &mut Deliveries,
+        limit: usize,
+    ) -> (Vec<Box<dyn Delivery>>, Option<TransportError>) {
+        let mut batch = Vec::with_capacity(limit);
+        batch.push(first);
+        while batch.len() < limit {
+            match deliveries.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(delivery),
+                Some(Some(Err(error))) => return (batch, Some(error)),
+                Some(None) => return (batch, Some(subscription_ended())),
+                None => break,
+            }
+        }
+        (batch, None)
+    }
+
+    /// Hands back messages already received but not handled (redelivered after `delay`), so
+    /// another replica, or this one later, gets them without waiting for `ack_wait`.
+    async fn nak_prefetched(&self, deliveries: &mut Deliveries, delay: Duration) {
+        let mut prefetched = Vec::new();
+        while let Some(Some(Ok(delivery))) = deliveries.next().now_or_never() {
+            prefetched.push(delivery);
+        }
+        futures::future::join_all(
+            prefetched
+                .iter()
+                .map(|delivery| self.nak(delivery.as_ref(), delay)),
+        )
+        .await;
+    }
+
+    /// Waits until the database answers again (or shutdown).
+    async fn wait_for_database(&self, shutdown: &CancellationToken) {
+        let mut backoff = reconnect_backoff();
+        while !shutdown.is_cancelled() {
+            let delay = backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
+            sleep_or_shutdown(delay, shutdown).await;
+            match sqlx::query("SELECT 1").execute(&self.pool).await {
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(consumer = %self.consumer, %error, "database still unavailable")
+                }
+            }
+        }
+    }
+}
+
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+fn reconnect_backoff() -> ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(MAX_RECONNECT_DELAY)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+fn subscription_ended() -> TransportError {
+    TransportError::Receive("the subscription ended".into())
+}
+
+async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(delay) => {}
+    }
+}

@@ -1,0 +1,39 @@
+//! Writing an event to the outbox inside the caller's transaction ([`enqueue`]).
+
+use jwl_events::{Envelope, HeaderStyle};
+use sqlx::PgConnection;
+use sqlx::types::Json;
+
+use crate::error::OutboxError;
+
+/// Prefix of the `LISTEN/NOTIFY` channel the relay of a schema listens on.
+const CHANNEL_PREFIX: &str = "jwl_outbox.";
+
+/// The notification channel of the relay for `schema`: `jwl_outbox.<schema>`.
+pub fn notify_channel(schema: &str) -> String {
+    format!("{CHANNEL_PREFIX}{schema}")
+}
+
+/// Encodes `env` (CloudEvents binary mode, NATS headers), inserts it into the outbox of the
+/// connection's current schema and notifies that schema's relay. Call it inside the transaction
+/// that makes the state change the event reports: the notification is delivered on commit.
+pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), OutboxError> {
+    let wire = jwl_events::encode(env, HeaderStyle::Nats);
+    // one round trip: insert, then notify from the same statement
+    sqlx::query(
+        "WITH inserted AS (
+             INSERT INTO outbox (event_id, subject, headers, payload)
+             VALUES ($1, $2, $3, $4)
+             RETURNING 1
+         )
+         SELECT pg_notify($5 || current_schema(), '') FROM inserted",
+    )
+    .bind(env.id.0)
+    .bind(&wire.subject)
+    .bind(Json(&wire.headers))
+    .bind(&wire.payload)
+    .bind(CHANNEL_PREFIX)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! What a service implements to consume events ([`Handler`]) and what it gets while handling one
+//! ([`HandlerContext`], [`HandlerError`]).
+
+use async_trait::async_trait;
+use jwl_events::{Envelope, EventData, EventType, Service};
+use sqlx::PgConnection;
+
+use crate::enqueue::enqueue;
+
+/// A boxed error for [`HandlerError::Transient`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A service's event handler. It knows nothing of the broker: it gets the decoded event and a
+/// database connection inside the batch transaction, under this message's savepoint.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Event types this handler consumes; one durable consumer per type.
+    fn subscriptions(&self) -> &'static [EventType];
+
+    /// Handles one event. Everything done through `ctx` commits together with the inbox row, or
+    /// not at all. Events emitted with [`HandlerContext::emit`] are published after commit.
+    async fn handle(
+        &self,
+        ctx: &mut HandlerContext<'_>,
+        event: &Envelope,
+    ) -> Result<(), HandlerError>;
+}
+
+/// Why a handler did not handle an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying (database hiccup, a dependency briefly down): the message is redelivered
+    /// with backoff, and dead-lettered once it reaches `max_attempts`.
+    #[error("transient: {0}")]
+    Transient(BoxError),
+    /// Retrying cannot help (the event contradicts the handler's state): dead-lettered at once.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl HandlerError {
+    /// A transient error from anything that can be an error.
+    pub fn transient(error: impl Into<BoxError>) -> Self {
+        Self::Transient(error.into())
+    }
+
+    /// A permanent error with this reason.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self::Permanent(reason.into())
+    }
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Transient(Box::new(error))
+    }
+}
+
+/// Handed to [`Handler::handle`] for one event.
+pub struct HandlerContext<'a> {
+    conn: &'a mut PgConnection,
+    service: Service,
+    incoming: &'a Envelope,
+    attempt: u32,
+    emitted: Vec<Envelope>,
+}
+
+impl<'a> HandlerContext<'a> {
+    pub(crate) fn new(
+        conn: &'a mut PgConnection,
+        service: Service,
+        incoming: &'a Envelope,
+        attempt: u32,
+    ) -> Self {
+        Self {
+            conn,
+            service,
+            incoming,
+            attempt,
+            emitted: Vec::new(),
+        }
+    }
+
+    /// The connection inside the batch transaction, under this message's savepoint.
+    pub fn db(&mut self) -> &mut PgConnection {
+        self.conn
+    }
+
+    /// Enqueues a new event of this service, caused by the incoming one. It is published only if
+    /// the handler succeeds and the batch commits.
+    pub async fn emit(&mut self, data: impl Into<EventData>) -> Result<(), HandlerError> {
+        let env = Envelope::new(self.service, data.into()).caused_by(self.incoming);
+        enqueue(self.conn, &env)
+            .await
+            .map_err(HandlerError::transient)?;
+        self.emitted.push(env);
+        Ok(())
+    }
+
+    /// Which delivery this is: 1 for the first.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The service this handler runs in.
+    pub fn service(&self) -> Service {
+        self.service
+    }
+
+    pub(crate) fn into_emitted(self) -> Vec<Envelope> {
+        self.emitted
+    }
+}

@@ -1,0 +1,120 @@
+//! The inbox path shared by the consumer loop and [`process_one`]: under a savepoint, record
+//! `(consumer, event_id)` in the inbox, skip duplicates, run the handler, keep or undo its work.
+
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+use jwl_events::{Envelope, Service};
+use sqlx::{Acquire, PgConnection, PgPool};
+
+use crate::error::OutboxError;
+use crate::handler::{Handler, HandlerContext, HandlerError};
+
+/// Result of [`process_one`].
+#[derive(Debug)]
+pub enum Processed {
+    /// The handler ran and its work committed; these events were enqueued.
+    Handled { emitted: Vec<Envelope> },
+    /// The inbox already had this event for this consumer; the handler did not run.
+    Duplicate,
+}
+
+/// Who handles an event: the service, its consumer (inbox) name and the handler.
+pub(crate) struct HandlingTarget<'h> {
+    pub service: Service,
+    pub consumer: &'h str,
+    pub handler: &'h dyn Handler,
+}
+
+/// What happened to one event under its savepoint.
+pub(crate) enum SavepointOutcome {
+    Handled {
+        emitted: Vec<Envelope>,
+    },
+    Duplicate,
+    /// The handler failed; its work (and the inbox row) were rolled back to the savepoint.
+    Failed(HandlerError),
+}
+
+/// Runs one event under a savepoint of the transaction open on `conn`.
+///
+/// `Err` means the transaction itself can no longer be trusted (the framework's own SQL failed,
+/// e.g. the connection dropped): the caller must roll the whole transaction back.
+pub(crate) async fn handle_in_savepoint(
+    conn: &mut PgConnection,
+    target: &HandlingTarget<'_>,
+    event: &Envelope,
+    attempt: u32,
+) -> Result<SavepointOutcome, sqlx::Error> {
+    let mut savepoint = conn.begin().await?;
+    let inserted = sqlx::query(
+        "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(target.consumer)
+    .bind(event.id.0)
+    .execute(&mut *savepoint)
+    .await?
+    .rows_affected()
+        == 1;
+    if !inserted {
+        savepoint.rollback().await?;
+        return Ok(SavepointOutcome::Duplicate);
+    }
+
+    let mut ctx = HandlerContext::new(&mut savepoint, target.service, event, attempt);
+    let result = AssertUnwindSafe(target.handler.handle(&mut ctx, event))
+        .catch_unwind()
+        .await;
+    let emitted = ctx.into_emitted();
+    let failure = match result {
+        Ok(Ok(())) => match savepoint.commit().await {
+            Ok(()) => return Ok(SavepointOutcome::Handled { emitted }),
+            // The handler reported success over an aborted transaction (it swallowed an SQL
+            // error). The failed RELEASE leaves the savepoint open; dropping it rolls it back.
+            Err(sqlx::Error::Database(error)) => {
+                return Ok(SavepointOutcome::Failed(HandlerError::transient(format!(
+                    "handler returned Ok but its transaction was aborted: {error}"
+                ))));
+            }
+            Err(other) => return Err(other),
+        },
+        Ok(Err(error)) => error,
+        Err(panic) => HandlerError::transient(format!("handler panicked: {}", panic_text(&panic))),
+    };
+    savepoint.rollback().await?;
+    Ok(SavepointOutcome::Failed(failure))
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic payload")
+}
+
+/// Handles `event` exactly as the consumer loop would (inbox, handler, outbox, in one
+/// transaction), without a broker, as `consumer`. For handler tests against a real database and
+/// for replay tools. A handler failure is returned as [`OutboxError::Handler`] and nothing is
+/// committed.
+pub async fn process_one(
+    pool: &PgPool,
+    service: Service,
+    handler: &dyn Handler,
+    consumer: &str,
+    event: &Envelope,
+) -> Result<Processed, OutboxError> {
+    let target = HandlingTarget {
+        service,
+        consumer,
+        handler,
+    };
+    let mut tx = pool.begin().await?;
+    let processed = match handle_in_savepoint(&mut tx, &target, event, 1).await? {
+        SavepointOutcome::Handled { emitted } => Processed::Handled { emitted },
+        SavepointOutcome::Duplicate => Processed::Duplicate,
+        SavepointOutcome::Failed(error) => return Err(OutboxError::Handler(error)),
+    };
+    tx.commit().await?;
+    Ok(processed)
+}

@@ -1,0 +1,35 @@
+//! `jwl-outbox`: reliable messaging for Jiangwanli services.
+//!
+//! - [`migrate`] creates the `outbox` and `inbox` tables in the pool's schema;
+//! - [`enqueue`] writes an event to the outbox inside the caller's transaction;
+//! - the relay publishes outbox rows to the broker in order (one active relay per schema);
+//! - the consumer loop feeds events to a [`Handler`], deduplicated by the inbox, in batches of
+//!   one transaction with a savepoint per message, with retries and dead letters;
+//! - [`process_one`] runs the exact inbox + handler + outbox path without a broker;
+//! - [`transport`] holds the broker traits and their JetStream implementation.
+//!
+//! [`Messaging`] ties these together for a service process.
+
+mod consumer;
+mod enqueue;
+mod error;
+mod handler;
+mod inbox;
+mod messaging;
+mod metrics;
+mod naming;
+pub mod relay;
+mod schema;
+mod settings;
+pub mod transport;
+
+pub use enqueue::{enqueue, notify_channel};
+pub use error::OutboxError;
+pub use handler::{BoxError, Handler, HandlerContext, HandlerError};
+pub use inbox::{Processed, process_one};
+pub use messaging::Messaging;
+pub use naming::durable_name;
+pub use schema::migrate;
+pub use settings::MessagingSettings;
+pub use transport::TransportError;
+pub use transport::nats::JetStreamBroker;

@@ -1,0 +1,184 @@
+//! The outbox relay: exactly one active relay per schema publishes pending outbox rows in `seq`
+//! order, in batches, and marks them published; the others stand by for the lease.
+//!
+//! A failed publish is retried from the oldest pending row after a backoff (so order is kept
+//! through broker outages); a row the broker rejects for good is parked. The active relay also
+//! deletes published outbox rows and handled inbox rows past their retention.
+
+mod lease;
+pub mod steps;
+mod wakeup;
+
+use std::sync::Arc;
+
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
+use jwl_events::Service;
+use sqlx::PgPool;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::OutboxError;
+use crate::metrics::RelayMetrics;
+use crate::settings::MessagingSettings;
+use crate::transport::Publisher;
+use lease::RelayLease;
+use wakeup::Wakeup;
+
+pub use steps::{OutboxBatch, PublishOutcome, claim_pending, mark, publish};
+
+/// Publishes a schema's outbox (the schema of the pool's `search_path`).
+pub struct Relay {
+    pool: PgPool,
+    publisher: Arc<dyn Publisher>,
+    settings: Arc<MessagingSettings>,
+    metrics: RelayMetrics,
+}
+
+impl Relay {
+    pub fn new(
+        service: Service,
+        pool: PgPool,
+        publisher: Arc<dyn Publisher>,
+        settings: Arc<MessagingSettings>,
+    ) -> Self {
+        Self {
+            pool,
+            publisher,
+            settings,
+            metrics: RelayMetrics::new(service.as_str()),
+        }
+    }
+
+    /// Stands by until it holds the schema's lease, then publishes until `shutdown` or until
+    /// the lease connection fails (then stands by again). Returns only at shutdown.
+    pub async fn run(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match RelayLease::try_acquire(&self.pool).await {
+                Ok(Some(lease)) => {
+                    tracing::info!(schema = lease.schema(), "relay is active");
+                    if let Err(error) = self.lead(lease, &shutdown).await {
+                        tracing::warn!(%error, "relay stopped publishing; standing by");
+                    }
+                }
+                Ok(None) => tracing::debug!("another relay is active; standing by"),
+                Err(error) => tracing::warn!(%error, "relay cannot reach the database"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(self.settings.relay_standby_retry) => {}
+            }
+        }
+    }
+
+    /// Publishes while holding `lease`.
+    async fn lead(
+        &self,
+        mut lease: RelayLease,
+        shutdown: &CancellationToken,
+    ) -> Result<(), OutboxError> {
+        let settings = &*self.settings;
+        let mut wakeup = Wakeup::new(
+            self.pool.clone(),
+            lease.schema(),
+            settings.relay_poll_interval,
+        );
+        let mut retry: Option<ExponentialBackoff> = None;
+        let mut next_housekeeping = Instant::now();
+        loop {
+            if shutdown.is_cancelled() {
+                lease.release().await;
+                return Ok(());
+            }
+            if Instant::now() >= next_housekeeping {
+                self.housekeeping(&mut lease).await?;
+                wakeup.ensure_listening().await;
+                next_housekeeping = Instant::now() + settings.housekeeping_interval;
+            }
+
+            let batch = claim_pending(lease.conn(), settings.relay_batch_size).await?;
+            if batch.is_empty() {
+                self.metrics.pending.set(0.0);
+                wakeup.wait(shutdown).await;
+                continue;
+            }
+            self.metrics.batch_size.record(batch.len() as f64);
+            let outcome = publish(&*self.publisher, &batch).await;
+            mark(lease.conn(), &outcome).await?;
+            self.record(&outcome);
+
+            let full = batch.len() >= settings.relay_batch_size;
+            if full {
+                self.metrics
+                    .pending
+                    .set(steps::count_pending(lease.conn()).await? as f64);
+            } else {
+                self.metrics.pending.set(outcome.failed.len() as f64);
+            }
+            if outcome.failed.is_empty() {
+                retry = None;
+                if !full {
+                    wakeup.wait(shutdown).await;
+                }
+            } else {
+                let delay = retry
+                    .get_or_insert_with(|| self.retry_backoff())
+                    .next()
+                    .unwrap_or(settings.relay_retry_max_delay);
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+
+    fn record(&self, outcome: &PublishOutcome) {
+        self.metrics
+            .published
+            .increment(outcome.published.len() as u64);
+        if outcome.failed.is_empty() {
+            return;
+        }
+        self.metrics
+            .publish_failures
+            .increment(outcome.failed.len() as u64);
+        for (seq, error) in &outcome.failed {
+            if error.is_permanent() {
+                self.metrics.parked.increment(1);
+                tracing::error!(seq, %error, "outbox row rejected by the broker; parked");
+            } else {
+                tracing::warn!(seq, %error, "outbox row not published; will retry");
+            }
+        }
+    }
+
+    fn retry_backoff(&self) -> ExponentialBackoff {
+        ExponentialBuilder::default()
+            .with_min_delay(self.settings.relay_retry_min_delay)
+            .with_max_delay(self.settings.relay_retry_max_delay)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// Deletes rows past retention, a bounded number of chunks per run.
+    async fn housekeeping(&self, lease: &mut RelayLease) -> Result<(), OutboxError> {
+        const MAX_CHUNKS: usize = 20;
+        let settings = &*self.settings;
+        for _ in 0..MAX_CHUNKS {
+            if !steps::chunk_was_full(
+                steps::delete_published(lease.conn(), settings.outbox_retention).await?,
+            ) {
+                break;
+            }
+        }
+        for _ in 0..MAX_CHUNKS {
+            if !steps::chunk_was_full(
+                steps::delete_handled(lease.conn(), settings.inbox_retention).await?,
+            ) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,69 @@
+//! Waking the relay: `LISTEN` on the schema's outbox channel, with a poll as fallback.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::enqueue::notify_channel;
+
+/// Waits for an outbox notification, the poll interval, or shutdown, whichever comes first.
+pub(crate) struct Wakeup {
+    pool: PgPool,
+    channel: String,
+    listener: Option<PgListener>,
+    poll_interval: Duration,
+}
+
+impl Wakeup {
+    pub fn new(pool: PgPool, schema: &str, poll_interval: Duration) -> Self {
+        Self {
+            pool,
+            channel: notify_channel(schema),
+            listener: None,
+            poll_interval,
+        }
+    }
+
+    /// (Re)starts listening if not listening; on failure the relay just polls.
+    pub async fn ensure_listening(&mut self) {
+        if self.listener.is_some() {
+            return;
+        }
+        match self.listen().await {
+            Ok(listener) => self.listener = Some(listener),
+            Err(error) => tracing::warn!(%error, "relay cannot LISTEN; polling the outbox"),
+        }
+    }
+
+    async fn listen(&self) -> Result<PgListener, sqlx::Error> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(&self.channel).await?;
+        Ok(listener)
+    }
+
+    /// Returns when a notification arrives (buffered ones count), after the poll interval, or at
+    /// shutdown.
+    pub async fn wait(&mut self, shutdown: &CancellationToken) {
+        let Some(listener) = self.listener.as_mut() else {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(self.poll_interval) => {}
+            }
+            return;
+        };
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            received = tokio::time::timeout(self.poll_interval, listener.recv()) => received,
+        };
+        match received {
+            Ok(Ok(_)) => while listener.next_buffered().is_some() {},
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "relay LISTEN connection failed; polling until it is back");
+                self.listener = None;
+            }
+            Err(_poll_interval_elapsed) => {}
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Tunables of streams, consumers and the relay ([`MessagingSettings`]).
+
+use std::time::Duration;
+
+use crate::error::OutboxError;
+
+/// Everything that can be tuned about reliable messaging. `Default` holds production values;
+/// tests shorten the timings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessagingSettings {
+    /// Stream holding all events (`jwl.evt.>`).
+    pub events_stream: String,
+    /// Stream holding dead letters (`jwl.dlq.>`).
+    pub dlq_stream: String,
+    /// How long the events stream keeps a message.
+    pub events_max_age: Duration,
+    /// How long the dead-letter stream keeps a message.
+    pub dlq_max_age: Duration,
+    /// Broker-side deduplication window on `Nats-Msg-Id` (both streams).
+    pub duplicate_window: Duration,
+
+    /// Most messages handled in one consumer transaction.
+    pub consumer_batch_size: usize,
+    /// Unacknowledged messages the broker lets one durable consumer have at once.
+    pub max_ack_pending: u32,
+    /// How long the broker waits for an ack before redelivering.
+    pub ack_wait: Duration,
+    /// Delivery attempts before a transiently failing message is dead-lettered.
+    pub max_attempts: u32,
+    /// Redelivery delay after a transient failure, indexed by attempt (1 = first delivery); the
+    /// last entry repeats. A little jitter is added.
+    pub nak_backoff: Vec<Duration>,
+    /// Redelivery delay for a whole batch whose transaction could not be committed.
+    pub batch_failure_nak_delay: Duration,
+
+    /// Most outbox rows published per relay round.
+    pub relay_batch_size: usize,
+    /// Fallback poll of the outbox when no notification arrives.
+    pub relay_poll_interval: Duration,
+    /// How often a standby relay retries to become the active one.
+    pub relay_standby_retry: Duration,
+    /// Relay retry backoff after a failed publish: first and largest delay.
+    pub relay_retry_min_delay: Duration,
+    pub relay_retry_max_delay: Duration,
+    /// How often the active relay deletes old published outbox rows and old inbox rows.
+    pub housekeeping_interval: Duration,
+    /// Published outbox rows older than this are deleted.
+    pub outbox_retention: Duration,
+    /// Inbox rows older than this are deleted (keep it above `events_max_age`).
+    pub inbox_retention: Duration,
+}
+
+impl Default for MessagingSettings {
+    fn default() -> Self {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        Self {
+            events_stream: "JWL_EVENTS".to_owned(),
+            dlq_stream: "JWL_DLQ".to_owned(),
+            events_max_age: 7 * DAY,
+            dlq_max_age: 30 * DAY,
+            duplicate_window: Duration::from_secs(120),
+            consumer_batch_size: 64,
+            max_ack_pending: 1024,
+            ack_wait: Duration::from_secs(30),
+            max_attempts: 8,
+            nak_backoff: [1, 2, 5, 10, 30].map(Duration::from_secs).to_vec(),
+            batch_failure_nak_delay: Duration::from_secs(1),
+            relay_batch_size: 256,
+            relay_poll_interval: Duration::from_secs(1),
+            relay_standby_retry: Duration::from_secs(3),
+            relay_retry_min_delay: Duration::from_millis(200),
+            relay_retry_max_delay: Duration::from_secs(10),
+            housekeeping_interval: Duration::from_secs(60),
+            outbox_retention: DAY,
+            inbox_retention: 14 * DAY,
+        }
+    }
+}
+
+impl MessagingSettings {
+    /// Rejects settings the loops cannot work with.
+    pub fn validate(&self) -> Result<(), OutboxError> {
+        let fail = |what: &str| Err(OutboxError::InvalidSettings(what.to_owned()));
+        if self.events_stream.is_empty() || self.dlq_stream.is_empty() {
+            return fail("stream names must not be empty");
+        }
+        if self.consumer_batch_size == 0 || self.relay_batch_size == 0 {
+            return fail("batch sizes must be at least 1");
+        }
+        if self.max_ack_pending == 0 {
+            return fail("max_ack_pending must be at least 1");
+        }
+        if self.max_attempts == 0 {
+            return fail("max_attempts must be at least 1");
+        }
+        if self.nak_backoff.is_empty() {
+            return fail("nak_backoff must have at least one delay");
+        }
+        if self.ack_wait.is_zero() || self.relay_poll_interval.is_zero() {
+            return fail("ack_wait and relay_poll_interval must be positive");
+        }
+        if self.relay_retry_min_delay > self.relay_retry_max_delay {
+            return fail("relay_retry_min_delay must not exceed relay_retry_max_delay");
+        }
+        Ok(())
+    }
+
+    /// Redelivery delay after the `attempt`-th delivery failed transiently (without jitter).
+    pub fn nak_delay(&self, attempt: u32) -> Duration {
+        let index = (attempt.max(1) - 1) as usize;
+        self.nak_backoff
+            .get(index)
+            .or(self.nak_backoff.last())
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(MessagingSettings::default().validate().is_ok());
+    }
+
+    #[test]
+    fn nak_delay_is_indexed_by_attempt_and_repeats_the_last_entry() {
+        let s = MessagingSettings::default();
+        assert_eq!(s.nak_delay(1), Duration::from_secs(1));
+        assert_eq!(s.nak_delay(3), Duration::from_secs(5));
+        assert_eq!(s.nak_delay(5), Duration::from_secs(30));
+        assert_eq!(s.nak_delay(50), Duration::from_secs(30));
+        assert_eq!(s.nak_delay(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn empty_backoff_is_rejected() {
+        let s = MessagingSettings {
+            nak_backoff: vec![],
+            ..Default::default()
+        };
+        assert!(s.validate().is_err());
+    }
+}

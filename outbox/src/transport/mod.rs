@@ -1,0 +1,127 @@
+//! The broker behind traits: the relay and the consumer loop only see these, so another broker
+//! (Kafka) can be added next to [`nats`]. The transport moves subjects, headers and bytes; it
+//! knows nothing of events or orders.
+
+pub mod nats;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::handler::BoxError;
+use crate::settings::MessagingSettings;
+
+/// A message to publish. `dedup_id` lets the broker drop a re-publication (`Nats-Msg-Id`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundMessage {
+    pub dedup_id: String,
+    pub subject: String,
+    pub headers: Vec<(String, String)>,
+    pub payload: Bytes,
+}
+
+/// The broker's acknowledgement of one published message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishReceipt {
+    /// Position in the stream.
+    pub sequence: u64,
+    /// The broker already had a message with this `dedup_id` (inside its window) and kept that.
+    pub duplicate: bool,
+}
+
+/// Publishes to the broker.
+#[async_trait]
+pub trait Publisher: Send + Sync {
+    /// Sends every message in order, then awaits all acknowledgements together. Returns one
+    /// result per message, in the same order.
+    async fn publish_batch(
+        &self,
+        batch: &[OutboundMessage],
+    ) -> Vec<Result<PublishReceipt, TransportError>>;
+}
+
+/// A durable, shared (competing replicas) subscription to one filter subject.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerSpec {
+    /// The stream (or topic family) to read.
+    pub stream: String,
+    /// Durable name, shared by all replicas of the consuming service.
+    pub durable_name: String,
+    /// The one subject filter (may contain wildcards).
+    pub filter_subject: String,
+    /// Redelivery after this long without an ack.
+    pub ack_wait: Duration,
+    /// Most unacknowledged messages across the consumer's replicas.
+    pub max_ack_pending: u32,
+    /// How many messages the client asks for ahead of handling.
+    pub prefetch: usize,
+}
+
+/// A received message, to be settled exactly once with `ack`, `nak` or `term`.
+#[async_trait]
+pub trait Delivery: Send + Sync {
+    fn subject(&self) -> &str;
+    /// Header name/value pairs (a name may repeat).
+    fn headers(&self) -> Vec<(&str, &str)>;
+    fn payload(&self) -> &[u8];
+    /// Which delivery this is: 1 for the first.
+    fn attempt(&self) -> u32;
+    /// Position of the message in its stream.
+    fn stream_sequence(&self) -> u64;
+    /// Done: never deliver again.
+    async fn ack(&self) -> Result<(), TransportError>;
+    /// Not done: deliver again after `delay` (zero = at once).
+    async fn nak(&self, delay: Duration) -> Result<(), TransportError>;
+    /// Given up (it has been dead-lettered): never deliver again.
+    async fn term(&self) -> Result<(), TransportError>;
+}
+
+/// The continuous stream of deliveries of one subscription. An `Err` item is not fatal for
+/// the broker, but the subscription should be re-opened.
+pub type Deliveries = BoxStream<'static, Result<Box<dyn Delivery>, TransportError>>;
+
+/// Opens subscriptions.
+#[async_trait]
+pub trait Subscriber: Send + Sync {
+    /// Creates the durable consumer if missing and starts pulling from it.
+    async fn subscribe(&self, spec: &ConsumerSpec) -> Result<Deliveries, TransportError>;
+}
+
+/// A complete broker: publishing, subscribing, provisioning and health.
+#[async_trait]
+pub trait Broker: Publisher + Subscriber + Send + Sync + 'static {
+    /// Creates (or reconciles) the events and dead-letter streams. Idempotent.
+    async fn ensure_streams(&self, settings: &MessagingSettings) -> Result<(), TransportError>;
+    /// Whether the broker connection is currently up (for readiness).
+    fn is_healthy(&self) -> bool;
+}
+
+/// Errors talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("connecting to {url}: {source}")]
+    Connect { url: String, source: BoxError },
+    #[error("provisioning {what}: {source}")]
+    Provision { what: String, source: BoxError },
+    #[error("subscribing as {consumer}: {source}")]
+    Subscribe { consumer: String, source: BoxError },
+    /// Publishing failed; trying again later may work.
+    #[error("publishing: {0}")]
+    Publish(BoxError),
+    /// The broker (or the client) refuses this message for good, e.g. it is too large.
+    #[error("message rejected: {0}")]
+    Rejected(String),
+    #[error("receiving: {0}")]
+    Receive(BoxError),
+    #[error("settling a message: {0}")]
+    Settle(BoxError),
+}
+
+impl TransportError {
+    /// Whether publishing the same message again can never succeed.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Rejected(_))
+    }
+}

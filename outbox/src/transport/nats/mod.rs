@@ -1,0 +1,108 @@
+//! The NATS JetStream broker ([`JetStreamBroker`]): connection, health, and the transport traits
+//! implemented over async-nats.
+
+mod delivery;
+mod provision;
+mod publish;
+
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream;
+use async_trait::async_trait;
+
+use super::{
+    Broker, ConsumerSpec, Deliveries, OutboundMessage, PublishReceipt, Publisher, Subscriber,
+    TransportError,
+};
+use crate::settings::MessagingSettings;
+
+/// A connection to NATS with JetStream. Cheap to clone; clones share the connection.
+#[derive(Clone, Debug)]
+pub struct JetStreamBroker {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+}
+
+impl JetStreamBroker {
+    /// Connects to `url` with a connection name of `jwl-<pid>`. The connection is established in
+    /// the background if the server is not up yet, and re-established whenever it drops.
+    pub async fn connect(url: &str) -> Result<Self, TransportError> {
+        Self::connect_named(url, &format!("jwl-{}", std::process::id())).await
+    }
+
+    /// Like [`connect`](Self::connect), with this connection name (shown by the server's
+    /// monitoring), e.g. `jwl-payment`.
+    pub async fn connect_named(url: &str, connection_name: &str) -> Result<Self, TransportError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(connection_name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .reconnect_delay_callback(reconnect_delay)
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("connected to nats"),
+                    other => tracing::warn!(event = %other, "nats connection event"),
+                }
+            })
+            .connect(url)
+            .await
+            .map_err(|error| TransportError::Connect {
+                url: url.to_owned(),
+                source: error.into(),
+            })?;
+        let jetstream = jetstream::new(client.clone());
+        Ok(Self { client, jetstream })
+    }
+
+    /// Creates the events and dead-letter streams, or brings their limits up to `settings`.
+    /// Idempotent; on a server that cannot update a setting, the existing stream is kept.
+    pub async fn ensure_streams(&self, settings: &MessagingSettings) -> Result<(), TransportError> {
+        provision::ensure_streams(&self.jetstream, settings).await
+    }
+
+    /// Whether the connection to the server is up.
+    pub fn is_healthy(&self) -> bool {
+        self.client.connection_state() == State::Connected
+    }
+
+    /// The underlying JetStream context (for tests and operator tools).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
+    }
+}
+
+/// Reconnect quickly at first, then every 2 s at most.
+fn reconnect_delay(attempts: usize) -> Duration {
+    let exponent = u32::try_from(attempts.min(5)).unwrap_or(5);
+    Duration::from_millis(50 * 2u64.pow(exponent)).min(Duration::from_secs(2))
+}
+
+#[async_trait]
+impl Publisher for JetStreamBroker {
+    async fn publish_batch(
+        &self,
+        batch: &[OutboundMessage],
+    ) -> Vec<Result<PublishReceipt, TransportError>> {
+        publish::publish_batch(&self.jetstream, batch).await
+    }
+}
+
+#[async_trait]
+impl Subscriber for JetStreamBroker {
+    async fn subscribe(&self, spec: &ConsumerSpec) -> Result<Deliveries, TransportError> {
+        let consumer = provision::ensure_consumer(&self.jetstream, spec).await?;
+        delivery::pull(consumer, spec).await
+    }
+}
+
+#[async_trait]
+impl Broker for JetStreamBroker {
+    async fn ensure_streams(&self, settings: &MessagingSettings) -> Result<(), TransportError> {
+        JetStreamBroker::ensure_streams(self, settings).await
+    }
+
+    fn is_healthy(&self) -> bool {
+        JetStreamBroker::is_healthy(self)
+    }
+}

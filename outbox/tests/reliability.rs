@@ -1,0 +1,770 @@
+//! Reliability of the outbox, relay, inbox and consumer loop against a real PostgreSQL and a
+//! real nats-server (both private to the test, from jwl-testkit).
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jwl_events::{Envelope, HeaderStyle, Service};
+use jwl_outbox::relay::{self, Relay};
+use jwl_outbox::transport::{OutboundMessage, PublishReceipt, Publisher};
+use jwl_outbox::{OutboxError, Processed, TransportError};
+use jwl_testkit::eventually;
+use support::*;
+use tokio_util::sync::CancellationToken;
+
+fn ids(events: &[Envelope]) -> Vec<String> {
+    events.iter().map(|event| event.id.0.to_string()).collect()
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_and_ignores_service_migrations() -> anyhow::Result<()> {
+    let db = jwl_testkit::database().await?;
+    let pool = service_pool(&db, "jwl_migrate_svc").await?;
+    jwl_outbox::migrate(&pool).await?;
+    // a service migrator with 14-digit versions in the same schema
+    let dir = tempfile_dir()?;
+    std::fs::write(
+        dir.join("20260101000000_service.sql"),
+        "CREATE TABLE service_things (id int);",
+    )?;
+    let mut service = sqlx::migrate::Migrator::new(dir.as_path()).await?;
+    service.set_ignore_missing(true);
+    service.run(&pool).await?;
+    jwl_outbox::migrate(&pool).await?;
+
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = 'jwl_migrate_svc' ORDER BY table_name",
+    )
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(
+        tables,
+        ["_sqlx_migrations", "inbox", "outbox", "service_things"]
+    );
+    std::fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "jwl-outbox-migrations-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+#[tokio::test]
+async fn relay_publishes_in_outbox_order() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let mut events = Vec::new();
+    for _ in 0..4 {
+        events.extend(h.enqueue(&[1; 50]).await?);
+    }
+    let running = h.run_relay_only();
+    eventually("the outbox is drained", SOON, || async {
+        h.pending_in_outbox().await.ok() == Some(0)
+    })
+    .await?;
+
+    let stream = h.events_in_stream().await?;
+    let published: Vec<String> = stream
+        .iter()
+        .map(|m| header(m, "Nats-Msg-Id").unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        published,
+        ids(&events),
+        "the stream holds every event once, in outbox order"
+    );
+    let ce_ids: Vec<&str> = stream
+        .iter()
+        .map(|m| header(m, "ce-id").unwrap_or_default())
+        .collect();
+    assert_eq!(ce_ids, ids(&events));
+    running.stop().await
+}
+
+#[tokio::test]
+async fn crash_between_publish_and_mark_only_duplicates_the_publish() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let events = h.enqueue(&[1; 10]).await?;
+
+    // the relay's first half, then "crash": nothing is marked
+    let mut conn = h.pool.acquire().await?;
+    let batch = relay::claim_pending(&mut conn, 100).await?;
+    let outcome = relay::publish(&h.broker, &batch).await;
+    assert_eq!(outcome.published.len(), 10);
+    drop(conn);
+    assert_eq!(h.pending_in_outbox().await?, 10, "nothing was marked");
+
+    let running = h.run();
+    eventually("the outbox is drained", SOON, || async {
+        h.pending_in_outbox().await.ok() == Some(0)
+    })
+    .await?;
+    eventually("every event is handled", SOON, || async {
+        h.effects_total().await.ok() == Some(10)
+    })
+    .await?;
+    eventually("the consumer is settled", SOON, || async {
+        h.consumer_settled().await.ok() == Some(true)
+    })
+    .await?;
+
+    let stream = h.events_in_stream().await?;
+    assert_eq!(
+        stream.len(),
+        10,
+        "Nats-Msg-Id deduplicated the second publish"
+    );
+    for event in &events {
+        assert_eq!(h.effects_of(event).await?, 1);
+    }
+    running.stop().await
+}
+
+#[tokio::test]
+async fn inbox_absorbs_a_redelivered_event() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let handler = h.handler();
+    let consumer = h.consumer();
+
+    // without a broker: process_one twice
+    let event = captured(EMITS);
+    let first = jwl_outbox::process_one(&h.pool, SERVICE, &*handler, &consumer, &event).await?;
+    let Processed::Handled { emitted } = first else {
+        panic!("first processing: {first:?}")
+    };
+    assert_eq!(emitted.len(), 1);
+    assert_eq!(
+        emitted[0].causation_id,
+        Some(event.id),
+        "emitted events are caused by the incoming one"
+    );
+    let in_outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_id = $1")
+        .bind(emitted[0].id.0)
+        .fetch_one(&h.pool)
+        .await?;
+    assert_eq!(in_outbox, 1, "the emitted event was enqueued");
+    let second = jwl_outbox::process_one(&h.pool, SERVICE, &*handler, &consumer, &event).await?;
+    assert!(
+        matches!(second, Processed::Duplicate),
+        "second processing: {second:?}"
+    );
+    assert_eq!(h.effects_of(&event).await?, 1);
+
+    // through the broker: the same event published twice with different broker dedup ids (as
+    // if the second came after the duplicate window)
+    let redelivered = captured(1);
+    h.publish_event(&redelivered, "first").await?;
+    h.publish_event(&redelivered, "second").await?;
+    let running = h.run();
+    eventually("both copies are consumed", SOON, || async {
+        h.consumer_settled().await.ok() == Some(true)
+            && h.effects_of(&redelivered).await.ok() >= Some(1)
+    })
+    .await?;
+    let copies = h
+        .events_in_stream()
+        .await?
+        .iter()
+        .filter(|m| header(m, "ce-id") == Some(&*redelivered.id.0.to_string()))
+        .count();
+    assert_eq!(copies, 2);
+    assert_eq!(
+        h.effects_of(&redelivered).await?,
+        1,
+        "the inbox skipped the second copy"
+    );
+    assert!(h.dead_letters().await?.is_empty());
+    running.stop().await
+}
+
+#[tokio::test]
+async fn a_permanently_failing_message_does_not_undo_its_batch() -> anyhow::Result<()> {
+    let h = Harness::start_as(Service::Fulfillment).await?;
+    let events: Vec<Envelope> = [1, 2, PERMANENT, 4, 5].into_iter().map(captured).collect();
+    for event in &events {
+        h.publish_event(event, &event.id.0.to_string()).await?;
+    }
+    let running = h.run();
+    eventually("the good events are handled", SOON, || async {
+        h.effects_total().await.ok() == Some(4)
+    })
+    .await?;
+    let dead = eventually("the bad event is dead-lettered", SOON, || async {
+        h.dead_letters().await.ok().filter(|dead| !dead.is_empty())
+    })
+    .await?;
+
+    // all five ran in one transaction: the failure was isolated by its savepoint
+    let txids: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT txid FROM attempts")
+        .fetch_all(&h.pool)
+        .await?;
+    assert_eq!(txids.len(), 1, "one batch transaction, got {txids:?}");
+    let bad = &events[2];
+    assert_eq!(h.effects_of(bad).await?, 0);
+    assert_eq!(dead.len(), 1);
+    let letter = &dead[0];
+    let consumer = h.consumer();
+    assert_eq!(
+        letter.subject.as_str(),
+        format!("jwl.dlq.{consumer}.{}", bad.order_id())
+    );
+    assert_eq!(header(letter, "jwl-dlq-reason"), Some("permanent"));
+    assert_eq!(header(letter, "jwl-dlq-consumer"), Some(consumer.as_str()));
+    assert_eq!(
+        header(letter, "jwl-dlq-error"),
+        Some("amount refused by the test handler")
+    );
+    assert_eq!(
+        header(letter, "jwl-dlq-order-id"),
+        Some(bad.order_id().to_string().as_str())
+    );
+    assert_eq!(header(letter, "jwl-dlq-stream-seq"), Some("3"));
+    let original = jwl_events::encode(bad, HeaderStyle::Nats);
+    assert_eq!(
+        header(letter, "jwl-dlq-subject"),
+        Some(original.subject.as_str())
+    );
+    assert_eq!(header(letter, "ce-id"), Some(bad.id.0.to_string().as_str()));
+    assert_eq!(letter.payload.as_ref(), original.payload.as_slice());
+    eventually("the consumer is settled", SOON, || async {
+        h.consumer_settled().await.ok() == Some(true)
+    })
+    .await?;
+    let handled = |outcome| {
+        counter(
+            "jwl_events_handled_total",
+            &[
+                ("consumer", &consumer),
+                ("type", SUBSCRIBED.as_str()),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(
+        (handled("ok"), handled("dead_lettered"), handled("retried")),
+        (4, 1, 0)
+    );
+    running.stop().await
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_after_the_backoff() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let event = captured(TRANSIENT_TWICE);
+    h.enqueue_events(std::slice::from_ref(&event)).await?;
+    let running = h.run();
+    eventually("the event is handled", SOON, || async {
+        h.effects_of(&event).await.ok() == Some(1)
+    })
+    .await?;
+
+    let attempts = h.attempts_of(&event).await?;
+    let numbers: Vec<i32> = attempts.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, [1, 2, 3]);
+    let gaps: Vec<Duration> = attempts
+        .windows(2)
+        .map(|w| (w[1].1 - w[0].1).to_std().unwrap_or_default())
+        .collect();
+    // redelivery never comes before the configured delay (300 ms, then 600 ms)
+    assert!(
+        gaps[0] >= Duration::from_millis(280),
+        "first retry after {:?}",
+        gaps[0]
+    );
+    assert!(
+        gaps[1] >= Duration::from_millis(570),
+        "second retry after {:?}",
+        gaps[1]
+    );
+    assert!(gaps[1] > gaps[0], "backoff grows: {gaps:?}");
+    assert!(h.dead_letters().await?.is_empty());
+    running.stop().await
+}
+
+#[tokio::test]
+async fn undecodable_messages_are_dead_lettered_and_consumption_continues() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let order = uuid::Uuid::now_v7();
+    let subject = format!("jwl.evt.{order}.payment.captured");
+    h.publish_raw(&subject, &[], b"\x00garbage".to_vec(), "garbage")
+        .await?;
+    let good = captured(1);
+    let mut wire = jwl_events::encode(&good, HeaderStyle::Nats);
+    for (name, value) in wire.headers.iter_mut() {
+        match name.as_str() {
+            "ce-type" => *value = "jwl.payment.unknown".to_owned(),
+            "ce-id" => *value = uuid::Uuid::now_v7().to_string(),
+            _ => {}
+        }
+    }
+    h.publish_raw(
+        &wire.subject,
+        &wire.headers,
+        wire.payload.clone(),
+        "unknown-type",
+    )
+    .await?;
+    let running = h.run();
+    let dead = eventually("both are dead-lettered", SOON, || async {
+        h.dead_letters().await.ok().filter(|dead| dead.len() == 2)
+    })
+    .await?;
+    h.publish_event(&good, "good").await?;
+    eventually("a later good event is handled", SOON, || async {
+        h.effects_of(&good).await.ok() == Some(1)
+    })
+    .await?;
+
+    let consumer = h.consumer();
+    for letter in &dead {
+        assert_eq!(header(letter, "jwl-dlq-reason"), Some("decode"));
+        assert!(
+            !header(letter, "jwl-dlq-error")
+                .unwrap_or_default()
+                .is_empty()
+        );
+    }
+    assert_eq!(
+        dead[0].subject.as_str(),
+        format!("jwl.dlq.{consumer}.unknown")
+    );
+    assert_eq!(dead[0].payload.as_ref(), b"\x00garbage");
+    // the unknown type still names its order (ce-subject)
+    assert_eq!(
+        dead[1].subject.as_str(),
+        format!("jwl.dlq.{consumer}.{}", good.order_id())
+    );
+    assert_eq!(
+        h.attempts_of(&good).await?.len(),
+        1,
+        "the handler never saw the bad messages"
+    );
+    running.stop().await
+}
+
+#[tokio::test]
+async fn a_message_failing_max_attempts_times_is_dead_lettered() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let event = captured(ALWAYS_TRANSIENT);
+    h.enqueue_events(std::slice::from_ref(&event)).await?;
+    let running = h.run();
+    let dead = eventually("the event is dead-lettered", SOON, || async {
+        h.dead_letters().await.ok().filter(|dead| !dead.is_empty())
+    })
+    .await?;
+    assert_eq!(header(&dead[0], "jwl-dlq-reason"), Some("max_attempts"));
+    assert_eq!(header(&dead[0], "jwl-dlq-error"), Some("always failing"));
+    let numbers: Vec<i32> = h
+        .attempts_of(&event)
+        .await?
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(numbers, [1, 2, 3], "max_attempts = 3");
+    eventually("the original is terminated", SOON, || async {
+        h.consumer_settled().await.ok() == Some(true)
+    })
+    .await?;
+    assert_eq!(h.effects_of(&event).await?, 0);
+    running.stop().await
+}
+
+#[tokio::test]
+async fn a_batch_failing_at_commit_is_retried_one_by_one_and_the_culprit_dead_lettered()
+-> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let events: Vec<Envelope> = [1, FAILS_AT_COMMIT, 2, 3]
+        .into_iter()
+        .map(captured)
+        .collect();
+    for event in &events {
+        h.publish_event(event, &event.id.0.to_string()).await?;
+    }
+    let running = h.run();
+    let dead = eventually("the culprit is dead-lettered", SOON, || async {
+        h.dead_letters().await.ok().filter(|dead| !dead.is_empty())
+    })
+    .await?;
+    eventually("the others are handled", SOON, || async {
+        h.effects_total().await.ok() == Some(3)
+    })
+    .await?;
+    eventually("the consumer is settled", SOON, || async {
+        h.consumer_settled().await.ok() == Some(true)
+    })
+    .await?;
+
+    let culprit = &events[1];
+    assert_eq!(dead.len(), 1, "only the culprit is dead-lettered");
+    assert_eq!(header(&dead[0], "ce-id"), Some(&*culprit.id.0.to_string()));
+    assert_eq!(header(&dead[0], "jwl-dlq-reason"), Some("max_attempts"));
+    assert_eq!(h.effects_of(culprit).await?, 0);
+    for event in events.iter().filter(|event| event.id != culprit.id) {
+        assert_eq!(h.effects_of(event).await?, 1);
+    }
+    // every handling of the culprit was rolled back at commit; it never ran past max_attempts
+    let attempts: Vec<i32> = h
+        .attempts_of(culprit)
+        .await?
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(attempts, [1, 2, 3]);
+    running.stop().await
+}
+
+#[tokio::test]
+async fn a_message_arriving_past_max_attempts_is_dead_lettered_unhandled() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use jwl_outbox::transport::{ConsumerSpec, Subscriber};
+
+    let h = Harness::start().await?;
+    let event = captured(1);
+    h.publish_event(&event, "crash-looped").await?;
+    // deliver it max_attempts times without handling it, as crash-looping replicas would
+    let spec = ConsumerSpec {
+        stream: h.settings.events_stream.clone(),
+        durable_name: h.consumer(),
+        filter_subject: jwl_events::type_filter(SUBSCRIBED),
+        ack_wait: h.settings.ack_wait,
+        max_ack_pending: h.settings.max_ack_pending,
+        prefetch: 1,
+    };
+    let mut deliveries = h.broker.subscribe(&spec).await?;
+    for expected_attempt in 1..=h.settings.max_attempts {
+        let delivery = tokio::time::timeout(SOON, deliveries.next())
+            .await?
+            .expect("a delivery")?;
+        assert_eq!(delivery.attempt(), expected_attempt);
+        assert_eq!(delivery.stream_sequence(), 1);
+        delivery.nak(Duration::ZERO).await?;
+    }
+    drop(deliveries);
+
+    let running = h.run();
+    let dead = eventually("it is dead-lettered", Duration::from_secs(20), || async {
+        h.dead_letters().await.ok().filter(|dead| !dead.is_empty())
+    })
+    .await?;
+    assert_eq!(header(&dead[0], "jwl-dlq-reason"), Some("max_attempts"));
+    assert!(
+        h.attempts_of(&event).await?.is_empty(),
+        "dead-lettered without being handled"
+    );
+    running.stop().await
+}
+
+/// Counts what goes through a real publisher.
+struct CountingPublisher {
+    inner: Arc<dyn Publisher>,
+    published: AtomicUsize,
+}
+
+#[async_trait]
+impl Publisher for CountingPublisher {
+    async fn publish_batch(
+        &self,
+        batch: &[OutboundMessage],
+    ) -> Vec<Result<PublishReceipt, TransportError>> {
+        self.published.fetch_add(batch.len(), Ordering::SeqCst);
+        self.inner.publish_batch(batch).await
+    }
+}
+
+#[tokio::test]
+async fn only_one_relay_per_schema_publishes() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let settings = Arc::new(h.settings.clone());
+    let publishers: Vec<Arc<CountingPublisher>> = (0..2)
+        .map(|_| {
+            Arc::new(CountingPublisher {
+                inner: Arc::new(h.broker.clone()),
+                published: AtomicUsize::new(0),
+            })
+        })
+        .collect();
+    let shutdowns: Vec<CancellationToken> = (0..2).map(|_| CancellationToken::new()).collect();
+    let tasks: Vec<_> = publishers
+        .iter()
+        .zip(&shutdowns)
+        .map(|(publisher, shutdown)| {
+            let relay = Relay::new(SERVICE, h.pool.clone(), publisher.clone(), settings.clone());
+            tokio::spawn(relay.run(shutdown.clone()))
+        })
+        .collect();
+
+    h.enqueue(&[1; 30]).await?;
+    eventually("the outbox is drained", SOON, || async {
+        h.pending_in_outbox().await.ok() == Some(0)
+    })
+    .await?;
+    let counts: Vec<usize> = publishers
+        .iter()
+        .map(|p| p.published.load(Ordering::SeqCst))
+        .collect();
+    assert!(
+        counts.contains(&0) && counts.contains(&30),
+        "exactly one relay published: {counts:?}"
+    );
+
+    // the active relay stops: the standby takes over
+    let active = counts
+        .iter()
+        .position(|&count| count == 30)
+        .expect("an active relay");
+    shutdowns[active].cancel();
+    h.enqueue(&[1; 5]).await?;
+    eventually("the standby drains the outbox", SOON, || async {
+        h.pending_in_outbox().await.ok() == Some(0)
+    })
+    .await?;
+    assert_eq!(publishers[1 - active].published.load(Ordering::SeqCst), 5);
+    assert_eq!(h.events_in_stream().await?.len(), 35);
+
+    shutdowns[1 - active].cancel();
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(10), task).await??;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn nothing_is_lost_across_a_nats_server_restart() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let running = h.run();
+    let mut events = h.enqueue(&[1; 20]).await?;
+    eventually("the first events are handled", SOON, || async {
+        h.effects_total().await.ok() == Some(20)
+    })
+    .await?;
+
+    h.nats.kill().await?;
+    events.extend(h.enqueue(&[1; 20]).await?);
+    eventually("the relay records a failed publish", SOON, || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM outbox WHERE attempts > 0 AND last_error IS NOT NULL",
+        )
+        .fetch_one(&h.pool)
+        .await
+        .ok()
+            > Some(0)
+    })
+    .await?;
+    assert!(!h.broker.is_healthy());
+    h.nats.start_again().await?;
+    events.extend(h.enqueue(&[1; 10]).await?);
+    h.nats.restart().await?;
+    events.extend(h.enqueue(&[1; 10]).await?);
+
+    eventually(
+        "every event is handled",
+        Duration::from_secs(40),
+        || async { h.effects_total().await.ok() == Some(60) },
+    )
+    .await?;
+    for event in &events {
+        assert_eq!(h.effects_of(event).await?, 1);
+    }
+    assert_eq!(h.events_in_stream().await?.len(), 60);
+    assert!(h.broker.is_healthy());
+    running.stop().await
+}
+
+#[tokio::test]
+async fn invalid_settings_are_refused() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let mut settings = test_settings();
+    settings.nak_backoff.clear();
+    let messaging = jwl_outbox::Messaging::new(SERVICE, h.pool.clone(), h.broker.clone(), settings);
+    let result = messaging.relay_only(CancellationToken::new()).await;
+    assert!(
+        matches!(result, Err(OutboxError::InvalidSettings(_))),
+        "{result:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn existing_streams_and_consumers_are_brought_to_the_settings() -> anyhow::Result<()> {
+    use jwl_outbox::transport::{ConsumerSpec, Subscriber};
+
+    let h = Harness::start().await?;
+    let mut settings = h.settings.clone();
+    settings.events_max_age = Duration::from_secs(24 * 3600);
+    settings.duplicate_window = Duration::from_secs(60);
+    h.broker.ensure_streams(&settings).await?;
+    h.broker.ensure_streams(&settings).await?;
+    let mut stream = h
+        .broker
+        .jetstream()
+        .get_stream(&settings.events_stream)
+        .await?;
+    let config = stream.info().await?.config.clone();
+    assert_eq!(
+        (config.max_age, config.duplicate_window),
+        (settings.events_max_age, settings.duplicate_window)
+    );
+    assert_eq!(config.subjects, [jwl_events::EVENTS_SUBJECTS]);
+
+    let mut spec = ConsumerSpec {
+        stream: settings.events_stream.clone(),
+        durable_name: "test__reconciled".to_owned(),
+        filter_subject: jwl_events::type_filter(SUBSCRIBED),
+        ack_wait: Duration::from_secs(2),
+        max_ack_pending: 10,
+        prefetch: 1,
+    };
+    drop(h.broker.subscribe(&spec).await?);
+    spec.ack_wait = Duration::from_secs(5);
+    spec.max_ack_pending = 20;
+    drop(h.broker.subscribe(&spec).await?);
+    let info = stream.consumer_info(&spec.durable_name).await?;
+    assert_eq!(
+        (info.config.ack_wait, info.config.max_ack_pending),
+        (spec.ack_wait, 20)
+    );
+    assert_eq!(
+        info.config.max_deliver, -1,
+        "the server never drops a message by itself"
+    );
+    assert_eq!(info.config.filter_subject, spec.filter_subject);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_active_relay_deletes_rows_past_retention() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    h.settings.outbox_retention = Duration::ZERO;
+    h.settings.inbox_retention = Duration::ZERO;
+    h.settings.housekeeping_interval = Duration::from_millis(100);
+    let events = h.enqueue(&[1; 5]).await?;
+    let running = h.run();
+    eventually(
+        "handled, then published and handled rows are deleted",
+        SOON,
+        || async {
+            let rows: Option<(i64, i64)> = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM inbox)",
+            )
+            .fetch_one(&h.pool)
+            .await
+            .ok();
+            h.effects_total().await.ok() == Some(5) && rows == Some((0, 0))
+        },
+    )
+    .await?;
+    assert_eq!(h.events_in_stream().await?.len(), events.len());
+    running.stop().await
+}
+
+#[tokio::test]
+async fn nothing_is_lost_across_a_postgres_restart() -> anyhow::Result<()> {
+    let cluster = jwl_testkit::TestCluster::start().await?;
+    let mut h = Harness::start_in(cluster.database().await?, Service::Inventory).await?;
+    // production default: enough attempts to ride out a short database outage
+    h.settings.max_attempts = 8;
+    let running = h.run();
+    h.enqueue(&[1; 10]).await?;
+    eventually("the first events are handled", SOON, || async {
+        h.effects_total().await.ok() == Some(10)
+    })
+    .await?;
+
+    cluster.stop(jwl_testkit::StopMode::Immediate).await?;
+    // events arriving while the database is down are redelivered, not lost or dead-lettered
+    let during_outage: Vec<Envelope> = (0..10).map(|_| captured(1)).collect();
+    for event in &during_outage {
+        h.publish_event(event, &event.id.0.to_string()).await?;
+    }
+    let stream = h
+        .broker
+        .jetstream()
+        .get_stream(&h.settings.events_stream)
+        .await?;
+    let consumer = h.consumer();
+    eventually(
+        "the consumer received them while the database is down",
+        SOON,
+        || async {
+            stream
+                .consumer_info(&consumer)
+                .await
+                .ok()
+                .map(|info| info.delivered.stream_sequence)
+                >= Some(20)
+        },
+    )
+    .await?;
+    eventually("their batch failed", SOON, || async {
+        counter(
+            "jwl_consumer_batch_failures_total",
+            &[("consumer", &consumer)],
+        ) > 0
+    })
+    .await?;
+    cluster.start_again().await?;
+    h.enqueue(&[1; 10]).await?;
+
+    eventually(
+        "every event is handled",
+        Duration::from_secs(30),
+        || async {
+            h.effects_total().await.ok() == Some(30) && h.pending_in_outbox().await.ok() == Some(0)
+        },
+    )
+    .await?;
+    for event in &during_outage {
+        assert_eq!(h.effects_of(event).await?, 1);
+        let attempts = h.attempts_of(event).await?;
+        assert!(
+            attempts.iter().all(|(n, _)| *n >= 2),
+            "handled after a redelivery: {attempts:?}"
+        );
+    }
+    assert!(h.dead_letters().await?.is_empty());
+    let ty = SUBSCRIBED.as_str();
+    let handled = |outcome| {
+        counter(
+            "jwl_events_handled_total",
+            &[("consumer", &consumer), ("type", ty), ("outcome", outcome)],
+        )
+    };
+    assert_eq!((handled("ok"), handled("dead_lettered")), (30, 0));
+    running.stop().await
+}
+
+#[tokio::test]
+async fn shutdown_finishes_the_batch_in_progress() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let event = captured(SLOW);
+    h.publish_event(&event, "slow").await?;
+    let running = h.run();
+    eventually("the handler is working on it", SOON, || async {
+        h.attempts_of(&event)
+            .await
+            .map(|attempts| !attempts.is_empty())
+            .unwrap_or(false)
+    })
+    .await?;
+    running.stop().await?;
+    assert_eq!(
+        h.effects_of(&event).await?,
+        1,
+        "the batch in progress was committed"
+    );
+    eventually("and acknowledged", SOON, || async {
+        h.consumer_settled().await.ok() == Some(true)
+    })
+    .await?;
+    assert_eq!(h.attempts_of(&event).await?.len(), 1);
+    Ok(())
+}

@@ -1,0 +1,433 @@
+//! Test harness for the reliability tests: a private Postgres database with a service schema, a
+//! private nats-server, a recording test handler, and helpers to read streams and tables.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::HeaderMap;
+use async_nats::jetstream::message::{PublishMessage, StreamMessage};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use jwl_events::{
+    Envelope, EventData, EventType, HeaderStyle, OrderId, PaymentCaptured, PaymentVoided, Service,
+};
+use jwl_outbox::{
+    Handler, HandlerContext, HandlerError, JetStreamBroker, Messaging, MessagingSettings,
+    OutboxError,
+};
+use jwl_testkit::{TestDatabase, TestNats};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgPool};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The service the tests run as.
+pub const SERVICE: Service = Service::Payment;
+/// Its only subscription.
+pub const SUBSCRIBED: EventType = EventType::PaymentCaptured;
+pub const SCHEMA: &str = "jwl_test_svc";
+
+/// `amount_cents` values that steer the test handler (amounts must be valid, i.e. ≥ 0).
+pub const PERMANENT: i64 = 900_001;
+pub const TRANSIENT_TWICE: i64 = 900_002;
+pub const ALWAYS_TRANSIENT: i64 = 900_003;
+pub const EMITS: i64 = 900_004;
+/// Handled after 500 ms of "work".
+pub const SLOW: i64 = 900_006;
+/// Handled "successfully", but the transaction then fails at commit (a deferred constraint).
+pub const FAILS_AT_COMMIT: i64 = 900_005;
+
+/// Generous deadline for conditions that should hold within a second or two.
+pub const SOON: Duration = Duration::from_secs(15);
+
+/// Short timings so the whole file runs in well under a minute.
+pub fn test_settings() -> MessagingSettings {
+    MessagingSettings {
+        ack_wait: Duration::from_secs(2),
+        max_attempts: 3,
+        nak_backoff: vec![Duration::from_millis(300), Duration::from_millis(600)],
+        batch_failure_nak_delay: Duration::from_millis(200),
+        relay_poll_interval: Duration::from_millis(200),
+        relay_standby_retry: Duration::from_millis(200),
+        relay_retry_min_delay: Duration::from_millis(50),
+        relay_retry_max_delay: Duration::from_millis(500),
+        ..Default::default()
+    }
+}
+
+pub struct Harness {
+    /// The service messaging runs as (the consumer name depends on it).
+    pub service: Service,
+    pub db: TestDatabase,
+    pub pool: PgPool,
+    pub nats: TestNats,
+    pub broker: JetStreamBroker,
+    pub settings: MessagingSettings,
+}
+
+impl Harness {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_as(SERVICE).await
+    }
+
+    /// Running as `service`: a test that reads metrics uses a service of its own, so that its
+    /// consumer's metrics are not shared with other tests.
+    pub async fn start_as(service: Service) -> anyhow::Result<Self> {
+        Self::start_in(jwl_testkit::database().await?, service).await
+    }
+
+    /// The harness over a given database (e.g. one in a dedicated cluster that a test stops).
+    pub async fn start_in(db: TestDatabase, service: Service) -> anyhow::Result<Self> {
+        init_observability();
+        let nats = jwl_testkit::nats().await?;
+        let pool = service_pool(&db, SCHEMA).await?;
+        jwl_outbox::migrate(&pool).await?;
+        sqlx::raw_sql(
+            "CREATE TABLE effects (event_id uuid NOT NULL, txid bigint NOT NULL);
+             CREATE TABLE attempts (event_id uuid NOT NULL, attempt int NOT NULL, txid bigint NOT NULL,
+                                    at timestamptz NOT NULL DEFAULT clock_timestamp());
+             CREATE TABLE checked_at_commit (id int UNIQUE DEFERRABLE INITIALLY DEFERRED);",
+        )
+        .execute(&pool)
+        .await?;
+        let broker = JetStreamBroker::connect_named(nats.url(), "jwl-outbox-test").await?;
+        let settings = test_settings();
+        broker.ensure_streams(&settings).await?;
+        Ok(Self {
+            service,
+            db,
+            pool,
+            nats,
+            broker,
+            settings,
+        })
+    }
+
+    /// The durable (and inbox) consumer name of the test handler.
+    pub fn consumer(&self) -> String {
+        jwl_outbox::durable_name(self.service, SUBSCRIBED)
+    }
+
+    pub fn handler(&self) -> Arc<RecordingHandler> {
+        Arc::new(RecordingHandler {
+            log: self.pool.clone(),
+        })
+    }
+
+    pub fn messaging(&self) -> Messaging {
+        Messaging::new(
+            self.service,
+            self.pool.clone(),
+            self.broker.clone(),
+            self.settings.clone(),
+        )
+    }
+
+    /// Relay plus the test handler's consumer loop.
+    pub fn run(&self) -> Running {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(self.messaging().run(self.handler(), shutdown.clone()));
+        Running { shutdown, task }
+    }
+
+    pub fn run_relay_only(&self) -> Running {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(self.messaging().relay_only(shutdown.clone()));
+        Running { shutdown, task }
+    }
+
+    /// Enqueues one `payment.captured` per amount, in order, in one transaction.
+    pub async fn enqueue(&self, amounts: &[i64]) -> anyhow::Result<Vec<Envelope>> {
+        let events: Vec<Envelope> = amounts.iter().map(|&amount| captured(amount)).collect();
+        self.enqueue_events(&events).await?;
+        Ok(events)
+    }
+
+    /// Enqueues `events`, in order, in one transaction.
+    pub async fn enqueue_events(&self, events: &[Envelope]) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for event in events {
+            jwl_outbox::enqueue(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Publishes `event` straight to the events stream (not through the outbox), with this
+    /// broker dedup id.
+    pub async fn publish_event(&self, event: &Envelope, msg_id: &str) -> anyhow::Result<()> {
+        let wire = jwl_events::encode(event, HeaderStyle::Nats);
+        self.publish_raw(&wire.subject, &wire.headers, wire.payload, msg_id)
+            .await
+    }
+
+    pub async fn publish_raw(
+        &self,
+        subject: &str,
+        headers: &[(String, String)],
+        payload: Vec<u8>,
+        msg_id: &str,
+    ) -> anyhow::Result<()> {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(name.as_str(), value.as_str());
+        }
+        let publish = PublishMessage::build()
+            .headers(map)
+            .payload(payload.into())
+            .message_id(msg_id);
+        self.broker
+            .jetstream()
+            .send_publish(subject.to_owned(), publish)
+            .await?
+            .await?;
+        Ok(())
+    }
+
+    pub async fn effects_total(&self) -> anyhow::Result<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM effects")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub async fn effects_of(&self, event: &Envelope) -> anyhow::Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM effects WHERE event_id = $1")
+                .bind(event.id.0)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Attempt numbers and times the handler saw for `event`, in order.
+    pub async fn attempts_of(&self, event: &Envelope) -> anyhow::Result<Vec<(i32, DateTime<Utc>)>> {
+        Ok(
+            sqlx::query_as("SELECT attempt, at FROM attempts WHERE event_id = $1 ORDER BY at")
+                .bind(event.id.0)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn pending_in_outbox(&self) -> anyhow::Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn events_in_stream(&self) -> anyhow::Result<Vec<StreamMessage>> {
+        stream_messages(&self.broker, &self.settings.events_stream).await
+    }
+
+    pub async fn dead_letters(&self) -> anyhow::Result<Vec<StreamMessage>> {
+        stream_messages(&self.broker, &self.settings.dlq_stream).await
+    }
+
+    /// Whether the test consumer has nothing pending and nothing unacknowledged.
+    pub async fn consumer_settled(&self) -> anyhow::Result<bool> {
+        let stream = self
+            .broker
+            .jetstream()
+            .get_stream(&self.settings.events_stream)
+            .await?;
+        let info = stream.consumer_info(self.consumer()).await?;
+        Ok(info.num_pending == 0 && info.num_ack_pending == 0)
+    }
+}
+
+static METRICS: OnceLock<Snapshotter> = OnceLock::new();
+
+/// Logs to the test output, filtered by `RUST_LOG` (default: warnings), and records metrics
+/// (installed before any messaging starts, so every metric handle is recorded).
+fn init_observability() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+    METRICS.get_or_init(|| {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder
+            .install()
+            .expect("no other metrics recorder in the test process");
+        snapshotter
+    });
+}
+
+/// A counter's name and sorted labels.
+type CounterKey = (String, Vec<(String, String)>);
+
+/// Counter totals: the debugging recorder resets a counter each time it is read, so every read
+/// goes through [`counter`], which accumulates here.
+static COUNTER_TOTALS: Mutex<BTreeMap<CounterKey, u64>> = Mutex::new(BTreeMap::new());
+
+/// The total of counter `name` with exactly these labels (0 if never incremented).
+pub fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
+    let Some(snapshotter) = METRICS.get() else {
+        return 0;
+    };
+    let mut totals = COUNTER_TOTALS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if let DebugValue::Counter(count) = value {
+            let key = key.key();
+            let mut labels: Vec<(String, String)> = key
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            labels.sort_unstable();
+            *totals.entry((key.name().to_owned(), labels)).or_default() += count;
+        }
+    }
+    let mut wanted: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    wanted.sort_unstable();
+    totals.get(&(name.to_owned(), wanted)).copied().unwrap_or(0)
+}
+
+/// A running `Messaging`.
+pub struct Running {
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), OutboxError>>,
+}
+
+impl Running {
+    /// Shuts down and checks that messaging returns promptly and cleanly.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .context("messaging did not stop within 10 s of shutdown")???;
+        Ok(())
+    }
+}
+
+/// A `payment.captured` for a new order.
+pub fn captured(amount_cents: i64) -> Envelope {
+    Envelope::new(
+        Service::Payment,
+        EventData::PaymentCaptured(PaymentCaptured {
+            order_id: OrderId(Uuid::now_v7()),
+            amount_cents,
+        }),
+    )
+}
+
+/// The value of header `name` of a stream message.
+pub fn header<'m>(message: &'m StreamMessage, name: &str) -> Option<&'m str> {
+    message.headers.get(name).map(|value| value.as_str())
+}
+
+/// Every message of a stream, in stream order.
+pub async fn stream_messages(
+    broker: &JetStreamBroker,
+    stream: &str,
+) -> anyhow::Result<Vec<StreamMessage>> {
+    let mut stream = broker.jetstream().get_stream(stream).await?;
+    let state = stream.info().await?.state.clone();
+    let mut messages = Vec::with_capacity(state.messages as usize);
+    if state.messages == 0 {
+        return Ok(messages);
+    }
+    for sequence in state.first_sequence..=state.last_sequence {
+        messages.push(stream.get_raw_message(sequence).await?);
+    }
+    Ok(messages)
+}
+
+/// A pool whose connections use `schema` as search_path, like a service's pool.
+pub async fn service_pool(db: &TestDatabase, schema: &str) -> anyhow::Result<PgPool> {
+    let admin = db.pool().await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}"
+    )))
+    .execute(&admin)
+    .await?;
+    admin.close().await;
+    let options = PgConnectOptions::from_str(db.url())?.options([("search_path", schema)]);
+    Ok(PgPoolOptions::new()
+        .max_connections(10)
+        // short, so a stopped database surfaces as errors quickly
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_with(options)
+        .await?)
+}
+
+/// Records every attempt (outside the batch transaction, so failed ones stay visible) and, on
+/// success, an effect inside the transaction. Steered by `amount_cents`.
+pub struct RecordingHandler {
+    log: PgPool,
+}
+
+#[async_trait]
+impl Handler for RecordingHandler {
+    fn subscriptions(&self) -> &'static [EventType] {
+        &[SUBSCRIBED]
+    }
+
+    async fn handle(
+        &self,
+        ctx: &mut HandlerContext<'_>,
+        event: &Envelope,
+    ) -> Result<(), HandlerError> {
+        let EventData::PaymentCaptured(captured) = &event.data else {
+            return Err(HandlerError::permanent("unexpected event type"));
+        };
+        let txid: i64 = sqlx::query_scalar("SELECT txid_current()")
+            .fetch_one(ctx.db())
+            .await?;
+        sqlx::query("INSERT INTO attempts (event_id, attempt, txid) VALUES ($1, $2, $3)")
+            .bind(event.id.0)
+            .bind(ctx.attempt() as i32)
+            .bind(txid)
+            .execute(&self.log)
+            .await?;
+        match captured.amount_cents {
+            SLOW => tokio::time::sleep(Duration::from_millis(500)).await,
+            PERMANENT => {
+                return Err(HandlerError::permanent(
+                    "amount refused by the test handler",
+                ));
+            }
+            ALWAYS_TRANSIENT => return Err(HandlerError::transient("always failing")),
+            TRANSIENT_TWICE if ctx.attempt() < 3 => {
+                return Err(HandlerError::transient(
+                    "failing for the first two attempts",
+                ));
+            }
+            _ => {}
+        }
+        sqlx::query("INSERT INTO effects (event_id, txid) VALUES ($1, $2)")
+            .bind(event.id.0)
+            .bind(txid)
+            .execute(ctx.db())
+            .await?;
+        if captured.amount_cents == FAILS_AT_COMMIT {
+            sqlx::query("INSERT INTO checked_at_commit (id) VALUES (1), (1)")
+                .execute(ctx.db())
+                .await?;
+        }
+        if captured.amount_cents == EMITS {
+            ctx.emit(EventData::PaymentVoided(PaymentVoided {
+                order_id: captured.order_id,
+                amount_cents: 1,
+            }))
+            .await?;
+        }
+        Ok(())
+    }
+}
