@@ -1,0 +1,10 @@
+//! Bearer-token authentication: scopes ([`Scope`]), HS256 token issue/verify ([`JwtKeys`]) and
+//! the [`Caller`] extractor handlers use to learn who is calling and check what they may do.
+
+mod caller;
+mod keys;
+mod scope;
+
+pub use caller::Caller;
+pub use keys::{AuthError, Claims, JwtKeys};
+pub use scope::{Scope, UnknownScope};

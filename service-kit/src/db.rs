@@ -1,0 +1,207 @@
+//! PostgreSQL pools, one per service schema: [`connect`] creates the schema if it is missing and
+//! returns a pool whose connections have `search_path` set to it; [`ping`] checks liveness.
+//!
+//! The first connection is retried with exponential backoff (bounded) so a service can start
+//! while its database is still coming up; afterwards a dead database surfaces as errors after
+//! [`PoolSettings::acquire_timeout`] rather than as hangs.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::problem::is_transient_db_error;
+
+/// Why a pool could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The schema name is not a plain lower-case SQL identifier.
+    #[error("invalid schema name `{0}` (expected [a-z_][a-z0-9_]*, at most 63 bytes)")]
+    InvalidSchema(String),
+    /// The database URL does not parse (the URL itself is not repeated: it may hold a password).
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(#[source] sqlx::Error),
+    /// The database could not be reached (after retrying) or refused the login.
+    #[error("could not connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// The schema did not exist and could not be created.
+    #[error("could not create schema `{schema}`: {source}")]
+    CreateSchema { schema: String, source: sqlx::Error },
+}
+
+/// Pool sizing and timeouts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Upper bound on open connections of the pool.
+    pub max_connections: u32,
+    /// How long a query waits for a free connection before failing with `PoolTimedOut`.
+    pub acquire_timeout: Duration,
+    /// Idle connections above the minimum are closed after this.
+    pub idle_timeout: Duration,
+    /// Connections are recycled after this (picks up server-side changes, bounds leaks).
+    pub max_lifetime: Duration,
+    /// How long to keep retrying the first connection (database still starting).
+    pub startup_retry_for: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(300),
+            max_lifetime: Duration::from_secs(1800),
+            startup_retry_for: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A pool on `url` whose connections use `schema` (created if missing), with default settings.
+pub async fn connect(url: &str, schema: &str) -> Result<PgPool, DbError> {
+    connect_with(url, schema, &PoolSettings::default()).await
+}
+
+/// A pool on `url` whose connections use `schema` (created if missing).
+pub async fn connect_with(
+    url: &str,
+    schema: &str,
+    settings: &PoolSettings,
+) -> Result<PgPool, DbError> {
+    validate_schema(schema)?;
+    let base = PgConnectOptions::from_str(url).map_err(DbError::InvalidUrl)?;
+
+    let retry_policy = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_total_delay(Some(settings.startup_retry_for))
+        .with_max_times(usize::MAX)
+        .with_jitter();
+
+    (|| ensure_schema(&base, schema))
+        .retry(retry_policy)
+        .when(|error: &DbError| matches!(error, DbError::Connect(e) if is_transient_db_error(e)))
+        .notify(
+            |error, delay| tracing::warn!(%error, ?delay, "database not reachable yet; retrying"),
+        )
+        .await?;
+
+    let options = base.options([("search_path", schema)]);
+    (|| {
+        PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .min_connections(0)
+            .acquire_timeout(settings.acquire_timeout)
+            .idle_timeout(settings.idle_timeout)
+            .max_lifetime(settings.max_lifetime)
+            // No ping before every acquire: it is a round trip on the hot path. A connection
+            // broken by a server restart fails its query (a transient error callers retry) and
+            // is then discarded by the pool.
+            .test_before_acquire(false)
+            .connect_with(options.clone())
+    })
+    .retry(retry_policy)
+    .when(is_transient_db_error)
+    .notify(|error, delay| tracing::warn!(%error, ?delay, "database not reachable yet; retrying"))
+    .await
+    .map_err(DbError::Connect)
+}
+
+/// One round trip to the database.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+}
+
+/// Creates `schema` unless it exists. Safe when several processes start at once: creation is
+/// serialized by an advisory lock, and "already exists" from a concurrent creator is success.
+/// When the schema exists nothing is created, so a role without `CREATE` on the database works.
+async fn ensure_schema(base: &PgConnectOptions, schema: &str) -> Result<(), DbError> {
+    let mut conn = PgConnection::connect_with(base)
+        .await
+        .map_err(DbError::Connect)?;
+    let create_error = |source| DbError::CreateSchema {
+        schema: schema.to_owned(),
+        source,
+    };
+
+    let mut tx = conn.begin().await.map_err(DbError::Connect)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('jwl.create_schema'))")
+        .execute(&mut *tx)
+        .await
+        .map_err(create_error)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(create_error)?;
+    if !exists {
+        // `schema` passed `validate_schema`, so quoting it is enough to make this safe.
+        let ddl = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+        match sqlx::query(sqlx::AssertSqlSafe(ddl))
+            .execute(&mut *tx)
+            .await
+        {
+            Ok(_) => {}
+            Err(error) if is_already_exists(&error) => {}
+            Err(error) => return Err(create_error(error)),
+        }
+    }
+    tx.commit().await.map_err(create_error)?;
+    // Close politely; a failure here changes nothing about the outcome.
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// `duplicate_schema` or the unique-violation a concurrent `CREATE SCHEMA` can produce.
+fn is_already_exists(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("42P06" | "23505")))
+}
+
+fn validate_schema(schema: &str) -> Result<(), DbError> {
+    let mut chars = schema.chars();
+    let valid = schema.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(DbError::InvalidSchema(schema.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_validated() {
+        assert!(validate_schema("jwl_order").is_ok());
+        assert!(validate_schema("_x1").is_ok());
+        for bad in [
+            "",
+            "1abc",
+            "Order",
+            "a-b",
+            "a\"b",
+            "a;drop",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                matches!(validate_schema(bad), Err(DbError::InvalidSchema(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn invalid_urls_are_reported_without_connecting() {
+        assert!(matches!(
+            connect("not a url", "jwl_x").await,
+            Err(DbError::InvalidUrl(_))
+        ));
+    }
+}

@@ -1,0 +1,68 @@
+//! The HTTP edge every service's routes sit behind ([`edge`]): health, readiness and metrics
+//! endpoints, request ids, body limit, timeout, panic catching, problem-details errors for
+//! everything (including 404/405), per-request tracing spans and latency metrics; and [`serve`].
+
+mod health;
+mod layers;
+mod metrics;
+mod serve;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use tower::ServiceBuilder;
+use tower_http::ServiceBuilderExt;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::MakeRequestUuid;
+
+use crate::auth::JwtKeys;
+
+pub use health::{Readiness, ReadinessProbe};
+pub use metrics::{HTTP_DURATION_METRIC, install_metrics_recorder};
+pub use serve::{ServeError, serve, serve_on};
+
+/// Largest request body accepted (64 KiB); larger → 413 problem.
+pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+
+/// Longest a request may take; slower → 503 problem.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Header carrying the request id (generated as a UUID when the client sent none).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// `routes` plus `GET /healthz`, `GET /readyz` (checked by `readiness`) and `GET /metrics`,
+/// behind the edge layers. Every route handler can extract [`crate::auth::Caller`].
+pub fn edge(routes: Router, keys: JwtKeys, readiness: Readiness) -> Router {
+    edge_with_probe(routes, keys, Arc::new(readiness))
+}
+
+/// [`edge`] with any readiness check.
+pub fn edge_with_probe(
+    routes: Router,
+    keys: JwtKeys,
+    readiness: Arc<dyn ReadinessProbe>,
+) -> Router {
+    let prometheus = install_metrics_recorder().clone();
+    routes
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(move || health::readyz(readiness.clone())))
+        .route("/metrics", get(move || metrics::render(prometheus.clone())))
+        .fallback(layers::not_found)
+        .layer(
+            // Outermost first: the request id exists before anything else runs and is copied
+            // onto every response, including those produced by the inner layers.
+            ServiceBuilder::new()
+                .set_x_request_id(MakeRequestUuid)
+                .propagate_x_request_id()
+                .layer(layers::trace_layer())
+                .layer(axum::middleware::from_fn(metrics::record_request))
+                .layer(axum::middleware::from_fn(layers::problem_for_bare_errors))
+                .layer(CatchPanicLayer::custom(layers::panic_response))
+                .layer(axum::middleware::from_fn(layers::enforce_timeout))
+                .layer(axum::Extension(keys))
+                .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES)),
+        )
+}

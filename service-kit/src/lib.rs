@@ -1,0 +1,17 @@
+//! What every Jiangwanli service process needs around its domain code: a Postgres pool per
+//! schema ([`db`]), the HTTP edge with problem details, JWT auth, request ids, health, readiness
+//! and metrics ([`http`], [`problem`], [`extract`], [`auth`]), tracing setup ([`telemetry`]),
+//! tunables ([`config`]) and the [`ServiceContext`] handed to each service.
+
+pub mod auth;
+pub mod config;
+pub mod context;
+pub mod db;
+pub mod extract;
+pub mod http;
+pub mod problem;
+pub mod telemetry;
+
+pub use config::Settings;
+pub use context::ServiceContext;
+pub use problem::{ApiError, ApiResult};

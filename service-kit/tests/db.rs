@@ -1,0 +1,135 @@
+//! `db::connect` against a real PostgreSQL: schema creation (also concurrent), `search_path`,
+//! bounded failure when the database is unreachable, and 503 mapping once it goes away.
+
+use std::time::{Duration, Instant};
+
+use jwl_service_kit::ApiError;
+use jwl_service_kit::db::{self, DbError, PoolSettings};
+use jwl_testkit::{StopMode, TestCluster, eventually};
+
+#[tokio::test]
+async fn connect_creates_the_schema_and_uses_it_as_search_path() {
+    let database = jwl_testkit::database().await.unwrap();
+    let pool = db::connect(database.url(), "jwl_widgets").await.unwrap();
+
+    let schema: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(schema, "jwl_widgets");
+    sqlx::query("CREATE TABLE widget (id int PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let owner: String = sqlx::query_scalar(
+        "SELECT table_schema::text FROM information_schema.tables WHERE table_name = 'widget'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        owner, "jwl_widgets",
+        "unqualified tables land in the service's schema"
+    );
+    db::ping(&pool).await.unwrap();
+
+    // A second connect reuses the existing schema and sees the table.
+    let again = db::connect(database.url(), "jwl_widgets").await.unwrap();
+    sqlx::query("INSERT INTO widget VALUES (1)")
+        .execute(&again)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn two_schemas_in_one_database_are_separate() {
+    let database = jwl_testkit::database().await.unwrap();
+    let a = db::connect(database.url(), "jwl_a").await.unwrap();
+    let b = db::connect(database.url(), "jwl_b").await.unwrap();
+    sqlx::query("CREATE TABLE thing (v text)")
+        .execute(&a)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE thing (v text)")
+        .execute(&b)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO thing VALUES ('a')")
+        .execute(&a)
+        .await
+        .unwrap();
+    let in_b: i64 = sqlx::query_scalar("SELECT count(*) FROM thing")
+        .fetch_one(&b)
+        .await
+        .unwrap();
+    assert_eq!(in_b, 0);
+}
+
+#[tokio::test]
+async fn concurrent_connects_to_a_new_schema_all_succeed() {
+    let database = jwl_testkit::database().await.unwrap();
+    let connects = (0..8).map(|_| db::connect(database.url(), "jwl_raced"));
+    for result in futures::future::join_all(connects).await {
+        let pool = result.expect("every racer gets a pool");
+        db::ping(&pool).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn unreachable_database_fails_within_the_retry_budget() {
+    let port = jwl_local_infra_free_port();
+    let settings = PoolSettings {
+        startup_retry_for: Duration::from_secs(1),
+        ..PoolSettings::default()
+    };
+    let started = Instant::now();
+    let error = db::connect_with(
+        &format!("postgres://postgres@127.0.0.1:{port}/none"),
+        "jwl_x",
+        &settings,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, DbError::Connect(_)), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "gave up after {:?}",
+        started.elapsed()
+    );
+}
+
+/// A port nothing listens on: bind one, then release it.
+fn jwl_local_infra_free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test]
+async fn queries_fail_fast_with_503_while_the_database_is_down() {
+    let cluster = TestCluster::start().await.unwrap();
+    let database = cluster.database().await.unwrap();
+    let pool = db::connect(database.url(), "jwl_outage").await.unwrap();
+    db::ping(&pool).await.unwrap();
+
+    cluster.stop(StopMode::Immediate).await.unwrap();
+    let started = Instant::now();
+    // The first query may fail on a broken pooled connection, later ones on connecting; all
+    // must be errors (not hangs) that map to 503.
+    for _ in 0..3 {
+        let error = db::ping(&pool).await.unwrap_err();
+        let status = ApiError::from(error).status();
+        assert_eq!(status, 503);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    cluster.start_again().await.unwrap();
+    eventually("the pool recovers", Duration::from_secs(30), || {
+        db::ping(&pool)
+    })
+    .await
+    .unwrap();
+}

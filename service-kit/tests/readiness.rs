@@ -1,0 +1,72 @@
+//! `/readyz` with the real probe: every pool pings and the broker is connected.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::Router;
+use jwl_outbox::JetStreamBroker;
+use jwl_service_kit::db;
+use jwl_service_kit::http::{Readiness, edge};
+use jwl_testkit::eventually;
+
+async fn readyz_status(app: &Router) -> u16 {
+    common::get(app, "/readyz").await.0.status().as_u16()
+}
+
+#[tokio::test]
+async fn ready_while_database_and_broker_answer_and_not_ready_without_the_broker() {
+    let database = jwl_testkit::database().await.unwrap();
+    let nats = jwl_testkit::nats().await.unwrap();
+    let order_pool = db::connect(database.url(), "jwl_order").await.unwrap();
+    let payment_pool = db::connect(database.url(), "jwl_payment").await.unwrap();
+    let broker = JetStreamBroker::connect(nats.url()).await.unwrap();
+    let app = edge(
+        Router::new(),
+        common::keys(),
+        Readiness {
+            pools: vec![order_pool, payment_pool.clone()],
+            broker,
+        },
+    );
+
+    // The broker connects in the background; ready once it has.
+    eventually("readyz reports ready", Duration::from_secs(20), || async {
+        readyz_status(&app).await == 200
+    })
+    .await
+    .unwrap();
+
+    nats.kill().await.unwrap();
+    eventually(
+        "readyz reports the broker down",
+        Duration::from_secs(20),
+        || async { readyz_status(&app).await == 503 },
+    )
+    .await
+    .unwrap();
+    let (response, body) = common::get(&app, "/readyz").await;
+    let problem = common::problem(&response, &body, 503);
+    assert!(
+        problem["detail"].as_str().unwrap().contains("broker"),
+        "{problem}"
+    );
+
+    nats.start_again().await.unwrap();
+    eventually("readyz recovers", Duration::from_secs(30), || async {
+        readyz_status(&app).await == 200
+    })
+    .await
+    .unwrap();
+
+    payment_pool.close().await;
+    let (response, body) = common::get(&app, "/readyz").await;
+    let problem = common::problem(&response, &body, 503);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("database pool 1"),
+        "{problem}"
+    );
+}
