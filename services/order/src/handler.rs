@@ -1,0 +1,78 @@
+//! [`OrderReadModel`]: the order status read model, fed by every saga event the order service
+//! does not emit itself. Each event is appended to the order's timeline (once, by event id) and
+//! moved through [`domain::apply_event`] under a lock of the order's row.
+
+use async_trait::async_trait;
+use jwl_events::{Envelope, EventType};
+use jwl_outbox::{Handler, HandlerContext, HandlerError};
+
+use crate::domain;
+use crate::store::{self, StoreError};
+
+/// Every event type except those the order service emits (`order.created`,
+/// `order.cancel_requested`), whose timeline rows it writes in its own transactions.
+const SUBSCRIPTIONS: &[EventType] = &[
+    EventType::PaymentAuthorized,
+    EventType::PaymentDeclined,
+    EventType::PaymentCaptured,
+    EventType::PaymentVoided,
+    EventType::InventoryReserved,
+    EventType::InventoryRejected,
+    EventType::InventoryReleased,
+    EventType::WaybillCreated,
+    EventType::WaybillCancelled,
+    EventType::CourierAssigned,
+    EventType::DispatchFailed,
+    EventType::Delivered,
+];
+
+/// The handler keeping `orders` (status, reason, waybill, courier) and `order_timeline` current.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrderReadModel;
+
+#[async_trait]
+impl Handler for OrderReadModel {
+    fn subscriptions(&self) -> &'static [EventType] {
+        SUBSCRIPTIONS
+    }
+
+    async fn handle(
+        &self,
+        ctx: &mut HandlerContext<'_>,
+        event: &Envelope,
+    ) -> Result<(), HandlerError> {
+        let order_id = event.order_id();
+        let conn = ctx.db();
+        // The order's row is committed before its order.created is published, so every later
+        // event finds it; an unknown order is an event from elsewhere and retrying cannot help.
+        let Some(order) = store::lock_order(conn, order_id)
+            .await
+            .map_err(store_error)?
+        else {
+            return Err(HandlerError::permanent(format!(
+                "{} for unknown order {order_id}",
+                event.event_type()
+            )));
+        };
+        store::insert_timeline(conn, event).await?;
+        let next = domain::apply_event(&order.state, &event.data);
+        if next != order.state {
+            store::update_read_model(conn, order_id, &next).await?;
+            tracing::info!(
+                %order_id,
+                event_type = %event.event_type(),
+                from = order.state.status.as_str(),
+                to = next.status.as_str(),
+                "order read model updated"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn store_error(error: StoreError) -> HandlerError {
+    match error {
+        StoreError::Database(error) => error.into(),
+        invalid @ StoreError::InvalidRow { .. } => HandlerError::permanent(invalid.to_string()),
+    }
+}

@@ -1,0 +1,338 @@
+//! The order service's HTTP routes: placing an order (`POST /v1/orders`, with optional
+//! `Idempotency-Key`), reading one (`GET /v1/orders/{id}`) and asking to cancel one
+//! (`POST /v1/orders/{id}/cancel`).
+//!
+//! Checks run in this order: authentication (401), scope (403), path and body (400/413/415),
+//! existence and ownership (404: an order of another customer is reported as missing, so order
+//! ids cannot be probed), then the order's state (409).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, SubsecRound, Utc};
+use jwl_events::{CancelReason, Envelope, OrderCancelRequested, OrderCreated, OrderId};
+use jwl_outbox::OutboxError;
+use jwl_service_kit::auth::{Caller, Scope};
+use jwl_service_kit::extract::{Json, Path};
+use jwl_service_kit::{ApiError, ApiResult, ServiceContext, Settings};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::SERVICE;
+use crate::domain::{self, CancelDecision, FieldError, OrderRequest, OrderStatus};
+use crate::store::{self, IdempotentResponse, NewOrder, OrderRecord, StoreError};
+
+/// The request header that makes `POST /v1/orders` idempotent.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Set on a response replayed for a repeated idempotency key.
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+#[derive(Clone)]
+struct AppState {
+    pool: PgPool,
+    settings: Arc<Settings>,
+}
+
+/// The routes of the order service (no health, metrics or fallback: the edge adds those).
+pub fn router(ctx: &ServiceContext) -> Router {
+    Router::new()
+        .route("/v1/orders", post(create_order))
+        .route("/v1/orders/{id}", get(get_order))
+        .route("/v1/orders/{id}/cancel", post(cancel_order))
+        .with_state(AppState {
+            pool: ctx.pool.clone(),
+            settings: ctx.settings.clone(),
+        })
+}
+
+/// `201` body of `POST /v1/orders`, also recorded for idempotent replays.
+#[derive(Serialize)]
+struct OrderCreatedBody {
+    order_id: OrderId,
+    status: &'static str,
+}
+
+/// `202` body of `POST /v1/orders/{id}/cancel`.
+#[derive(Serialize)]
+struct CancelAcceptedBody {
+    order_id: OrderId,
+    status: &'static str,
+}
+
+/// Body of `GET /v1/orders/{id}`.
+#[derive(Serialize)]
+struct OrderBody {
+    order_id: OrderId,
+    status: &'static str,
+    reason: Option<&'static str>,
+    waybill_id: Option<String>,
+    courier_id: Option<String>,
+    amount_cents: i64,
+    created_at: DateTime<Utc>,
+    timeline: Vec<TimelineBody>,
+}
+
+#[derive(Serialize)]
+struct TimelineBody {
+    #[serde(rename = "type")]
+    event_type: String,
+    time: DateTime<Utc>,
+    source: String,
+}
+
+impl From<OrderRecord> for OrderBody {
+    fn from(record: OrderRecord) -> Self {
+        OrderBody {
+            order_id: record.order_id,
+            status: record.status.as_str(),
+            reason: record.reason.map(|r| r.as_str()),
+            waybill_id: record.waybill_id.map(|id| id.to_string()),
+            courier_id: record.courier_id.map(String::from),
+            amount_cents: record.amount_cents,
+            created_at: record.created_at,
+            timeline: record
+                .timeline
+                .into_iter()
+                .map(|entry| TimelineBody {
+                    event_type: entry.event_type,
+                    time: entry.time,
+                    source: entry.source,
+                })
+                .collect(),
+        }
+    }
+}
+
+async fn create_order(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Result<Json<OrderRequest>, ApiError>,
+) -> ApiResult<Response> {
+    caller.require(Scope::OrdersWrite)?;
+    domain::validate_customer_id(&caller.subject)
+        .map_err(|error| ApiError::Forbidden(error.reason))?;
+    let idempotency_key = idempotency_key(&headers)?;
+    let Json(request) = body?;
+    let order = domain::validate_order(&request).map_err(bad_field)?;
+
+    let created_at = Utc::now().trunc_subsecs(6);
+    let deadline = domain::deadline_after(created_at, state.settings.order_deadline)
+        .ok_or_else(|| ApiError::internal("the order deadline setting is out of range"))?;
+    let order_id = OrderId::new();
+    let event = Envelope {
+        time: created_at,
+        ..Envelope::new(
+            SERVICE,
+            OrderCreated {
+                order_id,
+                customer_id: caller.subject.clone(),
+                items: order.items.clone(),
+                amount_cents: order.amount_cents,
+                pickup: order.pickup,
+                dropoff: order.dropoff,
+                payment_token: order.payment_token.clone(),
+                deadline,
+            }
+            .into(),
+        )
+    };
+    let body = json_text(&OrderCreatedBody {
+        order_id,
+        status: OrderStatus::Pending.as_str(),
+    })?;
+
+    let mut tx = state.pool.begin().await?;
+    if let Some(key) = &idempotency_key {
+        let canonical_request = domain::canonical_request(&request);
+        let claimed = store::claim_idempotency_key(
+            &mut tx,
+            &IdempotentResponse {
+                customer_id: &caller.subject,
+                key,
+                canonical_request: &canonical_request,
+                order_id,
+                status: StatusCode::CREATED.as_u16(),
+                body: &body,
+            },
+        )
+        .await?;
+        if !claimed {
+            let recorded =
+                store::recorded_response(&mut tx, &caller.subject, key, &canonical_request)
+                    .await
+                    .map_err(store_error)?
+                    .ok_or_else(|| ApiError::internal("an idempotency key vanished"))?;
+            tx.rollback().await?;
+            if !recorded.same_request {
+                return Err(ApiError::Unprocessable(
+                    "this Idempotency-Key was already used with a different request body"
+                        .to_owned(),
+                ));
+            }
+            let status = StatusCode::from_u16(recorded.status).map_err(ApiError::internal)?;
+            let mut response = created_response(status, recorded.order_id, recorded.body)?;
+            response
+                .headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            return Ok(response);
+        }
+    }
+    store::insert_order(
+        &mut tx,
+        &NewOrder {
+            order_id,
+            customer_id: &caller.subject,
+            order: &order,
+            deadline,
+            created_at,
+        },
+    )
+    .await?;
+    store::insert_timeline(&mut tx, &event).await?;
+    jwl_outbox::enqueue(&mut tx, &event)
+        .await
+        .map_err(outbox_error)?;
+    tx.commit().await?;
+
+    metrics::counter!("jwl_orders_created_total").increment(1);
+    tracing::info!(%order_id, amount_cents = order.amount_cents, "order created");
+    created_response(StatusCode::CREATED, order_id, body)
+}
+
+async fn get_order(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<OrderId>, ApiError>,
+) -> ApiResult<Json<OrderBody>> {
+    caller.require(Scope::OrdersRead)?;
+    let Path(order_id) = path?;
+    let record = store::find_order(&state.pool, order_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| order_not_found(order_id))?;
+    caller
+        .require_owner_or_admin(&record.customer_id)
+        .map_err(|_| order_not_found(order_id))?;
+    Ok(Json(record.into()))
+}
+
+async fn cancel_order(
+    State(state): State<AppState>,
+    caller: Caller,
+    path: Result<Path<OrderId>, ApiError>,
+) -> ApiResult<(StatusCode, Json<CancelAcceptedBody>)> {
+    caller.require(Scope::OrdersWrite)?;
+    let Path(order_id) = path?;
+    let mut tx = state.pool.begin().await?;
+    let order = store::lock_order(&mut tx, order_id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| order_not_found(order_id))?;
+    caller
+        .require_owner_or_admin(&order.customer_id)
+        .map_err(|_| order_not_found(order_id))?;
+    let status = order.state.status;
+    match domain::decide_cancel(status, order.cancel_requested) {
+        CancelDecision::Refuse => {
+            return Err(ApiError::Conflict(format!(
+                "order {order_id} is {} and can no longer be cancelled",
+                status.as_str()
+            )));
+        }
+        CancelDecision::AlreadyRequested => {}
+        CancelDecision::Request => {
+            let event = Envelope::new(
+                SERVICE,
+                OrderCancelRequested {
+                    order_id,
+                    reason: CancelReason::Customer,
+                }
+                .into(),
+            );
+            store::mark_cancel_requested(
+                &mut tx,
+                order_id,
+                CancelReason::Customer.into(),
+                event.time,
+            )
+            .await?;
+            store::insert_timeline(&mut tx, &event).await?;
+            jwl_outbox::enqueue(&mut tx, &event)
+                .await
+                .map_err(outbox_error)?;
+            metrics::counter!("jwl_order_cancel_requests_total", "reason" => "customer")
+                .increment(1);
+            tracing::info!(%order_id, "cancellation requested by the customer");
+        }
+    }
+    tx.commit().await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(CancelAcceptedBody {
+            order_id,
+            status: status.as_str(),
+        }),
+    ))
+}
+
+/// The `Idempotency-Key` header, if present and valid.
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get(&IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::bad_field("Idempotency-Key", "must be visible ASCII characters"))?;
+    domain::validate_idempotency_key(key).map_err(bad_field)?;
+    Ok(Some(key.to_owned()))
+}
+
+/// A `201`-style response: the JSON `body` and `Location: /v1/orders/{id}`.
+fn created_response(status: StatusCode, order_id: OrderId, body: String) -> ApiResult<Response> {
+    let location =
+        HeaderValue::try_from(format!("/v1/orders/{order_id}")).map_err(ApiError::internal)?;
+    Ok((
+        status,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::LOCATION, location),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+fn json_text(body: &impl Serialize) -> ApiResult<String> {
+    serde_json::to_string(body).map_err(ApiError::internal)
+}
+
+fn order_not_found(order_id: OrderId) -> ApiError {
+    ApiError::NotFound(format!("there is no order {order_id}"))
+}
+
+fn bad_field(error: FieldError) -> ApiError {
+    let detail = error.to_string();
+    ApiError::bad_field(error.field, detail)
+}
+
+fn store_error(error: StoreError) -> ApiError {
+    match error {
+        StoreError::Database(error) => error.into(),
+        invalid @ StoreError::InvalidRow { .. } => ApiError::internal(invalid),
+    }
+}
+
+fn outbox_error(error: OutboxError) -> ApiError {
+    match error {
+        OutboxError::Database(error) => error.into(),
+        other => ApiError::internal(other),
+    }
+}

@@ -1,0 +1,66 @@
+//! `jwl-order`: the order service. It accepts orders over HTTP (`POST /v1/orders`, emitting
+//! `order.created`), lets customers ask to cancel them (`order.cancel_requested`), requests the
+//! cancellation of orders that miss their deadline (timer), and keeps the order status read model
+//! and timeline (`GET /v1/orders/{id}`) from every other saga event.
+//!
+//! The entry points are those every service crate exports (see `cli/src/services.rs`):
+//! [`SERVICE`], [`SCHEMA`], [`migrate`], [`router`] and [`run`]; [`OrderReadModel`] is the
+//! event handler `run` feeds.
+
+mod deadline;
+mod domain;
+mod handler;
+mod http;
+mod store;
+
+use std::sync::Arc;
+
+use jwl_events::Service;
+use jwl_outbox::Messaging;
+use jwl_service_kit::ServiceContext;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio_util::sync::CancellationToken;
+
+pub use handler::OrderReadModel;
+
+/// This bounded context.
+pub const SERVICE: Service = Service::Order;
+
+/// The Postgres schema of the order service's tables (its pool's `search_path`).
+pub const SCHEMA: &str = "jwl_order";
+
+/// The service's own migrations (14-digit versions), next to the outbox's.
+static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// Creates or updates the outbox/inbox tables and the order tables in the pool's schema.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    jwl_outbox::migrate(pool).await?;
+    let mut migrator = Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// `POST /v1/orders`, `GET /v1/orders/{id}` and `POST /v1/orders/{id}/cancel`.
+pub fn router(ctx: &ServiceContext) -> axum::Router {
+    http::router(ctx)
+}
+
+/// The relay, the read model's consumers and the deadline timer, until `shutdown`. If the
+/// messaging stops with an error, the timer is stopped too and the error returned.
+pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let stop = shutdown.child_token();
+    let timer = tokio::spawn(deadline::run(
+        ctx.pool.clone(),
+        ctx.settings.order_deadline,
+        stop.clone(),
+    ));
+    let messaging = Messaging::new(SERVICE, ctx.pool, ctx.broker, ctx.messaging)
+        .run(Arc::new(OrderReadModel), stop.clone())
+        .await;
+    stop.cancel();
+    timer.await?;
+    messaging?;
+    Ok(())
+}

@@ -1,0 +1,395 @@
+//! The order service's SQL: orders, their timelines, idempotency keys, row locks for the read
+//! model and cancellation, and the deadline timer's claim of overdue orders. Every function runs
+//! on the connection (usually a transaction) it is given.
+
+use chrono::{DateTime, Utc};
+use jwl_events::{CourierId, Envelope, LineItem, OrderId, WaybillId};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{CancelledReason, OrderStatus, ReadModelState, ValidOrder};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A row holds a value the constraints should have kept out.
+    #[error("order {order_id} has an invalid {column}: {value:?}")]
+    InvalidRow {
+        order_id: OrderId,
+        column: &'static str,
+        value: String,
+    },
+}
+
+/// A new order, as inserted by `POST /v1/orders`.
+pub struct NewOrder<'a> {
+    pub order_id: OrderId,
+    pub customer_id: &'a str,
+    pub order: &'a ValidOrder,
+    pub deadline: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Inserts a `pending` order.
+pub async fn insert_order(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO orders (order_id, customer_id, status, amount_cents, items,
+                             pickup_lat, pickup_lon, dropoff_lat, dropoff_lon,
+                             deadline, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+    )
+    .bind(new.order_id.0)
+    .bind(new.customer_id)
+    .bind(OrderStatus::Pending.as_str())
+    .bind(new.order.amount_cents)
+    .bind(Json::<&[LineItem]>(&new.order.items))
+    .bind(new.order.pickup.lat)
+    .bind(new.order.pickup.lon)
+    .bind(new.order.dropoff.lat)
+    .bind(new.order.dropoff.lon)
+    .bind(new.deadline)
+    .bind(new.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Appends `event` to its order's timeline; `false` if it was already there.
+pub async fn insert_timeline(
+    conn: &mut PgConnection,
+    event: &Envelope,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO order_timeline (event_id, order_id, event_type, event_time, source)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(event.id.0)
+    .bind(event.order_id().0)
+    .bind(event.event_type().as_str())
+    .bind(event.time)
+    .bind(event.source.source())
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// The response recorded for an idempotency key.
+pub struct RecordedResponse {
+    pub order_id: OrderId,
+    pub status: u16,
+    pub body: String,
+    /// Whether the request that recorded it had the same canonical body as this one.
+    pub same_request: bool,
+}
+
+/// What `POST /v1/orders` will answer under an idempotency key.
+pub struct IdempotentResponse<'a> {
+    pub customer_id: &'a str,
+    pub key: &'a str,
+    /// The canonical request body; its SHA-256 is stored.
+    pub canonical_request: &'a str,
+    pub order_id: OrderId,
+    pub status: u16,
+    pub body: &'a str,
+}
+
+/// Records `response` under (customer, key) unless that key is taken. A concurrent transaction
+/// holding the same key makes this wait for it: if it commits, the key is taken (`false`); if it
+/// rolls back, this one records the key. The order it names must be inserted before commit.
+pub async fn claim_idempotency_key(
+    conn: &mut PgConnection,
+    response: &IdempotentResponse<'_>,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (customer_id, idempotency_key, request_hash, order_id,
+                                       response_status, response_body)
+         VALUES ($1, $2, sha256(convert_to($3, 'UTF8')), $4, $5, $6)
+         ON CONFLICT (customer_id, idempotency_key) DO NOTHING",
+    )
+    .bind(response.customer_id)
+    .bind(response.key)
+    .bind(response.canonical_request)
+    .bind(response.order_id.0)
+    .bind(i32::from(response.status))
+    .bind(response.body)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// The response recorded under (customer, key), compared with `canonical_request`.
+pub async fn recorded_response(
+    conn: &mut PgConnection,
+    customer_id: &str,
+    key: &str,
+    canonical_request: &str,
+) -> Result<Option<RecordedResponse>, StoreError> {
+    let row: Option<(Uuid, i32, String, bool)> = sqlx::query_as(
+        "SELECT order_id, response_status, response_body,
+                request_hash = sha256(convert_to($3, 'UTF8'))
+         FROM idempotency_keys WHERE customer_id = $1 AND idempotency_key = $2",
+    )
+    .bind(customer_id)
+    .bind(key)
+    .bind(canonical_request)
+    .fetch_optional(conn)
+    .await?;
+    let Some((order_id, status, body, same_request)) = row else {
+        return Ok(None);
+    };
+    let order_id = OrderId(order_id);
+    let status = u16::try_from(status).map_err(|_| StoreError::InvalidRow {
+        order_id,
+        column: "idempotency_keys.response_status",
+        value: status.to_string(),
+    })?;
+    Ok(Some(RecordedResponse {
+        order_id,
+        status,
+        body,
+        same_request,
+    }))
+}
+
+/// An order locked for update: who owns it, its read model and whether a cancel was requested.
+pub struct LockedOrder {
+    pub customer_id: String,
+    pub state: ReadModelState,
+    pub cancel_requested: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct LockedRow {
+    customer_id: String,
+    status: String,
+    reason: Option<String>,
+    waybill_id: Option<Uuid>,
+    courier_id: Option<String>,
+    cancel_requested: bool,
+}
+
+/// Locks the order's row until the end of the transaction; `None` if there is no such order.
+pub async fn lock_order(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+) -> Result<Option<LockedOrder>, StoreError> {
+    let row: Option<LockedRow> = sqlx::query_as(
+        "SELECT customer_id, status, reason, waybill_id, courier_id,
+                cancel_requested_at IS NOT NULL AS cancel_requested
+         FROM orders WHERE order_id = $1 FOR UPDATE",
+    )
+    .bind(order_id.0)
+    .fetch_optional(conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    Ok(Some(LockedOrder {
+        customer_id: row.customer_id,
+        state: ReadModelState {
+            status: parse_status(order_id, &row.status)?,
+            reason: parse_reason(order_id, row.reason.as_deref())?,
+            waybill_id: row.waybill_id.map(WaybillId),
+            courier_id: parse_courier(order_id, row.courier_id.as_deref())?,
+        },
+        cancel_requested: row.cancel_requested,
+    }))
+}
+
+/// Writes the read model of an order (locked with [`lock_order`]).
+pub async fn update_read_model(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+    state: &ReadModelState,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE orders
+         SET status = $2, reason = $3, waybill_id = $4, courier_id = $5, updated_at = now()
+         WHERE order_id = $1",
+    )
+    .bind(order_id.0)
+    .bind(state.status.as_str())
+    .bind(state.reason.map(CancelledReason::as_str))
+    .bind(state.waybill_id.map(|id| id.0))
+    .bind(state.courier_id.as_ref().map(CourierId::as_str))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records that a cancellation was requested for `reason` (`customer` or `deadline`).
+pub async fn mark_cancel_requested(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+    reason: CancelledReason,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE orders SET cancel_requested_at = $2, cancel_reason = $3, updated_at = now()
+         WHERE order_id = $1",
+    )
+    .bind(order_id.0)
+    .bind(at)
+    .bind(reason.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Claims up to `limit` orders that are not terminal, are past their deadline at `now` and have
+/// no cancel request yet, marks them cancel-requested for `deadline`, and returns their ids.
+/// Rows locked by another transaction (another replica's timer, a cancel, an event) are
+/// skipped; they are looked at again on the next run.
+pub async fn claim_overdue_orders(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<OrderId>, sqlx::Error> {
+    // The status list is the non-terminal statuses (domain::OrderStatus::is_terminal), written
+    // out like the predicate of `orders_open_deadline_idx` so that the index is used.
+    let ids: Vec<Uuid> = sqlx::query_scalar(
+        "WITH overdue AS (
+             SELECT order_id FROM orders
+             WHERE cancel_requested_at IS NULL
+               AND status IN ('pending', 'paid', 'reserved', 'waybill_created')
+               AND deadline <= $1
+             ORDER BY deadline
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+         )
+         UPDATE orders SET cancel_requested_at = $1, cancel_reason = $3, updated_at = now()
+         FROM overdue WHERE orders.order_id = overdue.order_id
+         RETURNING orders.order_id",
+    )
+    .bind(now)
+    .bind(limit)
+    .bind(CancelledReason::Deadline.as_str())
+    .fetch_all(conn)
+    .await?;
+    Ok(ids.into_iter().map(OrderId).collect())
+}
+
+/// An order as `GET /v1/orders/{id}` shows it.
+pub struct OrderRecord {
+    pub order_id: OrderId,
+    pub customer_id: String,
+    pub status: OrderStatus,
+    pub reason: Option<CancelledReason>,
+    pub waybill_id: Option<WaybillId>,
+    pub courier_id: Option<CourierId>,
+    pub amount_cents: i64,
+    pub created_at: DateTime<Utc>,
+    /// Ordered by event time (then event id).
+    pub timeline: Vec<TimelineEntry>,
+}
+
+/// One event of an order's timeline.
+pub struct TimelineEntry {
+    /// The CloudEvents `type`: `jwl.payment.authorized`, …
+    pub event_type: String,
+    pub time: DateTime<Utc>,
+    /// The CloudEvents `source`: `/jwl/payment`, …
+    pub source: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct OrderRow {
+    customer_id: String,
+    status: String,
+    reason: Option<String>,
+    waybill_id: Option<Uuid>,
+    courier_id: Option<String>,
+    amount_cents: i64,
+    created_at: DateTime<Utc>,
+}
+
+/// The order and its timeline, read in one snapshot; `None` if there is no such order.
+pub async fn find_order(
+    pool: &PgPool,
+    order_id: OrderId,
+) -> Result<Option<OrderRecord>, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let row: Option<OrderRow> = sqlx::query_as(
+        "SELECT customer_id, status, reason, waybill_id, courier_id, amount_cents, created_at
+         FROM orders WHERE order_id = $1",
+    )
+    .bind(order_id.0)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let timeline: Vec<(String, DateTime<Utc>, String)> = sqlx::query_as(
+        "SELECT event_type, event_time, source FROM order_timeline
+         WHERE order_id = $1 ORDER BY event_time, event_id",
+    )
+    .bind(order_id.0)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Some(OrderRecord {
+        order_id,
+        status: parse_status(order_id, &row.status)?,
+        reason: parse_reason(order_id, row.reason.as_deref())?,
+        waybill_id: row.waybill_id.map(WaybillId),
+        courier_id: parse_courier(order_id, row.courier_id.as_deref())?,
+        customer_id: row.customer_id,
+        amount_cents: row.amount_cents,
+        created_at: row.created_at,
+        timeline: timeline
+            .into_iter()
+            .map(|(event_type, time, source)| TimelineEntry {
+                event_type,
+                time,
+                source,
+            })
+            .collect(),
+    }))
+}
+
+fn parse_status(order_id: OrderId, status: &str) -> Result<OrderStatus, StoreError> {
+    OrderStatus::parse(status).ok_or_else(|| StoreError::InvalidRow {
+        order_id,
+        column: "status",
+        value: status.to_owned(),
+    })
+}
+
+fn parse_reason(
+    order_id: OrderId,
+    reason: Option<&str>,
+) -> Result<Option<CancelledReason>, StoreError> {
+    reason
+        .map(|text| {
+            CancelledReason::parse(text).ok_or_else(|| StoreError::InvalidRow {
+                order_id,
+                column: "reason",
+                value: text.to_owned(),
+            })
+        })
+        .transpose()
+}
+
+fn parse_courier(
+    order_id: OrderId,
+    courier: Option<&str>,
+) -> Result<Option<CourierId>, StoreError> {
+    courier
+        .map(|text| {
+            CourierId::parse(text).map_err(|_| StoreError::InvalidRow {
+                order_id,
+                column: "courier_id",
+                value: text.to_owned(),
+            })
+        })
+        .transpose()
+}
