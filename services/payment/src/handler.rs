@@ -1,0 +1,231 @@
+//! The payment service's event handler: authorise on `order.created`, capture on
+//! `dispatch.courier_assigned`, void on `inventory.rejected` / `dispatch.failed`.
+//!
+//! Each event locks the order's payment row, asks [`crate::domain`] which transition is allowed,
+//! and applies it with a conditional write; the emitted event commits with the state change.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use jwl_events::{
+    Envelope, EventData, EventType, OrderCreated, OrderId, PaymentAuthorized, PaymentCaptured,
+    PaymentDeclined, PaymentVoided,
+};
+use jwl_outbox::{Handler, HandlerContext, HandlerError};
+
+use crate::domain::{self, CaptureDecision, OrderCreatedDecision, VoidDecision};
+use crate::processor::{Authorization, CardProcessor};
+use crate::store;
+
+/// Counter of payment transitions, labelled `outcome`.
+const OUTCOMES_METRIC: &str = "jwl_payment_outcomes_total";
+
+/// Why the handler could not apply an event now (all transient: a retry can succeed).
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentHandlingError {
+    /// `dispatch.courier_assigned` arrived but the order has no payment yet.
+    #[error("order {0} has no payment yet; the capture waits for its authorisation")]
+    NotAuthorizedYet(OrderId),
+    /// Another handler wrote the order's first payment row in the meantime.
+    #[error("the payment of order {0} was created concurrently; retrying")]
+    ConcurrentCreation(OrderId),
+}
+
+/// Handles the saga events payment consumes, with the given card processor.
+pub struct PaymentHandler {
+    processor: Arc<dyn CardProcessor>,
+}
+
+impl PaymentHandler {
+    pub fn new(processor: Arc<dyn CardProcessor>) -> Self {
+        Self { processor }
+    }
+
+    async fn on_order_created(
+        &self,
+        ctx: &mut HandlerContext<'_>,
+        order: &OrderCreated,
+    ) -> Result<(), HandlerError> {
+        let order_id = order.order_id;
+        let current = store::lock_state(ctx.db(), order_id).await?;
+        match domain::on_order_created(current) {
+            OrderCreatedDecision::Authorize => {
+                let authorization = self
+                    .processor
+                    .authorize(&order.payment_token, order.amount_cents)
+                    .await;
+                match authorization {
+                    Authorization::Approved => {
+                        let inserted =
+                            store::insert_authorized(ctx.db(), order_id, order.amount_cents)
+                                .await?;
+                        ensure_created(inserted, order_id)?;
+                        ctx.emit(PaymentAuthorized {
+                            order_id,
+                            amount_cents: order.amount_cents,
+                            items: order.items.clone(),
+                            pickup: order.pickup,
+                            dropoff: order.dropoff,
+                        })
+                        .await?;
+                        count("authorized");
+                    }
+                    Authorization::Declined { reason } => {
+                        let inserted =
+                            store::insert_declined(ctx.db(), order_id, order.amount_cents, &reason)
+                                .await?;
+                        ensure_created(inserted, order_id)?;
+                        ctx.emit(PaymentDeclined {
+                            order_id,
+                            amount_cents: order.amount_cents,
+                            reason,
+                        })
+                        .await?;
+                        count("declined");
+                    }
+                }
+            }
+            OrderCreatedDecision::DeclineCancelled => {
+                let reason = domain::CANCELLED_BEFORE_AUTHORIZATION;
+                // the row is locked and was a tombstone, so this update happens
+                if store::decline_void_requested(ctx.db(), order_id, order.amount_cents, reason)
+                    .await?
+                {
+                    tracing::info!(%order_id, "order was cancelled before authorisation; declined");
+                    ctx.emit(PaymentDeclined {
+                        order_id,
+                        amount_cents: order.amount_cents,
+                        reason: reason.to_owned(),
+                    })
+                    .await?;
+                    count("declined");
+                }
+            }
+            OrderCreatedDecision::AlreadyHandled => {
+                tracing::debug!(%order_id, "order already has a payment; ignoring order.created");
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_courier_assigned(
+        &self,
+        ctx: &mut HandlerContext<'_>,
+        order_id: OrderId,
+    ) -> Result<(), HandlerError> {
+        let current = store::lock_state(ctx.db(), order_id).await?;
+        match domain::on_capture_requested(current) {
+            CaptureDecision::Capture => {
+                if let Some(amount_cents) = store::capture(ctx.db(), order_id).await? {
+                    ctx.emit(PaymentCaptured {
+                        order_id,
+                        amount_cents,
+                    })
+                    .await?;
+                    count("captured");
+                }
+            }
+            CaptureDecision::AlreadyCaptured => {
+                tracing::debug!(%order_id, "payment already captured; ignoring");
+            }
+            CaptureDecision::Refuse => {
+                tracing::warn!(%order_id, state = ?current,
+                    "courier assigned to an order whose payment cannot be captured; not capturing");
+            }
+            CaptureDecision::AwaitAuthorization => {
+                return Err(HandlerError::transient(
+                    PaymentHandlingError::NotAuthorizedYet(order_id),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_void_requested(
+        &self,
+        ctx: &mut HandlerContext<'_>,
+        order_id: OrderId,
+        cause: EventType,
+    ) -> Result<(), HandlerError> {
+        let current = store::lock_state(ctx.db(), order_id).await?;
+        match domain::on_void_requested(current) {
+            VoidDecision::Void => {
+                if let Some(amount_cents) = store::void(ctx.db(), order_id).await? {
+                    ctx.emit(PaymentVoided {
+                        order_id,
+                        amount_cents,
+                    })
+                    .await?;
+                    count("voided");
+                }
+            }
+            VoidDecision::RecordTombstone => {
+                let inserted = store::insert_void_requested(ctx.db(), order_id).await?;
+                ensure_created(inserted, order_id)?;
+                tracing::info!(%order_id, %cause,
+                    "void requested before authorisation; the order will be declined");
+            }
+            VoidDecision::AlreadyVoided | VoidDecision::NothingToVoid => {
+                tracing::debug!(%order_id, state = ?current, %cause, "nothing to void");
+            }
+            VoidDecision::RefuseCaptured => {
+                tracing::warn!(%order_id, %cause,
+                    "void requested for a captured payment; not voiding");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A first row that could not be inserted was inserted by a concurrent handler after this one
+/// looked: retry, and the next attempt sees it.
+fn ensure_created(inserted: bool, order_id: OrderId) -> Result<(), HandlerError> {
+    if inserted {
+        Ok(())
+    } else {
+        Err(HandlerError::transient(
+            PaymentHandlingError::ConcurrentCreation(order_id),
+        ))
+    }
+}
+
+fn count(outcome: &'static str) {
+    metrics::counter!(OUTCOMES_METRIC, "outcome" => outcome).increment(1);
+}
+
+#[async_trait]
+impl Handler for PaymentHandler {
+    fn subscriptions(&self) -> &'static [EventType] {
+        &[
+            EventType::OrderCreated,
+            EventType::CourierAssigned,
+            EventType::InventoryRejected,
+            EventType::DispatchFailed,
+        ]
+    }
+
+    async fn handle(
+        &self,
+        ctx: &mut HandlerContext<'_>,
+        event: &Envelope,
+    ) -> Result<(), HandlerError> {
+        match &event.data {
+            EventData::OrderCreated(order) => self.on_order_created(ctx, order).await,
+            EventData::CourierAssigned(assigned) => {
+                self.on_courier_assigned(ctx, assigned.order_id).await
+            }
+            EventData::InventoryRejected(rejected) => {
+                self.on_void_requested(ctx, rejected.order_id, event.event_type())
+                    .await
+            }
+            EventData::DispatchFailed(failed) => {
+                self.on_void_requested(ctx, failed.order_id, event.event_type())
+                    .await
+            }
+            other => Err(HandlerError::permanent(format!(
+                "payment does not consume {}",
+                other.event_type()
+            ))),
+        }
+    }
+}

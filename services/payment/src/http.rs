@@ -1,0 +1,64 @@
+//! The payment service's HTTP routes: `GET /v1/payments/{order_id}` (admin).
+
+use axum::Router;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::routing::get;
+use jwl_events::OrderId;
+use jwl_service_kit::auth::{Caller, Scope};
+use jwl_service_kit::extract::{Json, Path};
+use jwl_service_kit::{ApiError, ApiResult};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::store;
+
+/// The routes, on `pool` (whose `search_path` is the payment schema).
+pub fn routes(pool: PgPool) -> Router {
+    Router::new()
+        .route("/v1/payments/{order_id}", get(get_payment))
+        .with_state(pool)
+}
+
+/// A caller holding the `admin` scope: 401 without a valid token, 403 without the scope,
+/// checked before the path and body are looked at.
+struct Admin;
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Caller::from_request_parts(parts, state)
+            .await?
+            .require(Scope::Admin)?;
+        Ok(Admin)
+    }
+}
+
+/// The body of `GET /v1/payments/{order_id}`.
+#[derive(Debug, Serialize)]
+struct PaymentView {
+    order_id: String,
+    status: &'static str,
+    amount_cents: i64,
+}
+
+async fn get_payment(
+    _admin: Admin,
+    State(pool): State<PgPool>,
+    Path(order_id): Path<String>,
+) -> ApiResult<Json<PaymentView>> {
+    let order_id = OrderId::parse(&order_id)
+        .map_err(|error| ApiError::bad_field("order_id", format!("invalid order id: {error}")))?;
+    let not_found = || ApiError::NotFound(format!("no payment for order {order_id}"));
+    let payment = store::find(&pool, order_id).await?.ok_or_else(not_found)?;
+    match payment.amount_cents {
+        Some(amount_cents) if payment.state.is_payment() => Ok(Json(PaymentView {
+            order_id: payment.order_id.to_string(),
+            status: payment.state.as_str(),
+            amount_cents,
+        })),
+        // a tombstone: a void was requested but no payment was ever made
+        _ => Err(not_found()),
+    }
+}

@@ -1,0 +1,63 @@
+//! Shared by the payment integration tests: a migrated `jwl_payment` schema in a fresh test
+//! database, saga events to feed the handler, and delivery through the real inbox path.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use jwl_events::{Envelope, GeoPoint, LineItem, OrderCreated, OrderId, Service};
+use jwl_outbox::{Processed, durable_name};
+use jwl_payment::{PaymentHandler, SCHEMA, SERVICE, SimulatedProcessor};
+use jwl_service_kit::db::{PoolSettings, connect_with};
+use sqlx::PgPool;
+
+/// A pool on a fresh database whose `search_path` is the payment schema, migrated.
+pub async fn migrated_pool() -> anyhow::Result<PgPool> {
+    let database = jwl_testkit::database().await?;
+    let settings = PoolSettings {
+        acquire_timeout: Duration::from_secs(30),
+        ..PoolSettings::default()
+    };
+    let pool = connect_with(database.url(), SCHEMA, &settings).await?;
+    jwl_payment::migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// `order.created` for a new order of 2 × 12 800 + 1 × 6 600 cents paid with `payment_token`.
+pub fn order_created(payment_token: &str) -> Envelope {
+    let items = vec![
+        LineItem {
+            sku: "TEA-LONGJING-250G".to_owned(),
+            qty: 2,
+            unit_price_cents: 12_800,
+        },
+        LineItem {
+            sku: "MOONCAKE-6".to_owned(),
+            qty: 1,
+            unit_price_cents: 6_600,
+        },
+    ];
+    Envelope::new(
+        Service::Order,
+        OrderCreated {
+            order_id: OrderId::new(),
+            customer_id: "cust-42".to_owned(),
+            items,
+            amount_cents: 32_200,
+            pickup: GeoPoint::new(31.2304, 121.4737).unwrap(),
+            dropoff: GeoPoint::new(31.2243, 121.4768).unwrap(),
+            payment_token: payment_token.to_owned(),
+            deadline: Utc::now() + chrono::Duration::minutes(5),
+        }
+        .into(),
+    )
+}
+
+/// Handles `event` with the payment handler exactly as its consumer would.
+pub async fn deliver(
+    pool: &PgPool,
+    event: &Envelope,
+) -> Result<Processed, jwl_outbox::OutboxError> {
+    let handler = PaymentHandler::new(std::sync::Arc::new(SimulatedProcessor));
+    let consumer = durable_name(SERVICE, event.event_type());
+    jwl_outbox::process_one(pool, SERVICE, &handler, &consumer, event).await
+}
