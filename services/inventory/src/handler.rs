@@ -1,0 +1,206 @@
+//! The inventory service's event handler: reserve on `payment.authorized`, release on
+//! `dispatch.failed`, commit on `payment.captured`.
+//!
+//! Each event locks the order's reservation row, asks [`crate::domain`] which transition is
+//! allowed, and applies it; the emitted event commits with the stock change.
+
+use async_trait::async_trait;
+use jwl_events::{
+    Envelope, EventData, EventType, InventoryRejected, InventoryReleased, InventoryReserved,
+    OrderId, PaymentAuthorized,
+};
+use jwl_outbox::{Handler, HandlerContext, HandlerError};
+
+use crate::domain::{
+    self, AuthorizedDecision, CommitDecision, OrderState, ReleaseDecision, ReservationDecision,
+};
+use crate::store;
+
+/// Counter of reservation transitions, labelled `outcome`.
+const OUTCOMES_METRIC: &str = "jwl_inventory_outcomes_total";
+
+/// Why the handler could not apply an event now (all transient: a retry can succeed).
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryHandlingError {
+    /// `payment.captured` arrived but nothing is recorded for the order yet.
+    #[error("order {0} has no reservation yet; the commit waits for it")]
+    NotReservedYet(OrderId),
+    /// Another handler wrote the order's first row in the meantime.
+    #[error("the reservation of order {0} was created concurrently; retrying")]
+    ConcurrentCreation(OrderId),
+}
+
+/// Handles the saga events inventory consumes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InventoryHandler;
+
+impl InventoryHandler {
+    async fn on_payment_authorized(
+        &self,
+        ctx: &mut HandlerContext<'_>,
+        payment: &PaymentAuthorized,
+    ) -> Result<(), HandlerError> {
+        let order_id = payment.order_id;
+        let current = store::lock_order(ctx.db(), order_id).await?;
+        match domain::on_payment_authorized(current) {
+            AuthorizedDecision::Reserve => {
+                let lines = domain::merge_lines(&payment.items);
+                let skus: Vec<String> = lines.iter().map(|line| line.sku.clone()).collect();
+                let stock = store::lock_stock(ctx.db(), &skus).await?;
+                match domain::decide_reservation(lines, &stock) {
+                    ReservationDecision::Reserve(lines) => {
+                        let inserted = store::insert_order(
+                            ctx.db(),
+                            order_id,
+                            OrderState::Reserved,
+                            Some(&payment.items),
+                        )
+                        .await?;
+                        ensure_created(inserted, order_id)?;
+                        store::reserve(ctx.db(), order_id, &lines).await?;
+                        ctx.emit(InventoryReserved {
+                            order_id,
+                            items: payment.items.clone(),
+                            pickup: payment.pickup,
+                            dropoff: payment.dropoff,
+                        })
+                        .await?;
+                        count("reserved");
+                    }
+                    ReservationDecision::Reject { unavailable_skus } => {
+                        let inserted = store::insert_order(
+                            ctx.db(),
+                            order_id,
+                            OrderState::Rejected,
+                            Some(&payment.items),
+                        )
+                        .await?;
+                        ensure_created(inserted, order_id)?;
+                        tracing::info!(%order_id, ?unavailable_skus, "out of stock; rejected");
+                        ctx.emit(InventoryRejected {
+                            order_id,
+                            unavailable_skus,
+                        })
+                        .await?;
+                        count("rejected");
+                    }
+                }
+            }
+            AuthorizedDecision::SkipReleased => {
+                tracing::info!(%order_id,
+                    "dispatch failed before the reservation; reserving nothing");
+            }
+            AuthorizedDecision::AlreadyHandled => {
+                tracing::debug!(%order_id, state = ?current, "order already handled; ignoring");
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_dispatch_failed(
+        &self,
+        ctx: &mut HandlerContext<'_>,
+        order_id: OrderId,
+    ) -> Result<(), HandlerError> {
+        let current = store::lock_order(ctx.db(), order_id).await?;
+        match domain::on_dispatch_failed(current) {
+            ReleaseDecision::Release => {
+                if let Some(items) = store::release(ctx.db(), order_id).await? {
+                    ctx.emit(InventoryReleased { order_id, items }).await?;
+                    count("released");
+                }
+            }
+            ReleaseDecision::RecordTombstone => {
+                let inserted =
+                    store::insert_order(ctx.db(), order_id, OrderState::ReleaseRequested, None)
+                        .await?;
+                ensure_created(inserted, order_id)?;
+                tracing::info!(%order_id,
+                    "release requested before any reservation; the reservation will be skipped");
+            }
+            ReleaseDecision::NothingReserved | ReleaseDecision::AlreadyReleased => {
+                tracing::debug!(%order_id, state = ?current, "nothing to release");
+            }
+            ReleaseDecision::RefuseCommitted => {
+                tracing::warn!(%order_id,
+                    "dispatch failed for an order whose stock has shipped; not releasing");
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_payment_captured(
+        &self,
+        ctx: &mut HandlerContext<'_>,
+        order_id: OrderId,
+    ) -> Result<(), HandlerError> {
+        let current = store::lock_order(ctx.db(), order_id).await?;
+        match domain::on_payment_captured(current) {
+            CommitDecision::Commit => {
+                if store::commit(ctx.db(), order_id).await? {
+                    count("committed");
+                }
+            }
+            CommitDecision::AlreadyCommitted => {
+                tracing::debug!(%order_id, "already committed; ignoring");
+            }
+            CommitDecision::Refuse => {
+                tracing::warn!(%order_id, state = ?current,
+                    "payment captured for an order with nothing reserved; not committing");
+            }
+            CommitDecision::AwaitReservation => {
+                return Err(HandlerError::transient(
+                    InventoryHandlingError::NotReservedYet(order_id),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A first row that could not be inserted was inserted by a concurrent handler after this one
+/// looked: retry (everything done so far rolls back), and the next attempt sees it.
+fn ensure_created(inserted: bool, order_id: OrderId) -> Result<(), HandlerError> {
+    if inserted {
+        Ok(())
+    } else {
+        Err(HandlerError::transient(
+            InventoryHandlingError::ConcurrentCreation(order_id),
+        ))
+    }
+}
+
+fn count(outcome: &'static str) {
+    metrics::counter!(OUTCOMES_METRIC, "outcome" => outcome).increment(1);
+}
+
+#[async_trait]
+impl Handler for InventoryHandler {
+    fn subscriptions(&self) -> &'static [EventType] {
+        &[
+            EventType::PaymentAuthorized,
+            EventType::DispatchFailed,
+            EventType::PaymentCaptured,
+        ]
+    }
+
+    async fn handle(
+        &self,
+        ctx: &mut HandlerContext<'_>,
+        event: &Envelope,
+    ) -> Result<(), HandlerError> {
+        match &event.data {
+            EventData::PaymentAuthorized(payment) => self.on_payment_authorized(ctx, payment).await,
+            EventData::DispatchFailed(failed) => {
+                self.on_dispatch_failed(ctx, failed.order_id).await
+            }
+            EventData::PaymentCaptured(captured) => {
+                self.on_payment_captured(ctx, captured.order_id).await
+            }
+            other => Err(HandlerError::permanent(format!(
+                "inventory does not consume {}",
+                other.event_type()
+            ))),
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! SQL on the `stock`, `order_reservations` and `reservations` tables. Stock rows are always
+//! locked in SKU order (`ORDER BY sku FOR UPDATE`) so concurrent orders cannot deadlock; order
+//! transitions are conditional on the state they expect and report whether they happened.
+
+use std::collections::BTreeMap;
+
+use jwl_events::{LineItem, OrderId};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgExecutor};
+
+use crate::domain::{Line, OrderState, StockLevel};
+
+/// A stored order state that is not an [`OrderState`] (the table's CHECK makes this a bug).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown reservation state {0:?} in the order_reservations table")]
+pub struct UnknownState(String);
+
+/// The order's reservation state, locking its row until the transaction ends; `None` if
+/// inventory has not heard of the order.
+pub async fn lock_order(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+) -> Result<Option<OrderState>, sqlx::Error> {
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM order_reservations WHERE order_id = $1 FOR UPDATE")
+            .bind(order_id.0)
+            .fetch_optional(conn)
+            .await?;
+    state
+        .map(|state| {
+            OrderState::parse(&state)
+                .ok_or_else(|| sqlx::Error::Decode(Box::new(UnknownState(state))))
+        })
+        .transpose()
+}
+
+/// Records the order's first state (`reserved`, `rejected` with its `items`, or the
+/// `release_requested` tombstone without); `false` if the order already has a row.
+pub async fn insert_order(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+    state: OrderState,
+    items: Option<&[LineItem]>,
+) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "INSERT INTO order_reservations (order_id, state, items) VALUES ($1, $2, $3)
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id.0)
+    .bind(state.as_str())
+    .bind(items.map(Json))
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// The stock of those of `skus` that exist, locking their rows in SKU order.
+pub async fn lock_stock(
+    conn: &mut PgConnection,
+    skus: &[String],
+) -> Result<BTreeMap<String, StockLevel>, sqlx::Error> {
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT sku, on_hand, reserved, shipped FROM stock
+         WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+    )
+    .bind(skus)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(sku, on_hand, reserved, shipped)| {
+            (
+                sku,
+                StockLevel {
+                    on_hand,
+                    reserved,
+                    shipped,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Reserves `lines` for the order: adds them to `stock.reserved` and records them. The stock
+/// rows must be locked ([`lock_stock`]) and the lines must fit.
+pub async fn reserve(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+    lines: &[Line],
+) -> Result<(), sqlx::Error> {
+    let skus: Vec<&str> = lines.iter().map(|line| line.sku.as_str()).collect();
+    let quantities: Vec<i64> = lines.iter().map(|line| line.qty).collect();
+    sqlx::query(
+        "UPDATE stock SET reserved = stock.reserved + line.qty, updated_at = now()
+         FROM unnest($1::text[], $2::bigint[]) AS line (sku, qty)
+         WHERE stock.sku = line.sku",
+    )
+    .bind(&skus)
+    .bind(&quantities)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO reservations (order_id, sku, qty, state)
+         SELECT $1, line.sku, line.qty, 'reserved'
+         FROM unnest($2::text[], $3::bigint[]) AS line (sku, qty)",
+    )
+    .bind(order_id.0)
+    .bind(&skus)
+    .bind(&quantities)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Locks the stock rows of the order's still reserved lines, in SKU order.
+async fn lock_reserved_stock(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT stock.sku FROM stock
+         JOIN reservations ON reservations.sku = stock.sku
+         WHERE reservations.order_id = $1 AND reservations.state = 'reserved'
+         ORDER BY stock.sku FOR UPDATE OF stock",
+    )
+    .bind(order_id.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Gives a reserved order's stock back and returns its lines; `None` unless it was reserved.
+pub async fn release(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+) -> Result<Option<Vec<LineItem>>, sqlx::Error> {
+    let items: Option<Json<Vec<LineItem>>> = sqlx::query_scalar(
+        "UPDATE order_reservations SET state = 'released', updated_at = now()
+         WHERE order_id = $1 AND state = 'reserved'
+         RETURNING items",
+    )
+    .bind(order_id.0)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(Json(items)) = items else {
+        return Ok(None);
+    };
+    lock_reserved_stock(conn, order_id).await?;
+    sqlx::query(
+        "UPDATE stock SET reserved = stock.reserved - reservations.qty, updated_at = now()
+         FROM reservations
+         WHERE reservations.order_id = $1 AND reservations.state = 'reserved'
+           AND stock.sku = reservations.sku",
+    )
+    .bind(order_id.0)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE reservations SET state = 'released', updated_at = now()
+         WHERE order_id = $1 AND state = 'reserved'",
+    )
+    .bind(order_id.0)
+    .execute(conn)
+    .await?;
+    Ok(Some(items))
+}
+
+/// Ships a reserved order's stock (on_hand and reserved go down, shipped up); `false` unless
+/// it was reserved.
+pub async fn commit(conn: &mut PgConnection, order_id: OrderId) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE order_reservations SET state = 'committed', updated_at = now()
+         WHERE order_id = $1 AND state = 'reserved'",
+    )
+    .bind(order_id.0)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if !updated {
+        return Ok(false);
+    }
+    lock_reserved_stock(conn, order_id).await?;
+    sqlx::query(
+        "UPDATE stock
+         SET on_hand = stock.on_hand - reservations.qty,
+             reserved = stock.reserved - reservations.qty,
+             shipped = stock.shipped + reservations.qty,
+             updated_at = now()
+         FROM reservations
+         WHERE reservations.order_id = $1 AND reservations.state = 'reserved'
+           AND stock.sku = reservations.sku",
+    )
+    .bind(order_id.0)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE reservations SET state = 'committed', updated_at = now()
+         WHERE order_id = $1 AND state = 'reserved'",
+    )
+    .bind(order_id.0)
+    .execute(conn)
+    .await?;
+    Ok(true)
+}
+
+/// The SKU's stock; `None` if the SKU is unknown.
+pub async fn find_stock(
+    db: impl PgExecutor<'_>,
+    sku: &str,
+) -> Result<Option<StockLevel>, sqlx::Error> {
+    let row: Option<(i64, i64, i64)> =
+        sqlx::query_as("SELECT on_hand, reserved, shipped FROM stock WHERE sku = $1")
+            .bind(sku)
+            .fetch_optional(db)
+            .await?;
+    Ok(row.map(|(on_hand, reserved, shipped)| StockLevel {
+        on_hand,
+        reserved,
+        shipped,
+    }))
+}
+
+/// The SKU's stock, creating it empty if unknown, locked until the transaction ends.
+pub async fn lock_or_create_stock(
+    conn: &mut PgConnection,
+    sku: &str,
+) -> Result<StockLevel, sqlx::Error> {
+    sqlx::query("INSERT INTO stock (sku, on_hand) VALUES ($1, 0) ON CONFLICT (sku) DO NOTHING")
+        .bind(sku)
+        .execute(&mut *conn)
+        .await?;
+    let (on_hand, reserved, shipped): (i64, i64, i64) =
+        sqlx::query_as("SELECT on_hand, reserved, shipped FROM stock WHERE sku = $1 FOR UPDATE")
+            .bind(sku)
+            .fetch_one(conn)
+            .await?;
+    Ok(StockLevel {
+        on_hand,
+        reserved,
+        shipped,
+    })
+}
+
+/// Sets the (locked) SKU's `on_hand` and returns the new stock.
+pub async fn set_on_hand(
+    conn: &mut PgConnection,
+    sku: &str,
+    on_hand: i64,
+) -> Result<StockLevel, sqlx::Error> {
+    let (on_hand, reserved, shipped): (i64, i64, i64) = sqlx::query_as(
+        "UPDATE stock SET on_hand = $2, updated_at = now() WHERE sku = $1
+         RETURNING on_hand, reserved, shipped",
+    )
+    .bind(sku)
+    .bind(on_hand)
+    .fetch_one(conn)
+    .await?;
+    Ok(StockLevel {
+        on_hand,
+        reserved,
+        shipped,
+    })
+}

@@ -1,0 +1,467 @@
+//! The inventory handler against a real database, driven through `jwl_outbox::process_one`:
+//! all-or-nothing reservation, duplicates, release and commit once, tombstones, and concurrent
+//! reservations of the same SKUs that never oversell, checked in the tables and the outbox.
+
+mod common;
+
+use common::{deliver, line, migrated_pool, payment_authorized};
+use jwl_events::{
+    DispatchFailed, DispatchFailureReason, Envelope, EventData, EventType, HeaderStyle,
+    InventoryRejected, InventoryReleased, OrderId, PaymentCaptured, Service, WaybillId,
+};
+use jwl_outbox::{Handler, HandlerError, OutboxError, Processed};
+use sqlx::PgPool;
+use sqlx::types::Json;
+
+fn dispatch_failed(order_id: OrderId) -> Envelope {
+    Envelope::new(
+        Service::Dispatch,
+        DispatchFailed {
+            order_id,
+            waybill_id: WaybillId::new(),
+            reason: DispatchFailureReason::NoCourier,
+        }
+        .into(),
+    )
+}
+
+fn payment_captured(order_id: OrderId) -> Envelope {
+    Envelope::new(
+        Service::Payment,
+        PaymentCaptured {
+            order_id,
+            amount_cents: 100,
+        }
+        .into(),
+    )
+}
+
+async fn seed_stock(pool: &PgPool, sku: &str, on_hand: i64) {
+    sqlx::query("INSERT INTO stock (sku, on_hand) VALUES ($1, $2)")
+        .bind(sku)
+        .bind(on_hand)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// `(on_hand, reserved, shipped)` of the SKU.
+async fn stock(pool: &PgPool, sku: &str) -> (i64, i64, i64) {
+    sqlx::query_as("SELECT on_hand, reserved, shipped FROM stock WHERE sku = $1")
+        .bind(sku)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn order_state(pool: &PgPool, order_id: OrderId) -> Option<String> {
+    sqlx::query_scalar("SELECT state FROM order_reservations WHERE order_id = $1")
+        .bind(order_id.0)
+        .fetch_optional(pool)
+        .await
+        .unwrap()
+}
+
+/// `(sku, qty, state)` of the order's reservation lines, by SKU.
+async fn reservations(pool: &PgPool, order_id: OrderId) -> Vec<(String, i64, String)> {
+    sqlx::query_as("SELECT sku, qty, state FROM reservations WHERE order_id = $1 ORDER BY sku")
+        .bind(order_id.0)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// An outbox row's headers and payload.
+type OutboxRow = (Json<Vec<(String, String)>>, Vec<u8>);
+
+/// Every event in the outbox, decoded, in enqueue order.
+async fn outbox(pool: &PgPool) -> Vec<Envelope> {
+    let rows: Vec<OutboxRow> = sqlx::query_as("SELECT headers, payload FROM outbox ORDER BY seq")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    rows.into_iter()
+        .map(|(Json(headers), payload)| {
+            jwl_events::decode(
+                HeaderStyle::Nats,
+                headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                &payload,
+            )
+            .unwrap()
+        })
+        .collect()
+}
+
+fn types(events: &[Envelope]) -> Vec<EventType> {
+    events.iter().map(Envelope::event_type).collect()
+}
+
+fn handled(processed: Processed) -> Vec<Envelope> {
+    match processed {
+        Processed::Handled { emitted } => emitted,
+        Processed::Duplicate => panic!("expected the handler to run, got a duplicate"),
+    }
+}
+
+fn row(sku: &str, qty: i64, state: &str) -> (String, i64, String) {
+    (sku.to_owned(), qty, state.to_owned())
+}
+
+#[tokio::test]
+async fn reserves_every_line_with_duplicate_skus_merged() {
+    let pool = migrated_pool().await.unwrap();
+    seed_stock(&pool, "TEA", 5).await;
+    seed_stock(&pool, "CAKE", 3).await;
+    let authorized = payment_authorized(vec![line("TEA", 2), line("CAKE", 1), line("TEA", 1)]);
+    let order_id = authorized.order_id();
+
+    handled(deliver(&pool, &authorized).await.unwrap());
+
+    assert_eq!(stock(&pool, "TEA").await, (5, 3, 0));
+    assert_eq!(stock(&pool, "CAKE").await, (3, 1, 0));
+    assert_eq!(
+        reservations(&pool, order_id).await,
+        [row("CAKE", 1, "reserved"), row("TEA", 3, "reserved")]
+    );
+    assert_eq!(
+        order_state(&pool, order_id).await.as_deref(),
+        Some("reserved")
+    );
+    let events = outbox(&pool).await;
+    assert_eq!(types(&events), [EventType::InventoryReserved]);
+    let (EventData::InventoryReserved(reserved), EventData::PaymentAuthorized(payment)) =
+        (&events[0].data, &authorized.data)
+    else {
+        unreachable!()
+    };
+    assert_eq!(reserved.order_id, order_id);
+    assert_eq!(
+        reserved.items, payment.items,
+        "the order's lines as received"
+    );
+    assert_eq!(
+        (reserved.pickup, reserved.dropoff),
+        (payment.pickup, payment.dropoff)
+    );
+    assert_eq!(events[0].source, Service::Inventory);
+    assert_eq!(events[0].causation_id, Some(authorized.id));
+}
+
+#[tokio::test]
+async fn reservation_is_all_or_nothing() {
+    let pool = migrated_pool().await.unwrap();
+    seed_stock(&pool, "TEA", 5).await;
+    seed_stock(&pool, "CAKE", 1).await;
+
+    // two SKUs, one short: nothing is reserved
+    let short = payment_authorized(vec![line("TEA", 2), line("CAKE", 2)]);
+    handled(deliver(&pool, &short).await.unwrap());
+    assert_eq!(stock(&pool, "TEA").await, (5, 0, 0));
+    assert_eq!(stock(&pool, "CAKE").await, (1, 0, 0));
+    assert!(reservations(&pool, short.order_id()).await.is_empty());
+    assert_eq!(
+        order_state(&pool, short.order_id()).await.as_deref(),
+        Some("rejected")
+    );
+
+    // an unknown SKU has nothing available
+    let unknown = payment_authorized(vec![line("TEA", 1), line("GHOST", 1)]);
+    handled(deliver(&pool, &unknown).await.unwrap());
+    assert_eq!(stock(&pool, "TEA").await, (5, 0, 0));
+
+    let events = outbox(&pool).await;
+    assert_eq!(
+        events.iter().map(|e| e.data.clone()).collect::<Vec<_>>(),
+        [
+            EventData::InventoryRejected(InventoryRejected {
+                order_id: short.order_id(),
+                unavailable_skus: vec!["CAKE".to_owned()],
+            }),
+            EventData::InventoryRejected(InventoryRejected {
+                order_id: unknown.order_id(),
+                unavailable_skus: vec!["GHOST".to_owned()],
+            }),
+        ]
+    );
+
+    // a rejected order releases nothing when dispatch fails (nor ever reserves)
+    assert!(
+        handled(
+            deliver(&pool, &dispatch_failed(short.order_id()))
+                .await
+                .unwrap()
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        order_state(&pool, short.order_id()).await.as_deref(),
+        Some("rejected")
+    );
+}
+
+#[tokio::test]
+async fn duplicate_deliveries_reserve_once() {
+    let pool = migrated_pool().await.unwrap();
+    seed_stock(&pool, "TEA", 5).await;
+    let authorized = payment_authorized(vec![line("TEA", 2)]);
+    let order_id = authorized.order_id();
+
+    handled(deliver(&pool, &authorized).await.unwrap());
+    assert!(matches!(
+        deliver(&pool, &authorized).await.unwrap(),
+        Processed::Duplicate
+    ));
+    // the same order authorised again under another event id
+    let mut again = payment_authorized(vec![line("TEA", 3)]);
+    let EventData::PaymentAuthorized(payment) = &mut again.data else {
+        unreachable!()
+    };
+    payment.order_id = order_id;
+    assert!(handled(deliver(&pool, &again).await.unwrap()).is_empty());
+
+    assert_eq!(stock(&pool, "TEA").await, (5, 2, 0));
+    assert_eq!(
+        reservations(&pool, order_id).await,
+        [row("TEA", 2, "reserved")]
+    );
+    assert_eq!(types(&outbox(&pool).await), [EventType::InventoryReserved]);
+}
+
+#[tokio::test]
+async fn dispatch_failure_releases_once_and_a_released_order_is_never_committed() {
+    let pool = migrated_pool().await.unwrap();
+    seed_stock(&pool, "TEA", 5).await;
+    seed_stock(&pool, "CAKE", 2).await;
+    let authorized = payment_authorized(vec![line("TEA", 2), line("CAKE", 2)]);
+    let order_id = authorized.order_id();
+    handled(deliver(&pool, &authorized).await.unwrap());
+    assert_eq!(stock(&pool, "CAKE").await, (2, 2, 0));
+
+    let failed = dispatch_failed(order_id);
+    assert_eq!(handled(deliver(&pool, &failed).await.unwrap()).len(), 1);
+    assert_eq!(stock(&pool, "TEA").await, (5, 0, 0));
+    assert_eq!(stock(&pool, "CAKE").await, (2, 0, 0));
+    assert_eq!(
+        reservations(&pool, order_id).await,
+        [row("CAKE", 2, "released"), row("TEA", 2, "released")]
+    );
+    assert_eq!(
+        order_state(&pool, order_id).await.as_deref(),
+        Some("released")
+    );
+
+    // a second failure and a capture change nothing
+    assert!(handled(deliver(&pool, &dispatch_failed(order_id)).await.unwrap()).is_empty());
+    assert!(handled(deliver(&pool, &payment_captured(order_id)).await.unwrap()).is_empty());
+    assert_eq!(stock(&pool, "TEA").await, (5, 0, 0));
+    assert_eq!(
+        order_state(&pool, order_id).await.as_deref(),
+        Some("released")
+    );
+
+    let events = outbox(&pool).await;
+    assert_eq!(
+        types(&events),
+        [EventType::InventoryReserved, EventType::InventoryReleased]
+    );
+    let EventData::PaymentAuthorized(payment) = &authorized.data else {
+        unreachable!()
+    };
+    assert_eq!(
+        events[1].data,
+        EventData::InventoryReleased(InventoryReleased {
+            order_id,
+            items: payment.items.clone()
+        })
+    );
+    assert_eq!(events[1].causation_id, Some(failed.id));
+}
+
+#[tokio::test]
+async fn capture_commits_once_and_a_committed_order_is_never_released() {
+    let pool = migrated_pool().await.unwrap();
+    seed_stock(&pool, "TEA", 5).await;
+    seed_stock(&pool, "CAKE", 3).await;
+    let authorized = payment_authorized(vec![line("TEA", 2), line("CAKE", 1), line("TEA", 1)]);
+    let order_id = authorized.order_id();
+    handled(deliver(&pool, &authorized).await.unwrap());
+
+    let captured = payment_captured(order_id);
+    assert!(
+        handled(deliver(&pool, &captured).await.unwrap()).is_empty(),
+        "commit emits nothing"
+    );
+    assert_eq!(stock(&pool, "TEA").await, (2, 0, 3));
+    assert_eq!(stock(&pool, "CAKE").await, (2, 0, 1));
+    assert_eq!(
+        reservations(&pool, order_id).await,
+        [row("CAKE", 1, "committed"), row("TEA", 3, "committed")]
+    );
+    assert_eq!(
+        order_state(&pool, order_id).await.as_deref(),
+        Some("committed")
+    );
+
+    // redelivery, a second capture and a late failure change nothing
+    assert!(matches!(
+        deliver(&pool, &captured).await.unwrap(),
+        Processed::Duplicate
+    ));
+    assert!(handled(deliver(&pool, &payment_captured(order_id)).await.unwrap()).is_empty());
+    assert!(handled(deliver(&pool, &dispatch_failed(order_id)).await.unwrap()).is_empty());
+    assert_eq!(stock(&pool, "TEA").await, (2, 0, 3));
+    assert_eq!(stock(&pool, "CAKE").await, (2, 0, 1));
+    assert_eq!(types(&outbox(&pool).await), [EventType::InventoryReserved]);
+}
+
+#[tokio::test]
+async fn a_release_before_the_reservation_leaves_a_tombstone_and_nothing_is_reserved() {
+    let pool = migrated_pool().await.unwrap();
+    seed_stock(&pool, "TEA", 5).await;
+    let authorized = payment_authorized(vec![line("TEA", 2)]);
+    let order_id = authorized.order_id();
+
+    assert!(handled(deliver(&pool, &dispatch_failed(order_id)).await.unwrap()).is_empty());
+    assert_eq!(
+        order_state(&pool, order_id).await.as_deref(),
+        Some("release_requested")
+    );
+
+    assert!(handled(deliver(&pool, &authorized).await.unwrap()).is_empty());
+    assert_eq!(stock(&pool, "TEA").await, (5, 0, 0));
+    assert!(reservations(&pool, order_id).await.is_empty());
+    assert_eq!(
+        order_state(&pool, order_id).await.as_deref(),
+        Some("release_requested")
+    );
+    // and a capture finds nothing to ship
+    assert!(handled(deliver(&pool, &payment_captured(order_id)).await.unwrap()).is_empty());
+    assert_eq!(stock(&pool, "TEA").await, (5, 0, 0));
+    assert!(outbox(&pool).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_capture_before_the_reservation_is_retried_later() {
+    let pool = migrated_pool().await.unwrap();
+    seed_stock(&pool, "TEA", 5).await;
+    let authorized = payment_authorized(vec![line("TEA", 2)]);
+    let captured = payment_captured(authorized.order_id());
+
+    let error = deliver(&pool, &captured).await.unwrap_err();
+    assert!(
+        matches!(error, OutboxError::Handler(HandlerError::Transient(_))),
+        "{error:?}"
+    );
+    assert_eq!(order_state(&pool, authorized.order_id()).await, None);
+
+    handled(deliver(&pool, &authorized).await.unwrap());
+    handled(deliver(&pool, &captured).await.unwrap());
+    assert_eq!(stock(&pool, "TEA").await, (3, 0, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reservations_of_the_same_skus_never_oversell() {
+    let pool = migrated_pool().await.unwrap();
+    const SCARCE: i64 = 7;
+    const ORDERS: usize = 40;
+    seed_stock(&pool, "HOT", SCARCE).await;
+    seed_stock(&pool, "COLD", 1_000).await;
+
+    // every order wants one of each, half of them listing the SKUs the other way round
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..ORDERS {
+        let items = if index % 2 == 0 {
+            vec![line("HOT", 1), line("COLD", 1)]
+        } else {
+            vec![line("COLD", 1), line("HOT", 1)]
+        };
+        let event = payment_authorized(items);
+        let pool = pool.clone();
+        tasks.spawn(async move { deliver(&pool, &event).await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        handled(joined.unwrap().unwrap());
+    }
+
+    assert_eq!(stock(&pool, "HOT").await, (SCARCE, SCARCE, 0));
+    assert_eq!(stock(&pool, "COLD").await, (1_000, SCARCE, 0));
+    let events = outbox(&pool).await;
+    let reserved = types(&events)
+        .into_iter()
+        .filter(|ty| *ty == EventType::InventoryReserved)
+        .count();
+    let rejected = events
+        .iter()
+        .filter(
+            |e| matches!(&e.data, EventData::InventoryRejected(r) if r.unavailable_skus == ["HOT"]),
+        )
+        .count();
+    assert_eq!(
+        (reserved, rejected),
+        (SCARCE as usize, ORDERS - SCARCE as usize)
+    );
+    let reserved_rows: (i64, i64) = sqlx::query_as(
+        "SELECT count(DISTINCT order_id), coalesce(sum(qty) FILTER (WHERE sku = 'HOT'), 0)::bigint
+         FROM reservations WHERE state = 'reserved'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(reserved_rows, (SCARCE, SCARCE));
+}
+
+#[tokio::test]
+async fn an_event_inventory_does_not_consume_is_refused_for_good() {
+    let pool = migrated_pool().await.unwrap();
+    let foreign = Envelope::new(
+        Service::Inventory,
+        InventoryRejected {
+            order_id: OrderId::new(),
+            unavailable_skus: vec!["TEA".to_owned()],
+        }
+        .into(),
+    );
+    let error = deliver(&pool, &foreign).await.unwrap_err();
+    assert!(
+        matches!(error, OutboxError::Handler(HandlerError::Permanent(_))),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn consumes_authorization_failure_and_capture_but_not_cancel_requests() {
+    let subscriptions = jwl_inventory::InventoryHandler.subscriptions();
+    assert_eq!(
+        subscriptions,
+        [
+            EventType::PaymentAuthorized,
+            EventType::DispatchFailed,
+            EventType::PaymentCaptured,
+        ]
+    );
+    assert!(!subscriptions.contains(&EventType::OrderCancelRequested));
+}
+
+#[tokio::test]
+async fn migrations_can_run_again() {
+    let pool = migrated_pool().await.unwrap();
+    jwl_inventory::migrate(&pool).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'jwl_inventory'
+           AND table_name IN ('stock', 'order_reservations', 'reservations', 'outbox', 'inbox')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 5);
+    // the stock constraints hold in the database itself
+    seed_stock(&pool, "TEA", 1).await;
+    let oversold = sqlx::query("UPDATE stock SET reserved = 2 WHERE sku = 'TEA'")
+        .execute(&pool)
+        .await;
+    assert!(oversold.is_err(), "reserved may not exceed on_hand");
+    let negative = sqlx::query("UPDATE stock SET on_hand = -1, reserved = -2 WHERE sku = 'TEA'")
+        .execute(&pool)
+        .await;
+    assert!(negative.is_err(), "stock may not be negative");
+}
