@@ -133,3 +133,18 @@ mod tests {
         );
     }
 }
+
+/// A caller holding the `admin` scope. As an extractor: 401 without a valid token, 403 without
+/// the scope — checked before the path and body of the request are looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin(pub Caller);
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require(Scope::Admin)?;
+        Ok(Admin(caller))
+    }
+}

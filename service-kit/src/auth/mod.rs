@@ -5,6 +5,6 @@ mod caller;
 mod keys;
 mod scope;
 
-pub use caller::Caller;
+pub use caller::{Admin, Caller};
 pub use keys::{AuthError, Claims, JwtKeys};
 pub use scope::{Scope, UnknownScope};

@@ -5,7 +5,7 @@ use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::routing::get;
-use jwl_service_kit::auth::{Caller, Scope};
+use jwl_service_kit::auth::Admin;
 use jwl_service_kit::extract::{Json, Path};
 use jwl_service_kit::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
@@ -19,24 +19,6 @@ pub fn routes(pool: PgPool) -> Router {
     Router::new()
         .route("/v1/stock/{sku}", get(get_stock).put(put_stock))
         .with_state(pool)
-}
-
-/// A caller holding the `admin` scope: 401 without a valid token, 403 without the scope,
-/// checked before the path and body are looked at.
-struct Admin {
-    subject: String,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let caller = Caller::from_request_parts(parts, state).await?;
-        caller.require(Scope::Admin)?;
-        Ok(Admin {
-            subject: caller.subject,
-        })
-    }
 }
 
 /// The `{sku}` path parameter, validated (400 naming `sku` otherwise).
@@ -96,7 +78,7 @@ async fn put_stock(
     domain::check_new_on_hand(body.on_hand, &current).map_err(on_hand_error)?;
     let updated = store::set_on_hand(&mut tx, &sku, body.on_hand).await?;
     tx.commit().await?;
-    tracing::info!(admin = %admin.subject, %sku, on_hand = body.on_hand, "stock set");
+    tracing::info!(admin = %admin.0.subject, %sku, on_hand = body.on_hand, "stock set");
     Ok(Json(StockView::new(sku, updated)))
 }
 

@@ -1,11 +1,10 @@
 //! The payment service's HTTP routes: `GET /v1/payments/{order_id}` (admin).
 
 use axum::Router;
-use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::routing::get;
 use jwl_events::OrderId;
-use jwl_service_kit::auth::{Caller, Scope};
+use jwl_service_kit::auth::Admin;
 use jwl_service_kit::extract::{Json, Path};
 use jwl_service_kit::{ApiError, ApiResult};
 use serde::Serialize;
@@ -18,21 +17,6 @@ pub fn routes(pool: PgPool) -> Router {
     Router::new()
         .route("/v1/payments/{order_id}", get(get_payment))
         .with_state(pool)
-}
-
-/// A caller holding the `admin` scope: 401 without a valid token, 403 without the scope,
-/// checked before the path and body are looked at.
-struct Admin;
-
-impl<S: Send + Sync> FromRequestParts<S> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Caller::from_request_parts(parts, state)
-            .await?
-            .require(Scope::Admin)?;
-        Ok(Admin)
-    }
 }
 
 /// The body of `GET /v1/payments/{order_id}`.
