@@ -1,0 +1,57 @@
+//! `jwl-fulfillment`: the waybill (运单) bounded context.
+//!
+//! It turns `inventory.reserved` into a waybill (`waybill_created`), cancels the waybill when
+//! dispatch fails it (`waybill_cancelled`), and follows dispatch's `courier_assigned` and
+//! `delivered`. A `dispatch.failed` that overtakes the reservation leaves a cancelled tombstone
+//! under the failed waybill's id, so the late `inventory.reserved` creates no live waybill and
+//! emits nothing.
+//!
+//! Entry points as the CLI expects them: [`SERVICE`], [`SCHEMA`], [`migrate`], [`router`],
+//! [`run`]; [`FulfillmentHandler`] for tests and replay tools.
+
+mod domain;
+mod handler;
+mod http;
+mod store;
+
+use std::sync::Arc;
+
+use jwl_events::Service;
+use jwl_outbox::Messaging;
+use jwl_service_kit::ServiceContext;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio_util::sync::CancellationToken;
+
+pub use handler::FulfillmentHandler;
+
+/// This bounded context.
+pub const SERVICE: Service = Service::Fulfillment;
+
+/// Its Postgres schema (the `search_path` of its pool).
+pub const SCHEMA: &str = "jwl_fulfillment";
+
+/// The service's own migrations (14-digit versions).
+static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// Creates or updates the outbox/inbox tables and the service's tables in the pool's schema.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    jwl_outbox::migrate(pool).await?;
+    let mut migrator = Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// The service's HTTP routes (without health and metrics, which the edge adds).
+pub fn router(ctx: &ServiceContext) -> axum::Router {
+    http::routes(ctx.pool.clone())
+}
+
+/// Relay and consumers until `shutdown`.
+pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Messaging::new(SERVICE, ctx.pool, ctx.broker, ctx.messaging)
+        .run(Arc::new(FulfillmentHandler), shutdown)
+        .await?;
+    Ok(())
+}

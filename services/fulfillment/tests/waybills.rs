@@ -1,0 +1,332 @@
+//! Fulfillment against a real database: waybill creation, the transitions driven by dispatch's
+//! events, duplicates and out-of-order events, the tombstone for an early `dispatch.failed`,
+//! and `GET /v1/waybills/{id}` through the real HTTP edge.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode, header};
+use jwl_events::{
+    CourierAssigned, CourierId, Delivered, DispatchFailed, DispatchFailureReason, Envelope,
+    EventData, GeoPoint, InventoryReserved, LineItem, OrderId, Service, WaybillCreated, WaybillId,
+};
+use jwl_fulfillment::{FulfillmentHandler, SCHEMA, SERVICE};
+use jwl_outbox::{JetStreamBroker, MessagingSettings, OutboxError, Processed};
+use jwl_service_kit::auth::{JwtKeys, Scope};
+use jwl_service_kit::http::Readiness;
+use jwl_service_kit::{ServiceContext, Settings};
+use serde_json::Value;
+use sqlx::PgPool;
+use tower::ServiceExt;
+
+async fn pool() -> anyhow::Result<PgPool> {
+    let db = jwl_testkit::database().await?;
+    let pool = jwl_service_kit::db::connect(db.url(), SCHEMA).await?;
+    jwl_fulfillment::migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Handles `env` exactly as the consumer loop would (inbox, handler, outbox).
+async fn handle(pool: &PgPool, env: &Envelope) -> Result<Processed, OutboxError> {
+    let consumer = jwl_outbox::durable_name(SERVICE, env.event_type());
+    jwl_outbox::process_one(pool, SERVICE, &FulfillmentHandler, &consumer, env).await
+}
+
+async fn emitted(pool: &PgPool, env: &Envelope) -> anyhow::Result<Vec<EventData>> {
+    match handle(pool, env).await? {
+        Processed::Handled { emitted } => Ok(emitted.into_iter().map(|e| e.data).collect()),
+        Processed::Duplicate => anyhow::bail!("unexpected duplicate"),
+    }
+}
+
+fn event(data: impl Into<EventData>) -> Envelope {
+    let data = data.into();
+    Envelope::new(data.event_type().emitter(), data)
+}
+
+fn point(lat: f64, lon: f64) -> GeoPoint {
+    GeoPoint::new(lat, lon).unwrap()
+}
+
+fn reserved(order_id: OrderId) -> Envelope {
+    event(InventoryReserved {
+        order_id,
+        items: vec![LineItem {
+            sku: "TEA".into(),
+            qty: 1,
+            unit_price_cents: 100,
+        }],
+        pickup: point(31.2304, 121.4737),
+        dropoff: point(31.2243, 121.4768),
+    })
+}
+
+fn courier() -> CourierId {
+    CourierId::parse("courier-07").unwrap()
+}
+
+fn assigned(order_id: OrderId, waybill_id: WaybillId) -> Envelope {
+    event(CourierAssigned {
+        order_id,
+        waybill_id,
+        courier_id: courier(),
+        distance_km: 1.0,
+    })
+}
+
+fn delivered(order_id: OrderId, waybill_id: WaybillId) -> Envelope {
+    event(Delivered {
+        order_id,
+        waybill_id,
+        courier_id: courier(),
+    })
+}
+
+fn failed(order_id: OrderId, waybill_id: WaybillId) -> Envelope {
+    event(DispatchFailed {
+        order_id,
+        waybill_id,
+        reason: DispatchFailureReason::NoCourier,
+    })
+}
+
+/// Creates the order's waybill and returns its id.
+async fn create(pool: &PgPool, order_id: OrderId) -> anyhow::Result<WaybillId> {
+    let events = emitted(pool, &reserved(order_id)).await?;
+    match events.as_slice() {
+        [EventData::WaybillCreated(WaybillCreated { waybill_id, .. })] => Ok(*waybill_id),
+        other => anyhow::bail!("expected one waybill_created, got {other:?}"),
+    }
+}
+
+async fn status(pool: &PgPool, order_id: OrderId) -> anyhow::Result<(String, Option<String>)> {
+    Ok(
+        sqlx::query_as("SELECT status, courier_id FROM waybills WHERE order_id = $1")
+            .bind(order_id.0)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+#[tokio::test]
+async fn reservation_creates_exactly_one_waybill() -> anyhow::Result<()> {
+    let pool = pool().await?;
+    let order_id = OrderId::new();
+    let first = reserved(order_id);
+    let events = emitted(&pool, &first).await?;
+    let [EventData::WaybillCreated(created)] = events.as_slice() else {
+        panic!("expected waybill_created, got {events:?}");
+    };
+    assert_eq!(created.order_id, order_id);
+    assert_eq!(created.pickup, point(31.2304, 121.4737));
+    assert_eq!(created.dropoff, point(31.2243, 121.4768));
+    assert_eq!(status(&pool, order_id).await?, ("open".to_owned(), None));
+
+    // The same event again is deduplicated by the inbox; a repeated reservation (new event id)
+    // finds the waybill and emits nothing.
+    assert!(matches!(handle(&pool, &first).await?, Processed::Duplicate));
+    assert!(emitted(&pool, &reserved(order_id)).await?.is_empty());
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM waybills")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(count, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn assignment_then_delivery_and_repeats_change_nothing() -> anyhow::Result<()> {
+    let pool = pool().await?;
+    let order_id = OrderId::new();
+    let waybill_id = create(&pool, order_id).await?;
+
+    assert!(
+        emitted(&pool, &assigned(order_id, waybill_id))
+            .await?
+            .is_empty()
+    );
+    assert_eq!(
+        status(&pool, order_id).await?,
+        ("assigned".to_owned(), Some("courier-07".to_owned()))
+    );
+    emitted(&pool, &assigned(order_id, waybill_id)).await?;
+    assert_eq!(status(&pool, order_id).await?.0, "assigned");
+
+    emitted(&pool, &delivered(order_id, waybill_id)).await?;
+    assert_eq!(status(&pool, order_id).await?.0, "delivered");
+    // A late failure or assignment does not leave `delivered`.
+    assert!(
+        emitted(&pool, &failed(order_id, waybill_id))
+            .await?
+            .is_empty()
+    );
+    emitted(&pool, &assigned(order_id, waybill_id)).await?;
+    assert_eq!(
+        status(&pool, order_id).await?,
+        ("delivered".to_owned(), Some("courier-07".to_owned()))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn delivery_may_overtake_the_assignment() -> anyhow::Result<()> {
+    let pool = pool().await?;
+    let order_id = OrderId::new();
+    let waybill_id = create(&pool, order_id).await?;
+    emitted(&pool, &delivered(order_id, waybill_id)).await?;
+    emitted(&pool, &assigned(order_id, waybill_id)).await?;
+    assert_eq!(
+        status(&pool, order_id).await?,
+        ("delivered".to_owned(), Some("courier-07".to_owned()))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn dispatch_failure_cancels_once() -> anyhow::Result<()> {
+    let pool = pool().await?;
+    let order_id = OrderId::new();
+    let waybill_id = create(&pool, order_id).await?;
+
+    let events = emitted(&pool, &failed(order_id, waybill_id)).await?;
+    let [EventData::WaybillCancelled(cancelled)] = events.as_slice() else {
+        panic!("expected waybill_cancelled, got {events:?}");
+    };
+    assert_eq!(
+        (cancelled.order_id, cancelled.waybill_id),
+        (order_id, waybill_id)
+    );
+    assert_eq!(status(&pool, order_id).await?.0, "cancelled");
+
+    // A second failure (another event) emits nothing; a courier event cannot revive it.
+    assert!(
+        emitted(&pool, &failed(order_id, waybill_id))
+            .await?
+            .is_empty()
+    );
+    emitted(&pool, &assigned(order_id, waybill_id)).await?;
+    assert_eq!(
+        status(&pool, order_id).await?,
+        ("cancelled".to_owned(), None)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn failure_before_reservation_leaves_a_tombstone() -> anyhow::Result<()> {
+    let pool = pool().await?;
+    let order_id = OrderId::new();
+    let waybill_id = WaybillId::new();
+
+    let events = emitted(&pool, &failed(order_id, waybill_id)).await?;
+    assert!(
+        matches!(events.as_slice(), [EventData::WaybillCancelled(c)] if c.waybill_id == waybill_id),
+        "{events:?}"
+    );
+    // The late reservation creates no live waybill and emits nothing.
+    assert!(emitted(&pool, &reserved(order_id)).await?.is_empty());
+    let (id, status, pickup_lat): (uuid::Uuid, String, Option<f64>) =
+        sqlx::query_as("SELECT waybill_id, status, pickup_lat FROM waybills WHERE order_id = $1")
+            .bind(order_id.0)
+            .fetch_one(&pool)
+            .await?;
+    assert_eq!(
+        (WaybillId(id), status.as_str(), pickup_lat),
+        (waybill_id, "cancelled", Some(31.2304))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_event_naming_another_waybill_of_the_order_is_refused() -> anyhow::Result<()> {
+    let pool = pool().await?;
+    let order_id = OrderId::new();
+    create(&pool, order_id).await?;
+    let error = handle(&pool, &assigned(order_id, WaybillId::new()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            OutboxError::Handler(jwl_outbox::HandlerError::Permanent(_))
+        ),
+        "{error}"
+    );
+    assert_eq!(status(&pool, order_id).await?.0, "open");
+    Ok(())
+}
+
+const SECRET: &[u8] = b"fulfillment-test-secret-0123456789abcdef";
+
+async fn get(app: &Router, uri: &str, token: Option<&str>) -> (StatusCode, Value) {
+    let mut request = Request::get(uri);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn admins_read_waybills_over_http() -> anyhow::Result<()> {
+    let pool = pool().await?;
+    let nats = jwl_testkit::nats().await?;
+    let broker = JetStreamBroker::connect(nats.url()).await?;
+    let ctx = ServiceContext {
+        service: Service::Fulfillment,
+        pool: pool.clone(),
+        broker: broker.clone(),
+        messaging: MessagingSettings::default(),
+        settings: Arc::new(Settings::default()),
+    };
+    let keys = JwtKeys::new(SECRET);
+    let readiness = Readiness {
+        pools: vec![pool.clone()],
+        broker,
+    };
+    let app = jwl_service_kit::http::edge(jwl_fulfillment::router(&ctx), keys.clone(), readiness);
+    let hour = Duration::from_secs(3600);
+    let admin = keys.issue("ops", &[Scope::Admin], hour)?;
+    let customer = keys.issue("cust-1", &[Scope::OrdersRead], hour)?;
+
+    let order_id = OrderId::new();
+    let waybill_id = create(&pool, order_id).await?;
+    emitted(&pool, &assigned(order_id, waybill_id)).await?;
+
+    let uri = format!("/v1/waybills/{waybill_id}");
+    let (status, body) = get(&app, &uri, Some(&admin)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({
+            "waybill_id": waybill_id.to_string(),
+            "order_id": order_id.to_string(),
+            "status": "assigned",
+            "courier_id": "courier-07",
+        })
+    );
+
+    assert_eq!(get(&app, &uri, None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get(&app, &uri, Some(&customer)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let unknown = format!("/v1/waybills/{}", WaybillId::new());
+    assert_eq!(
+        get(&app, &unknown, Some(&admin)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, body) = get(&app, "/v1/waybills/nope", Some(&admin)).await;
+    assert_eq!(
+        (status, &body["field"]),
+        (StatusCode::BAD_REQUEST, &Value::from("id"))
+    );
+    Ok(())
+}
