@@ -1,0 +1,748 @@
+//! Dispatch's decisions as pure functions: the spatial index (H3 cells and the `grid_disk` that
+//! covers the dispatch radius), who is nearest, which waiting waybills a courier takes, the
+//! waybill status machine, cancellation, delivery and who may act for a courier.
+//!
+//! Positions are indexed by their H3 cell at [`CELL_RESOLUTION`] (stored as `bigint`). A search
+//! around a point asks the database for the cells of the `grid_disk` whose `k`
+//! ([`disk_k_for_radius`]) is large enough that every point within the radius lies in it; the
+//! exact great-circle distance ([`GeoPoint::distance_km`]) then decides. Because the cells are
+//! in the database, every replica sees the same candidates.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use h3o::{CellIndex, LatLng, Resolution};
+use jwl_events::{CancelReason, CourierId, DispatchFailureReason, GeoPoint, WaybillId};
+use jwl_service_kit::auth::{Caller, Scope};
+
+/// The H3 resolution of stored cells: average hexagon edge ≈ 0.53 km, so the default 5 km
+/// radius is a disk of a few hundred cells.
+pub const CELL_RESOLUTION: Resolution = Resolution::Eight;
+
+/// The largest `k` searched cell by cell (3·k·(k+1)+1 = 10 981 cells); a radius that needs
+/// more is searched without the cell filter (see [`SearchArea::Everywhere`]).
+pub const MAX_DISK_K: u32 = 60;
+
+/// A lower bound on how far one grid step advances, in average edges of the resolution. H3
+/// hexagons at one resolution are neither equal nor regular (edges range from about 0.74 to
+/// 1.1 times the average, worst near the 12 pentagons), so a step can be shorter than the
+/// regular grid's 1.5 edges; 0.8 holds everywhere with margin (see the tests).
+const MIN_STEP_IN_EDGES: f64 = 0.8;
+
+/// Rings added for the offsets of the two points from their cells' centres.
+const CENTRE_OFFSET_RINGS: u32 = 2;
+
+/// A position that H3 cannot index (a non-finite coordinate).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("position ({lat}, {lon}) cannot be indexed: {source}")]
+pub struct InvalidPosition {
+    lat: f64,
+    lon: f64,
+    source: h3o::error::InvalidLatLng,
+}
+
+/// The H3 cell of `point` at [`CELL_RESOLUTION`], as stored (`bigint`).
+pub fn cell_of(point: &GeoPoint) -> Result<i64, InvalidPosition> {
+    let cell = LatLng::new(point.lat, point.lon)
+        .map_err(|source| InvalidPosition {
+            lat: point.lat,
+            lon: point.lon,
+            source,
+        })?
+        .to_cell(CELL_RESOLUTION);
+    Ok(cell_key(cell))
+}
+
+/// A cell as stored: H3 indexes keep their top bit zero, so they fit a signed 64-bit integer
+/// unchanged.
+fn cell_key(cell: CellIndex) -> i64 {
+    (u64::from(cell) & (i64::MAX as u64)) as i64
+}
+
+/// The `k` of a `grid_disk` at `resolution` that contains the cell of every point within
+/// `radius_km` of any point of the centre cell: the radius in grid steps (each at least
+/// [`MIN_STEP_IN_EDGES`] average edges long), plus [`CENTRE_OFFSET_RINGS`].
+pub fn disk_k_for_radius(radius_km: f64, resolution: Resolution) -> u32 {
+    let step_km = MIN_STEP_IN_EDGES * resolution.edge_length_km();
+    let steps = (radius_km.max(0.0) / step_km).ceil();
+    // Saturating float → int conversion: an absurd radius becomes u32::MAX steps.
+    (steps as u32).saturating_add(CENTRE_OFFSET_RINGS)
+}
+
+/// Where to look for things within the radius of a point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SearchArea {
+    /// Only these cells (stored keys) can hold a point within the radius.
+    Cells(Vec<i64>),
+    /// The radius is too large for a cell list; consider every row (distance still decides).
+    Everywhere,
+}
+
+/// The cells to search for points within `radius_km` of `center`.
+pub fn search_area(center: &GeoPoint, radius_km: f64) -> Result<SearchArea, InvalidPosition> {
+    let k = disk_k_for_radius(radius_km, CELL_RESOLUTION);
+    if k > MAX_DISK_K {
+        return Ok(SearchArea::Everywhere);
+    }
+    let cell = LatLng::new(center.lat, center.lon)
+        .map_err(|source| InvalidPosition {
+            lat: center.lat,
+            lon: center.lon,
+            source,
+        })?
+        .to_cell(CELL_RESOLUTION);
+    let disk: Vec<CellIndex> = cell.grid_disk(k);
+    Ok(SearchArea::Cells(disk.into_iter().map(cell_key).collect()))
+}
+
+/// A courier with free capacity, where it last reported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CourierPosition {
+    pub courier_id: CourierId,
+    pub position: GeoPoint,
+}
+
+/// A courier within the radius of a pickup, and how far it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedCourier {
+    pub courier_id: CourierId,
+    pub position: GeoPoint,
+    pub distance_km: f64,
+}
+
+/// The couriers within `radius_km` of `pickup`, nearest first (ties broken by courier id), in
+/// the order in which assignment should try them.
+pub fn rank_couriers(
+    pickup: &GeoPoint,
+    couriers: &[CourierPosition],
+    radius_km: f64,
+) -> Vec<RankedCourier> {
+    let mut ranked: Vec<RankedCourier> = couriers
+        .iter()
+        .map(|courier| RankedCourier {
+            courier_id: courier.courier_id.clone(),
+            position: courier.position,
+            distance_km: pickup.distance_km(&courier.position),
+        })
+        .filter(|courier| courier.distance_km <= radius_km)
+        .collect();
+    ranked.sort_by(|a, b| {
+        a.distance_km
+            .total_cmp(&b.distance_km)
+            .then_with(|| a.courier_id.cmp(&b.courier_id))
+    });
+    ranked
+}
+
+/// A waybill waiting for a courier.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitingWaybill {
+    pub waybill_id: WaybillId,
+    pub pickup: GeoPoint,
+    pub deadline: DateTime<Utc>,
+}
+
+/// A waiting waybill a courier takes, and the courier's distance to its pickup.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WaybillPick {
+    pub waybill_id: WaybillId,
+    pub distance_km: f64,
+}
+
+/// The waiting waybills a courier at `courier` takes with `free_slots` of capacity: those whose
+/// pickup is within `radius_km`, nearest first, the oldest deadline breaking ties (then the
+/// waybill id, for determinism).
+pub fn pick_waybills(
+    courier: &GeoPoint,
+    waiting: &[WaitingWaybill],
+    radius_km: f64,
+    free_slots: u32,
+) -> Vec<WaybillPick> {
+    let mut in_range: Vec<(f64, &WaitingWaybill)> = waiting
+        .iter()
+        .map(|waybill| (courier.distance_km(&waybill.pickup), waybill))
+        .filter(|(distance, _)| *distance <= radius_km)
+        .collect();
+    in_range.sort_by(|(da, a), (db, b)| {
+        da.total_cmp(db)
+            .then_with(|| a.deadline.cmp(&b.deadline))
+            .then_with(|| a.waybill_id.cmp(&b.waybill_id))
+    });
+    in_range
+        .into_iter()
+        .take(usize::try_from(free_slots).unwrap_or(usize::MAX))
+        .map(|(distance_km, waybill)| WaybillPick {
+            waybill_id: waybill.waybill_id,
+            distance_km,
+        })
+        .collect()
+}
+
+/// Free capacity of a courier holding `live_waybills` of at most `capacity`.
+pub fn free_slots(capacity: u32, live_waybills: i32) -> u32 {
+    let live = u32::try_from(live_waybills).unwrap_or(0);
+    capacity.saturating_sub(live)
+}
+
+/// When a waybill created at `created` stops waiting: `created + dispatch_deadline` (the far
+/// future if that does not fit).
+pub fn waiting_deadline(created: DateTime<Utc>, dispatch_deadline: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(dispatch_deadline)
+        .ok()
+        .and_then(|delta| created.checked_add_signed(delta))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Fastest and slowest tick of the deadline timer.
+const TIMER_MIN_INTERVAL: Duration = Duration::from_millis(20);
+const TIMER_MAX_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the deadline timer looks for overdue waybills: a quarter of the dispatch deadline
+/// (so a waybill fails at most 25 % late), at most once a second and at least every 20 ms.
+pub fn timer_interval(dispatch_deadline: Duration) -> Duration {
+    (dispatch_deadline / 4).clamp(TIMER_MIN_INTERVAL, TIMER_MAX_INTERVAL)
+}
+
+/// The life cycle of a waybill in dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaybillStatus {
+    /// No courier yet; waits until its deadline.
+    Waiting,
+    /// A courier has it (the point of no return for cancellation).
+    Assigned,
+    /// No courier in time, or cancelled before one was assigned. Terminal.
+    Failed,
+    /// The courier delivered it. Terminal.
+    Delivered,
+}
+
+impl WaybillStatus {
+    /// The stored name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WaybillStatus::Waiting => "waiting",
+            WaybillStatus::Assigned => "assigned",
+            WaybillStatus::Failed => "failed",
+            WaybillStatus::Delivered => "delivered",
+        }
+    }
+
+    /// The status stored as `name`.
+    pub fn parse(name: &str) -> Option<WaybillStatus> {
+        [
+            WaybillStatus::Waiting,
+            WaybillStatus::Assigned,
+            WaybillStatus::Failed,
+            WaybillStatus::Delivered,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == name)
+    }
+}
+
+impl fmt::Display for WaybillStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The stored (and wire) name of a failure reason.
+pub const fn failure_reason_name(reason: DispatchFailureReason) -> &'static str {
+    match reason {
+        DispatchFailureReason::NoCourier => "no_courier",
+        DispatchFailureReason::Customer => "customer",
+        DispatchFailureReason::Deadline => "deadline",
+    }
+}
+
+/// The failure reason stored as `name`.
+pub fn parse_failure_reason(name: &str) -> Option<DispatchFailureReason> {
+    [
+        DispatchFailureReason::NoCourier,
+        DispatchFailureReason::Customer,
+        DispatchFailureReason::Deadline,
+    ]
+    .into_iter()
+    .find(|reason| failure_reason_name(*reason) == name)
+}
+
+/// What `waybill_created` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnWaybillCreated {
+    /// New waybill: assign the nearest available courier, or wait.
+    Dispatch,
+    /// The order was cancelled before its waybill existed: record the waybill as failed with
+    /// the cancellation's reason and emit `dispatch.failed` at once.
+    FailAtOnce(DispatchFailureReason),
+    /// This waybill is already known (a repeated event): nothing to do.
+    AlreadyKnown,
+    /// The order already has another waybill: the event contradicts dispatch's state.
+    Conflict(WaybillId),
+}
+
+/// Decides `waybill_created` for `incoming`, given the order's known waybill and tombstone.
+pub fn on_waybill_created(
+    incoming: WaybillId,
+    known: Option<WaybillId>,
+    tombstone: Option<DispatchFailureReason>,
+) -> OnWaybillCreated {
+    match (known, tombstone) {
+        (Some(known), _) if known == incoming => OnWaybillCreated::AlreadyKnown,
+        (Some(known), _) => OnWaybillCreated::Conflict(known),
+        (None, Some(reason)) => OnWaybillCreated::FailAtOnce(reason),
+        (None, None) => OnWaybillCreated::Dispatch,
+    }
+}
+
+/// What `order.cancel_requested` does, given the order's waybill status (if any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnCancel {
+    /// The waybill is waiting: fail it now with this reason.
+    FailNow(WaybillId, DispatchFailureReason),
+    /// No waybill yet: remember the cancellation; the waybill fails the moment it arrives.
+    Tombstone(DispatchFailureReason),
+    /// A courier is (or was) assigned: past the point of no return, the cancel is refused.
+    Refuse,
+    /// Already failed: nothing to do.
+    AlreadyFailed,
+}
+
+/// Decides `order.cancel_requested`, given the order's waybill (if any).
+pub fn on_cancel_requested(
+    current: Option<(WaybillId, WaybillStatus)>,
+    reason: CancelReason,
+) -> OnCancel {
+    let reason = DispatchFailureReason::from(reason);
+    match current {
+        None => OnCancel::Tombstone(reason),
+        Some((waybill_id, WaybillStatus::Waiting)) => OnCancel::FailNow(waybill_id, reason),
+        Some((_, WaybillStatus::Assigned | WaybillStatus::Delivered)) => OnCancel::Refuse,
+        Some((_, WaybillStatus::Failed)) => OnCancel::AlreadyFailed,
+    }
+}
+
+/// Why a courier may not confirm a delivery (each is a 409).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryRefusal {
+    #[error("waybill {0} is already delivered")]
+    AlreadyDelivered(WaybillId),
+    #[error("waybill {waybill_id} is not assigned to courier {courier_id}")]
+    OtherCourier {
+        waybill_id: WaybillId,
+        courier_id: CourierId,
+    },
+    #[error("waybill {waybill_id} is {status}, not assigned to a courier")]
+    NotAssigned {
+        waybill_id: WaybillId,
+        status: WaybillStatus,
+    },
+}
+
+/// Whether `courier_id` may confirm delivery of `waybill_id` (status `status`, assigned to
+/// `assigned_to`).
+pub fn check_delivery(
+    waybill_id: WaybillId,
+    status: WaybillStatus,
+    assigned_to: Option<&CourierId>,
+    courier_id: &CourierId,
+) -> Result<(), DeliveryRefusal> {
+    match status {
+        WaybillStatus::Delivered => Err(DeliveryRefusal::AlreadyDelivered(waybill_id)),
+        WaybillStatus::Assigned if assigned_to == Some(courier_id) => Ok(()),
+        WaybillStatus::Assigned => Err(DeliveryRefusal::OtherCourier {
+            waybill_id,
+            courier_id: courier_id.clone(),
+        }),
+        WaybillStatus::Waiting | WaybillStatus::Failed => {
+            Err(DeliveryRefusal::NotAssigned { waybill_id, status })
+        }
+    }
+}
+
+/// Whether `caller` may report for `courier_id` (location, deliveries): the courier itself
+/// with the `couriers:write` scope, or an admin.
+pub fn may_act_for_courier(caller: &Caller, courier_id: &CourierId) -> bool {
+    caller.is_admin()
+        || (caller.scopes.contains(&Scope::CouriersWrite) && caller.subject == courier_id.as_str())
+}
+
+/// Whether `caller` may read `courier_id`: the courier itself or an admin.
+pub fn may_read_courier(caller: &Caller, courier_id: &CourierId) -> bool {
+    caller.is_admin() || caller.subject == courier_id.as_str()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn point(lat: f64, lon: f64) -> GeoPoint {
+        GeoPoint::new(lat, lon).unwrap()
+    }
+
+    fn courier(id: &str, lat: f64, lon: f64) -> CourierPosition {
+        CourierPosition {
+            courier_id: CourierId::parse(id).unwrap(),
+            position: point(lat, lon),
+        }
+    }
+
+    /// The point `distance_km` from `from` along `bearing_deg` on the haversine sphere.
+    fn destination(from: &GeoPoint, bearing_deg: f64, distance_km: f64) -> GeoPoint {
+        let earth_radius_km = 6371.0088;
+        let angular = distance_km / earth_radius_km;
+        let (lat1, lon1, bearing) = (
+            from.lat.to_radians(),
+            from.lon.to_radians(),
+            bearing_deg.to_radians(),
+        );
+        let lat2 = (lat1.sin() * angular.cos() + lat1.cos() * angular.sin() * bearing.cos()).asin();
+        let lon2 = lon1
+            + (bearing.sin() * angular.sin() * lat1.cos())
+                .atan2(angular.cos() - lat1.sin() * lat2.sin());
+        let lon2 = (lon2.to_degrees() + 540.0).rem_euclid(360.0) - 180.0;
+        point(lat2.to_degrees().clamp(-90.0, 90.0), lon2)
+    }
+
+    /// Origins all over the globe (a Fibonacci lattice) plus every pentagon's centre, where the
+    /// H3 grid is most distorted.
+    fn origins(resolution: Resolution, lattice: usize) -> Vec<GeoPoint> {
+        let mut points: Vec<GeoPoint> = resolution
+            .pentagons()
+            .map(|cell| {
+                let centre = LatLng::from(cell);
+                point(centre.lat(), centre.lng())
+            })
+            .collect();
+        let golden = (1.0 + 5f64.sqrt()) / 2.0;
+        for i in 0..lattice {
+            let lat = (1.0 - 2.0 * (i as f64 + 0.5) / lattice as f64)
+                .asin()
+                .to_degrees();
+            let lon = ((i as f64 / golden).fract() * 360.0) - 180.0;
+            points.push(point(lat, lon));
+        }
+        points
+    }
+
+    #[test]
+    fn every_point_within_the_radius_is_in_the_disk() {
+        for resolution in [Resolution::Seven, CELL_RESOLUTION, Resolution::Nine] {
+            for radius_km in [0.05, 0.3, 1.0, 2.5, 5.0, 12.0] {
+                let k = disk_k_for_radius(radius_km, resolution);
+                if k > MAX_DISK_K {
+                    continue;
+                }
+                for origin in origins(resolution, 60) {
+                    let centre = LatLng::new(origin.lat, origin.lon)
+                        .unwrap()
+                        .to_cell(resolution);
+                    let disk: HashSet<CellIndex> = centre.grid_disk(k);
+                    for step in 0..36 {
+                        let bearing = f64::from(step) * 10.0 + 3.0;
+                        for fraction in [1.0, 0.999, 0.7, 0.4] {
+                            let target = destination(&origin, bearing, radius_km * fraction);
+                            assert!(origin.distance_km(&target) <= radius_km * 1.000_001);
+                            let cell = LatLng::new(target.lat, target.lon)
+                                .unwrap()
+                                .to_cell(resolution);
+                            assert!(
+                                disk.contains(&cell),
+                                "{resolution:?} r={radius_km} k={k}: {target:?} from {origin:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn disk_k_grows_with_the_radius_and_stays_small_for_city_radii() {
+        let edge = CELL_RESOLUTION.edge_length_km();
+        assert_eq!(disk_k_for_radius(0.0, CELL_RESOLUTION), CENTRE_OFFSET_RINGS);
+        assert_eq!(
+            disk_k_for_radius(-1.0, CELL_RESOLUTION),
+            CENTRE_OFFSET_RINGS
+        );
+        let mut previous = 0;
+        for radius_km in [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0] {
+            let k = disk_k_for_radius(radius_km, CELL_RESOLUTION);
+            assert!(k >= previous, "monotonic");
+            assert!(
+                f64::from(k) >= radius_km / edge,
+                "at least the radius in edges"
+            );
+            previous = k;
+        }
+        // The default 5 km radius: a disk of a few hundred cells.
+        assert_eq!(disk_k_for_radius(5.0, CELL_RESOLUTION), 14);
+        assert_eq!(disk_k_for_radius(f64::INFINITY, CELL_RESOLUTION), u32::MAX);
+    }
+
+    #[test]
+    fn search_area_is_the_disk_or_everywhere_for_huge_radii() {
+        let shanghai = point(31.2304, 121.4737);
+        let SearchArea::Cells(cells) = search_area(&shanghai, 5.0).unwrap() else {
+            panic!("5 km is searched by cells");
+        };
+        assert_eq!(cells.len(), 3 * 14 * 15 + 1);
+        assert!(cells.contains(&cell_of(&shanghai).unwrap()));
+        assert!(cells.iter().all(|cell| *cell > 0));
+        assert_eq!(
+            search_area(&shanghai, 500.0).unwrap(),
+            SearchArea::Everywhere
+        );
+    }
+
+    #[test]
+    fn cells_are_stable_positive_keys_at_the_fixed_resolution() {
+        let a = cell_of(&point(31.2304, 121.4737)).unwrap();
+        assert_eq!(a, cell_of(&point(31.2304, 121.4737)).unwrap());
+        let cell = CellIndex::try_from(u64::try_from(a).unwrap()).unwrap();
+        assert_eq!(cell.resolution(), CELL_RESOLUTION);
+        assert_ne!(a, cell_of(&point(31.30, 121.4737)).unwrap());
+        let bad = GeoPoint {
+            lat: f64::NAN,
+            lon: 0.0,
+        };
+        assert!(cell_of(&bad).is_err());
+    }
+
+    #[test]
+    fn nearest_courier_within_the_radius_comes_first() {
+        let pickup = point(31.2304, 121.4737);
+        let couriers = [
+            courier("far", 31.2304, 121.60),   // ≈ 12 km
+            courier("mid", 31.2304, 121.49),   // ≈ 1.6 km
+            courier("near", 31.2310, 121.474), // ≈ 0.07 km
+        ];
+        let ranked = rank_couriers(&pickup, &couriers, 5.0);
+        let ids: Vec<&str> = ranked.iter().map(|c| c.courier_id.as_str()).collect();
+        assert_eq!(ids, ["near", "mid"]);
+        assert!(ranked[0].distance_km < ranked[1].distance_km);
+        assert!((ranked[1].distance_km - pickup.distance_km(&couriers[1].position)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_radius_is_inclusive_and_nobody_outside_it_is_chosen() {
+        let pickup = point(0.0, 0.0);
+        let edge = courier("edge", 0.0, 0.0);
+        let on_radius = pickup.distance_km(&point(0.0, 0.01));
+        let ranked = rank_couriers(&pickup, &[courier("on", 0.0, 0.01), edge], on_radius);
+        assert_eq!(ranked.len(), 2);
+        let outside = rank_couriers(&pickup, &[courier("out", 0.0, 0.01)], on_radius * 0.99);
+        assert!(outside.is_empty());
+        assert!(rank_couriers(&pickup, &[], 5.0).is_empty());
+    }
+
+    #[test]
+    fn equal_distances_are_broken_by_courier_id() {
+        let pickup = point(10.0, 10.0);
+        let couriers = [
+            courier("c-b", 10.0, 10.01),
+            courier("c-a", 10.0, 9.99),
+            courier("c-c", 10.0, 10.01),
+        ];
+        let ids: Vec<String> = rank_couriers(&pickup, &couriers, 5.0)
+            .into_iter()
+            .map(|c| c.courier_id.to_string())
+            .collect();
+        assert_eq!(ids, ["c-a", "c-b", "c-c"]);
+    }
+
+    #[test]
+    fn a_courier_takes_the_nearest_waiting_waybills_oldest_deadline_first() {
+        let at = point(31.0, 121.0);
+        let t0 = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        let waybill = |lon: f64, deadline_offset: i64| WaitingWaybill {
+            waybill_id: WaybillId::new(),
+            pickup: point(31.0, lon),
+            deadline: t0 + TimeDelta::seconds(deadline_offset),
+        };
+        let near_late = waybill(121.001, 60);
+        let near_early = waybill(121.001, 10);
+        let farther = waybill(121.02, 0);
+        let out_of_range = waybill(121.5, -100);
+        let waiting = [
+            out_of_range.clone(),
+            farther.clone(),
+            near_late.clone(),
+            near_early.clone(),
+        ];
+        let picks = pick_waybills(&at, &waiting, 5.0, 10);
+        let ids: Vec<WaybillId> = picks.iter().map(|p| p.waybill_id).collect();
+        assert_eq!(
+            ids,
+            [
+                near_early.waybill_id,
+                near_late.waybill_id,
+                farther.waybill_id
+            ]
+        );
+        let one = pick_waybills(&at, &waiting, 5.0, 1);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].waybill_id, near_early.waybill_id);
+        assert!(pick_waybills(&at, &waiting, 5.0, 0).is_empty());
+    }
+
+    #[test]
+    fn capacity_and_deadlines() {
+        assert_eq!(free_slots(1, 0), 1);
+        assert_eq!(free_slots(1, 1), 0);
+        assert_eq!(free_slots(3, 5), 0);
+        assert_eq!(free_slots(2, -1), 2);
+        let t0 = DateTime::<Utc>::from_timestamp(1_800_000_000, 0).unwrap();
+        assert_eq!(
+            waiting_deadline(t0, Duration::from_secs(60)),
+            t0 + TimeDelta::seconds(60)
+        );
+        assert_eq!(
+            waiting_deadline(t0, Duration::MAX),
+            DateTime::<Utc>::MAX_UTC
+        );
+    }
+
+    #[test]
+    fn the_timer_ticks_a_quarter_of_the_deadline_within_bounds() {
+        assert_eq!(
+            timer_interval(Duration::from_secs(60)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            timer_interval(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            timer_interval(Duration::from_millis(400)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(timer_interval(Duration::from_millis(1)), TIMER_MIN_INTERVAL);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for status in [
+            WaybillStatus::Waiting,
+            WaybillStatus::Assigned,
+            WaybillStatus::Failed,
+            WaybillStatus::Delivered,
+        ] {
+            assert_eq!(WaybillStatus::parse(status.as_str()), Some(status));
+        }
+        for reason in [
+            DispatchFailureReason::NoCourier,
+            DispatchFailureReason::Customer,
+            DispatchFailureReason::Deadline,
+        ] {
+            let name = failure_reason_name(reason);
+            assert_eq!(parse_failure_reason(name), Some(reason));
+            assert_eq!(serde_json::to_value(reason).unwrap(), name);
+        }
+        assert_eq!(WaybillStatus::parse("lost"), None);
+        assert_eq!(parse_failure_reason("bored"), None);
+    }
+
+    #[test]
+    fn waybill_created_dispatches_once_or_fails_on_a_tombstone() {
+        let id = WaybillId::new();
+        assert_eq!(
+            on_waybill_created(id, None, None),
+            OnWaybillCreated::Dispatch
+        );
+        assert_eq!(
+            on_waybill_created(id, None, Some(DispatchFailureReason::Customer)),
+            OnWaybillCreated::FailAtOnce(DispatchFailureReason::Customer)
+        );
+        assert_eq!(
+            on_waybill_created(id, Some(id), Some(DispatchFailureReason::Customer)),
+            OnWaybillCreated::AlreadyKnown
+        );
+        let other = WaybillId::new();
+        assert_eq!(
+            on_waybill_created(id, Some(other), None),
+            OnWaybillCreated::Conflict(other)
+        );
+    }
+
+    #[test]
+    fn cancellation_stops_at_the_assignment() {
+        use WaybillStatus::*;
+        let id = WaybillId::new();
+        assert_eq!(
+            on_cancel_requested(Some((id, Waiting)), CancelReason::Customer),
+            OnCancel::FailNow(id, DispatchFailureReason::Customer)
+        );
+        assert_eq!(
+            on_cancel_requested(None, CancelReason::Deadline),
+            OnCancel::Tombstone(DispatchFailureReason::Deadline)
+        );
+        assert_eq!(
+            on_cancel_requested(Some((id, Assigned)), CancelReason::Customer),
+            OnCancel::Refuse
+        );
+        assert_eq!(
+            on_cancel_requested(Some((id, Delivered)), CancelReason::Deadline),
+            OnCancel::Refuse
+        );
+        assert_eq!(
+            on_cancel_requested(Some((id, Failed)), CancelReason::Customer),
+            OnCancel::AlreadyFailed
+        );
+    }
+
+    #[test]
+    fn only_the_assigned_courier_delivers_and_only_once() {
+        let id = WaybillId::new();
+        let me = CourierId::parse("me").unwrap();
+        let other = CourierId::parse("other").unwrap();
+        assert_eq!(
+            check_delivery(id, WaybillStatus::Assigned, Some(&me), &me),
+            Ok(())
+        );
+        assert!(matches!(
+            check_delivery(id, WaybillStatus::Assigned, Some(&other), &me),
+            Err(DeliveryRefusal::OtherCourier { .. })
+        ));
+        assert_eq!(
+            check_delivery(id, WaybillStatus::Delivered, Some(&me), &me),
+            Err(DeliveryRefusal::AlreadyDelivered(id))
+        );
+        for status in [WaybillStatus::Waiting, WaybillStatus::Failed] {
+            assert!(matches!(
+                check_delivery(id, status, None, &me),
+                Err(DeliveryRefusal::NotAssigned { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn couriers_act_for_themselves_with_the_scope_admins_for_anyone() {
+        let c7 = CourierId::parse("c7").unwrap();
+        let caller = |subject: &str, scopes: Vec<Scope>| Caller {
+            subject: subject.to_owned(),
+            scopes,
+        };
+        assert!(may_act_for_courier(
+            &caller("c7", vec![Scope::CouriersWrite]),
+            &c7
+        ));
+        assert!(!may_act_for_courier(
+            &caller("c8", vec![Scope::CouriersWrite]),
+            &c7
+        ));
+        assert!(!may_act_for_courier(
+            &caller("c7", vec![Scope::OrdersWrite]),
+            &c7
+        ));
+        assert!(may_act_for_courier(&caller("ops", vec![Scope::Admin]), &c7));
+        assert!(may_read_courier(&caller("c7", vec![]), &c7));
+        assert!(!may_read_courier(
+            &caller("c8", vec![Scope::CouriersWrite]),
+            &c7
+        ));
+        assert!(may_read_courier(&caller("ops", vec![Scope::Admin]), &c7));
+    }
+}

@@ -1,0 +1,222 @@
+//! Dispatch's HTTP routes, for couriers (scope `couriers:write`, acting for themselves) and
+//! admins:
+//!
+//! - `PUT /v1/couriers/{id}/location` `{"lat","lon"}`: upserts the courier's position and, in
+//!   the same transaction, assigns it the nearest waiting waybills in range while it has
+//!   capacity → `{"courier_id","lat","lon","live_waybills","assigned":[waybill ids]}`;
+//! - `POST /v1/couriers/{id}/deliveries/{waybill_id}`: confirms a delivery
+//!   (`dispatch.delivered`), frees the capacity and offers the courier the waiting waybills
+//!   around it; 404 unknown waybill, 409 not this courier's or already delivered;
+//! - `GET /v1/couriers/{id}` (that courier or an admin) → `{"courier_id","lat","lon","live_waybills"}`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::{get, post, put};
+use chrono::Utc;
+use jwl_events::{CourierId, Delivered, Envelope, GeoError, GeoPoint, OrderId, WaybillId};
+use jwl_service_kit::auth::Caller;
+use jwl_service_kit::extract::{Json, Path};
+use jwl_service_kit::{ApiError, ApiResult, Settings};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::SERVICE;
+use crate::dispatcher::{self, Offer};
+use crate::domain;
+use crate::error::DispatchError;
+use crate::store::{self, Courier};
+
+/// What every route needs.
+#[derive(Clone)]
+struct AppState {
+    pool: PgPool,
+    settings: Arc<Settings>,
+}
+
+/// The routes, over the service's pool and settings.
+pub fn routes(pool: PgPool, settings: Arc<Settings>) -> Router {
+    Router::new()
+        .route("/v1/couriers/{id}", get(get_courier))
+        .route("/v1/couriers/{id}/location", put(put_location))
+        .route(
+            "/v1/couriers/{id}/deliveries/{waybill_id}",
+            post(post_delivery),
+        )
+        .with_state(AppState { pool, settings })
+}
+
+/// The body of `PUT /v1/couriers/{id}/location`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocationBody {
+    lat: f64,
+    lon: f64,
+}
+
+/// A courier as the API shows it.
+#[derive(Debug, Serialize)]
+struct CourierView {
+    courier_id: CourierId,
+    lat: f64,
+    lon: f64,
+    live_waybills: i32,
+}
+
+impl From<Courier> for CourierView {
+    fn from(courier: Courier) -> Self {
+        Self {
+            courier_id: courier.courier_id,
+            lat: courier.position.lat,
+            lon: courier.position.lon,
+            live_waybills: courier.live_waybills,
+        }
+    }
+}
+
+/// The answer to a location update.
+#[derive(Debug, Serialize)]
+struct LocationView {
+    #[serde(flatten)]
+    courier: CourierView,
+    assigned: Vec<WaybillId>,
+}
+
+/// The answer to a delivery.
+#[derive(Debug, Serialize)]
+struct DeliveryView {
+    waybill_id: WaybillId,
+    order_id: OrderId,
+    courier_id: CourierId,
+    status: &'static str,
+    live_waybills: i32,
+    assigned: Vec<WaybillId>,
+}
+
+fn parse_courier_id(text: &str) -> ApiResult<CourierId> {
+    CourierId::parse(text).map_err(|error| ApiError::bad_field("id", error.to_string()))
+}
+
+fn require_acting_for(caller: &Caller, courier_id: &CourierId) -> ApiResult<()> {
+    if domain::may_act_for_courier(caller, courier_id) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "only courier {courier_id} (with the `couriers:write` scope) or an admin may do this"
+        )))
+    }
+}
+
+fn position(body: &LocationBody) -> ApiResult<GeoPoint> {
+    GeoPoint::new(body.lat, body.lon).map_err(|error| match error {
+        GeoError::Latitude(_) => ApiError::bad_field("lat", error.to_string()),
+        GeoError::Longitude(_) => ApiError::bad_field("lon", error.to_string()),
+    })
+}
+
+async fn put_location(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<LocationBody>,
+) -> ApiResult<Json<LocationView>> {
+    let courier_id = parse_courier_id(&id)?;
+    require_acting_for(&caller, &courier_id)?;
+    let position = position(&body)?;
+    let cell = domain::cell_of(&position).map_err(DispatchError::from)?;
+
+    let mut tx = state.pool.begin().await?;
+    let courier = store::upsert_courier(&mut tx, &courier_id, &position, cell).await?;
+    let Offer {
+        live_waybills,
+        assigned,
+    } = dispatcher::offer_courier(&mut tx, &courier, &state.settings, Utc::now()).await?;
+    tx.commit().await?;
+    if !assigned.is_empty() {
+        tracing::info!(%courier_id, ?assigned, "courier took waiting waybills");
+    }
+    Ok(Json(LocationView {
+        courier: CourierView::from(Courier {
+            live_waybills,
+            ..courier
+        }),
+        assigned,
+    }))
+}
+
+async fn post_delivery(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, waybill)): Path<(String, String)>,
+) -> ApiResult<Json<DeliveryView>> {
+    let courier_id = parse_courier_id(&id)?;
+    let waybill_id = WaybillId::parse(&waybill)
+        .map_err(|error| ApiError::bad_field("waybill_id", error.to_string()))?;
+    require_acting_for(&caller, &courier_id)?;
+
+    let mut tx = state.pool.begin().await?;
+    let waybill = store::lock_waybill(&mut tx, waybill_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no waybill {waybill_id}")))?;
+    domain::check_delivery(
+        waybill_id,
+        waybill.status,
+        waybill.courier_id.as_ref(),
+        &courier_id,
+    )
+    .map_err(|refusal| ApiError::Conflict(refusal.to_string()))?;
+    if !store::mark_delivered(&mut tx, waybill_id).await? {
+        return Err(ApiError::Conflict(format!(
+            "waybill {waybill_id} is no longer assigned"
+        )));
+    }
+    let courier = store::release_capacity(&mut tx, &courier_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::internal(format!(
+                "courier {courier_id} holds waybill {waybill_id} but no capacity"
+            ))
+        })?;
+    let mut event = Envelope::new(
+        SERVICE,
+        Delivered {
+            order_id: waybill.order_id,
+            waybill_id,
+            courier_id: courier_id.clone(),
+        }
+        .into(),
+    );
+    // Born from the courier's request: no causation, but the order's trace continues.
+    event.traceparent = waybill.cause_traceparent;
+    jwl_outbox::enqueue(&mut tx, &event)
+        .await
+        .map_err(DispatchError::from)?;
+    let offer = dispatcher::offer_courier(&mut tx, &courier, &state.settings, Utc::now()).await?;
+    tx.commit().await?;
+    Ok(Json(DeliveryView {
+        waybill_id,
+        order_id: waybill.order_id,
+        courier_id,
+        status: domain::WaybillStatus::Delivered.as_str(),
+        live_waybills: offer.live_waybills,
+        assigned: offer.assigned,
+    }))
+}
+
+async fn get_courier(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<CourierView>> {
+    let courier_id = parse_courier_id(&id)?;
+    if !domain::may_read_courier(&caller, &courier_id) {
+        return Err(ApiError::Forbidden(format!(
+            "only courier {courier_id} or an admin may read this"
+        )));
+    }
+    let courier = store::find_courier(&state.pool, &courier_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no courier {courier_id}")))?;
+    Ok(Json(CourierView::from(courier)))
+}

@@ -1,0 +1,90 @@
+//! `jwl-dispatch`: couriers and the assignment of waybills to them.
+//!
+//! On `waybill_created` it assigns the nearest courier with capacity within
+//! `dispatch_radius_km` of the pickup (`courier_assigned`), or lets the waybill wait until
+//! `created + dispatch_deadline`; a timer fails waybills still waiting then (`dispatch.failed`,
+//! `no_courier`). Couriers report their location (and are then offered the waiting waybills
+//! around them) and their deliveries over HTTP. Dispatch alone decides cancellations
+//! (`order.cancel_requested`): a waiting waybill fails at once, a cancellation before the
+//! waybill leaves a tombstone that fails it on arrival, and after the assignment it is refused.
+//!
+//! Positions are indexed by H3 cells stored in the database, so any number of replicas agree;
+//! capacity is taken with a conditional update under the courier's row lock, so it is never
+//! exceeded.
+//!
+//! Entry points as the CLI expects them: [`SERVICE`], [`SCHEMA`], [`migrate`], [`router`],
+//! [`run`]; [`DispatchHandler`] for tests and replay tools.
+
+mod dispatcher;
+mod domain;
+mod error;
+mod handler;
+mod http;
+mod store;
+mod timer;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use jwl_events::Service;
+use jwl_outbox::Messaging;
+use jwl_service_kit::ServiceContext;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio_util::sync::CancellationToken;
+
+pub use handler::DispatchHandler;
+
+/// This bounded context.
+pub const SERVICE: Service = Service::Dispatch;
+
+/// Its Postgres schema (the `search_path` of its pool).
+pub const SCHEMA: &str = "jwl_dispatch";
+
+/// The service's own migrations (14-digit versions).
+static MIGRATOR: Migrator = sqlx::migrate!();
+
+/// Creates or updates the outbox/inbox tables and the service's tables in the pool's schema.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    jwl_outbox::migrate(pool).await?;
+    let mut migrator = Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await?;
+    Ok(())
+}
+
+/// The service's HTTP routes (without health and metrics, which the edge adds).
+pub fn router(ctx: &ServiceContext) -> axum::Router {
+    http::routes(ctx.pool.clone(), ctx.settings.clone())
+}
+
+/// Relay, consumers and the deadline timer until `shutdown`; if either stops on its own, the
+/// other is stopped too and the failure is returned.
+pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let stop = shutdown.child_token();
+    let mut timer = tokio::spawn(timer::run(
+        ctx.pool.clone(),
+        ctx.settings.clone(),
+        stop.clone(),
+    ));
+    let handler = Arc::new(DispatchHandler::new(ctx.settings.clone()));
+    let messaging =
+        Messaging::new(SERVICE, ctx.pool, ctx.broker, ctx.messaging).run(handler, stop.clone());
+    tokio::pin!(messaging);
+    tokio::select! {
+        result = &mut messaging => {
+            stop.cancel();
+            timer.await.context("the deadline timer task failed")?;
+            result?;
+        }
+        joined = &mut timer => {
+            stop.cancel();
+            messaging.await?;
+            joined.context("the deadline timer task failed")?;
+            if !shutdown.is_cancelled() {
+                anyhow::bail!("the deadline timer stopped before shutdown");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,485 @@
+//! Dispatch's SQL: couriers, waybills and cancel tombstones. Every function runs on the
+//! caller's connection (inside its transaction); locking is stated per function.
+
+use chrono::{DateTime, Utc};
+use jwl_events::{CourierId, DispatchFailureReason, EventId, GeoPoint, OrderId, WaybillId};
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::domain::{
+    self, CourierPosition, RankedCourier, SearchArea, WaitingWaybill, WaybillStatus,
+};
+use crate::error::DispatchError;
+
+type Result<T> = std::result::Result<T, DispatchError>;
+
+fn point(lat: f64, lon: f64) -> Result<GeoPoint> {
+    GeoPoint::new(lat, lon).map_err(|error| DispatchError::Corrupt(error.to_string()))
+}
+
+fn courier_id(text: &str) -> Result<CourierId> {
+    CourierId::parse(text).map_err(|error| DispatchError::Corrupt(error.to_string()))
+}
+
+fn status(text: &str) -> Result<WaybillStatus> {
+    WaybillStatus::parse(text)
+        .ok_or_else(|| DispatchError::Corrupt(format!("unknown waybill status {text:?}")))
+}
+
+/// Serializes the handlers of one order (`waybill_created` against `order.cancel_requested`)
+/// until the transaction ends, so a cancellation and the waybill it targets cannot miss each
+/// other. A transaction-scoped advisory lock in a key space of dispatch's own.
+pub async fn lock_order(conn: &mut PgConnection, order_id: OrderId) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('jwl_dispatch.order'), hashtext($1::text))")
+        .bind(order_id.0)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The order's waybill id and status, row locked.
+pub async fn order_waybill(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+) -> Result<Option<(WaybillId, WaybillStatus)>> {
+    let row: Option<(Uuid, String)> =
+        sqlx::query_as("SELECT waybill_id, status FROM waybills WHERE order_id = $1 FOR UPDATE")
+            .bind(order_id.0)
+            .fetch_optional(conn)
+            .await?;
+    row.map(|(id, text)| Ok((WaybillId(id), status(&text)?)))
+        .transpose()
+}
+
+/// The reason of the order's cancel tombstone, if a cancellation came before its waybill.
+pub async fn tombstone(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+) -> Result<Option<DispatchFailureReason>> {
+    let reason: Option<String> =
+        sqlx::query_scalar("SELECT reason FROM cancel_tombstones WHERE order_id = $1")
+            .bind(order_id.0)
+            .fetch_optional(conn)
+            .await?;
+    reason
+        .map(|text| {
+            domain::parse_failure_reason(&text)
+                .ok_or_else(|| DispatchError::Corrupt(format!("unknown reason {text:?}")))
+        })
+        .transpose()
+}
+
+/// Records a cancellation that arrived before the order's waybill (the first one wins).
+pub async fn insert_tombstone(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+    reason: DispatchFailureReason,
+    cause: EventId,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO cancel_tombstones (order_id, reason, cause_event_id) VALUES ($1, $2, $3)
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id.0)
+    .bind(domain::failure_reason_name(reason))
+    .bind(cause.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A waybill dispatch has just learned of.
+#[derive(Debug, Clone)]
+pub struct NewWaybill {
+    pub waybill_id: WaybillId,
+    pub order_id: OrderId,
+    pub pickup: GeoPoint,
+    pub pickup_cell: i64,
+    pub deadline: DateTime<Utc>,
+    /// The `waybill_created` event, for the cause and trace of timer-born events.
+    pub cause_event_id: EventId,
+    pub cause_traceparent: Option<String>,
+}
+
+/// The state a new waybill is stored in.
+#[derive(Debug, Clone)]
+pub enum Placement {
+    Waiting,
+    Assigned(RankedCourier),
+    Failed(DispatchFailureReason),
+}
+
+/// Inserts a new waybill in its first state.
+pub async fn insert_waybill(
+    conn: &mut PgConnection,
+    waybill: &NewWaybill,
+    placement: &Placement,
+) -> Result<()> {
+    let (status, courier, distance, reason) = match placement {
+        Placement::Waiting => (WaybillStatus::Waiting, None, None, None),
+        Placement::Assigned(courier) => (
+            WaybillStatus::Assigned,
+            Some(courier.courier_id.as_str()),
+            Some(courier.distance_km),
+            None,
+        ),
+        Placement::Failed(reason) => (
+            WaybillStatus::Failed,
+            None,
+            None,
+            Some(domain::failure_reason_name(*reason)),
+        ),
+    };
+    sqlx::query(
+        "INSERT INTO waybills (waybill_id, order_id, pickup_lat, pickup_lon, pickup_cell, status,
+                               courier_id, distance_km, deadline, failure_reason,
+                               cause_event_id, cause_traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(waybill.waybill_id.0)
+    .bind(waybill.order_id.0)
+    .bind(waybill.pickup.lat)
+    .bind(waybill.pickup.lon)
+    .bind(waybill.pickup_cell)
+    .bind(status.as_str())
+    .bind(courier)
+    .bind(distance)
+    .bind(waybill.deadline)
+    .bind(reason)
+    .bind(waybill.cause_event_id.0)
+    .bind(waybill.cause_traceparent.as_deref())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Couriers in `area` with fewer than `capacity` live waybills (not locked: assignment takes
+/// capacity with [`take_capacity`], which re-checks under the row lock).
+pub async fn available_couriers(
+    conn: &mut PgConnection,
+    area: &SearchArea,
+    capacity: i32,
+) -> Result<Vec<CourierPosition>> {
+    let rows: Vec<(String, f64, f64)> = match area {
+        SearchArea::Cells(cells) => {
+            sqlx::query_as(
+                "SELECT courier_id, lat, lon FROM couriers
+                 WHERE cell = ANY($1) AND live_waybills < $2",
+            )
+            .bind(cells)
+            .bind(capacity)
+            .fetch_all(conn)
+            .await?
+        }
+        SearchArea::Everywhere => {
+            sqlx::query_as("SELECT courier_id, lat, lon FROM couriers WHERE live_waybills < $1")
+                .bind(capacity)
+                .fetch_all(conn)
+                .await?
+        }
+    };
+    rows.into_iter()
+        .map(|(id, lat, lon)| {
+            Ok(CourierPosition {
+                courier_id: courier_id(&id)?,
+                position: point(lat, lon)?,
+            })
+        })
+        .collect()
+}
+
+/// Takes one unit of `courier`'s capacity if it still has some and is still where it was
+/// ranked; false if it lost that in the meantime (another assignment, or it moved). The
+/// conditional update locks the row and re-checks after any concurrent writer commits, so
+/// capacity is never exceeded.
+pub async fn take_capacity(
+    conn: &mut PgConnection,
+    courier: &RankedCourier,
+    capacity: i32,
+) -> Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE couriers SET live_waybills = live_waybills + 1
+         WHERE courier_id = $1 AND live_waybills < $2 AND lat = $3 AND lon = $4",
+    )
+    .bind(courier.courier_id.as_str())
+    .bind(capacity)
+    .bind(courier.position.lat)
+    .bind(courier.position.lon)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Fails a waiting waybill; false if it was not waiting.
+pub async fn fail_waiting(
+    conn: &mut PgConnection,
+    waybill_id: WaybillId,
+    reason: DispatchFailureReason,
+) -> Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE waybills SET status = 'failed', failure_reason = $2, updated_at = now()
+         WHERE waybill_id = $1 AND status = 'waiting'",
+    )
+    .bind(waybill_id.0)
+    .bind(domain::failure_reason_name(reason))
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// A waybill the deadline timer failed, with the event that created it.
+#[derive(Debug, Clone)]
+pub struct OverdueWaybill {
+    pub waybill_id: WaybillId,
+    pub order_id: OrderId,
+    pub cause_event_id: EventId,
+    pub cause_traceparent: Option<String>,
+}
+
+/// Fails up to `limit` waiting waybills whose deadline is at or before `now` (reason
+/// `no_courier`), skipping rows another transaction holds (a replica's timer, an assignment).
+pub async fn fail_overdue(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<OverdueWaybill>> {
+    let rows: Vec<(Uuid, Uuid, Uuid, Option<String>)> = sqlx::query_as(
+        "WITH due AS (
+             SELECT waybill_id FROM waybills
+             WHERE status = 'waiting' AND deadline <= $1
+             ORDER BY deadline
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+         )
+         UPDATE waybills w
+         SET status = 'failed', failure_reason = 'no_courier', updated_at = now()
+         FROM due
+         WHERE w.waybill_id = due.waybill_id
+         RETURNING w.waybill_id, w.order_id, w.cause_event_id, w.cause_traceparent",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(waybill_id, order_id, cause, traceparent)| OverdueWaybill {
+                waybill_id: WaybillId(waybill_id),
+                order_id: OrderId(order_id),
+                cause_event_id: EventId(cause),
+                cause_traceparent: traceparent,
+            },
+        )
+        .collect())
+}
+
+/// A courier as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Courier {
+    pub courier_id: CourierId,
+    pub position: GeoPoint,
+    pub live_waybills: i32,
+}
+
+fn courier_row((id, lat, lon, live): (String, f64, f64, i32)) -> Result<Courier> {
+    Ok(Courier {
+        courier_id: courier_id(&id)?,
+        position: point(lat, lon)?,
+        live_waybills: live,
+    })
+}
+
+/// Creates the courier or moves it; the row stays locked until the transaction ends.
+pub async fn upsert_courier(
+    conn: &mut PgConnection,
+    courier_id: &CourierId,
+    position: &GeoPoint,
+    cell: i64,
+) -> Result<Courier> {
+    let row: (String, f64, f64, i32) = sqlx::query_as(
+        "INSERT INTO couriers (courier_id, lat, lon, cell) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (courier_id) DO UPDATE
+             SET lat = EXCLUDED.lat, lon = EXCLUDED.lon, cell = EXCLUDED.cell, updated_at = now()
+         RETURNING courier_id, lat, lon, live_waybills",
+    )
+    .bind(courier_id.as_str())
+    .bind(position.lat)
+    .bind(position.lon)
+    .bind(cell)
+    .fetch_one(conn)
+    .await?;
+    courier_row(row)
+}
+
+/// The courier, if it ever reported.
+pub async fn find_courier(
+    db: impl PgExecutor<'_>,
+    courier_id: &CourierId,
+) -> Result<Option<Courier>> {
+    let row: Option<(String, f64, f64, i32)> = sqlx::query_as(
+        "SELECT courier_id, lat, lon, live_waybills FROM couriers WHERE courier_id = $1",
+    )
+    .bind(courier_id.as_str())
+    .fetch_optional(db)
+    .await?;
+    row.map(courier_row).transpose()
+}
+
+/// A waiting waybill offered to a courier, with what its `courier_assigned` event needs.
+#[derive(Debug, Clone)]
+pub struct WaitingRow {
+    pub waybill: WaitingWaybill,
+    pub order_id: OrderId,
+    pub cause_traceparent: Option<String>,
+}
+
+/// Waiting waybills in `area` whose deadline is after `now`, locked; rows another transaction
+/// holds are skipped (being failed, cancelled or offered to another courier).
+pub async fn waiting_in_area(
+    conn: &mut PgConnection,
+    area: &SearchArea,
+    now: DateTime<Utc>,
+) -> Result<Vec<WaitingRow>> {
+    type Row = (Uuid, Uuid, f64, f64, DateTime<Utc>, Option<String>);
+    let rows: Vec<Row> =
+        match area {
+            SearchArea::Cells(cells) => sqlx::query_as(
+                "SELECT waybill_id, order_id, pickup_lat, pickup_lon, deadline, cause_traceparent
+                 FROM waybills
+                 WHERE status = 'waiting' AND pickup_cell = ANY($1) AND deadline > $2
+                 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(cells)
+            .bind(now)
+            .fetch_all(conn)
+            .await?,
+            SearchArea::Everywhere => sqlx::query_as(
+                "SELECT waybill_id, order_id, pickup_lat, pickup_lon, deadline, cause_traceparent
+                 FROM waybills
+                 WHERE status = 'waiting' AND deadline > $1
+                 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(now)
+            .fetch_all(conn)
+            .await?,
+        };
+    rows.into_iter()
+        .map(|(waybill_id, order_id, lat, lon, deadline, traceparent)| {
+            Ok(WaitingRow {
+                waybill: WaitingWaybill {
+                    waybill_id: WaybillId(waybill_id),
+                    pickup: point(lat, lon)?,
+                    deadline,
+                },
+                order_id: OrderId(order_id),
+                cause_traceparent: traceparent,
+            })
+        })
+        .collect()
+}
+
+/// Assigns a waiting (locked) waybill to `courier_id`; false if it was no longer waiting.
+pub async fn assign_waiting(
+    conn: &mut PgConnection,
+    waybill_id: WaybillId,
+    courier_id: &CourierId,
+    distance_km: f64,
+) -> Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE waybills
+         SET status = 'assigned', courier_id = $2, distance_km = $3, updated_at = now()
+         WHERE waybill_id = $1 AND status = 'waiting'",
+    )
+    .bind(waybill_id.0)
+    .bind(courier_id.as_str())
+    .bind(distance_km)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Adds `count` live waybills to the courier unless that would exceed `capacity`; the new
+/// count, or `None` if refused.
+pub async fn add_live_waybills(
+    conn: &mut PgConnection,
+    courier_id: &CourierId,
+    count: i32,
+    capacity: i32,
+) -> Result<Option<i32>> {
+    Ok(sqlx::query_scalar(
+        "UPDATE couriers SET live_waybills = live_waybills + $2
+         WHERE courier_id = $1 AND live_waybills + $2 <= $3
+         RETURNING live_waybills",
+    )
+    .bind(courier_id.as_str())
+    .bind(count)
+    .bind(capacity)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// A waybill as the delivery endpoint sees it.
+#[derive(Debug, Clone)]
+pub struct LockedWaybill {
+    pub order_id: OrderId,
+    pub status: WaybillStatus,
+    pub courier_id: Option<CourierId>,
+    pub cause_traceparent: Option<String>,
+}
+
+/// The waybill, row locked.
+pub async fn lock_waybill(
+    conn: &mut PgConnection,
+    waybill_id: WaybillId,
+) -> Result<Option<LockedWaybill>> {
+    let row: Option<(Uuid, String, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT order_id, status, courier_id, cause_traceparent
+         FROM waybills WHERE waybill_id = $1 FOR UPDATE",
+    )
+    .bind(waybill_id.0)
+    .fetch_optional(conn)
+    .await?;
+    row.map(|(order_id, text, courier, traceparent)| {
+        Ok(LockedWaybill {
+            order_id: OrderId(order_id),
+            status: status(&text)?,
+            courier_id: courier.as_deref().map(courier_id).transpose()?,
+            cause_traceparent: traceparent,
+        })
+    })
+    .transpose()
+}
+
+/// Marks an assigned (locked) waybill delivered; false if it was not assigned.
+pub async fn mark_delivered(conn: &mut PgConnection, waybill_id: WaybillId) -> Result<bool> {
+    let updated = sqlx::query(
+        "UPDATE waybills SET status = 'delivered', updated_at = now()
+         WHERE waybill_id = $1 AND status = 'assigned'",
+    )
+    .bind(waybill_id.0)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
+}
+
+/// Gives back one unit of the courier's capacity; the courier (row locked), or `None` if it
+/// held none.
+pub async fn release_capacity(
+    conn: &mut PgConnection,
+    courier_id: &CourierId,
+) -> Result<Option<Courier>> {
+    let row: Option<(String, f64, f64, i32)> = sqlx::query_as(
+        "UPDATE couriers SET live_waybills = live_waybills - 1
+         WHERE courier_id = $1 AND live_waybills > 0
+         RETURNING courier_id, lat, lon, live_waybills",
+    )
+    .bind(courier_id.as_str())
+    .fetch_optional(conn)
+    .await?;
+    row.map(courier_row).transpose()
+}

@@ -1,0 +1,68 @@
+//! The deadline timer: fails waiting waybills whose dispatch deadline has passed
+//! (`dispatch.failed`, reason `no_courier`), in batches, every [`domain::timer_interval`].
+//!
+//! Replicas can all run it: rows are claimed with `FOR UPDATE SKIP LOCKED`, and a waybill
+//! being assigned or cancelled at that moment is skipped and looked at again on the next tick.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use jwl_events::{DispatchFailed, DispatchFailureReason, Envelope};
+use jwl_service_kit::Settings;
+use sqlx::PgPool;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::SERVICE;
+use crate::domain;
+use crate::error::DispatchError;
+use crate::store;
+
+/// Most waybills failed in one transaction.
+const BATCH_SIZE: i64 = 100;
+
+/// Runs the timer until `shutdown`. Errors (database down) are logged and retried next tick.
+pub async fn run(pool: PgPool, settings: Arc<Settings>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(domain::timer_interval(settings.dispatch_deadline));
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match fail_overdue(&pool).await {
+            Ok(0) => {}
+            Ok(failed) => tracing::info!(failed, "failed waybills past their dispatch deadline"),
+            Err(error) => tracing::warn!(%error, "deadline timer round failed; retrying"),
+        }
+    }
+}
+
+/// Fails every overdue waiting waybill, one batch per transaction; how many it failed.
+async fn fail_overdue(pool: &PgPool) -> Result<usize, DispatchError> {
+    let mut total = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let overdue = store::fail_overdue(&mut tx, Utc::now(), BATCH_SIZE).await?;
+        for waybill in &overdue {
+            let mut event = Envelope::new(
+                SERVICE,
+                DispatchFailed {
+                    order_id: waybill.order_id,
+                    waybill_id: waybill.waybill_id,
+                    reason: DispatchFailureReason::NoCourier,
+                }
+                .into(),
+            );
+            // Born from the timer, acting on the `waybill_created` that started the wait.
+            event.causation_id = Some(waybill.cause_event_id);
+            event.traceparent.clone_from(&waybill.cause_traceparent);
+            jwl_outbox::enqueue(&mut tx, &event).await?;
+        }
+        tx.commit().await?;
+        total += overdue.len();
+        if i64::try_from(overdue.len()).unwrap_or(i64::MAX) < BATCH_SIZE {
+            return Ok(total);
+        }
+    }
+}
