@@ -4,7 +4,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use jwl_events::{OrderId, WaybillId};
-use jwl_service_kit::auth::{Caller, Scope};
+use jwl_service_kit::auth::Admin;
 use jwl_service_kit::extract::{Json, Path};
 use jwl_service_kit::{ApiError, ApiResult};
 use serde::Serialize;
@@ -29,11 +29,10 @@ struct WaybillView {
 }
 
 async fn get_waybill(
+    _admin: Admin,
     State(pool): State<PgPool>,
-    caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<WaybillView>> {
-    caller.require(Scope::Admin)?;
     let waybill_id =
         WaybillId::parse(&id).map_err(|error| ApiError::bad_field("id", error.to_string()))?;
     let waybill = store::find(&pool, waybill_id)

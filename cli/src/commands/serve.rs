@@ -1,0 +1,72 @@
+//! `jwl serve <service>`: one service in this process (production mode): its pool, the broker,
+//! its migrations, its background work and its routes behind the edge, until Ctrl-C/SIGTERM.
+
+use anyhow::Context;
+use axum::Router;
+use jwl_outbox::MessagingSettings;
+use jwl_service_kit::ServiceContext;
+use jwl_service_kit::http::{self, Readiness};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{connect_and_migrate, connect_broker};
+use crate::args::ServeArgs;
+use crate::supervise::{Supervisor, cancel_on_signal};
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    // A signal while still connecting (the database may be retried for a while) ends cleanly.
+    let Some(started) = shutdown.run_until_cancelled(start(&args)).await else {
+        return Ok(());
+    };
+    let (ctx, app, listener) = started?;
+    let entry = args.service.entry();
+    let pool = ctx.pool.clone();
+
+    let mut tasks = Supervisor::new(shutdown.clone());
+    tasks.spawn(
+        format!("{} service", entry.name),
+        (entry.run)(ctx, shutdown.clone()),
+    );
+    let http_shutdown = shutdown.clone();
+    tasks.spawn("HTTP server", async move {
+        Ok(http::serve_on(listener, app, http_shutdown).await?)
+    });
+    tracing::info!(service = %entry.name, addr = %args.http.http_addr, "serving");
+
+    let outcome = tasks.wait().await;
+    pool.close().await;
+    outcome
+}
+
+/// Everything up to (not including) running: connections, streams, migrations, routes, listener.
+async fn start(args: &ServeArgs) -> anyhow::Result<(ServiceContext, Router, TcpListener)> {
+    let entry = args.service.entry();
+    let keys = args.jwt.load_keys(&args.data_dir.data_dir)?;
+    let database_url = args.databases.require_url_for(args.service)?;
+    http::install_metrics_recorder();
+
+    let messaging = MessagingSettings::default();
+    let broker = connect_broker(&args.nats_url, &format!("jwl-{}", entry.name), &messaging).await?;
+    let pool = connect_and_migrate(entry, database_url).await?;
+    let ctx = ServiceContext {
+        service: entry.service,
+        pool: pool.clone(),
+        broker: broker.clone(),
+        messaging,
+        settings: args.settings.to_settings(),
+    };
+    let app = http::edge(
+        (entry.router)(&ctx),
+        keys,
+        Readiness {
+            pools: vec![pool],
+            broker,
+        },
+    );
+    let listener = TcpListener::bind(args.http.http_addr)
+        .await
+        .with_context(|| format!("listening on {}", args.http.http_addr))?;
+    Ok((ctx, app, listener))
+}

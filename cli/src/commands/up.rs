@@ -1,0 +1,195 @@
+//! `jwl up`: the whole system in one process for a laptop. Starts private NATS / PostgreSQL
+//! under the data dir unless external ones are configured, runs all five services (one pool and
+//! schema each, one shared broker connection) behind ONE HTTP listener, prints the URL and a dev
+//! admin token, and on Ctrl-C stops the services, then the private servers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use jwl_outbox::MessagingSettings;
+use jwl_service_kit::ServiceContext;
+use jwl_service_kit::auth::{JwtKeys, Scope};
+use jwl_service_kit::http::{self, Readiness};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{connect_and_migrate, connect_broker};
+use crate::args::UpArgs;
+use crate::private_servers::PrivateServers;
+use crate::services::ServiceName;
+use crate::supervise::{Supervisor, cancel_on_signal};
+
+/// Validity of the admin token printed at start-up.
+const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The running system, before its tasks are started.
+struct Started {
+    contexts: Vec<(ServiceName, ServiceContext)>,
+    app: Router,
+    listener: TcpListener,
+    keys: JwtKeys,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let data_dir = &args.data_dir.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data dir {}", data_dir.display()))?;
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    http::install_metrics_recorder();
+
+    let mut servers = PrivateServers::default();
+    let started = shutdown
+        .run_until_cancelled(start(&args, &mut servers))
+        .await;
+    let outcome = match started {
+        None => Ok(()),
+        Some(Err(error)) => Err(error),
+        Some(Ok(started)) => run_services(started, &args, &shutdown).await,
+    };
+    let stopped = servers.stop().await;
+    outcome.and(stopped)
+}
+
+/// Private servers (as needed), secret, broker, pools, migrations, routes, listener.
+async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<Started> {
+    let data_dir = &args.data_dir.data_dir;
+    let keys = args.jwt.load_or_generate_keys(data_dir)?;
+
+    let nats_url = match args
+        .nats_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    {
+        Some(url) => url.to_owned(),
+        None => servers.start_nats(data_dir).await?,
+    };
+    let needs_private_postgres = ServiceName::ALL
+        .iter()
+        .any(|&name| args.databases.url_for(name).is_none());
+    let private_database_url = if needs_private_postgres {
+        Some(servers.start_postgres(data_dir).await?)
+    } else {
+        None
+    };
+
+    let messaging = MessagingSettings::default();
+    let broker = connect_broker(&nats_url, "jwl-up", &messaging).await?;
+    let settings = args.settings.to_settings();
+
+    let mut contexts = Vec::with_capacity(ServiceName::ALL.len());
+    let mut routes = Router::new();
+    for name in ServiceName::ALL {
+        let entry = name.entry();
+        let url = args
+            .databases
+            .url_for(name)
+            .or(private_database_url.as_deref())
+            .context("no database URL (internal error: the private PostgreSQL was not started)")?;
+        let pool = connect_and_migrate(entry, url).await?;
+        let ctx = ServiceContext {
+            service: entry.service,
+            pool,
+            broker: broker.clone(),
+            messaging: messaging.clone(),
+            settings: settings.clone(),
+        };
+        routes = routes.merge((entry.router)(&ctx));
+        contexts.push((name, ctx));
+    }
+
+    let readiness = Readiness {
+        pools: contexts.iter().map(|(_, ctx)| ctx.pool.clone()).collect(),
+        broker,
+    };
+    let app = http::edge(routes, keys.clone(), readiness);
+    let listener = TcpListener::bind(args.http.http_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "listening on {} (set JWL_HTTP_ADDR to use another address)",
+                args.http.http_addr
+            )
+        })?;
+    Ok(Started {
+        contexts,
+        app,
+        listener,
+        keys,
+    })
+}
+
+async fn run_services(
+    started: Started,
+    args: &UpArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let Started {
+        contexts,
+        app,
+        listener,
+        keys,
+    } = started;
+    let addr = listener.local_addr().unwrap_or(args.http.http_addr);
+    let pools: Vec<_> = contexts.iter().map(|(_, ctx)| ctx.pool.clone()).collect();
+
+    let mut tasks = Supervisor::new(shutdown.clone());
+    for (name, ctx) in contexts {
+        tasks.spawn(
+            format!("{name} service"),
+            (name.entry().run)(ctx, shutdown.clone()),
+        );
+    }
+    let http_shutdown = shutdown.clone();
+    tasks.spawn("HTTP server", async move {
+        Ok(http::serve_on(listener, app, http_shutdown).await?)
+    });
+
+    let token = keys
+        .issue("dev-admin", &[Scope::Admin], DEV_TOKEN_TTL)
+        .context("issuing the dev admin token")?;
+    println!("{}", banner(addr, &token));
+
+    let outcome = tasks.wait().await;
+    for pool in pools {
+        pool.close().await;
+    }
+    outcome
+}
+
+/// What `jwl up` prints once it serves: URL, dev token and curl examples.
+fn banner(addr: SocketAddr, token: &str) -> String {
+    let url = format!("http://{addr}");
+    format!(
+        "\nJiangwanli is up at {url}\n\
+         \n\
+         Dev admin token (valid 24h):\n\
+         \x20 export TOKEN={token}\n\
+         \n\
+         Try:\n\
+         \x20 curl -sX PUT {url}/v1/stock/sku-1 -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"on_hand\":100}}'\n\
+         \x20 curl -sX PUT {url}/v1/couriers/courier-1/location -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"lat\":31.2304,\"lon\":121.4737}}'\n\
+         \x20 curl -si -X POST {url}/v1/orders -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' \\\n\
+         \x20      -d '{{\"items\":[{{\"sku\":\"sku-1\",\"qty\":1,\"unit_price_cents\":1299}}],\"pickup\":{{\"lat\":31.2304,\"lon\":121.4737}},\"dropoff\":{{\"lat\":31.2243,\"lon\":121.4768}},\"payment_token\":\"tok_ok\"}}'\n\
+         \x20 curl -s {url}/v1/orders/<order_id> -H \"Authorization: Bearer $TOKEN\"\n\
+         \n\
+         Other tokens: jwl token --sub customer-1 --scope orders:write --scope orders:read\n\
+         Press Ctrl-C to stop.\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn banner_shows_the_url_token_and_a_curl() {
+        let text = banner("127.0.0.1:8080".parse().unwrap(), "abc.def.ghi");
+        assert!(text.contains("http://127.0.0.1:8080"));
+        assert!(text.contains("export TOKEN=abc.def.ghi"));
+        assert!(text.contains("curl -si -X POST http://127.0.0.1:8080/v1/orders"));
+    }
+}

@@ -1,0 +1,120 @@
+//! Turning parsed arguments into what the services need: [`Settings`], the database URL of
+//! each service (its own override, else the shared one), and the JWT keys.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use jwl_service_kit::Settings;
+use jwl_service_kit::auth::JwtKeys;
+
+use crate::args::{DatabaseArgs, JwtArgs, SettingsArgs};
+use crate::secret;
+use crate::services::ServiceName;
+
+impl SettingsArgs {
+    pub fn to_settings(&self) -> Arc<Settings> {
+        Arc::new(Settings {
+            order_deadline: self.order_deadline,
+            dispatch_deadline: self.dispatch_deadline,
+            dispatch_radius_km: self.dispatch_radius_km,
+            courier_capacity: self.courier_capacity,
+        })
+    }
+}
+
+impl DatabaseArgs {
+    /// The URL `service` uses: `JWL_<SERVICE>_DATABASE_URL`, else `JWL_DATABASE_URL`.
+    pub fn url_for(&self, service: ServiceName) -> Option<&str> {
+        let own = match service {
+            ServiceName::Order => &self.order_database_url,
+            ServiceName::Payment => &self.payment_database_url,
+            ServiceName::Inventory => &self.inventory_database_url,
+            ServiceName::Fulfillment => &self.fulfillment_database_url,
+            ServiceName::Dispatch => &self.dispatch_database_url,
+        };
+        non_empty(own).or_else(|| non_empty(&self.database_url))
+    }
+
+    /// [`Self::url_for`], or an error naming both variables.
+    pub fn require_url_for(&self, service: ServiceName) -> anyhow::Result<&str> {
+        self.url_for(service).with_context(|| {
+            format!(
+                "no database for the {service} service: set JWL_{upper}_DATABASE_URL or JWL_DATABASE_URL \
+                 (or --{service}-database-url / --database-url)",
+                upper = service.as_str().to_ascii_uppercase()
+            )
+        })
+    }
+}
+
+impl JwtArgs {
+    /// Keys from `JWL_JWT_SECRET`, else from the secret file in `data_dir` (which must exist).
+    pub fn load_keys(&self, data_dir: &Path) -> anyhow::Result<JwtKeys> {
+        let secret = match non_empty(&self.jwt_secret) {
+            Some(secret) => secret.to_owned(),
+            None => secret::read(data_dir)?,
+        };
+        Ok(JwtKeys::new(secret.as_bytes()))
+    }
+
+    /// Keys from `JWL_JWT_SECRET`, else from the secret file in `data_dir`, generated if missing.
+    pub fn load_or_generate_keys(&self, data_dir: &Path) -> anyhow::Result<JwtKeys> {
+        let secret = match non_empty(&self.jwt_secret) {
+            Some(secret) => secret.to_owned(),
+            None => secret::read_or_generate(data_dir)?,
+        };
+        Ok(JwtKeys::new(secret.as_bytes()))
+    }
+}
+
+/// An unset or empty variable counts as unset.
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn databases(shared: Option<&str>, payment: Option<&str>) -> DatabaseArgs {
+        DatabaseArgs {
+            database_url: shared.map(str::to_owned),
+            order_database_url: None,
+            payment_database_url: payment.map(str::to_owned),
+            inventory_database_url: None,
+            fulfillment_database_url: Some(String::new()),
+            dispatch_database_url: None,
+        }
+    }
+
+    #[test]
+    fn per_service_url_overrides_the_shared_one() {
+        let dbs = databases(Some("postgres://shared/jwl"), Some("postgres://pay/jwl"));
+        assert_eq!(
+            dbs.url_for(ServiceName::Payment),
+            Some("postgres://pay/jwl")
+        );
+        assert_eq!(
+            dbs.url_for(ServiceName::Order),
+            Some("postgres://shared/jwl")
+        );
+        // An empty override counts as unset.
+        assert_eq!(
+            dbs.url_for(ServiceName::Fulfillment),
+            Some("postgres://shared/jwl")
+        );
+    }
+
+    #[test]
+    fn missing_url_names_the_variables() {
+        let dbs = databases(None, Some("postgres://pay/jwl"));
+        assert!(dbs.require_url_for(ServiceName::Payment).is_ok());
+        let message = dbs
+            .require_url_for(ServiceName::Dispatch)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("JWL_DISPATCH_DATABASE_URL"), "{message}");
+        assert!(message.contains("JWL_DATABASE_URL"), "{message}");
+    }
+}

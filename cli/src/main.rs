@@ -1,0 +1,57 @@
+//! `jwl`: the Jiangwanli command-line tool. Parses flags/`JWL_*` variables, runs the chosen
+//! subcommand, and turns any error into a message on stderr and a non-zero exit code.
+
+mod args;
+mod commands;
+mod config;
+mod private_servers;
+mod secret;
+mod services;
+mod supervise;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: could not start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "jwl failed");
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Up(args) => {
+            jwl_service_kit::telemetry::init("jwl");
+            commands::up::run(args).await
+        }
+        Command::Serve(args) => {
+            jwl_service_kit::telemetry::init(args.service.as_str());
+            commands::serve::run(args).await
+        }
+        Command::Migrate(args) => {
+            jwl_service_kit::telemetry::init("jwl-migrate");
+            commands::migrate::run(args).await
+        }
+        // No telemetry: `jwl token` prints the token on stdout and nothing else.
+        Command::Token(args) => commands::token::run(args),
+    }
+}

@@ -1,0 +1,116 @@
+//! The table of the five services: name, schema and the entry points each service crate exports
+//! (`migrate`, `router`, `run`), shared by `jwl serve`, `jwl up` and `jwl migrate`.
+
+use std::fmt;
+
+use axum::Router;
+use futures::future::BoxFuture;
+use jwl_events::Service;
+use jwl_service_kit::ServiceContext;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// A service as named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum ServiceName {
+    Order,
+    Payment,
+    Inventory,
+    Fulfillment,
+    Dispatch,
+}
+
+impl ServiceName {
+    pub const ALL: [ServiceName; 5] = [
+        ServiceName::Order,
+        ServiceName::Payment,
+        ServiceName::Inventory,
+        ServiceName::Fulfillment,
+        ServiceName::Dispatch,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ServiceName::Order => "order",
+            ServiceName::Payment => "payment",
+            ServiceName::Inventory => "inventory",
+            ServiceName::Fulfillment => "fulfillment",
+            ServiceName::Dispatch => "dispatch",
+        }
+    }
+
+    /// The entry points of this service's crate.
+    pub fn entry(self) -> &'static ServiceEntry {
+        match self {
+            ServiceName::Order => &ORDER,
+            ServiceName::Payment => &PAYMENT,
+            ServiceName::Inventory => &INVENTORY,
+            ServiceName::Fulfillment => &FULFILLMENT,
+            ServiceName::Dispatch => &DISPATCH,
+        }
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the CLI needs from one service crate.
+pub struct ServiceEntry {
+    pub name: ServiceName,
+    pub service: Service,
+    /// Its Postgres schema (the `search_path` of its pool).
+    pub schema: &'static str,
+    /// Creates or updates its tables (outbox/inbox included).
+    pub migrate: for<'a> fn(&'a PgPool) -> BoxFuture<'a, anyhow::Result<()>>,
+    /// Its HTTP routes (without health/metrics, which the edge adds).
+    pub router: fn(&ServiceContext) -> Router,
+    /// Its messaging and background work, until the token is cancelled.
+    pub run: fn(ServiceContext, CancellationToken) -> BoxFuture<'static, anyhow::Result<()>>,
+}
+
+/// Builds the [`ServiceEntry`] of a service crate from its exported items.
+macro_rules! service_entry {
+    ($krate:ident, $name:ident) => {{
+        fn migrate(pool: &PgPool) -> BoxFuture<'_, anyhow::Result<()>> {
+            Box::pin($krate::migrate(pool))
+        }
+        fn run(
+            ctx: ServiceContext,
+            shutdown: CancellationToken,
+        ) -> BoxFuture<'static, anyhow::Result<()>> {
+            Box::pin($krate::run(ctx, shutdown))
+        }
+        ServiceEntry {
+            name: ServiceName::$name,
+            service: $krate::SERVICE,
+            schema: $krate::SCHEMA,
+            migrate,
+            router: $krate::router,
+            run,
+        }
+    }};
+}
+
+static ORDER: ServiceEntry = service_entry!(jwl_order, Order);
+static PAYMENT: ServiceEntry = service_entry!(jwl_payment, Payment);
+static INVENTORY: ServiceEntry = service_entry!(jwl_inventory, Inventory);
+static FULFILLMENT: ServiceEntry = service_entry!(jwl_fulfillment, Fulfillment);
+static DISPATCH: ServiceEntry = service_entry!(jwl_dispatch, Dispatch);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_matches_the_crates() {
+        for name in ServiceName::ALL {
+            let entry = name.entry();
+            assert_eq!(entry.name, name);
+            assert_eq!(entry.service.as_str(), name.as_str());
+            assert_eq!(entry.schema, format!("jwl_{name}"));
+        }
+    }
+}
