@@ -29,7 +29,7 @@ pub use handler::{BoxError, Handler, HandlerContext, HandlerError};
 pub use inbox::{Processed, process_one};
 pub use messaging::Messaging;
 pub use naming::durable_name;
-pub use schema::migrate;
+pub use schema::{migrate, migrate_with};
 pub use settings::MessagingSettings;
 pub use transport::TransportError;
 pub use transport::nats::JetStreamBroker;

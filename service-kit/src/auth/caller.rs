@@ -42,7 +42,9 @@ impl Caller {
         if self.is_admin() || self.subject == owner {
             Ok(())
         } else {
-            Err(ApiError::Forbidden("this belongs to another subject".to_owned()))
+            Err(ApiError::Forbidden(
+                "this belongs to another subject".to_owned(),
+            ))
         }
     }
 

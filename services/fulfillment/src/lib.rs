@@ -36,10 +36,7 @@ static MIGRATOR: Migrator = sqlx::migrate!();
 
 /// Creates or updates the outbox/inbox tables and the service's tables in the pool's schema.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    jwl_outbox::migrate(pool).await?;
-    let mut migrator = Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
-    migrator.set_ignore_missing(true);
-    migrator.run(pool).await?;
+    jwl_outbox::migrate_with(pool, &MIGRATOR).await?;
     Ok(())
 }
 
