@@ -1,0 +1,388 @@
+//! [`System`]: a private NATS server, a fresh database and the five services, each a
+//! `jwl serve <name>` child process, plus the clients a test drives them with.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::{StreamExt, TryStreamExt};
+use jwl_events::Service;
+use jwl_testkit::{TestDatabase, TestNats, eventually};
+
+use crate::api::{ApiClient, NewOrder, OrderView};
+use crate::binary::jwl_binary;
+use crate::broker::Broker;
+use crate::geo::Point;
+use crate::invariants::PlacedOrder;
+use crate::process::ServiceProcess;
+use crate::store::Store;
+use crate::tokens::Tokens;
+
+/// Lines of each service log shown by [`System::dump_logs_tail`] and on a failing test.
+const TAIL_LINES: usize = 40;
+/// Orders placed at once by [`System::place_orders`].
+const PLACE_CONCURRENCY: usize = 64;
+
+/// The business settings the services are started with (`JWL_*` variables).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SystemOptions {
+    /// `JWL_DISPATCH_DEADLINE`: how long a waybill waits for a courier.
+    pub dispatch_deadline: Duration,
+    /// `JWL_ORDER_DEADLINE`: how long an order may take before it is cancelled.
+    pub order_deadline: Duration,
+    /// `JWL_DISPATCH_RADIUS_KM`.
+    pub dispatch_radius_km: f64,
+    /// `JWL_COURIER_CAPACITY`: live waybills per courier.
+    pub courier_capacity: u32,
+}
+
+impl Default for SystemOptions {
+    /// The documented defaults (`60s`, `5m`, `5` km, `1`).
+    fn default() -> Self {
+        Self {
+            dispatch_deadline: Duration::from_secs(60),
+            order_deadline: Duration::from_secs(300),
+            dispatch_radius_km: 5.0,
+            courier_capacity: 1,
+        }
+    }
+}
+
+/// A running system. Dropping it kills the services (SIGKILL) and the NATS server; the
+/// database is thrown away with the test cluster. The service logs stay in [`System::log_dir`];
+/// if the test is panicking, their tails are printed.
+pub struct System {
+    // Field order matters: the services die before the broker and database they use.
+    services: Vec<ServiceProcess>,
+    options: SystemOptions,
+    api: ApiClient,
+    tokens: Tokens,
+    admin_token: String,
+    pub(crate) broker: Broker,
+    pub(crate) store: Store,
+    /// `on_hand` of every SKU set through [`System::set_stock`], for the stock invariant.
+    pub(crate) stocked: Mutex<BTreeMap<String, i64>>,
+    log_dir: PathBuf,
+    database: TestDatabase,
+    nats: TestNats,
+}
+
+impl System {
+    /// Starts NATS, a fresh database and the five services with `options`; returns once every
+    /// service answers `200` on `/readyz`. Prints where the service logs are.
+    pub async fn start(options: SystemOptions) -> anyhow::Result<System> {
+        let binary = jwl_binary()?;
+        let nats = jwl_testkit::nats().await?;
+        let database = jwl_testkit::database().await?;
+        let log_dir = new_log_dir()?;
+        eprintln!("jwl-e2e: service logs in {}", log_dir.display());
+
+        let secret = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let env = service_env(&options, nats.url(), database.url(), &secret, &log_dir);
+        let started = futures::future::join_all(Service::ALL.map(|service| {
+            let log_path = log_dir.join(format!("{service}.log"));
+            ServiceProcess::start(service, &binary, env.clone(), log_path)
+        }))
+        .await;
+        let mut services = Vec::with_capacity(started.len());
+        let mut failures = Vec::new();
+        for outcome in started {
+            match outcome {
+                Ok(process) => services.push(process),
+                Err(error) => failures.push(format!("{error:#}")),
+            }
+        }
+        if !failures.is_empty() {
+            anyhow::bail!(
+                "the system did not start (logs in {}):\n{}",
+                log_dir.display(),
+                failures.join("\n\n")
+            );
+        }
+
+        let api = ApiClient::new(services.iter().map(|p| (p.service(), p.base_url())))?;
+        let tokens = Tokens::new(&secret);
+        let admin_token = tokens.admin()?;
+        let broker = Broker::connect(nats.url()).await?;
+        let store = Store::new(database.pool().await?);
+        Ok(System {
+            services,
+            options,
+            api,
+            tokens,
+            admin_token,
+            broker,
+            store,
+            stocked: Mutex::new(BTreeMap::new()),
+            log_dir,
+            database,
+            nats,
+        })
+    }
+
+    /// The settings the services run with.
+    pub fn options(&self) -> &SystemOptions {
+        &self.options
+    }
+
+    /// The HTTP client of the services.
+    pub fn api(&self) -> &ApiClient {
+        &self.api
+    }
+
+    /// Mints tokens accepted by the services.
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// A token with the `admin` scope.
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// The process of `service` (for [`ServiceProcess::kill`] / [`ServiceProcess::restart`]).
+    pub fn service(&self, service: Service) -> &ServiceProcess {
+        self.services
+            .iter()
+            .find(|p| p.service() == service)
+            .unwrap_or_else(|| unreachable!("System::start starts every service"))
+    }
+
+    /// The private NATS server (for broker fault injection).
+    pub fn nats(&self) -> &TestNats {
+        &self.nats
+    }
+
+    /// The system's database.
+    pub fn database(&self) -> &TestDatabase {
+        &self.database
+    }
+
+    /// The directory holding one `<service>.log` per service.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
+    /// The last `lines` lines of every service's log, with headers.
+    pub fn logs_tail(&self, lines: usize) -> String {
+        let mut text = format!("service logs in {}\n", self.log_dir().display());
+        for process in &self.services {
+            text.push_str(&format!(
+                "----- {} ({}) -----\n{}\n",
+                process.service(),
+                process.log_path().display(),
+                process.log_tail(lines)
+            ));
+        }
+        text
+    }
+
+    /// Prints the tail of every service's log to stderr.
+    pub fn dump_logs_tail(&self) {
+        eprintln!("{}", self.logs_tail(TAIL_LINES));
+    }
+
+    /// Sets `sku`'s on-hand stock (`PUT /v1/stock/{sku}`) and records it as the SKU's initial
+    /// stock for [`System::check_invariants`] (so set it before placing orders for it).
+    pub async fn set_stock(&self, sku: &str, on_hand: i64) -> anyhow::Result<()> {
+        let level = self.api.put_stock(&self.admin_token, sku, on_hand).await?;
+        anyhow::ensure!(
+            level.sku == sku && level.on_hand == on_hand,
+            "PUT /v1/stock/{sku} {on_hand} answered {level:?}"
+        );
+        self.stocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(sku.to_owned(), on_hand);
+        Ok(())
+    }
+
+    /// Reports courier `courier_id` at `at`, with its own token.
+    pub async fn move_courier(&self, courier_id: &str, at: Point) -> anyhow::Result<()> {
+        let token = self.tokens.courier(courier_id)?;
+        self.api.put_courier_location(&token, courier_id, at).await
+    }
+
+    /// Places `order` as customer `customer_id` (with that customer's token).
+    pub async fn place_order(
+        &self,
+        customer_id: &str,
+        order: NewOrder,
+    ) -> anyhow::Result<PlacedOrder> {
+        let token = self.tokens.customer(customer_id)?;
+        let order_id = self.api.place_order(&token, &order).await?;
+        Ok(PlacedOrder {
+            order_id,
+            customer_id: customer_id.to_owned(),
+            order,
+        })
+    }
+
+    /// Places many orders concurrently (each by its own customer `customer-<n>`), in order.
+    pub async fn place_orders(&self, orders: Vec<NewOrder>) -> anyhow::Result<Vec<PlacedOrder>> {
+        futures::stream::iter(orders.into_iter().enumerate())
+            .map(
+                |(n, order)| async move { self.place_order(&format!("customer-{n}"), order).await },
+            )
+            .buffered(PLACE_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// `GET /v1/orders/{id}` as admin.
+    pub async fn order(&self, order_id: &str) -> anyhow::Result<OrderView> {
+        self.api.order(&self.admin_token, order_id).await
+    }
+
+    /// Waits until order `order_id` satisfies `done` (described by `what`), and returns it.
+    pub async fn wait_for_order(
+        &self,
+        order_id: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&OrderView) -> bool,
+    ) -> anyhow::Result<OrderView> {
+        let description = format!("order {order_id} to be {what}");
+        eventually(&description, timeout, || async {
+            let view = self.order(order_id).await.map_err(|e| format!("{e:#}"))?;
+            if done(&view) {
+                Ok(view)
+            } else {
+                Err(format!(
+                    "it is {:?} (reason {:?})",
+                    view.status, view.reason
+                ))
+            }
+        })
+        .await
+        .with_context(|| format!("logs in {}", self.log_dir().display()))
+    }
+
+    /// Waits until order `order_id` is terminal and returns it.
+    pub async fn wait_terminal(
+        &self,
+        order_id: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<OrderView> {
+        self.wait_for_order(order_id, "terminal", timeout, |v| v.status.is_terminal())
+            .await
+    }
+
+    /// Waits until every one of `orders` is terminal (all within `timeout`), and returns them.
+    pub async fn wait_all_terminal(
+        &self,
+        orders: &[PlacedOrder],
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<OrderView>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut views = Vec::with_capacity(orders.len());
+        for placed in orders {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            views.push(
+                self.wait_terminal(&placed.order_id, left.max(Duration::from_millis(1)))
+                    .await?,
+            );
+        }
+        Ok(views)
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("jwl-e2e: the test panicked; the tails of the service logs follow.");
+            self.dump_logs_tail();
+        }
+    }
+}
+
+/// Starts a system with `options`, runs `body` against it and, if `body` fails, prints the
+/// tails of the service logs before returning the error.
+pub async fn with_system<F>(options: SystemOptions, body: F) -> anyhow::Result<()>
+where
+    F: AsyncFnOnce(&System) -> anyhow::Result<()>,
+{
+    let system = System::start(options).await?;
+    let outcome = body(&system).await;
+    if outcome.is_err() {
+        system.dump_logs_tail();
+    }
+    outcome
+}
+
+/// A new `$TMPDIR/jwl-e2e/system-<pid>-<random>` directory for one system's logs. Logs are
+/// kept after the test (so a failure can be read at leisure); the directories of test processes
+/// that no longer run are removed by the first system of the next test process.
+fn new_log_dir() -> anyhow::Result<PathBuf> {
+    let root = std::env::temp_dir().join("jwl-e2e");
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    static SWEEP: Once = Once::new();
+    SWEEP.call_once(|| sweep_stale_log_dirs(&root));
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("system-{}-", std::process::id()))
+        .tempdir_in(&root)
+        .with_context(|| format!("creating a log directory in {}", root.display()))?;
+    Ok(dir.keep())
+}
+
+/// Removes `system-<pid>-*` directories whose process is gone.
+fn sweep_stale_log_dirs(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split('-').nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The environment of every service process.
+fn service_env(
+    options: &SystemOptions,
+    nats_url: &str,
+    database_url: &str,
+    jwt_secret: &str,
+    data_dir: &Path,
+) -> Vec<(String, String)> {
+    let data_dir: PathBuf = data_dir.join("data");
+    [
+        ("JWL_NATS_URL", nats_url.to_owned()),
+        ("JWL_DATABASE_URL", database_url.to_owned()),
+        ("JWL_JWT_SECRET", jwt_secret.to_owned()),
+        ("JWL_DATA_DIR", data_dir.display().to_string()),
+        (
+            "JWL_DISPATCH_DEADLINE",
+            humantime(options.dispatch_deadline),
+        ),
+        ("JWL_ORDER_DEADLINE", humantime(options.order_deadline)),
+        (
+            "JWL_DISPATCH_RADIUS_KM",
+            options.dispatch_radius_km.to_string(),
+        ),
+        ("JWL_COURIER_CAPACITY", options.courier_capacity.to_string()),
+        ("RUST_LOG", "info".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// A duration as `jwl` parses it (`2500ms`).
+fn humantime(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis())
+}
