@@ -1,0 +1,828 @@
+//! The pure decisions of the operator tools, without I/O: how an event is summarised, how a
+//! stored message becomes an entry, and which subject filter, start position and end bound a
+//! read uses for a [`Selection`] or a [`DeadLetterFilter`].
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::OpsError;
+use crate::model::{
+    DeadLetterDetail, DeadLetterEntry, DecodedEvent, EntryEvent, EventEntry, StoredMessage,
+    UndecodableMessage,
+};
+use chrono::{DateTime, Utc};
+use jwl_events::{
+    CancelReason, DispatchFailureReason, EVENTS_SUBJECTS, EventData, EventType, HeaderStyle,
+    OrderId, subject, type_filter,
+};
+
+/// Subject prefix of the dead-letter stream: `jwl.dlq.<consumer>.<order id or "unknown">`.
+const DLQ_PREFIX: &str = "jwl.dlq";
+/// Most SKUs named in a summary; the rest are counted.
+const SUMMARY_SKUS: usize = 3;
+
+/// One line saying what an event's data is about, e.g. `"authorized 2598 cents"`,
+/// `"reserved 2 lines"`, `"courier courier-7 at 0.42 km"`, `"failed: no_courier"`.
+pub fn summarize(data: &EventData) -> String {
+    match data {
+        EventData::OrderCreated(e) => format!(
+            "created for {}: {}, {} cents, deadline {}",
+            one_line(&e.customer_id),
+            lines(e.items.len()),
+            e.amount_cents,
+            e.deadline.format("%Y-%m-%dT%H:%M:%SZ")
+        ),
+        EventData::OrderCancelRequested(e) => {
+            format!("cancel requested: {}", cancel_reason(e.reason))
+        }
+        EventData::PaymentAuthorized(e) => format!("authorized {} cents", e.amount_cents),
+        EventData::PaymentDeclined(e) => {
+            format!("declined {} cents: {}", e.amount_cents, one_line(&e.reason))
+        }
+        EventData::PaymentCaptured(e) => format!("captured {} cents", e.amount_cents),
+        EventData::PaymentVoided(e) => format!("voided {} cents", e.amount_cents),
+        EventData::InventoryReserved(e) => format!("reserved {}", lines(e.items.len())),
+        EventData::InventoryRejected(e) => {
+            format!("rejected: {} unavailable", sku_list(&e.unavailable_skus))
+        }
+        EventData::InventoryReleased(e) => format!("released {}", lines(e.items.len())),
+        EventData::WaybillCreated(e) => format!("waybill {} created", e.waybill_id),
+        EventData::WaybillCancelled(e) => format!("waybill {} cancelled", e.waybill_id),
+        EventData::CourierAssigned(e) => format!(
+            "courier {} at {:.2} km",
+            e.courier_id.as_str(),
+            e.distance_km
+        ),
+        EventData::DispatchFailed(e) => format!("failed: {}", failure_reason(e.reason)),
+        EventData::Delivered(e) => format!("delivered by courier {}", e.courier_id.as_str()),
+    }
+}
+
+fn lines(count: usize) -> String {
+    match count {
+        1 => "1 line".to_owned(),
+        n => format!("{n} lines"),
+    }
+}
+
+fn sku_list(skus: &[String]) -> String {
+    let named: Vec<String> = skus
+        .iter()
+        .take(SUMMARY_SKUS)
+        .map(|s| one_line(s))
+        .collect();
+    match skus.len().saturating_sub(SUMMARY_SKUS) {
+        0 => named.join(", "),
+        more => format!("{} and {more} more", named.join(", ")),
+    }
+}
+
+fn cancel_reason(reason: CancelReason) -> &'static str {
+    match reason {
+        CancelReason::Customer => "customer",
+        CancelReason::Deadline => "deadline",
+    }
+}
+
+fn failure_reason(reason: DispatchFailureReason) -> &'static str {
+    match reason {
+        DispatchFailureReason::NoCourier => "no_courier",
+        DispatchFailureReason::Customer => "customer",
+        DispatchFailureReason::Deadline => "deadline",
+    }
+}
+
+/// Free text on one line: control characters (CR, LF, tab, …) become spaces.
+pub(crate) fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// The trace id (second field) of a W3C `traceparent`.
+pub(crate) fn trace_id(traceparent: &str) -> Option<&str> {
+    traceparent.split('-').nth(1).filter(|id| id.len() == 32)
+}
+
+/// Decodes a message's headers and payload into an event, or says why it is not one.
+pub(crate) fn decode_event(headers: &[(String, String)], payload: &[u8]) -> EntryEvent {
+    let pairs = headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
+    match jwl_events::decode(HeaderStyle::Nats, pairs, payload) {
+        Ok(envelope) => EntryEvent::Decoded(DecodedEvent {
+            time: envelope.time,
+            event_type: envelope.event_type(),
+            source: envelope.source,
+            event_id: envelope.id,
+            causation_id: envelope.causation_id,
+            trace_id: envelope
+                .traceparent
+                .as_deref()
+                .and_then(trace_id)
+                .map(str::to_owned),
+            summary: summarize(&envelope.data),
+            data: envelope.data,
+        }),
+        Err(error) => {
+            let header = |name: &str| {
+                headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.clone())
+            };
+            EntryEvent::Undecodable(UndecodableMessage {
+                error: error.to_string(),
+                error_kind: error.kind(),
+                type_header: header("ce-type"),
+                id_header: header("ce-id"),
+            })
+        }
+    }
+}
+
+/// The entry for one message of the events stream.
+pub(crate) fn event_entry(message: StoredMessage) -> EventEntry {
+    EventEntry {
+        event: decode_event(&message.headers, &message.payload),
+        stream_seq: message.stream_seq,
+        stored_at: message.stored_at,
+        subject: message.subject,
+    }
+}
+
+/// The entry for one message of the dead-letter stream. Consumer and order come from the
+/// `jwl-dlq-*` headers, or from the subject when a header is missing.
+pub(crate) fn dead_letter_entry(message: &StoredMessage) -> DeadLetterEntry {
+    let mut tokens = message
+        .subject
+        .strip_prefix(DLQ_PREFIX)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .map(|rest| rest.splitn(2, '.'))
+        .into_iter()
+        .flatten();
+    let (subject_consumer, subject_order) = (tokens.next(), tokens.next());
+    let text = |name: &str| message.header(name).map(str::to_owned);
+    DeadLetterEntry {
+        dlq_seq: message.stream_seq,
+        stored_at: message.stored_at,
+        consumer: message
+            .header("jwl-dlq-consumer")
+            .or(subject_consumer)
+            .unwrap_or_default()
+            .to_owned(),
+        reason: text("jwl-dlq-reason").unwrap_or_default(),
+        error: text("jwl-dlq-error").unwrap_or_default(),
+        original_type: text("ce-type"),
+        original_subject: text("jwl-dlq-subject"),
+        original_stream_seq: message
+            .header("jwl-dlq-stream-seq")
+            .and_then(|seq| seq.trim().parse().ok()),
+        order_id: message
+            .header("jwl-dlq-order-id")
+            .or(subject_order)
+            .and_then(|id| OrderId::parse(id).ok()),
+    }
+}
+
+/// One dead letter in full: its entry, sorted headers, payload and the decoded original.
+pub(crate) fn dead_letter_detail(message: StoredMessage) -> DeadLetterDetail {
+    let entry = dead_letter_entry(&message);
+    let original = decode_event(&message.headers, &message.payload);
+    let mut headers = message.headers;
+    headers.sort();
+    DeadLetterDetail {
+        entry,
+        subject: message.subject,
+        headers,
+        payload: String::from_utf8_lossy(&message.payload).into_owned(),
+        payload_bytes: message.payload.len(),
+        original,
+    }
+}
+
+/// Where a read starts in its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartAt {
+    /// The first message (`DeliverPolicy::All`).
+    First,
+    /// This stream sequence (`DeliverPolicy::ByStartSequence`).
+    Sequence(u64),
+    /// The first message stored at or after this time (`DeliverPolicy::ByStartTime`).
+    Time(DateTime<Utc>),
+}
+
+/// Where a read ends (inclusive). Messages are read in stream order, so the first message
+/// outside the bounds ends the read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Bounds {
+    pub last_seq: Option<u64>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl Bounds {
+    /// Also ends at the stream's last sequence when the read started, so messages published
+    /// while reading do not prolong it.
+    pub fn capped_at(self, stream_last_seq: u64) -> Bounds {
+        Bounds {
+            last_seq: Some(
+                self.last_seq
+                    .map_or(stream_last_seq, |last| last.min(stream_last_seq)),
+            ),
+            ..self
+        }
+    }
+
+    /// Whether the message at `seq`, stored at `stored_at`, is inside; `false` ends the read.
+    pub fn admits(&self, seq: u64, stored_at: DateTime<Utc>) -> bool {
+        self.last_seq.is_none_or(|last| seq <= last)
+            && self.until.is_none_or(|until| stored_at <= until)
+    }
+}
+
+/// Which events `jwl replay` reads. Empty fields select everything; times are the broker's
+/// stored time (the order of the stream); sequence bounds are inclusive.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selection {
+    pub order: Option<OrderId>,
+    /// Empty: every type.
+    pub types: Vec<EventType>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    pub from_seq: Option<u64>,
+    pub to_seq: Option<u64>,
+    /// Most entries returned (the first ones in stream order).
+    pub limit: Option<usize>,
+}
+
+impl Selection {
+    /// The narrowest subject filters covering the selection, one consumer each (nats-server
+    /// 2.9 allows one filter per consumer):
+    /// - with an order: the literal subject `jwl.evt.<order>.<type>` of each wanted type, or of
+    ///   every catalogue type. Literal subjects are found through the server's per-subject
+    ///   index, so the cost does not grow with the stream, unlike the wildcard
+    ///   `jwl.evt.<order>.>` (which 2.9 answers by walking the whole stream). A message on a
+    ///   subject outside the catalogue (`jwl.evt.<order>.<unknown type>`) is therefore not
+    ///   read; a selection without an order includes it;
+    /// - without an order: `jwl.evt.*.<type>` per wanted type, or `jwl.evt.>`.
+    pub fn subject_filters(&self) -> Vec<String> {
+        let mut types = if self.types.is_empty() && self.order.is_some() {
+            EventType::ALL.to_vec()
+        } else {
+            self.types.clone()
+        };
+        types.sort_unstable();
+        types.dedup();
+        match (&self.order, types.is_empty()) {
+            (Some(order), _) => types.into_iter().map(|ty| subject(order, ty)).collect(),
+            (None, true) => vec![EVENTS_SUBJECTS.to_owned()],
+            (None, false) => types.into_iter().map(type_filter).collect(),
+        }
+    }
+
+    /// A start sequence is exact, so it wins over a start time (which is then checked per
+    /// message by [`keeps`](Self::keeps)).
+    pub(crate) fn start(&self) -> StartAt {
+        match (self.from_seq, self.since) {
+            (Some(seq), _) => StartAt::Sequence(seq),
+            (None, Some(since)) => StartAt::Time(since),
+            (None, None) => StartAt::First,
+        }
+    }
+
+    pub(crate) fn bounds(&self) -> Bounds {
+        Bounds {
+            last_seq: self.to_seq,
+            until: self.until,
+        }
+    }
+
+    /// Whether a message inside the read range belongs to the selection.
+    pub(crate) fn keeps(&self, stored_at: DateTime<Utc>) -> bool {
+        self.since.is_none_or(|since| stored_at >= since)
+    }
+}
+
+/// Merges reads of disjoint subjects into stream order, keeping the first `limit`.
+pub(crate) fn merge_by_sequence(
+    reads: Vec<Vec<StoredMessage>>,
+    limit: Option<usize>,
+) -> Vec<StoredMessage> {
+    let mut merged: Vec<StoredMessage> = reads.into_iter().flatten().collect();
+    merged.sort_by_key(|message| message.stream_seq);
+    if let Some(limit) = limit {
+        merged.truncate(limit);
+    }
+    merged
+}
+
+/// Why a message was dead-lettered (the `jwl-dlq-reason` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterReason {
+    /// Not a valid event.
+    Decode,
+    /// The handler failed permanently.
+    Permanent,
+    /// It failed transiently too many times.
+    MaxAttempts,
+}
+
+impl DeadLetterReason {
+    pub const ALL: [DeadLetterReason; 3] = [
+        DeadLetterReason::Decode,
+        DeadLetterReason::Permanent,
+        DeadLetterReason::MaxAttempts,
+    ];
+
+    /// `"decode"`, `"permanent"` or `"max_attempts"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::Decode => "decode",
+            DeadLetterReason::Permanent => "permanent",
+            DeadLetterReason::MaxAttempts => "max_attempts",
+        }
+    }
+}
+
+impl fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DeadLetterReason {
+    type Err = OpsError;
+    fn from_str(text: &str) -> Result<Self, OpsError> {
+        DeadLetterReason::ALL
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
+            .ok_or_else(|| {
+                OpsError::InvalidFilter(format!(
+                    "unknown dead-letter reason {text:?} (decode, permanent or max_attempts)"
+                ))
+            })
+    }
+}
+
+/// Which dead letters `jwl dlq ls` lists. Consumer and order select by subject; type and
+/// reason are checked per message; `older_than` ends the read at messages stored more recently.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeadLetterFilter {
+    /// Durable consumer name, e.g. `payment__order_created`.
+    pub consumer: Option<String>,
+    pub event_type: Option<EventType>,
+    pub reason: Option<DeadLetterReason>,
+    pub order: Option<OrderId>,
+    /// Only dead letters stored at least this long ago.
+    pub older_than: Option<Duration>,
+    /// Most entries returned (the oldest first).
+    pub limit: Option<usize>,
+}
+
+impl DeadLetterFilter {
+    /// `jwl.dlq.<consumer or *>.<order or *>`, or `jwl.dlq.>` for all.
+    pub fn subject_filter(&self) -> Result<String, OpsError> {
+        if let Some(consumer) = &self.consumer {
+            let valid = !consumer.is_empty()
+                && !consumer
+                    .chars()
+                    .any(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control());
+            if !valid {
+                return Err(OpsError::InvalidFilter(format!(
+                    "consumer {consumer:?} is not a subject token"
+                )));
+            }
+        }
+        Ok(match (&self.consumer, &self.order) {
+            (None, None) => format!("{DLQ_PREFIX}.>"),
+            (consumer, order) => format!(
+                "{DLQ_PREFIX}.{}.{}",
+                consumer.as_deref().unwrap_or("*"),
+                order.map_or_else(|| "*".to_owned(), |order| order.to_string())
+            ),
+        })
+    }
+
+    /// The read ends at the first dead letter stored after `now - older_than`.
+    pub(crate) fn bounds(&self, now: DateTime<Utc>) -> Bounds {
+        Bounds {
+            last_seq: None,
+            until: self.older_than.map(|age| {
+                chrono::Duration::from_std(age)
+                    .ok()
+                    .and_then(|age| now.checked_sub_signed(age))
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC)
+            }),
+        }
+    }
+
+    /// Whether a dead letter in the read range has the wanted event type and reason.
+    pub fn matches(&self, entry: &DeadLetterEntry) -> bool {
+        self.event_type
+            .is_none_or(|ty| entry.original_type.as_deref() == Some(ty.as_str()))
+            && self
+                .reason
+                .is_none_or(|reason| entry.reason == reason.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use jwl_events::{
+        CourierAssigned, CourierId, DispatchFailed, Envelope, InventoryRejected, InventoryReserved,
+        LineItem, OrderCancelRequested, PaymentAuthorized, PaymentDeclined, Service, WaybillId,
+        encode,
+    };
+
+    use super::*;
+
+    const ORDER: &str = "0196a3f2-7c1e-7d40-9a51-2f0c8e6b1a01";
+
+    fn order() -> OrderId {
+        ORDER.parse().unwrap()
+    }
+
+    fn item(sku: &str) -> LineItem {
+        LineItem {
+            sku: sku.to_owned(),
+            qty: 2,
+            unit_price_cents: 100,
+        }
+    }
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+    }
+
+    fn stored(seq: u64, subject: &str, headers: &[(&str, &str)], payload: &[u8]) -> StoredMessage {
+        StoredMessage {
+            stream_seq: seq,
+            stored_at: at(seq as i64),
+            subject: subject.to_owned(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
+            payload: payload.to_vec(),
+        }
+    }
+
+    #[test]
+    fn summaries_name_the_essential_fact_on_one_line() {
+        let geo = jwl_events::GeoPoint::new(31.0, 121.0).unwrap();
+        let waybill = WaybillId::new();
+        let cases: Vec<(EventData, String)> = vec![
+            (
+                PaymentAuthorized {
+                    order_id: order(),
+                    amount_cents: 2598,
+                    items: vec![item("A")],
+                    pickup: geo,
+                    dropoff: geo,
+                }
+                .into(),
+                "authorized 2598 cents".to_owned(),
+            ),
+            (
+                InventoryReserved {
+                    order_id: order(),
+                    items: vec![item("A"), item("B")],
+                    pickup: geo,
+                    dropoff: geo,
+                }
+                .into(),
+                "reserved 2 lines".to_owned(),
+            ),
+            (
+                CourierAssigned {
+                    order_id: order(),
+                    waybill_id: waybill,
+                    courier_id: CourierId::parse("courier-7").unwrap(),
+                    distance_km: 0.4213,
+                }
+                .into(),
+                "courier courier-7 at 0.42 km".to_owned(),
+            ),
+            (
+                DispatchFailed {
+                    order_id: order(),
+                    waybill_id: waybill,
+                    reason: DispatchFailureReason::NoCourier,
+                }
+                .into(),
+                "failed: no_courier".to_owned(),
+            ),
+            (
+                OrderCancelRequested {
+                    order_id: order(),
+                    reason: CancelReason::Deadline,
+                }
+                .into(),
+                "cancel requested: deadline".to_owned(),
+            ),
+            (
+                PaymentDeclined {
+                    order_id: order(),
+                    amount_cents: 5,
+                    reason: "card\r\ndeclined".to_owned(),
+                }
+                .into(),
+                "declined 5 cents: card  declined".to_owned(),
+            ),
+            (
+                InventoryRejected {
+                    order_id: order(),
+                    unavailable_skus: ["A", "B", "C", "D", "E"].map(str::to_owned).to_vec(),
+                }
+                .into(),
+                "rejected: A, B, C and 2 more unavailable".to_owned(),
+            ),
+        ];
+        for (data, expected) in cases {
+            assert_eq!(summarize(&data), expected);
+        }
+    }
+
+    #[test]
+    fn trace_id_is_the_second_traceparent_field() {
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id("garbage"), None);
+    }
+
+    #[test]
+    fn event_entry_decodes_valid_events_and_reports_invalid_ones() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let cause = Envelope::new(
+            Service::Order,
+            OrderCancelRequested {
+                order_id: order(),
+                reason: CancelReason::Customer,
+            }
+            .into(),
+        );
+        let env = Envelope::new(
+            Service::Payment,
+            jwl_events::PaymentVoided {
+                order_id: order(),
+                amount_cents: 7,
+            }
+            .into(),
+        )
+        .with_traceparent(tp)
+        .caused_by(&cause);
+        let wire = encode(&env, HeaderStyle::Nats);
+        let headers: Vec<(&str, &str)> = wire.header_pairs().collect();
+        let entry = event_entry(stored(3, &wire.subject, &headers, &wire.payload));
+        assert_eq!(entry.stream_seq, 3);
+        let EntryEvent::Decoded(event) = &entry.event else {
+            panic!("not decoded: {entry:?}");
+        };
+        assert_eq!(event.event_id, env.id);
+        assert_eq!(event.event_type, EventType::PaymentVoided);
+        assert_eq!(event.source, Service::Payment);
+        assert_eq!(event.causation_id, Some(cause.id));
+        assert_eq!(
+            event.trace_id.as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(event.summary, "voided 7 cents");
+
+        let broken = event_entry(stored(
+            4,
+            &wire.subject,
+            &[("ce-type", "jwl.payment.voided"), ("ce-id", "x")],
+            b"{}",
+        ));
+        let EntryEvent::Undecodable(bad) = &broken.event else {
+            panic!("decoded: {broken:?}");
+        };
+        assert_eq!(bad.error_kind, "missing_attribute");
+        assert_eq!(bad.type_header.as_deref(), Some("jwl.payment.voided"));
+        assert_eq!(bad.id_header.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn dead_letter_entry_reads_the_dlq_headers_and_falls_back_to_the_subject() {
+        let full = stored(
+            9,
+            &format!("jwl.dlq.payment__order_created.{ORDER}"),
+            &[
+                ("ce-type", "jwl.order.created"),
+                ("jwl-dlq-consumer", "payment__order_created"),
+                ("jwl-dlq-reason", "permanent"),
+                ("jwl-dlq-error", "boom"),
+                ("jwl-dlq-subject", "jwl.evt.x.order.created"),
+                ("jwl-dlq-stream-seq", "42"),
+                ("jwl-dlq-order-id", ORDER),
+            ],
+            b"{}",
+        );
+        let entry = dead_letter_entry(&full);
+        assert_eq!(entry.dlq_seq, 9);
+        assert_eq!(entry.consumer, "payment__order_created");
+        assert_eq!(entry.reason, "permanent");
+        assert_eq!(entry.error, "boom");
+        assert_eq!(entry.original_type.as_deref(), Some("jwl.order.created"));
+        assert_eq!(
+            entry.original_subject.as_deref(),
+            Some("jwl.evt.x.order.created")
+        );
+        assert_eq!(entry.original_stream_seq, Some(42));
+        assert_eq!(entry.order_id, Some(order()));
+
+        let bare = dead_letter_entry(&stored(
+            10,
+            &format!("jwl.dlq.inventory__payment_authorized.{ORDER}"),
+            &[],
+            b"",
+        ));
+        assert_eq!(bare.consumer, "inventory__payment_authorized");
+        assert_eq!(bare.order_id, Some(order()));
+        assert_eq!(bare.original_stream_seq, None);
+        let unknown = dead_letter_entry(&stored(11, "jwl.dlq.c.unknown", &[], b""));
+        assert_eq!(unknown.order_id, None);
+    }
+
+    #[test]
+    fn dead_letter_detail_sorts_headers_and_decodes_the_original() {
+        let detail = dead_letter_detail(stored(
+            1,
+            "jwl.dlq.c.unknown",
+            &[("jwl-dlq-reason", "decode"), ("ce-id", "nope")],
+            b"not json",
+        ));
+        assert_eq!(detail.headers[0].0, "ce-id");
+        assert_eq!(detail.payload, "not json");
+        assert_eq!(detail.payload_bytes, 8);
+        assert!(matches!(detail.original, EntryEvent::Undecodable(_)));
+        assert_eq!(detail.entry.reason, "decode");
+    }
+
+    #[test]
+    fn bounds_end_at_the_last_sequence_and_time() {
+        let bounds = Bounds {
+            last_seq: Some(10),
+            until: Some(at(5)),
+        };
+        assert!(bounds.admits(10, at(5)));
+        assert!(!bounds.admits(11, at(1)));
+        assert!(!bounds.admits(2, at(6)));
+        assert_eq!(bounds.capped_at(7).last_seq, Some(7));
+        assert_eq!(bounds.capped_at(70).last_seq, Some(10));
+        assert_eq!(Bounds::default().capped_at(70).last_seq, Some(70));
+        assert!(Bounds::default().admits(u64::MAX, at(1_000_000)));
+    }
+
+    #[test]
+    fn selection_uses_the_narrowest_subjects() {
+        let all = Selection::default();
+        assert_eq!(all.subject_filters(), ["jwl.evt.>"]);
+        let one_order = Selection {
+            order: Some(order()),
+            ..Default::default()
+        };
+        let every_type: Vec<String> = EventType::ALL
+            .into_iter()
+            .map(|ty| format!("jwl.evt.{ORDER}.{}", ty.subject_token()))
+            .collect();
+        assert_eq!(one_order.subject_filters(), every_type);
+        let order_types = Selection {
+            order: Some(order()),
+            types: vec![
+                EventType::PaymentCaptured,
+                EventType::OrderCreated,
+                EventType::PaymentCaptured,
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            order_types.subject_filters(),
+            [
+                format!("jwl.evt.{ORDER}.order.created"),
+                format!("jwl.evt.{ORDER}.payment.captured")
+            ]
+        );
+        let types = Selection {
+            types: vec![EventType::DispatchFailed],
+            ..Default::default()
+        };
+        assert_eq!(types.subject_filters(), ["jwl.evt.*.dispatch.failed"]);
+    }
+
+    #[test]
+    fn selection_starts_by_sequence_then_time_and_filters_the_rest() {
+        let by_both = Selection {
+            from_seq: Some(5),
+            since: Some(at(3)),
+            to_seq: Some(9),
+            until: Some(at(8)),
+            ..Default::default()
+        };
+        assert_eq!(by_both.start(), StartAt::Sequence(5));
+        assert!(!by_both.keeps(at(2)));
+        assert!(by_both.keeps(at(3)));
+        assert_eq!(
+            by_both.bounds(),
+            Bounds {
+                last_seq: Some(9),
+                until: Some(at(8))
+            }
+        );
+        let by_time = Selection {
+            since: Some(at(3)),
+            ..Default::default()
+        };
+        assert_eq!(by_time.start(), StartAt::Time(at(3)));
+        assert_eq!(Selection::default().start(), StartAt::First);
+        assert!(Selection::default().keeps(at(0)));
+    }
+
+    #[test]
+    fn merge_orders_by_sequence_and_applies_the_limit() {
+        let entry = |seq: u64| stored(seq, "s", &[], b"");
+        let merged = merge_by_sequence(
+            vec![vec![entry(2), entry(7)], vec![entry(1), entry(5)]],
+            Some(3),
+        );
+        let seqs: Vec<u64> = merged.iter().map(|e| e.stream_seq).collect();
+        assert_eq!(seqs, [1, 2, 5]);
+    }
+
+    #[test]
+    fn dead_letter_filter_subjects_and_matching() {
+        let all = DeadLetterFilter::default();
+        assert_eq!(all.subject_filter().unwrap(), "jwl.dlq.>");
+        let by_consumer = DeadLetterFilter {
+            consumer: Some("payment__order_created".to_owned()),
+            ..Default::default()
+        };
+        assert_eq!(
+            by_consumer.subject_filter().unwrap(),
+            "jwl.dlq.payment__order_created.*"
+        );
+        let by_order = DeadLetterFilter {
+            order: Some(order()),
+            ..Default::default()
+        };
+        assert_eq!(
+            by_order.subject_filter().unwrap(),
+            format!("jwl.dlq.*.{ORDER}")
+        );
+        for bad in ["a.b", "*", "", "a b"] {
+            let filter = DeadLetterFilter {
+                consumer: Some(bad.to_owned()),
+                ..Default::default()
+            };
+            assert!(filter.subject_filter().is_err(), "{bad:?}");
+        }
+
+        let entry = dead_letter_entry(&stored(
+            1,
+            "jwl.dlq.c.unknown",
+            &[
+                ("ce-type", "jwl.order.created"),
+                ("jwl-dlq-reason", "max_attempts"),
+            ],
+            b"",
+        ));
+        let wants = |event_type, reason| DeadLetterFilter {
+            event_type,
+            reason,
+            ..Default::default()
+        };
+        assert!(wants(None, None).matches(&entry));
+        assert!(
+            wants(
+                Some(EventType::OrderCreated),
+                Some(DeadLetterReason::MaxAttempts)
+            )
+            .matches(&entry)
+        );
+        assert!(!wants(Some(EventType::PaymentVoided), None).matches(&entry));
+        assert!(!wants(None, Some(DeadLetterReason::Decode)).matches(&entry));
+    }
+
+    #[test]
+    fn older_than_ends_the_read_at_the_cutoff() {
+        let filter = DeadLetterFilter {
+            older_than: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let bounds = filter.bounds(at(100));
+        assert_eq!(bounds.until, Some(at(40)));
+        assert!(bounds.admits(1, at(40)));
+        assert!(!bounds.admits(1, at(41)));
+        assert_eq!(DeadLetterFilter::default().bounds(at(0)), Bounds::default());
+    }
+
+    #[test]
+    fn reasons_parse_from_their_header_values() {
+        for reason in DeadLetterReason::ALL {
+            assert_eq!(reason.as_str().parse::<DeadLetterReason>().unwrap(), reason);
+        }
+        assert!("later".parse::<DeadLetterReason>().is_err());
+    }
+}

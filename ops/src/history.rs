@@ -1,0 +1,54 @@
+//! [`OrderHistory`]: every event of one order, in stream order, and its dead letters
+//! (`jwl saga show`).
+
+use async_nats::jetstream::Context;
+use jwl_events::OrderId;
+use jwl_outbox::MessagingSettings;
+use serde::Serialize;
+
+use crate::domain::{DeadLetterFilter, Selection};
+use crate::error::OpsError;
+use crate::model::{DeadLetterEntry, EventEntry};
+use crate::{dead_letters, replay};
+
+/// One order's saga as the broker holds it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OrderHistory {
+    pub order_id: OrderId,
+    /// Every message on the order's event subjects (`jwl.evt.<order id>.<type>`), in stream
+    /// order; undecodable ones included.
+    pub events: Vec<EventEntry>,
+    /// Every dead letter on `jwl.dlq.*.<order id>`, in dead-letter stream order.
+    pub dead_letters: Vec<DeadLetterEntry>,
+}
+
+impl OrderHistory {
+    /// Reads the order's events from the events stream by subject — one ephemeral ordered
+    /// consumer per catalogue type on the literal subject `jwl.evt.<order id>.<type>`, from the
+    /// first message to the stream's last sequence, merged in stream order — and, at the same
+    /// time, its dead letters from the dead-letter stream. The time this takes follows the
+    /// order's own message count, not the events stream's size.
+    pub async fn read(
+        jetstream: &Context,
+        settings: &MessagingSettings,
+        order_id: &OrderId,
+    ) -> Result<OrderHistory, OpsError> {
+        let selection = Selection {
+            order: Some(*order_id),
+            ..Default::default()
+        };
+        let dead_letter_filter = DeadLetterFilter {
+            order: Some(*order_id),
+            ..Default::default()
+        };
+        let (events, dead_letters) = tokio::try_join!(
+            replay::read(jetstream, settings, &selection),
+            dead_letters::list(jetstream, settings, &dead_letter_filter)
+        )?;
+        Ok(OrderHistory {
+            order_id: *order_id,
+            events,
+            dead_letters,
+        })
+    }
+}
