@@ -36,7 +36,8 @@ pub(crate) enum SavepointOutcome {
     Failed(HandlerError),
 }
 
-/// Runs one event under a savepoint of the transaction open on `conn`.
+/// Runs one event under a savepoint of the transaction open on `conn`. With `rerun`, the inbox
+/// row of (consumer, event) is deleted first, so the handler runs again.
 ///
 /// `Err` means the transaction itself can no longer be trusted (the framework's own SQL failed,
 /// e.g. the connection dropped): the caller must roll the whole transaction back.
@@ -45,8 +46,17 @@ pub(crate) async fn handle_in_savepoint(
     target: &HandlingTarget<'_>,
     event: &Envelope,
     attempt: u32,
+    rerun: bool,
 ) -> Result<SavepointOutcome, sqlx::Error> {
     let mut savepoint = conn.begin().await?;
+    if rerun {
+        // forgotten only if the handler succeeds again: a failure rolls this back too
+        sqlx::query("DELETE FROM inbox WHERE consumer = $1 AND event_id = $2")
+            .bind(target.consumer)
+            .bind(event.id.0)
+            .execute(&mut *savepoint)
+            .await?;
+    }
     let inserted = sqlx::query(
         "INSERT INTO inbox (consumer, event_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
     )
@@ -110,7 +120,7 @@ pub async fn process_one(
         handler,
     };
     let mut tx = pool.begin().await?;
-    let processed = match handle_in_savepoint(&mut tx, &target, event, 1).await? {
+    let processed = match handle_in_savepoint(&mut tx, &target, event, 1, false).await? {
         SavepointOutcome::Handled { emitted } => Processed::Handled { emitted },
         SavepointOutcome::Duplicate => Processed::Duplicate,
         SavepointOutcome::Failed(error) => return Err(OutboxError::Handler(error)),

@@ -1,10 +1,14 @@
 //! `jwl-outbox`: reliable messaging for Jiangwanli services.
 //!
-//! - [`migrate`] creates the `outbox` and `inbox` tables in the pool's schema;
+//! - [`migrate`] creates the `outbox`, `inbox`, `dead_letter_holds` and `parked_messages` tables
+//!   in the pool's schema;
 //! - [`enqueue`] writes an event to the outbox inside the caller's transaction;
 //! - the relay publishes outbox rows to the broker in order (one active relay per schema);
 //! - the consumer loop feeds events to a [`Handler`], deduplicated by the inbox, in batches of
-//!   one transaction with a savepoint per message, with retries and dead letters;
+//!   one transaction with a savepoint per message, with retries and dead letters; a dead letter
+//!   holds its (consumer, order), whose later events are parked until the hold is released;
+//! - each service also consumes its replay channel (`jwl.replay.<service>.>`): replayed events
+//!   (inbox or rerun mode), redriven dead letters and `release` control messages;
 //! - [`process_one`] runs the exact inbox + handler + outbox path without a broker;
 //! - [`transport`] holds the broker traits and their JetStream implementation.
 //!

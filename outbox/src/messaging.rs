@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::ConsumerLoop;
+use crate::consumer::{ConsumerLoop, ConsumerSource};
 use crate::error::OutboxError;
 use crate::handler::Handler;
 use crate::relay::Relay;
@@ -40,8 +40,9 @@ impl Messaging {
         }
     }
 
-    /// Runs the relay and one consumer loop per subscription of `handler` until `shutdown`;
-    /// returns when all of them stopped. Transient broker and database errors are waited out.
+    /// Runs the relay, one consumer loop per subscription of `handler` and the service's replay
+    /// consumer (`<service>__replay` on `jwl.replay.<service>.>`) until `shutdown`; returns when
+    /// all of them stopped. Transient broker and database errors are waited out.
     pub async fn run(
         self,
         handler: Arc<dyn Handler>,
@@ -73,10 +74,15 @@ impl Messaging {
         );
         tasks.spawn(relay.run(stop.clone()));
         if let Some(handler) = handler {
-            for &event_type in handler.subscriptions() {
+            let sources = handler
+                .subscriptions()
+                .iter()
+                .map(|&event_type| ConsumerSource::Events(event_type))
+                .chain([ConsumerSource::Replay]);
+            for source in sources {
                 let consumer = ConsumerLoop::new(
                     self.service,
-                    event_type,
+                    source,
                     self.pool.clone(),
                     self.broker.clone(),
                     handler.clone(),

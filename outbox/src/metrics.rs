@@ -38,6 +38,10 @@ pub(crate) struct ConsumerMetrics {
     pub duplicate: Counter,
     pub retried: Counter,
     pub dead_lettered: Counter,
+    /// Held back behind a dead letter of the same order.
+    pub parked: Counter,
+    /// Hold releases asked for by a control message.
+    pub released: Counter,
     pub handler_duration: Histogram,
     /// Batches whose transaction could not be run or committed.
     pub batch_failures: Counter,
@@ -54,6 +58,8 @@ impl ConsumerMetrics {
             duplicate: handled("duplicate"),
             retried: handled("retried"),
             dead_lettered: handled("dead_lettered"),
+            parked: handled("parked"),
+            released: handled("released"),
             handler_duration: histogram!(HANDLER_DURATION, "consumer" => consumer.to_owned(),
                 "type" => event_type),
             batch_failures: counter!(BATCH_FAILURES, "consumer" => consumer.to_owned()),

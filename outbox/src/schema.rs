@@ -1,5 +1,5 @@
-//! Creates the `outbox` and `inbox` tables ([`migrate`]), alone or together with a service's own
-//! tables ([`migrate_with`]).
+//! Creates the `outbox`, `inbox`, `dead_letter_holds` and `parked_messages` tables ([`migrate`]),
+//! alone or together with a service's own tables ([`migrate_with`]).
 
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -10,7 +10,7 @@ use crate::error::OutboxError;
 /// `_sqlx_migrations` table, so each migrator ignores the other's versions.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
-/// Creates (or upgrades) the `outbox` and `inbox` tables in the pool's current schema
+/// Creates (or upgrades) the reliable-messaging tables in the pool's current schema
 /// (its `search_path`). Idempotent; safe to run from several replicas at once.
 pub async fn migrate(pool: &PgPool) -> Result<(), OutboxError> {
     run_ignoring_others(&MIGRATOR, pool).await

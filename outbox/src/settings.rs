@@ -12,11 +12,19 @@ pub struct MessagingSettings {
     pub events_stream: String,
     /// Stream holding dead letters (`jwl.dlq.>`).
     pub dlq_stream: String,
+    /// Stream of messages replayed to one service's handlers (`jwl.replay.>`).
+    pub replay_stream: String,
+    /// Stream recording how dead letters were resolved (`jwl.dlqlog.>`).
+    pub dlq_log_stream: String,
     /// How long the events stream keeps a message.
     pub events_max_age: Duration,
     /// How long the dead-letter stream keeps a message.
     pub dlq_max_age: Duration,
-    /// Broker-side deduplication window on `Nats-Msg-Id` (both streams).
+    /// How long the replay stream keeps a message.
+    pub replay_max_age: Duration,
+    /// How long the dead-letter log stream keeps a record.
+    pub dlq_log_max_age: Duration,
+    /// Broker-side deduplication window on `Nats-Msg-Id` (all streams).
     pub duplicate_window: Duration,
 
     /// Most messages handled in one consumer transaction.
@@ -56,8 +64,12 @@ impl Default for MessagingSettings {
         Self {
             events_stream: "JWL_EVENTS".to_owned(),
             dlq_stream: "JWL_DLQ".to_owned(),
+            replay_stream: "JWL_REPLAY".to_owned(),
+            dlq_log_stream: "JWL_DLQ_LOG".to_owned(),
             events_max_age: 7 * DAY,
             dlq_max_age: 30 * DAY,
+            replay_max_age: DAY,
+            dlq_log_max_age: 90 * DAY,
             duplicate_window: Duration::from_secs(120),
             consumer_batch_size: 64,
             max_ack_pending: 1024,
@@ -81,7 +93,13 @@ impl MessagingSettings {
     /// Rejects settings the loops cannot work with.
     pub fn validate(&self) -> Result<(), OutboxError> {
         let fail = |what: &str| Err(OutboxError::InvalidSettings(what.to_owned()));
-        if self.events_stream.is_empty() || self.dlq_stream.is_empty() {
+        let streams = [
+            &self.events_stream,
+            &self.dlq_stream,
+            &self.replay_stream,
+            &self.dlq_log_stream,
+        ];
+        if streams.iter().any(|name| name.is_empty()) {
             return fail("stream names must not be empty");
         }
         if self.consumer_batch_size == 0 || self.relay_batch_size == 0 {

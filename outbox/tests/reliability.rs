@@ -44,7 +44,14 @@ async fn migrate_is_idempotent_and_ignores_service_migrations() -> anyhow::Resul
     .await?;
     assert_eq!(
         tables,
-        ["_sqlx_migrations", "inbox", "outbox", "service_things"]
+        [
+            "_sqlx_migrations",
+            "dead_letter_holds",
+            "inbox",
+            "outbox",
+            "parked_messages",
+            "service_things"
+        ]
     );
     std::fs::remove_dir_all(dir)?;
     Ok(())
@@ -298,7 +305,9 @@ async fn undecodable_messages_are_dead_lettered_and_consumption_continues() -> a
     h.publish_raw(&subject, &[], b"\x00garbage".to_vec(), "garbage")
         .await?;
     let good = captured(1);
-    let mut wire = jwl_events::encode(&good, HeaderStyle::Nats);
+    // of another order: an undecodable event of a known order holds that order's later events
+    let unknown_type = captured(2);
+    let mut wire = jwl_events::encode(&unknown_type, HeaderStyle::Nats);
     for (name, value) in wire.headers.iter_mut() {
         match name.as_str() {
             "ce-type" => *value = "jwl.payment.unknown".to_owned(),
@@ -341,7 +350,7 @@ async fn undecodable_messages_are_dead_lettered_and_consumption_continues() -> a
     // the unknown type still names its order (ce-subject)
     assert_eq!(
         dead[1].subject.as_str(),
-        format!("jwl.dlq.{consumer}.{}", good.order_id())
+        format!("jwl.dlq.{consumer}.{}", unknown_type.order_id())
     );
     assert_eq!(
         h.attempts_of(&good).await?.len(),

@@ -1,4 +1,6 @@
-//! Handling one batch of deliveries: decode, one transaction with a savepoint per message,
+//! Handling one batch of deliveries: decode (and, for the replay consumer, pick the inbox
+//! consumer from the event type), one transaction with a savepoint per message — parking
+//! messages of held orders, holding orders behind their dead letters, releasing holds —
 //! commit, then settle each message (ack, nak with backoff, or dead-letter then term).
 
 use std::time::Duration;
@@ -7,10 +9,16 @@ use futures::future::join_all;
 use jwl_events::{Envelope, HeaderStyle};
 use tokio::time::Instant;
 
-use super::ConsumerLoop;
-use super::dead_letter::{DeadLetter, DeadLetterReason, dead_letter_message};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::dead_letter::{DeadLetter, DeadLetterReason, LetterSource, dead_letter_message};
+use super::holds::{self, ParkedMessage};
+use super::replay::{self, ReplayMode};
+use super::{ConsumerLoop, ConsumerSource};
 use crate::handler::HandlerError;
 use crate::inbox::{HandlingTarget, SavepointOutcome, handle_in_savepoint};
+use crate::naming::durable_name;
 use crate::transport::Delivery;
 
 /// What to do with one delivery once the batch transaction is over.
@@ -18,15 +26,43 @@ enum Verdict {
     /// Handled (or already handled): ack after commit.
     Handled,
     Duplicate,
+    /// Held behind a dead letter of its order and stored in `parked_messages`: ack after commit.
+    Parked,
+    /// A release control message, done: ack after commit.
+    Released,
     /// Failed transiently: redeliver after this delay.
     Retry(Duration),
     DeadLetter(DeadLetter),
 }
 
+/// The work one delivery asks for, under the inbox consumer name it is handled as.
+struct Work {
+    consumer: String,
+    kind: WorkKind,
+}
+
+enum WorkKind {
+    /// Handle an event (unless its order is held for this consumer).
+    Event {
+        envelope: Box<Envelope>,
+        rerun: bool,
+        replay_origin: Option<String>,
+    },
+    /// Release the hold on (consumer, order) and handle what was parked behind it.
+    Release { order_id: Uuid, reason: String },
+}
+
 /// The outcome of looking at a delivery before the transaction.
 enum Screened {
-    Handle(Envelope),
+    Work(Work),
     Decided(Verdict),
+}
+
+/// A parked message that failed while being released: it is the new head of the hold, and is
+/// deleted from `parked_messages` once its dead letter is published.
+struct ReleasedDeadLetter {
+    parked: ParkedMessage,
+    letter: DeadLetter,
 }
 
 /// Whether the batch transaction committed.
@@ -43,106 +79,408 @@ pub(super) enum BatchResult {
 
 impl ConsumerLoop {
     pub(super) async fn handle_batch(&self, batch: Vec<Box<dyn Delivery>>) -> BatchResult {
+        let screened: Vec<Screened> = batch
+            .iter()
+            .map(|delivery| self.screen(delivery.as_ref()))
+            .collect();
+        let needs_database = screened.iter().any(|item| match item {
+            Screened::Work(_) => true,
+            Screened::Decided(Verdict::DeadLetter(letter)) => letter.hold_key().is_some(),
+            Screened::Decided(_) => false,
+        });
         let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(batch.len());
-        let mut to_handle: Vec<(usize, Envelope)> = Vec::with_capacity(batch.len());
-        for (index, delivery) in batch.iter().enumerate() {
-            match self.screen(delivery.as_ref()) {
-                Screened::Handle(envelope) => {
-                    to_handle.push((index, envelope));
-                    verdicts.push(None);
-                }
-                Screened::Decided(verdict) => verdicts.push(Some(verdict)),
-            }
-        }
-
-        if !to_handle.is_empty()
-            && let Err(error) = self
-                .handle_in_transaction(&batch, to_handle, &mut verdicts)
+        let mut released_dead = Vec::new();
+        if needs_database {
+            verdicts.resize_with(batch.len(), || None);
+            match self
+                .handle_in_transaction(&batch, screened, &mut verdicts)
                 .await
-        {
-            tracing::warn!(consumer = %self.consumer, %error, size = batch.len(),
-                "batch transaction failed; redelivering the whole batch");
-            self.metrics.batch_failures.increment(1);
-            let delay = self.settings.batch_failure_nak_delay;
-            join_all(
-                batch
-                    .iter()
-                    .map(|delivery| self.nak(delivery.as_ref(), delay)),
-            )
-            .await;
-            return BatchResult::Failed {
-                database_down: !matches!(error, sqlx::Error::Database(_)),
-            };
+            {
+                Ok(released) => released_dead = released,
+                Err(error) => {
+                    tracing::warn!(consumer = %self.consumer, %error, size = batch.len(),
+                        "batch transaction failed; redelivering the whole batch");
+                    self.metrics.batch_failures.increment(1);
+                    let delay = self.settings.batch_failure_nak_delay;
+                    join_all(
+                        batch
+                            .iter()
+                            .map(|delivery| self.nak(delivery.as_ref(), delay)),
+                    )
+                    .await;
+                    return BatchResult::Failed {
+                        database_down: !matches!(error, sqlx::Error::Database(_)),
+                    };
+                }
+            }
+        } else {
+            verdicts.extend(screened.into_iter().map(|item| match item {
+                Screened::Decided(verdict) => Some(verdict),
+                Screened::Work(_) => None,
+            }));
         }
-        self.settle(&batch, verdicts).await;
+        self.settle(&batch, verdicts, released_dead).await;
         BatchResult::Committed
     }
 
-    /// Decides before handling: an undecodable message, or one already past `max_attempts`, is
-    /// dead-lettered; anything else is to be handled.
+    /// Decides before handling: an invalid message, or one already past `max_attempts`, is
+    /// dead-lettered; anything else is work for the transaction.
     fn screen(&self, delivery: &dyn Delivery) -> Screened {
-        let envelope =
-            match jwl_events::decode(HeaderStyle::Nats, delivery.headers(), delivery.payload()) {
-                Ok(envelope) => envelope,
-                Err(error) => {
-                    return Screened::Decided(Verdict::DeadLetter(DeadLetter {
-                        reason: DeadLetterReason::Decode,
-                        error: error.to_string(),
-                        order_id: None,
-                    }));
-                }
+        match self.source {
+            ConsumerSource::Events(_) => self.screen_live(delivery),
+            ConsumerSource::Replay => self.screen_replayed(delivery),
+        }
+    }
+
+    /// A message of the events stream, handled as this loop's consumer.
+    fn screen_live(&self, delivery: &dyn Delivery) -> Screened {
+        let headers = delivery.headers();
+        match jwl_events::decode(
+            HeaderStyle::Nats,
+            headers.iter().copied(),
+            delivery.payload(),
+        ) {
+            Ok(envelope) => {
+                self.screen_event(delivery, self.consumer.clone(), envelope, false, None)
+            }
+            Err(error) => Screened::Decided(Verdict::DeadLetter(DeadLetter::of_message(
+                &self.consumer,
+                DeadLetterReason::Decode,
+                error.to_string(),
+                &headers,
+                true,
+            ))),
+        }
+    }
+
+    /// A message of the replay channel: a release, or an event handled as the consumer of its
+    /// type (which the handler must subscribe to).
+    fn screen_replayed(&self, delivery: &dyn Delivery) -> Screened {
+        let headers = delivery.headers();
+        let mode =
+            match ReplayMode::from_header(replay::header_value(&headers, replay::MODE_HEADER)) {
+                Ok(mode) => mode,
+                Err(error) => return self.refuse(&headers, DeadLetterReason::Permanent, error),
             };
+        if mode == ReplayMode::Release {
+            return self.screen_release(delivery.subject(), &headers);
+        }
+        let envelope = match jwl_events::decode(
+            HeaderStyle::Nats,
+            headers.iter().copied(),
+            delivery.payload(),
+        ) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                return self.refuse(&headers, DeadLetterReason::Decode, error.to_string());
+            }
+        };
+        let origin = replay::header_value(&headers, replay::ORIGIN_HEADER);
+        let event_type = envelope.event_type();
+        if !self.handler.subscriptions().contains(&event_type) {
+            let mut letter = DeadLetter::of_event(
+                &self.consumer,
+                DeadLetterReason::Permanent,
+                format!(
+                    "replayed event type {} is not handled by service {}",
+                    event_type.as_str(),
+                    self.service.as_str()
+                ),
+                &envelope,
+                origin,
+            );
+            letter.holds = false;
+            return Screened::Decided(Verdict::DeadLetter(letter));
+        }
+        self.screen_event(
+            delivery,
+            durable_name(self.service, event_type),
+            envelope,
+            mode == ReplayMode::Rerun,
+            origin.map(str::to_owned),
+        )
+    }
+
+    /// A replayed message that cannot be acted on: dead-lettered under the replay consumer,
+    /// holding nothing.
+    fn refuse(
+        &self,
+        headers: &[(&str, &str)],
+        reason: DeadLetterReason,
+        error: String,
+    ) -> Screened {
+        Screened::Decided(Verdict::DeadLetter(DeadLetter::of_message(
+            &self.consumer,
+            reason,
+            error,
+            headers,
+            false,
+        )))
+    }
+
+    fn screen_event(
+        &self,
+        delivery: &dyn Delivery,
+        consumer: String,
+        envelope: Envelope,
+        rerun: bool,
+        replay_origin: Option<String>,
+    ) -> Screened {
         let max_attempts = self.settings.max_attempts;
         if delivery.attempt() > max_attempts {
-            return Screened::Decided(Verdict::DeadLetter(DeadLetter {
-                reason: DeadLetterReason::MaxAttempts,
-                error: format!(
+            return Screened::Decided(Verdict::DeadLetter(DeadLetter::of_event(
+                &consumer,
+                DeadLetterReason::MaxAttempts,
+                format!(
                     "delivered {} times, more than max_attempts ({max_attempts})",
                     delivery.attempt()
                 ),
-                order_id: Some(envelope.order_id().to_string()),
-            }));
+                &envelope,
+                replay_origin.as_deref(),
+            )));
         }
-        Screened::Handle(envelope)
+        Screened::Work(Work {
+            consumer,
+            kind: WorkKind::Event {
+                envelope: Box::new(envelope),
+                rerun,
+                replay_origin,
+            },
+        })
     }
 
-    /// Runs the decoded messages in one transaction, a savepoint each, and commits.
+    /// A `release` control message: its consumer must be one of this service's.
+    fn screen_release(&self, subject: &str, headers: &[(&str, &str)]) -> Screened {
+        let Some(order_id) = replay::replay_subject_order(subject) else {
+            return self.refuse(
+                headers,
+                DeadLetterReason::Permanent,
+                format!("release subject {subject} has no valid order id"),
+            );
+        };
+        let consumer = replay::header_value(headers, replay::RELEASE_CONSUMER_HEADER);
+        let known = consumer.filter(|consumer| {
+            self.handler
+                .subscriptions()
+                .iter()
+                .any(|&ty| durable_name(self.service, ty) == *consumer)
+        });
+        let Some(consumer) = known else {
+            return self.refuse(
+                headers,
+                DeadLetterReason::Permanent,
+                format!(
+                    "release names consumer {consumer:?}, which is not one of service {}",
+                    self.service.as_str()
+                ),
+            );
+        };
+        let reason = replay::header_value(headers, replay::RELEASE_REASON_HEADER).unwrap_or("");
+        Screened::Work(Work {
+            consumer: consumer.to_owned(),
+            kind: WorkKind::Release {
+                order_id: order_id.0,
+                reason: reason.to_owned(),
+            },
+        })
+    }
+
+    /// Runs the batch in one transaction, a savepoint per handled message, in delivery order,
+    /// and commits. Returns the parked messages that failed while being released.
     async fn handle_in_transaction(
         &self,
         batch: &[Box<dyn Delivery>],
-        to_handle: Vec<(usize, Envelope)>,
+        screened: Vec<Screened>,
         verdicts: &mut [Option<Verdict>],
+    ) -> Result<Vec<ReleasedDeadLetter>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut released_dead = Vec::new();
+        for (index, item) in screened.into_iter().enumerate() {
+            let verdict = match item {
+                Screened::Decided(verdict) => verdict,
+                Screened::Work(work) => {
+                    self.run_work(&mut tx, batch[index].as_ref(), work, &mut released_dead)
+                        .await?
+                }
+            };
+            if let Verdict::DeadLetter(letter) = &verdict
+                && let Some((order_id, event_id)) = letter.hold_key()
+            {
+                holds::hold(&mut tx, &letter.consumer, order_id, event_id).await?;
+            }
+            verdicts[index] = Some(verdict);
+        }
+        tx.commit().await?;
+        Ok(released_dead)
+    }
+
+    async fn run_work(
+        &self,
+        tx: &mut PgConnection,
+        delivery: &dyn Delivery,
+        work: Work,
+        released_dead: &mut Vec<ReleasedDeadLetter>,
+    ) -> Result<Verdict, sqlx::Error> {
+        let consumer = work.consumer.as_str();
+        let (envelope, rerun, replay_origin) = match work.kind {
+            WorkKind::Release { order_id, reason } => {
+                tracing::info!(%consumer, %order_id, %reason, "releasing the dead-letter hold");
+                holds::unhold(tx, consumer, order_id).await?;
+                self.release_parked(tx, consumer, order_id, released_dead)
+                    .await?;
+                return Ok(Verdict::Released);
+            }
+            WorkKind::Event {
+                envelope,
+                rerun,
+                replay_origin,
+            } => (envelope, rerun, replay_origin),
+        };
+        let order_id = envelope.order_id().0;
+        let head = holds::held_head(tx, consumer, order_id).await?;
+        if head.is_some_and(|head| head != envelope.id.0) {
+            let headers = delivery.headers();
+            holds::park(
+                tx,
+                &holds::ToPark {
+                    consumer,
+                    order_id,
+                    event_id: envelope.id.0,
+                    stream_seq: delivery.stream_sequence(),
+                    subject: delivery.subject(),
+                    headers,
+                    payload: delivery.payload(),
+                },
+            )
+            .await?;
+            return Ok(Verdict::Parked);
+        }
+        let target = HandlingTarget {
+            service: self.service,
+            consumer,
+            handler: &*self.handler,
+        };
+        let attempt = delivery.attempt();
+        let started = Instant::now();
+        let outcome = handle_in_savepoint(tx, &target, &envelope, attempt, rerun).await?;
+        self.metrics
+            .handler_duration
+            .record(started.elapsed().as_secs_f64());
+        let verdict = self.judge(
+            consumer,
+            outcome,
+            &envelope,
+            attempt,
+            replay_origin.as_deref(),
+        );
+        // the head of the hold is handled: the order goes on
+        if head.is_some() && matches!(verdict, Verdict::Handled | Verdict::Duplicate) {
+            tracing::info!(%consumer, %order_id, event_id = %envelope.id.0,
+                "the head of a dead-letter hold was handled; releasing");
+            holds::unhold(tx, consumer, order_id).await?;
+            self.release_parked(tx, consumer, order_id, released_dead)
+                .await?;
+        }
+        Ok(verdict)
+    }
+
+    /// Handles the messages parked for (consumer, order) in stream order, a savepoint each. The
+    /// first that fails becomes the new head of the hold (and stays parked until its dead
+    /// letter is published); the rest stay parked behind it.
+    async fn release_parked(
+        &self,
+        tx: &mut PgConnection,
+        consumer: &str,
+        order_id: Uuid,
+        released_dead: &mut Vec<ReleasedDeadLetter>,
     ) -> Result<(), sqlx::Error> {
         let target = HandlingTarget {
             service: self.service,
-            consumer: &self.consumer,
+            consumer,
             handler: &*self.handler,
         };
-        let mut tx = self.pool.begin().await?;
-        for (index, envelope) in to_handle {
-            let attempt = batch[index].attempt();
-            let started = Instant::now();
-            let outcome = handle_in_savepoint(&mut tx, &target, &envelope, attempt).await?;
-            self.metrics
-                .handler_duration
-                .record(started.elapsed().as_secs_f64());
-            verdicts[index] = Some(self.judge(outcome, &envelope, attempt));
+        for parked in holds::parked(tx, consumer, order_id).await? {
+            let headers: Vec<(&str, &str)> = parked
+                .headers
+                .0
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str()))
+                .collect();
+            let replay_origin = replay::header_value(&headers, replay::ORIGIN_HEADER);
+            let letter = match jwl_events::decode(
+                HeaderStyle::Nats,
+                headers.iter().copied(),
+                &parked.payload,
+            ) {
+                Err(error) => DeadLetter::of_message(
+                    consumer,
+                    DeadLetterReason::Decode,
+                    error.to_string(),
+                    &headers,
+                    true,
+                ),
+                Ok(envelope) => {
+                    let rerun = ReplayMode::from_header(replay::header_value(
+                        &headers,
+                        replay::MODE_HEADER,
+                    )) == Ok(ReplayMode::Rerun);
+                    match handle_in_savepoint(tx, &target, &envelope, 1, rerun).await? {
+                        SavepointOutcome::Handled { .. } => {
+                            self.metrics.ok.increment(1);
+                            holds::unpark(tx, parked.id).await?;
+                            continue;
+                        }
+                        SavepointOutcome::Duplicate => {
+                            self.metrics.duplicate.increment(1);
+                            holds::unpark(tx, parked.id).await?;
+                            continue;
+                        }
+                        SavepointOutcome::Failed(error) => {
+                            let (reason, error) = match error {
+                                HandlerError::Permanent(reason) => {
+                                    (DeadLetterReason::Permanent, reason)
+                                }
+                                // an acked parked message cannot be redelivered with backoff
+                                HandlerError::Transient(error) => (
+                                    DeadLetterReason::MaxAttempts,
+                                    format!(
+                                        "failed transiently while released from parking (not retried): {error}"
+                                    ),
+                                ),
+                            };
+                            DeadLetter::of_event(consumer, reason, error, &envelope, replay_origin)
+                        }
+                    }
+                }
+            };
+            holds::hold(tx, consumer, order_id, parked.event_id).await?;
+            released_dead.push(ReleasedDeadLetter { parked, letter });
+            break;
         }
-        tx.commit().await
+        Ok(())
     }
 
-    fn judge(&self, outcome: SavepointOutcome, envelope: &Envelope, attempt: u32) -> Verdict {
+    fn judge(
+        &self,
+        consumer: &str,
+        outcome: SavepointOutcome,
+        envelope: &Envelope,
+        attempt: u32,
+        replay_origin: Option<&str>,
+    ) -> Verdict {
         let error = match outcome {
             SavepointOutcome::Handled { .. } => return Verdict::Handled,
             SavepointOutcome::Duplicate => return Verdict::Duplicate,
             SavepointOutcome::Failed(error) => error,
         };
         let dead_letter = |reason, error: String| {
-            Verdict::DeadLetter(DeadLetter {
+            Verdict::DeadLetter(DeadLetter::of_event(
+                consumer,
                 reason,
                 error,
-                order_id: Some(envelope.order_id().to_string()),
-            })
+                envelope,
+                replay_origin,
+            ))
         };
         match error {
             HandlerError::Permanent(reason) => dead_letter(DeadLetterReason::Permanent, reason),
@@ -150,15 +488,21 @@ impl ConsumerLoop {
                 dead_letter(DeadLetterReason::MaxAttempts, error.to_string())
             }
             HandlerError::Transient(error) => {
-                tracing::info!(consumer = %self.consumer, event_id = %envelope.id.0, attempt,
+                tracing::info!(%consumer, event_id = %envelope.id.0, attempt,
                     %error, "handler failed transiently; will retry");
                 Verdict::Retry(with_jitter(self.settings.nak_delay(attempt)))
             }
         }
     }
 
-    /// After commit: ack, nak, or dead-letter (publish, await the ack, then term) each delivery.
-    async fn settle(&self, batch: &[Box<dyn Delivery>], verdicts: Vec<Option<Verdict>>) {
+    /// After commit: ack, nak, or dead-letter (publish, await the ack, then term) each delivery;
+    /// publish the dead letters of parked messages that failed while being released.
+    async fn settle(
+        &self,
+        batch: &[Box<dyn Delivery>],
+        verdicts: Vec<Option<Verdict>>,
+        released_dead: Vec<ReleasedDeadLetter>,
+    ) {
         let mut settles = Vec::with_capacity(batch.len());
         let mut dead: Vec<(&dyn Delivery, DeadLetter)> = Vec::new();
         for (delivery, verdict) in batch.iter().map(|d| d.as_ref()).zip(verdicts) {
@@ -169,6 +513,14 @@ impl ConsumerLoop {
                 }
                 Some(Verdict::Duplicate) => {
                     self.metrics.duplicate.increment(1);
+                    settles.push(self.ack(delivery));
+                }
+                Some(Verdict::Parked) => {
+                    self.metrics.parked.increment(1);
+                    settles.push(self.ack(delivery));
+                }
+                Some(Verdict::Released) => {
+                    self.metrics.released.increment(1);
                     settles.push(self.ack(delivery));
                 }
                 Some(Verdict::Retry(delay)) => {
@@ -184,12 +536,23 @@ impl ConsumerLoop {
         if !dead.is_empty() {
             self.dead_letter(dead).await;
         }
+        if !released_dead.is_empty() {
+            self.dead_letter_parked(released_dead).await;
+        }
     }
 
     async fn dead_letter(&self, dead: Vec<(&dyn Delivery, DeadLetter)>) {
         let messages: Vec<_> = dead
             .iter()
-            .map(|(delivery, letter)| dead_letter_message(&self.consumer, *delivery, letter))
+            .map(|(delivery, letter)| {
+                let source = LetterSource {
+                    subject: delivery.subject(),
+                    headers: delivery.headers(),
+                    payload: delivery.payload(),
+                    stream_sequence: delivery.stream_sequence(),
+                };
+                dead_letter_message(letter, &source)
+            })
             .collect();
         let results = self.broker.publish_batch(&messages).await;
         let mut settles = Vec::with_capacity(dead.len());
@@ -197,13 +560,13 @@ impl ConsumerLoop {
             match result {
                 Ok(_) => {
                     self.metrics.dead_lettered.increment(1);
-                    tracing::warn!(consumer = %self.consumer, reason = %letter.reason,
+                    tracing::warn!(consumer = %letter.consumer, reason = %letter.reason,
                         error = %letter.error, stream_seq = delivery.stream_sequence(),
                         "message dead-lettered");
                     settles.push(self.term(*delivery));
                 }
                 Err(error) => {
-                    tracing::warn!(consumer = %self.consumer, %error,
+                    tracing::warn!(consumer = %letter.consumer, %error,
                         "could not publish a dead letter; redelivering the original");
                     settles.push(Box::pin(
                         self.nak(*delivery, self.settings.batch_failure_nak_delay),
@@ -212,6 +575,51 @@ impl ConsumerLoop {
             }
         }
         join_all(settles).await;
+    }
+
+    /// Publishes the dead letters of released parked messages that failed, and unparks each
+    /// once published. One not published stays parked as the head of its hold, and is handled
+    /// (first) again when that hold is released.
+    async fn dead_letter_parked(&self, released_dead: Vec<ReleasedDeadLetter>) {
+        let messages: Vec<_> = released_dead
+            .iter()
+            .map(|dead| {
+                let source = LetterSource {
+                    subject: &dead.parked.subject,
+                    headers: dead
+                        .parked
+                        .headers
+                        .0
+                        .iter()
+                        .map(|(name, value)| (name.as_str(), value.as_str()))
+                        .collect(),
+                    payload: &dead.parked.payload,
+                    stream_sequence: u64::try_from(dead.parked.stream_seq).unwrap_or(0),
+                };
+                dead_letter_message(&dead.letter, &source)
+            })
+            .collect();
+        let results = self.broker.publish_batch(&messages).await;
+        for (dead, result) in released_dead.iter().zip(results) {
+            let letter = &dead.letter;
+            if let Err(error) = result {
+                tracing::warn!(consumer = %letter.consumer, %error, event_id = %dead.parked.event_id,
+                    "could not publish the dead letter of a released message; it stays parked");
+                continue;
+            }
+            self.metrics.dead_lettered.increment(1);
+            tracing::warn!(consumer = %letter.consumer, reason = %letter.reason,
+                error = %letter.error, event_id = %dead.parked.event_id,
+                "released message dead-lettered; its order is held again");
+            let unparked = match self.pool.acquire().await {
+                Ok(mut conn) => holds::unpark(&mut conn, dead.parked.id).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = unparked {
+                tracing::warn!(consumer = %letter.consumer, %error,
+                    "could not unpark a dead-lettered message; it will be handled again on release");
+            }
+        }
     }
 
     fn ack<'a>(&'a self, delivery: &'a dyn Delivery) -> SettleFuture<'a> {

@@ -1,11 +1,14 @@
 //! Building dead letters: the original message, re-addressed to `jwl.dlq.<consumer>.<order id>`,
-//! with headers saying who gave up on it and why.
+//! with headers saying who gave up on it and why, deduplicated by consumer and event id.
 
 use std::fmt;
 
 use bytes::Bytes;
 
-use crate::transport::{Delivery, OutboundMessage};
+use jwl_events::Envelope;
+use uuid::Uuid;
+
+use crate::transport::OutboundMessage;
 
 /// Why a message was dead-lettered (the `jwl-dlq-reason` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,74 +37,156 @@ impl fmt::Display for DeadLetterReason {
     }
 }
 
-/// A decision to dead-letter one delivery.
+/// A decision to dead-letter one message.
 #[derive(Debug, Clone)]
 pub(crate) struct DeadLetter {
+    /// The consumer that gives up (`jwl-dlq-consumer`, and the hold's consumer).
+    pub consumer: String,
     pub reason: DeadLetterReason,
     pub error: String,
     /// The order the event belongs to, when known.
-    pub order_id: Option<String>,
+    pub order_id: Option<Uuid>,
+    /// The event's id, when known.
+    pub event_id: Option<Uuid>,
+    /// The event's subject in the events stream, when known (for a replayed message, the
+    /// subject it was replayed to is not the original one).
+    pub events_subject: Option<String>,
+    /// `jwl-replay-origin` of a replayed message.
+    pub replay_origin: Option<String>,
+    /// Whether (consumer, order) is held behind this dead letter.
+    pub holds: bool,
+}
+
+impl DeadLetter {
+    /// A dead letter of a decoded event; it holds its (consumer, order).
+    pub fn of_event(
+        consumer: &str,
+        reason: DeadLetterReason,
+        error: String,
+        event: &Envelope,
+        replay_origin: Option<&str>,
+    ) -> Self {
+        let order_id = event.order_id();
+        Self {
+            consumer: consumer.to_owned(),
+            reason,
+            error,
+            order_id: Some(order_id.0),
+            event_id: Some(event.id.0),
+            events_subject: Some(jwl_events::subject(&order_id, event.event_type())),
+            replay_origin: replay_origin.map(str::to_owned),
+            holds: true,
+        }
+    }
+
+    /// A dead letter of a message that is not a valid event: order and event id come from its
+    /// `ce-subject` and `ce-id` headers when they hold UUIDs; it holds its (consumer, order)
+    /// only if both are known and `holds` is asked for.
+    pub fn of_message(
+        consumer: &str,
+        reason: DeadLetterReason,
+        error: String,
+        headers: &[(&str, &str)],
+        holds: bool,
+    ) -> Self {
+        let order_id = uuid_header(headers, "ce-subject");
+        let event_id = uuid_header(headers, "ce-id");
+        Self {
+            consumer: consumer.to_owned(),
+            reason,
+            error,
+            order_id,
+            event_id,
+            events_subject: None,
+            replay_origin: None,
+            holds: holds && order_id.is_some() && event_id.is_some(),
+        }
+    }
+
+    /// The (order, head event) this dead letter holds, if any.
+    pub fn hold_key(&self) -> Option<(Uuid, Uuid)> {
+        match (self.holds, self.order_id, self.event_id) {
+            (true, Some(order_id), Some(event_id)) => Some((order_id, event_id)),
+            _ => None,
+        }
+    }
+}
+
+/// The message being dead-lettered, as received (or as parked).
+pub(crate) struct LetterSource<'m> {
+    pub subject: &'m str,
+    pub headers: Vec<(&'m str, &'m str)>,
+    pub payload: &'m [u8],
+    pub stream_sequence: u64,
 }
 
 /// Longest `jwl-dlq-error` value kept.
 const MAX_ERROR_LEN: usize = 1024;
 const UNKNOWN_ORDER: &str = "unknown";
 
-/// The dead-letter message for `delivery`. Its dedup id is `dlq-<consumer>-<stream seq>`, so a
-/// retry after a failure (before `term`) is absorbed by the dead-letter stream.
+/// The dead-letter message for `source`. Its dedup id is `dlq:<consumer>:<event id>` (with
+/// `:<replay origin>` appended for a replayed message, so that a redrive failing again is not
+/// swallowed as a duplicate of the first dead letter), or `dlq:<consumer>:seq:<stream seq>` for
+/// a message without an event id; a retry after a failure (before `term`) is absorbed by the
+/// dead-letter stream.
 pub(crate) fn dead_letter_message(
-    consumer: &str,
-    delivery: &dyn Delivery,
     letter: &DeadLetter,
+    source: &LetterSource<'_>,
 ) -> OutboundMessage {
+    let consumer = &letter.consumer;
     let order_id = letter
         .order_id
-        .clone()
-        .or_else(|| order_id_from_headers(delivery))
+        .map(|id| id.hyphenated().to_string())
         .unwrap_or_else(|| UNKNOWN_ORDER.to_owned());
-    let mut headers: Vec<(String, String)> = delivery
-        .headers()
-        .into_iter()
+    let mut headers: Vec<(String, String)> = source
+        .headers
+        .iter()
         .filter(|(name, _)| !is_replaced_header(name))
-        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
         .collect();
+    let subject = letter.events_subject.as_deref().unwrap_or(source.subject);
     headers.extend([
-        ("jwl-dlq-consumer".to_owned(), consumer.to_owned()),
+        ("jwl-dlq-consumer".to_owned(), consumer.clone()),
         (
             "jwl-dlq-reason".to_owned(),
             letter.reason.as_str().to_owned(),
         ),
         ("jwl-dlq-error".to_owned(), header_safe(&letter.error)),
-        ("jwl-dlq-subject".to_owned(), delivery.subject().to_owned()),
+        ("jwl-dlq-subject".to_owned(), subject.to_owned()),
         (
             "jwl-dlq-stream-seq".to_owned(),
-            delivery.stream_sequence().to_string(),
+            source.stream_sequence.to_string(),
         ),
         ("jwl-dlq-order-id".to_owned(), order_id.clone()),
     ]);
+    let dedup_id = match (letter.event_id, &letter.replay_origin) {
+        (Some(event_id), None) => format!("dlq:{consumer}:{event_id}"),
+        (Some(event_id), Some(origin)) => format!("dlq:{consumer}:{event_id}:{origin}"),
+        (None, _) => format!("dlq:{consumer}:seq:{}", source.stream_sequence),
+    };
     OutboundMessage {
-        dedup_id: format!("dlq-{consumer}-{}", delivery.stream_sequence()),
+        dedup_id,
         subject: format!("jwl.dlq.{consumer}.{order_id}"),
         headers,
-        payload: Bytes::copy_from_slice(delivery.payload()),
+        payload: Bytes::copy_from_slice(source.payload),
     }
 }
 
-/// Broker headers (`Nats-*`, e.g. the original `Nats-Msg-Id`) and earlier dead-letter headers are
-/// not carried over.
+/// Broker headers (`Nats-*`, e.g. the original `Nats-Msg-Id`), earlier dead-letter headers and
+/// replay headers are not carried over.
 fn is_replaced_header(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    lower.starts_with("nats-") || lower.starts_with("jwl-dlq-")
+    ["nats-", "jwl-dlq-", "jwl-replay-", "jwl-release-"]
+        .iter()
+        .any(|prefix| lower.starts_with(prefix))
 }
 
-/// The order id of an undecodable message, if its `ce-subject` header holds a valid one.
-fn order_id_from_headers(delivery: &dyn Delivery) -> Option<String> {
-    delivery
-        .headers()
-        .into_iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case("ce-subject"))
-        .and_then(|(_, value)| uuid::Uuid::parse_str(value).ok())
-        .map(|id| id.hyphenated().to_string())
+/// Header `name` (case-insensitive) as a UUID, if it holds one.
+fn uuid_header(headers: &[(&str, &str)], name: &str) -> Option<Uuid> {
+    headers
+        .iter()
+        .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        .and_then(|(_, value)| Uuid::parse_str(value).ok())
 }
 
 /// One line, bounded length: header values cannot hold CR/LF.
@@ -137,6 +222,7 @@ mod tests {
     fn broker_and_old_dead_letter_headers_are_dropped() {
         assert!(is_replaced_header("Nats-Msg-Id"));
         assert!(is_replaced_header("jwl-dlq-reason"));
+        assert!(is_replaced_header("jwl-replay-mode"));
         assert!(!is_replaced_header("ce-id"));
     }
 }

@@ -1,8 +1,11 @@
-//! The consumer loop of one (service, event type): pull continuously from the durable consumer,
-//! batch what is ready, hand batches to [`batch`], and survive broker and database outages.
+//! The consumer loop of one durable consumer — a (service, event type) on the events stream, or
+//! a service's replay consumer — pull continuously, batch what is ready, hand batches to
+//! [`batch`], and survive broker and database outages.
 
 mod batch;
 mod dead_letter;
+mod holds;
+mod replay;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,11 +23,20 @@ use crate::settings::MessagingSettings;
 use crate::transport::{Broker, ConsumerSpec, Deliveries, Delivery, TransportError};
 use batch::BatchResult;
 
+/// What a consumer loop reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConsumerSource {
+    /// The events of one type; the durable name is also the inbox consumer name.
+    Events(EventType),
+    /// The service's replay channel; each message names its inbox consumer by its event type.
+    Replay,
+}
+
 /// One durable consumer's loop.
 pub(crate) struct ConsumerLoop {
     service: Service,
-    event_type: EventType,
-    /// Durable name, also the inbox consumer name.
+    source: ConsumerSource,
+    /// Durable name (for events, also the inbox consumer name).
     consumer: String,
     pool: PgPool,
     broker: Arc<dyn Broker>,
@@ -43,17 +55,22 @@ enum Interrupted {
 impl ConsumerLoop {
     pub fn new(
         service: Service,
-        event_type: EventType,
+        source: ConsumerSource,
         pool: PgPool,
         broker: Arc<dyn Broker>,
         handler: Arc<dyn Handler>,
         settings: Arc<MessagingSettings>,
     ) -> Self {
-        let consumer = durable_name(service, event_type);
-        let metrics = ConsumerMetrics::new(&consumer, event_type.as_str());
+        let (consumer, metrics_type) = match source {
+            ConsumerSource::Events(event_type) => {
+                (durable_name(service, event_type), event_type.as_str())
+            }
+            ConsumerSource::Replay => (replay::replay_durable(service), "replay"),
+        };
+        let metrics = ConsumerMetrics::new(&consumer, metrics_type);
         Self {
             service,
-            event_type,
+            source,
             consumer,
             pool,
             broker,
@@ -66,10 +83,20 @@ impl ConsumerLoop {
     /// Consumes until `shutdown`; transient broker and database errors are logged and waited
     /// out, never returned.
     pub async fn run(self, shutdown: CancellationToken) {
+        let (stream, filter_subject) = match self.source {
+            ConsumerSource::Events(event_type) => (
+                self.settings.events_stream.clone(),
+                jwl_events::type_filter(event_type),
+            ),
+            ConsumerSource::Replay => (
+                self.settings.replay_stream.clone(),
+                replay::replay_filter(self.service),
+            ),
+        };
         let spec = ConsumerSpec {
-            stream: self.settings.events_stream.clone(),
+            stream,
             durable_name: self.consumer.clone(),
-            filter_subject: jwl_events::type_filter(self.event_type),
+            filter_subject,
             ack_wait: self.settings.ack_wait,
             max_ack_pending: self.settings.max_ack_pending,
             prefetch: self.settings.consumer_batch_size,

@@ -92,7 +92,8 @@ pub trait Subscriber: Send + Sync {
 /// A complete broker: publishing, subscribing, provisioning and health.
 #[async_trait]
 pub trait Broker: Publisher + Subscriber + Send + Sync + 'static {
-    /// Creates (or reconciles) the events and dead-letter streams. Idempotent.
+    /// Creates (or reconciles) the events, dead-letter, replay and dead-letter log streams.
+    /// Idempotent.
     async fn ensure_streams(&self, settings: &MessagingSettings) -> Result<(), TransportError>;
     /// Whether the broker connection is currently up (for readiness).
     fn is_healthy(&self) -> bool;

@@ -43,6 +43,8 @@ pub const EMITS: i64 = 900_004;
 pub const SLOW: i64 = 900_006;
 /// Handled "successfully", but the transaction then fails at commit (a deferred constraint).
 pub const FAILS_AT_COMMIT: i64 = 900_005;
+/// Refused permanently until the test inserts the event's id into the `fixed` table.
+pub const REFUSED_UNTIL_FIXED: i64 = 900_007;
 
 /// Generous deadline for conditions that should hold within a second or two.
 pub const SOON: Duration = Duration::from_secs(15);
@@ -93,7 +95,8 @@ impl Harness {
             "CREATE TABLE effects (event_id uuid NOT NULL, txid bigint NOT NULL);
              CREATE TABLE attempts (event_id uuid NOT NULL, attempt int NOT NULL, txid bigint NOT NULL,
                                     at timestamptz NOT NULL DEFAULT clock_timestamp());
-             CREATE TABLE checked_at_commit (id int UNIQUE DEFERRABLE INITIALLY DEFERRED);",
+             CREATE TABLE checked_at_commit (id int UNIQUE DEFERRABLE INITIALLY DEFERRED);
+             CREATE TABLE fixed (event_id uuid PRIMARY KEY);",
         )
         .execute(&pool)
         .await?;
@@ -404,6 +407,16 @@ impl Handler for RecordingHandler {
                 ));
             }
             ALWAYS_TRANSIENT => return Err(HandlerError::transient("always failing")),
+            REFUSED_UNTIL_FIXED => {
+                let fixed: bool =
+                    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM fixed WHERE event_id = $1)")
+                        .bind(event.id.0)
+                        .fetch_one(ctx.db())
+                        .await?;
+                if !fixed {
+                    return Err(HandlerError::permanent("refused until fixed"));
+                }
+            }
             TRANSIENT_TWICE if ctx.attempt() < 3 => {
                 return Err(HandlerError::transient(
                     "failing for the first two attempts",

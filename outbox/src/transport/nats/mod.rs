@@ -55,7 +55,8 @@ impl JetStreamBroker {
         Ok(Self { client, jetstream })
     }
 
-    /// Creates the events and dead-letter streams, or brings their limits up to `settings`.
+    /// Creates the events, dead-letter, replay and dead-letter log streams, or brings their
+    /// limits up to `settings`.
     /// Idempotent; on a server that cannot update a setting, the existing stream is kept.
     pub async fn ensure_streams(&self, settings: &MessagingSettings) -> Result<(), TransportError> {
         provision::ensure_streams(&self.jetstream, settings).await

@@ -11,29 +11,46 @@ use crate::transport::{ConsumerSpec, TransportError};
 
 /// Subjects of the dead-letter stream.
 pub(crate) const DLQ_SUBJECTS: &str = "jwl.dlq.>";
+/// Subjects of the replay stream.
+pub(crate) const REPLAY_SUBJECTS: &str = "jwl.replay.>";
+/// Subjects of the dead-letter log stream.
+pub(crate) const DLQ_LOG_SUBJECTS: &str = "jwl.dlqlog.>";
 
 pub(super) async fn ensure_streams(
     jetstream: &jetstream::Context,
     settings: &MessagingSettings,
 ) -> Result<(), TransportError> {
-    let events = stream::Config {
-        name: settings.events_stream.clone(),
-        subjects: vec![jwl_events::EVENTS_SUBJECTS.to_owned()],
-        storage: StorageType::File,
-        max_age: settings.events_max_age,
-        duplicate_window: settings.duplicate_window.min(settings.events_max_age),
-        ..Default::default()
-    };
-    let dead_letters = stream::Config {
-        name: settings.dlq_stream.clone(),
-        subjects: vec![DLQ_SUBJECTS.to_owned()],
-        storage: StorageType::File,
-        max_age: settings.dlq_max_age,
-        duplicate_window: settings.duplicate_window.min(settings.dlq_max_age),
-        ..Default::default()
-    };
-    ensure_stream(jetstream, events).await?;
-    ensure_stream(jetstream, dead_letters).await
+    let wanted = [
+        (
+            &settings.events_stream,
+            jwl_events::EVENTS_SUBJECTS,
+            settings.events_max_age,
+        ),
+        (&settings.dlq_stream, DLQ_SUBJECTS, settings.dlq_max_age),
+        (
+            &settings.replay_stream,
+            REPLAY_SUBJECTS,
+            settings.replay_max_age,
+        ),
+        (
+            &settings.dlq_log_stream,
+            DLQ_LOG_SUBJECTS,
+            settings.dlq_log_max_age,
+        ),
+    ];
+    for (name, subjects, max_age) in wanted {
+        let config = stream::Config {
+            name: name.clone(),
+            subjects: vec![subjects.to_owned()],
+            storage: StorageType::File,
+            max_age,
+            // nats-server refuses a duplicate window longer than the max age
+            duplicate_window: settings.duplicate_window.min(max_age),
+            ..Default::default()
+        };
+        ensure_stream(jetstream, config).await?;
+    }
+    Ok(())
 }
 
 async fn ensure_stream(

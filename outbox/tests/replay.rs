@@ -1,0 +1,549 @@
+//! The replay channel and sequenced dead letters against a real PostgreSQL and a real
+//! nats-server: replay in `inbox` and `rerun` modes, per-service routing, parking behind a dead
+//! letter, release by redriving the head and by a `release` control message.
+
+mod support;
+
+use async_nats::jetstream::message::StreamMessage;
+use jwl_events::{
+    Envelope, EventData, HeaderStyle, OrderId, PaymentCaptured, PaymentVoided, Service,
+};
+use jwl_outbox::Messaging;
+use jwl_testkit::eventually;
+use support::*;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// A `payment.captured` of `order`.
+fn captured_for(order: OrderId, amount_cents: i64) -> Envelope {
+    Envelope::new(
+        Service::Payment,
+        EventData::PaymentCaptured(PaymentCaptured {
+            order_id: order,
+            amount_cents,
+        }),
+    )
+}
+
+/// Publishes `event` to `service`'s replay channel, as the replay tools do.
+async fn replay(
+    h: &Harness,
+    service: Service,
+    event: &Envelope,
+    mode: &str,
+    origin: &str,
+    run_id: &str,
+) -> anyhow::Result<()> {
+    let wire = jwl_events::encode(event, HeaderStyle::Nats);
+    let mut headers = wire.headers.clone();
+    headers.push(("jwl-replay-mode".to_owned(), mode.to_owned()));
+    headers.push(("jwl-replay-origin".to_owned(), origin.to_owned()));
+    let subject = format!(
+        "jwl.replay.{}.{}.{}",
+        service.as_str(),
+        event.order_id(),
+        event.event_type().subject_token()
+    );
+    h.publish_raw(
+        &subject,
+        &headers,
+        wire.payload,
+        &format!("replay:{run_id}:{origin}"),
+    )
+    .await
+}
+
+/// Redrives a dead letter as `jwl dlq redrive` does: its original headers and payload, to the
+/// consumer's service, with origin `dlq:<dlq seq>`.
+async fn redrive(h: &Harness, letter: &StreamMessage, run_id: &str) -> anyhow::Result<()> {
+    let headers: Vec<(String, String)> = letter
+        .headers
+        .iter()
+        .flat_map(|(name, values)| {
+            let name: &str = name.as_ref();
+            values
+                .iter()
+                .map(move |value| (name.to_owned(), value.as_str().to_owned()))
+        })
+        .filter(|(name, _)| {
+            let lower = name.to_ascii_lowercase();
+            !lower.starts_with("jwl-dlq-") && !lower.starts_with("nats-")
+        })
+        .collect();
+    let original = header(letter, "jwl-dlq-subject").unwrap_or_default();
+    let (order, ty) = jwl_events::parse_subject(original)
+        .ok_or_else(|| anyhow::anyhow!("not an events subject: {original}"))?;
+    let origin = format!("dlq:{}", letter.sequence);
+    let mut headers = headers;
+    headers.push(("jwl-replay-mode".to_owned(), "inbox".to_owned()));
+    headers.push(("jwl-replay-origin".to_owned(), origin.clone()));
+    let subject = format!(
+        "jwl.replay.{}.{order}.{}",
+        h.service.as_str(),
+        ty.subject_token()
+    );
+    h.publish_raw(
+        &subject,
+        &headers,
+        letter.payload.to_vec(),
+        &format!("replay:{run_id}:{origin}"),
+    )
+    .await
+}
+
+/// Whether `service`'s replay consumer has nothing pending or unacknowledged, and how many
+/// messages it was delivered.
+async fn replay_consumer(h: &Harness, service: Service) -> anyhow::Result<(bool, u64)> {
+    let stream = h
+        .broker
+        .jetstream()
+        .get_stream(&h.settings.replay_stream)
+        .await?;
+    let info = stream
+        .consumer_info(format!("{}__replay", service.as_str()))
+        .await?;
+    Ok((
+        info.num_pending == 0 && info.num_ack_pending == 0,
+        info.delivered.consumer_sequence,
+    ))
+}
+
+async fn inbox_consumers(h: &Harness, event: &Envelope) -> anyhow::Result<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT consumer FROM inbox WHERE event_id = $1 ORDER BY consumer")
+            .bind(event.id.0)
+            .fetch_all(&h.pool)
+            .await?,
+    )
+}
+
+async fn count(h: &Harness, sql: &str) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(&h.pool)
+        .await?)
+}
+
+/// The events the handler saw (successfully or not), in the order it saw them.
+async fn attempt_order(h: &Harness) -> anyhow::Result<Vec<Uuid>> {
+    Ok(
+        sqlx::query_scalar("SELECT event_id FROM attempts ORDER BY at")
+            .fetch_all(&h.pool)
+            .await?,
+    )
+}
+
+#[tokio::test]
+async fn replay_in_inbox_mode_skips_a_handled_event_and_handles_a_new_one() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let running = h.run();
+    let handled = captured(1);
+    h.publish_event(&handled, "live-1").await?;
+    eventually("the live event is handled", SOON, || async {
+        h.effects_of(&handled).await.ok() == Some(1)
+    })
+    .await?;
+
+    let new = captured(2);
+    replay(&h, SERVICE, &handled, "inbox", "events:1", "run-a").await?;
+    replay(&h, SERVICE, &new, "inbox", "events:2", "run-a").await?;
+    eventually(
+        "the new event is handled through the replay",
+        SOON,
+        || async { h.effects_of(&new).await.ok() == Some(1) },
+    )
+    .await?;
+    eventually("the replay consumer is settled", SOON, || async {
+        replay_consumer(&h, SERVICE).await.ok() == Some((true, 2))
+    })
+    .await?;
+    assert_eq!(h.effects_of(&handled).await?, 1, "inbox mode is a no-op");
+    assert_eq!(h.attempts_of(&handled).await?.len(), 1);
+    // handled under the live consumer's inbox name
+    assert_eq!(inbox_consumers(&h, &new).await?, [h.consumer()]);
+    assert!(h.dead_letters().await?.is_empty());
+    running.stop().await
+}
+
+#[tokio::test]
+async fn rerun_mode_repeats_the_effect_once_per_replay() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let running = h.run();
+    let event = captured(1);
+    h.publish_event(&event, "live-1").await?;
+    eventually("the live event is handled", SOON, || async {
+        h.effects_of(&event).await.ok() == Some(1)
+    })
+    .await?;
+
+    replay(&h, SERVICE, &event, "rerun", "events:1", "run-a").await?;
+    // the same replay message again (a resumed run): absorbed by the broker
+    replay(&h, SERVICE, &event, "rerun", "events:1", "run-a").await?;
+    replay(&h, SERVICE, &event, "rerun", "events:1", "run-b").await?;
+    eventually("each replay ran the handler once", SOON, || async {
+        h.effects_of(&event).await.ok() == Some(3)
+    })
+    .await?;
+    eventually("the replay consumer is settled", SOON, || async {
+        replay_consumer(&h, SERVICE).await.ok() == Some((true, 2))
+    })
+    .await?;
+    assert_eq!(h.effects_of(&event).await?, 3);
+    assert_eq!(inbox_consumers(&h, &event).await?, [h.consumer()]);
+    running.stop().await
+}
+
+#[tokio::test]
+async fn a_replayed_message_reaches_only_its_service() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let payment = h.run();
+    // another service with the same handler, in the same schema (its inbox names differ)
+    let other_service = Service::Inventory;
+    let other_shutdown = CancellationToken::new();
+    let other = tokio::spawn(
+        Messaging::new(
+            other_service,
+            h.pool.clone(),
+            h.broker.clone(),
+            h.settings.clone(),
+        )
+        .run(h.handler(), other_shutdown.clone()),
+    );
+    eventually("both replay consumers exist", SOON, || async {
+        replay_consumer(&h, SERVICE).await.is_ok()
+            && replay_consumer(&h, other_service).await.is_ok()
+    })
+    .await?;
+
+    let for_payment = captured(1);
+    let for_other = captured(2);
+    replay(&h, SERVICE, &for_payment, "inbox", "events:1", "run-a").await?;
+    replay(&h, other_service, &for_other, "inbox", "events:2", "run-a").await?;
+    eventually("both replays are handled", SOON, || async {
+        h.effects_of(&for_payment).await.ok() == Some(1)
+            && h.effects_of(&for_other).await.ok() == Some(1)
+    })
+    .await?;
+    eventually("both replay consumers are settled", SOON, || async {
+        replay_consumer(&h, SERVICE)
+            .await
+            .ok()
+            .map(|(settled, _)| settled)
+            == Some(true)
+            && replay_consumer(&h, other_service)
+                .await
+                .ok()
+                .map(|(settled, _)| settled)
+                == Some(true)
+    })
+    .await?;
+
+    assert_eq!(
+        inbox_consumers(&h, &for_payment).await?,
+        [h.consumer()],
+        "only payment handled its replay"
+    );
+    assert_eq!(
+        inbox_consumers(&h, &for_other).await?,
+        [jwl_outbox::durable_name(other_service, SUBSCRIBED)],
+        "only inventory handled its replay"
+    );
+    // each replay consumer was delivered exactly one message: its own
+    assert_eq!(replay_consumer(&h, SERVICE).await?, (true, 1));
+    assert_eq!(replay_consumer(&h, other_service).await?, (true, 1));
+
+    other_shutdown.cancel();
+    other.await??;
+    payment.stop().await
+}
+
+#[tokio::test]
+async fn a_replayed_type_the_handler_does_not_consume_is_dead_lettered() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let running = h.run();
+    let voided = Envelope::new(
+        Service::Payment,
+        EventData::PaymentVoided(PaymentVoided {
+            order_id: OrderId(Uuid::now_v7()),
+            amount_cents: 1,
+        }),
+    );
+    replay(&h, SERVICE, &voided, "inbox", "events:9", "run-a").await?;
+    let dead = eventually("the replay is dead-lettered", SOON, || async {
+        h.dead_letters().await.ok().filter(|dead| !dead.is_empty())
+    })
+    .await?;
+    let letter = &dead[0];
+    assert_eq!(header(letter, "jwl-dlq-reason"), Some("permanent"));
+    assert_eq!(header(letter, "jwl-dlq-consumer"), Some("payment__replay"));
+    assert!(
+        header(letter, "jwl-dlq-error")
+            .unwrap_or_default()
+            .contains("jwl.payment.voided is not handled by service payment"),
+        "{:?}",
+        header(letter, "jwl-dlq-error")
+    );
+    assert_eq!(
+        count(&h, "SELECT count(*) FROM dead_letter_holds").await?,
+        0
+    );
+    assert_eq!(h.effects_total().await?, 0);
+    running.stop().await
+}
+
+/// Order X: a poison event, then two good ones; order Y: two good ones, interleaved. Returns
+/// (x events, y events) once Y is handled, X's head dead-lettered and the rest of X parked.
+async fn poison_x_and_park(h: &Harness) -> anyhow::Result<(Vec<Envelope>, Vec<Envelope>)> {
+    let (x, y) = (OrderId(Uuid::now_v7()), OrderId(Uuid::now_v7()));
+    let xs = vec![
+        captured_for(x, REFUSED_UNTIL_FIXED),
+        captured_for(x, 2),
+        captured_for(x, 3),
+    ];
+    let ys = vec![captured_for(y, 4), captured_for(y, 5)];
+    for event in [&xs[0], &ys[0], &xs[1], &ys[1], &xs[2]] {
+        h.publish_event(event, &event.id.0.to_string()).await?;
+    }
+    eventually("order Y is handled", SOON, || async {
+        h.effects_of(&ys[1]).await.ok() == Some(1) && h.effects_of(&ys[0]).await.ok() == Some(1)
+    })
+    .await?;
+    eventually("X's later events are parked", SOON, || async {
+        count(h, "SELECT count(*) FROM parked_messages").await.ok() == Some(2)
+    })
+    .await?;
+    eventually("the consumer is settled", SOON, || async {
+        h.consumer_settled().await.ok() == Some(true)
+    })
+    .await?;
+    Ok((xs, ys))
+}
+
+#[tokio::test]
+async fn a_poison_event_parks_its_orders_later_events_while_other_orders_go_on()
+-> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let running = h.run();
+    let (xs, _ys) = poison_x_and_park(&h).await?;
+    let consumer = h.consumer();
+
+    let dead = h.dead_letters().await?;
+    assert_eq!(dead.len(), 1, "only the head is dead-lettered");
+    assert_eq!(
+        header(&dead[0], "ce-id"),
+        Some(xs[0].id.0.to_string().as_str())
+    );
+    // the dead letter's dedup id: a redelivery after a crash does not duplicate it
+    assert_eq!(
+        header(&dead[0], "Nats-Msg-Id"),
+        Some(format!("dlq:{consumer}:{}", xs[0].id.0).as_str())
+    );
+    let hold: (String, Uuid, Uuid) =
+        sqlx::query_as("SELECT consumer, order_id, head_event_id FROM dead_letter_holds")
+            .fetch_one(&h.pool)
+            .await?;
+    assert_eq!(hold, (consumer.clone(), xs[0].order_id().0, xs[0].id.0));
+    let parked: Vec<(String, Uuid, Uuid)> = sqlx::query_as(
+        "SELECT consumer, order_id, event_id FROM parked_messages ORDER BY stream_seq",
+    )
+    .fetch_all(&h.pool)
+    .await?;
+    assert_eq!(
+        parked,
+        [
+            (consumer.clone(), xs[0].order_id().0, xs[1].id.0),
+            (consumer.clone(), xs[0].order_id().0, xs[2].id.0),
+        ]
+    );
+    for event in &xs {
+        assert_eq!(h.effects_of(event).await?, 0);
+    }
+    assert_eq!(
+        h.attempts_of(&xs[1]).await?.len(),
+        0,
+        "parked events are not handled"
+    );
+    running.stop().await
+}
+
+#[tokio::test]
+async fn redriving_the_head_releases_the_parked_events_in_order() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let running = h.run();
+    let (xs, _ys) = poison_x_and_park(&h).await?;
+    let dead = h.dead_letters().await?;
+    assert_eq!(dead.len(), 1);
+
+    sqlx::query("INSERT INTO fixed (event_id) VALUES ($1)")
+        .bind(xs[0].id.0)
+        .execute(&h.pool)
+        .await?;
+    redrive(&h, &dead[0], "run-a").await?;
+    eventually("order X is handled", SOON, || async {
+        let mut all = true;
+        for event in &xs {
+            all &= h.effects_of(event).await.ok() == Some(1);
+        }
+        all
+    })
+    .await?;
+    assert_eq!(
+        count(&h, "SELECT count(*) FROM dead_letter_holds").await?,
+        0
+    );
+    assert_eq!(count(&h, "SELECT count(*) FROM parked_messages").await?, 0);
+    let order = attempt_order(&h).await?;
+    let x_order: Vec<Uuid> = order
+        .into_iter()
+        .filter(|id| xs.iter().any(|event| event.id.0 == *id))
+        .collect();
+    // the first refusal, the redrive, then the parked events in stream order
+    assert_eq!(x_order, [xs[0].id.0, xs[0].id.0, xs[1].id.0, xs[2].id.0]);
+    assert_eq!(h.dead_letters().await?.len(), 1, "no new dead letter");
+    running.stop().await
+}
+
+#[tokio::test]
+async fn a_release_control_message_releases_the_parked_events_in_order() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let running = h.run();
+    let (xs, _ys) = poison_x_and_park(&h).await?;
+    let consumer = h.consumer();
+
+    let headers = vec![
+        ("jwl-replay-mode".to_owned(), "release".to_owned()),
+        ("jwl-release-consumer".to_owned(), consumer.clone()),
+        (
+            "jwl-release-reason".to_owned(),
+            "discarded by test".to_owned(),
+        ),
+    ];
+    h.publish_raw(
+        &format!(
+            "jwl.replay.{}.{}.control.release",
+            SERVICE.as_str(),
+            xs[0].order_id()
+        ),
+        &headers,
+        Vec::new(),
+        "release-1",
+    )
+    .await?;
+    eventually("X's parked events are handled", SOON, || async {
+        h.effects_of(&xs[1]).await.ok() == Some(1) && h.effects_of(&xs[2]).await.ok() == Some(1)
+    })
+    .await?;
+    eventually("the replay consumer is settled", SOON, || async {
+        replay_consumer(&h, SERVICE).await.ok() == Some((true, 1))
+    })
+    .await?;
+    assert_eq!(
+        h.effects_of(&xs[0]).await?,
+        0,
+        "the discarded head stays unhandled"
+    );
+    assert_eq!(
+        count(&h, "SELECT count(*) FROM dead_letter_holds").await?,
+        0
+    );
+    assert_eq!(count(&h, "SELECT count(*) FROM parked_messages").await?, 0);
+    let x_order: Vec<Uuid> = attempt_order(&h)
+        .await?
+        .into_iter()
+        .filter(|id| *id == xs[1].id.0 || *id == xs[2].id.0)
+        .collect();
+    assert_eq!(x_order, [xs[1].id.0, xs[2].id.0]);
+    // a later event of X is handled at once
+    let later = captured_for(xs[0].order_id(), 6);
+    h.publish_event(&later, "later").await?;
+    eventually("a later event of X is handled", SOON, || async {
+        h.effects_of(&later).await.ok() == Some(1)
+    })
+    .await?;
+    running.stop().await
+}
+
+#[tokio::test]
+async fn a_released_event_that_fails_becomes_the_new_head() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let running = h.run();
+    let x = OrderId(Uuid::now_v7());
+    let xs = [
+        captured_for(x, REFUSED_UNTIL_FIXED),
+        captured_for(x, PERMANENT),
+        captured_for(x, 3),
+    ];
+    for event in &xs {
+        h.publish_event(event, &event.id.0.to_string()).await?;
+    }
+    eventually("X's later events are parked", SOON, || async {
+        count(&h, "SELECT count(*) FROM parked_messages").await.ok() == Some(2)
+    })
+    .await?;
+    let consumer = h.consumer();
+    let headers = vec![
+        ("jwl-replay-mode".to_owned(), "release".to_owned()),
+        ("jwl-release-consumer".to_owned(), consumer.clone()),
+        (
+            "jwl-release-reason".to_owned(),
+            "discarded by test".to_owned(),
+        ),
+    ];
+    let subject = format!("jwl.replay.{}.{x}.control.release", SERVICE.as_str());
+    h.publish_raw(&subject, &headers, Vec::new(), "release-1")
+        .await?;
+    let dead = eventually(
+        "the failing released event is dead-lettered",
+        SOON,
+        || async { h.dead_letters().await.ok().filter(|dead| dead.len() == 2) },
+    )
+    .await?;
+    assert_eq!(
+        header(&dead[1], "ce-id"),
+        Some(xs[1].id.0.to_string().as_str())
+    );
+    assert_eq!(header(&dead[1], "jwl-dlq-reason"), Some("permanent"));
+    assert_eq!(
+        header(&dead[1], "jwl-dlq-subject"),
+        Some(jwl_events::subject(&x, xs[1].event_type()).as_str())
+    );
+    eventually("the new head's dead letter is unparked", SOON, || async {
+        count(&h, "SELECT count(*) FROM parked_messages").await.ok() == Some(1)
+    })
+    .await?;
+    let head: Uuid = sqlx::query_scalar("SELECT head_event_id FROM dead_letter_holds")
+        .fetch_one(&h.pool)
+        .await?;
+    assert_eq!(head, xs[1].id.0, "the hold is re-created with the new head");
+    let still_parked: Uuid = sqlx::query_scalar("SELECT event_id FROM parked_messages")
+        .fetch_one(&h.pool)
+        .await?;
+    assert_eq!(still_parked, xs[2].id.0);
+    assert_eq!(h.effects_total().await?, 0);
+    running.stop().await
+}
+
+#[tokio::test]
+async fn the_replay_and_dead_letter_log_streams_are_provisioned_idempotently() -> anyhow::Result<()>
+{
+    let h = Harness::start().await?;
+    // Harness::start provisioned once; again is a no-op
+    h.broker.ensure_streams(&h.settings).await?;
+    let day = std::time::Duration::from_secs(24 * 3600);
+    for (name, subjects, max_age) in [
+        (&h.settings.replay_stream, "jwl.replay.>", day),
+        (&h.settings.dlq_log_stream, "jwl.dlqlog.>", 90 * day),
+    ] {
+        let mut stream = h.broker.jetstream().get_stream(name).await?;
+        let config = stream.info().await?.config.clone();
+        assert_eq!(config.subjects, [subjects]);
+        assert_eq!(config.max_age, max_age);
+        assert_eq!(config.duplicate_window, h.settings.duplicate_window);
+        assert_eq!(
+            config.storage,
+            async_nats::jetstream::stream::StorageType::File
+        );
+    }
+    assert_eq!(h.settings.replay_stream, "JWL_REPLAY");
+    assert_eq!(h.settings.dlq_log_stream, "JWL_DLQ_LOG");
+    Ok(())
+}
