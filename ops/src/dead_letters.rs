@@ -41,6 +41,17 @@ pub async fn show(
     settings: &MessagingSettings,
     dlq_seq: u64,
 ) -> Result<DeadLetterDetail, OpsError> {
+    Ok(dead_letter_detail(
+        fetch(jetstream, settings, dlq_seq).await?,
+    ))
+}
+
+/// The stored message at `dlq_seq` in the dead-letter stream.
+pub(crate) async fn fetch(
+    jetstream: &Context,
+    settings: &MessagingSettings,
+    dlq_seq: u64,
+) -> Result<StoredMessage, OpsError> {
     let stream_name = settings.dlq_stream.as_str();
     let stream_error = |source: async_nats::Error| OpsError::Stream {
         stream: stream_name.to_owned(),
@@ -63,11 +74,11 @@ pub async fn show(
     let stored_at = message.time.to_chrono().ok_or_else(|| {
         stream_error(format!("dead letter {dlq_seq} has an invalid timestamp").into())
     })?;
-    Ok(dead_letter_detail(StoredMessage {
+    Ok(StoredMessage {
         stream_seq: message.sequence,
         stored_at,
         subject: message.subject.to_string(),
         headers: header_pairs(Some(&message.headers)),
         payload: message.payload.to_vec(),
-    }))
+    })
 }

@@ -14,8 +14,9 @@ use crate::model::{
 use chrono::{DateTime, Utc};
 use jwl_events::{
     CancelReason, DispatchFailureReason, EVENTS_SUBJECTS, EventData, EventType, HeaderStyle,
-    OrderId, subject, type_filter,
+    OrderId, Service, subject, type_filter,
 };
+use serde::{Deserialize, Serialize};
 
 /// Subject prefix of the dead-letter stream: `jwl.dlq.<consumer>.<order id or "unknown">`.
 const DLQ_PREFIX: &str = "jwl.dlq";
@@ -425,6 +426,265 @@ impl DeadLetterFilter {
     }
 }
 
+/// How the receiving service handles a replayed message (the `jwl-replay-mode` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayMode {
+    /// The inbox deduplicates: a no-op for events the consumer already handled.
+    #[default]
+    Inbox,
+    /// The service forgets the inbox row of (consumer, event id) and runs the handler again.
+    Rerun,
+}
+
+impl ReplayMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReplayMode::Inbox => "inbox",
+            ReplayMode::Rerun => "rerun",
+        }
+    }
+}
+
+/// Where a replayed message comes from (the `jwl-replay-origin` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayOrigin {
+    /// A message of the events stream, by its stream sequence.
+    Events(u64),
+    /// A dead letter, by its dead-letter stream sequence.
+    DeadLetter(u64),
+}
+
+impl fmt::Display for ReplayOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplayOrigin::Events(seq) => write!(f, "events:{seq}"),
+            ReplayOrigin::DeadLetter(seq) => write!(f, "dlq:{seq}"),
+        }
+    }
+}
+
+/// One message for a service's replay channel, ready to publish (or to print with `--dry-run`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReplayMessage {
+    /// `jwl.replay.<service>.<order id>.<type minus "jwl.">` (or `….control.release`).
+    pub subject: String,
+    /// `Nats-Msg-Id`, so the broker drops a second publish of the same message.
+    pub message_id: String,
+    /// Every header sent, `Nats-Msg-Id` excepted.
+    pub headers: Vec<(String, String)>,
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+    pub payload_bytes: usize,
+}
+
+impl ReplayMessage {
+    /// The first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Prefix of every replay subject.
+pub const REPLAY_PREFIX: &str = "jwl.replay";
+/// Prefix of the dead-letter outcome records: `jwl.dlqlog.<dlq seq>`.
+pub const DLQ_LOG_PREFIX: &str = "jwl.dlqlog";
+
+/// Headers of a stored message that belong to the original event: everything except the
+/// dead-letter annotations (`jwl-dlq-*`), earlier replay annotations (`jwl-replay-*`,
+/// `jwl-release-*`) and the broker's own (`Nats-*`).
+fn original_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.to_ascii_lowercase();
+            !["jwl-dlq-", "jwl-replay-", "jwl-release-", "nats-"]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+        })
+        .cloned()
+        .collect()
+}
+
+/// The replay message re-delivering a stored event of `order_id` and type `event_type` to
+/// `service`: the original headers and payload, plus mode and origin, with
+/// `Nats-Msg-Id: replay:<run id>:<origin>`.
+pub(crate) fn replay_message(
+    service: Service,
+    order_id: &OrderId,
+    event_type: EventType,
+    message: &StoredMessage,
+    origin: ReplayOrigin,
+    mode: ReplayMode,
+    run_id: &str,
+) -> ReplayMessage {
+    let mut headers = original_headers(&message.headers);
+    headers.push(("jwl-replay-mode".to_owned(), mode.as_str().to_owned()));
+    headers.push(("jwl-replay-origin".to_owned(), origin.to_string()));
+    ReplayMessage {
+        subject: format!(
+            "{REPLAY_PREFIX}.{}.{order_id}.{}",
+            service.as_str(),
+            event_type.subject_token()
+        ),
+        message_id: format!("replay:{run_id}:{origin}"),
+        headers,
+        payload_bytes: message.payload.len(),
+        payload: message.payload.clone(),
+    }
+}
+
+/// The order and event type of a message of the events stream, from its subject
+/// `jwl.evt.<order id>.<type minus "jwl.">`.
+pub(crate) fn event_subject_parts(subject: &str) -> Option<(OrderId, EventType)> {
+    let rest = subject.strip_prefix("jwl.evt.")?;
+    let (order, token) = rest.split_once('.')?;
+    let event_type = EventType::ALL
+        .into_iter()
+        .find(|ty| ty.subject_token() == token)?;
+    Some((OrderId::parse(order).ok()?, event_type))
+}
+
+/// The event types a replay to a service consuming `consumed` sends: the selection's types
+/// that service consumes, or everything it consumes when the selection names no type.
+pub fn replay_types(selection: &[EventType], consumed: &[EventType]) -> Vec<EventType> {
+    if selection.is_empty() {
+        consumed.to_vec()
+    } else {
+        selection
+            .iter()
+            .copied()
+            .filter(|ty| consumed.contains(ty))
+            .collect()
+    }
+}
+
+/// The service that owns durable consumer `consumer` (`<service>__<type>`).
+pub fn consumer_service(consumer: &str) -> Option<Service> {
+    consumer
+        .split_once("__")
+        .and_then(|(service, _)| Service::parse(service))
+}
+
+/// The "release the hold" control message for `consumer`'s hold on `order_id`.
+pub fn release_message(
+    service: Service,
+    order_id: &OrderId,
+    consumer: &str,
+    reason: &str,
+    dlq_seq: u64,
+) -> ReplayMessage {
+    ReplayMessage {
+        subject: format!(
+            "{REPLAY_PREFIX}.{}.{order_id}.control.release",
+            service.as_str()
+        ),
+        message_id: format!("release:dlq:{dlq_seq}"),
+        headers: vec![
+            ("jwl-replay-mode".to_owned(), "release".to_owned()),
+            ("jwl-release-consumer".to_owned(), consumer.to_owned()),
+            ("jwl-release-reason".to_owned(), one_line(reason)),
+        ],
+        payload: Vec::new(),
+        payload_bytes: 0,
+    }
+}
+
+/// What was done with a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeadLetterAction {
+    Redriven,
+    Discarded,
+}
+
+/// The record published to `jwl.dlqlog.<dlq seq>` when a dead letter is resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetterOutcome {
+    pub dlq_seq: u64,
+    pub action: DeadLetterAction,
+    /// The operator's reason (discard), if any.
+    pub reason: Option<String>,
+    pub consumer: String,
+    pub order_id: Option<OrderId>,
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    /// The error the consumer gave up with.
+    pub error: String,
+    pub at: DateTime<Utc>,
+    /// The redrive run, if any.
+    pub run_id: Option<String>,
+}
+
+impl DeadLetterOutcome {
+    /// The outcome of `action` on the dead letter `detail`.
+    pub fn of(
+        detail: &DeadLetterDetail,
+        action: DeadLetterAction,
+        reason: Option<&str>,
+        run_id: Option<&str>,
+        at: DateTime<Utc>,
+    ) -> DeadLetterOutcome {
+        let header = |name: &str| {
+            detail
+                .headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        DeadLetterOutcome {
+            dlq_seq: detail.entry.dlq_seq,
+            action,
+            reason: reason.map(str::to_owned),
+            consumer: detail.entry.consumer.clone(),
+            order_id: detail.entry.order_id,
+            event_id: header("ce-id"),
+            event_type: detail.entry.original_type.clone(),
+            error: detail.entry.error.clone(),
+            at,
+            run_id: run_id.map(str::to_owned),
+        }
+    }
+
+    /// `jwl.dlqlog.<dlq seq>`.
+    pub fn subject(&self) -> String {
+        format!("{DLQ_LOG_PREFIX}.{}", self.dlq_seq)
+    }
+
+    /// `dlqlog:<dlq seq>`.
+    pub fn message_id(&self) -> String {
+        format!("dlqlog:{}", self.dlq_seq)
+    }
+}
+
+/// The service that should act next on an order whose last event is `last`: the consumer of
+/// that event that moves the saga on (`jwl saga stuck`). Events that end a branch or that only
+/// the order read model consumes have none.
+pub fn next_services(last: EventType) -> &'static [Service] {
+    match last {
+        EventType::OrderCreated => &[Service::Payment],
+        EventType::PaymentAuthorized => &[Service::Inventory],
+        EventType::InventoryReserved => &[Service::Fulfillment],
+        EventType::WaybillCreated => &[Service::Dispatch],
+        EventType::CourierAssigned => &[Service::Payment],
+        EventType::InventoryRejected => &[Service::Payment],
+        EventType::DispatchFailed => &[Service::Fulfillment, Service::Inventory, Service::Payment],
+        EventType::OrderCancelRequested
+        | EventType::PaymentDeclined
+        | EventType::PaymentCaptured
+        | EventType::PaymentVoided
+        | EventType::InventoryReleased
+        | EventType::WaybillCancelled
+        | EventType::Delivered => &[],
+    }
+}
+
+/// The order statuses (`jwl_order.orders.status`) a saga ends in.
+pub const TERMINAL_STATUSES: [&str; 4] = ["dispatched", "delivered", "rejected", "cancelled"];
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
@@ -824,5 +1084,129 @@ mod tests {
             assert_eq!(reason.as_str().parse::<DeadLetterReason>().unwrap(), reason);
         }
         assert!("later".parse::<DeadLetterReason>().is_err());
+    }
+
+    #[test]
+    fn next_services_follow_the_saga() {
+        assert_eq!(next_services(EventType::OrderCreated), &[Service::Payment]);
+        assert_eq!(
+            next_services(EventType::PaymentAuthorized),
+            &[Service::Inventory]
+        );
+        assert_eq!(
+            next_services(EventType::InventoryReserved),
+            &[Service::Fulfillment]
+        );
+        assert_eq!(
+            next_services(EventType::WaybillCreated),
+            &[Service::Dispatch]
+        );
+        assert_eq!(
+            next_services(EventType::CourierAssigned),
+            &[Service::Payment]
+        );
+        assert_eq!(
+            next_services(EventType::InventoryRejected),
+            &[Service::Payment]
+        );
+        assert_eq!(
+            next_services(EventType::DispatchFailed),
+            &[Service::Fulfillment, Service::Inventory, Service::Payment]
+        );
+        assert!(next_services(EventType::Delivered).is_empty());
+        assert!(next_services(EventType::PaymentDeclined).is_empty());
+    }
+
+    #[test]
+    fn terminal_statuses() {
+        for status in ["dispatched", "delivered", "rejected", "cancelled"] {
+            assert!(TERMINAL_STATUSES.contains(&status), "{status}");
+        }
+        for status in ["pending", "paid", "reserved", "waybill_created"] {
+            assert!(!TERMINAL_STATUSES.contains(&status), "{status}");
+        }
+    }
+
+    #[test]
+    fn replay_types_intersect_with_what_the_service_consumes() {
+        let consumed = [EventType::OrderCreated, EventType::DispatchFailed];
+        assert_eq!(replay_types(&[], &consumed), consumed.to_vec());
+        assert_eq!(
+            replay_types(
+                &[EventType::DispatchFailed, EventType::Delivered],
+                &consumed
+            ),
+            vec![EventType::DispatchFailed]
+        );
+        assert!(replay_types(&[EventType::Delivered], &consumed).is_empty());
+    }
+
+    #[test]
+    fn a_replay_message_keeps_the_original_and_drops_annotations() {
+        let message = stored(
+            7,
+            &format!("jwl.dlq.payment__order_created.{ORDER}"),
+            &[
+                ("ce-type", "jwl.order.created"),
+                ("ce-id", "e-1"),
+                ("content-type", "application/json"),
+                ("jwl-dlq-consumer", "payment__order_created"),
+                ("jwl-dlq-reason", "permanent"),
+                ("Nats-Msg-Id", "dlq:x"),
+            ],
+            b"{}",
+        );
+        let replay = replay_message(
+            Service::Payment,
+            &order(),
+            EventType::OrderCreated,
+            &message,
+            ReplayOrigin::DeadLetter(7),
+            ReplayMode::Rerun,
+            "run-1",
+        );
+        assert_eq!(
+            replay.subject,
+            format!("jwl.replay.payment.{ORDER}.order.created")
+        );
+        assert_eq!(replay.message_id, "replay:run-1:dlq:7");
+        assert_eq!(replay.header("ce-id"), Some("e-1"));
+        assert_eq!(replay.header("content-type"), Some("application/json"));
+        assert_eq!(replay.header("jwl-replay-mode"), Some("rerun"));
+        assert_eq!(replay.header("jwl-replay-origin"), Some("dlq:7"));
+        assert_eq!(replay.header("jwl-dlq-reason"), None);
+        assert_eq!(replay.header("nats-msg-id"), None);
+        assert_eq!(replay.payload, b"{}");
+    }
+
+    #[test]
+    fn event_subjects_and_consumers_name_their_parts() {
+        assert_eq!(
+            event_subject_parts(&format!("jwl.evt.{ORDER}.fulfillment.waybill_created")),
+            Some((order(), EventType::WaybillCreated))
+        );
+        assert_eq!(event_subject_parts("jwl.evt.nope.order.created"), None);
+        assert_eq!(
+            event_subject_parts(&format!("jwl.evt.{ORDER}.order.shipped")),
+            None
+        );
+        assert_eq!(
+            consumer_service("payment__order_created"),
+            Some(Service::Payment)
+        );
+        assert_eq!(consumer_service("nobody__order_created"), None);
+        let release = release_message(
+            Service::Payment,
+            &order(),
+            "payment__order_created",
+            "bad\ndata",
+            3,
+        );
+        assert_eq!(
+            release.subject,
+            format!("jwl.replay.payment.{ORDER}.control.release")
+        );
+        assert_eq!(release.header("jwl-replay-mode"), Some("release"));
+        assert_eq!(release.header("jwl-release-reason"), Some("bad data"));
     }
 }

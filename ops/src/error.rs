@@ -39,4 +39,20 @@ pub enum OpsError {
     /// A filter value that cannot be a subject token (e.g. a consumer name with a `.`).
     #[error("invalid filter: {0}")]
     InvalidFilter(String),
+    /// A stored message that cannot be re-delivered (no valid order or event type).
+    #[error("{origin} cannot be replayed: {why}")]
+    NotReplayable { origin: String, why: String },
+    /// Publishing to the broker failed.
+    #[error("publishing to {subject}: {source}")]
+    Publish {
+        subject: String,
+        source: async_nats::Error,
+    },
+    /// Deleting a message from a stream failed.
+    #[error("deleting message {seq} from {stream}: {source}")]
+    Delete {
+        stream: String,
+        seq: u64,
+        source: async_nats::Error,
+    },
 }

@@ -1,10 +1,12 @@
-//! `jwl-ops`: the operator's read tools over the broker, used by the `jwl` CLI.
+//! `jwl-ops`: the operator's tools over the broker, used by the `jwl` CLI.
 //!
 //! - [`OrderHistory::read`] — every event of one order, read by subject from `JWL_EVENTS`
 //!   (`jwl saga show`), plus that order's dead letters from `JWL_DLQ`;
 //! - [`replay::read`] — the events a [`Selection`] picks (by order, type, time, sequence), read
 //!   with the narrowest subject filters and start position (`jwl replay`, printing only);
-//! - [`dead_letters::list`] / [`dead_letters::show`] — the dead-letter stream (`jwl dlq ls|show`).
+//! - [`dead_letters::list`] / [`dead_letters::show`] — the dead-letter stream (`jwl dlq ls|show`);
+//! - [`redelivery`] — replay messages to one service's replay channel and dead-letter
+//!   resolution (`jwl replay --to`, `jwl dlq redrive|discard`).
 //!
 //! Every read goes through ephemeral ordered consumers, one per subject filter, and stops at
 //! the stream's last sequence. An order's events are read on their literal subjects
@@ -22,10 +24,15 @@ mod model;
 mod reader;
 
 pub mod dead_letters;
+pub mod redelivery;
 pub mod render;
 pub mod replay;
 
-pub use domain::{DeadLetterFilter, DeadLetterReason, Selection, summarize};
+pub use domain::{
+    DeadLetterAction, DeadLetterFilter, DeadLetterOutcome, DeadLetterReason, ReplayMessage,
+    ReplayMode, ReplayOrigin, Selection, TERMINAL_STATUSES, consumer_service, next_services,
+    release_message, replay_types, summarize,
+};
 pub use error::OpsError;
 pub use history::OrderHistory;
 pub use model::{

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use jwl_events::parse_subject;
 
+use crate::domain::ReplayMessage;
 use crate::domain::one_line;
 use crate::history::OrderHistory;
 use crate::model::{DeadLetterDetail, DeadLetterEntry, EntryEvent, EventEntry};
@@ -250,7 +251,30 @@ fn clip(text: &str) -> String {
 }
 
 /// Left-aligned columns two spaces apart; the last column is not padded.
-fn table(header: &[String], rows: &[Vec<String>]) -> String {
+/// Replay messages (`jwl replay --to … --dry-run`): subject, origin, mode, event id, message id.
+pub fn replay_table(messages: &[ReplayMessage]) -> String {
+    let header = columns(&["SUBJECT", "ORIGIN", "MODE", "EVENT ID", "MSG ID"], &[]);
+    let rows: Vec<Vec<String>> = messages
+        .iter()
+        .map(|message| {
+            let mut row = vec![message.subject.clone()];
+            row.extend(
+                ["jwl-replay-origin", "jwl-replay-mode", "ce-id"]
+                    .map(|name| one_line(message.header(name).unwrap_or("-"))),
+            );
+            row.push(message.message_id.clone());
+            row
+        })
+        .collect();
+    format!(
+        "{}\n{}",
+        count(messages.len(), "message"),
+        table(&header, &rows)
+    )
+}
+
+/// An aligned table: a header row, then one line per row (cells separated by two spaces).
+pub fn table(header: &[String], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {

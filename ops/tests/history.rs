@@ -158,7 +158,7 @@ struct RefusingHandler;
 #[async_trait]
 impl Handler for RefusingHandler {
     fn subscriptions(&self) -> &'static [EventType] {
-        &[EventType::OrderCreated]
+        &[EventType::OrderCreated, EventType::OrderCancelRequested]
     }
 
     async fn handle(
@@ -178,11 +178,17 @@ async fn dead_letters_of_the_order_are_listed_after_their_event() -> anyhow::Res
     let events = saga(order);
     let created_seq = publish(b.js(), &events[..1]).await?[0];
     publish(b.js(), &saga(other)[..1]).await?;
-    // an order.created of a schema version this build cannot read: dead-lettered as `decode`
+    // an order.cancel_requested of a schema version this build cannot read: dead-lettered as
+    // `decode`. Another consumer than order.created's, whose dead letter holds the order's later
+    // order.created events (sequenced dead letters) but not this one.
     let mut future_version = encode(&events[0], HeaderStyle::Nats);
+    future_version.subject = subject(&order, EventType::OrderCancelRequested);
     for (name, value) in &mut future_version.headers {
         if name == "ce-dataschema" {
-            *value = "urn:jwl:schema:jwl.order.created:v2".to_owned();
+            *value = "urn:jwl:schema:jwl.order.cancel_requested:v2".to_owned();
+        }
+        if name == "ce-type" {
+            *value = EventType::OrderCancelRequested.as_str().to_owned();
         }
     }
     let undecodable_seq = publish_raw(
