@@ -2,10 +2,14 @@
 //! environment variable (a flag wins over its variable).
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
+use jwl_events::{EventType, OrderId};
+use jwl_ops::DeadLetterReason;
 use jwl_service_kit::auth::Scope;
 
 use crate::services::ServiceName;
@@ -29,6 +33,203 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Print a signed bearer token (and nothing else) on stdout.
     Token(TokenArgs),
+    /// Inspect sagas: one order's history and status, or the orders that stopped moving.
+    #[command(subcommand)]
+    Saga(SagaCommand),
+    /// Print a selection of events, or re-deliver it to one service (`--to`).
+    Replay(ReplayArgs),
+    /// The dead letters: list, show, discard, redrive.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SagaCommand {
+    /// One order's events and dead letters from the broker, and its status from the order
+    /// database.
+    Show(SagaShowArgs),
+    /// Orders not in a terminal status created longer ago than `--older-than`, with the last
+    /// event each saw and the service that should act next.
+    Stuck(SagaStuckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SagaShowArgs {
+    /// The order.
+    #[arg(value_parser = parse_order_id)]
+    pub order_id: OrderId,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub databases: DatabaseArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SagaStuckArgs {
+    /// Only orders created at least this long ago.
+    #[arg(long, default_value = "5m", value_parser = parse_positive_duration)]
+    pub older_than: Duration,
+    #[command(flatten)]
+    pub databases: DatabaseArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Only this order's events.
+    #[arg(long, value_parser = parse_order_id)]
+    pub order: Option<OrderId>,
+    /// Only events of these types (`jwl.order.created` or `order.created`; repeat or list).
+    #[arg(long = "type", value_delimiter = ',', value_parser = parse_event_type)]
+    pub types: Vec<EventType>,
+    /// Only events stored at or after this time (RFC 3339).
+    #[arg(long, value_parser = parse_rfc3339, conflicts_with = "since_ago")]
+    pub since: Option<DateTime<Utc>>,
+    /// Only events stored within this long before now (`10m`, `2h`).
+    #[arg(long, value_parser = parse_positive_duration)]
+    pub since_ago: Option<Duration>,
+    /// Only events stored at or before this time (RFC 3339).
+    #[arg(long, value_parser = parse_rfc3339)]
+    pub until: Option<DateTime<Utc>>,
+    /// First events-stream sequence (inclusive).
+    #[arg(long)]
+    pub from_seq: Option<u64>,
+    /// Last events-stream sequence (inclusive).
+    #[arg(long)]
+    pub to_seq: Option<u64>,
+    /// Most events selected (the first ones in stream order).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Re-deliver the selection (the types this service consumes) to its replay channel.
+    #[arg(long, value_enum)]
+    pub to: Option<ServiceName>,
+    /// Have the service run its handler again (`jwl-replay-mode: rerun`) instead of letting its
+    /// inbox skip events it already handled.
+    #[arg(long, requires = "to")]
+    pub rerun: bool,
+    /// Print what `--to` would send, and send nothing.
+    #[arg(long, requires = "to")]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// List the unresolved dead letters, oldest first.
+    Ls(DlqLsArgs),
+    /// One dead letter in full.
+    Show(DlqShowArgs),
+    /// Give up on dead letters: release the consumer's hold on the order, record the reason in
+    /// `jwl.dlqlog.<seq>` and delete them.
+    Discard(DlqDiscardArgs),
+    /// Re-deliver dead letters to their consumer's service, record each outcome and delete
+    /// them, resumably.
+    Redrive(DlqRedriveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeadLetterFilterArgs {
+    /// Only this durable consumer (e.g. `payment__order_created`).
+    #[arg(long)]
+    pub consumer: Option<String>,
+    /// Only dead letters of this event type.
+    #[arg(long = "type", value_parser = parse_event_type)]
+    pub event_type: Option<EventType>,
+    /// Only this reason: decode, permanent or max_attempts.
+    #[arg(long)]
+    pub reason: Option<DeadLetterReason>,
+    /// Only this order's dead letters.
+    #[arg(long, value_parser = parse_order_id)]
+    pub order: Option<OrderId>,
+    /// Only dead letters at least this old.
+    #[arg(long, value_parser = parse_positive_duration)]
+    pub older_than: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqLsArgs {
+    #[command(flatten)]
+    pub filter: DeadLetterFilterArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqShowArgs {
+    /// The dead letter's sequence in the dead-letter stream (see `jwl dlq ls`).
+    pub seq: u64,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqDiscardArgs {
+    /// Sequences of the dead letters to discard.
+    #[arg(required = true)]
+    pub seqs: Vec<u64>,
+    /// Why they are discarded (kept in the outcome record).
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqRedriveArgs {
+    #[command(flatten)]
+    pub filter: DeadLetterFilterArgs,
+    /// Most dead letters redriven per second or minute (`50/s`, `600/m`).
+    #[arg(long, default_value = "50/s", value_parser = parse_rate)]
+    pub rate: Rate,
+    /// Where the run's selection and progress are kept (default
+    /// `<data dir>/redrive-<run id>.json`).
+    #[arg(long, conflicts_with = "resume")]
+    pub state_file: Option<PathBuf>,
+    /// Continue the run recorded in this state file (its frozen selection; the filters are
+    /// not used).
+    #[arg(long, value_name = "STATE_FILE")]
+    pub resume: Option<PathBuf>,
+    /// Stop after this many dead letters in this invocation (resume later for the rest).
+    #[arg(long)]
+    pub max: Option<usize>,
+    /// Have the service run its handler again (`jwl-replay-mode: rerun`).
+    #[arg(long)]
+    pub rerun: bool,
+    #[command(flatten)]
+    pub data_dir: DataDirArgs,
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NatsArgs {
+    /// The NATS server (JetStream enabled).
+    #[arg(long, env = "JWL_NATS_URL", hide_env_values = true)]
+    pub nats_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A number of operations per second or per minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rate {
+    PerSecond(NonZeroU32),
+    PerMinute(NonZeroU32),
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +377,43 @@ fn parse_radius_km(text: &str) -> Result<f64, String> {
     }
 }
 
+/// An order id (a UUID).
+fn parse_order_id(text: &str) -> Result<OrderId, String> {
+    OrderId::parse(text.trim()).map_err(|e| e.to_string())
+}
+
+/// An event type by its wire name (`jwl.order.created`) or without the `jwl.` prefix.
+fn parse_event_type(text: &str) -> Result<EventType, String> {
+    let text = text.trim();
+    EventType::parse(text)
+        .or_else(|| EventType::parse(&format!("jwl.{text}")))
+        .ok_or_else(|| {
+            let known: Vec<&str> = EventType::ALL.iter().map(|ty| ty.as_str()).collect();
+            format!("unknown event type (one of {})", known.join(", "))
+        })
+}
+
+/// An RFC 3339 time.
+fn parse_rfc3339(text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text.trim())
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|e| e.to_string())
+}
+
+/// `50/s`, `600/m` or `50` (per second), greater than zero.
+fn parse_rate(text: &str) -> Result<Rate, String> {
+    let (count, unit) = text.trim().split_once('/').unwrap_or((text.trim(), "s"));
+    let count: NonZeroU32 = count
+        .trim()
+        .parse()
+        .map_err(|_| format!("{count:?} is not a positive whole number"))?;
+    match unit.trim() {
+        "s" => Ok(Rate::PerSecond(count)),
+        "m" => Ok(Rate::PerMinute(count)),
+        other => Err(format!("unknown unit {other:?} (s or m)")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +432,28 @@ mod tests {
         for bad in ["0", "-1", "NaN", "inf", "far"] {
             assert!(parse_radius_km(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn rates_event_types_and_times_parse() {
+        let fifty = NonZeroU32::new(50).unwrap();
+        assert_eq!(parse_rate("50/s"), Ok(Rate::PerSecond(fifty)));
+        assert_eq!(parse_rate("50"), Ok(Rate::PerSecond(fifty)));
+        assert_eq!(parse_rate("50/m"), Ok(Rate::PerMinute(fifty)));
+        for bad in ["0/s", "-1/s", "x/s", "5/h"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_event_type("order.created"),
+            Ok(EventType::OrderCreated)
+        );
+        assert_eq!(
+            parse_event_type("jwl.dispatch.failed"),
+            Ok(EventType::DispatchFailed)
+        );
+        assert!(parse_event_type("order.shipped").is_err());
+        assert!(parse_rfc3339("2026-11-24T10:00:00Z").is_ok());
+        assert!(parse_rfc3339("yesterday").is_err());
     }
 
     #[test]

@@ -53,5 +53,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         // No telemetry: `jwl token` prints the token on stdout and nothing else.
         Command::Token(args) => commands::token::run(args),
+        // No telemetry either: the operator commands print their results on stdout.
+        Command::Saga(command) => commands::saga::run(command).await,
+        Command::Replay(args) => commands::replay::run(args).await,
+        Command::Dlq(command) => commands::dlq::run(command).await,
     }
 }

@@ -1,12 +1,15 @@
 //! The table of the five services: name, schema and the entry points each service crate exports
-//! (`migrate`, `router`, `run`), shared by `jwl serve`, `jwl up` and `jwl migrate`.
+//! (`migrate`, `router`, `run`), shared by `jwl serve`, `jwl up` and `jwl migrate`, and the
+//! event types each consumes (for `jwl replay --to`).
 
 use std::fmt;
+use std::sync::Arc;
 
 use axum::Router;
 use futures::future::BoxFuture;
-use jwl_events::Service;
-use jwl_service_kit::ServiceContext;
+use jwl_events::{EventType, Service};
+use jwl_outbox::Handler;
+use jwl_service_kit::{ServiceContext, Settings};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +39,22 @@ impl ServiceName {
             ServiceName::Inventory => "inventory",
             ServiceName::Fulfillment => "fulfillment",
             ServiceName::Dispatch => "dispatch",
+        }
+    }
+
+    /// The event types this service's handler consumes (its `Handler::subscriptions`).
+    pub fn subscriptions(self) -> &'static [EventType] {
+        match self {
+            ServiceName::Order => jwl_order::OrderReadModel.subscriptions(),
+            ServiceName::Payment => {
+                jwl_payment::PaymentHandler::new(Arc::new(jwl_payment::SimulatedProcessor))
+                    .subscriptions()
+            }
+            ServiceName::Inventory => jwl_inventory::InventoryHandler.subscriptions(),
+            ServiceName::Fulfillment => jwl_fulfillment::FulfillmentHandler.subscriptions(),
+            ServiceName::Dispatch => {
+                jwl_dispatch::DispatchHandler::new(Arc::new(Settings::default())).subscriptions()
+            }
         }
     }
 
@@ -112,5 +131,24 @@ mod tests {
             assert_eq!(entry.service.as_str(), name.as_str());
             assert_eq!(entry.schema, format!("jwl_{name}"));
         }
+    }
+
+    #[test]
+    fn subscriptions_come_from_the_handlers() {
+        assert!(
+            ServiceName::Payment
+                .subscriptions()
+                .contains(&EventType::OrderCreated)
+        );
+        assert!(
+            ServiceName::Dispatch
+                .subscriptions()
+                .contains(&EventType::WaybillCreated)
+        );
+        assert!(
+            !ServiceName::Inventory
+                .subscriptions()
+                .contains(&EventType::OrderCreated)
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! The subcommands, and the start-up steps they share (connecting a service's pool and the
 //! broker, migrating).
 
+pub mod dlq;
 pub mod migrate;
+pub mod replay;
+pub mod saga;
 pub mod serve;
 pub mod token;
 pub mod up;
@@ -61,6 +64,22 @@ async fn connect_broker(
         format!("creating the JetStream streams on {shown} (is JetStream enabled?)")
     })?;
     Ok(broker)
+}
+
+/// Connects an operator command to NATS (see [`connect_broker`]) with the default settings.
+async fn connect_operator(
+    url: &str,
+    command: &str,
+) -> anyhow::Result<(JetStreamBroker, MessagingSettings)> {
+    let settings = MessagingSettings::default();
+    let broker = connect_broker(url, &format!("jwl-{command}"), &settings).await?;
+    Ok((broker, settings))
+}
+
+/// Prints `value` as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 /// `scheme://user:pass@host…` → `scheme://***@host…`, so credentials never reach logs.
