@@ -40,8 +40,10 @@ pub struct NatsServer {
 
 impl NatsServer {
     /// Starts the server and waits until it accepts clients and JetStream answers (~30 ms).
-    pub fn start(options: NatsOptions) -> Result<Self, InfraError> {
+    pub fn start(mut options: NatsOptions) -> Result<Self, InfraError> {
         static STARTED: AtomicU64 = AtomicU64::new(0);
+        options.store_dir = std::path::absolute(&options.store_dir)
+            .map_err(|e| InfraError::io(format!("resolving {}", options.store_dir.display()), e))?;
         let binary = find_binary(SERVER)?;
         std::fs::create_dir_all(&options.store_dir)
             .map_err(|e| InfraError::io(format!("creating {}", options.store_dir.display()), e))?;

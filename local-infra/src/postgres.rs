@@ -72,7 +72,11 @@ pub struct PostgresServer {
 impl PostgresServer {
     /// Initialises the cluster if needed, starts the server and waits until it accepts
     /// connections. Blocking (1–5 s for a new cluster, well under a second for an existing one).
-    pub fn start(options: PostgresOptions) -> Result<Self, InfraError> {
+    pub fn start(mut options: PostgresOptions) -> Result<Self, InfraError> {
+        // The server runs with its data directory as working directory, so a relative path
+        // (such as `jwl up`'s default `./.jwl/pg`) would point below itself.
+        options.data_dir = std::path::absolute(&options.data_dir)
+            .map_err(|e| InfraError::io(format!("resolving {}", options.data_dir.display()), e))?;
         let initdb = find_binary("initdb")?;
         let postgres_binary = sibling_postgres(&initdb)?;
         let run_as = ServiceUser::for_postgres()?;

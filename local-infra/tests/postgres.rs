@@ -168,3 +168,30 @@ fn a_taken_port_is_reported_as_port_in_use() {
         other => panic!("expected PortInUse, got {other:?}"),
     }
 }
+
+/// `jwl up` passes its default `./.jwl/pg`: a data directory relative to the working directory
+/// must work although the server runs inside it.
+#[tokio::test]
+async fn a_relative_data_directory_is_resolved_against_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = std::env::current_dir().unwrap();
+    let up_to_root: std::path::PathBuf = cwd.components().skip(1).map(|_| "..").collect();
+    let relative = up_to_root
+        .join(dir.path().strip_prefix("/").unwrap())
+        .join("data");
+    assert!(relative.is_relative());
+
+    let server = PostgresServer::start(PostgresOptions {
+        data_dir: relative,
+        port: free_port().unwrap(),
+        tuning: PgTuning::FastUnsafe,
+    })
+    .unwrap();
+    assert!(dir.path().join("data").join("PG_VERSION").exists());
+    let mut conn = connect(&server).await;
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+}
