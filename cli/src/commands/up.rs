@@ -30,6 +30,8 @@ struct Started {
     app: Router,
     listener: TcpListener,
     keys: JwtKeys,
+    /// What the operator tools (`jwl saga`, `replay`, `dlq`) need to reach this system.
+    operator_env: Vec<(&'static str, String)>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -76,6 +78,10 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
         None
     };
 
+    let mut operator_env = vec![("JWL_NATS_URL", nats_url.clone())];
+    if let Some(url) = &private_database_url {
+        operator_env.push(("JWL_DATABASE_URL", url.clone()));
+    }
     let messaging = MessagingSettings::default();
     let broker = connect_broker(&nats_url, "jwl-up", &messaging).await?;
     let settings = args.settings.to_settings();
@@ -119,6 +125,7 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
         app,
         listener,
         keys,
+        operator_env,
     })
 }
 
@@ -132,6 +139,7 @@ async fn run_services(
         app,
         listener,
         keys,
+        operator_env,
     } = started;
     let addr = listener.local_addr().unwrap_or(args.http.http_addr);
     let pools: Vec<_> = contexts.iter().map(|(_, ctx)| ctx.pool.clone()).collect();
@@ -151,7 +159,7 @@ async fn run_services(
     let token = keys
         .issue("dev-admin", &[Scope::Admin], DEV_TOKEN_TTL)
         .context("issuing the dev admin token")?;
-    println!("{}", banner(addr, &token));
+    println!("{}", banner(addr, &token, &operator_env));
 
     let outcome = tasks.wait().await;
     for pool in pools {
@@ -161,8 +169,12 @@ async fn run_services(
 }
 
 /// What `jwl up` prints once it serves: URL, dev token and curl examples.
-fn banner(addr: SocketAddr, token: &str) -> String {
+fn banner(addr: SocketAddr, token: &str, operator_env: &[(&str, String)]) -> String {
     let url = format!("http://{addr}");
+    let operator_env: String = operator_env
+        .iter()
+        .map(|(name, value)| format!(" {name}={value}"))
+        .collect();
     format!(
         "\nJiangwanli is up at {url}\n\
          \n\
@@ -177,6 +189,8 @@ fn banner(addr: SocketAddr, token: &str) -> String {
          \x20 curl -s {url}/v1/orders/<order_id> -H \"Authorization: Bearer $TOKEN\"\n\
          \n\
          Other tokens: jwl token --sub customer-1 --scope orders:write --scope orders:read\n\
+         Operator tools (jwl saga show ID, jwl replay, jwl dlq ls) need:\n\
+         \x20 export{operator_env}\n\
          Press Ctrl-C to stop.\n"
     )
 }
@@ -187,9 +201,14 @@ mod tests {
 
     #[test]
     fn banner_shows_the_url_token_and_a_curl() {
-        let text = banner("127.0.0.1:8080".parse().unwrap(), "abc.def.ghi");
+        let text = banner(
+            "127.0.0.1:8080".parse().unwrap(),
+            "abc.def.ghi",
+            &[("JWL_NATS_URL", "nats://127.0.0.1:4222".to_owned())],
+        );
         assert!(text.contains("http://127.0.0.1:8080"));
         assert!(text.contains("export TOKEN=abc.def.ghi"));
         assert!(text.contains("curl -si -X POST http://127.0.0.1:8080/v1/orders"));
+        assert!(text.contains("export JWL_NATS_URL=nats://127.0.0.1:4222"));
     }
 }
