@@ -106,6 +106,8 @@ pub async fn connect_with(
     .notify(|error, delay| tracing::warn!(%error, ?delay, "database not reachable yet; retrying"))
     .await
     .map_err(DbError::Connect)
+    // its size and idle connections are exported on /metrics, labelled with the schema
+    .inspect(|pool| crate::telemetry::watch_pool(schema, pool.clone()))
 }
 
 /// One round trip to the database.

@@ -1,40 +1,155 @@
 //! Process-wide tracing setup: JSON lines when stdout is not a terminal (containers, files),
 //! human-readable output when it is; level filter from `RUST_LOG` (default `info`), applied to
 //! the output layer rather than globally so other layers (e.g. OpenTelemetry) still see spans.
+//!
+//! Every line carries the service name. JSON lines also carry the current span's fields and the
+//! list of enclosing spans, so an event logged inside a handler span has its consumer, event
+//! type, order id and event id even when the event itself does not name them.
+//!
+//! Gauges sampled when `/metrics` is scraped (Tokio runtime, Postgres pools) are named below;
+//! register pools with [`watch_pool`].
 
+mod sampled;
+
+pub(crate) use sampled::sample as sample_gauges;
+pub use sampled::{
+    DB_POOL_CONNECTIONS, DB_POOL_IDLE_CONNECTIONS, DB_POOL_MAX_CONNECTIONS, TOKIO_ALIVE_TASKS,
+    TOKIO_GLOBAL_QUEUE_DEPTH, TOKIO_WORKERS, watch_pool,
+};
+
+use std::fmt;
 use std::io::IsTerminal;
 
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{Format, Full, Json, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (machines: containers, files, log shippers).
+    Json,
+    /// Plain human text (a person at a terminal).
+    Human,
+}
+
+impl LogFormat {
+    /// JSON unless stdout is a terminal.
+    pub fn for_stdout() -> Self {
+        if std::io::stdout().is_terminal() {
+            Self::Human
+        } else {
+            Self::Json
+        }
+    }
+}
+
+/// The `RUST_LOG` filter, `info` when unset or invalid.
+pub fn env_filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// The output layer for `service` in `format`, writing to `writer` (unfiltered: add a filter).
+pub fn output_layer<S, W>(
+    service: &str,
+    format: LogFormat,
+    writer: W,
+) -> Box<dyn Layer<S> + Send + Sync + 'static>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .event_format(ServiceJson {
+                service: serde_json::to_string(service).unwrap_or_else(|_| "\"?\"".to_owned()),
+                inner: tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(true),
+            })
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Human => tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .event_format(ServiceHuman {
+                service: service.to_owned(),
+                inner: tracing_subscriber::fmt::format().with_target(false),
+            })
+            .with_writer(writer)
+            .boxed(),
+    }
+}
 
 /// Installs the global subscriber for the process running `service` (`"order"`, `"jwl"` for
 /// `jwl up`, …). A second call (or a subscriber installed elsewhere) is left in place.
 pub fn init(service: &str) {
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let output = if std::io::stdout().is_terminal() {
-        tracing_subscriber::fmt::layer()
-            .with_target(false)
-            .with_filter(filter())
-            .boxed()
-    } else {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_filter(filter())
-            .boxed()
-    };
+    let output =
+        output_layer(service, LogFormat::for_stdout(), std::io::stdout).with_filter(env_filter());
     if tracing_subscriber::registry()
         .with(output)
         .try_init()
         .is_ok()
     {
-        tracing::info!(
-            service,
-            version = env!("CARGO_PKG_VERSION"),
-            "telemetry initialised"
-        );
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), "telemetry initialised");
+    }
+}
+
+/// The JSON line format with a leading `"service"` field.
+struct ServiceJson {
+    /// The service name, already JSON-encoded (quoted).
+    service: String,
+    inner: Format<Json>,
+}
+
+impl<S, N> FormatEvent<S, N> for ServiceJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) if rest.starts_with('}') => {
+                write!(writer, "{{\"service\":{}{rest}", self.service)
+            }
+            Some(rest) => write!(writer, "{{\"service\":{},{rest}", self.service),
+            None => writer.write_str(&line),
+        }
+    }
+}
+
+/// The human format prefixed with the service name.
+struct ServiceHuman {
+    service: String,
+    inner: Format<Full>,
+}
+
+impl<S, N> FormatEvent<S, N> for ServiceHuman
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "[{}] ", self.service)?;
+        self.inner.format_event(ctx, writer, event)
     }
 }

@@ -1,6 +1,7 @@
 //! Prometheus metrics: the process-wide recorder (installed once, with its upkeep thread), the
 //! `GET /metrics` handler and the per-request latency histogram
-//! `jwl_http_request_duration_seconds{route, method, status}`.
+//! `jwl_http_request_duration_seconds{route, method, status}`; gauges sampled at each scrape
+//! (Tokio runtime, Postgres pools) live in [`crate::telemetry`].
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -58,6 +59,7 @@ fn spawn_upkeep(handle: PrometheusHandle) {
 }
 
 pub(super) async fn render(handle: PrometheusHandle) -> Response {
+    crate::telemetry::sample_gauges();
     (
         [(
             header::CONTENT_TYPE,
