@@ -26,6 +26,16 @@ const SUBSCRIPTIONS: &[EventType] = &[
     EventType::Delivered,
 ];
 
+/// Histogram of the time from `order.created` to the order's first terminal status, by outcome.
+pub const SAGA_DURATION_METRIC: &str = "jwl_saga_duration_seconds";
+
+/// Records one saga's duration. (If the transaction then rolls back and the event is
+/// redelivered, the saga is counted twice: rare, and harmless for a latency distribution.)
+fn record_saga_duration(outcome: &'static str, took: chrono::TimeDelta) {
+    let seconds = took.num_milliseconds().max(0) as f64 / 1000.0;
+    metrics::histogram!(SAGA_DURATION_METRIC, "outcome" => outcome).record(seconds);
+}
+
 /// The handler keeping `orders` (status, reason, waybill, courier) and `order_timeline` current.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OrderReadModel;
@@ -58,6 +68,9 @@ impl Handler for OrderReadModel {
         let next = domain::apply_event(&order.state, &event.data);
         if next != order.state {
             store::update_read_model(conn, order_id, &next).await?;
+            if next.status.is_terminal() && !order.state.status.is_terminal() {
+                record_saga_duration(next.status.as_str(), event.time - order.created_at);
+            }
             tracing::info!(
                 %order_id,
                 event_type = %event.event_type(),

@@ -160,6 +160,7 @@ pub async fn recorded_response(
 /// An order locked for update: who owns it, its read model and whether a cancel was requested.
 pub struct LockedOrder {
     pub customer_id: String,
+    pub created_at: DateTime<Utc>,
     pub state: ReadModelState,
     pub cancel_requested: bool,
 }
@@ -167,6 +168,7 @@ pub struct LockedOrder {
 #[derive(sqlx::FromRow)]
 struct LockedRow {
     customer_id: String,
+    created_at: DateTime<Utc>,
     status: String,
     reason: Option<String>,
     waybill_id: Option<Uuid>,
@@ -180,7 +182,7 @@ pub async fn lock_order(
     order_id: OrderId,
 ) -> Result<Option<LockedOrder>, StoreError> {
     let row: Option<LockedRow> = sqlx::query_as(
-        "SELECT customer_id, status, reason, waybill_id, courier_id,
+        "SELECT customer_id, created_at, status, reason, waybill_id, courier_id,
                 cancel_requested_at IS NOT NULL AS cancel_requested
          FROM orders WHERE order_id = $1 FOR UPDATE",
     )
@@ -192,6 +194,7 @@ pub async fn lock_order(
     };
     Ok(Some(LockedOrder {
         customer_id: row.customer_id,
+        created_at: row.created_at,
         state: ReadModelState {
             status: parse_status(order_id, &row.status)?,
             reason: parse_reason(order_id, row.reason.as_deref())?,
