@@ -10,6 +10,7 @@
 //! - each service also consumes its replay channel (`jwl.replay.<service>.>`): replayed events
 //!   (inbox or rerun mode), redriven dead letters and `release` control messages;
 //! - [`process_one`] runs the exact inbox + handler + outbox path without a broker;
+//! - [`FaultPoints`] (off by default) inject crashes and transient failures for tests;
 //! - [`transport`] holds the broker traits and their JetStream implementation.
 //!
 //! [`Messaging`] ties these together for a service process.
@@ -17,6 +18,7 @@
 mod consumer;
 mod enqueue;
 mod error;
+mod faults;
 mod handler;
 mod inbox;
 mod messaging;
@@ -29,6 +31,7 @@ pub mod transport;
 
 pub use enqueue::{enqueue, notify_channel};
 pub use error::OutboxError;
+pub use faults::{FaultPoints, InvalidTransientFault, TransientFault};
 pub use handler::{BoxError, Handler, HandlerContext, HandlerError};
 pub use inbox::{Processed, process_one};
 pub use messaging::Messaging;

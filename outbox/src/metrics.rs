@@ -6,7 +6,10 @@ pub(crate) const OUTBOX_PUBLISHED: &str = "jwl_outbox_published_total";
 pub(crate) const OUTBOX_PUBLISH_FAILURES: &str = "jwl_outbox_publish_failures_total";
 pub(crate) const OUTBOX_PENDING: &str = "jwl_outbox_pending";
 pub(crate) const OUTBOX_PARKED: &str = "jwl_outbox_parked_total";
+pub(crate) const OUTBOX_OLDEST_PENDING_AGE: &str = "jwl_outbox_oldest_pending_age_seconds";
 pub(crate) const RELAY_BATCH_SIZE: &str = "jwl_relay_batch_size";
+pub(crate) const RELAY_PUBLISH_DURATION: &str = "jwl_relay_publish_duration_seconds";
+pub(crate) const DEAD_LETTERS: &str = "jwl_dead_letters_total";
 pub(crate) const EVENTS_HANDLED: &str = "jwl_events_handled_total";
 pub(crate) const HANDLER_DURATION: &str = "jwl_handler_duration_seconds";
 pub(crate) const BATCH_FAILURES: &str = "jwl_consumer_batch_failures_total";
@@ -17,7 +20,11 @@ pub(crate) struct RelayMetrics {
     pub publish_failures: Counter,
     pub parked: Counter,
     pub pending: Gauge,
+    /// Age of the oldest row not yet published (0 when none is pending).
+    pub oldest_pending_age: Gauge,
     pub batch_size: Histogram,
+    /// One broker round publishing a batch, acks included.
+    pub publish_duration: Histogram,
 }
 
 impl RelayMetrics {
@@ -27,7 +34,9 @@ impl RelayMetrics {
             publish_failures: counter!(OUTBOX_PUBLISH_FAILURES, "service" => service),
             parked: counter!(OUTBOX_PARKED, "service" => service),
             pending: gauge!(OUTBOX_PENDING, "service" => service),
+            oldest_pending_age: gauge!(OUTBOX_OLDEST_PENDING_AGE, "service" => service),
             batch_size: histogram!(RELAY_BATCH_SIZE, "service" => service),
+            publish_duration: histogram!(RELAY_PUBLISH_DURATION, "service" => service),
         }
     }
 }
@@ -65,4 +74,10 @@ impl ConsumerMetrics {
             batch_failures: counter!(BATCH_FAILURES, "consumer" => consumer.to_owned()),
         }
     }
+}
+
+/// Counts one published dead letter under the consumer that gave up and its reason (both
+/// bounded sets: the service's consumers, and `decode`/`permanent`/`max_attempts`).
+pub(crate) fn count_dead_letter(consumer: &str, reason: &'static str) {
+    counter!(DEAD_LETTERS, "consumer" => consumer.to_owned(), "reason" => reason).increment(1);
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::OutboxError;
+use crate::faults::FaultPoints;
 
 /// Everything that can be tuned about reliable messaging. `Default` holds production values;
 /// tests shorten the timings.
@@ -56,6 +57,9 @@ pub struct MessagingSettings {
     pub outbox_retention: Duration,
     /// Inbox rows older than this are deleted (keep it above `events_max_age`).
     pub inbox_retention: Duration,
+
+    /// Faults to inject, for failure-injection tests only; `None` (the default) injects none.
+    pub faults: Option<FaultPoints>,
 }
 
 impl Default for MessagingSettings {
@@ -85,6 +89,7 @@ impl Default for MessagingSettings {
             housekeeping_interval: Duration::from_secs(60),
             outbox_retention: DAY,
             inbox_retention: 14 * DAY,
+            faults: None,
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use jwl_events::{Envelope, HeaderStyle};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -16,8 +17,10 @@ use super::dead_letter::{DeadLetter, DeadLetterReason, LetterSource, dead_letter
 use super::holds::{self, ParkedMessage};
 use super::replay::{self, ReplayMode};
 use super::{ConsumerLoop, ConsumerSource};
+use crate::faults::crash;
 use crate::handler::HandlerError;
 use crate::inbox::{HandlingTarget, SavepointOutcome, handle_in_savepoint};
+use crate::metrics::count_dead_letter;
 use crate::naming::durable_name;
 use crate::transport::Delivery;
 
@@ -96,7 +99,15 @@ impl ConsumerLoop {
                 .handle_in_transaction(&batch, screened, &mut verdicts)
                 .await
             {
-                Ok(released) => released_dead = released,
+                Ok(released) => {
+                    if let Some(faults) = &self.settings.faults
+                        && faults.crashes_after_commit(&self.consumer)
+                        && verdicts.iter().any(|v| matches!(v, Some(Verdict::Handled)))
+                    {
+                        crash("crash_after_commit (the batch is committed, not acked)");
+                    }
+                    released_dead = released;
+                }
                 Err(error) => {
                     tracing::warn!(consumer = %self.consumer, %error, size = batch.len(),
                         "batch transaction failed; redelivering the whole batch");
@@ -361,18 +372,41 @@ impl ConsumerLoop {
             handler: &*self.handler,
         };
         let attempt = delivery.attempt();
+        let span = tracing::info_span!(
+            "handle_event",
+            consumer,
+            event_type = envelope.event_type().as_str(),
+            order_id = %order_id,
+            event_id = %envelope.id.0,
+            attempt,
+        );
         let started = Instant::now();
-        let outcome = handle_in_savepoint(tx, &target, &envelope, attempt, rerun).await?;
+        let injected_failure = self
+            .settings
+            .faults
+            .as_ref()
+            .is_some_and(|faults| faults.fails_transiently(consumer, attempt));
+        let outcome = if injected_failure {
+            SavepointOutcome::Failed(HandlerError::transient(format!(
+                "fault point transient_first: delivery {attempt} fails"
+            )))
+        } else {
+            handle_in_savepoint(tx, &target, &envelope, attempt, rerun)
+                .instrument(span.clone())
+                .await?
+        };
         self.metrics
             .handler_duration
             .record(started.elapsed().as_secs_f64());
-        let verdict = self.judge(
-            consumer,
-            outcome,
-            &envelope,
-            attempt,
-            replay_origin.as_deref(),
-        );
+        let verdict = span.in_scope(|| {
+            self.judge(
+                consumer,
+                outcome,
+                &envelope,
+                attempt,
+                replay_origin.as_deref(),
+            )
+        });
         // the head of the hold is handled: the order goes on
         if head.is_some() && matches!(verdict, Verdict::Handled | Verdict::Duplicate) {
             tracing::info!(%consumer, %order_id, event_id = %envelope.id.0,
@@ -560,8 +594,10 @@ impl ConsumerLoop {
             match result {
                 Ok(_) => {
                     self.metrics.dead_lettered.increment(1);
+                    count_dead_letter(&letter.consumer, letter.reason.as_str());
                     tracing::warn!(consumer = %letter.consumer, reason = %letter.reason,
                         error = %letter.error, stream_seq = delivery.stream_sequence(),
+                        order_id = ?letter.order_id, event_id = ?letter.event_id,
                         "message dead-lettered");
                     settles.push(self.term(*delivery));
                 }
@@ -608,6 +644,7 @@ impl ConsumerLoop {
                 continue;
             }
             self.metrics.dead_lettered.increment(1);
+            count_dead_letter(&letter.consumer, letter.reason.as_str());
             tracing::warn!(consumer = %letter.consumer, reason = %letter.reason,
                 error = %letter.error, event_id = %dead.parked.event_id,
                 "released message dead-lettered; its order is held again");

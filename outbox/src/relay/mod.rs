@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::OutboxError;
+use crate::faults::crash;
 use crate::metrics::RelayMetrics;
 use crate::settings::MessagingSettings;
 use crate::transport::Publisher;
@@ -98,21 +99,35 @@ impl Relay {
             let batch = claim_pending(lease.conn(), settings.relay_batch_size).await?;
             if batch.is_empty() {
                 self.metrics.pending.set(0.0);
+                self.metrics.oldest_pending_age.set(0.0);
                 wakeup.wait(shutdown).await;
                 continue;
             }
             self.metrics.batch_size.record(batch.len() as f64);
+            let publish_started = Instant::now();
             let outcome = publish(&*self.publisher, &batch).await;
+            self.metrics
+                .publish_duration
+                .record(publish_started.elapsed().as_secs_f64());
+            if let Some(faults) = &settings.faults
+                && faults.crash_after_publish
+                && !outcome.published.is_empty()
+            {
+                crash("crash_after_publish (published, not marked)");
+            }
             mark(lease.conn(), &outcome).await?;
             self.record(&outcome);
 
             let full = batch.len() >= settings.relay_batch_size;
-            if full {
+            if full || !outcome.failed.is_empty() {
+                let backlog = steps::pending_backlog(lease.conn()).await?;
+                self.metrics.pending.set(backlog.rows as f64);
                 self.metrics
-                    .pending
-                    .set(steps::count_pending(lease.conn()).await? as f64);
+                    .oldest_pending_age
+                    .set(backlog.oldest_age_seconds);
             } else {
-                self.metrics.pending.set(outcome.failed.len() as f64);
+                self.metrics.pending.set(0.0);
+                self.metrics.oldest_pending_age.set(0.0);
             }
             if outcome.failed.is_empty() {
                 retry = None;

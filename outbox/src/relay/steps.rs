@@ -129,10 +129,21 @@ pub async fn mark(conn: &mut PgConnection, outcome: &PublishOutcome) -> Result<(
     Ok(())
 }
 
-/// Rows not yet published (and not parked).
-pub async fn count_pending(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM outbox WHERE published_at IS NULL AND parked_at IS NULL",
+/// The rows not yet published (and not parked): how many, and how long the oldest has waited.
+#[derive(Debug, Clone, Copy, PartialEq, sqlx::FromRow)]
+pub struct PendingBacklog {
+    pub rows: i64,
+    /// 0 when nothing is pending.
+    pub oldest_age_seconds: f64,
+}
+
+/// The outbox's [`PendingBacklog`].
+pub async fn pending_backlog(conn: &mut PgConnection) -> Result<PendingBacklog, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*) AS rows,
+                coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+                    AS oldest_age_seconds
+         FROM outbox WHERE published_at IS NULL AND parked_at IS NULL",
     )
     .fetch_one(conn)
     .await
