@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use jwl_events::{EventType, OrderId};
 use jwl_ops::DeadLetterReason;
+use jwl_outbox::{FaultPoints, MessagingSettings, TransientFault};
 use jwl_service_kit::auth::Scope;
 
 use crate::services::ServiceName;
@@ -247,6 +248,8 @@ pub struct UpArgs {
     pub jwt: JwtArgs,
     #[command(flatten)]
     pub settings: SettingsArgs,
+    #[command(flatten)]
+    pub messaging: MessagingArgs,
 }
 
 #[derive(Debug, Args)]
@@ -268,6 +271,35 @@ pub struct ServeArgs {
     pub data_dir: DataDirArgs,
     #[command(flatten)]
     pub settings: SettingsArgs,
+    #[command(flatten)]
+    pub messaging: MessagingArgs,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+}
+
+/// Reliable-messaging tunables.
+#[derive(Debug, Args)]
+pub struct MessagingArgs {
+    /// How long the broker waits for a consumer's ack before redelivering (keep it above the
+    /// longest batch handling time).
+    #[arg(long, env = "JWL_ACK_WAIT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub ack_wait: Duration,
+}
+
+/// Fault points for failure-injection tests (hidden; all off by default). Read once at start.
+#[derive(Debug, Args)]
+pub struct FaultArgs {
+    /// Abort after this consumer commits a batch, before acking it.
+    #[arg(long, env = "JWL_FAULT_CRASH_AFTER_COMMIT", hide = true)]
+    pub fault_crash_after_commit: Option<String>,
+    /// Abort in the relay after publishing, before marking the rows.
+    #[arg(long, env = "JWL_FAULT_CRASH_AFTER_PUBLISH", hide = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub fault_crash_after_publish: bool,
+    /// `<consumer>:<n>`: that consumer's handler fails transiently on each message's first n
+    /// deliveries.
+    #[arg(long, env = "JWL_FAULT_TRANSIENT_FIRST", hide = true)]
+    pub fault_transient_first: Option<TransientFault>,
 }
 
 #[derive(Debug, Args)]
@@ -355,6 +387,29 @@ pub struct SettingsArgs {
     /// Live waybills per courier.
     #[arg(long, env = "JWL_COURIER_CAPACITY", default_value = "1", value_parser = clap::value_parser!(u32).range(1..))]
     pub courier_capacity: u32,
+}
+
+impl MessagingArgs {
+    /// The production messaging settings with these tunables and `faults`.
+    pub fn to_settings(&self, faults: Option<FaultPoints>) -> MessagingSettings {
+        MessagingSettings {
+            ack_wait: self.ack_wait,
+            faults,
+            ..MessagingSettings::default()
+        }
+    }
+}
+
+impl FaultArgs {
+    /// The fault points switched on, or `None` when none is.
+    pub fn to_fault_points(&self) -> Option<FaultPoints> {
+        FaultPoints {
+            crash_after_commit: self.fault_crash_after_commit.clone(),
+            crash_after_publish: self.fault_crash_after_publish,
+            transient_first: self.fault_transient_first.clone(),
+        }
+        .switched_on()
+    }
 }
 
 /// A humantime duration (`90s`, `5m`, `1h 30m`) greater than zero.
@@ -460,5 +515,35 @@ mod tests {
     fn the_command_line_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_takes_ack_wait_and_fault_points() {
+        let cli = Cli::try_parse_from([
+            "jwl",
+            "serve",
+            "payment",
+            "--nats-url",
+            "nats://127.0.0.1:4222",
+            "--ack-wait",
+            "3s",
+            "--fault-crash-after-publish",
+            "--fault-transient-first",
+            "payment__order_created:2",
+        ])
+        .unwrap();
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve: {:?}", cli.command);
+        };
+        let faults = serve.faults.to_fault_points().unwrap();
+        assert!(faults.crash_after_publish);
+        assert_eq!(faults.crash_after_commit, None);
+        assert_eq!(
+            faults.transient_first.map(|f| f.to_string()).as_deref(),
+            Some("payment__order_created:2")
+        );
+        let settings = serve.messaging.to_settings(None);
+        assert_eq!(settings.ack_wait, Duration::from_secs(3));
+        assert_eq!(settings.faults, None);
     }
 }

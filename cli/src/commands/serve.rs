@@ -3,7 +3,6 @@
 
 use anyhow::Context;
 use axum::Router;
-use jwl_outbox::MessagingSettings;
 use jwl_service_kit::ServiceContext;
 use jwl_service_kit::http::{self, Readiness};
 use tokio::net::TcpListener;
@@ -47,7 +46,14 @@ async fn start(args: &ServeArgs) -> anyhow::Result<(ServiceContext, Router, TcpL
     let database_url = args.databases.require_url_for(args.service)?;
     http::install_metrics_recorder();
 
-    let messaging = MessagingSettings::default();
+    let faults = args.faults.to_fault_points();
+    if let Some(faults) = &faults {
+        tracing::warn!(
+            ?faults,
+            "fault points are switched on (failure-injection testing)"
+        );
+    }
+    let messaging = args.messaging.to_settings(faults);
     let broker = connect_broker(&args.nats_url, &format!("jwl-{}", entry.name), &messaging).await?;
     let pool = connect_and_migrate(entry, database_url).await?;
     let ctx = ServiceContext {

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use jwl_outbox::MessagingSettings;
 use jwl_service_kit::ServiceContext;
 use jwl_service_kit::auth::{JwtKeys, Scope};
 use jwl_service_kit::http::{self, Readiness};
@@ -82,7 +81,7 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
     if let Some(url) = &private_database_url {
         operator_env.push(("JWL_DATABASE_URL", url.clone()));
     }
-    let messaging = MessagingSettings::default();
+    let messaging = args.messaging.to_settings(None);
     let broker = connect_broker(&nats_url, "jwl-up", &messaging).await?;
     let settings = args.settings.to_settings();
 
