@@ -8,7 +8,9 @@ use futures::{StreamExt, TryStreamExt};
 use jwl_events::Service;
 use jwl_testkit::eventually;
 
-use crate::invariants::{self, Evidence, OrderEvidence, Outcomes, PlacedOrder, StockEvidence};
+use crate::invariants::{
+    self, Evidence, Injected, OrderEvidence, Outcomes, PlacedOrder, StockEvidence,
+};
 use crate::system::System;
 
 /// How long the system may take to go quiet once the orders are terminal.
@@ -46,9 +48,21 @@ impl System {
     /// system) and the SKUs set with [`System::set_stock`]; also requires an empty DLQ.
     /// Returns how the orders ended; fails listing every violation.
     pub async fn check_invariants(&self, orders: &[PlacedOrder]) -> anyhow::Result<Outcomes> {
+        self.check_invariants_with(orders, &Injected::default())
+            .await
+    }
+
+    /// [`System::check_invariants`], except that the DLQ must hold exactly the dead letters of
+    /// the `injected` messages (at least one each, and nothing else), which may also be
+    /// undecodable and in no outbox.
+    pub async fn check_invariants_with(
+        &self,
+        orders: &[PlacedOrder],
+        injected: &Injected,
+    ) -> anyhow::Result<Outcomes> {
         self.drain().await?;
         let evidence = self.gather_evidence(orders).await?;
-        let verdict = invariants::check(&evidence);
+        let verdict = invariants::check_with(&evidence, injected);
         if verdict.violations.is_empty() {
             return Ok(verdict.outcomes);
         }

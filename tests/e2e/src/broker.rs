@@ -31,6 +31,29 @@ pub struct StreamContents {
     pub undecodable: Vec<(u64, String, String)>,
 }
 
+/// One message of the dead-letter stream, by its `jwl-dlq-*` headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterRecord {
+    pub subject: String,
+    /// The consumer that gave up on the message.
+    pub consumer: String,
+    /// `decode`, `permanent` or `max_attempts`.
+    pub reason: String,
+    pub error: String,
+    /// Where the original message is in the events stream.
+    pub stream_sequence: Option<u64>,
+}
+
+impl std::fmt::Display for DeadLetterRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} consumer={} reason={} stream-seq={:?} error={}",
+            self.subject, self.consumer, self.reason, self.stream_sequence, self.error
+        )
+    }
+}
+
 /// A durable consumer's backlog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerBacklog {
@@ -39,6 +62,8 @@ pub struct ConsumerBacklog {
     pub pending: u64,
     /// Messages delivered but not yet acknowledged.
     pub ack_pending: usize,
+    /// Deliveries so far, redeliveries included.
+    pub deliveries: u64,
 }
 
 impl ConsumerBacklog {
@@ -154,8 +179,8 @@ impl Broker {
             .messages)
     }
 
-    /// The subjects and error headers of the dead letters (for failure messages).
-    pub async fn dead_letters(&self) -> anyhow::Result<Vec<String>> {
+    /// Every dead letter in the DLQ stream, in stream order.
+    pub async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetterRecord>> {
         let count = self.dead_letter_count().await?;
         if count == 0 {
             return Ok(Vec::new());
@@ -177,25 +202,21 @@ impl Broker {
                     .await
                     .context("the DLQ stream ended early")?
                     .context("reading a dead letter")?;
-                let headers = message
-                    .headers
-                    .as_ref()
-                    .map(|h| {
-                        h.iter()
-                            .filter(|(name, _)| {
-                                let name: &str = name.as_ref();
-                                name.starts_with("jwl-dlq")
-                            })
-                            .map(|(name, values)| {
-                                let name: &str = name.as_ref();
-                                let values: Vec<&str> = values.iter().map(|v| v.as_str()).collect();
-                                format!("{name}={}", values.join(","))
-                            })
-                            .collect::<Vec<_>>()
-                            .join(" ")
-                    })
-                    .unwrap_or_default();
-                letters.push(format!("{} {headers}", message.subject));
+                let header = |name: &str| {
+                    message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(name))
+                        .map(|v| v.as_str().to_owned())
+                        .unwrap_or_default()
+                };
+                letters.push(DeadLetterRecord {
+                    subject: message.subject.to_string(),
+                    consumer: header("jwl-dlq-consumer"),
+                    reason: header("jwl-dlq-reason"),
+                    error: header("jwl-dlq-error"),
+                    stream_sequence: header("jwl-dlq-stream-seq").parse().ok(),
+                });
             }
             anyhow::Ok(())
         };
@@ -203,6 +224,37 @@ impl Broker {
             .await
             .context("reading the DLQ took too long")??;
         Ok(letters)
+    }
+
+    /// Publishes a raw message straight to the events stream (not through any outbox), with
+    /// this broker dedup id; returns its stream sequence.
+    pub async fn publish_raw(
+        &self,
+        subject: &str,
+        headers: &[(String, String)],
+        payload: Vec<u8>,
+        msg_id: &str,
+    ) -> anyhow::Result<u64> {
+        let mut map = async_nats::HeaderMap::new();
+        for (name, value) in headers {
+            map.append(name.as_str(), value.as_str());
+        }
+        let publish = jetstream::message::PublishMessage::build()
+            .headers(map)
+            .payload(payload.into())
+            .message_id(msg_id);
+        let ack = self
+            .jetstream
+            .send_publish(subject.to_owned(), publish)
+            .await
+            .with_context(|| format!("publishing to {subject}"))?
+            .await
+            .with_context(|| format!("awaiting the ack of a publish to {subject}"))?;
+        anyhow::ensure!(
+            !ack.duplicate,
+            "the broker took the message to {subject} as a duplicate of {msg_id}"
+        );
+        Ok(ack.sequence)
     }
 
     /// The backlog of every durable consumer on the events stream.
@@ -220,8 +272,19 @@ impl Broker {
                 name: info.name,
                 pending: info.num_pending,
                 ack_pending: info.num_ack_pending,
+                deliveries: info.delivered.consumer_sequence,
             })
             .collect())
+    }
+
+    /// How many deliveries durable consumer `name` of the events stream has made so far.
+    pub async fn deliveries(&self, name: &str) -> anyhow::Result<u64> {
+        self.consumer_backlogs()
+            .await?
+            .into_iter()
+            .find(|backlog| backlog.name == name)
+            .map(|backlog| backlog.deliveries)
+            .with_context(|| format!("no durable consumer {name} on the events stream"))
     }
 
     async fn stream(&self, name: &str) -> anyhow::Result<stream::Stream> {

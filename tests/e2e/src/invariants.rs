@@ -9,7 +9,8 @@
 //! 4. couriers: never more live waybills than the capacity (replaying dispatch's events, and in
 //!    the waybill table);
 //! 5. every outbox row is published, every event in an outbox is in the stream and vice versa,
-//!    no duplicate or undecodable message, no dead letter.
+//!    no duplicate or undecodable message, no dead letter — except, with [`Injected`], the
+//!    messages a test published straight to the stream, each of which must be dead-lettered.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -18,7 +19,7 @@ use jwl_events::{Envelope, EventData, EventType, Service};
 use uuid::Uuid;
 
 use crate::api::{NewOrder, OrderStatus, OrderView, PaymentStatus, PaymentView, StockLevel};
-use crate::broker::StreamEvent;
+use crate::broker::{DeadLetterRecord, StreamEvent};
 use crate::store::{
     CourierRow, DispatchWaybillRow, OrderReservationRow, OutboxRow, PaymentRow, ReservationRow,
     StockRow, WaybillRow,
@@ -58,7 +59,7 @@ pub struct Evidence {
     /// Stream messages that are not valid events: `(sequence, subject, error)`.
     pub undecodable: Vec<(u64, String, String)>,
     pub outboxes: Vec<(Service, Vec<OutboxRow>)>,
-    pub dead_letters: Vec<String>,
+    pub dead_letters: Vec<DeadLetterRecord>,
     pub payments: Vec<PaymentRow>,
     pub waybills: Vec<WaybillRow>,
     pub stock_rows: Vec<StockRow>,
@@ -115,8 +116,21 @@ pub struct Verdict {
     pub outcomes: Outcomes,
 }
 
-/// Runs every check over `evidence`.
+/// Messages a test published straight to the events stream (poison), by stream sequence: they
+/// may be undecodable and in no outbox, and each must have been dead-lettered; every dead letter
+/// must be one of theirs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Injected {
+    pub sequences: BTreeSet<u64>,
+}
+
+/// Runs every check over `evidence`, with nothing injected.
 pub fn check(evidence: &Evidence) -> Verdict {
+    check_with(evidence, &Injected::default())
+}
+
+/// Runs every check over `evidence`, accepting the dead letters of the `injected` messages.
+pub fn check_with(evidence: &Evidence, injected: &Injected) -> Verdict {
     let index = EventIndex::new(&evidence.events);
     let mut violations = Vec::new();
     check_orders(evidence, &index, &mut violations);
@@ -125,7 +139,7 @@ pub fn check(evidence: &Evidence) -> Verdict {
     check_inventory_tables(evidence, &mut violations);
     check_couriers(evidence, &mut violations);
     check_dispatch_tables(evidence, &mut violations);
-    check_messaging(evidence, &mut violations);
+    check_messaging(evidence, injected, &mut violations);
     let mut outcomes = Outcomes::default();
     for order in &evidence.orders {
         *outcomes.0.entry(outcome_key(&order.view)).or_default() += 1;
@@ -689,7 +703,7 @@ fn check_dispatch_tables(evidence: &Evidence, violations: &mut Vec<String>) {
 }
 
 /// Invariant 5.
-fn check_messaging(evidence: &Evidence, violations: &mut Vec<String>) {
+fn check_messaging(evidence: &Evidence, injected: &Injected, violations: &mut Vec<String>) {
     let mut in_outboxes: HashMap<Uuid, Service> = HashMap::new();
     for (service, rows) in &evidence.outboxes {
         for row in rows {
@@ -714,6 +728,7 @@ fn check_messaging(evidence: &Evidence, violations: &mut Vec<String>) {
             ));
         }
         match in_outboxes.get(&id) {
+            None if injected.sequences.contains(&event.sequence) => {}
             None => violations.push(format!(
                 "stream event {id} ({}) is in no outbox",
                 event.subject
@@ -733,12 +748,25 @@ fn check_messaging(evidence: &Evidence, violations: &mut Vec<String>) {
         }
     }
     for (sequence, subject, error) in &evidence.undecodable {
-        violations.push(format!(
-            "stream message {sequence} ({subject}) is not a valid event: {error}"
-        ));
+        if !injected.sequences.contains(sequence) {
+            violations.push(format!(
+                "stream message {sequence} ({subject}) is not a valid event: {error}"
+            ));
+        }
     }
+    let mut dead_lettered = BTreeSet::new();
     for letter in &evidence.dead_letters {
-        violations.push(format!("dead letter: {letter}"));
+        match letter.stream_sequence {
+            Some(sequence) if injected.sequences.contains(&sequence) => {
+                dead_lettered.insert(sequence);
+            }
+            _ => violations.push(format!("dead letter: {letter}")),
+        }
+    }
+    for sequence in injected.sequences.difference(&dead_lettered) {
+        violations.push(format!(
+            "injected stream message {sequence} was not dead-lettered"
+        ));
     }
 }
 

@@ -31,7 +31,7 @@ pub mod tokens;
 
 pub use api::{ApiClient, Call, LineItem, NewOrder, OrderStatus, OrderView, PaymentStatus, Reply};
 pub use geo::Point;
-pub use invariants::{Outcomes, PlacedOrder};
+pub use invariants::{Injected, Outcomes, PlacedOrder};
 pub use jwl_events::Service;
 pub use jwl_testkit::eventually;
 pub use process::ServiceProcess;

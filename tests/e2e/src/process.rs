@@ -68,7 +68,7 @@ impl ServiceProcess {
                 probe: probe.clone(),
                 child: Mutex::new(None),
             };
-            process.spawn()?;
+            process.spawn(&[])?;
             match process.wait_ready().await {
                 Ok(()) => return Ok(process),
                 // Someone else took the port between choosing and binding it: try another.
@@ -141,9 +141,29 @@ impl ServiceProcess {
     /// Kills the service if it runs, starts it again with the same port and environment, and
     /// waits until it is ready.
     pub async fn restart(&self) -> anyhow::Result<()> {
+        self.restart_with(&[]).await
+    }
+
+    /// [`ServiceProcess::restart`] with `extra_env` added for this run only (e.g. the
+    /// `JWL_FAULT_*` fault points); the next restart goes back to the usual environment.
+    pub async fn restart_with(&self, extra_env: &[(&str, &str)]) -> anyhow::Result<()> {
         self.kill().await?;
-        self.spawn()?;
+        self.spawn(extra_env)?;
         self.wait_ready().await
+    }
+
+    /// Waits until the service exits by itself (e.g. a fault point aborted it), within
+    /// `timeout`, reaps it and returns how it ended.
+    pub async fn wait_exit(&self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let what = format!("the {} service to exit", self.service);
+        let status = eventually(&what, timeout, || async {
+            self.exit_status().ok_or("it still runs")
+        })
+        .await
+        .with_context(|| format!("log {}", self.log_path.display()))?;
+        self.lock_child().take();
+        self.append_log_marker(&format!("exited by itself ({status})"))?;
+        Ok(status)
     }
 
     /// The last `lines` lines of its log.
@@ -151,7 +171,7 @@ impl ServiceProcess {
         log_tail(&self.log_path, lines)
     }
 
-    fn spawn(&self) -> anyhow::Result<()> {
+    fn spawn(&self, extra_env: &[(&str, &str)]) -> anyhow::Result<()> {
         self.append_log_marker(&format!(
             "starting `jwl serve {}` on {}",
             self.service, self.addr
@@ -170,6 +190,7 @@ impl ServiceProcess {
         }
         command
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(extra_env.iter().copied())
             .env("JWL_HTTP_ADDR", self.addr.to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

@@ -36,16 +36,20 @@ pub struct SystemOptions {
     pub dispatch_radius_km: f64,
     /// `JWL_COURIER_CAPACITY`: live waybills per courier.
     pub courier_capacity: u32,
+    /// `JWL_ACK_WAIT`: how long the broker waits for an ack before redelivering (what a
+    /// message handled by a killed service waits; keep it above the longest batch handling).
+    pub ack_wait: Duration,
 }
 
 impl Default for SystemOptions {
-    /// The documented defaults (`60s`, `5m`, `5` km, `1`).
+    /// The documented defaults (`60s`, `5m`, `5` km, `1`, `30s`).
     fn default() -> Self {
         Self {
             dispatch_deadline: Duration::from_secs(60),
             order_deadline: Duration::from_secs(300),
             dispatch_radius_km: 5.0,
             courier_capacity: 1,
+            ack_wait: Duration::from_secs(30),
         }
     }
 }
@@ -157,6 +161,11 @@ impl System {
     /// The private NATS server (for broker fault injection).
     pub fn nats(&self) -> &TestNats {
         &self.nats
+    }
+
+    /// The system's broker, as the tests see it (stream contents, raw publishing).
+    pub fn broker(&self) -> &Broker {
+        &self.broker
     }
 
     /// The system's database.
@@ -375,6 +384,7 @@ fn service_env(
             options.dispatch_radius_km.to_string(),
         ),
         ("JWL_COURIER_CAPACITY", options.courier_capacity.to_string()),
+        ("JWL_ACK_WAIT", humantime(options.ack_wait)),
         ("RUST_LOG", "info".to_owned()),
     ]
     .into_iter()

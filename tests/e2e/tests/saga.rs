@@ -702,6 +702,8 @@ async fn killed_services_catch_up_after_restart() -> anyhow::Result<()> {
     let started = Instant::now();
     let options = SystemOptions {
         courier_capacity: 5,
+        // what a killed service had received but not acked comes back after this
+        ack_wait: Duration::from_secs(3),
         ..SystemOptions::default()
     };
     with_system(options, async |system| {

@@ -353,3 +353,46 @@ fn a_cancelled_order_still_holding_stock_is_reported() {
         "{violations:#?}"
     );
 }
+
+#[test]
+fn dead_letters_are_accepted_only_for_injected_messages() {
+    let mut world = World::dispatched("courier-1");
+    world
+        .evidence
+        .undecodable
+        .push((900, "jwl.evt.x.order.created".into(), "bad json".into()));
+    let letter = |sequence| DeadLetterRecord {
+        subject: "jwl.dlq.payment__order_created.unknown".into(),
+        consumer: "payment__order_created".into(),
+        reason: "decode".into(),
+        error: "bad json".into(),
+        stream_sequence: Some(sequence),
+    };
+    world.evidence.dead_letters.push(letter(900));
+    let strict = check(&world.evidence).violations;
+    assert!(
+        strict.iter().any(|v| v.contains("not a valid event"))
+            && strict.iter().any(|v| v.starts_with("dead letter")),
+        "{strict:#?}"
+    );
+
+    let injected = Injected {
+        sequences: [900].into(),
+    };
+    let verdict = check_with(&world.evidence, &injected);
+    assert!(verdict.violations.is_empty(), "{:#?}", verdict.violations);
+
+    // a dead letter of anything else, and an injected message never dead-lettered, are not
+    world.evidence.dead_letters.push(letter(3));
+    let injected = Injected {
+        sequences: [900, 901].into(),
+    };
+    let violations = check_with(&world.evidence, &injected).violations;
+    assert_eq!(violations.len(), 2, "{violations:#?}");
+    assert!(violations.iter().any(|v| v.starts_with("dead letter")));
+    assert!(
+        violations
+            .iter()
+            .any(|v| v.contains("901 was not dead-lettered"))
+    );
+}
