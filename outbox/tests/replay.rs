@@ -6,7 +6,8 @@ mod support;
 
 use async_nats::jetstream::message::StreamMessage;
 use jwl_events::{
-    Envelope, EventData, HeaderStyle, OrderId, PaymentCaptured, PaymentVoided, Service,
+    CancelReason, Envelope, EventData, HeaderStyle, OrderCancelRequested, OrderId, PaymentCaptured,
+    PaymentVoided, Service,
 };
 use jwl_outbox::Messaging;
 use jwl_testkit::eventually;
@@ -260,14 +261,14 @@ async fn a_replayed_message_reaches_only_its_service() -> anyhow::Result<()> {
 async fn a_replayed_type_the_handler_does_not_consume_is_dead_lettered() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     let running = h.run();
-    let voided = Envelope::new(
-        Service::Payment,
-        EventData::PaymentVoided(PaymentVoided {
+    let cancel = Envelope::new(
+        Service::Order,
+        EventData::OrderCancelRequested(OrderCancelRequested {
             order_id: OrderId(Uuid::now_v7()),
-            amount_cents: 1,
+            reason: CancelReason::Customer,
         }),
     );
-    replay(&h, SERVICE, &voided, "inbox", "events:9", "run-a").await?;
+    replay(&h, SERVICE, &cancel, "inbox", "events:9", "run-a").await?;
     let dead = eventually("the replay is dead-lettered", SOON, || async {
         h.dead_letters().await.ok().filter(|dead| !dead.is_empty())
     })
@@ -278,7 +279,7 @@ async fn a_replayed_type_the_handler_does_not_consume_is_dead_lettered() -> anyh
     assert!(
         header(letter, "jwl-dlq-error")
             .unwrap_or_default()
-            .contains("jwl.payment.voided is not handled by service payment"),
+            .contains("jwl.order.cancel_requested is not handled by service payment"),
         "{:?}",
         header(letter, "jwl-dlq-error")
     );
@@ -290,17 +291,40 @@ async fn a_replayed_type_the_handler_does_not_consume_is_dead_lettered() -> anyh
     running.stop().await
 }
 
-/// Order X: a poison event, then two good ones; order Y: two good ones, interleaved. Returns
-/// (x events, y events) once Y is handled, X's head dead-lettered and the rest of X parked.
+/// A `payment.voided` of `order` (the service's second consumer).
+fn voided_for(order: OrderId, amount_cents: i64) -> Envelope {
+    Envelope::new(
+        Service::Payment,
+        EventData::PaymentVoided(PaymentVoided {
+            order_id: order,
+            amount_cents,
+        }),
+    )
+}
+
+/// Order X: a poison event, then two good ones — the first for the service's other consumer,
+/// which the hold covers too; order Y: two good ones, interleaved. Returns (x events, y events)
+/// once Y is handled, X's head dead-lettered and the rest of X parked.
 async fn poison_x_and_park(h: &Harness) -> anyhow::Result<(Vec<Envelope>, Vec<Envelope>)> {
     let (x, y) = (OrderId(Uuid::now_v7()), OrderId(Uuid::now_v7()));
     let xs = vec![
         captured_for(x, REFUSED_UNTIL_FIXED),
-        captured_for(x, 2),
+        voided_for(x, 2),
         captured_for(x, 3),
     ];
     let ys = vec![captured_for(y, 4), captured_for(y, 5)];
-    for event in [&xs[0], &ys[0], &xs[1], &ys[1], &xs[2]] {
+    for event in [&xs[0], &ys[0]] {
+        h.publish_event(event, &event.id.0.to_string()).await?;
+    }
+    // consumers of different types run concurrently: X is held from its dead letter on
+    eventually("X is held", SOON, || async {
+        count(h, "SELECT count(*) FROM dead_letter_holds")
+            .await
+            .ok()
+            == Some(1)
+    })
+    .await?;
+    for event in [&xs[1], &ys[1], &xs[2]] {
         h.publish_event(event, &event.id.0.to_string()).await?;
     }
     eventually("order Y is handled", SOON, || async {
@@ -347,10 +371,11 @@ async fn a_poison_event_parks_its_orders_later_events_while_other_orders_go_on()
     )
     .fetch_all(&h.pool)
     .await?;
+    let other_consumer = jwl_outbox::durable_name(SERVICE, ALSO_SUBSCRIBED);
     assert_eq!(
         parked,
         [
-            (consumer.clone(), xs[0].order_id().0, xs[1].id.0),
+            (other_consumer, xs[0].order_id().0, xs[1].id.0),
             (consumer.clone(), xs[0].order_id().0, xs[2].id.0),
         ]
     );

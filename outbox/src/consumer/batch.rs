@@ -337,8 +337,7 @@ impl ConsumerLoop {
             WorkKind::Release { order_id, reason } => {
                 tracing::info!(%consumer, %order_id, %reason, "releasing the dead-letter hold");
                 holds::unhold(tx, consumer, order_id).await?;
-                self.release_parked(tx, consumer, order_id, released_dead)
-                    .await?;
+                self.release_if_unheld(tx, order_id, released_dead).await?;
                 return Ok(Verdict::Released);
             }
             WorkKind::Event {
@@ -348,8 +347,13 @@ impl ConsumerLoop {
             } => (envelope, rerun, replay_origin),
         };
         let order_id = envelope.order_id().0;
-        let head = holds::held_head(tx, consumer, order_id).await?;
-        if head.is_some_and(|head| head != envelope.id.0) {
+        let holds = holds::holds_on(tx, order_id).await?;
+        // the hold this event heads, if any: that hold's consumer dead-lettered it
+        let head_of = holds
+            .iter()
+            .find(|(_, head)| *head == envelope.id.0)
+            .map(|(held_consumer, _)| held_consumer.clone());
+        if !holds.is_empty() && head_of.is_none() {
             let headers = delivery.headers();
             holds::park(
                 tx,
@@ -408,32 +412,37 @@ impl ConsumerLoop {
             )
         });
         // the head of the hold is handled: the order goes on
-        if head.is_some() && matches!(verdict, Verdict::Handled | Verdict::Duplicate) {
-            tracing::info!(%consumer, %order_id, event_id = %envelope.id.0,
+        if let Some(held_consumer) = head_of
+            && matches!(verdict, Verdict::Handled | Verdict::Duplicate)
+        {
+            tracing::info!(consumer = %held_consumer, %order_id, event_id = %envelope.id.0,
                 "the head of a dead-letter hold was handled; releasing");
-            holds::unhold(tx, consumer, order_id).await?;
-            self.release_parked(tx, consumer, order_id, released_dead)
-                .await?;
+            holds::unhold(tx, &held_consumer, order_id).await?;
+            self.release_if_unheld(tx, order_id, released_dead).await?;
         }
         Ok(verdict)
     }
 
-    /// Handles the messages parked for (consumer, order) in stream order, a savepoint each. The
-    /// first that fails becomes the new head of the hold (and stays parked until its dead
-    /// letter is published); the rest stay parked behind it.
-    async fn release_parked(
+    /// Once no hold is left on `order` (another consumer's may remain), handles the messages
+    /// parked for it in stream order, each under its own consumer, a savepoint each. The first
+    /// that fails becomes the new head of a hold (and stays parked until its dead letter is
+    /// published); the rest stay parked behind it.
+    async fn release_if_unheld(
         &self,
         tx: &mut PgConnection,
-        consumer: &str,
         order_id: Uuid,
         released_dead: &mut Vec<ReleasedDeadLetter>,
     ) -> Result<(), sqlx::Error> {
-        let target = HandlingTarget {
-            service: self.service,
-            consumer,
-            handler: &*self.handler,
-        };
-        for parked in holds::parked(tx, consumer, order_id).await? {
+        if !holds::holds_on(tx, order_id).await?.is_empty() {
+            return Ok(());
+        }
+        for parked in holds::parked(tx, order_id).await? {
+            let consumer = parked.consumer.as_str();
+            let target = HandlingTarget {
+                service: self.service,
+                consumer,
+                handler: &*self.handler,
+            };
             let headers: Vec<(&str, &str)> = parked
                 .headers
                 .0

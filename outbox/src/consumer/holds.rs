@@ -1,5 +1,10 @@
-//! The `dead_letter_holds` and `parked_messages` tables: holding (consumer, order) after a dead
-//! letter, parking that order's later messages, and reading them back in stream order.
+//! The `dead_letter_holds` and `parked_messages` tables: holding an order after one of the
+//! service's consumers dead-lettered an event of it, parking the service's later messages of that
+//! order (whatever their consumer), and reading them back in stream order.
+//!
+//! The tables live in the service's own schema, so "this order is held" means held for this
+//! service: an order that failed in payment's `order.created` handler also holds payment's
+//! `courier_assigned` and `dispatch.failed` of that order, which is the order that matters.
 
 use sqlx::PgConnection;
 use sqlx::types::Json;
@@ -9,6 +14,8 @@ use uuid::Uuid;
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct ParkedMessage {
     pub id: i64,
+    /// The consumer it was delivered to, and is handled under when released.
+    pub consumer: String,
     pub event_id: Uuid,
     pub stream_seq: i64,
     pub subject: String,
@@ -27,19 +34,15 @@ pub(crate) struct ToPark<'m> {
     pub payload: &'m [u8],
 }
 
-/// The head event of the hold on (consumer, order), if it is held.
-pub(crate) async fn held_head(
+/// The holds on `order` in this service: (consumer, head event id) each.
+pub(crate) async fn holds_on(
     conn: &mut PgConnection,
-    consumer: &str,
     order_id: Uuid,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT head_event_id FROM dead_letter_holds WHERE consumer = $1 AND order_id = $2",
-    )
-    .bind(consumer)
-    .bind(order_id)
-    .fetch_optional(conn)
-    .await
+) -> Result<Vec<(String, Uuid)>, sqlx::Error> {
+    sqlx::query_as("SELECT consumer, head_event_id FROM dead_letter_holds WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_all(conn)
+        .await
 }
 
 /// Holds (consumer, order) with `head_event_id` as its head, unless it is held already.
@@ -93,17 +96,15 @@ pub(crate) async fn park(conn: &mut PgConnection, message: &ToPark<'_>) -> Resul
     Ok(())
 }
 
-/// The messages parked for (consumer, order), in stream-seq order.
+/// The messages parked for `order` (all consumers), in stream-seq order.
 pub(crate) async fn parked(
     conn: &mut PgConnection,
-    consumer: &str,
     order_id: Uuid,
 ) -> Result<Vec<ParkedMessage>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, event_id, stream_seq, subject, headers, payload FROM parked_messages
-         WHERE consumer = $1 AND order_id = $2 ORDER BY stream_seq, id",
+        "SELECT id, consumer, event_id, stream_seq, subject, headers, payload FROM parked_messages
+         WHERE order_id = $1 ORDER BY stream_seq, id",
     )
-    .bind(consumer)
     .bind(order_id)
     .fetch_all(conn)
     .await

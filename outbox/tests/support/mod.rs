@@ -30,8 +30,10 @@ use uuid::Uuid;
 
 /// The service the tests run as.
 pub const SERVICE: Service = Service::Payment;
-/// Its only subscription.
+/// Its main subscription (most tests publish only this type).
 pub const SUBSCRIBED: EventType = EventType::PaymentCaptured;
+/// A second subscription, so that tests can involve two consumers of the same service.
+pub const ALSO_SUBSCRIBED: EventType = EventType::PaymentVoided;
 pub const SCHEMA: &str = "jwl_test_svc";
 
 /// `amount_cents` values that steer the test handler (amounts must be valid, i.e. ≥ 0).
@@ -379,7 +381,7 @@ pub struct RecordingHandler {
 #[async_trait]
 impl Handler for RecordingHandler {
     fn subscriptions(&self) -> &'static [EventType] {
-        &[SUBSCRIBED]
+        &[SUBSCRIBED, ALSO_SUBSCRIBED]
     }
 
     async fn handle(
@@ -387,8 +389,10 @@ impl Handler for RecordingHandler {
         ctx: &mut HandlerContext<'_>,
         event: &Envelope,
     ) -> Result<(), HandlerError> {
-        let EventData::PaymentCaptured(captured) = &event.data else {
-            return Err(HandlerError::permanent("unexpected event type"));
+        let amount_cents = match &event.data {
+            EventData::PaymentCaptured(captured) => captured.amount_cents,
+            EventData::PaymentVoided(voided) => voided.amount_cents,
+            _ => return Err(HandlerError::permanent("unexpected event type")),
         };
         let txid: i64 = sqlx::query_scalar("SELECT txid_current()")
             .fetch_one(ctx.db())
@@ -399,7 +403,7 @@ impl Handler for RecordingHandler {
             .bind(txid)
             .execute(&self.log)
             .await?;
-        match captured.amount_cents {
+        match amount_cents {
             SLOW => tokio::time::sleep(Duration::from_millis(500)).await,
             PERMANENT => {
                 return Err(HandlerError::permanent(
@@ -429,14 +433,14 @@ impl Handler for RecordingHandler {
             .bind(txid)
             .execute(ctx.db())
             .await?;
-        if captured.amount_cents == FAILS_AT_COMMIT {
+        if amount_cents == FAILS_AT_COMMIT {
             sqlx::query("INSERT INTO checked_at_commit (id) VALUES (1), (1)")
                 .execute(ctx.db())
                 .await?;
         }
-        if captured.amount_cents == EMITS {
+        if amount_cents == EMITS {
             ctx.emit(EventData::PaymentVoided(PaymentVoided {
-                order_id: captured.order_id,
+                order_id: event.order_id(),
                 amount_cents: 1,
             }))
             .await?;
