@@ -5,6 +5,7 @@ use sqlx::PgConnection;
 use sqlx::types::Json;
 
 use crate::error::OutboxError;
+use crate::trace_context;
 
 /// Prefix of the `LISTEN/NOTIFY` channel the relay of a schema listens on.
 const CHANNEL_PREFIX: &str = "jwl_outbox.";
@@ -17,8 +18,22 @@ pub fn notify_channel(schema: &str) -> String {
 /// Encodes `env` (CloudEvents binary mode, NATS headers), inserts it into the outbox of the
 /// connection's current schema and notifies that schema's relay. Call it inside the transaction
 /// that makes the state change the event reports: the notification is delivered on commit.
+///
+/// The W3C `traceparent` is captured here, with the row: enqueued inside a span of the event's
+/// own trace (or of any trace, when the event has none), the event is parented by that span
+/// rather than by an earlier one it was given (see [`trace_context::traceparent_to_store`]).
 pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), OutboxError> {
-    let wire = jwl_events::encode(env, HeaderStyle::Nats);
+    let traceparent = trace_context::traceparent_to_store(
+        env.traceparent.as_deref(),
+        trace_context::current_traceparent(),
+    );
+    let wire = if traceparent == env.traceparent {
+        jwl_events::encode(env, HeaderStyle::Nats)
+    } else {
+        let mut env = env.clone();
+        env.traceparent = traceparent;
+        jwl_events::encode(&env, HeaderStyle::Nats)
+    };
     // one round trip: insert, then notify from the same statement
     sqlx::query(
         "WITH inserted AS (

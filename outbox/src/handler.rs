@@ -6,6 +6,7 @@ use jwl_events::{Envelope, EventData, EventType, Service};
 use sqlx::PgConnection;
 
 use crate::enqueue::enqueue;
+use crate::trace_context::current_traceparent;
 
 /// A boxed error for [`HandlerError::Transient`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -87,9 +88,13 @@ impl<'a> HandlerContext<'a> {
     }
 
     /// Enqueues a new event of this service, caused by the incoming one. It is published only if
-    /// the handler succeeds and the batch commits.
+    /// the handler succeeds and the batch commits. Its `traceparent` is the current span's (the
+    /// `handle_event` span, so its consumers' spans are children of this handler's), else the
+    /// incoming event's.
     pub async fn emit(&mut self, data: impl Into<EventData>) -> Result<(), HandlerError> {
-        let env = Envelope::new(self.service, data.into()).caused_by(self.incoming);
+        let mut env = Envelope::new(self.service, data.into());
+        env.traceparent = current_traceparent();
+        let env = env.caused_by(self.incoming);
         enqueue(self.conn, &env)
             .await
             .map_err(HandlerError::transient)?;

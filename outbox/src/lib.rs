@@ -11,6 +11,8 @@
 //!   (inbox or rerun mode), redriven dead letters and `release` control messages;
 //! - [`process_one`] runs the exact inbox + handler + outbox path without a broker;
 //! - [`FaultPoints`] (off by default) inject crashes and transient failures for tests;
+//! - [`trace_context`] carries the W3C `traceparent` from the span that emits an event to the
+//!   `handle_event` spans of its consumers (and links the relay's publish spans to the rows);
 //! - [`transport`] holds the broker traits and their JetStream implementation.
 //!
 //! [`Messaging`] ties these together for a service process.
@@ -27,6 +29,7 @@ mod naming;
 pub mod relay;
 mod schema;
 mod settings;
+pub mod trace_context;
 pub mod transport;
 
 pub use enqueue::{enqueue, notify_channel};

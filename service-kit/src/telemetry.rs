@@ -6,10 +6,14 @@
 //! list of enclosing spans, so an event logged inside a handler span has its consumer, event
 //! type, order id and event id even when the event itself does not name them.
 //!
+//! When the current span is part of an OpenTelemetry trace (traces are on, see [`traces`]),
+//! JSON lines also carry its `trace_id` and `span_id`, so logs join up with the trace.
+//!
 //! Gauges sampled when `/metrics` is scraped (Tokio runtime, Postgres pools) are named below;
 //! register pools with [`watch_pool`].
 
 mod sampled;
+pub mod traces;
 
 pub(crate) use sampled::sample as sample_gauges;
 pub use sampled::{
@@ -20,6 +24,7 @@ pub use sampled::{
 use std::fmt;
 use std::io::IsTerminal;
 
+use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{Format, Full, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
@@ -88,16 +93,31 @@ where
 }
 
 /// Installs the global subscriber for the process running `service` (`"order"`, `"jwl"` for
-/// `jwl up`, …). A second call (or a subscriber installed elsewhere) is left in place.
+/// `jwl up`, …): log lines, and the trace exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` is set
+/// (call [`traces::shutdown`] before exiting). Call it on a Tokio runtime. A second call (or a
+/// subscriber installed elsewhere) is left in place.
 pub fn init(service: &str) {
     let output =
         output_layer(service, LogFormat::for_stdout(), std::io::stdout).with_filter(env_filter());
+    let (trace_layer, trace_error) = match traces::layer(service) {
+        Ok(layer) => (layer, None),
+        Err(error) => (None, Some(error)),
+    };
+    let tracing_on = trace_layer.is_some();
     if tracing_subscriber::registry()
         .with(output)
+        .with(trace_layer)
         .try_init()
         .is_ok()
     {
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), "telemetry initialised");
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            traces = tracing_on,
+            "telemetry initialised"
+        );
+        if let Some(error) = trace_error {
+            tracing::warn!(%error, "traces are off");
+        }
     }
 }
 
@@ -122,14 +142,31 @@ where
         let mut line = String::new();
         self.inner
             .format_event(ctx, Writer::new(&mut line), event)?;
+        let trace = current_trace_ids()
+            .map(|(trace_id, span_id)| {
+                format!(",\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"")
+            })
+            .unwrap_or_default();
         match line.strip_prefix('{') {
             Some(rest) if rest.starts_with('}') => {
-                write!(writer, "{{\"service\":{}{rest}", self.service)
+                write!(writer, "{{\"service\":{}{trace}{rest}", self.service)
             }
-            Some(rest) => write!(writer, "{{\"service\":{},{rest}", self.service),
+            Some(rest) => write!(writer, "{{\"service\":{}{trace},{rest}", self.service),
             None => writer.write_str(&line),
         }
     }
+}
+
+/// The OpenTelemetry trace and span id of the current span, when it is in a trace: the
+/// OpenTelemetry layer activates the context of each span it tracks while the span is entered
+/// (looking the span up through the dispatcher is not possible while an event is dispatched).
+fn current_trace_ids() -> Option<(TraceId, SpanId)> {
+    let context = opentelemetry::Context::current();
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context
+        .is_valid()
+        .then(|| (span_context.trace_id(), span_context.span_id()))
 }
 
 /// The human format prefixed with the service name.

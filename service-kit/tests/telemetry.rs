@@ -1,5 +1,6 @@
 //! Log output and scrape-time gauges: JSON lines carry the service and the enclosing spans'
-//! fields, the human format names the service, no bearer token or JWT secret reaches the logs of
+//! fields (and, with an OpenTelemetry layer, the trace and span id, continuing a request's W3C
+//! `traceparent`), the human format names the service, no bearer token or JWT secret reaches the logs of
 //! an authenticated request, and `/metrics` shows the Tokio runtime and registered pools.
 
 mod common;
@@ -15,6 +16,8 @@ use axum::routing::get;
 use jwl_service_kit::ApiResult;
 use jwl_service_kit::auth::{Caller, Scope};
 use jwl_service_kit::telemetry::{self, LogFormat};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::Value;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -48,6 +51,20 @@ fn capture_logs(format: LogFormat) -> (Captured, tracing::subscriber::DefaultGua
         .with_filter(EnvFilter::new("trace"));
     let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(layer));
     (captured, guard)
+}
+
+/// [`capture_logs`] in JSON with an OpenTelemetry layer (spans get trace contexts; nothing is
+/// exported).
+fn capture_traced_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let layer = telemetry::output_layer("order", LogFormat::Json, move || writer.clone())
+        .with_filter(EnvFilter::new("trace"));
+    let tracer = SdkTracerProvider::builder().build().tracer("test");
+    let subscriber = tracing_subscriber::registry()
+        .with(layer)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer));
+    (captured, tracing::subscriber::set_default(subscriber))
 }
 
 fn json_lines(text: &str) -> Vec<Value> {
@@ -95,6 +112,49 @@ fn the_human_format_names_the_service() {
         "{line}"
     );
     assert!(serde_json::from_str::<Value>(line).is_err());
+}
+
+#[tokio::test]
+async fn json_lines_carry_the_trace_the_request_continues() {
+    let (captured, _guard) = capture_traced_logs();
+    tracing::info!("outside any span");
+    let app = authenticated_app();
+    let token = common::keys()
+        .issue(
+            "customer-7",
+            &[Scope::OrdersRead],
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let mut request = bearer(&token);
+    request.headers_mut().insert(
+        "traceparent",
+        format!("00-{caller_trace}-{caller_span}-01")
+            .parse()
+            .unwrap(),
+    );
+    let (response, _) = common::send(&app, request).await;
+    assert_eq!(response.status(), 200);
+
+    let lines = json_lines(&captured.text());
+    let line = |message: &str| {
+        lines
+            .iter()
+            .find(|line| line["message"] == message)
+            .unwrap_or_else(|| panic!("{message:?} was logged: {lines:?}"))
+    };
+    let outside = line("outside any span");
+    assert!(outside.get("trace_id").is_none(), "{outside}");
+    let listing = line("listing orders");
+    assert_eq!(listing["trace_id"], caller_trace, "{listing}");
+    let span_id = listing["span_id"].as_str().unwrap();
+    assert_eq!(span_id.len(), 16, "{listing}");
+    assert_ne!(
+        span_id, caller_span,
+        "the request's own span, a child of the caller's"
+    );
 }
 
 fn authenticated_app() -> Router {

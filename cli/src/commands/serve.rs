@@ -36,6 +36,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let outcome = tasks.wait().await;
     pool.close().await;
+    jwl_service_kit::telemetry::traces::shutdown().await;
     outcome
 }
 

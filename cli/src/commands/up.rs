@@ -51,6 +51,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Some(Ok(started)) => run_services(started, &args, &shutdown).await,
     };
     let stopped = servers.stop().await;
+    jwl_service_kit::telemetry::traces::shutdown().await;
     outcome.and(stopped)
 }
 

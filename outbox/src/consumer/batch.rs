@@ -22,6 +22,7 @@ use crate::handler::HandlerError;
 use crate::inbox::{HandlingTarget, SavepointOutcome, handle_in_savepoint};
 use crate::metrics::count_dead_letter;
 use crate::naming::durable_name;
+use crate::trace_context;
 use crate::transport::Delivery;
 
 /// What to do with one delivery once the batch transaction is over.
@@ -36,6 +37,20 @@ enum Verdict {
     /// Failed transiently: redeliver after this delay.
     Retry(Duration),
     DeadLetter(DeadLetter),
+}
+
+impl Verdict {
+    /// The `outcome` recorded on the `handle_event` span.
+    fn outcome(&self) -> &'static str {
+        match self {
+            Self::Handled => "ok",
+            Self::Duplicate => "duplicate",
+            Self::Parked => "parked",
+            Self::Released => "released",
+            Self::Retry(_) => "retried",
+            Self::DeadLetter(_) => "dead_lettered",
+        }
+    }
 }
 
 /// The work one delivery asks for, under the inbox consumer name it is handled as.
@@ -376,14 +391,7 @@ impl ConsumerLoop {
             handler: &*self.handler,
         };
         let attempt = delivery.attempt();
-        let span = tracing::info_span!(
-            "handle_event",
-            consumer,
-            event_type = envelope.event_type().as_str(),
-            order_id = %order_id,
-            event_id = %envelope.id.0,
-            attempt,
-        );
+        let span = handle_event_span(consumer, &envelope, attempt);
         let started = Instant::now();
         let injected_failure = self
             .settings
@@ -411,6 +419,7 @@ impl ConsumerLoop {
                 replay_origin.as_deref(),
             )
         });
+        span.record("outcome", verdict.outcome());
         // the head of the hold is handled: the order goes on
         if let Some(held_consumer) = head_of
             && matches!(verdict, Verdict::Handled | Verdict::Duplicate)
@@ -467,18 +476,25 @@ impl ConsumerLoop {
                         &headers,
                         replay::MODE_HEADER,
                     )) == Ok(ReplayMode::Rerun);
-                    match handle_in_savepoint(tx, &target, &envelope, 1, rerun).await? {
+                    let span = handle_event_span(consumer, &envelope, 1);
+                    match handle_in_savepoint(tx, &target, &envelope, 1, rerun)
+                        .instrument(span.clone())
+                        .await?
+                    {
                         SavepointOutcome::Handled { .. } => {
+                            span.record("outcome", "ok");
                             self.metrics.ok.increment(1);
                             holds::unpark(tx, parked.id).await?;
                             continue;
                         }
                         SavepointOutcome::Duplicate => {
+                            span.record("outcome", "duplicate");
                             self.metrics.duplicate.increment(1);
                             holds::unpark(tx, parked.id).await?;
                             continue;
                         }
                         SavepointOutcome::Failed(error) => {
+                            span.record("outcome", "dead_lettered");
                             let (reason, error) = match error {
                                 HandlerError::Permanent(reason) => {
                                     (DeadLetterReason::Permanent, reason)
@@ -689,6 +705,26 @@ impl ConsumerLoop {
             tracing::warn!(consumer = %self.consumer, %error, "nak failed; the message will be redelivered after ack_wait");
         }
     }
+}
+
+/// The span of handling `envelope` as `consumer` (delivery `attempt`), a child of the span that
+/// emitted the event (its `traceparent`), so it is in the order's trace. `outcome` is recorded
+/// once known.
+fn handle_event_span(consumer: &str, envelope: &Envelope, attempt: u32) -> tracing::Span {
+    let span = tracing::info_span!(
+        "handle_event",
+        consumer,
+        event_type = envelope.event_type().as_str(),
+        order_id = %envelope.order_id().0,
+        event_id = %envelope.id.0,
+        attempt,
+        outcome = tracing::field::Empty,
+        otel.kind = "consumer",
+    );
+    if let Some(traceparent) = &envelope.traceparent {
+        trace_context::set_parent(&span, traceparent);
+    }
+    span
 }
 
 type SettleFuture<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;

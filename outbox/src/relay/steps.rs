@@ -6,7 +6,10 @@
 use bytes::Bytes;
 use sqlx::PgConnection;
 use sqlx::types::Json;
+use tracing::Instrument;
 use uuid::Uuid;
+
+use crate::trace_context;
 
 use crate::transport::{OutboundMessage, Publisher, TransportError};
 
@@ -75,9 +78,32 @@ pub async fn claim_pending(
     Ok(batch)
 }
 
-/// Publishes the whole batch (sent in order, acks awaited together).
+/// CloudEvents `traceparent` extension as a NATS header (binary mode).
+const TRACEPARENT_HEADER: &str = "ce-traceparent";
+
+/// Publishes the whole batch (sent in order, acks awaited together), in a `relay_publish` span
+/// linked to the trace context stored with each row.
 pub async fn publish(publisher: &dyn Publisher, batch: &OutboxBatch) -> PublishOutcome {
-    let results = publisher.publish_batch(&batch.messages).await;
+    let span = tracing::info_span!(
+        "relay_publish",
+        batch_size = batch.len(),
+        published = tracing::field::Empty,
+        failed = tracing::field::Empty,
+        otel.kind = "producer",
+    );
+    for message in &batch.messages {
+        if let Some((_, traceparent)) = message
+            .headers
+            .iter()
+            .find(|(name, _)| name == TRACEPARENT_HEADER)
+        {
+            trace_context::add_link(&span, traceparent);
+        }
+    }
+    let results = publisher
+        .publish_batch(&batch.messages)
+        .instrument(span.clone())
+        .await;
     let mut outcome = PublishOutcome {
         published: Vec::with_capacity(batch.len()),
         failed: Vec::new(),
@@ -88,6 +114,8 @@ pub async fn publish(publisher: &dyn Publisher, batch: &OutboxBatch) -> PublishO
             Err(error) => outcome.failed.push((seq, error)),
         }
     }
+    span.record("published", outcome.published.len());
+    span.record("failed", outcome.failed.len());
     outcome
 }
 

@@ -106,8 +106,13 @@ pub(super) async fn enforce_timeout(request: Request, next: Next) -> Response {
     }
 }
 
-/// One `http_request` span per request, carrying method, path and request id; the response is
-/// logged at INFO with its latency, server errors at ERROR.
+/// The W3C Trace Context request header.
+const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// One `http_request` span per request, carrying method, path and request id (and the order
+/// id, when a route records it), a child of the
+/// request's `traceparent` if it has one; the response is logged at INFO with its latency,
+/// server errors at ERROR.
 pub(super) fn trace_layer() -> TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan> {
     TraceLayer::new_for_http()
         .make_span_with(RequestSpan)
@@ -124,11 +129,22 @@ impl<B> MakeSpan<B> for RequestSpan {
             .get(REQUEST_ID_HEADER)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "http_request",
             method = %request.method(),
             path = %request.uri().path(),
             request_id = %request_id,
-        )
+            order_id = tracing::field::Empty,
+            otel.kind = "server",
+        );
+        // continue the caller's trace (W3C Trace Context), else this span starts one
+        if let Some(traceparent) = request
+            .headers()
+            .get(TRACEPARENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            jwl_outbox::trace_context::set_parent(&span, traceparent);
+        }
+        span
     }
 }

@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use chrono::{DateTime, SubsecRound, Utc};
 use jwl_events::{CancelReason, Envelope, OrderCancelRequested, OrderCreated, OrderId};
 use jwl_outbox::OutboxError;
+use jwl_outbox::trace_context::current_traceparent;
 use jwl_service_kit::auth::{Caller, Scope};
 use jwl_service_kit::extract::{Json, Path};
 use jwl_service_kit::{ApiError, ApiResult, ServiceContext, Settings};
@@ -124,8 +125,11 @@ async fn create_order(
     let deadline = domain::deadline_after(created_at, state.settings.order_deadline)
         .ok_or_else(|| ApiError::internal("the order deadline setting is out of range"))?;
     let order_id = OrderId::new();
+    tracing::Span::current().record("order_id", tracing::field::display(order_id));
     let event = Envelope {
         time: created_at,
+        // the request's span: the order's trace starts (or continues) here
+        traceparent: current_traceparent(),
         ..Envelope::new(
             SERVICE,
             OrderCreated {
@@ -246,14 +250,17 @@ async fn cancel_order(
         }
         CancelDecision::AlreadyRequested => {}
         CancelDecision::Request => {
-            let event = Envelope::new(
-                SERVICE,
-                OrderCancelRequested {
-                    order_id,
-                    reason: CancelReason::Customer,
-                }
-                .into(),
-            );
+            let event = Envelope {
+                traceparent: current_traceparent(),
+                ..Envelope::new(
+                    SERVICE,
+                    OrderCancelRequested {
+                        order_id,
+                        reason: CancelReason::Customer,
+                    }
+                    .into(),
+                )
+            };
             store::mark_cancel_requested(
                 &mut tx,
                 order_id,
