@@ -78,7 +78,10 @@ impl DispatchHandler {
             pickup_cell: domain::cell_of(&created.pickup).map_err(DispatchError::from)?,
             deadline: domain::waiting_deadline(event.time, self.settings.dispatch_deadline),
             cause_event_id: event.id,
-            cause_traceparent: event.traceparent.clone(),
+            // this handler's span (a child of the event's), so later assignments and the
+            // deadline timer's failure hang under dispatch in the order's trace
+            cause_traceparent: jwl_outbox::trace_context::current_traceparent()
+                .or_else(|| event.traceparent.clone()),
         };
         match decision {
             OnWaybillCreated::AlreadyKnown => Ok(()),
