@@ -39,6 +39,9 @@ impl JetStreamBroker {
             .retry_on_initial_connect()
             .max_reconnects(None)
             .reconnect_delay_callback(reconnect_delay)
+            // a half-open connection (peer gone without a FIN) is noticed after two unanswered
+            // pings: ~10 s instead of the client's default ~2 min
+            .ping_interval(Duration::from_secs(5))
             .event_callback(|event| async move {
                 match event {
                     async_nats::Event::Connected => tracing::info!("connected to nats"),
