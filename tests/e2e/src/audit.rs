@@ -9,7 +9,7 @@ use jwl_events::Service;
 use jwl_testkit::eventually;
 
 use crate::invariants::{
-    self, Evidence, Injected, OrderEvidence, Outcomes, PlacedOrder, StockEvidence,
+    self, Evidence, Injected, OrderEvidence, Outcomes, PlacedOrder, StockEvidence, Verdict,
 };
 use crate::system::System;
 
@@ -61,8 +61,7 @@ impl System {
         injected: &Injected,
     ) -> anyhow::Result<Outcomes> {
         self.drain().await?;
-        let evidence = self.gather_evidence(orders).await?;
-        let verdict = invariants::check_with(&evidence, injected);
+        let verdict = self.verdict_with(orders, injected).await?;
         if verdict.violations.is_empty() {
             return Ok(verdict.outcomes);
         }
@@ -84,6 +83,18 @@ impl System {
                 ""
             }
         )
+    }
+
+    /// Gathers the evidence now (without draining first) and checks it: every violation, and
+    /// the outcome counts, for a test that reports figures rather than failing at the first
+    /// violation (the soak).
+    pub async fn verdict_with(
+        &self,
+        orders: &[PlacedOrder],
+        injected: &Injected,
+    ) -> anyhow::Result<Verdict> {
+        let evidence = self.gather_evidence(orders).await?;
+        Ok(invariants::check_with(&evidence, injected))
     }
 
     async fn gather_evidence(&self, orders: &[PlacedOrder]) -> anyhow::Result<Evidence> {

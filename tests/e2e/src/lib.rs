@@ -14,6 +14,10 @@
 //! * [`System::check_invariants`] — waits until the system is quiet, then checks DESIGN.md §5
 //!   (terminal orders, money, stock, courier capacity, outboxes vs the stream, empty DLQ) and
 //!   returns the [`Outcomes`].
+//! * [`Proxy`] — a TCP proxy on one service's NATS or PostgreSQL connection
+//!   ([`SystemOptions::proxied`], [`System::proxy`]) to cut and restore that path.
+//! * [`otlp::OtlpReceiver`] — an OTLP/HTTP JSON trace receiver to point the services'
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` at.
 //!
 //! The `jwl` binary is taken from `$JWL_BIN`, else from the cargo target directory next to the
 //! test executable: build it first with `cargo build --bins`.
@@ -24,16 +28,19 @@ pub mod binary;
 pub mod broker;
 pub mod geo;
 pub mod invariants;
+pub mod otlp;
 pub mod process;
+pub mod proxy;
 pub mod store;
 mod system;
 pub mod tokens;
 
 pub use api::{ApiClient, Call, LineItem, NewOrder, OrderStatus, OrderView, PaymentStatus, Reply};
 pub use geo::Point;
-pub use invariants::{Injected, Outcomes, PlacedOrder};
+pub use invariants::{Injected, Outcomes, PlacedOrder, Verdict};
 pub use jwl_events::Service;
 pub use jwl_testkit::eventually;
 pub use process::ServiceProcess;
+pub use proxy::{Link, Proxy};
 pub use system::{System, SystemOptions, with_system};
 pub use tokens::Tokens;

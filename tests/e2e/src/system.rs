@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use jwl_events::Service;
-use jwl_testkit::{TestDatabase, TestNats, eventually};
+use jwl_testkit::{TestCluster, TestDatabase, TestNats, eventually};
 
 use crate::api::{ApiClient, NewOrder, OrderView};
 use crate::binary::jwl_binary;
@@ -17,6 +17,7 @@ use crate::broker::Broker;
 use crate::geo::Point;
 use crate::invariants::PlacedOrder;
 use crate::process::ServiceProcess;
+use crate::proxy::{Link, Proxy, address_of, reroute};
 use crate::store::Store;
 use crate::tokens::Tokens;
 
@@ -39,10 +40,17 @@ pub struct SystemOptions {
     /// `JWL_ACK_WAIT`: how long the broker waits for an ack before redelivering (what a
     /// message handled by a killed service waits; keep it above the longest batch handling).
     pub ack_wait: Duration,
+    /// Run the database in a PostgreSQL cluster of this system's own ([`System::cluster`]), so
+    /// that the test may stop it; otherwise in the cluster shared by the test process.
+    pub private_cluster: bool,
+    /// Connections routed through a proxy of their own ([`System::proxy`]), so that the test may
+    /// cut them: the service gets the proxy's address in `JWL_NATS_URL` or
+    /// `JWL_<SERVICE>_DATABASE_URL`.
+    pub proxied: Vec<(Service, Link)>,
 }
 
 impl Default for SystemOptions {
-    /// The documented defaults (`60s`, `5m`, `5` km, `1`, `30s`).
+    /// The documented defaults (`60s`, `5m`, `5` km, `1`, `30s`), in the shared cluster.
     fn default() -> Self {
         Self {
             dispatch_deadline: Duration::from_secs(60),
@@ -50,6 +58,8 @@ impl Default for SystemOptions {
             dispatch_radius_km: 5.0,
             courier_capacity: 1,
             ack_wait: Duration::from_secs(30),
+            private_cluster: false,
+            proxied: Vec::new(),
         }
     }
 }
@@ -60,6 +70,7 @@ impl Default for SystemOptions {
 pub struct System {
     // Field order matters: the services die before the broker and database they use.
     services: Vec<ServiceProcess>,
+    proxies: Vec<(Service, Link, Proxy)>,
     options: SystemOptions,
     api: ApiClient,
     tokens: Tokens,
@@ -71,6 +82,8 @@ pub struct System {
     log_dir: PathBuf,
     database: TestDatabase,
     nats: TestNats,
+    /// The system's own cluster with [`SystemOptions::private_cluster`]; dropped last.
+    cluster: Option<TestCluster>,
 }
 
 impl System {
@@ -79,7 +92,13 @@ impl System {
     pub async fn start(options: SystemOptions) -> anyhow::Result<System> {
         let binary = jwl_binary()?;
         let nats = jwl_testkit::nats().await?;
-        let database = jwl_testkit::database().await?;
+        let (cluster, database) = if options.private_cluster {
+            let cluster = TestCluster::start().await?;
+            let database = cluster.database().await?;
+            (Some(cluster), database)
+        } else {
+            (None, jwl_testkit::database().await?)
+        };
         let log_dir = new_log_dir()?;
         eprintln!("jwl-e2e: service logs in {}", log_dir.display());
 
@@ -89,9 +108,29 @@ impl System {
             uuid::Uuid::new_v4().simple()
         );
         let env = service_env(&options, nats.url(), database.url(), &secret, &log_dir);
+        let mut proxies = Vec::with_capacity(options.proxied.len());
+        let mut proxied_env: Vec<(Service, (String, String))> = Vec::new();
+        for &(service, link) in &options.proxied {
+            let (url, variable) = match link {
+                Link::Nats => (nats.url(), "JWL_NATS_URL".to_owned()),
+                Link::Postgres => (
+                    database.url(),
+                    format!("JWL_{}_DATABASE_URL", service.as_str().to_ascii_uppercase()),
+                ),
+            };
+            let proxy = Proxy::start(&address_of(url)?).await?;
+            let proxied_url = reroute(url, proxy.addr())?;
+            proxied_env.push((service, (variable, proxied_url)));
+            proxies.push((service, link, proxy));
+        }
         let started = futures::future::join_all(Service::ALL.map(|service| {
             let log_path = log_dir.join(format!("{service}.log"));
-            ServiceProcess::start(service, &binary, env.clone(), log_path)
+            let mut env = env.clone();
+            for (_, (variable, url)) in proxied_env.iter().filter(|(s, _)| *s == service) {
+                env.retain(|(k, _)| k != variable);
+                env.push((variable.clone(), url.clone()));
+            }
+            ServiceProcess::start(service, &binary, env, log_path)
         }))
         .await;
         let mut services = Vec::with_capacity(started.len());
@@ -117,6 +156,7 @@ impl System {
         let store = Store::new(database.pool().await?);
         Ok(System {
             services,
+            proxies,
             options,
             api,
             tokens,
@@ -127,6 +167,7 @@ impl System {
             log_dir,
             database,
             nats,
+            cluster,
         })
     }
 
@@ -158,6 +199,15 @@ impl System {
             .unwrap_or_else(|| unreachable!("System::start starts every service"))
     }
 
+    /// The proxy on `service`'s `link`, set up with [`SystemOptions::proxied`].
+    pub fn proxy(&self, service: Service, link: Link) -> anyhow::Result<&Proxy> {
+        self.proxies
+            .iter()
+            .find(|(s, l, _)| *s == service && *l == link)
+            .map(|(_, _, proxy)| proxy)
+            .with_context(|| format!("{service}'s {link} is not proxied (SystemOptions::proxied)"))
+    }
+
     /// The private NATS server (for broker fault injection).
     pub fn nats(&self) -> &TestNats {
         &self.nats
@@ -171,6 +221,12 @@ impl System {
     /// The system's database.
     pub fn database(&self) -> &TestDatabase {
         &self.database
+    }
+
+    /// The system's own PostgreSQL cluster (to stop and start it again), if it was started
+    /// with [`SystemOptions::private_cluster`].
+    pub fn cluster(&self) -> Option<&TestCluster> {
+        self.cluster.as_ref()
     }
 
     /// The directory holding one `<service>.log` per service.

@@ -287,6 +287,25 @@ fn an_unpublished_outbox_row_and_a_lost_event_are_reported() {
 }
 
 #[test]
+fn replayed_events_are_left_out_only_when_declared() {
+    let mut world = World::dispatched("courier-1");
+    let mut copy = world.evidence.events[0].clone();
+    copy.sequence = 700;
+    world.evidence.events.push(copy);
+    let strict = check(&world.evidence).violations;
+    assert!(
+        strict.iter().any(|v| v.contains("in the stream twice")),
+        "{strict:#?}"
+    );
+    let injected = Injected {
+        replays: [700].into(),
+        ..Injected::default()
+    };
+    let verdict = check_with(&world.evidence, &injected);
+    assert!(verdict.violations.is_empty(), "{:#?}", verdict.violations);
+}
+
+#[test]
 fn a_courier_over_capacity_is_reported() {
     let mut world = World::dispatched("courier-1");
     let other_order = OrderId::new();
@@ -378,6 +397,7 @@ fn dead_letters_are_accepted_only_for_injected_messages() {
 
     let injected = Injected {
         sequences: [900].into(),
+        ..Injected::default()
     };
     let verdict = check_with(&world.evidence, &injected);
     assert!(verdict.violations.is_empty(), "{:#?}", verdict.violations);
@@ -386,6 +406,7 @@ fn dead_letters_are_accepted_only_for_injected_messages() {
     world.evidence.dead_letters.push(letter(3));
     let injected = Injected {
         sequences: [900, 901].into(),
+        ..Injected::default()
     };
     let violations = check_with(&world.evidence, &injected).violations;
     assert_eq!(violations.len(), 2, "{violations:#?}");
