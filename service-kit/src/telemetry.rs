@@ -18,7 +18,7 @@ pub mod traces;
 pub(crate) use sampled::sample as sample_gauges;
 pub use sampled::{
     DB_POOL_CONNECTIONS, DB_POOL_IDLE_CONNECTIONS, DB_POOL_MAX_CONNECTIONS, TOKIO_ALIVE_TASKS,
-    TOKIO_GLOBAL_QUEUE_DEPTH, TOKIO_WORKERS, watch_pool,
+    TOKIO_GLOBAL_QUEUE_DEPTH, TOKIO_WORKERS, TOKIO_WORKERS_BUSY_RATIO, watch_pool,
 };
 
 use std::fmt;

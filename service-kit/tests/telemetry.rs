@@ -222,10 +222,21 @@ async fn metrics_show_the_runtime_and_watched_pools() {
     sqlx::query("SELECT 1").execute(&pool).await.unwrap();
     telemetry::watch_pool("jwl_sampled", pool.clone());
 
-    let (response, body) = common::get(&common::edge(Router::new()), "/metrics").await;
+    let edge = common::edge(Router::new());
+    // the busy ratio is measured between two scrapes
+    common::get(&edge, "/metrics").await;
+    let (response, body) = common::get(&edge, "/metrics").await;
     assert_eq!(response.status(), 200);
     let text = String::from_utf8(body).unwrap();
+    let busy: f64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("jwl_tokio_workers_busy_ratio "))
+        .unwrap_or_else(|| panic!("no busy ratio:\n{text}"))
+        .parse()
+        .unwrap();
+    assert!((0.0..=1.0).contains(&busy), "{busy}");
     for gauge in [
+        telemetry::TOKIO_WORKERS_BUSY_RATIO,
         telemetry::TOKIO_WORKERS,
         telemetry::TOKIO_ALIVE_TASKS,
         telemetry::TOKIO_GLOBAL_QUEUE_DEPTH,
