@@ -13,6 +13,9 @@ pub(crate) const DEAD_LETTERS: &str = "jwl_dead_letters_total";
 pub(crate) const EVENTS_HANDLED: &str = "jwl_events_handled_total";
 pub(crate) const HANDLER_DURATION: &str = "jwl_handler_duration_seconds";
 pub(crate) const BATCH_FAILURES: &str = "jwl_consumer_batch_failures_total";
+pub(crate) const CONSUMER_PENDING: &str = "jwl_consumer_pending_messages";
+pub(crate) const CONSUMER_ACK_PENDING: &str = "jwl_consumer_ack_pending_messages";
+pub(crate) const CONSUMER_REDELIVERED: &str = "jwl_consumer_redelivered_messages";
 
 /// The relay's metrics, labelled with its service.
 pub(crate) struct RelayMetrics {
@@ -54,6 +57,12 @@ pub(crate) struct ConsumerMetrics {
     pub handler_duration: Histogram,
     /// Batches whose transaction could not be run or committed.
     pub batch_failures: Counter,
+    /// The broker's count of messages not yet delivered to this consumer.
+    pub pending: Gauge,
+    /// Delivered to this consumer and not yet acknowledged.
+    pub ack_pending: Gauge,
+    /// Delivered more than once and not yet acknowledged.
+    pub redelivered: Gauge,
 }
 
 impl ConsumerMetrics {
@@ -72,6 +81,9 @@ impl ConsumerMetrics {
             handler_duration: histogram!(HANDLER_DURATION, "consumer" => consumer.to_owned(),
                 "type" => event_type),
             batch_failures: counter!(BATCH_FAILURES, "consumer" => consumer.to_owned()),
+            pending: gauge!(CONSUMER_PENDING, "consumer" => consumer.to_owned()),
+            ack_pending: gauge!(CONSUMER_ACK_PENDING, "consumer" => consumer.to_owned()),
+            redelivered: gauge!(CONSUMER_REDELIVERED, "consumer" => consumer.to_owned()),
         }
     }
 }

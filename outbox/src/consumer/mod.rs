@@ -101,12 +101,39 @@ impl ConsumerLoop {
             max_ack_pending: self.settings.max_ack_pending,
             prefetch: self.settings.consumer_batch_size,
         };
+        tokio::join!(
+            self.pull_until(&spec, &shutdown),
+            self.sample_backlog(&spec, &shutdown)
+        );
+        tracing::info!(consumer = %self.consumer, "consumer stopped");
+    }
+
+    /// Every [`BACKLOG_SAMPLE_INTERVAL`], publishes the broker's counts for this consumer as
+    /// gauges (pending, ack pending, redelivered), until shutdown.
+    async fn sample_backlog(&self, spec: &ConsumerSpec, shutdown: &CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self.broker.backlog(spec).await {
+                Ok(backlog) => {
+                    self.metrics.pending.set(backlog.pending as f64);
+                    self.metrics.ack_pending.set(backlog.ack_pending as f64);
+                    self.metrics.redelivered.set(backlog.redelivered as f64);
+                }
+                Err(error) => {
+                    tracing::debug!(consumer = %self.consumer, %error, "no backlog from the broker")
+                }
+            }
+            sleep_or_shutdown(BACKLOG_SAMPLE_INTERVAL, shutdown).await;
+        }
+    }
+
+    /// Subscribes and handles deliveries, re-subscribing after interruptions, until shutdown.
+    async fn pull_until(&self, spec: &ConsumerSpec, shutdown: &CancellationToken) {
         let mut backoff = reconnect_backoff();
         while !shutdown.is_cancelled() {
-            let interrupted = match self.broker.subscribe(&spec).await {
+            let interrupted = match self.broker.subscribe(spec).await {
                 Ok(deliveries) => {
                     tracing::info!(consumer = %self.consumer, "consuming");
-                    self.consume(deliveries, &shutdown, &mut backoff).await
+                    self.consume(deliveries, shutdown, &mut backoff).await
                 }
                 Err(error) => Interrupted::Broker(error),
             };
@@ -116,12 +143,11 @@ impl ConsumerLoop {
                     let delay = backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
                     tracing::warn!(consumer = %self.consumer, %error, ?delay,
                         "broker subscription interrupted; re-subscribing");
-                    sleep_or_shutdown(delay, &shutdown).await;
+                    sleep_or_shutdown(delay, shutdown).await;
                 }
-                Interrupted::Database => self.wait_for_database(&shutdown).await,
+                Interrupted::Database => self.wait_for_database(shutdown).await,
             }
         }
-        tracing::info!(consumer = %self.consumer, "consumer stopped");
     }
 
     /// Reads batches until shutdown or an interruption.
@@ -233,6 +259,9 @@ impl ConsumerLoop {
 }
 
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// How often a consumer's backlog is read from the broker for its gauges.
+const BACKLOG_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
 fn reconnect_backoff() -> ExponentialBackoff {
     ExponentialBuilder::default()

@@ -87,6 +87,19 @@ pub type Deliveries = BoxStream<'static, Result<Box<dyn Delivery>, TransportErro
 pub trait Subscriber: Send + Sync {
     /// Creates the durable consumer if missing and starts pulling from it.
     async fn subscribe(&self, spec: &ConsumerSpec) -> Result<Deliveries, TransportError>;
+    /// What the broker still holds for one durable consumer.
+    async fn backlog(&self, spec: &ConsumerSpec) -> Result<ConsumerBacklog, TransportError>;
+}
+
+/// A durable consumer's backlog as the broker counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerBacklog {
+    /// Messages matching the filter not yet delivered.
+    pub pending: u64,
+    /// Delivered, not yet acknowledged.
+    pub ack_pending: u64,
+    /// Delivered more than once and not yet acknowledged.
+    pub redelivered: u64,
 }
 
 /// A complete broker: publishing, subscribing, provisioning and health.

@@ -26,6 +26,9 @@ const EVERY_SERVICE: &[(&str, &str)] = &[
     ("jwl_tokio_global_queue_depth", "gauge"),
     ("jwl_db_pool_connections", "gauge"),
     ("jwl_db_pool_idle_connections", "gauge"),
+    ("jwl_consumer_pending_messages", "gauge"),
+    ("jwl_consumer_ack_pending_messages", "gauge"),
+    ("jwl_consumer_redelivered_messages", "gauge"),
 ];
 
 /// Counters that must have grown on every service during the run, with a label filter.

@@ -12,8 +12,8 @@ use async_nats::jetstream;
 use async_trait::async_trait;
 
 use super::{
-    Broker, ConsumerSpec, Deliveries, OutboundMessage, PublishReceipt, Publisher, Subscriber,
-    TransportError,
+    Broker, ConsumerBacklog, ConsumerSpec, Deliveries, OutboundMessage, PublishReceipt, Publisher,
+    Subscriber, TransportError,
 };
 use crate::settings::MessagingSettings;
 
@@ -97,6 +97,27 @@ impl Subscriber for JetStreamBroker {
     async fn subscribe(&self, spec: &ConsumerSpec) -> Result<Deliveries, TransportError> {
         let consumer = provision::ensure_consumer(&self.jetstream, spec).await?;
         delivery::pull(consumer, spec).await
+    }
+
+    async fn backlog(&self, spec: &ConsumerSpec) -> Result<ConsumerBacklog, TransportError> {
+        let failed = |source: async_nats::Error| TransportError::Subscribe {
+            consumer: spec.durable_name.clone(),
+            source,
+        };
+        let stream = self
+            .jetstream
+            .get_stream_no_info(&spec.stream)
+            .await
+            .map_err(|error| failed(error.into()))?;
+        let info = stream
+            .consumer_info(&spec.durable_name)
+            .await
+            .map_err(|error| failed(error.into()))?;
+        Ok(ConsumerBacklog {
+            pending: info.num_pending,
+            ack_pending: info.num_ack_pending as u64,
+            redelivered: info.num_redelivered as u64,
+        })
     }
 }
 
