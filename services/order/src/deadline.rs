@@ -46,9 +46,12 @@ async fn cancel_overdue_orders(pool: &PgPool) -> Result<usize, OutboxError> {
     let now = Utc::now().trunc_subsecs(6);
     let mut tx = pool.begin().await?;
     let overdue = store::claim_overdue_orders(&mut tx, now, BATCH as i64).await?;
-    for &order_id in &overdue {
+    for (order_id, traceparent) in &overdue {
+        let order_id = *order_id;
         let event = Envelope {
             time: now,
+            // in the order's trace, not a trace of its own
+            traceparent: traceparent.clone(),
             ..Envelope::new(
                 SERVICE,
                 OrderCancelRequested {
@@ -62,7 +65,7 @@ async fn cancel_overdue_orders(pool: &PgPool) -> Result<usize, OutboxError> {
         jwl_outbox::enqueue(&mut tx, &event).await?;
     }
     tx.commit().await?;
-    for order_id in &overdue {
+    for (order_id, _) in &overdue {
         tracing::info!(%order_id, "order deadline passed; cancellation requested");
     }
     metrics::counter!("jwl_order_cancel_requests_total", "reason" => "deadline")

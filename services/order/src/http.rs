@@ -194,6 +194,7 @@ async fn create_order(
             order: &order,
             deadline,
             created_at,
+            traceparent: event.traceparent.as_deref(),
         },
     )
     .await?;
@@ -251,7 +252,8 @@ async fn cancel_order(
         CancelDecision::AlreadyRequested => {}
         CancelDecision::Request => {
             let event = Envelope {
-                traceparent: current_traceparent(),
+                // in the order's trace (the cancel request's own trace, if the order has none)
+                traceparent: order.traceparent.clone().or_else(current_traceparent),
                 ..Envelope::new(
                     SERVICE,
                     OrderCancelRequested {

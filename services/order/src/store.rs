@@ -31,6 +31,8 @@ pub struct NewOrder<'a> {
     pub order: &'a ValidOrder,
     pub deadline: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+    /// The trace the order belongs to (that of `order.created`).
+    pub traceparent: Option<&'a str>,
 }
 
 /// Inserts a `pending` order.
@@ -38,8 +40,8 @@ pub async fn insert_order(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result
     sqlx::query(
         "INSERT INTO orders (order_id, customer_id, status, amount_cents, items,
                              pickup_lat, pickup_lon, dropoff_lat, dropoff_lon,
-                             deadline, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)",
+                             deadline, created_at, updated_at, traceparent)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
     )
     .bind(new.order_id.0)
     .bind(new.customer_id)
@@ -52,6 +54,7 @@ pub async fn insert_order(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result
     .bind(new.order.dropoff.lon)
     .bind(new.deadline)
     .bind(new.created_at)
+    .bind(new.traceparent)
     .execute(conn)
     .await?;
     Ok(())
@@ -161,6 +164,8 @@ pub async fn recorded_response(
 pub struct LockedOrder {
     pub customer_id: String,
     pub created_at: DateTime<Utc>,
+    /// The order's trace (that of `order.created`), for the events emitted for it later.
+    pub traceparent: Option<String>,
     pub state: ReadModelState,
     pub cancel_requested: bool,
 }
@@ -169,6 +174,7 @@ pub struct LockedOrder {
 struct LockedRow {
     customer_id: String,
     created_at: DateTime<Utc>,
+    traceparent: Option<String>,
     status: String,
     reason: Option<String>,
     waybill_id: Option<Uuid>,
@@ -182,7 +188,7 @@ pub async fn lock_order(
     order_id: OrderId,
 ) -> Result<Option<LockedOrder>, StoreError> {
     let row: Option<LockedRow> = sqlx::query_as(
-        "SELECT customer_id, created_at, status, reason, waybill_id, courier_id,
+        "SELECT customer_id, created_at, traceparent, status, reason, waybill_id, courier_id,
                 cancel_requested_at IS NOT NULL AS cancel_requested
          FROM orders WHERE order_id = $1 FOR UPDATE",
     )
@@ -195,6 +201,7 @@ pub async fn lock_order(
     Ok(Some(LockedOrder {
         customer_id: row.customer_id,
         created_at: row.created_at,
+        traceparent: row.traceparent,
         state: ReadModelState {
             status: parse_status(order_id, &row.status)?,
             reason: parse_reason(order_id, row.reason.as_deref())?,
@@ -246,17 +253,18 @@ pub async fn mark_cancel_requested(
 }
 
 /// Claims up to `limit` orders that are not terminal, are past their deadline at `now` and have
-/// no cancel request yet, marks them cancel-requested for `deadline`, and returns their ids.
+/// no cancel request yet, marks them cancel-requested for `deadline`, and returns their ids
+/// with their traces.
 /// Rows locked by another transaction (another replica's timer, a cancel, an event) are
 /// skipped; they are looked at again on the next run.
 pub async fn claim_overdue_orders(
     conn: &mut PgConnection,
     now: DateTime<Utc>,
     limit: i64,
-) -> Result<Vec<OrderId>, sqlx::Error> {
+) -> Result<Vec<(OrderId, Option<String>)>, sqlx::Error> {
     // The status list is the non-terminal statuses (domain::OrderStatus::is_terminal), written
     // out like the predicate of `orders_open_deadline_idx` so that the index is used.
-    let ids: Vec<Uuid> = sqlx::query_scalar(
+    let claimed: Vec<(Uuid, Option<String>)> = sqlx::query_as(
         "WITH overdue AS (
              SELECT order_id FROM orders
              WHERE cancel_requested_at IS NULL
@@ -268,14 +276,17 @@ pub async fn claim_overdue_orders(
          )
          UPDATE orders SET cancel_requested_at = $1, cancel_reason = $3, updated_at = now()
          FROM overdue WHERE orders.order_id = overdue.order_id
-         RETURNING orders.order_id",
+         RETURNING orders.order_id, orders.traceparent",
     )
     .bind(now)
     .bind(limit)
     .bind(CancelledReason::Deadline.as_str())
     .fetch_all(conn)
     .await?;
-    Ok(ids.into_iter().map(OrderId).collect())
+    Ok(claimed
+        .into_iter()
+        .map(|(id, traceparent)| (OrderId(id), traceparent))
+        .collect())
 }
 
 /// An order as `GET /v1/orders/{id}` shows it.

@@ -55,6 +55,14 @@ async fn overdue_orders_get_exactly_one_cancel_request() -> anyhow::Result<()> {
     ))
     .await?;
 
+    // the order's trace, as the request that created it would have left it with tracing on
+    let order_trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    sqlx::query("UPDATE orders SET traceparent = $2 WHERE order_id = $1")
+        .bind(overdue.0)
+        .bind(order_trace)
+        .execute(&app.pool)
+        .await?;
+
     let shutdown = CancellationToken::new();
     let replicas: Vec<_> = (0..2)
         .map(|_| tokio::spawn(jwl_order::run(app.ctx.clone(), shutdown.clone())))
@@ -69,6 +77,25 @@ async fn overdue_orders_get_exactly_one_cancel_request() -> anyhow::Result<()> {
     for replica in replicas {
         replica.await??;
     }
+
+    // the deadline's cancel request continues the order's trace
+    let headers: Vec<sqlx::types::Json<Vec<(String, String)>>> =
+        sqlx::query_scalar("SELECT headers FROM outbox WHERE subject = $1")
+            .bind(jwl_events::subject(
+                &overdue,
+                EventType::OrderCancelRequested,
+            ))
+            .fetch_all(&app.pool)
+            .await?;
+    assert_eq!(headers.len(), 1);
+    assert!(
+        headers[0]
+            .0
+            .iter()
+            .any(|(name, value)| name == "ce-traceparent" && value == order_trace),
+        "{:?}",
+        headers[0].0
+    );
 
     for order_id in [overdue, later] {
         assert_eq!(
