@@ -13,6 +13,7 @@ pub(crate) const DEAD_LETTERS: &str = "jwl_dead_letters_total";
 pub(crate) const EVENTS_HANDLED: &str = "jwl_events_handled_total";
 pub(crate) const HANDLER_DURATION: &str = "jwl_handler_duration_seconds";
 pub(crate) const BATCH_FAILURES: &str = "jwl_consumer_batch_failures_total";
+pub(crate) const DB_ACQUIRE_DURATION: &str = "jwl_db_acquire_duration_seconds";
 pub(crate) const CONSUMER_PENDING: &str = "jwl_consumer_pending_messages";
 pub(crate) const CONSUMER_ACK_PENDING: &str = "jwl_consumer_ack_pending_messages";
 pub(crate) const CONSUMER_REDELIVERED: &str = "jwl_consumer_redelivered_messages";
@@ -55,6 +56,8 @@ pub(crate) struct ConsumerMetrics {
     /// Hold releases asked for by a control message.
     pub released: Counter,
     pub handler_duration: Histogram,
+    /// Time to get a pooled connection and begin a batch's transaction.
+    pub db_acquire: Histogram,
     /// Batches whose transaction could not be run or committed.
     pub batch_failures: Counter,
     /// The broker's count of messages not yet delivered to this consumer.
@@ -80,6 +83,7 @@ impl ConsumerMetrics {
             released: handled("released"),
             handler_duration: histogram!(HANDLER_DURATION, "consumer" => consumer.to_owned(),
                 "type" => event_type),
+            db_acquire: histogram!(DB_ACQUIRE_DURATION, "consumer" => consumer.to_owned()),
             batch_failures: counter!(BATCH_FAILURES, "consumer" => consumer.to_owned()),
             pending: gauge!(CONSUMER_PENDING, "consumer" => consumer.to_owned()),
             ack_pending: gauge!(CONSUMER_ACK_PENDING, "consumer" => consumer.to_owned()),

@@ -319,7 +319,12 @@ impl ConsumerLoop {
         screened: Vec<Screened>,
         verdicts: &mut [Option<Verdict>],
     ) -> Result<Vec<ReleasedDeadLetter>, sqlx::Error> {
+        let waiting = Instant::now();
         let mut tx = self.pool.begin().await?;
+        // mostly the wait for a pooled connection (plus one BEGIN round trip)
+        self.metrics
+            .db_acquire
+            .record(waiting.elapsed().as_secs_f64());
         let mut released_dead = Vec::new();
         for (index, item) in screened.into_iter().enumerate() {
             let verdict = match item {

@@ -29,6 +29,7 @@ const EVERY_SERVICE: &[(&str, &str)] = &[
     ("jwl_consumer_pending_messages", "gauge"),
     ("jwl_consumer_ack_pending_messages", "gauge"),
     ("jwl_consumer_redelivered_messages", "gauge"),
+    ("jwl_db_acquire_duration_seconds", "histogram"),
 ];
 
 /// Counters that must have grown on every service during the run, with a label filter.
