@@ -169,19 +169,12 @@ impl NatsServer {
                 .try_wait()
                 .map_err(|e| InfraError::io("waiting for nats-server", e))?
             {
-                let log_tail = process::log_tail(log_path, 30);
-                if log_tail.contains("address already in use") {
-                    return Err(InfraError::PortInUse {
-                        server: SERVER,
-                        port: self.options.port,
-                    });
-                }
-                return Err(InfraError::ExitedDuringStart {
-                    server: SERVER,
-                    status: status.to_string(),
-                    log: log_path.to_owned(),
-                    log_tail,
-                });
+                return Err(process::start_failure(
+                    SERVER,
+                    self.options.port,
+                    status,
+                    log_path,
+                ));
             }
             let last_problem = match nats_probe::jetstream_ready(
                 self.options.port,

@@ -219,19 +219,12 @@ impl PostgresServer {
                 .try_wait()
                 .map_err(|e| InfraError::io("waiting for postgres", e))?
             {
-                let log_tail = process::log_tail(log_path, 30);
-                if log_tail.contains("Address already in use") {
-                    return Err(InfraError::PortInUse {
-                        server: SERVER,
-                        port: self.options.port,
-                    });
-                }
-                return Err(InfraError::ExitedDuringStart {
-                    server: SERVER,
-                    status: status.to_string(),
-                    log: log_path.to_owned(),
-                    log_tail,
-                });
+                return Err(process::start_failure(
+                    SERVER,
+                    self.options.port,
+                    status,
+                    log_path,
+                ));
             }
             let last_problem = match postmaster_status(&self.options.data_dir, child.id()) {
                 Some(status) if status == "ready" => {

@@ -12,6 +12,8 @@ use std::sync::OnceLock;
 use std::sync::mpsc::{self, Sender, SyncSender};
 use std::time::{Duration, Instant};
 
+use crate::error::InfraError;
+
 /// The signal a child receives when this process exits (or is killed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OwnerExitSignal {
@@ -182,6 +184,29 @@ pub(crate) fn log_tail(path: &Path, max_lines: usize) -> String {
     let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(max_lines)..].join("\n")
+}
+
+/// Why a server whose process exited while starting failed: its port was taken (its log says
+/// "address already in use", in any case), or something else its log tail shows.
+pub(crate) fn start_failure(
+    server: &'static str,
+    port: u16,
+    status: ExitStatus,
+    log_path: &Path,
+) -> InfraError {
+    let log_tail = log_tail(log_path, 30);
+    if log_tail
+        .to_ascii_lowercase()
+        .contains("address already in use")
+    {
+        return InfraError::PortInUse { server, port };
+    }
+    InfraError::ExitedDuringStart {
+        server,
+        status: status.to_string(),
+        log: log_path.to_owned(),
+        log_tail,
+    }
 }
 
 #[cfg(test)]
