@@ -13,6 +13,8 @@
 //! - [`FaultPoints`] (off by default) inject crashes and transient failures for tests;
 //! - [`trace_context`] carries the W3C `traceparent` from the span that emits an event to the
 //!   `handle_event` spans of its consumers (and links the relay's publish spans to the rows);
+//! - [`stall`] bounds database work, so a connection that stopped answering (half-open) costs a
+//!   timeout, never a hang;
 //! - [`transport`] holds the broker traits and their JetStream implementation.
 //!
 //! [`Messaging`] ties these together for a service process.
@@ -29,6 +31,7 @@ mod naming;
 pub mod relay;
 mod schema;
 mod settings;
+pub mod stall;
 pub mod trace_context;
 pub mod transport;
 

@@ -58,6 +58,14 @@ pub struct MessagingSettings {
     /// Inbox rows older than this are deleted (keep it above `events_max_age`).
     pub inbox_retention: Duration,
 
+    /// How long database work may go without an answer before the connection is given up: the
+    /// client-side bound on one consumer batch, relay step or timer run, and the server-side
+    /// `idle_session_timeout` of the relay lease session, so that a lease held by a session whose
+    /// client went silent (half-open after a partition) is freed for another relay. Keep it above
+    /// the longest batch handling and above `relay_poll_interval` (the active relay runs a
+    /// statement on its lease session at least that often).
+    pub db_stall_timeout: Duration,
+
     /// Faults to inject, for failure-injection tests only; `None` (the default) injects none.
     pub faults: Option<FaultPoints>,
 }
@@ -89,6 +97,7 @@ impl Default for MessagingSettings {
             housekeeping_interval: Duration::from_secs(60),
             outbox_retention: DAY,
             inbox_retention: 14 * DAY,
+            db_stall_timeout: Duration::from_secs(30),
             faults: None,
         }
     }
@@ -121,6 +130,9 @@ impl MessagingSettings {
         }
         if self.ack_wait.is_zero() || self.relay_poll_interval.is_zero() {
             return fail("ack_wait and relay_poll_interval must be positive");
+        }
+        if self.db_stall_timeout <= self.relay_poll_interval {
+            return fail("db_stall_timeout must exceed relay_poll_interval");
         }
         if self.relay_retry_min_delay > self.relay_retry_max_delay {
             return fail("relay_retry_min_delay must not exceed relay_retry_max_delay");

@@ -10,7 +10,7 @@ use jwl_events::{Envelope, HeaderStyle};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use sqlx::PgConnection;
+use sqlx::{Connection as _, PgConnection};
 use uuid::Uuid;
 
 use super::dead_letter::{DeadLetter, DeadLetterReason, LetterSource, dead_letter_message};
@@ -22,6 +22,7 @@ use crate::handler::HandlerError;
 use crate::inbox::{HandlingTarget, SavepointOutcome, handle_in_savepoint};
 use crate::metrics::count_dead_letter;
 use crate::naming::durable_name;
+use crate::stall;
 use crate::trace_context;
 use crate::transport::Delivery;
 
@@ -312,7 +313,8 @@ impl ConsumerLoop {
     }
 
     /// Runs the batch in one transaction, a savepoint per handled message, in delivery order,
-    /// and commits. Returns the parked messages that failed while being released.
+    /// and commits, all within the stall timeout (past it the connection is given up and the
+    /// error is [`stall::stalled`]). Returns the parked messages that failed while being released.
     async fn handle_in_transaction(
         &self,
         batch: &[Box<dyn Delivery>],
@@ -320,29 +322,33 @@ impl ConsumerLoop {
         verdicts: &mut [Option<Verdict>],
     ) -> Result<Vec<ReleasedDeadLetter>, sqlx::Error> {
         let waiting = Instant::now();
-        let mut tx = self.pool.begin().await?;
-        // mostly the wait for a pooled connection (plus one BEGIN round trip)
-        self.metrics
-            .db_acquire
-            .record(waiting.elapsed().as_secs_f64());
-        let mut released_dead = Vec::new();
-        for (index, item) in screened.into_iter().enumerate() {
-            let verdict = match item {
-                Screened::Decided(verdict) => verdict,
-                Screened::Work(work) => {
-                    self.run_work(&mut tx, batch[index].as_ref(), work, &mut released_dead)
-                        .await?
+        let limit = self.settings.db_stall_timeout;
+        stall::with_connection(&self.pool, limit, async |conn| {
+            let mut tx = conn.begin().await?;
+            // mostly the wait for a pooled connection (plus one BEGIN round trip)
+            self.metrics
+                .db_acquire
+                .record(waiting.elapsed().as_secs_f64());
+            let mut released_dead = Vec::new();
+            for (index, item) in screened.into_iter().enumerate() {
+                let verdict = match item {
+                    Screened::Decided(verdict) => verdict,
+                    Screened::Work(work) => {
+                        self.run_work(&mut tx, batch[index].as_ref(), work, &mut released_dead)
+                            .await?
+                    }
+                };
+                if let Verdict::DeadLetter(letter) = &verdict
+                    && let Some((order_id, event_id)) = letter.hold_key()
+                {
+                    holds::hold(&mut tx, &letter.consumer, order_id, event_id).await?;
                 }
-            };
-            if let Verdict::DeadLetter(letter) = &verdict
-                && let Some((order_id, event_id)) = letter.hold_key()
-            {
-                holds::hold(&mut tx, &letter.consumer, order_id, event_id).await?;
+                verdicts[index] = Some(verdict);
             }
-            verdicts[index] = Some(verdict);
-        }
-        tx.commit().await?;
-        Ok(released_dead)
+            tx.commit().await?;
+            Ok(released_dead)
+        })
+        .await
     }
 
     async fn run_work(
@@ -678,10 +684,11 @@ impl ConsumerLoop {
             tracing::warn!(consumer = %letter.consumer, reason = %letter.reason,
                 error = %letter.error, event_id = %dead.parked.event_id,
                 "released message dead-lettered; its order is held again");
-            let unparked = match self.pool.acquire().await {
-                Ok(mut conn) => holds::unpark(&mut conn, dead.parked.id).await,
-                Err(error) => Err(error),
-            };
+            let unparked =
+                stall::with_connection(&self.pool, self.settings.db_stall_timeout, async |conn| {
+                    holds::unpark(conn, dead.parked.id).await
+                })
+                .await;
             if let Err(error) = unparked {
                 tracing::warn!(consumer = %letter.consumer, %error,
                     "could not unpark a dead-lettered message; it will be handled again on release");

@@ -54,7 +54,7 @@ impl Relay {
     /// the lease connection fails (then stands by again). Returns only at shutdown.
     pub async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            match RelayLease::try_acquire(&self.pool).await {
+            match RelayLease::try_acquire(&self.pool, self.settings.db_stall_timeout).await {
                 Ok(Some(lease)) => {
                     tracing::info!(schema = lease.schema(), "relay is active");
                     if let Err(error) = self.lead(lease, &shutdown).await {
@@ -82,6 +82,7 @@ impl Relay {
             self.pool.clone(),
             lease.schema(),
             settings.relay_poll_interval,
+            settings.db_stall_timeout,
         );
         let mut retry: Option<ExponentialBackoff> = None;
         let mut next_housekeeping = Instant::now();
@@ -96,7 +97,9 @@ impl Relay {
                 next_housekeeping = Instant::now() + settings.housekeeping_interval;
             }
 
-            let batch = claim_pending(lease.conn(), settings.relay_batch_size).await?;
+            let batch = lease
+                .run(async |conn| claim_pending(conn, settings.relay_batch_size).await)
+                .await?;
             if batch.is_empty() {
                 self.metrics.pending.set(0.0);
                 self.metrics.oldest_pending_age.set(0.0);
@@ -115,12 +118,12 @@ impl Relay {
             {
                 crash("crash_after_publish (published, not marked)");
             }
-            mark(lease.conn(), &outcome).await?;
+            lease.run(async |conn| mark(conn, &outcome).await).await?;
             self.record(&outcome);
 
             let full = batch.len() >= settings.relay_batch_size;
             if full || !outcome.failed.is_empty() {
-                let backlog = steps::pending_backlog(lease.conn()).await?;
+                let backlog = lease.run(steps::pending_backlog).await?;
                 self.metrics.pending.set(backlog.rows as f64);
                 self.metrics
                     .oldest_pending_age
@@ -139,12 +142,32 @@ impl Relay {
                     .get_or_insert_with(|| self.retry_backoff())
                     .next()
                     .unwrap_or(settings.relay_retry_max_delay);
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(delay) => {}
-                }
+                self.pause(&mut lease, delay, shutdown).await?;
             }
         }
+    }
+
+    /// Waits `delay` (or until shutdown) before retrying a publish, keeping the lease session
+    /// busy once per poll interval meanwhile (see [`lease`]).
+    async fn pause(
+        &self,
+        lease: &mut RelayLease,
+        delay: std::time::Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<(), OutboxError> {
+        let until = Instant::now() + delay;
+        while !shutdown.is_cancelled() {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            let nap = (until - now).min(self.settings.relay_poll_interval);
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(nap) => lease.keep_alive().await?,
+            }
+        }
+        Ok(())
     }
 
     fn record(&self, outcome: &PublishOutcome) {
@@ -181,16 +204,18 @@ impl Relay {
         const MAX_CHUNKS: usize = 20;
         let settings = &*self.settings;
         for _ in 0..MAX_CHUNKS {
-            if !steps::chunk_was_full(
-                steps::delete_published(lease.conn(), settings.outbox_retention).await?,
-            ) {
+            let deleted = lease
+                .run(async |conn| steps::delete_published(conn, settings.outbox_retention).await)
+                .await?;
+            if !steps::chunk_was_full(deleted) {
                 break;
             }
         }
         for _ in 0..MAX_CHUNKS {
-            if !steps::chunk_was_full(
-                steps::delete_handled(lease.conn(), settings.inbox_retention).await?,
-            ) {
+            let deleted = lease
+                .run(async |conn| steps::delete_handled(conn, settings.inbox_retention).await)
+                .await?;
+            if !steps::chunk_was_full(deleted) {
                 break;
             }
         }

@@ -7,6 +7,7 @@ use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::enqueue::notify_channel;
+use crate::stall;
 
 /// Waits for an outbox notification, the poll interval, or shutdown, whichever comes first.
 pub(crate) struct Wakeup {
@@ -14,24 +15,35 @@ pub(crate) struct Wakeup {
     channel: String,
     listener: Option<PgListener>,
     poll_interval: Duration,
+    stall_timeout: Duration,
 }
 
 impl Wakeup {
-    pub fn new(pool: PgPool, schema: &str, poll_interval: Duration) -> Self {
+    pub fn new(
+        pool: PgPool,
+        schema: &str,
+        poll_interval: Duration,
+        stall_timeout: Duration,
+    ) -> Self {
         Self {
             pool,
             channel: notify_channel(schema),
             listener: None,
             poll_interval,
+            stall_timeout,
         }
     }
 
-    /// (Re)starts listening if not listening; on failure the relay just polls.
+    /// (Re)starts listening if not listening, within the stall timeout; on failure the relay
+    /// just polls.
     pub async fn ensure_listening(&mut self) {
         if self.listener.is_some() {
             return;
         }
-        match self.listen().await {
+        let listening = tokio::time::timeout(self.stall_timeout, self.listen())
+            .await
+            .unwrap_or_else(|_elapsed| Err(stall::stalled(self.stall_timeout)));
+        match listening {
             Ok(listener) => self.listener = Some(listener),
             Err(error) => tracing::warn!(%error, "relay cannot LISTEN; polling the outbox"),
         }
