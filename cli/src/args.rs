@@ -12,6 +12,7 @@ use jwl_events::{EventType, OrderId};
 use jwl_ops::DeadLetterReason;
 use jwl_outbox::{FaultPoints, MessagingSettings, TransientFault};
 use jwl_service_kit::auth::Scope;
+use jwl_service_kit::db::PoolSettings;
 
 use crate::services::ServiceName;
 
@@ -284,6 +285,12 @@ pub struct MessagingArgs {
     /// longest batch handling time).
     #[arg(long, env = "JWL_ACK_WAIT", default_value = "30s", value_parser = parse_positive_duration)]
     pub ack_wait: Duration,
+    /// How long a database connection may go without answering before it is given up: the
+    /// bound on one consumer batch, relay step or timer run, and how long PostgreSQL keeps a
+    /// silent session inside a transaction or holding the relay lease (half-open connections
+    /// after a partition). Keep it above the longest batch handling.
+    #[arg(long, env = "JWL_DB_STALL_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
+    pub db_stall_timeout: Duration,
 }
 
 /// Fault points for failure-injection tests (hidden; all off by default). Read once at start.
@@ -394,8 +401,17 @@ impl MessagingArgs {
     pub fn to_settings(&self, faults: Option<FaultPoints>) -> MessagingSettings {
         MessagingSettings {
             ack_wait: self.ack_wait,
+            db_stall_timeout: self.db_stall_timeout,
             faults,
             ..MessagingSettings::default()
+        }
+    }
+
+    /// The production pool settings with these tunables.
+    pub fn to_pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            stall_timeout: self.db_stall_timeout,
+            ..PoolSettings::default()
         }
     }
 }

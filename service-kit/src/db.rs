@@ -4,6 +4,12 @@
 //! The first connection is retried with exponential backoff (bounded) so a service can start
 //! while its database is still coming up; afterwards a dead database surfaces as errors after
 //! [`PoolSettings::acquire_timeout`] rather than as hangs.
+//!
+//! A connection that goes silent without closing (half-open after a partition) is bounded by
+//! [`PoolSettings::stall_timeout`] on both ends: a connection given back to the pool must answer
+//! a ping within it or it is closed (sqlx's own check on release would wait forever, keeping the
+//! pool slot), and PostgreSQL ends a session idle inside a transaction for that long
+//! (`idle_in_transaction_session_timeout`), which frees the locks a vanished client held.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -44,6 +50,9 @@ pub struct PoolSettings {
     pub max_lifetime: Duration,
     /// How long to keep retrying the first connection (database still starting).
     pub startup_retry_for: Duration,
+    /// How long a connection may go without answering before it is given up (see the module
+    /// documentation); `JWL_DB_STALL_TIMEOUT`.
+    pub stall_timeout: Duration,
 }
 
 impl Default for PoolSettings {
@@ -54,6 +63,7 @@ impl Default for PoolSettings {
             idle_timeout: Duration::from_secs(300),
             max_lifetime: Duration::from_secs(1800),
             startup_retry_for: Duration::from_secs(20),
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -87,7 +97,15 @@ pub async fn connect_with(
         )
         .await?;
 
-    let options = base.options([("search_path", schema)]);
+    let idle_in_transaction = settings.stall_timeout.as_millis().to_string();
+    let options = base.options([
+        ("search_path", schema),
+        (
+            "idle_in_transaction_session_timeout",
+            idle_in_transaction.as_str(),
+        ),
+    ]);
+    let release_check = settings.stall_timeout;
     (|| {
         PgPoolOptions::new()
             .max_connections(settings.max_connections)
@@ -99,6 +117,7 @@ pub async fn connect_with(
             // broken by a server restart fails its query (a transient error callers retry) and
             // is then discarded by the pool.
             .test_before_acquire(false)
+            .after_release(move |conn, _| Box::pin(answers_within(conn, release_check)))
             .connect_with(options.clone())
     })
     .retry(retry_policy)
@@ -108,6 +127,22 @@ pub async fn connect_with(
     .map_err(DbError::Connect)
     // its size and idle connections are exported on /metrics, labelled with the schema
     .inspect(|pool| crate::telemetry::watch_pool(schema, pool.clone()))
+}
+
+/// Whether a connection given back to the pool answers a ping within `limit`: `false` (close it)
+/// when it does not, e.g. half-open with a cancelled statement still in flight.
+async fn answers_within(conn: &mut PgConnection, limit: Duration) -> Result<bool, sqlx::Error> {
+    match tokio::time::timeout(limit, conn.ping()).await {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "a released connection failed its ping; closing it");
+            Ok(false)
+        }
+        Err(_elapsed) => {
+            tracing::warn!(?limit, "a released connection did not answer; closing it");
+            Ok(false)
+        }
+    }
 }
 
 /// One round trip to the database.

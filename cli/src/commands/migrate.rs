@@ -1,5 +1,7 @@
 //! `jwl migrate [service…]`: apply the migrations of the named services (all by default).
 
+use jwl_service_kit::db::PoolSettings;
+
 use crate::args::MigrateArgs;
 use crate::services::ServiceName;
 
@@ -11,7 +13,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     };
     for name in services {
         let url = args.databases.require_url_for(name)?;
-        let pool = super::connect_and_migrate(name.entry(), url).await?;
+        let pool = super::connect_and_migrate(name.entry(), url, &PoolSettings::default()).await?;
         pool.close().await;
     }
     Ok(())

@@ -13,21 +13,30 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use jwl_outbox::{JetStreamBroker, MessagingSettings};
+use jwl_service_kit::db::PoolSettings;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
 use crate::services::ServiceEntry;
 
 /// A pool on `url` in the service's schema (created if missing).
-async fn connect_pool(entry: &ServiceEntry, url: &str) -> anyhow::Result<PgPool> {
-    jwl_service_kit::db::connect(url, entry.schema)
+async fn connect_pool(
+    entry: &ServiceEntry,
+    url: &str,
+    settings: &PoolSettings,
+) -> anyhow::Result<PgPool> {
+    jwl_service_kit::db::connect_with(url, entry.schema, settings)
         .await
         .with_context(|| format!("connecting the {} service to its database", entry.name))
 }
 
 /// Connects a pool and applies the service's migrations.
-async fn connect_and_migrate(entry: &ServiceEntry, url: &str) -> anyhow::Result<PgPool> {
-    let pool = connect_pool(entry, url).await?;
+async fn connect_and_migrate(
+    entry: &ServiceEntry,
+    url: &str,
+    settings: &PoolSettings,
+) -> anyhow::Result<PgPool> {
+    let pool = connect_pool(entry, url, settings).await?;
     (entry.migrate)(&pool).await.with_context(|| {
         format!(
             "migrating the {} service (schema {})",

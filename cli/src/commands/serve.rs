@@ -56,7 +56,7 @@ async fn start(args: &ServeArgs) -> anyhow::Result<(ServiceContext, Router, TcpL
     }
     let messaging = args.messaging.to_settings(faults);
     let broker = connect_broker(&args.nats_url, &format!("jwl-{}", entry.name), &messaging).await?;
-    let pool = connect_and_migrate(entry, database_url).await?;
+    let pool = connect_and_migrate(entry, database_url, &args.messaging.to_pool_settings()).await?;
     let ctx = ServiceContext {
         service: entry.service,
         pool: pool.clone(),

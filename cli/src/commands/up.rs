@@ -85,6 +85,7 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
     let messaging = args.messaging.to_settings(None);
     let broker = connect_broker(&nats_url, "jwl-up", &messaging).await?;
     let settings = args.settings.to_settings();
+    let pool_settings = args.messaging.to_pool_settings();
 
     let mut contexts = Vec::with_capacity(ServiceName::ALL.len());
     let mut routes = Router::new();
@@ -95,7 +96,7 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
             .url_for(name)
             .or(private_database_url.as_deref())
             .context("no database URL (internal error: the private PostgreSQL was not started)")?;
-        let pool = connect_and_migrate(entry, url).await?;
+        let pool = connect_and_migrate(entry, url, &pool_settings).await?;
         let ctx = ServiceContext {
             service: entry.service,
             pool,

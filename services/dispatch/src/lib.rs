@@ -62,6 +62,7 @@ pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> anyhow::Re
     let mut timer = tokio::spawn(timer::run(
         ctx.pool.clone(),
         ctx.settings.clone(),
+        ctx.messaging.db_stall_timeout,
         stop.clone(),
     ));
     let handler = Arc::new(DispatchHandler::new(ctx.settings.clone()));

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use chrono::Utc;
 use jwl_events::{DispatchFailed, DispatchFailureReason, Envelope};
 use jwl_service_kit::Settings;
-use sqlx::PgPool;
+use std::time::Duration;
+
+use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -21,8 +23,14 @@ use crate::store;
 /// Most waybills failed in one transaction.
 const BATCH_SIZE: i64 = 100;
 
-/// Runs the timer until `shutdown`. Errors (database down) are logged and retried next tick.
-pub async fn run(pool: PgPool, settings: Arc<Settings>, shutdown: CancellationToken) {
+/// Runs the timer until `shutdown`. Errors (database down, or silent past `stall_timeout`) are
+/// logged and retried next tick.
+pub async fn run(
+    pool: PgPool,
+    settings: Arc<Settings>,
+    stall_timeout: Duration,
+    shutdown: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(domain::timer_interval(settings.dispatch_deadline));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -30,7 +38,7 @@ pub async fn run(pool: PgPool, settings: Arc<Settings>, shutdown: CancellationTo
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match fail_overdue(&pool).await {
+        match fail_overdue(&pool, stall_timeout).await {
             Ok(0) => {}
             Ok(failed) => tracing::info!(failed, "failed waybills past their dispatch deadline"),
             Err(error) => tracing::warn!(%error, "deadline timer round failed; retrying"),
@@ -38,31 +46,38 @@ pub async fn run(pool: PgPool, settings: Arc<Settings>, shutdown: CancellationTo
     }
 }
 
-/// Fails every overdue waiting waybill, one batch per transaction; how many it failed.
-async fn fail_overdue(pool: &PgPool) -> Result<usize, DispatchError> {
+/// Fails every overdue waiting waybill, one batch per transaction (each within `stall_timeout`);
+/// how many it failed.
+async fn fail_overdue(pool: &PgPool, stall_timeout: Duration) -> Result<usize, DispatchError> {
     let mut total = 0;
     loop {
-        let mut tx = pool.begin().await?;
-        let overdue = store::fail_overdue(&mut tx, Utc::now(), BATCH_SIZE).await?;
-        for waybill in &overdue {
-            let mut event = Envelope::new(
-                SERVICE,
-                DispatchFailed {
-                    order_id: waybill.order_id,
-                    waybill_id: waybill.waybill_id,
-                    reason: DispatchFailureReason::NoCourier,
-                }
-                .into(),
-            );
-            // Born from the timer, acting on the `waybill_created` that started the wait.
-            event.causation_id = Some(waybill.cause_event_id);
-            event.traceparent.clone_from(&waybill.cause_traceparent);
-            jwl_outbox::enqueue(&mut tx, &event).await?;
-        }
-        tx.commit().await?;
-        total += overdue.len();
-        if i64::try_from(overdue.len()).unwrap_or(i64::MAX) < BATCH_SIZE {
+        let failed = jwl_outbox::stall::with_connection(pool, stall_timeout, fail_batch).await?;
+        total += failed;
+        if i64::try_from(failed).unwrap_or(i64::MAX) < BATCH_SIZE {
             return Ok(total);
         }
     }
+}
+
+/// Fails up to [`BATCH_SIZE`] overdue waybills in one transaction; how many it failed.
+async fn fail_batch(conn: &mut PgConnection) -> Result<usize, DispatchError> {
+    let mut tx = conn.begin().await?;
+    let overdue = store::fail_overdue(&mut tx, Utc::now(), BATCH_SIZE).await?;
+    for waybill in &overdue {
+        let mut event = Envelope::new(
+            SERVICE,
+            DispatchFailed {
+                order_id: waybill.order_id,
+                waybill_id: waybill.waybill_id,
+                reason: DispatchFailureReason::NoCourier,
+            }
+            .into(),
+        );
+        // Born from the timer, acting on the `waybill_created` that started the wait.
+        event.causation_id = Some(waybill.cause_event_id);
+        event.traceparent.clone_from(&waybill.cause_traceparent);
+        jwl_outbox::enqueue(&mut tx, &event).await?;
+    }
+    tx.commit().await?;
+    Ok(overdue.len())
 }

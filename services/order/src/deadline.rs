@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{SubsecRound, Utc};
 use jwl_events::{CancelReason, Envelope, OrderCancelRequested};
 use jwl_outbox::OutboxError;
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::SERVICE;
@@ -20,12 +20,18 @@ use crate::store;
 /// Most orders claimed by one run; a full batch is followed by another run at once.
 const BATCH: usize = 100;
 
-/// Runs the timer every `deadline_sweep_period(order_deadline)` until `shutdown`. Failures are
-/// logged and retried on the next run.
-pub(crate) async fn run(pool: PgPool, order_deadline: Duration, shutdown: CancellationToken) {
+/// Runs the timer every `deadline_sweep_period(order_deadline)` until `shutdown`, each run
+/// within `stall_timeout`. Failures are logged and retried on the next run.
+pub(crate) async fn run(
+    pool: PgPool,
+    order_deadline: Duration,
+    stall_timeout: Duration,
+    shutdown: CancellationToken,
+) {
     let period = domain::deadline_sweep_period(order_deadline);
     while !shutdown.is_cancelled() {
-        let wait = match cancel_overdue_orders(&pool).await {
+        let run = jwl_outbox::stall::with_connection(&pool, stall_timeout, cancel_overdue_orders);
+        let wait = match run.await {
             Ok(claimed) if claimed >= BATCH => Duration::ZERO,
             Ok(_) => period,
             Err(error) => {
@@ -42,9 +48,9 @@ pub(crate) async fn run(pool: PgPool, order_deadline: Duration, shutdown: Cancel
 
 /// One run: claims up to [`BATCH`] overdue orders and requests their cancellation; returns how
 /// many it claimed.
-async fn cancel_overdue_orders(pool: &PgPool) -> Result<usize, OutboxError> {
+async fn cancel_overdue_orders(conn: &mut PgConnection) -> Result<usize, OutboxError> {
     let now = Utc::now().trunc_subsecs(6);
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let overdue = store::claim_overdue_orders(&mut tx, now, BATCH as i64).await?;
     for (order_id, traceparent) in &overdue {
         let order_id = *order_id;

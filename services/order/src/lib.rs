@@ -51,6 +51,7 @@ pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> anyhow::Re
     let timer = tokio::spawn(deadline::run(
         ctx.pool.clone(),
         ctx.settings.order_deadline,
+        ctx.messaging.db_stall_timeout,
         stop.clone(),
     ));
     let messaging = Messaging::new(SERVICE, ctx.pool, ctx.broker, ctx.messaging)
