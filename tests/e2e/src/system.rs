@@ -40,6 +40,10 @@ pub struct SystemOptions {
     /// `JWL_ACK_WAIT`: how long the broker waits for an ack before redelivering (what a
     /// message handled by a killed service waits; keep it above the longest batch handling).
     pub ack_wait: Duration,
+    /// `JWL_DB_STALL_TIMEOUT`: how long a service waits on a database connection that stopped
+    /// answering before giving it up (and PostgreSQL a silent session holding locks or the
+    /// relay lease).
+    pub db_stall_timeout: Duration,
     /// Run the database in a PostgreSQL cluster of this system's own ([`System::cluster`]), so
     /// that the test may stop it; otherwise in the cluster shared by the test process.
     pub private_cluster: bool,
@@ -50,7 +54,7 @@ pub struct SystemOptions {
 }
 
 impl Default for SystemOptions {
-    /// The documented defaults (`60s`, `5m`, `5` km, `1`, `30s`), in the shared cluster.
+    /// The documented defaults (`60s`, `5m`, `5` km, `1`, `30s`, `30s`), in the shared cluster.
     fn default() -> Self {
         Self {
             dispatch_deadline: Duration::from_secs(60),
@@ -58,6 +62,7 @@ impl Default for SystemOptions {
             dispatch_radius_km: 5.0,
             courier_capacity: 1,
             ack_wait: Duration::from_secs(30),
+            db_stall_timeout: Duration::from_secs(30),
             private_cluster: false,
             proxied: Vec::new(),
         }
@@ -441,6 +446,7 @@ fn service_env(
         ),
         ("JWL_COURIER_CAPACITY", options.courier_capacity.to_string()),
         ("JWL_ACK_WAIT", humantime(options.ack_wait)),
+        ("JWL_DB_STALL_TIMEOUT", humantime(options.db_stall_timeout)),
         ("RUST_LOG", "info".to_owned()),
     ]
     .into_iter()

@@ -2,6 +2,11 @@
 //! restored, then cut off from PostgreSQL for 5 s and restored, each through a TCP proxy of the
 //! harness ([`jwl_e2e::Proxy`]). Every order must end, the service must come back by itself
 //! (no hang on a dead connection) and the invariants of DESIGN.md §5 must hold.
+//!
+//! The second test cuts the database path *silently*: the service's live connections (its
+//! consumers' open transactions, the relay's lease session) are black-holed for good, neither
+//! closed nor answered, as after a NAT or firewall lost their state. Only the service's own
+//! timeouts and PostgreSQL's session timeouts (`JWL_DB_STALL_TIMEOUT`) can get it going again.
 
 use std::time::{Duration, Instant};
 
@@ -50,6 +55,39 @@ async fn cut_under_load(system: &System, link: Link) -> anyhow::Result<Vec<Place
     placed
 }
 
+/// Stock and couriers enough for every order of a test.
+async fn prepare(system: &System) -> anyhow::Result<()> {
+    system.set_stock("TEA", 1_000).await?;
+    for n in 0..COURIERS {
+        system
+            .move_courier(
+                &format!("courier-{n}"),
+                Point::JIANGWAN.offset_km(n as f64 * 0.2, 0.0),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Every order of `placed` ended well and DESIGN.md §5 holds; prints the figures.
+async fn assert_all_delivered(
+    system: &System,
+    placed: &[PlacedOrder],
+    started: Instant,
+) -> anyhow::Result<()> {
+    let outcomes = system.check_invariants(placed).await?;
+    assert_eq!(outcomes.total(), placed.len(), "{outcomes}");
+    assert_eq!(outcomes.succeeded(), placed.len(), "{outcomes}");
+    let log = std::fs::read_to_string(system.service(PARTITIONED).log_path())?;
+    println!(
+        "e2e partition: {} orders, outcomes [{outcomes}], {} NATS connection events in the {PARTITIONED} log, wall {:.1}s",
+        placed.len(),
+        log.matches("nats connection event").count(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_cut_from_nats_then_postgres_recovers_and_loses_nothing() -> anyhow::Result<()> {
     let started = Instant::now();
@@ -60,15 +98,7 @@ async fn service_cut_from_nats_then_postgres_recovers_and_loses_nothing() -> any
         ..SystemOptions::default()
     };
     with_system(options, async |system| {
-        system.set_stock("TEA", 1_000).await?;
-        for n in 0..COURIERS {
-            system
-                .move_courier(
-                    &format!("courier-{n}"),
-                    Point::JIANGWAN.offset_km(n as f64 * 0.2, 0.0),
-                )
-                .await?;
-        }
+        prepare(system).await?;
         let mut placed = place(system).await?;
         placed.extend(cut_under_load(system, Link::Nats).await?);
         let nats_restored = Instant::now();
@@ -80,17 +110,46 @@ async fn service_cut_from_nats_then_postgres_recovers_and_loses_nothing() -> any
             "e2e partition: every order terminal {:.1}s after NATS came back",
             nats_restored.elapsed().as_secs_f64()
         );
-        let outcomes = system.check_invariants(&placed).await?;
-        assert_eq!(outcomes.total(), placed.len(), "{outcomes}");
-        assert_eq!(outcomes.succeeded(), placed.len(), "{outcomes}");
-        let log = std::fs::read_to_string(system.service(PARTITIONED).log_path())?;
+        assert_all_delivered(system, &placed, started).await
+    })
+    .await
+}
+
+/// The database path of the partitioned service is black-holed mid-load, its live connections
+/// for good; after the path comes back the service must give those up by itself and finish
+/// every order. Without the stall timeouts it hangs forever on a transaction or on the relay
+/// lease of a session that PostgreSQL still believes alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_left_with_half_open_database_connections_recovers() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let stall_timeout = Duration::from_secs(4);
+    let options = SystemOptions {
+        ack_wait: Duration::from_secs(3),
+        db_stall_timeout: stall_timeout,
+        courier_capacity: 5,
+        proxied: vec![(PARTITIONED, Link::Postgres)],
+        ..SystemOptions::default()
+    };
+    with_system(options, async |system| {
+        prepare(system).await?;
+        let mut placed = place(system).await?;
+        let proxy = system.proxy(PARTITIONED, Link::Postgres)?;
+        proxy.cut_silently();
+        let (during, ()) = tokio::join!(place(system), async {
+            // the partition lasts this long: a fault's duration, not a wait for a condition
+            tokio::time::sleep(CUT_FOR).await;
+        });
+        placed.extend(during?);
+        proxy.restore();
+        let restored = Instant::now();
+        placed.extend(place(system).await?);
+
+        system.wait_all_terminal(&placed, SAGA_TIMEOUT).await?;
         println!(
-            "e2e partition: {} orders, outcomes [{outcomes}], {} NATS connection events in the {PARTITIONED} log, wall {:.1}s",
-            placed.len(),
-            log.matches("nats connection event").count(),
-            started.elapsed().as_secs_f64()
+            "e2e partition: every order terminal {:.1}s after the silent cut ended (stall timeout {stall_timeout:?})",
+            restored.elapsed().as_secs_f64()
         );
-        Ok(())
+        assert_all_delivered(system, &placed, started).await
     })
     .await
 }
