@@ -20,6 +20,7 @@ use crate::handler::Handler;
 use crate::metrics::ConsumerMetrics;
 use crate::naming::durable_name;
 use crate::settings::MessagingSettings;
+use crate::stall;
 use crate::transport::{Broker, ConsumerSpec, Deliveries, Delivery, TransportError};
 use batch::BatchResult;
 
@@ -242,13 +243,18 @@ impl ConsumerLoop {
         .await;
     }
 
-    /// Waits until the database answers again (or shutdown).
+    /// Waits until the database answers again (or shutdown). Each probe is bounded by the stall
+    /// timeout: on a half-open pooled connection an unbounded one would wait forever.
     async fn wait_for_database(&self, shutdown: &CancellationToken) {
         let mut backoff = reconnect_backoff();
+        let limit = self.settings.db_stall_timeout;
         while !shutdown.is_cancelled() {
             let delay = backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
             sleep_or_shutdown(delay, shutdown).await;
-            match sqlx::query("SELECT 1").execute(&self.pool).await {
+            let probe = stall::with_connection(&self.pool, limit, async |conn| {
+                sqlx::query("SELECT 1").execute(conn).await
+            });
+            match probe.await {
                 Ok(_) => return,
                 Err(error) => {
                     tracing::warn!(consumer = %self.consumer, %error, "database still unavailable")
