@@ -2,7 +2,9 @@
 //! steady `JWL_SOAK_RATE` per second with mixed outcomes (paid and dispatched, declined, out of
 //! stock, no courier, cancelled by the customer), while faults drawn at random hit the system:
 //! a service killed (SIGKILL) and restarted, the broker restarted, a service cut off from NATS
-//! for 2 s, a service restarted with a transient fault point, a poison message. At the end it
+//! for 2 s, a service's database connections black-holed for 2 s (its live ones for good, as
+//! after a partition that closed nothing), a service restarted with a transient fault point, a
+//! poison message. At the end it
 //! prints one line of figures and fails if any order is lost, charged wrongly, leaks stock or is
 //! stuck (or any other invariant of DESIGN.md §5 is broken). `JWL_SOAK_SEED` replays a run.
 //!
@@ -33,8 +35,10 @@ const DEFAULT_ORDERS: usize = 1_000;
 const DEFAULT_RATE: f64 = 12.0;
 /// A fault every this long while orders are placed.
 const FAULT_EVERY: Duration = Duration::from_secs(5);
-/// How long a service stays cut off from NATS.
+/// How long a service stays cut off from NATS or its database.
 const CUT_FOR: Duration = Duration::from_secs(2);
+/// `JWL_DB_STALL_TIMEOUT` of the services: how long they wait on a black-holed connection.
+const DB_STALL_TIMEOUT: Duration = Duration::from_secs(6);
 /// How long the orders may take to end after the last one is placed.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long placing (or cancelling) one order is retried while the order service is down.
@@ -104,15 +108,17 @@ enum Fault {
     Kill,
     BrokerRestart,
     NatsCut,
+    DbSilentCut,
     Transient,
     Poison,
 }
 
 impl Fault {
-    const ALL: [Fault; 5] = [
+    const ALL: [Fault; 6] = [
         Fault::Kill,
         Fault::BrokerRestart,
         Fault::NatsCut,
+        Fault::DbSilentCut,
         Fault::Transient,
         Fault::Poison,
     ];
@@ -122,6 +128,7 @@ impl Fault {
             Fault::Kill => "kill9",
             Fault::BrokerRestart => "nats_restart",
             Fault::NatsCut => "nats_cut",
+            Fault::DbSilentCut => "db_silent_cut",
             Fault::Transient => "transient",
             Fault::Poison => "poison",
         }
@@ -297,6 +304,14 @@ async fn inject(
             proxy.restore();
             Ok(())
         }
+        Fault::DbSilentCut => {
+            let proxy = system.proxy(service, Link::Postgres)?;
+            proxy.cut_silently();
+            // the partition lasts this long: a fault's duration, not a wait for a condition
+            tokio::time::sleep(CUT_FOR).await;
+            proxy.restore();
+            Ok(())
+        }
         Fault::Transient => {
             let (service, consumer) = consumer;
             let fault = format!("{consumer}:2");
@@ -404,7 +419,11 @@ async fn soak_with_random_faults_loses_nothing() -> anyhow::Result<()> {
         courier_capacity: u32::try_from(orders / COURIERS + 1)?,
         dispatch_deadline: Duration::from_secs(5),
         order_deadline: Duration::from_secs(120),
-        proxied: Service::ALL.iter().map(|s| (*s, Link::Nats)).collect(),
+        db_stall_timeout: DB_STALL_TIMEOUT,
+        proxied: Service::ALL
+            .iter()
+            .flat_map(|s| [(*s, Link::Nats), (*s, Link::Postgres)])
+            .collect(),
         ..SystemOptions::default()
     };
     with_system(options, async |system| {
