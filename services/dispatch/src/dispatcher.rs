@@ -20,13 +20,15 @@ fn capacity(settings: &Settings) -> i32 {
 
 /// Takes one unit of capacity of the nearest courier within the radius of `pickup` that still
 /// has some, trying the next nearest whenever one was taken concurrently; `None` if nobody is
-/// available.
+/// available. Holds the pickup's matching areas (shared) until the transaction ends, so a
+/// courier arriving meanwhile is either seen here or sees this waybill.
 pub async fn reserve_nearest(
     conn: &mut PgConnection,
     pickup: &GeoPoint,
     settings: &Settings,
 ) -> Result<Option<RankedCourier>, DispatchError> {
     let radius_km = settings.dispatch_radius_km;
+    store::lock_areas_for_waybill(conn, &domain::matching_areas_around(pickup, radius_km)?).await?;
     let area = domain::search_area(pickup, radius_km)?;
     let candidates = store::available_couriers(conn, &area, capacity(settings)).await?;
     for courier in domain::rank_couriers(pickup, &candidates, radius_km) {
@@ -36,6 +38,17 @@ pub async fn reserve_nearest(
         tracing::debug!(courier_id = %courier.courier_id, "courier taken concurrently; trying the next");
     }
     Ok(None)
+}
+
+/// Locks the matching area of a courier at `position` (exclusively, until the transaction
+/// ends): a waybill created meanwhile nearby is either seen by the offer or sees the courier.
+pub async fn lock_courier_area(
+    conn: &mut PgConnection,
+    position: &GeoPoint,
+    settings: &Settings,
+) -> Result<(), DispatchError> {
+    let area = domain::matching_area_of(position, settings.dispatch_radius_km)?;
+    store::lock_area_for_courier(conn, area).await
 }
 
 /// What a courier took when offered the waiting waybills around it.
@@ -49,7 +62,8 @@ pub struct Offer {
 
 /// Assigns `courier` the nearest waiting waybills within the radius (oldest deadline first on
 /// ties) while it has capacity, emitting `courier_assigned` for each in the same transaction.
-/// The caller must hold the courier's row lock (it just upserted or updated the row).
+/// The caller must hold the courier's matching area ([`lock_courier_area`], taken before the
+/// courier's row) and its row lock (it just upserted or updated the row).
 pub async fn offer_courier(
     conn: &mut PgConnection,
     courier: &Courier,

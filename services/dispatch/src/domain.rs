@@ -44,14 +44,17 @@ pub struct InvalidPosition {
 
 /// The H3 cell of `point` at [`CELL_RESOLUTION`], as stored (`bigint`).
 pub fn cell_of(point: &GeoPoint) -> Result<i64, InvalidPosition> {
-    let cell = LatLng::new(point.lat, point.lon)
-        .map_err(|source| InvalidPosition {
-            lat: point.lat,
-            lon: point.lon,
-            source,
-        })?
-        .to_cell(CELL_RESOLUTION);
-    Ok(cell_key(cell))
+    cell_index(point).map(cell_key)
+}
+
+/// The H3 cell of `point` at [`CELL_RESOLUTION`].
+fn cell_index(point: &GeoPoint) -> Result<CellIndex, InvalidPosition> {
+    let position = LatLng::new(point.lat, point.lon).map_err(|source| InvalidPosition {
+        lat: point.lat,
+        lon: point.lon,
+        source,
+    })?;
+    Ok(position.to_cell(CELL_RESOLUTION))
 }
 
 /// A cell as stored: H3 indexes keep their top bit zero, so they fit a signed 64-bit integer
@@ -81,19 +84,98 @@ pub enum SearchArea {
 
 /// The cells to search for points within `radius_km` of `center`.
 pub fn search_area(center: &GeoPoint, radius_km: f64) -> Result<SearchArea, InvalidPosition> {
-    let k = disk_k_for_radius(radius_km, CELL_RESOLUTION);
-    if k > MAX_DISK_K {
-        return Ok(SearchArea::Everywhere);
+    Ok(match search_disk(center, radius_km)? {
+        Some(disk) => SearchArea::Cells(disk.into_iter().map(cell_key).collect()),
+        None => SearchArea::Everywhere,
+    })
+}
+
+/// The `grid_disk` at [`CELL_RESOLUTION`] holding every point within `radius_km` of `center`;
+/// `None` when it would exceed [`MAX_DISK_K`] (search everywhere).
+fn search_disk(
+    center: &GeoPoint,
+    radius_km: f64,
+) -> Result<Option<Vec<CellIndex>>, InvalidPosition> {
+    if searches_everywhere(radius_km) {
+        return Ok(None);
     }
-    let cell = LatLng::new(center.lat, center.lon)
-        .map_err(|source| InvalidPosition {
-            lat: center.lat,
-            lon: center.lon,
-            source,
-        })?
-        .to_cell(CELL_RESOLUTION);
-    let disk: Vec<CellIndex> = cell.grid_disk(k);
-    Ok(SearchArea::Cells(disk.into_iter().map(cell_key).collect()))
+    let k = disk_k_for_radius(radius_km, CELL_RESOLUTION);
+    Ok(Some(cell_index(center)?.grid_disk(k)))
+}
+
+fn searches_everywhere(radius_km: f64) -> bool {
+    disk_k_for_radius(radius_km, CELL_RESOLUTION) > MAX_DISK_K
+}
+
+/// A matching area: a coarse H3 cell that serializes the two sides of matching where they could
+/// meet. A waybill looking for couriers locks, shared, every area its search touches
+/// ([`matching_areas_around`]); a courier looking for waybills locks, exclusively, the one area
+/// it is in ([`matching_area_of`]). A courier within the radius of a pickup is always in one of
+/// the pickup's areas, so of two transactions that could match each other the second waits for
+/// the first to commit, then sees it. (Under READ COMMITTED alone both could read before either
+/// commits, and the waybill would wait beside an idle courier.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MatchingArea(i64);
+
+impl MatchingArea {
+    /// The whole world: the one area when the radius is searched without cells. Zero is not an
+    /// H3 index, so it is no cell's key.
+    pub const WHOLE_WORLD: Self = Self(0);
+
+    /// The advisory-lock key (the H3 index of the area's cell).
+    pub fn key(self) -> i64 {
+        self.0
+    }
+}
+
+/// The finest resolution of matching areas: one coarser than the stored cells, since even a
+/// tiny radius searches a disk of a few rings of them.
+const FINEST_MATCHING_RESOLUTION: Resolution = Resolution::Seven;
+
+/// The resolution of matching areas for `radius_km`: the finest (at most
+/// [`FINEST_MATCHING_RESOLUTION`]) whose average edge is at least half the radius, so that a
+/// search touches only a handful of areas and an area is no larger than it needs to be.
+pub fn matching_resolution(radius_km: f64) -> Resolution {
+    Resolution::range(Resolution::Zero, FINEST_MATCHING_RESOLUTION)
+        .rev()
+        .find(|resolution| resolution.edge_length_km() >= radius_km / 2.0)
+        .unwrap_or(Resolution::Zero)
+}
+
+/// The matching area of a courier at `point`: the parent of its stored cell (not the coarse cell
+/// holding the point: H3 children do not tile their parent exactly).
+pub fn matching_area_of(point: &GeoPoint, radius_km: f64) -> Result<MatchingArea, InvalidPosition> {
+    if searches_everywhere(radius_km) {
+        return Ok(MatchingArea::WHOLE_WORLD);
+    }
+    Ok(area_of_cell(
+        cell_index(point)?,
+        matching_resolution(radius_km),
+    ))
+}
+
+/// The matching areas of a search for couriers within `radius_km` of `center`: the parents of
+/// its cells, sorted (the order to lock them in) and without repeats.
+pub fn matching_areas_around(
+    center: &GeoPoint,
+    radius_km: f64,
+) -> Result<Vec<MatchingArea>, InvalidPosition> {
+    let Some(disk) = search_disk(center, radius_km)? else {
+        return Ok(vec![MatchingArea::WHOLE_WORLD]);
+    };
+    let resolution = matching_resolution(radius_km);
+    let mut areas: Vec<MatchingArea> = disk
+        .into_iter()
+        .map(|cell| area_of_cell(cell, resolution))
+        .collect();
+    areas.sort_unstable();
+    areas.dedup();
+    Ok(areas)
+}
+
+fn area_of_cell(cell: CellIndex, resolution: Resolution) -> MatchingArea {
+    // `resolution` is never finer than the cell's, so the parent exists
+    MatchingArea(cell_key(cell.parent(resolution).unwrap_or(cell)))
 }
 
 /// A courier with free capacity, where it last reported.
@@ -425,6 +507,59 @@ mod tests {
             points.push(point(lat, lon));
         }
         points
+    }
+
+    #[test]
+    fn matching_areas_are_a_few_cells_at_least_half_the_radius_wide() {
+        assert_eq!(matching_resolution(5.0), Resolution::Six);
+        assert_eq!(matching_resolution(2.0), Resolution::Seven);
+        assert_eq!(matching_resolution(0.1), Resolution::Seven);
+        assert_eq!(matching_resolution(1.0e6), Resolution::Zero);
+        let shanghai = point(31.2304, 121.4737);
+        for radius_km in [0.3, 1.0, 5.0, 12.0] {
+            let areas = matching_areas_around(&shanghai, radius_km).unwrap();
+            assert!(
+                (1..=24).contains(&areas.len()),
+                "r={radius_km}: {} areas",
+                areas.len()
+            );
+            assert!(
+                areas.windows(2).all(|pair| pair[0] < pair[1]),
+                "sorted, no repeats"
+            );
+        }
+        // beyond a cell search, one area for everything
+        let radius_km = 100.0;
+        assert_eq!(
+            matching_areas_around(&shanghai, radius_km).unwrap(),
+            [MatchingArea::WHOLE_WORLD]
+        );
+        assert_eq!(
+            matching_area_of(&shanghai, radius_km).unwrap(),
+            MatchingArea::WHOLE_WORLD
+        );
+    }
+
+    /// What makes the area locks work: a courier within the radius of a pickup is in one of the
+    /// pickup's areas, everywhere on the globe.
+    #[test]
+    fn a_courier_within_the_radius_is_in_one_of_the_pickups_areas() {
+        for radius_km in [0.3, 2.5, 5.0, 12.0] {
+            for origin in origins(CELL_RESOLUTION, 40) {
+                let areas = matching_areas_around(&origin, radius_km).unwrap();
+                for step in 0..24 {
+                    let bearing = f64::from(step) * 15.0 + 7.0;
+                    for fraction in [1.0, 0.8, 0.5, 0.1] {
+                        let courier = destination(&origin, bearing, radius_km * fraction);
+                        let area = matching_area_of(&courier, radius_km).unwrap();
+                        assert!(
+                            areas.binary_search(&area).is_ok(),
+                            "r={radius_km}: courier {courier:?} outside the areas of {origin:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

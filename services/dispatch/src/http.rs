@@ -127,6 +127,7 @@ async fn put_location(
     let cell = domain::cell_of(&position).map_err(DispatchError::from)?;
 
     let mut tx = state.pool.begin().await?;
+    dispatcher::lock_courier_area(&mut tx, &position, &state.settings).await?;
     let courier = store::upsert_courier(&mut tx, &courier_id, &position, cell).await?;
     let Offer {
         live_waybills,
@@ -156,6 +157,10 @@ async fn post_delivery(
     require_acting_for(&caller, &courier_id)?;
 
     let mut tx = state.pool.begin().await?;
+    // the area where the courier last reported, before its row is locked (see lock_courier_area)
+    if let Some(reported) = store::find_courier(&mut *tx, &courier_id).await? {
+        dispatcher::lock_courier_area(&mut tx, &reported.position, &state.settings).await?;
+    }
     let waybill = store::lock_waybill(&mut tx, waybill_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no waybill {waybill_id}")))?;
@@ -178,6 +183,8 @@ async fn post_delivery(
                 "courier {courier_id} holds waybill {waybill_id} but no capacity"
             ))
         })?;
+    // held already unless the courier moved meanwhile (re-taking a held lock does not wait)
+    dispatcher::lock_courier_area(&mut tx, &courier.position, &state.settings).await?;
     let mut event = Envelope::new(
         SERVICE,
         Delivered {

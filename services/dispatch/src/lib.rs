@@ -10,7 +10,10 @@
 //!
 //! Positions are indexed by H3 cells stored in the database, so any number of replicas agree;
 //! capacity is taken with a conditional update under the courier's row lock, so it is never
-//! exceeded.
+//! exceeded. A new waybill and a courier reporting next to it at the same moment cannot miss
+//! each other: both sides lock the coarse H3 cells where they could meet (matching areas: shared
+//! for the waybill's search, exclusive for the courier's cell), so the second to commit sees the
+//! first.
 //!
 //! Entry points as the CLI expects them: [`SERVICE`], [`SCHEMA`], [`migrate`], [`router`],
 //! [`run`]; [`DispatchHandler`] for tests and replay tools.

@@ -7,7 +7,7 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::domain::{
-    self, CourierPosition, RankedCourier, SearchArea, WaitingWaybill, WaybillStatus,
+    self, CourierPosition, MatchingArea, RankedCourier, SearchArea, WaitingWaybill, WaybillStatus,
 };
 use crate::error::DispatchError;
 
@@ -32,6 +32,31 @@ fn status(text: &str) -> Result<WaybillStatus> {
 pub async fn lock_order(conn: &mut PgConnection, order_id: OrderId) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('jwl_dispatch.order'), hashtext($1::text))")
         .bind(order_id.0)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Locks, shared, the matching areas a waybill's search for couriers touches (sorted, so two
+/// such transactions never wait for each other), until the transaction ends. See
+/// [`domain::MatchingArea`]; the key is the area's H3 index, which no other key of ours takes.
+pub async fn lock_areas_for_waybill(conn: &mut PgConnection, areas: &[MatchingArea]) -> Result<()> {
+    let keys: Vec<i64> = areas.iter().map(|area| area.key()).collect();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock_shared(key) FROM unnest($1::bigint[]) AS key ORDER BY key",
+    )
+    .bind(keys)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Locks, exclusively, the matching area a courier is in until the transaction ends (see
+/// [`domain::MatchingArea`]). Take it before the courier's row, so a waybill transaction holding
+/// the area and waiting for the row cannot deadlock with it.
+pub async fn lock_area_for_courier(conn: &mut PgConnection, area: MatchingArea) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(area.key())
         .execute(conn)
         .await?;
     Ok(())
