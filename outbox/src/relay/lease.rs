@@ -34,7 +34,7 @@ impl RelayLease {
         stall_timeout: Duration,
     ) -> Result<Option<Self>, OutboxError> {
         let mut conn = pool.acquire().await?;
-        let attempt = stall::on_connection(&mut *conn, stall_timeout, async |conn| {
+        let attempt = stall::on_connection(&mut conn, stall_timeout, async |conn| {
             let (locked, schema): (bool, Option<String>) = sqlx::query_as(
                 "SELECT pg_try_advisory_lock($1, hashtext(current_schema())), current_schema()::text",
             )

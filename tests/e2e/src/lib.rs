@@ -41,6 +41,6 @@ pub use invariants::{Injected, Outcomes, PlacedOrder, Verdict};
 pub use jwl_events::Service;
 pub use jwl_testkit::eventually;
 pub use process::ServiceProcess;
-pub use proxy::{Link, Proxy};
+pub use proxy::{Cut, Link, Proxy};
 pub use system::{System, SystemOptions, with_system};
 pub use tokens::Tokens;

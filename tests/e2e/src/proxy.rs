@@ -37,6 +37,15 @@ impl std::fmt::Display for Link {
     }
 }
 
+/// How [`Proxy::cut_for`] cuts the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// As [`Proxy::cut`]: live connections dropped, new ones black-holed.
+    Closing,
+    /// As [`Proxy::cut_silently`]: live connections black-holed for good, nothing closed.
+    Silent,
+}
+
 /// The state of the path through a proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Path {
@@ -91,6 +100,17 @@ impl Proxy {
     /// Restores the path: new connections are forwarded again (the black-holed ones are dropped).
     pub fn restore(&self) {
         self.path.send_replace(Path::Open);
+    }
+
+    /// Cuts the path as `how` says for `duration` (a fault's length, not a wait for a
+    /// condition), then restores it.
+    pub async fn cut_for(&self, how: Cut, duration: std::time::Duration) {
+        match how {
+            Cut::Closing => self.cut(),
+            Cut::Silent => self.cut_silently(),
+        }
+        tokio::time::sleep(duration).await;
+        self.restore();
     }
 
     /// Whether the path is cut now.

@@ -279,6 +279,16 @@ impl System {
         self.api.put_courier_location(&token, courier_id, at).await
     }
 
+    /// Couriers `courier-0` … `courier-<count - 1>` in a line east of [`Point::JIANGWAN`] (the
+    /// tests' pickup point), `spacing_km` apart, the first on the point itself.
+    pub async fn line_up_couriers(&self, count: usize, spacing_km: f64) -> anyhow::Result<()> {
+        for n in 0..count {
+            let at = Point::JIANGWAN.offset_km(n as f64 * spacing_km, 0.0);
+            self.move_courier(&format!("courier-{n}"), at).await?;
+        }
+        Ok(())
+    }
+
     /// Places `order` as customer `customer_id` (with that customer's token).
     pub async fn place_order(
         &self,

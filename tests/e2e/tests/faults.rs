@@ -54,15 +54,7 @@ fn order() -> NewOrder {
 /// Stock for every order and `COURIERS` couriers next to the pickup point.
 async fn prepare(system: &System) -> anyhow::Result<()> {
     system.set_stock("TEA", 1_000).await?;
-    for n in 0..COURIERS {
-        system
-            .move_courier(
-                &format!("courier-{n}"),
-                Point::JIANGWAN.offset_km(n as f64 * 0.2, 0.0),
-            )
-            .await?;
-    }
-    Ok(())
+    system.line_up_couriers(COURIERS, 0.2).await
 }
 
 fn summary(test: &str, orders: usize, outcomes: &Outcomes, started: Instant) {

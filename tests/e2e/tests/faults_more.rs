@@ -48,15 +48,7 @@ fn order() -> NewOrder {
 /// Stock for every order and `couriers` couriers next to the pickup point.
 async fn prepare(system: &System, couriers: usize) -> anyhow::Result<()> {
     system.set_stock("TEA", 1_000).await?;
-    for n in 0..couriers {
-        system
-            .move_courier(
-                &format!("courier-{n}"),
-                Point::JIANGWAN.offset_km(n as f64 * 0.05, 0.0),
-            )
-            .await?;
-    }
-    Ok(())
+    system.line_up_couriers(couriers, 0.05).await
 }
 
 fn summary(test: &str, orders: usize, outcomes: &Outcomes, started: Instant) {

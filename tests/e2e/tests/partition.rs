@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use jwl_e2e::{
-    LineItem, Link, NewOrder, PlacedOrder, Point, Service, System, SystemOptions, with_system,
+    Cut, LineItem, Link, NewOrder, PlacedOrder, Point, Service, System, SystemOptions, with_system,
 };
 
 /// How long each path stays cut.
@@ -42,31 +42,18 @@ async fn place(system: &System) -> anyhow::Result<Vec<PlacedOrder>> {
         .await
 }
 
-/// Cuts `link` of the partitioned service for [`CUT_FOR`] while orders are placed, then
-/// restores it; returns the orders placed meanwhile.
-async fn cut_under_load(system: &System, link: Link) -> anyhow::Result<Vec<PlacedOrder>> {
+/// Cuts `link` of the partitioned service (as `how` says) for [`CUT_FOR`] while orders are
+/// placed, then restores it; returns the orders placed meanwhile.
+async fn cut_under_load(system: &System, link: Link, how: Cut) -> anyhow::Result<Vec<PlacedOrder>> {
     let proxy = system.proxy(PARTITIONED, link)?;
-    proxy.cut();
-    let (placed, ()) = tokio::join!(place(system), async {
-        // the partition lasts this long: a fault's duration, not a wait for a condition
-        tokio::time::sleep(CUT_FOR).await;
-    });
-    proxy.restore();
+    let (placed, ()) = tokio::join!(place(system), proxy.cut_for(how, CUT_FOR));
     placed
 }
 
 /// Stock and couriers enough for every order of a test.
 async fn prepare(system: &System) -> anyhow::Result<()> {
     system.set_stock("TEA", 1_000).await?;
-    for n in 0..COURIERS {
-        system
-            .move_courier(
-                &format!("courier-{n}"),
-                Point::JIANGWAN.offset_km(n as f64 * 0.2, 0.0),
-            )
-            .await?;
-    }
-    Ok(())
+    system.line_up_couriers(COURIERS, 0.2).await
 }
 
 /// Every order of `placed` ended well and DESIGN.md §5 holds; prints the figures.
@@ -100,9 +87,9 @@ async fn service_cut_from_nats_then_postgres_recovers_and_loses_nothing() -> any
     with_system(options, async |system| {
         prepare(system).await?;
         let mut placed = place(system).await?;
-        placed.extend(cut_under_load(system, Link::Nats).await?);
+        placed.extend(cut_under_load(system, Link::Nats, Cut::Closing).await?);
         let nats_restored = Instant::now();
-        placed.extend(cut_under_load(system, Link::Postgres).await?);
+        placed.extend(cut_under_load(system, Link::Postgres, Cut::Closing).await?);
         placed.extend(place(system).await?);
 
         system.wait_all_terminal(&placed, SAGA_TIMEOUT).await?;
@@ -133,14 +120,7 @@ async fn service_left_with_half_open_database_connections_recovers() -> anyhow::
     with_system(options, async |system| {
         prepare(system).await?;
         let mut placed = place(system).await?;
-        let proxy = system.proxy(PARTITIONED, Link::Postgres)?;
-        proxy.cut_silently();
-        let (during, ()) = tokio::join!(place(system), async {
-            // the partition lasts this long: a fault's duration, not a wait for a condition
-            tokio::time::sleep(CUT_FOR).await;
-        });
-        placed.extend(during?);
-        proxy.restore();
+        placed.extend(cut_under_load(system, Link::Postgres, Cut::Silent).await?);
         let restored = Instant::now();
         placed.extend(place(system).await?);
 

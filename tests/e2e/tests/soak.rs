@@ -19,8 +19,8 @@ use anyhow::Context;
 use chrono::Utc;
 use futures::StreamExt;
 use jwl_e2e::{
-    Call, Injected, LineItem, Link, NewOrder, PlacedOrder, Point, Service, System, SystemOptions,
-    Verdict, eventually, with_system,
+    Call, Cut, Injected, LineItem, Link, NewOrder, PlacedOrder, Point, Service, System,
+    SystemOptions, Verdict, eventually, with_system,
 };
 use jwl_events::{
     Envelope, EventData, GeoPoint, HeaderStyle, LineItem as EventLine, OrderCreated, OrderId,
@@ -298,18 +298,12 @@ async fn inject(
         Fault::BrokerRestart => system.nats().restart().await,
         Fault::NatsCut => {
             let proxy = system.proxy(service, Link::Nats)?;
-            proxy.cut();
-            // the partition lasts this long: a fault's duration, not a wait for a condition
-            tokio::time::sleep(CUT_FOR).await;
-            proxy.restore();
+            proxy.cut_for(Cut::Closing, CUT_FOR).await;
             Ok(())
         }
         Fault::DbSilentCut => {
             let proxy = system.proxy(service, Link::Postgres)?;
-            proxy.cut_silently();
-            // the partition lasts this long: a fault's duration, not a wait for a condition
-            tokio::time::sleep(CUT_FOR).await;
-            proxy.restore();
+            proxy.cut_for(Cut::Silent, CUT_FOR).await;
             Ok(())
         }
         Fault::Transient => {
@@ -429,14 +423,7 @@ async fn soak_with_random_faults_loses_nothing() -> anyhow::Result<()> {
     with_system(options, async |system| {
         system.set_stock("TEA", orders as i64 + 10).await?;
         system.set_stock("SCARCE", SCARCE_STOCK).await?;
-        for n in 0..COURIERS {
-            system
-                .move_courier(
-                    &format!("courier-{n}"),
-                    Point::JIANGWAN.offset_km(n as f64 * 0.2, 0.0),
-                )
-                .await?;
-        }
+        system.line_up_couriers(COURIERS, 0.2).await?;
         let rng = Mutex::new(StdRng::seed_from_u64(seed));
         let intents: Vec<Intent> = {
             let mut rng = rng.lock().unwrap_or_else(|p| p.into_inner());
