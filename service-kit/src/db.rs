@@ -9,7 +9,10 @@
 //! [`PoolSettings::stall_timeout`] on both ends: a connection given back to the pool must answer
 //! a ping within it or it is closed (sqlx's own check on release would wait forever, keeping the
 //! pool slot), and PostgreSQL ends a session idle inside a transaction for that long
-//! (`idle_in_transaction_session_timeout`), which frees the locks a vanished client held.
+//! (`idle_in_transaction_session_timeout`), which frees the locks a vanished client held. The
+//! server's side of the socket is bounded too: `tcp_user_timeout` (data it sent left unacknowledged,
+//! say a result it is blocked sending to a client that vanished) and TCP keepalives, so a session
+//! whose client is gone does not outlive it by the operating system's two hours.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -97,13 +100,17 @@ pub async fn connect_with(
         )
         .await?;
 
-    let idle_in_transaction = settings.stall_timeout.as_millis().to_string();
+    let stall_ms = settings.stall_timeout.as_millis().to_string();
+    // keepalive probes: first after the stall timeout, then every third of it, three missed
+    let keepalive_idle = settings.stall_timeout.as_secs().max(1).to_string();
+    let keepalive_interval = (settings.stall_timeout.as_secs() / 3).max(1).to_string();
     let options = base.options([
         ("search_path", schema),
-        (
-            "idle_in_transaction_session_timeout",
-            idle_in_transaction.as_str(),
-        ),
+        ("idle_in_transaction_session_timeout", stall_ms.as_str()),
+        ("tcp_user_timeout", stall_ms.as_str()),
+        ("tcp_keepalives_idle", keepalive_idle.as_str()),
+        ("tcp_keepalives_interval", keepalive_interval.as_str()),
+        ("tcp_keepalives_count", "3"),
     ]);
     let release_check = settings.stall_timeout;
     (|| {

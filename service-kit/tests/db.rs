@@ -41,6 +41,48 @@ async fn connect_creates_the_schema_and_uses_it_as_search_path() {
         .unwrap();
 }
 
+/// The stall timeout reaches the server: a session of the pool idle inside a transaction for
+/// that long is ended, and the socket timeouts are set from it.
+#[tokio::test]
+async fn sessions_carry_the_stall_timeouts_and_idle_transactions_are_ended() {
+    let database = jwl_testkit::database().await.unwrap();
+    let settings = PoolSettings {
+        stall_timeout: Duration::from_millis(1500),
+        ..PoolSettings::default()
+    };
+    let pool = db::connect_with(database.url(), "jwl_stalls", &settings)
+        .await
+        .unwrap();
+    let (idle_in_transaction, user_timeout, keepalive_count): (String, String, String) =
+        sqlx::query_as(
+            "SELECT current_setting('idle_in_transaction_session_timeout'),
+                    current_setting('tcp_user_timeout'), current_setting('tcp_keepalives_count')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(idle_in_transaction, "1500ms");
+    // 0 over a Unix socket, where the server has no TCP settings to apply
+    assert!(
+        ["1500", "1500ms", "0"].contains(&user_timeout.as_str()),
+        "{user_timeout}"
+    );
+    assert!(
+        ["3", "0"].contains(&keepalive_count.as_str()),
+        "{keepalive_count}"
+    );
+
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+    // a client that stopped talking in the middle of its transaction
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ended = sqlx::query("SELECT 1").execute(&mut *tx).await;
+    assert!(
+        ended.is_err(),
+        "the server ended the idle transaction's session"
+    );
+}
+
 #[tokio::test]
 async fn two_schemas_in_one_database_are_separate() {
     let database = jwl_testkit::database().await.unwrap();
