@@ -49,7 +49,23 @@ impl HandlerError {
     pub fn permanent(reason: impl Into<String>) -> Self {
         Self::Permanent(reason.into())
     }
+
+    /// `Ok` if the handler inserted the first row of `what`; otherwise a concurrent handler
+    /// inserted it after this one looked, and the message is retried (everything done so far
+    /// rolls back) so that the next attempt sees the row.
+    pub fn unless_inserted(inserted: bool, what: impl std::fmt::Display) -> Result<(), Self> {
+        if inserted {
+            Ok(())
+        } else {
+            Err(Self::transient(ConcurrentInsert(what.to_string())))
+        }
+    }
 }
+
+/// See [`HandlerError::unless_inserted`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0} was created concurrently; retrying")]
+struct ConcurrentInsert(String);
 
 impl From<sqlx::Error> for HandlerError {
     fn from(error: sqlx::Error) -> Self {

@@ -25,9 +25,6 @@ pub enum InventoryHandlingError {
     /// `payment.captured` arrived but nothing is recorded for the order yet.
     #[error("order {0} has no reservation yet; the commit waits for it")]
     NotReservedYet(OrderId),
-    /// Another handler wrote the order's first row in the meantime.
-    #[error("the reservation of order {0} was created concurrently; retrying")]
-    ConcurrentCreation(OrderId),
 }
 
 /// Handles the saga events inventory consumes.
@@ -56,7 +53,10 @@ impl InventoryHandler {
                             Some(&payment.items),
                         )
                         .await?;
-                        ensure_created(inserted, order_id)?;
+                        HandlerError::unless_inserted(
+                            inserted,
+                            format_args!("the reservation of order {order_id}"),
+                        )?;
                         store::reserve(ctx.db(), order_id, &lines).await?;
                         ctx.emit(InventoryReserved {
                             order_id,
@@ -75,7 +75,10 @@ impl InventoryHandler {
                             Some(&payment.items),
                         )
                         .await?;
-                        ensure_created(inserted, order_id)?;
+                        HandlerError::unless_inserted(
+                            inserted,
+                            format_args!("the reservation of order {order_id}"),
+                        )?;
                         tracing::info!(%order_id, ?unavailable_skus, "out of stock; rejected");
                         ctx.emit(InventoryRejected {
                             order_id,
@@ -114,7 +117,10 @@ impl InventoryHandler {
                 let inserted =
                     store::insert_order(ctx.db(), order_id, OrderState::ReleaseRequested, None)
                         .await?;
-                ensure_created(inserted, order_id)?;
+                HandlerError::unless_inserted(
+                    inserted,
+                    format_args!("the reservation of order {order_id}"),
+                )?;
                 tracing::info!(%order_id,
                     "release requested before any reservation; the reservation will be skipped");
             }
@@ -155,18 +161,6 @@ impl InventoryHandler {
             }
         }
         Ok(())
-    }
-}
-
-/// A first row that could not be inserted was inserted by a concurrent handler after this one
-/// looked: retry (everything done so far rolls back), and the next attempt sees it.
-fn ensure_created(inserted: bool, order_id: OrderId) -> Result<(), HandlerError> {
-    if inserted {
-        Ok(())
-    } else {
-        Err(HandlerError::transient(
-            InventoryHandlingError::ConcurrentCreation(order_id),
-        ))
     }
 }
 

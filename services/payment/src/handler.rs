@@ -26,9 +26,6 @@ pub enum PaymentHandlingError {
     /// `dispatch.courier_assigned` arrived but the order has no payment yet.
     #[error("order {0} has no payment yet; the capture waits for its authorisation")]
     NotAuthorizedYet(OrderId),
-    /// Another handler wrote the order's first payment row in the meantime.
-    #[error("the payment of order {0} was created concurrently; retrying")]
-    ConcurrentCreation(OrderId),
 }
 
 /// Handles the saga events payment consumes, with the given card processor.
@@ -59,7 +56,10 @@ impl PaymentHandler {
                         let inserted =
                             store::insert_authorized(ctx.db(), order_id, order.amount_cents)
                                 .await?;
-                        ensure_created(inserted, order_id)?;
+                        HandlerError::unless_inserted(
+                            inserted,
+                            format_args!("the payment of order {order_id}"),
+                        )?;
                         ctx.emit(PaymentAuthorized {
                             order_id,
                             amount_cents: order.amount_cents,
@@ -74,7 +74,10 @@ impl PaymentHandler {
                         let inserted =
                             store::insert_declined(ctx.db(), order_id, order.amount_cents, &reason)
                                 .await?;
-                        ensure_created(inserted, order_id)?;
+                        HandlerError::unless_inserted(
+                            inserted,
+                            format_args!("the payment of order {order_id}"),
+                        )?;
                         ctx.emit(PaymentDeclined {
                             order_id,
                             amount_cents: order.amount_cents,
@@ -161,7 +164,10 @@ impl PaymentHandler {
             }
             VoidDecision::RecordTombstone => {
                 let inserted = store::insert_void_requested(ctx.db(), order_id).await?;
-                ensure_created(inserted, order_id)?;
+                HandlerError::unless_inserted(
+                    inserted,
+                    format_args!("the payment of order {order_id}"),
+                )?;
                 tracing::info!(%order_id, %cause,
                     "void requested before authorisation; the order will be declined");
             }
@@ -174,18 +180,6 @@ impl PaymentHandler {
             }
         }
         Ok(())
-    }
-}
-
-/// A first row that could not be inserted was inserted by a concurrent handler after this one
-/// looked: retry, and the next attempt sees it.
-fn ensure_created(inserted: bool, order_id: OrderId) -> Result<(), HandlerError> {
-    if inserted {
-        Ok(())
-    } else {
-        Err(HandlerError::transient(
-            PaymentHandlingError::ConcurrentCreation(order_id),
-        ))
     }
 }
 
