@@ -3,13 +3,11 @@
 //! event types each consumes (for `jwl replay --to`).
 
 use std::fmt;
-use std::sync::Arc;
 
 use axum::Router;
 use futures::future::BoxFuture;
 use jwl_events::{EventType, Service};
-use jwl_outbox::Handler;
-use jwl_service_kit::{ServiceContext, Settings};
+use jwl_service_kit::ServiceContext;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -45,16 +43,11 @@ impl ServiceName {
     /// The event types this service's handler consumes (its `Handler::subscriptions`).
     pub fn subscriptions(self) -> &'static [EventType] {
         match self {
-            ServiceName::Order => jwl_order::OrderReadModel.subscriptions(),
-            ServiceName::Payment => {
-                jwl_payment::PaymentHandler::new(Arc::new(jwl_payment::SimulatedProcessor))
-                    .subscriptions()
-            }
-            ServiceName::Inventory => jwl_inventory::InventoryHandler.subscriptions(),
-            ServiceName::Fulfillment => jwl_fulfillment::FulfillmentHandler.subscriptions(),
-            ServiceName::Dispatch => {
-                jwl_dispatch::DispatchHandler::new(Arc::new(Settings::default())).subscriptions()
-            }
+            ServiceName::Order => jwl_order::SUBSCRIPTIONS,
+            ServiceName::Payment => jwl_payment::SUBSCRIPTIONS,
+            ServiceName::Inventory => jwl_inventory::SUBSCRIPTIONS,
+            ServiceName::Fulfillment => jwl_fulfillment::SUBSCRIPTIONS,
+            ServiceName::Dispatch => jwl_dispatch::SUBSCRIPTIONS,
         }
     }
 

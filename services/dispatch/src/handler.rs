@@ -21,7 +21,8 @@ use crate::error::DispatchError;
 use crate::store::{self, NewWaybill, Placement};
 
 /// The event types dispatch consumes.
-const SUBSCRIPTIONS: &[EventType] = &[EventType::WaybillCreated, EventType::OrderCancelRequested];
+pub const SUBSCRIPTIONS: &[EventType] =
+    &[EventType::WaybillCreated, EventType::OrderCancelRequested];
 
 /// Dispatch's event handler.
 #[derive(Debug, Clone)]

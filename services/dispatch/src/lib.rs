@@ -36,7 +36,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
-pub use handler::DispatchHandler;
+pub use handler::{DispatchHandler, SUBSCRIPTIONS};
 
 /// This bounded context.
 pub const SERVICE: Service = Service::Dispatch;

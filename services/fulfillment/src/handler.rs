@@ -16,7 +16,7 @@ use crate::domain::{self, OnDispatchFailed, OnReserved, Step, WaybillStatus};
 use crate::store::{self, StoreError, Waybill};
 
 /// The event types fulfillment consumes.
-const SUBSCRIPTIONS: &[EventType] = &[
+pub const SUBSCRIPTIONS: &[EventType] = &[
     EventType::InventoryReserved,
     EventType::DispatchFailed,
     EventType::CourierAssigned,

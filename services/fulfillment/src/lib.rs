@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
-pub use handler::FulfillmentHandler;
+pub use handler::{FulfillmentHandler, SUBSCRIPTIONS};
 
 /// This bounded context.
 pub const SERVICE: Service = Service::Fulfillment;

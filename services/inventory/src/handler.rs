@@ -16,6 +16,13 @@ use crate::domain::{
 };
 use crate::store;
 
+/// The event types inventory consumes.
+pub const SUBSCRIPTIONS: &[EventType] = &[
+    EventType::PaymentAuthorized,
+    EventType::DispatchFailed,
+    EventType::PaymentCaptured,
+];
+
 /// Counter of reservation transitions, labelled `outcome`.
 const OUTCOMES_METRIC: &str = "jwl_inventory_outcomes_total";
 
@@ -171,11 +178,7 @@ fn count(outcome: &'static str) {
 #[async_trait]
 impl Handler for InventoryHandler {
     fn subscriptions(&self) -> &'static [EventType] {
-        &[
-            EventType::PaymentAuthorized,
-            EventType::DispatchFailed,
-            EventType::PaymentCaptured,
-        ]
+        SUBSCRIPTIONS
     }
 
     async fn handle(

@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
-pub use handler::{InventoryHandler, InventoryHandlingError};
+pub use handler::{InventoryHandler, InventoryHandlingError, SUBSCRIPTIONS};
 
 /// This bounded context.
 pub const SERVICE: Service = Service::Inventory;

@@ -11,7 +11,7 @@ use crate::store::{self, StoreError};
 
 /// Every event type except those the order service emits (`order.created`,
 /// `order.cancel_requested`), whose timeline rows it writes in its own transactions.
-const SUBSCRIPTIONS: &[EventType] = &[
+pub const SUBSCRIPTIONS: &[EventType] = &[
     EventType::PaymentAuthorized,
     EventType::PaymentDeclined,
     EventType::PaymentCaptured,

@@ -22,7 +22,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
-pub use handler::OrderReadModel;
+pub use handler::{OrderReadModel, SUBSCRIPTIONS};
 
 /// This bounded context.
 pub const SERVICE: Service = Service::Order;

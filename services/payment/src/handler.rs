@@ -17,6 +17,14 @@ use crate::domain::{self, CaptureDecision, OrderCreatedDecision, VoidDecision};
 use crate::processor::{Authorization, CardProcessor};
 use crate::store;
 
+/// The event types payment consumes.
+pub const SUBSCRIPTIONS: &[EventType] = &[
+    EventType::OrderCreated,
+    EventType::CourierAssigned,
+    EventType::InventoryRejected,
+    EventType::DispatchFailed,
+];
+
 /// Counter of payment transitions, labelled `outcome`.
 const OUTCOMES_METRIC: &str = "jwl_payment_outcomes_total";
 
@@ -190,12 +198,7 @@ fn count(outcome: &'static str) {
 #[async_trait]
 impl Handler for PaymentHandler {
     fn subscriptions(&self) -> &'static [EventType] {
-        &[
-            EventType::OrderCreated,
-            EventType::CourierAssigned,
-            EventType::InventoryRejected,
-            EventType::DispatchFailed,
-        ]
+        SUBSCRIPTIONS
     }
 
     async fn handle(

@@ -18,7 +18,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
-pub use handler::{PaymentHandler, PaymentHandlingError};
+pub use handler::{PaymentHandler, PaymentHandlingError, SUBSCRIPTIONS};
 pub use processor::{
     Authorization, CardProcessor, DECLINED_REASON, DECLINED_TOKEN, SimulatedProcessor,
 };
