@@ -83,6 +83,37 @@ async fn sessions_carry_the_stall_timeouts_and_idle_transactions_are_ended() {
     );
 }
 
+/// A connection given back to the pool with a statement still running (its caller gave up) is
+/// closed once it does not answer within the stall timeout, instead of holding the pool's slot
+/// until the statement ends (or forever, if the connection went half-open).
+#[tokio::test]
+async fn a_connection_given_back_mid_statement_is_closed_after_the_stall_timeout() {
+    let database = jwl_testkit::database().await.unwrap();
+    let settings = PoolSettings {
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(20),
+        stall_timeout: Duration::from_millis(500),
+        ..PoolSettings::default()
+    };
+    let pool = db::connect_with(database.url(), "jwl_release", &settings)
+        .await
+        .unwrap();
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(200),
+        sqlx::query("SELECT pg_sleep(10)").execute(&pool),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the caller gave up on the statement");
+
+    let started = Instant::now();
+    db::ping(&pool).await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the only pool slot came back after {waited:?}, not when the 10 s statement ended"
+    );
+}
+
 #[tokio::test]
 async fn two_schemas_in_one_database_are_separate() {
     let database = jwl_testkit::database().await.unwrap();
