@@ -10,6 +10,9 @@
 //!   a crash of the server.
 //! * [`nats()`] — a private `nats-server -js` per call (free port, temporary store), killed and
 //!   removed on drop; it can be restarted, killed and started again for fault injection.
+//! * [`service`] — helpers for the service crates' integration tests: a pool in a service's
+//!   schema, a `ServiceContext` on a private nats-server, requests through the real HTTP edge,
+//!   delivering and publishing events, reading the outbox.
 //! * [`cluster()`] / [`TestCluster::start`] — PostgreSQL fault injection (stop, start again).
 //!
 //! Child processes are spawned by `jwl-local-infra` on its dedicated launcher thread, so they
@@ -25,6 +28,7 @@ mod database;
 mod eventually;
 mod nats;
 mod scratch;
+pub mod service;
 
 pub use cluster::{TestCluster, cluster};
 pub use database::{TestDatabase, database};

@@ -211,7 +211,7 @@ async fn the_deadline_timer_fails_waiting_waybills() -> anyhow::Result<()> {
     assert!(h.emitted(&event).await?.is_empty());
 
     let shutdown = CancellationToken::new();
-    let running = tokio::spawn(jwl_dispatch::run(h.ctx.clone(), shutdown.clone()));
+    let running = tokio::spawn(jwl_dispatch::run(h.edge.ctx.clone(), shutdown.clone()));
     jwl_testkit::eventually("the waybill fails", Duration::from_secs(10), || async {
         h.waybill(waybill_id)
             .await

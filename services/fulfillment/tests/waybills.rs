@@ -2,36 +2,31 @@
 //! events, duplicates and out-of-order events, the tombstone for an early `dispatch.failed`,
 //! and `GET /v1/waybills/{id}` through the real HTTP edge.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, to_bytes};
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use jwl_events::{
     CourierAssigned, CourierId, Delivered, DispatchFailed, DispatchFailureReason, Envelope,
     EventData, GeoPoint, InventoryReserved, LineItem, OrderId, Service, WaybillCreated, WaybillId,
 };
 use jwl_fulfillment::{FulfillmentHandler, SCHEMA, SERVICE};
-use jwl_outbox::{JetStreamBroker, MessagingSettings, OutboxError, Processed};
-use jwl_service_kit::auth::{JwtKeys, Scope};
-use jwl_service_kit::http::Readiness;
-use jwl_service_kit::{ServiceContext, Settings};
+use jwl_outbox::{MessagingSettings, OutboxError, Processed};
+use jwl_service_kit::Settings;
+use jwl_service_kit::auth::Scope;
+use jwl_testkit::service::EdgeApp;
 use serde_json::Value;
 use sqlx::PgPool;
-use tower::ServiceExt;
 
 async fn pool() -> anyhow::Result<PgPool> {
-    let db = jwl_testkit::database().await?;
-    let pool = jwl_service_kit::db::connect(db.url(), SCHEMA).await?;
+    let pool = jwl_testkit::service::schema_pool(SCHEMA).await?;
     jwl_fulfillment::migrate(&pool).await?;
     Ok(pool)
 }
 
 /// Handles `env` exactly as the consumer loop would (inbox, handler, outbox).
 async fn handle(pool: &PgPool, env: &Envelope) -> Result<Processed, OutboxError> {
-    let consumer = jwl_outbox::durable_name(SERVICE, env.event_type());
-    jwl_outbox::process_one(pool, SERVICE, &FulfillmentHandler, &consumer, env).await
+    jwl_testkit::service::deliver(pool, SERVICE, &FulfillmentHandler, env).await
 }
 
 async fn emitted(pool: &PgPool, env: &Envelope) -> anyhow::Result<Vec<EventData>> {
@@ -260,48 +255,33 @@ async fn an_event_naming_another_waybill_of_the_order_is_refused() -> anyhow::Re
 const SECRET: &[u8] = b"fulfillment-test-secret-0123456789abcdef";
 
 async fn get(app: &Router, uri: &str, token: Option<&str>) -> (StatusCode, Value) {
-    let mut request = Request::get(uri);
-    if let Some(token) = token {
-        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let response = app
-        .clone()
-        .oneshot(request.body(Body::empty()).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
-    (status, serde_json::from_slice(&body).unwrap())
+    let reply = jwl_testkit::service::get(app, uri, token).await.unwrap();
+    (reply.status, reply.json)
 }
 
 #[tokio::test]
 async fn admins_read_waybills_over_http() -> anyhow::Result<()> {
     let pool = pool().await?;
-    let nats = jwl_testkit::nats().await?;
-    let broker = JetStreamBroker::connect(nats.url()).await?;
-    let ctx = ServiceContext {
-        service: Service::Fulfillment,
-        pool: pool.clone(),
-        broker: broker.clone(),
-        messaging: MessagingSettings::default(),
-        settings: Arc::new(Settings::default()),
-    };
-    let keys = JwtKeys::new(SECRET);
-    let readiness = Readiness {
-        pools: vec![pool.clone()],
-        broker,
-    };
-    let app = jwl_service_kit::http::edge(jwl_fulfillment::router(&ctx), keys.clone(), readiness);
+    let edge = EdgeApp::start(
+        Service::Fulfillment,
+        pool.clone(),
+        MessagingSettings::default(),
+        Settings::default(),
+        SECRET,
+        jwl_fulfillment::router,
+    )
+    .await?;
+    let app = &edge.router;
     let hour = Duration::from_secs(3600);
-    let admin = keys.issue("ops", &[Scope::Admin], hour)?;
-    let customer = keys.issue("cust-1", &[Scope::OrdersRead], hour)?;
+    let admin = edge.token("ops", &[Scope::Admin], hour)?;
+    let customer = edge.token("cust-1", &[Scope::OrdersRead], hour)?;
 
     let order_id = OrderId::new();
     let waybill_id = create(&pool, order_id).await?;
     emitted(&pool, &assigned(order_id, waybill_id)).await?;
 
     let uri = format!("/v1/waybills/{waybill_id}");
-    let (status, body) = get(&app, &uri, Some(&admin)).await;
+    let (status, body) = get(app, &uri, Some(&admin)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         body,
@@ -313,17 +293,17 @@ async fn admins_read_waybills_over_http() -> anyhow::Result<()> {
         })
     );
 
-    assert_eq!(get(&app, &uri, None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(get(app, &uri, None).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(
-        get(&app, &uri, Some(&customer)).await.0,
+        get(app, &uri, Some(&customer)).await.0,
         StatusCode::FORBIDDEN
     );
     let unknown = format!("/v1/waybills/{}", WaybillId::new());
     assert_eq!(
-        get(&app, &unknown, Some(&admin)).await.0,
+        get(app, &unknown, Some(&admin)).await.0,
         StatusCode::NOT_FOUND
     );
-    let (status, body) = get(&app, "/v1/waybills/nope", Some(&admin)).await;
+    let (status, body) = get(app, "/v1/waybills/nope", Some(&admin)).await;
     assert_eq!(
         (status, &body["field"]),
         (StatusCode::BAD_REQUEST, &Value::from("id"))

@@ -6,12 +6,12 @@ mod common;
 
 use common::{deliver, line, migrated_pool, payment_authorized};
 use jwl_events::{
-    DispatchFailed, DispatchFailureReason, Envelope, EventData, EventType, HeaderStyle,
-    InventoryRejected, InventoryReleased, OrderId, PaymentCaptured, Service, WaybillId,
+    DispatchFailed, DispatchFailureReason, Envelope, EventData, EventType, InventoryRejected,
+    InventoryReleased, OrderId, PaymentCaptured, Service, WaybillId,
 };
 use jwl_outbox::{Handler, HandlerError, OutboxError, Processed};
+use jwl_testkit::service::outbox_events;
 use sqlx::PgPool;
-use sqlx::types::Json;
 
 fn dispatch_failed(order_id: OrderId) -> Envelope {
     Envelope::new(
@@ -71,25 +71,9 @@ async fn reservations(pool: &PgPool, order_id: OrderId) -> Vec<(String, i64, Str
         .unwrap()
 }
 
-/// An outbox row's headers and payload.
-type OutboxRow = (Json<Vec<(String, String)>>, Vec<u8>);
-
 /// Every event in the outbox, decoded, in enqueue order.
 async fn outbox(pool: &PgPool) -> Vec<Envelope> {
-    let rows: Vec<OutboxRow> = sqlx::query_as("SELECT headers, payload FROM outbox ORDER BY seq")
-        .fetch_all(pool)
-        .await
-        .unwrap();
-    rows.into_iter()
-        .map(|(Json(headers), payload)| {
-            jwl_events::decode(
-                HeaderStyle::Nats,
-                headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                &payload,
-            )
-            .unwrap()
-        })
-        .collect()
+    outbox_events(pool).await.unwrap()
 }
 
 fn types(events: &[Envelope]) -> Vec<EventType> {

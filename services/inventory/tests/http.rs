@@ -4,51 +4,36 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::{Body, to_bytes};
-use axum::http::{Method, Request, StatusCode, header};
+use axum::body::Body;
+use axum::http::{Method, StatusCode, header};
 use common::{deliver, line, migrated_pool, payment_authorized};
-use jwl_outbox::{JetStreamBroker, MessagingSettings};
-use jwl_service_kit::auth::{JwtKeys, Scope};
-use jwl_service_kit::http::{Readiness, edge};
-use jwl_service_kit::{ServiceContext, Settings};
+use jwl_outbox::MessagingSettings;
+use jwl_service_kit::Settings;
+use jwl_service_kit::auth::Scope;
+use jwl_testkit::service::{EdgeApp, bearer_request, send};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 struct App {
-    router: Router,
-    keys: JwtKeys,
+    edge: EdgeApp,
     pool: sqlx::PgPool,
-    // keeps the broker's server alive for the test
-    _nats: jwl_testkit::TestNats,
 }
 
 impl App {
     async fn start() -> App {
         let pool = migrated_pool().await.unwrap();
-        let nats = jwl_testkit::nats().await.unwrap();
-        let broker = JetStreamBroker::connect(nats.url()).await.unwrap();
-        let ctx = ServiceContext {
-            service: jwl_inventory::SERVICE,
-            pool: pool.clone(),
-            broker: broker.clone(),
-            messaging: MessagingSettings::default(),
-            settings: Arc::new(Settings::default()),
-        };
-        let keys = JwtKeys::new(b"inventory-http-test-secret-0123456789abcdef");
-        let readiness = Readiness {
-            pools: vec![pool.clone()],
-            broker,
-        };
-        App {
-            router: edge(jwl_inventory::router(&ctx), keys.clone(), readiness),
-            keys,
-            pool,
-            _nats: nats,
-        }
+        let edge = EdgeApp::start(
+            jwl_inventory::SERVICE,
+            pool.clone(),
+            MessagingSettings::default(),
+            Settings::default(),
+            b"inventory-http-test-secret-0123456789abcdef",
+            jwl_inventory::router,
+        )
+        .await
+        .unwrap();
+        App { edge, pool }
     }
 
     fn admin(&self) -> String {
@@ -56,8 +41,8 @@ impl App {
     }
 
     fn token(&self, scopes: &[Scope]) -> String {
-        self.keys
-            .issue("ops-1", scopes, Duration::from_secs(300))
+        self.edge
+            .token("ops-1", scopes, Duration::from_secs(300))
             .unwrap()
     }
 
@@ -70,20 +55,15 @@ impl App {
         token: Option<&str>,
         body: Option<(&str, String)>,
     ) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(token) = token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
+        let request = bearer_request(method, uri, token);
         let request = match body {
             Some((content_type, body)) => request
                 .header(header::CONTENT_TYPE, content_type)
                 .body(Body::from(body)),
             None => request.body(Body::empty()),
         };
-        let response = self.router.clone().oneshot(request.unwrap()).await.unwrap();
-        let status = response.status();
-        let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap())
+        let reply = send(&self.edge.router, request.unwrap()).await.unwrap();
+        (reply.status, reply.json)
     }
 
     async fn put(&self, sku: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {

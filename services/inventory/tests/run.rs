@@ -4,16 +4,13 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::message::PublishMessage;
 use common::{deliver, line, migrated_pool, payment_authorized};
-use jwl_events::HeaderStyle;
-use jwl_outbox::{JetStreamBroker, MessagingSettings};
-use jwl_service_kit::{ServiceContext, Settings};
+use jwl_outbox::MessagingSettings;
+use jwl_service_kit::Settings;
 use jwl_testkit::eventually;
+use jwl_testkit::service::{publish_event, service_context};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
@@ -23,37 +20,21 @@ async fn consumes_payment_authorized_and_relays_the_reservation() {
         .execute(&pool)
         .await
         .unwrap();
-    let nats = jwl_testkit::nats().await.unwrap();
-    let broker = JetStreamBroker::connect(nats.url()).await.unwrap();
-    let messaging = MessagingSettings::default();
-    broker.ensure_streams(&messaging).await.unwrap();
-    let ctx = ServiceContext {
-        service: jwl_inventory::SERVICE,
-        pool: pool.clone(),
-        broker: broker.clone(),
-        messaging,
-        settings: Arc::new(Settings::default()),
-    };
+    let (ctx, _nats) = service_context(
+        jwl_inventory::SERVICE,
+        pool.clone(),
+        MessagingSettings::default(),
+        Settings::default(),
+    )
+    .await
+    .unwrap();
+    ctx.broker.ensure_streams(&ctx.messaging).await.unwrap();
+    let broker = ctx.broker.clone();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(jwl_inventory::run(ctx, shutdown.clone()));
 
     let authorized = payment_authorized(vec![line("TEA", 2)]);
-    let wire = jwl_events::encode(&authorized, HeaderStyle::Nats);
-    let mut headers = HeaderMap::new();
-    for (name, value) in &wire.headers {
-        headers.append(name.as_str(), value.as_str());
-    }
-    let publish = PublishMessage::build()
-        .headers(headers)
-        .payload(wire.payload.into())
-        .message_id(authorized.id.0.to_string());
-    broker
-        .jetstream()
-        .send_publish(wire.subject, publish)
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    publish_event(&broker, &authorized).await.unwrap();
 
     eventually(
         "the reservation is recorded and relayed",

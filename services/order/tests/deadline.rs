@@ -65,7 +65,7 @@ async fn overdue_orders_get_exactly_one_cancel_request() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let replicas: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(jwl_order::run(app.ctx.clone(), shutdown.clone())))
+        .map(|_| tokio::spawn(jwl_order::run(app.edge.ctx.clone(), shutdown.clone())))
         .collect();
 
     wait_for_cancel_request(&app, overdue).await?;

@@ -7,11 +7,11 @@ mod common;
 use common::{deliver, migrated_pool, order_created};
 use jwl_events::{
     CourierAssigned, CourierId, DispatchFailed, DispatchFailureReason, Envelope, EventData,
-    EventType, HeaderStyle, InventoryRejected, OrderId, Service, WaybillId,
+    EventType, InventoryRejected, OrderId, Service, WaybillId,
 };
 use jwl_outbox::{HandlerError, OutboxError, Processed};
+use jwl_testkit::service::outbox_events;
 use sqlx::PgPool;
-use sqlx::types::Json;
 
 fn courier_assigned(order_id: OrderId) -> Envelope {
     Envelope::new(
@@ -49,25 +49,9 @@ fn inventory_rejected(order_id: OrderId) -> Envelope {
     )
 }
 
-/// An outbox row's headers and payload.
-type OutboxRow = (Json<Vec<(String, String)>>, Vec<u8>);
-
 /// Every event in the outbox, decoded, in enqueue order.
 async fn outbox(pool: &PgPool) -> Vec<Envelope> {
-    let rows: Vec<OutboxRow> = sqlx::query_as("SELECT headers, payload FROM outbox ORDER BY seq")
-        .fetch_all(pool)
-        .await
-        .unwrap();
-    rows.into_iter()
-        .map(|(Json(headers), payload)| {
-            jwl_events::decode(
-                HeaderStyle::Nats,
-                headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                &payload,
-            )
-            .unwrap()
-        })
-        .collect()
+    outbox_events(pool).await.unwrap()
 }
 
 fn types(events: &[Envelope]) -> Vec<EventType> {

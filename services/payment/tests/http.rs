@@ -3,75 +3,48 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::{Body, to_bytes};
-use axum::http::{Request, StatusCode, header};
+use axum::http::StatusCode;
 use common::{deliver, migrated_pool, order_created};
 use jwl_events::{DispatchFailed, DispatchFailureReason, Envelope, Service, WaybillId};
-use jwl_outbox::{JetStreamBroker, MessagingSettings};
-use jwl_service_kit::auth::{JwtKeys, Scope};
-use jwl_service_kit::http::{Readiness, edge};
-use jwl_service_kit::{ServiceContext, Settings};
+use jwl_outbox::MessagingSettings;
+use jwl_service_kit::Settings;
+use jwl_service_kit::auth::Scope;
+use jwl_testkit::service::{EdgeApp, get};
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 struct App {
-    router: Router,
-    keys: JwtKeys,
+    edge: EdgeApp,
     pool: sqlx::PgPool,
-    // keeps the broker's server alive for the test
-    _nats: jwl_testkit::TestNats,
 }
 
 impl App {
     async fn start() -> App {
         let pool = migrated_pool().await.unwrap();
-        let nats = jwl_testkit::nats().await.unwrap();
-        let broker = JetStreamBroker::connect(nats.url()).await.unwrap();
-        let ctx = ServiceContext {
-            service: jwl_payment::SERVICE,
-            pool: pool.clone(),
-            broker: broker.clone(),
-            messaging: MessagingSettings::default(),
-            settings: Arc::new(Settings::default()),
-        };
-        let keys = JwtKeys::new(b"payment-http-test-secret-0123456789abcdef");
-        let readiness = Readiness {
-            pools: vec![pool.clone()],
-            broker,
-        };
-        App {
-            router: edge(jwl_payment::router(&ctx), keys.clone(), readiness),
-            keys,
-            pool,
-            _nats: nats,
-        }
+        let edge = EdgeApp::start(
+            jwl_payment::SERVICE,
+            pool.clone(),
+            MessagingSettings::default(),
+            Settings::default(),
+            b"payment-http-test-secret-0123456789abcdef",
+            jwl_payment::router,
+        )
+        .await
+        .unwrap();
+        App { edge, pool }
     }
 
     fn token(&self, scopes: &[Scope]) -> String {
-        self.keys
-            .issue("ops-1", scopes, Duration::from_secs(300))
+        self.edge
+            .token("ops-1", scopes, Duration::from_secs(300))
             .unwrap()
     }
 
     /// GETs `uri` with `token` (if any); the status and the JSON body.
     async fn get(&self, uri: &str, token: Option<&str>) -> (StatusCode, Value) {
-        let mut request = Request::get(uri);
-        if let Some(token) = token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let response = self
-            .router
-            .clone()
-            .oneshot(request.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let body = to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice(&body).unwrap())
+        let reply = get(&self.edge.router, uri, token).await.unwrap();
+        (reply.status, reply.json)
     }
 }
 

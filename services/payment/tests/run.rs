@@ -4,52 +4,33 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::message::PublishMessage;
 use common::{deliver, migrated_pool, order_created};
-use jwl_events::HeaderStyle;
-use jwl_outbox::{JetStreamBroker, MessagingSettings};
-use jwl_service_kit::{ServiceContext, Settings};
+use jwl_outbox::MessagingSettings;
+use jwl_service_kit::Settings;
 use jwl_testkit::eventually;
+use jwl_testkit::service::{publish_event, service_context};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn consumes_order_created_and_relays_the_authorization() {
     let pool = migrated_pool().await.unwrap();
-    let nats = jwl_testkit::nats().await.unwrap();
-    let broker = JetStreamBroker::connect(nats.url()).await.unwrap();
-    let messaging = MessagingSettings::default();
-    broker.ensure_streams(&messaging).await.unwrap();
-    let ctx = ServiceContext {
-        service: jwl_payment::SERVICE,
-        pool: pool.clone(),
-        broker: broker.clone(),
-        messaging,
-        settings: Arc::new(Settings::default()),
-    };
+    let (ctx, _nats) = service_context(
+        jwl_payment::SERVICE,
+        pool.clone(),
+        MessagingSettings::default(),
+        Settings::default(),
+    )
+    .await
+    .unwrap();
+    ctx.broker.ensure_streams(&ctx.messaging).await.unwrap();
+    let broker = ctx.broker.clone();
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(jwl_payment::run(ctx, shutdown.clone()));
 
     let created = order_created("tok_ok");
-    let wire = jwl_events::encode(&created, HeaderStyle::Nats);
-    let mut headers = HeaderMap::new();
-    for (name, value) in &wire.headers {
-        headers.append(name.as_str(), value.as_str());
-    }
-    let publish = PublishMessage::build()
-        .headers(headers)
-        .payload(wire.payload.into())
-        .message_id(created.id.0.to_string());
-    broker
-        .jetstream()
-        .send_publish(wire.subject, publish)
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    publish_event(&broker, &created).await.unwrap();
 
     eventually(
         "the authorisation is recorded and relayed",

@@ -4,26 +4,21 @@
 
 #![allow(dead_code)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::{Body, to_bytes};
-use axum::http::{Method, Request, StatusCode, header};
+use axum::body::Body;
+use axum::http::{Method, StatusCode, header};
 use jwl_dispatch::{DispatchHandler, SCHEMA, SERVICE};
 use jwl_events::{
-    CancelReason, Envelope, EventData, EventType, GeoPoint, HeaderStyle, OrderCancelRequested,
-    OrderId, WaybillCreated, WaybillId,
+    CancelReason, Envelope, EventData, EventType, GeoPoint, OrderCancelRequested, OrderId,
+    WaybillCreated, WaybillId,
 };
-use jwl_outbox::{JetStreamBroker, MessagingSettings, OutboxError, Processed};
-use jwl_service_kit::auth::{JwtKeys, Scope};
-use jwl_service_kit::http::Readiness;
-use jwl_service_kit::{ServiceContext, Settings};
-use jwl_testkit::TestNats;
+use jwl_outbox::{MessagingSettings, OutboxError, Processed};
+use jwl_service_kit::Settings;
+use jwl_service_kit::auth::Scope;
+use jwl_testkit::service::{EdgeApp, bearer_request, deliver, outbox_events, schema_pool, send};
 use serde_json::Value;
 use sqlx::PgPool;
-use sqlx::types::Json;
-use tower::ServiceExt;
 
 pub const SECRET: &[u8] = b"dispatch-test-secret-0123456789abcdef";
 
@@ -42,11 +37,8 @@ pub fn point((lat, lon): (f64, f64)) -> GeoPoint {
 
 pub struct Harness {
     pub pool: PgPool,
-    pub ctx: ServiceContext,
-    pub app: Router,
-    pub keys: JwtKeys,
+    pub edge: EdgeApp,
     pub handler: DispatchHandler,
-    _nats: TestNats,
 }
 
 impl Harness {
@@ -56,42 +48,31 @@ impl Harness {
     }
 
     pub async fn with_settings(settings: Settings) -> anyhow::Result<Self> {
-        let db = jwl_testkit::database().await?;
-        let pool = jwl_service_kit::db::connect(db.url(), SCHEMA).await?;
+        let pool = schema_pool(SCHEMA).await?;
         jwl_dispatch::migrate(&pool).await?;
-        let nats = jwl_testkit::nats().await?;
-        let broker = JetStreamBroker::connect(nats.url()).await?;
-        let settings = Arc::new(settings);
-        let ctx = ServiceContext {
-            service: SERVICE,
-            pool: pool.clone(),
-            broker: broker.clone(),
-            messaging: MessagingSettings {
-                relay_poll_interval: Duration::from_millis(200),
-                ..MessagingSettings::default()
-            },
-            settings: settings.clone(),
+        let messaging = MessagingSettings {
+            relay_poll_interval: Duration::from_millis(200),
+            ..MessagingSettings::default()
         };
-        let keys = JwtKeys::new(SECRET);
-        let readiness = Readiness {
-            pools: vec![pool.clone()],
-            broker,
-        };
-        let app = jwl_service_kit::http::edge(jwl_dispatch::router(&ctx), keys.clone(), readiness);
+        let edge = EdgeApp::start(
+            SERVICE,
+            pool.clone(),
+            messaging,
+            settings,
+            SECRET,
+            jwl_dispatch::router,
+        )
+        .await?;
         Ok(Self {
             pool,
-            ctx,
-            app,
-            keys,
-            handler: DispatchHandler::new(settings),
-            _nats: nats,
+            handler: DispatchHandler::new(edge.ctx.settings.clone()),
+            edge,
         })
     }
 
     /// Handles `event` exactly as dispatch's consumer loop would.
     pub async fn handle(&self, event: &Envelope) -> Result<Processed, OutboxError> {
-        let consumer = jwl_outbox::durable_name(SERVICE, event.event_type());
-        jwl_outbox::process_one(&self.pool, SERVICE, &self.handler, &consumer, event).await
+        deliver(&self.pool, SERVICE, &self.handler, event).await
     }
 
     /// Handles `event` and returns the payloads it emitted.
@@ -103,8 +84,8 @@ impl Harness {
     }
 
     pub fn token(&self, subject: &str, scopes: &[Scope]) -> String {
-        self.keys
-            .issue(subject, scopes, Duration::from_secs(3600))
+        self.edge
+            .token(subject, scopes, Duration::from_secs(3600))
             .unwrap()
     }
 
@@ -119,10 +100,7 @@ impl Harness {
         token: Option<&str>,
         body: Option<String>,
     ) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(token) = token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
+        let request = bearer_request(method, uri, token);
         let request = match body {
             Some(body) => request
                 .header(header::CONTENT_TYPE, "application/json")
@@ -130,15 +108,8 @@ impl Harness {
             None => request.body(Body::empty()),
         }
         .unwrap();
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        let json = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap()
-        };
-        (status, json)
+        let reply = send(&self.edge.router, request).await.unwrap();
+        (reply.status, reply.json)
     }
 
     /// `PUT /v1/couriers/{id}/location` as the courier itself.
@@ -192,17 +163,7 @@ impl Harness {
 
     /// Every event in the outbox, in order.
     pub async fn outbox(&self) -> anyhow::Result<Vec<Envelope>> {
-        type OutboxRow = (Json<Vec<(String, String)>>, Vec<u8>);
-        let rows: Vec<OutboxRow> =
-            sqlx::query_as("SELECT headers, payload FROM outbox ORDER BY seq")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.into_iter()
-            .map(|(Json(headers), payload)| {
-                let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-                Ok(jwl_events::decode(HeaderStyle::Nats, pairs, &payload)?)
-            })
-            .collect()
+        outbox_events(&self.pool).await
     }
 
     /// The outbox events of one type.

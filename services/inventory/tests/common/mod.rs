@@ -2,22 +2,14 @@
 //! database, `payment.authorized` events to feed the handler, and delivery through the real
 //! inbox path.
 
-use std::time::Duration;
-
 use jwl_events::{Envelope, GeoPoint, LineItem, OrderId, PaymentAuthorized, Service};
 use jwl_inventory::{InventoryHandler, SCHEMA, SERVICE};
-use jwl_outbox::{OutboxError, Processed, durable_name};
-use jwl_service_kit::db::{PoolSettings, connect_with};
+use jwl_outbox::{OutboxError, Processed};
 use sqlx::PgPool;
 
 /// A pool on a fresh database whose `search_path` is the inventory schema, migrated.
 pub async fn migrated_pool() -> anyhow::Result<PgPool> {
-    let database = jwl_testkit::database().await?;
-    let settings = PoolSettings {
-        acquire_timeout: Duration::from_secs(60),
-        ..PoolSettings::default()
-    };
-    let pool = connect_with(database.url(), SCHEMA, &settings).await?;
+    let pool = jwl_testkit::service::schema_pool(SCHEMA).await?;
     jwl_inventory::migrate(&pool).await?;
     Ok(pool)
 }
@@ -49,6 +41,5 @@ pub fn payment_authorized(items: Vec<LineItem>) -> Envelope {
 
 /// Handles `event` with the inventory handler exactly as its consumer would.
 pub async fn deliver(pool: &PgPool, event: &Envelope) -> Result<Processed, OutboxError> {
-    let consumer = durable_name(SERVICE, event.event_type());
-    jwl_outbox::process_one(pool, SERVICE, &InventoryHandler, &consumer, event).await
+    jwl_testkit::service::deliver(pool, SERVICE, &InventoryHandler, event).await
 }

@@ -1,27 +1,24 @@
 //! Shared harness of the order service's integration tests: a fresh database migrated with
 //! `jwl_order::migrate`, a private nats-server for the `ServiceContext`, the routes behind the
-//! real edge (driven with `tower::ServiceExt::oneshot`), tokens, and readers of the outbox.
+//! real edge (through `jwl_testkit::service`), tokens, and readers of the outbox.
 //!
 //! Each test binary uses a part of it, hence `allow(dead_code)`.
 
 #![allow(dead_code)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::http::{Method, Request, StatusCode, header};
 use chrono::SubsecRound;
 use jwl_events::{Envelope, EventData, EventType, OrderId, Service};
-use jwl_outbox::{JetStreamBroker, MessagingSettings, Processed};
-use jwl_service_kit::auth::{JwtKeys, Scope};
-use jwl_service_kit::http::{Readiness, edge};
-use jwl_service_kit::{ServiceContext, Settings};
-use jwl_testkit::{TestDatabase, TestNats};
+use jwl_outbox::{MessagingSettings, Processed};
+use jwl_service_kit::Settings;
+use jwl_service_kit::auth::Scope;
+pub use jwl_testkit::service::Reply;
+use jwl_testkit::service::{EdgeApp, bearer_request, deliver, schema_pool, send};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tower::ServiceExt;
 
 /// Deadline for conditions that should hold within a second or two.
 pub const SOON: Duration = Duration::from_secs(20);
@@ -30,34 +27,17 @@ pub const CUSTOMER: &str = "cust-42";
 pub const OTHER_CUSTOMER: &str = "cust-77";
 
 pub struct TestApp {
-    pub db: TestDatabase,
     pub pool: PgPool,
-    pub nats: TestNats,
-    pub ctx: ServiceContext,
-    pub app: Router,
-    pub keys: JwtKeys,
+    pub edge: EdgeApp,
 }
 
-/// An HTTP response, its body parsed as JSON (`Null` when empty).
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub raw: Vec<u8>,
-    pub json: Value,
+/// The order a `201 Created` reply names.
+pub trait CreatedOrder {
+    fn order_id(&self) -> OrderId;
 }
 
-impl Reply {
-    /// The `field` of a problem response.
-    pub fn field(&self) -> Option<&str> {
-        self.json.get("field").and_then(Value::as_str)
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    pub fn order_id(&self) -> OrderId {
+impl CreatedOrder for Reply {
+    fn order_id(&self) -> OrderId {
         OrderId::parse(
             self.json["order_id"]
                 .as_str()
@@ -73,40 +53,23 @@ impl TestApp {
     }
 
     pub async fn start_with(settings: Settings) -> anyhow::Result<Self> {
-        let db = jwl_testkit::database().await?;
-        let pool = jwl_service_kit::db::connect(db.url(), jwl_order::SCHEMA).await?;
+        let pool = schema_pool(jwl_order::SCHEMA).await?;
         jwl_order::migrate(&pool).await?;
-        let nats = jwl_testkit::nats().await?;
-        let broker = JetStreamBroker::connect(nats.url()).await?;
-        let ctx = ServiceContext {
-            service: jwl_order::SERVICE,
-            pool: pool.clone(),
-            broker: broker.clone(),
-            messaging: MessagingSettings::default(),
-            settings: Arc::new(settings),
-        };
-        let keys = JwtKeys::new(b"order-service-test-secret");
-        let app = edge(
-            jwl_order::router(&ctx),
-            keys.clone(),
-            Readiness {
-                pools: vec![pool.clone()],
-                broker,
-            },
-        );
-        Ok(Self {
-            db,
-            pool,
-            nats,
-            ctx,
-            app,
-            keys,
-        })
+        let edge = EdgeApp::start(
+            jwl_order::SERVICE,
+            pool.clone(),
+            MessagingSettings::default(),
+            settings,
+            b"order-service-test-secret",
+            jwl_order::router,
+        )
+        .await?;
+        Ok(Self { pool, edge })
     }
 
     pub fn token(&self, sub: &str, scopes: &[Scope]) -> String {
-        self.keys
-            .issue(sub, scopes, Duration::from_secs(600))
+        self.edge
+            .token(sub, scopes, Duration::from_secs(600))
             .expect("a token")
     }
 
@@ -120,23 +83,7 @@ impl TestApp {
     }
 
     pub async fn send(&self, request: Request<Body>) -> anyhow::Result<Reply> {
-        let response = self.app.clone().oneshot(request).await?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let raw = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await?
-            .to_vec();
-        let json = if raw.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&raw)?
-        };
-        Ok(Reply {
-            status,
-            headers,
-            raw,
-            json,
-        })
+        send(&self.edge.router, request).await
     }
 
     /// `POST /v1/orders` with `body` as JSON, as the holder of `token`.
@@ -156,13 +103,8 @@ impl TestApp {
         body: Vec<u8>,
         idempotency_key: Option<&str>,
     ) -> anyhow::Result<Reply> {
-        let mut request = Request::builder()
-            .method(Method::POST)
-            .uri("/v1/orders")
+        let mut request = bearer_request(Method::POST, "/v1/orders", token)
             .header(header::CONTENT_TYPE, "application/json");
-        if let Some(token) = token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
         if let Some(key) = idempotency_key {
             request = request.header("Idempotency-Key", key);
         }
@@ -197,10 +139,7 @@ impl TestApp {
         token: Option<&str>,
         path: &str,
     ) -> anyhow::Result<Reply> {
-        let mut request = Request::builder().method(method).uri(path);
-        if let Some(token) = token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
+        let request = bearer_request(method, path, token);
         self.send(request.body(Body::empty())?).await
     }
 
@@ -215,12 +154,10 @@ impl TestApp {
 
     /// Handles `event` through the read model exactly as its consumer would.
     pub async fn deliver(&self, event: &Envelope) -> anyhow::Result<Processed> {
-        let consumer = jwl_outbox::durable_name(jwl_order::SERVICE, event.event_type());
-        Ok(jwl_outbox::process_one(
+        Ok(deliver(
             &self.pool,
             jwl_order::SERVICE,
             &jwl_order::OrderReadModel,
-            &consumer,
             event,
         )
         .await?)

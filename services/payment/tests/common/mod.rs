@@ -1,23 +1,15 @@
 //! Shared by the payment integration tests: a migrated `jwl_payment` schema in a fresh test
 //! database, saga events to feed the handler, and delivery through the real inbox path.
 
-use std::time::Duration;
-
 use chrono::Utc;
 use jwl_events::{Envelope, GeoPoint, LineItem, OrderCreated, OrderId, Service};
-use jwl_outbox::{Processed, durable_name};
+use jwl_outbox::Processed;
 use jwl_payment::{PaymentHandler, SCHEMA, SERVICE, SimulatedProcessor};
-use jwl_service_kit::db::{PoolSettings, connect_with};
 use sqlx::PgPool;
 
 /// A pool on a fresh database whose `search_path` is the payment schema, migrated.
 pub async fn migrated_pool() -> anyhow::Result<PgPool> {
-    let database = jwl_testkit::database().await?;
-    let settings = PoolSettings {
-        acquire_timeout: Duration::from_secs(30),
-        ..PoolSettings::default()
-    };
-    let pool = connect_with(database.url(), SCHEMA, &settings).await?;
+    let pool = jwl_testkit::service::schema_pool(SCHEMA).await?;
     jwl_payment::migrate(&pool).await?;
     Ok(pool)
 }
@@ -58,6 +50,5 @@ pub async fn deliver(
     event: &Envelope,
 ) -> Result<Processed, jwl_outbox::OutboxError> {
     let handler = PaymentHandler::new(std::sync::Arc::new(SimulatedProcessor));
-    let consumer = durable_name(SERVICE, event.event_type());
-    jwl_outbox::process_one(pool, SERVICE, &handler, &consumer, event).await
+    jwl_testkit::service::deliver(pool, SERVICE, &handler, event).await
 }

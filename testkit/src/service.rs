@@ -1,0 +1,224 @@
+//! Service-level helpers for the integration tests of the service crates (`services/*`): a pool
+//! in the service's schema on a fresh test database, a `ServiceContext` against a private
+//! nats-server, requests through the real HTTP edge, delivery of an event exactly as a
+//! consumer would, publishing an event to JetStream, and reading the outbox back.
+//!
+//! Everything here talks to real PostgreSQL and a real `nats-server`; the assertions stay in
+//! the tests.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::HeaderMap as NatsHeaders;
+use async_nats::jetstream::message::PublishMessage;
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header, request};
+use jwl_events::{Envelope, HeaderStyle, Service};
+use jwl_outbox::{Handler, JetStreamBroker, MessagingSettings, OutboxError, Processed};
+use jwl_service_kit::auth::{JwtKeys, Scope};
+use jwl_service_kit::db::{PoolSettings, connect_with};
+use jwl_service_kit::http::{Readiness, edge};
+use jwl_service_kit::{ServiceContext, Settings};
+use serde_json::Value;
+use sqlx::PgPool;
+use sqlx::types::Json;
+
+use crate::TestNats;
+
+/// Largest response body [`send`] reads.
+const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// A pool on a fresh test database whose `search_path` is `schema` (created if missing). The
+/// acquire timeout is generous, as tests share two cores; the caller runs its migrations.
+pub async fn schema_pool(schema: &str) -> anyhow::Result<PgPool> {
+    let database = crate::database().await?;
+    let settings = PoolSettings {
+        acquire_timeout: Duration::from_secs(60),
+        ..PoolSettings::default()
+    };
+    connect_with(database.url(), schema, &settings)
+        .await
+        .with_context(|| format!("connecting to {} in schema {schema}", database.name()))
+}
+
+/// A [`ServiceContext`] of `service` on `pool`, with a broker connected to a private
+/// nats-server. The server lives as long as the returned [`TestNats`].
+pub async fn service_context(
+    service: Service,
+    pool: PgPool,
+    messaging: MessagingSettings,
+    settings: Settings,
+) -> anyhow::Result<(ServiceContext, TestNats)> {
+    let nats = crate::nats().await?;
+    let broker = JetStreamBroker::connect(nats.url()).await?;
+    let ctx = ServiceContext {
+        service,
+        pool,
+        broker,
+        messaging,
+        settings: Arc::new(settings),
+    };
+    Ok((ctx, nats))
+}
+
+/// A service's routes behind the real HTTP edge, with the context they were built from and the
+/// keys its tokens are signed with. The private nats-server lives as long as the app.
+pub struct EdgeApp {
+    pub ctx: ServiceContext,
+    pub router: Router,
+    pub keys: JwtKeys,
+    pub nats: TestNats,
+}
+
+impl EdgeApp {
+    /// Builds the [`service_context`] of `service` on `pool` and puts `routes(&ctx)` behind the
+    /// edge, authenticating with tokens signed by `jwt_secret`.
+    pub async fn start(
+        service: Service,
+        pool: PgPool,
+        messaging: MessagingSettings,
+        settings: Settings,
+        jwt_secret: &[u8],
+        routes: impl FnOnce(&ServiceContext) -> Router,
+    ) -> anyhow::Result<Self> {
+        let (ctx, nats) = service_context(service, pool, messaging, settings).await?;
+        let keys = JwtKeys::new(jwt_secret);
+        let router = edge_router(&ctx, routes(&ctx), &keys);
+        Ok(Self {
+            ctx,
+            router,
+            keys,
+            nats,
+        })
+    }
+
+    /// A token for `subject` with `scopes`, valid for `valid_for`.
+    pub fn token(
+        &self,
+        subject: &str,
+        scopes: &[Scope],
+        valid_for: Duration,
+    ) -> anyhow::Result<String> {
+        Ok(self.keys.issue(subject, scopes, valid_for)?)
+    }
+}
+
+/// `routes` behind the real HTTP edge (auth with `keys`, problem responses, health), ready when
+/// the context's pool and broker are.
+fn edge_router(ctx: &ServiceContext, routes: Router, keys: &JwtKeys) -> Router {
+    let readiness = Readiness {
+        pools: vec![ctx.pool.clone()],
+        broker: ctx.broker.clone(),
+    };
+    edge(routes, keys.clone(), readiness)
+}
+
+/// A request builder for `method uri`, with `Authorization: Bearer <token>` when a token is given.
+pub fn bearer_request(method: Method, uri: &str, token: Option<&str>) -> request::Builder {
+    let request = Request::builder().method(method).uri(uri);
+    match token {
+        Some(token) => request.header(header::AUTHORIZATION, format!("Bearer {token}")),
+        None => request,
+    }
+}
+
+/// An HTTP response from the edge, its body parsed as JSON (`Null` when empty).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub raw: Vec<u8>,
+    pub json: Value,
+}
+
+impl Reply {
+    /// The `field` of a problem response.
+    pub fn field(&self) -> Option<&str> {
+        self.json.get("field").and_then(Value::as_str)
+    }
+
+    /// The value of the response header `name`, if present and text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Sends `request` through `router` and reads the whole response.
+pub async fn send(router: &Router, request: Request<Body>) -> anyhow::Result<Reply> {
+    let response = tower::ServiceExt::oneshot(router.clone(), request).await?;
+    let status = response.status();
+    let headers = response.headers().clone();
+    let raw = to_bytes(response.into_body(), MAX_BODY_BYTES)
+        .await?
+        .to_vec();
+    let json = if raw.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&raw).with_context(|| format!("{status}: body is not JSON"))?
+    };
+    Ok(Reply {
+        status,
+        headers,
+        raw,
+        json,
+    })
+}
+
+/// `GET uri` through `router` as the holder of `token` (if any).
+pub async fn get(router: &Router, uri: &str, token: Option<&str>) -> anyhow::Result<Reply> {
+    send(
+        router,
+        bearer_request(Method::GET, uri, token).body(Body::empty())?,
+    )
+    .await
+}
+
+/// Handles `event` with `handler` exactly as `service`'s consumer of its type would: through
+/// the inbox under the durable consumer name, with emitted events written to the outbox.
+pub async fn deliver(
+    pool: &PgPool,
+    service: Service,
+    handler: &dyn Handler,
+    event: &Envelope,
+) -> Result<Processed, OutboxError> {
+    let consumer = jwl_outbox::durable_name(service, event.event_type());
+    jwl_outbox::process_one(pool, service, handler, &consumer, event).await
+}
+
+/// Publishes `event` to the events stream as a producer's relay would (NATS headers, the event
+/// id as `Nats-Msg-Id`) and waits for JetStream's acknowledgement.
+pub async fn publish_event(broker: &JetStreamBroker, event: &Envelope) -> anyhow::Result<()> {
+    let wire = jwl_events::encode(event, HeaderStyle::Nats);
+    let mut headers = NatsHeaders::new();
+    for (name, value) in &wire.headers {
+        headers.append(name.as_str(), value.as_str());
+    }
+    let publish = PublishMessage::build()
+        .headers(headers)
+        .payload(wire.payload.into())
+        .message_id(event.id.0.to_string());
+    broker
+        .jetstream()
+        .send_publish(wire.subject, publish)
+        .await?
+        .await?;
+    Ok(())
+}
+
+/// An outbox row's headers and payload.
+type OutboxRow = (Json<Vec<(String, String)>>, Vec<u8>);
+
+/// Every event in the outbox of `pool`'s schema, decoded, in enqueue order.
+pub async fn outbox_events(pool: &PgPool) -> anyhow::Result<Vec<Envelope>> {
+    let rows: Vec<OutboxRow> = sqlx::query_as("SELECT headers, payload FROM outbox ORDER BY seq")
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter()
+        .map(|(Json(headers), payload)| {
+            let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            Ok(jwl_events::decode(HeaderStyle::Nats, pairs, &payload)?)
+        })
+        .collect()
+}
