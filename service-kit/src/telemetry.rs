@@ -169,7 +169,8 @@ fn current_trace_ids() -> Option<(TraceId, SpanId)> {
         .then(|| (span_context.trace_id(), span_context.span_id()))
 }
 
-/// The human format prefixed with the service name.
+/// The human format prefixed with the service name and, inside a trace, its trace id
+/// (`[order trace=4bf9…] …`), so a line can be followed to the trace view.
 struct ServiceHuman {
     service: String,
     inner: Format<Full>,
@@ -186,7 +187,10 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        write!(writer, "[{}] ", self.service)?;
+        match current_trace_ids() {
+            Some((trace_id, _)) => write!(writer, "[{} trace={trace_id}] ", self.service)?,
+            None => write!(writer, "[{}] ", self.service)?,
+        }
         self.inner.format_event(ctx, writer, event)
     }
 }

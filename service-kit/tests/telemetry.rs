@@ -53,12 +53,12 @@ fn capture_logs(format: LogFormat) -> (Captured, tracing::subscriber::DefaultGua
     (captured, guard)
 }
 
-/// [`capture_logs`] in JSON with an OpenTelemetry layer (spans get trace contexts; nothing is
-/// exported).
-fn capture_traced_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
+/// [`capture_logs`] in `format` with an OpenTelemetry layer (spans get trace contexts; nothing
+/// is exported).
+fn capture_traced_logs(format: LogFormat) -> (Captured, tracing::subscriber::DefaultGuard) {
     let captured = Captured::default();
     let writer = captured.clone();
-    let layer = telemetry::output_layer("order", LogFormat::Json, move || writer.clone())
+    let layer = telemetry::output_layer("order", format, move || writer.clone())
         .with_filter(EnvFilter::new("trace"));
     let tracer = SdkTracerProvider::builder().build().tracer("test");
     let subscriber = tracing_subscriber::registry()
@@ -114,9 +114,27 @@ fn the_human_format_names_the_service() {
     assert!(serde_json::from_str::<Value>(line).is_err());
 }
 
+#[test]
+fn the_human_format_shows_the_trace_id_inside_a_trace() {
+    let (captured, _guard) = capture_traced_logs(LogFormat::Human);
+    tracing::info!("outside any span");
+    tracing::info_span!("handle_event").in_scope(|| tracing::info!("inside a span"));
+    let text = captured.text();
+    let mut lines = text.lines();
+    let outside = lines.next().expect("two lines");
+    assert!(outside.starts_with("[order] "), "{outside}");
+    let inside = lines.next().expect("two lines");
+    let trace_id = inside
+        .strip_prefix("[order trace=")
+        .and_then(|rest| rest.split(']').next())
+        .unwrap_or_else(|| panic!("no trace id: {inside}"));
+    assert_eq!(trace_id.len(), 32, "{inside}");
+    assert!(trace_id.chars().all(|c| c.is_ascii_hexdigit()), "{inside}");
+}
+
 #[tokio::test]
 async fn json_lines_carry_the_trace_the_request_continues() {
-    let (captured, _guard) = capture_traced_logs();
+    let (captured, _guard) = capture_traced_logs(LogFormat::Json);
     tracing::info!("outside any span");
     let app = authenticated_app();
     let token = common::keys()
