@@ -2,7 +2,7 @@
 //! environment variable (a flag wins over its variable).
 
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -394,6 +394,15 @@ pub struct SettingsArgs {
     /// Live waybills per courier.
     #[arg(long, env = "JWL_COURIER_CAPACITY", default_value = "1", value_parser = clap::value_parser!(u32).range(1..))]
     pub courier_capacity: u32,
+    /// Orders per second one process accepts (over it: 429 with Retry-After).
+    #[arg(long, env = "JWL_INGEST_RATE", default_value = "500")]
+    pub ingest_rate: NonZeroU32,
+    /// Orders accepted at once above that rate.
+    #[arg(long, env = "JWL_INGEST_BURST", default_value = "1000")]
+    pub ingest_burst: NonZeroU32,
+    /// Order requests one process handles at the same time (over it: 503 with Retry-After).
+    #[arg(long, env = "JWL_INGEST_IN_FLIGHT", default_value = "256")]
+    pub ingest_in_flight: NonZeroUsize,
 }
 
 impl MessagingArgs {
@@ -561,5 +570,23 @@ mod tests {
         let settings = serve.messaging.to_settings(None);
         assert_eq!(settings.ack_wait, Duration::from_secs(3));
         assert_eq!(settings.faults, None);
+        assert_eq!(
+            serve.messaging.to_pool_settings().stall_timeout,
+            Duration::from_secs(30)
+        );
+    }
+
+    /// Unset flags and variables give the documented defaults of the services.
+    #[test]
+    fn business_defaults_match_the_services_defaults() {
+        let cli =
+            Cli::try_parse_from(["jwl", "serve", "order", "--nats-url", "nats://x:4222"]).unwrap();
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve: {:?}", cli.command);
+        };
+        assert_eq!(
+            *serve.settings.to_settings(),
+            jwl_service_kit::Settings::default()
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use jwl_service_kit::Settings;
 use jwl_service_kit::auth::JwtKeys;
+use jwl_service_kit::http::IngestLimits;
 
 use crate::args::{DatabaseArgs, JwtArgs, SettingsArgs};
 use crate::secret;
@@ -19,6 +20,11 @@ impl SettingsArgs {
             dispatch_deadline: self.dispatch_deadline,
             dispatch_radius_km: self.dispatch_radius_km,
             courier_capacity: self.courier_capacity,
+            ingest: IngestLimits {
+                rate_per_second: self.ingest_rate,
+                burst: self.ingest_burst,
+                max_in_flight: self.ingest_in_flight,
+            },
         })
     }
 }

@@ -1,8 +1,11 @@
-//! Business tunables shared by the services (deadlines, dispatch radius, courier capacity).
+//! Business tunables shared by the services (deadlines, dispatch radius, courier capacity,
+//! ingest limits).
 //!
 //! The CLI fills these from flags / `JWL_*` variables; the defaults match the documented ones.
 
 use std::time::Duration;
+
+use crate::http::IngestLimits;
 
 /// Tunables every service may read from its [`crate::ServiceContext`].
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +19,9 @@ pub struct Settings {
     pub dispatch_radius_km: f64,
     /// Live waybills one courier may hold at once (`JWL_COURIER_CAPACITY`).
     pub courier_capacity: u32,
+    /// Backpressure on order intake (`JWL_INGEST_RATE`, `JWL_INGEST_BURST`,
+    /// `JWL_INGEST_IN_FLIGHT`).
+    pub ingest: IngestLimits,
 }
 
 impl Default for Settings {
@@ -25,6 +31,7 @@ impl Default for Settings {
             dispatch_deadline: Duration::from_secs(60),
             dispatch_radius_km: 5.0,
             courier_capacity: 1,
+            ingest: IngestLimits::default(),
         }
     }
 }

@@ -56,6 +56,12 @@ pub enum ApiError {
     /// 422: well-formed but semantically refused (e.g. an idempotency key reused with another body).
     #[error("unprocessable: {0}")]
     Unprocessable(String),
+    /// 429 with `Retry-After`: the caller sends faster than the service accepts.
+    #[error("too many requests: {detail}")]
+    TooManyRequests {
+        retry_after_secs: u64,
+        detail: String,
+    },
     /// 503 with `Retry-After`.
     #[error("unavailable: {detail}")]
     Unavailable {
@@ -108,6 +114,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -243,7 +250,11 @@ impl IntoResponse for ApiError {
                 );
                 response
             }
-            Self::Unavailable {
+            Self::TooManyRequests {
+                retry_after_secs,
+                detail,
+            }
+            | Self::Unavailable {
                 retry_after_secs,
                 detail,
             } => {

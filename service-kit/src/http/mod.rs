@@ -3,6 +3,7 @@
 //! everything (including 404/405), per-request tracing spans and latency metrics; and [`serve`].
 
 mod health;
+mod ingest;
 mod layers;
 mod metrics;
 mod serve;
@@ -21,6 +22,7 @@ use tower_http::request_id::MakeRequestUuid;
 use crate::auth::JwtKeys;
 
 pub use health::{Readiness, ReadinessProbe};
+pub use ingest::{INGEST_SHED_METRIC, IngestLimiter, IngestLimits, limit_ingest};
 pub use metrics::{HTTP_DURATION_METRIC, install_metrics_recorder};
 pub use serve::{ServeError, serve, serve_on};
 

@@ -2,7 +2,9 @@
 //! `Idempotency-Key`), reading one (`GET /v1/orders/{id}`) and asking to cancel one
 //! (`POST /v1/orders/{id}/cancel`).
 //!
-//! Checks run in this order: authentication (401), scope (403), path and body (400/413/415),
+//! Order intake is limited first (`429` over the rate, `503` with too many in flight; see
+//! [`jwl_service_kit::http::limit_ingest`]). Then checks run in this order: authentication (401),
+//! scope (403), path and body (400/413/415),
 //! existence and ownership (404: an order of another customer is reported as missing, so order
 //! ids cannot be probed), then the order's state (409).
 
@@ -19,6 +21,7 @@ use jwl_outbox::OutboxError;
 use jwl_outbox::trace_context::current_traceparent;
 use jwl_service_kit::auth::{Caller, Scope};
 use jwl_service_kit::extract::{Json, Path};
+use jwl_service_kit::http::{IngestLimiter, limit_ingest};
 use jwl_service_kit::{ApiError, ApiResult, ServiceContext, Settings};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -41,7 +44,13 @@ struct AppState {
 /// The routes of the order service (no health, metrics or fallback: the edge adds those).
 pub fn router(ctx: &ServiceContext) -> Router {
     Router::new()
-        .route("/v1/orders", post(create_order))
+        .route(
+            "/v1/orders",
+            post(create_order).route_layer(axum::middleware::from_fn_with_state(
+                IngestLimiter::new(&ctx.settings.ingest),
+                limit_ingest,
+            )),
+        )
         .route("/v1/orders/{id}", get(get_order))
         .route("/v1/orders/{id}/cancel", post(cancel_order))
         .with_state(AppState {

@@ -1,0 +1,109 @@
+//! Backpressure at ingest: a token bucket ([`governor`]) bounds the rate of accepted requests
+//! and a semaphore the number in flight. A request over either is refused at once, before any
+//! work, with a problem detail and `Retry-After`: `429` over the rate, `503` with too many in
+//! flight. Limits are per process (N replicas accept N times the rate). Apply [`limit_ingest`]
+//! to the ingest routes only, with `axum::middleware::from_fn_with_state`.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::Semaphore;
+
+use crate::ApiError;
+
+/// Counter of requests refused at ingest, labelled `reason` (`rate`, `in_flight`).
+pub const INGEST_SHED_METRIC: &str = "jwl_ingest_shed_total";
+
+/// `Retry-After` when too many requests are in flight: they finish in well under a second.
+const IN_FLIGHT_RETRY_AFTER_SECS: u64 = 1;
+
+/// How much ingest one process accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestLimits {
+    /// Sustained requests per second (`JWL_INGEST_RATE`).
+    pub rate_per_second: NonZeroU32,
+    /// Requests accepted at once above the sustained rate (`JWL_INGEST_BURST`).
+    pub burst: NonZeroU32,
+    /// Requests handled at the same time (`JWL_INGEST_IN_FLIGHT`).
+    pub max_in_flight: NonZeroUsize,
+}
+
+impl Default for IngestLimits {
+    /// 500 per second, bursts of 1,000, 256 in flight.
+    fn default() -> Self {
+        Self {
+            rate_per_second: NonZeroU32::new(500).unwrap_or(NonZeroU32::MIN),
+            burst: NonZeroU32::new(1_000).unwrap_or(NonZeroU32::MIN),
+            max_in_flight: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+        }
+    }
+}
+
+/// The state of [`limit_ingest`]: cheap to clone, shared by every request of the routes.
+#[derive(Clone)]
+pub struct IngestLimiter {
+    bucket: Arc<DefaultDirectRateLimiter>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl IngestLimiter {
+    pub fn new(limits: &IngestLimits) -> Self {
+        let quota = Quota::per_second(limits.rate_per_second).allow_burst(limits.burst);
+        Self {
+            bucket: Arc::new(RateLimiter::direct(quota)),
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight.get())),
+        }
+    }
+}
+
+/// Refuses a request over the rate (`429`) or over the requests in flight (`503`), else runs it.
+pub async fn limit_ingest(
+    State(limiter): State<IngestLimiter>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Err(not_until) = limiter.bucket.check() {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        metrics::counter!(INGEST_SHED_METRIC, "reason" => "rate").increment(1);
+        return ApiError::TooManyRequests {
+            retry_after_secs: whole_seconds_at_least_one(wait),
+            detail: "more requests than the service accepts; retry after the given delay".into(),
+        }
+        .into_response();
+    }
+    let Ok(_permit) = limiter.in_flight.clone().try_acquire_owned() else {
+        metrics::counter!(INGEST_SHED_METRIC, "reason" => "in_flight").increment(1);
+        return ApiError::unavailable(
+            IN_FLIGHT_RETRY_AFTER_SECS,
+            "too many requests in flight; retry shortly",
+        )
+        .into_response();
+    };
+    next.run(request).await
+}
+
+/// `wait` in whole seconds, rounded up, and never 0 (`Retry-After: 0` invites a hot loop).
+fn whole_seconds_at_least_one(wait: std::time::Duration) -> u64 {
+    let rounded_up = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    rounded_up.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::whole_seconds_at_least_one;
+
+    #[test]
+    fn retry_after_is_rounded_up_and_never_zero() {
+        assert_eq!(whole_seconds_at_least_one(Duration::ZERO), 1);
+        assert_eq!(whole_seconds_at_least_one(Duration::from_millis(2)), 1);
+        assert_eq!(whole_seconds_at_least_one(Duration::from_secs(2)), 2);
+        assert_eq!(whole_seconds_at_least_one(Duration::from_millis(2001)), 3);
+    }
+}

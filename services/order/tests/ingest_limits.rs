@@ -1,0 +1,121 @@
+//! Backpressure on `POST /v1/orders`: over the rate → `429`, with too many requests in flight →
+//! `503`, each a problem detail with `Retry-After`, refused before any work; reads are not limited.
+
+mod common;
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use common::*;
+use jwl_service_kit::Settings;
+use jwl_service_kit::http::IngestLimits;
+
+fn limited(rate_per_second: u32, burst: u32, max_in_flight: usize) -> Settings {
+    Settings {
+        ingest: IngestLimits {
+            rate_per_second: NonZeroU32::new(rate_per_second).unwrap(),
+            burst: NonZeroU32::new(burst).unwrap(),
+            max_in_flight: NonZeroUsize::new(max_in_flight).unwrap(),
+        },
+        ..Settings::default()
+    }
+}
+
+async fn orders_in_db(app: &TestApp) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&app.pool)
+        .await?)
+}
+
+#[tokio::test]
+async fn orders_over_the_rate_get_429_with_retry_after_and_change_nothing() -> anyhow::Result<()> {
+    // one a second, two at once: of ten sent together, the burst and what refilled meanwhile pass
+    let app = TestApp::start_with(limited(1, 2, 64)).await?;
+    let token = app.customer(CUSTOMER);
+    let body = order_body();
+    let started = Instant::now();
+    let replies =
+        futures::future::try_join_all((0..10).map(|_| app.post_order(Some(&token), &body, None)))
+            .await?;
+    let refilled = started.elapsed().as_secs() + 1;
+    let (created, refused): (Vec<Reply>, Vec<Reply>) = replies
+        .into_iter()
+        .partition(|reply| reply.status == StatusCode::CREATED);
+    assert!(
+        (2..=2 + refilled).contains(&(created.len() as u64)),
+        "{} created",
+        created.len()
+    );
+    for reply in &refused {
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json")
+        );
+        assert_eq!(reply.json["status"], 429);
+        let retry_after: u64 = reply.header("retry-after").expect("Retry-After").parse()?;
+        assert!((1..=2).contains(&retry_after), "{retry_after}");
+    }
+    assert_eq!(
+        orders_in_db(&app).await?,
+        created.len() as i64,
+        "no refused order was created"
+    );
+
+    // reading is not ingest
+    let read = app
+        .get(
+            Some(&token),
+            &format!("/v1/orders/{}", created[0].order_id()),
+        )
+        .await?;
+    assert_eq!(read.status, StatusCode::OK, "{read:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn orders_beyond_the_requests_in_flight_get_503_with_retry_after() -> anyhow::Result<()> {
+    let app = TestApp::start_with(limited(1_000, 1_000, 1)).await?;
+    let token = app.customer(CUSTOMER);
+    // hold the first order inside its transaction: its insert waits for this lock
+    let mut blocker = app.pool.begin().await?;
+    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await?;
+    let body = order_body();
+    let first = app.post_order(Some(&token), &body, None);
+    tokio::pin!(first);
+    let second = tokio::select! {
+        reply = &mut first => panic!("the first order went through the lock: {reply:?}"),
+        second = async {
+            // the first is in flight once it waits on the lock
+            jwl_testkit::eventually("the first order waits on the lock", SOON, || async {
+                sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                     WHERE wait_event_type = 'Lock' AND datname = current_database())",
+                )
+                .fetch_one(&app.pool)
+                .await
+                .ok()
+                .filter(|waiting| *waiting)
+            })
+            .await?;
+            app.post_order(Some(&token), &body, None).await
+        } => second?,
+    };
+    assert_eq!(second.status, StatusCode::SERVICE_UNAVAILABLE, "{second:?}");
+    assert_eq!(second.header("retry-after"), Some("1"));
+    assert_eq!(second.json["status"], 503);
+
+    blocker.rollback().await?;
+    let first = first.await?;
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    let third = app.post_order(Some(&token), &order_body(), None).await?;
+    assert_eq!(
+        third.status,
+        StatusCode::CREATED,
+        "room again once the first finished: {third:?}"
+    );
+    Ok(())
+}
