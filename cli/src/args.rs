@@ -2,7 +2,7 @@
 //! environment variable (a flag wins over its variable).
 
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -43,6 +43,9 @@ pub enum Command {
     /// The dead letters: list, show, discard, redrive.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Load a running system with orders at a constant rate and report ingest, end-to-end saga
+    /// latency and throughput, next to raw Postgres and JetStream baselines.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -211,6 +214,47 @@ pub struct DlqRedriveArgs {
     pub data_dir: DataDirArgs,
     #[command(flatten)]
     pub nats: NatsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Base URL of the system's HTTP API (`jwl up` serves every service there).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Orders sent per second (constant arrival rate).
+    #[arg(long, default_value = "50")]
+    pub rate: NonZeroU32,
+    /// How long to send (`30s`, `2m`); ignored with `--orders`.
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
+    pub duration: Duration,
+    /// Send exactly this many orders instead of sending for `--duration`.
+    #[arg(long)]
+    pub orders: Option<NonZeroU64>,
+    /// Most order requests in flight at once.
+    #[arg(long, default_value = "256")]
+    pub concurrency: NonZeroUsize,
+    /// Longest wait, after sending, for every accepted order to reach a terminal status.
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration)]
+    pub settle_timeout: Duration,
+    /// How long each baseline (Postgres commits, JetStream publishes) is measured.
+    #[arg(long, default_value = "3s", value_parser = parse_positive_duration)]
+    pub baseline_duration: Duration,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// PostgreSQL for the commit-rate baseline (a scratch table in schema `jwl_bench`); the
+    /// baseline is skipped when unset.
+    #[arg(long, env = "JWL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// NATS for the JetStream publish baseline (a scratch stream, deleted afterwards); the
+    /// baseline is skipped when unset.
+    #[arg(long, env = "JWL_NATS_URL", hide_env_values = true)]
+    pub nats_url: Option<String>,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+    /// Only used to find the JWT secret file when JWL_JWT_SECRET is unset.
+    #[command(flatten)]
+    pub data_dir: DataDirArgs,
 }
 
 #[derive(Debug, Args)]
@@ -574,6 +618,26 @@ mod tests {
             serve.messaging.to_pool_settings().stall_timeout,
             Duration::from_secs(30)
         );
+    }
+
+    #[test]
+    fn bench_defaults_and_order_count() {
+        let cli = Cli::try_parse_from(["jwl", "bench"]).unwrap();
+        let Command::Bench(bench) = cli.command else {
+            panic!("not bench: {:?}", cli.command);
+        };
+        assert_eq!(bench.url, "http://127.0.0.1:8080");
+        assert_eq!(bench.rate.get(), 50);
+        assert_eq!(bench.duration, Duration::from_secs(30));
+        assert_eq!(bench.orders, None);
+        assert_eq!(bench.concurrency.get(), 256);
+        assert_eq!(bench.settle_timeout, Duration::from_secs(60));
+        let cli = Cli::try_parse_from(["jwl", "bench", "--orders", "20", "--rate", "20"]).unwrap();
+        let Command::Bench(bench) = cli.command else {
+            panic!("not bench: {:?}", cli.command);
+        };
+        assert_eq!(bench.orders.map(NonZeroU64::get), Some(20));
+        assert!(Cli::try_parse_from(["jwl", "bench", "--rate", "0"]).is_err());
     }
 
     /// Unset flags and variables give the documented defaults of the services.

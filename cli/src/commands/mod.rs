@@ -1,6 +1,7 @@
 //! The subcommands, and the start-up steps they share (connecting a service's pool and the
 //! broker, migrating).
 
+pub mod bench;
 pub mod dlq;
 pub mod migrate;
 pub mod replay;
