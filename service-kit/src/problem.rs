@@ -62,6 +62,10 @@ pub enum ApiError {
         retry_after_secs: u64,
         detail: String,
     },
+    /// 503 with `Retry-After`: the database cannot be reached right now. The response carries
+    /// the [`DatabaseFailure`] extension, which the ingest breaker counts.
+    #[error("the database is temporarily unavailable")]
+    DatabaseUnavailable,
     /// 503 with `Retry-After`.
     #[error("unavailable: {detail}")]
     Unavailable {
@@ -72,6 +76,11 @@ pub enum ApiError {
     #[error("internal error: {0}")]
     Internal(#[source] BoxError),
 }
+
+/// Marks a response that failed because the database could not be reached (set by
+/// [`ApiError::DatabaseUnavailable`]; read by the ingest breaker).
+#[derive(Debug, Clone, Copy)]
+pub struct DatabaseFailure;
 
 impl ApiError {
     /// 400 naming the field (JSON path or parameter name) at fault.
@@ -115,7 +124,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable { .. } | Self::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -127,10 +136,7 @@ impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         if is_transient_db_error(&error) {
             tracing::warn!(error = %error, "database unavailable");
-            Self::unavailable(
-                DB_RETRY_AFTER_SECS,
-                "the database is temporarily unavailable",
-            )
+            Self::DatabaseUnavailable
         } else {
             Self::Internal(Box::new(error))
         }
@@ -262,6 +268,15 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                response
+            }
+            Self::DatabaseUnavailable => {
+                let mut response =
+                    Problem::new(status, "the database is temporarily unavailable").into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(DB_RETRY_AFTER_SECS));
+                response.extensions_mut().insert(DatabaseFailure);
                 response
             }
             Self::Internal(error) => {

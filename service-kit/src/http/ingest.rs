@@ -1,26 +1,39 @@
-//! Backpressure at ingest: a token bucket ([`governor`]) bounds the rate of accepted requests
-//! and a semaphore the number in flight. A request over either is refused at once, before any
-//! work, with a problem detail and `Retry-After`: `429` over the rate, `503` with too many in
-//! flight. Limits are per process (N replicas accept N times the rate). Apply [`limit_ingest`]
-//! to the ingest routes only, with `axum::middleware::from_fn_with_state`.
+//! Backpressure at ingest: a token bucket ([`governor`]) bounds the rate of accepted requests,
+//! a semaphore the number in flight, and a circuit breaker ([`failsafe`]) sheds requests while
+//! the database is failing: after [`BREAKER_FAILURES`] requests in a row answered
+//! [`ApiError::DatabaseUnavailable`] it refuses requests for [`BREAKER_OPEN_FOR`], then lets them
+//! through again (one more failure re-opens it). A refused request gets, at once and before any
+//! work, a problem detail with `Retry-After`: `429` over the rate, `503` otherwise. Limits are per
+//! process (N replicas accept N times the rate). Apply [`limit_ingest`] to the ingest routes only,
+//! with `axum::middleware::from_fn_with_state`.
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use failsafe::failure_policy::{self, ConsecutiveFailures};
+use failsafe::{StateMachine, backoff};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
 
 use crate::ApiError;
+use crate::problem::DatabaseFailure;
 
-/// Counter of requests refused at ingest, labelled `reason` (`rate`, `in_flight`).
+/// Counter of requests refused at ingest, labelled `reason` (`rate`, `in_flight`, `database`).
 pub const INGEST_SHED_METRIC: &str = "jwl_ingest_shed_total";
 
 /// `Retry-After` when too many requests are in flight: they finish in well under a second.
 const IN_FLIGHT_RETRY_AFTER_SECS: u64 = 1;
+/// Requests in a row failing for want of the database that open the breaker.
+pub const BREAKER_FAILURES: u32 = 5;
+/// How long an open breaker refuses requests before letting them try again.
+pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(2);
+
+type DatabaseBreaker = StateMachine<ConsecutiveFailures<backoff::Constant>, ()>;
 
 /// How much ingest one process accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +62,7 @@ impl Default for IngestLimits {
 pub struct IngestLimiter {
     bucket: Arc<DefaultDirectRateLimiter>,
     in_flight: Arc<Semaphore>,
+    database: DatabaseBreaker,
 }
 
 impl IngestLimiter {
@@ -57,16 +71,31 @@ impl IngestLimiter {
         Self {
             bucket: Arc::new(RateLimiter::direct(quota)),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.get())),
+            database: failsafe::Config::new()
+                .failure_policy(failure_policy::consecutive_failures(
+                    BREAKER_FAILURES,
+                    backoff::constant(BREAKER_OPEN_FOR),
+                ))
+                .build(),
         }
     }
 }
 
-/// Refuses a request over the rate (`429`) or over the requests in flight (`503`), else runs it.
+/// Refuses a request while the database breaker is open (`503`), over the rate (`429`) or over
+/// the requests in flight (`503`); else runs it and tells the breaker how it went.
 pub async fn limit_ingest(
     State(limiter): State<IngestLimiter>,
     request: Request,
     next: Next,
 ) -> Response {
+    if !limiter.database.is_call_permitted() {
+        metrics::counter!(INGEST_SHED_METRIC, "reason" => "database").increment(1);
+        return ApiError::unavailable(
+            whole_seconds_at_least_one(BREAKER_OPEN_FOR),
+            "the database is failing; not taking orders for a moment",
+        )
+        .into_response();
+    }
     if let Err(not_until) = limiter.bucket.check() {
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         metrics::counter!(INGEST_SHED_METRIC, "reason" => "rate").increment(1);
@@ -84,7 +113,13 @@ pub async fn limit_ingest(
         )
         .into_response();
     };
-    next.run(request).await
+    let response = next.run(request).await;
+    if response.extensions().get::<DatabaseFailure>().is_some() {
+        limiter.database.on_error();
+    } else if !response.status().is_server_error() {
+        limiter.database.on_success();
+    }
+    response
 }
 
 /// `wait` in whole seconds, rounded up, and never 0 (`Retry-After: 0` invites a hot loop).

@@ -22,7 +22,10 @@ use tower_http::request_id::MakeRequestUuid;
 use crate::auth::JwtKeys;
 
 pub use health::{Readiness, ReadinessProbe};
-pub use ingest::{INGEST_SHED_METRIC, IngestLimiter, IngestLimits, limit_ingest};
+pub use ingest::{
+    BREAKER_FAILURES, BREAKER_OPEN_FOR, INGEST_SHED_METRIC, IngestLimiter, IngestLimits,
+    limit_ingest,
+};
 pub use metrics::{HTTP_DURATION_METRIC, install_metrics_recorder};
 pub use serve::{ServeError, serve, serve_on};
 
