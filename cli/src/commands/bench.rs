@@ -540,22 +540,35 @@ async fn postgres_baseline(url: Option<&str>, run_id: &str, length: Duration) ->
     }
 }
 
+/// One-row insert transactions, back to back for `length`.
 async fn commit_loop(
     conn: &mut PgConnection,
     table: &str,
     length: Duration,
 ) -> anyhow::Result<Baseline> {
     let insert = format!("INSERT INTO {table} (payload) VALUES ($1)");
-    let started = Instant::now();
-    let mut operations: u64 = 0;
-    while started.elapsed() < length {
+    rate_of(length, async |n| {
         let mut tx = conn.begin().await.context("BEGIN")?;
         sqlx::query(AssertSqlSafe(insert.as_str()))
-            .bind(operations as i64)
+            .bind(n as i64)
             .execute(&mut *tx)
             .await
             .context("INSERT")?;
-        tx.commit().await.context("COMMIT")?;
+        tx.commit().await.context("COMMIT")
+    })
+    .await
+}
+
+/// Runs `operation` (given how many ran before it) back to back for `length`, and how many
+/// completed per second.
+async fn rate_of(
+    length: Duration,
+    mut operation: impl AsyncFnMut(u64) -> anyhow::Result<()>,
+) -> anyhow::Result<Baseline> {
+    let started = Instant::now();
+    let mut operations: u64 = 0;
+    while started.elapsed() < length {
+        operation(operations).await?;
         operations += 1;
     }
     let elapsed = started.elapsed();
@@ -623,21 +636,14 @@ async fn publish_loop(
     let subject = format!("{subject_prefix}.probe");
     // About the size of an event envelope.
     let payload = vec![b'x'; 512];
-    let started = Instant::now();
-    let mut operations: u64 = 0;
-    while started.elapsed() < length {
+    rate_of(length, async |_| {
         jetstream
             .publish(subject.clone(), payload.clone().into())
             .await
             .context("publishing")?
             .await
             .context("awaiting the ack")?;
-        operations += 1;
-    }
-    let elapsed = started.elapsed();
-    Ok(Baseline::Measured {
-        operations,
-        seconds: elapsed.as_secs_f64(),
-        per_second: per_second(operations, elapsed),
+        Ok(())
     })
+    .await
 }
