@@ -28,9 +28,9 @@ pub async fn reserve_nearest(
     settings: &Settings,
 ) -> Result<Option<RankedCourier>, DispatchError> {
     let radius_km = settings.dispatch_radius_km;
-    store::lock_areas_for_waybill(conn, &domain::matching_areas_around(pickup, radius_km)?).await?;
-    let area = domain::search_area(pickup, radius_km)?;
-    let candidates = store::available_couriers(conn, &area, capacity(settings)).await?;
+    let search = domain::courier_search(pickup, radius_km)?;
+    store::lock_areas_for_waybill(conn, &search.matching_areas).await?;
+    let candidates = store::available_couriers(conn, &search.area, capacity(settings)).await?;
     for courier in domain::rank_couriers(pickup, &candidates, radius_km) {
         if store::take_capacity(conn, &courier, capacity(settings)).await? {
             return Ok(Some(courier));

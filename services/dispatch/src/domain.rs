@@ -109,7 +109,7 @@ fn searches_everywhere(radius_km: f64) -> bool {
 
 /// A matching area: a coarse H3 cell that serializes the two sides of matching where they could
 /// meet. A waybill looking for couriers locks, shared, every area its search touches
-/// ([`matching_areas_around`]); a courier looking for waybills locks, exclusively, the one area
+/// ([`courier_search`]); a courier looking for waybills locks, exclusively, the one area
 /// it is in ([`matching_area_of`]). A courier within the radius of a pickup is always in one of
 /// the pickup's areas, so of two transactions that could match each other the second waits for
 /// the first to commit, then sees it. (Under READ COMMITTED alone both could read before either
@@ -154,23 +154,33 @@ pub fn matching_area_of(point: &GeoPoint, radius_km: f64) -> Result<MatchingArea
     ))
 }
 
-/// The matching areas of a search for couriers within `radius_km` of `center`: the parents of
-/// its cells, sorted (the order to lock them in) and without repeats.
-pub fn matching_areas_around(
-    center: &GeoPoint,
-    radius_km: f64,
-) -> Result<Vec<MatchingArea>, InvalidPosition> {
+/// A search for couriers around a pickup: where to look, and the matching areas to lock first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CourierSearch {
+    pub area: SearchArea,
+    /// The parents of the area's cells, sorted (the order to lock them in), without repeats.
+    pub matching_areas: Vec<MatchingArea>,
+}
+
+/// The search for couriers within `radius_km` of `center` (one `grid_disk` for both parts).
+pub fn courier_search(center: &GeoPoint, radius_km: f64) -> Result<CourierSearch, InvalidPosition> {
     let Some(disk) = search_disk(center, radius_km)? else {
-        return Ok(vec![MatchingArea::WHOLE_WORLD]);
+        return Ok(CourierSearch {
+            area: SearchArea::Everywhere,
+            matching_areas: vec![MatchingArea::WHOLE_WORLD],
+        });
     };
     let resolution = matching_resolution(radius_km);
-    let mut areas: Vec<MatchingArea> = disk
-        .into_iter()
-        .map(|cell| area_of_cell(cell, resolution))
+    let mut matching_areas: Vec<MatchingArea> = disk
+        .iter()
+        .map(|cell| area_of_cell(*cell, resolution))
         .collect();
-    areas.sort_unstable();
-    areas.dedup();
-    Ok(areas)
+    matching_areas.sort_unstable();
+    matching_areas.dedup();
+    Ok(CourierSearch {
+        area: SearchArea::Cells(disk.into_iter().map(cell_key).collect()),
+        matching_areas,
+    })
 }
 
 fn area_of_cell(cell: CellIndex, resolution: Resolution) -> MatchingArea {
@@ -517,7 +527,7 @@ mod tests {
         assert_eq!(matching_resolution(1.0e6), Resolution::Zero);
         let shanghai = point(31.2304, 121.4737);
         for radius_km in [0.3, 1.0, 5.0, 12.0] {
-            let areas = matching_areas_around(&shanghai, radius_km).unwrap();
+            let areas = courier_search(&shanghai, radius_km).unwrap().matching_areas;
             assert!(
                 (1..=24).contains(&areas.len()),
                 "r={radius_km}: {} areas",
@@ -531,7 +541,7 @@ mod tests {
         // beyond a cell search, one area for everything
         let radius_km = 100.0;
         assert_eq!(
-            matching_areas_around(&shanghai, radius_km).unwrap(),
+            courier_search(&shanghai, radius_km).unwrap().matching_areas,
             [MatchingArea::WHOLE_WORLD]
         );
         assert_eq!(
@@ -546,7 +556,7 @@ mod tests {
     fn a_courier_within_the_radius_is_in_one_of_the_pickups_areas() {
         for radius_km in [0.3, 2.5, 5.0, 12.0] {
             for origin in origins(CELL_RESOLUTION, 40) {
-                let areas = matching_areas_around(&origin, radius_km).unwrap();
+                let areas = courier_search(&origin, radius_km).unwrap().matching_areas;
                 for step in 0..24 {
                     let bearing = f64::from(step) * 15.0 + 7.0;
                     for fraction in [1.0, 0.8, 0.5, 0.1] {
