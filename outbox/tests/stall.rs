@@ -28,7 +28,9 @@ async fn work_past_the_stall_timeout_is_given_up_and_its_connection_closed() -> 
         other => panic!("expected a stall error, got {other:?}"),
     }
 
-    let answer: i32 = stall::with_connection(&pool, Duration::from_secs(5), async |conn| {
+    // well before the abandoned 5 s statement ends: only a closed (not pooled) connection frees
+    // the pool's one slot that soon
+    let answer: i32 = stall::with_connection(&pool, Duration::from_secs(2), async |conn| {
         sqlx::query_scalar("SELECT 7").fetch_one(conn).await
     })
     .await?;
