@@ -24,5 +24,5 @@ pub use geo::{GeoError, GeoPoint};
 pub use ids::{CourierId, EventId, IdError, OrderId, WaybillId};
 pub use wire::{
     APPLICATION_JSON, CONTENT_TYPE_HEADER, EVENTS_SUBJECTS, HeaderStyle, WireMessage, decode,
-    encode, order_filter, parse_subject, subject, type_filter,
+    encode, order_filter, parse_subject, subject, subject_type, type_filter,
 };

@@ -32,7 +32,7 @@ mod postgres;
 mod process;
 mod service_user;
 
-pub use binary::{find_binary, tools_dir};
+pub use binary::{MIN_NATS_SERVER, find_binary, find_nats_server, tools_dir};
 pub use error::InfraError;
 pub use nats::{NatsOptions, NatsServer};
 pub use port::free_port;

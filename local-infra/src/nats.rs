@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::binary::find_binary;
+use crate::binary::find_nats_server;
 use crate::error::InfraError;
 use crate::nats_probe;
 use crate::process::{self, OwnerExitSignal, spawn_tied_to_process};
@@ -44,7 +44,7 @@ impl NatsServer {
         static STARTED: AtomicU64 = AtomicU64::new(0);
         options.store_dir = std::path::absolute(&options.store_dir)
             .map_err(|e| InfraError::io(format!("resolving {}", options.store_dir.display()), e))?;
-        let binary = find_binary(SERVER)?;
+        let binary = find_nats_server()?;
         std::fs::create_dir_all(&options.store_dir)
             .map_err(|e| InfraError::io(format!("creating {}", options.store_dir.display()), e))?;
         let server_name = format!(

@@ -1,4 +1,5 @@
-//! Writing an event to the outbox inside the caller's transaction ([`enqueue`]).
+//! Writing an event to the outbox inside the caller's transaction ([`enqueue`]). The relay is
+//! told afterwards, by [`RelaySignal::committed`](crate::RelaySignal::committed).
 
 use jwl_events::{Envelope, HeaderStyle};
 use sqlx::PgConnection;
@@ -8,16 +9,18 @@ use crate::error::OutboxError;
 use crate::trace_context;
 
 /// Prefix of the `LISTEN/NOTIFY` channel the relay of a schema listens on.
-const CHANNEL_PREFIX: &str = "jwl_outbox.";
+pub(crate) const CHANNEL_PREFIX: &str = "jwl_outbox.";
 
 /// The notification channel of the relay for `schema`: `jwl_outbox.<schema>`.
 pub fn notify_channel(schema: &str) -> String {
     format!("{CHANNEL_PREFIX}{schema}")
 }
 
-/// Encodes `env` (CloudEvents binary mode, NATS headers), inserts it into the outbox of the
-/// connection's current schema and notifies that schema's relay. Call it inside the transaction
-/// that makes the state change the event reports: the notification is delivered on commit.
+/// Encodes `env` (CloudEvents binary mode, NATS headers) and inserts it into the outbox of the
+/// connection's current schema. Call it inside the transaction that makes the state change the
+/// event reports, and [`RelaySignal::committed`](crate::RelaySignal::committed) after the commit
+/// (without it the relay finds the row at its next poll). No `NOTIFY` here: see
+/// [`RelaySignal`](crate::RelaySignal) for why.
 ///
 /// The W3C `traceparent` is captured here, with the row: enqueued inside a span of the event's
 /// own trace (or of any trace, when the event has none), the event is parented by that span
@@ -34,20 +37,13 @@ pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), Outb
         env.traceparent = traceparent;
         jwl_events::encode(&env, HeaderStyle::Nats)
     };
-    // one round trip: insert, then notify from the same statement
     sqlx::query(
-        "WITH inserted AS (
-             INSERT INTO outbox (event_id, subject, headers, payload)
-             VALUES ($1, $2, $3, $4)
-             RETURNING 1
-         )
-         SELECT pg_notify($5 || current_schema(), '') FROM inserted",
+        "INSERT INTO outbox (event_id, subject, headers, payload) VALUES ($1, $2, $3, $4)",
     )
     .bind(env.id.0)
     .bind(&wire.subject)
     .bind(Json(&wire.headers))
     .bind(&wire.payload)
-    .bind(CHANNEL_PREFIX)
     .execute(conn)
     .await?;
     Ok(())

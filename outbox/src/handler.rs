@@ -128,6 +128,11 @@ impl<'a> HandlerContext<'a> {
         self.service
     }
 
+    /// Whether the handler emitted any event so far.
+    pub(crate) fn emitted_any(&self) -> bool {
+        !self.emitted.is_empty()
+    }
+
     pub(crate) fn into_emitted(self) -> Vec<Envelope> {
         self.emitted
     }

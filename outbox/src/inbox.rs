@@ -1,11 +1,13 @@
 //! The inbox path shared by the consumer loop and [`process_one`]: under a savepoint, record
 //! `(consumer, event_id)` in the inbox, skip duplicates, run the handler, keep or undo its work.
 
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
 use jwl_events::{Envelope, Service};
 use sqlx::{Acquire, PgConnection, PgPool};
+use uuid::Uuid;
 
 use crate::error::OutboxError;
 use crate::handler::{Handler, HandlerContext, HandlerError};
@@ -95,7 +97,31 @@ pub(crate) async fn handle_in_savepoint(
     Ok(SavepointOutcome::Failed(failure))
 }
 
-fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
+/// Records every (consumer, event id) of `keys` in the inbox in one statement, and returns those
+/// that were new; the others were handled before (or repeat within `keys`: the first wins).
+/// Rows are inserted in key order, so two transactions claiming overlapping keys lock them in the
+/// same order.
+pub(crate) async fn claim_all(
+    conn: &mut PgConnection,
+    keys: &[(&str, Uuid)],
+) -> Result<HashSet<(String, Uuid)>, sqlx::Error> {
+    let mut sorted = keys.to_vec();
+    sorted.sort_unstable();
+    let (consumers, events): (Vec<&str>, Vec<Uuid>) = sorted.into_iter().unzip();
+    let claimed: Vec<(String, Uuid)> = sqlx::query_as(
+        "INSERT INTO inbox (consumer, event_id)
+         SELECT * FROM unnest($1::text[], $2::uuid[])
+         ON CONFLICT DO NOTHING
+         RETURNING consumer, event_id",
+    )
+    .bind(consumers)
+    .bind(events)
+    .fetch_all(conn)
+    .await?;
+    Ok(claimed.into_iter().collect())
+}
+
+pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

@@ -2,10 +2,12 @@
 //!
 //! - [`migrate`] creates the `outbox`, `inbox`, `dead_letter_holds` and `parked_messages` tables
 //!   in the pool's schema;
-//! - [`enqueue`] writes an event to the outbox inside the caller's transaction;
+//! - [`enqueue`] writes an event to the outbox inside the caller's transaction, and
+//!   [`RelaySignal::committed`] wakes the relay after the commit;
 //! - the relay publishes outbox rows to the broker in order (one active relay per schema);
 //! - the consumer loop feeds events to a [`Handler`], deduplicated by the inbox, in batches of
-//!   one transaction with a savepoint per message, with retries and dead letters; a dead letter
+//!   one transaction (a few statements per batch in the common case, a savepoint per message
+//!   after a failure), with retries and dead letters; a dead letter
 //!   holds its (consumer, order), whose later events are parked until the hold is released;
 //! - each service also consumes its replay channel (`jwl.replay.<service>.>`): replayed events
 //!   (inbox or rerun mode), redriven dead letters and `release` control messages;
@@ -41,7 +43,8 @@ pub use faults::{FaultPoints, InvalidTransientFault, TransientFault};
 pub use handler::{BoxError, Handler, HandlerContext, HandlerError};
 pub use inbox::{Processed, process_one};
 pub use messaging::Messaging;
-pub use naming::durable_name;
+pub use naming::{durable_name, events_durable};
+pub use relay::RelaySignal;
 pub use schema::{migrate, migrate_with};
 pub use settings::MessagingSettings;
 pub use transport::TransportError;

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::consumer::{ConsumerLoop, ConsumerSource};
 use crate::error::OutboxError;
 use crate::handler::Handler;
-use crate::relay::Relay;
+use crate::relay::{Relay, RelaySignal};
 use crate::settings::MessagingSettings;
 use crate::transport::Broker;
 
@@ -22,6 +22,7 @@ pub struct Messaging {
     pool: PgPool,
     broker: Arc<dyn Broker>,
     settings: Arc<MessagingSettings>,
+    relay_signal: RelaySignal,
 }
 
 impl Messaging {
@@ -32,16 +33,27 @@ impl Messaging {
         broker: impl Broker,
         settings: MessagingSettings,
     ) -> Self {
+        let relay_signal = RelaySignal::new(settings.db_stall_timeout);
         Self {
             service,
             pool,
             broker: Arc::new(broker),
             settings: Arc::new(settings),
+            relay_signal,
         }
     }
 
-    /// Runs the relay, one consumer loop per subscription of `handler` and the service's replay
-    /// consumer (`<service>__replay` on `jwl.replay.<service>.>`) until `shutdown`; returns when
+    /// Shares `signal` with the relay, so that code of this process which commits outbox rows
+    /// outside the consumer loops (HTTP handlers, timers) wakes it in-process. Without it they
+    /// wake it by `NOTIFY`.
+    pub fn with_relay_signal(mut self, signal: RelaySignal) -> Self {
+        self.relay_signal = signal;
+        self
+    }
+
+    /// Runs the relay, the service's consumer of the events stream (`<service>__events`, filtered
+    /// to the subscriptions of `handler`) and its replay consumer (`<service>__replay` on
+    /// `jwl.replay.<service>.>`) until `shutdown`; returns when
     /// all of them stopped. Transient broker and database errors are waited out.
     pub async fn run(
         self,
@@ -62,7 +74,7 @@ impl Messaging {
         shutdown: CancellationToken,
     ) -> Result<(), OutboxError> {
         self.settings.validate()?;
-        self.provision(&shutdown).await;
+        self.provision(&shutdown).await?;
         // a panicking task stops the others, and `start` reports it
         let stop = shutdown.child_token();
         let mut tasks = JoinSet::new();
@@ -71,15 +83,11 @@ impl Messaging {
             self.pool.clone(),
             self.broker.clone(),
             self.settings.clone(),
+            self.relay_signal.clone(),
         );
         tasks.spawn(relay.run(stop.clone()));
         if let Some(handler) = handler {
-            let sources = handler
-                .subscriptions()
-                .iter()
-                .map(|&event_type| ConsumerSource::Events(event_type))
-                .chain([ConsumerSource::Replay]);
-            for source in sources {
+            for source in [ConsumerSource::Events, ConsumerSource::Replay] {
                 let consumer = ConsumerLoop::new(
                     self.service,
                     source,
@@ -87,6 +95,7 @@ impl Messaging {
                     self.broker.clone(),
                     handler.clone(),
                     self.settings.clone(),
+                    self.relay_signal.clone(),
                 );
                 tasks.spawn(consumer.run(stop.clone()));
             }
@@ -102,8 +111,9 @@ impl Messaging {
         failure.map_or(Ok(()), Err)
     }
 
-    /// Ensures the streams exist, retrying until the broker answers (or shutdown).
-    async fn provision(&self, shutdown: &CancellationToken) {
+    /// Ensures the streams exist, retrying until the broker answers (or shutdown); fails only if
+    /// the broker cannot ever do it (too old).
+    async fn provision(&self, shutdown: &CancellationToken) -> Result<(), OutboxError> {
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(std::time::Duration::from_millis(200))
             .with_max_delay(std::time::Duration::from_secs(5))
@@ -112,7 +122,8 @@ impl Messaging {
             .build();
         while !shutdown.is_cancelled() {
             match self.broker.ensure_streams(&self.settings).await {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
+                Err(error) if error.is_unsupported() => return Err(error.into()),
                 Err(error) => {
                     let delay = backoff.next().unwrap_or(std::time::Duration::from_secs(5));
                     tracing::warn!(%error, ?delay, "cannot provision streams yet; retrying");
@@ -123,5 +134,6 @@ impl Messaging {
                 }
             }
         }
+        Ok(())
     }
 }

@@ -1,5 +1,7 @@
 //! Metric names and pre-labelled handles for the relay and the consumer loops.
 
+use std::collections::HashMap;
+
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 pub(crate) const OUTBOX_PUBLISHED: &str = "jwl_outbox_published_total";
@@ -45,8 +47,9 @@ impl RelayMetrics {
     }
 }
 
-/// One consumer loop's metrics, labelled with its consumer and event type.
-pub(crate) struct ConsumerMetrics {
+/// The outcomes of the events one consumer (a service's handling of one event type) handled,
+/// labelled with that consumer and event type.
+pub(crate) struct HandledMetrics {
     pub ok: Counter,
     pub duplicate: Counter,
     pub retried: Counter,
@@ -56,19 +59,9 @@ pub(crate) struct ConsumerMetrics {
     /// Hold releases asked for by a control message.
     pub released: Counter,
     pub handler_duration: Histogram,
-    /// Time to get a pooled connection and begin a batch's transaction.
-    pub db_acquire: Histogram,
-    /// Batches whose transaction could not be run or committed.
-    pub batch_failures: Counter,
-    /// The broker's count of messages not yet delivered to this consumer.
-    pub pending: Gauge,
-    /// Delivered to this consumer and not yet acknowledged.
-    pub ack_pending: Gauge,
-    /// Delivered more than once and not yet acknowledged.
-    pub redelivered: Gauge,
 }
 
-impl ConsumerMetrics {
+impl HandledMetrics {
     pub fn new(consumer: &str, event_type: &'static str) -> Self {
         let handled = |outcome: &'static str| {
             counter!(EVENTS_HANDLED, "consumer" => consumer.to_owned(), "type" => event_type,
@@ -83,12 +76,57 @@ impl ConsumerMetrics {
             released: handled("released"),
             handler_duration: histogram!(HANDLER_DURATION, "consumer" => consumer.to_owned(),
                 "type" => event_type),
+        }
+    }
+}
+
+/// One consumer loop's metrics: its batches and the broker's backlog under its durable name,
+/// and the outcomes of each consumer (event type) it handles.
+pub(crate) struct ConsumerMetrics {
+    /// By consumer name: one per event type the loop handles.
+    handled: HashMap<String, HandledMetrics>,
+    /// For what is attributed to no event type (e.g. an unreadable replayed message).
+    unattributed: HandledMetrics,
+    /// Time to get a pooled connection and begin a batch's transaction.
+    pub db_acquire: Histogram,
+    /// Batches whose transaction could not be run or committed.
+    pub batch_failures: Counter,
+    /// The broker's count of messages not yet delivered to this consumer.
+    pub pending: Gauge,
+    /// Delivered to this consumer and not yet acknowledged.
+    pub ack_pending: Gauge,
+    /// Delivered more than once and not yet acknowledged.
+    pub redelivered: Gauge,
+}
+
+impl ConsumerMetrics {
+    /// The metrics of loop `consumer` (`source`: `events` or `replay`), which handles events as
+    /// the (consumer name, event type) pairs of `handles`.
+    pub fn new(
+        consumer: &str,
+        source: &'static str,
+        handles: impl IntoIterator<Item = (String, &'static str)>,
+    ) -> Self {
+        Self {
+            handled: handles
+                .into_iter()
+                .map(|(name, event_type)| {
+                    let metrics = HandledMetrics::new(&name, event_type);
+                    (name, metrics)
+                })
+                .collect(),
+            unattributed: HandledMetrics::new(consumer, source),
             db_acquire: histogram!(DB_ACQUIRE_DURATION, "consumer" => consumer.to_owned()),
             batch_failures: counter!(BATCH_FAILURES, "consumer" => consumer.to_owned()),
             pending: gauge!(CONSUMER_PENDING, "consumer" => consumer.to_owned()),
             ack_pending: gauge!(CONSUMER_ACK_PENDING, "consumer" => consumer.to_owned()),
             redelivered: gauge!(CONSUMER_REDELIVERED, "consumer" => consumer.to_owned()),
         }
+    }
+
+    /// The outcome metrics of `consumer` (falling back to the loop's own).
+    pub fn of(&self, consumer: &str) -> &HandledMetrics {
+        self.handled.get(consumer).unwrap_or(&self.unattributed)
     }
 }
 

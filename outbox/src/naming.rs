@@ -1,9 +1,12 @@
-//! Names derived from services and event types (durable consumer names).
+//! Names derived from services and event types: the inbox consumer name of each (service, event
+//! type), which dead letters and holds also use, and the one durable broker consumer per service
+//! that reads all of a service's event types.
 
 use jwl_events::{EventType, Service};
 
-/// The durable consumer (and inbox consumer) name of `service` for events of type `ty`:
-/// `<service>__<type without "jwl." with '.' as '_'>`, e.g. `payment__order_created`.
+/// The consumer name of `service` for events of type `ty` (its inbox rows, dead letters and
+/// holds): `<service>__<type without "jwl." with '.' as '_'>`, e.g. `payment__order_created`.
+/// Before one broker consumer read all of a service's types, it was also the durable name.
 pub fn durable_name(service: Service, ty: EventType) -> String {
     let ty = ty.as_str();
     let ty = ty.strip_prefix("jwl.").unwrap_or(ty);
@@ -12,6 +15,12 @@ pub fn durable_name(service: Service, ty: EventType) -> String {
     name.push_str("__");
     name.extend(ty.chars().map(|c| if c == '.' { '_' } else { c }));
     name
+}
+
+/// The durable broker consumer of `service` on the events stream, filtered to every event type
+/// it subscribes to: `<service>__events`.
+pub fn events_durable(service: Service) -> String {
+    format!("{}__events", service.as_str())
 }
 
 #[cfg(test)]

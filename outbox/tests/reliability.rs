@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use jwl_events::{Envelope, HeaderStyle, Service};
 use jwl_outbox::relay::{self, Relay};
 use jwl_outbox::transport::{OutboundMessage, PublishReceipt, Publisher};
-use jwl_outbox::{OutboxError, Processed, TransportError};
+use jwl_outbox::{OutboxError, Processed, RelaySignal, TransportError};
 use jwl_testkit::eventually;
 use support::*;
 use tokio_util::sync::CancellationToken;
@@ -194,6 +194,31 @@ async fn inbox_absorbs_a_redelivered_event() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_handler_reporting_success_over_an_aborted_transaction_loses_nothing() -> anyhow::Result<()>
+{
+    let h = Harness::start().await?;
+    let events: Vec<Envelope> = [1, SWALLOWS_SQL_ERROR, 2].into_iter().map(captured).collect();
+    for event in &events {
+        h.publish_event(event, &event.id.0.to_string()).await?;
+    }
+    let running = h.run();
+    // the others of its batch are committed, not acked over a transaction that rolled back
+    eventually("the others are handled", SOON, || async {
+        h.effects_total().await.ok() == Some(2)
+    })
+    .await?;
+    let dead = eventually("the culprit is dead-lettered", SOON, || async {
+        h.dead_letters().await.ok().filter(|dead| !dead.is_empty())
+    })
+    .await?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(header(&dead[0], "ce-id"), Some(&*events[1].id.0.to_string()));
+    let error = header(&dead[0], "jwl-dlq-error").unwrap_or_default();
+    assert!(error.contains("transaction was aborted"), "{error}");
+    running.stop().await
+}
+
+#[tokio::test]
 async fn a_permanently_failing_message_does_not_undo_its_batch() -> anyhow::Result<()> {
     let h = Harness::start_as(Service::Fulfillment).await?;
     let events: Vec<Envelope> = [1, 2, PERMANENT, 4, 5].into_iter().map(captured).collect();
@@ -210,11 +235,20 @@ async fn a_permanently_failing_message_does_not_undo_its_batch() -> anyhow::Resu
     })
     .await?;
 
-    // all five ran in one transaction: the failure was isolated by its savepoint
-    let txids: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT txid FROM attempts")
+    // the four good ones committed in one transaction: the failure was isolated (the fast path
+    // gave up, and the savepoint path handled the batch), not split into batches of one
+    let txids: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT txid FROM effects")
         .fetch_all(&h.pool)
         .await?;
-    assert_eq!(txids.len(), 1, "one batch transaction, got {txids:?}");
+    assert_eq!(txids.len(), 1, "one committed batch transaction, got {txids:?}");
+    // and the failing handler ran once for its one delivery
+    let bad_attempts: Vec<i32> = h
+        .attempts_of(&events[2])
+        .await?
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(bad_attempts, [1]);
     let bad = &events[2];
     assert_eq!(h.effects_of(bad).await?, 0);
     assert_eq!(dead.len(), 1);
@@ -441,12 +475,8 @@ async fn a_message_arriving_past_max_attempts_is_dead_lettered_unhandled() -> an
     h.publish_event(&event, "crash-looped").await?;
     // deliver it max_attempts times without handling it, as crash-looping replicas would
     let spec = ConsumerSpec {
-        stream: h.settings.events_stream.clone(),
-        durable_name: h.consumer(),
-        filter_subject: jwl_events::type_filter(SUBSCRIBED),
-        ack_wait: h.settings.ack_wait,
-        max_ack_pending: h.settings.max_ack_pending,
         prefetch: 1,
+        ..h.events_consumer_spec()
     };
     let mut deliveries = h.broker.subscribe(&spec).await?;
     for expected_attempt in 1..=h.settings.max_attempts {
@@ -506,7 +536,14 @@ async fn only_one_relay_per_schema_publishes() -> anyhow::Result<()> {
         .iter()
         .zip(&shutdowns)
         .map(|(publisher, shutdown)| {
-            let relay = Relay::new(SERVICE, h.pool.clone(), publisher.clone(), settings.clone());
+            let signal = RelaySignal::new(settings.db_stall_timeout);
+            let relay = Relay::new(
+                SERVICE,
+                h.pool.clone(),
+                publisher.clone(),
+                settings.clone(),
+                signal,
+            );
             tokio::spawn(relay.run(shutdown.clone()))
         })
         .collect();
@@ -627,7 +664,11 @@ async fn existing_streams_and_consumers_are_brought_to_the_settings() -> anyhow:
     let mut spec = ConsumerSpec {
         stream: settings.events_stream.clone(),
         durable_name: "test__reconciled".to_owned(),
-        filter_subject: jwl_events::type_filter(SUBSCRIBED),
+        filter_subjects: vec![
+            jwl_events::type_filter(SUBSCRIBED),
+            jwl_events::type_filter(ALSO_SUBSCRIBED),
+        ],
+        replaces: Vec::new(),
         ack_wait: Duration::from_secs(2),
         max_ack_pending: 10,
         prefetch: 1,
@@ -645,8 +686,54 @@ async fn existing_streams_and_consumers_are_brought_to_the_settings() -> anyhow:
         info.config.max_deliver, -1,
         "the server never drops a message by itself"
     );
-    assert_eq!(info.config.filter_subject, spec.filter_subject);
+    assert_eq!(info.config.filter_subjects, spec.filter_subjects);
     Ok(())
+}
+
+#[tokio::test]
+async fn the_service_consumer_takes_over_from_the_per_type_consumers_of_earlier_versions()
+-> anyhow::Result<()> {
+    use futures::StreamExt;
+    use jwl_outbox::transport::{ConsumerSpec, Subscriber};
+
+    let h = Harness::start().await?;
+    let events: Vec<Envelope> = [1, 2, 3].into_iter().map(captured).collect();
+    for event in &events {
+        h.publish_event(event, &event.id.0.to_string()).await?;
+    }
+    // an earlier version's per-type durable consumer handled (acked) the first two
+    let legacy = ConsumerSpec {
+        durable_name: h.consumer(),
+        filter_subjects: vec![jwl_events::type_filter(SUBSCRIBED)],
+        replaces: Vec::new(),
+        prefetch: 1,
+        ..h.events_consumer_spec()
+    };
+    let mut deliveries = h.broker.subscribe(&legacy).await?;
+    for _ in 0..2 {
+        let delivery = tokio::time::timeout(SOON, deliveries.next())
+            .await?
+            .expect("a delivery")?;
+        delivery.ack().await?;
+    }
+    drop(deliveries);
+    let stream = h.jetstream().get_stream(&h.settings.events_stream).await?;
+    eventually("the acks are recorded", SOON, || async {
+        let info = stream.consumer_info(&legacy.durable_name).await.ok()?;
+        (info.ack_floor.stream_sequence == 2).then_some(())
+    })
+    .await?;
+
+    let running = h.run();
+    eventually("the third is handled", SOON, || async {
+        h.effects_of(&events[2]).await.ok() == Some(1)
+    })
+    .await?;
+    // the first two were not delivered again, and the old consumer is gone
+    assert!(h.attempts_of(&events[0]).await?.is_empty());
+    assert!(h.attempts_of(&events[1]).await?.is_empty());
+    assert!(stream.consumer_info(&legacy.durable_name).await.is_err());
+    running.stop().await
 }
 
 #[tokio::test]
@@ -699,7 +786,7 @@ async fn nothing_is_lost_across_a_postgres_restart() -> anyhow::Result<()> {
         .jetstream()
         .get_stream(&h.settings.events_stream)
         .await?;
-    let consumer = h.consumer();
+    let consumer = jwl_outbox::events_durable(h.service);
     eventually(
         "the consumer received them while the database is down",
         SOON,
@@ -744,7 +831,7 @@ async fn nothing_is_lost_across_a_postgres_restart() -> anyhow::Result<()> {
     let handled = |outcome| {
         counter(
             "jwl_events_handled_total",
-            &[("consumer", &consumer), ("type", ty), ("outcome", outcome)],
+            &[("consumer", &h.consumer()), ("type", ty), ("outcome", outcome)],
         )
     };
     assert_eq!((handled("ok"), handled("dead_lettered")), (30, 0));

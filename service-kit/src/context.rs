@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use jwl_events::Service;
-use jwl_outbox::{JetStreamBroker, MessagingSettings};
+use jwl_outbox::{JetStreamBroker, MessagingSettings, RelaySignal};
 use sqlx::PgPool;
 
 use crate::config::Settings;
@@ -21,4 +21,28 @@ pub struct ServiceContext {
     pub messaging: MessagingSettings,
     /// Business tunables.
     pub settings: Arc<Settings>,
+    /// Wakes the service's relay after a commit that enqueued events (shared with its
+    /// [`Messaging`](jwl_outbox::Messaging)).
+    pub relay: RelaySignal,
+}
+
+impl ServiceContext {
+    /// A context whose relay signal is bounded by the messaging settings' stall timeout.
+    pub fn new(
+        service: Service,
+        pool: PgPool,
+        broker: JetStreamBroker,
+        messaging: MessagingSettings,
+        settings: Arc<Settings>,
+    ) -> Self {
+        let relay = RelaySignal::new(messaging.db_stall_timeout);
+        Self {
+            service,
+            pool,
+            broker,
+            messaging,
+            settings,
+            relay,
+        }
+    }
 }

@@ -53,13 +53,7 @@ pub async fn service_context(
 ) -> anyhow::Result<(ServiceContext, TestNats)> {
     let nats = crate::nats().await?;
     let broker = JetStreamBroker::connect(nats.url()).await?;
-    let ctx = ServiceContext {
-        service,
-        pool,
-        broker,
-        messaging,
-        settings: Arc::new(settings),
-    };
+    let ctx = ServiceContext::new(service, pool, broker, messaging, Arc::new(settings));
     Ok((ctx, nats))
 }
 

@@ -57,13 +57,13 @@ async fn start(args: &ServeArgs) -> anyhow::Result<(ServiceContext, Router, TcpL
     let messaging = args.messaging.to_settings(faults);
     let broker = connect_broker(&args.nats_url, &format!("jwl-{}", entry.name), &messaging).await?;
     let pool = connect_and_migrate(entry, database_url, &args.messaging.to_pool_settings()).await?;
-    let ctx = ServiceContext {
-        service: entry.service,
-        pool: pool.clone(),
-        broker: broker.clone(),
+    let ctx = ServiceContext::new(
+        entry.service,
+        pool.clone(),
+        broker.clone(),
         messaging,
-        settings: args.settings.to_settings(),
-    };
+        args.settings.to_settings(),
+    );
     let app = http::edge(
         (entry.router)(&ctx),
         keys,

@@ -97,13 +97,13 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
             .or(private_database_url.as_deref())
             .context("no database URL (internal error: the private PostgreSQL was not started)")?;
         let pool = connect_and_migrate(entry, url, &pool_settings).await?;
-        let ctx = ServiceContext {
-            service: entry.service,
+        let ctx = ServiceContext::new(
+            entry.service,
             pool,
-            broker: broker.clone(),
-            messaging: messaging.clone(),
-            settings: settings.clone(),
-        };
+            broker.clone(),
+            messaging.clone(),
+            settings.clone(),
+        );
         routes = routes.merge((entry.router)(&ctx));
         contexts.push((name, ctx));
     }

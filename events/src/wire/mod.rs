@@ -4,7 +4,9 @@ mod binary;
 mod subjects;
 
 pub use binary::{decode, encode};
-pub use subjects::{EVENTS_SUBJECTS, order_filter, parse_subject, subject, type_filter};
+pub use subjects::{
+    EVENTS_SUBJECTS, order_filter, parse_subject, subject, subject_type, type_filter,
+};
 
 /// The header naming of the CloudEvents protocol binding in use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

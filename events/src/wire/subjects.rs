@@ -30,11 +30,17 @@ pub fn order_filter(order_id: &OrderId) -> String {
 /// The order id and event type of an event subject, if it is one.
 pub fn parse_subject(subject: &str) -> Option<(OrderId, EventType)> {
     let rest = subject.strip_prefix(EVENTS_PREFIX)?;
-    let (order_id, token) = rest.split_once('.')?;
-    let ty = EventType::ALL
+    let (order_id, _) = rest.split_once('.')?;
+    Some((OrderId::parse(order_id).ok()?, subject_type(subject)?))
+}
+
+/// The event type an event subject names, even if its order id token is not a valid id.
+pub fn subject_type(subject: &str) -> Option<EventType> {
+    let rest = subject.strip_prefix(EVENTS_PREFIX)?;
+    let (_, token) = rest.split_once('.')?;
+    EventType::ALL
         .into_iter()
-        .find(|t| t.subject_token() == token)?;
-    Some((OrderId::parse(order_id).ok()?, ty))
+        .find(|t| t.subject_token() == token)
 }
 
 #[cfg(test)]

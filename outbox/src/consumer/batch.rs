@@ -1,5 +1,6 @@
 //! Handling one batch of deliveries: decode (and, for the replay consumer, pick the inbox
-//! consumer from the event type), one transaction with a savepoint per message — parking
+//! consumer from the event type), then the [`fast_path`](super::fast_path) when it can take the
+//! batch, else (or when it gives up) one transaction with a savepoint per message — parking
 //! messages of held orders, holding orders behind their dead letters, releasing holds —
 //! commit, then settle each message (ack, nak with backoff, or dead-letter then term).
 
@@ -16,6 +17,7 @@ use uuid::Uuid;
 use super::dead_letter::{DeadLetter, DeadLetterReason, LetterSource, dead_letter_message};
 use super::holds::{self, ParkedMessage};
 use super::replay::{self, ReplayMode};
+use super::fast_path::{self, FastOutcome, KnownFailure};
 use super::{ConsumerLoop, ConsumerSource};
 use crate::faults::crash;
 use crate::handler::HandlerError;
@@ -27,7 +29,7 @@ use crate::trace_context;
 use crate::transport::Delivery;
 
 /// What to do with one delivery once the batch transaction is over.
-enum Verdict {
+pub(super) enum Verdict {
     /// Handled (or already handled): ack after commit.
     Handled,
     Duplicate,
@@ -42,7 +44,7 @@ enum Verdict {
 
 impl Verdict {
     /// The `outcome` recorded on the `handle_event` span.
-    fn outcome(&self) -> &'static str {
+    pub(super) fn outcome(&self) -> &'static str {
         match self {
             Self::Handled => "ok",
             Self::Duplicate => "duplicate",
@@ -55,12 +57,12 @@ impl Verdict {
 }
 
 /// The work one delivery asks for, under the inbox consumer name it is handled as.
-struct Work {
-    consumer: String,
-    kind: WorkKind,
+pub(super) struct Work {
+    pub(super) consumer: String,
+    pub(super) kind: WorkKind,
 }
 
-enum WorkKind {
+pub(super) enum WorkKind {
     /// Handle an event (unless its order is held for this consumer).
     Event {
         envelope: Box<Envelope>,
@@ -72,7 +74,7 @@ enum WorkKind {
 }
 
 /// The outcome of looking at a delivery before the transaction.
-enum Screened {
+pub(super) enum Screened {
     Work(Work),
     Decided(Verdict),
 }
@@ -109,20 +111,58 @@ impl ConsumerLoop {
         });
         let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(batch.len());
         let mut released_dead = Vec::new();
+        let mut emitted = false;
+        // the consumer each delivery is handled as (its metrics, the crash_after_commit point)
+        let handled_as: Vec<Option<String>> = screened
+            .iter()
+            .map(|item| match item {
+                Screened::Work(work) => Some(work.consumer.clone()),
+                Screened::Decided(_) => None,
+            })
+            .collect();
         if needs_database {
-            verdicts.resize_with(batch.len(), || None);
-            match self
-                .handle_in_transaction(&batch, screened, &mut verdicts)
-                .await
-            {
-                Ok(released) => {
+            let outcome = if fast_path::eligible(&screened) {
+                self.handle_fast(&batch, &screened).await
+            } else {
+                Ok(FastOutcome::Careful(None))
+            };
+            let outcome = match outcome {
+                Ok(FastOutcome::Committed {
+                    verdicts: fast,
+                    emitted: fast_emitted,
+                }) => {
+                    verdicts = fast;
+                    for (slot, item) in verdicts.iter_mut().zip(screened) {
+                        if let Screened::Decided(verdict) = item {
+                            *slot = Some(verdict);
+                        }
+                    }
+                    emitted = fast_emitted;
+                    Ok(())
+                }
+                Ok(FastOutcome::Careful(known)) => {
+                    verdicts.resize_with(batch.len(), || None);
+                    self.handle_in_transaction(&batch, screened, known, &mut verdicts)
+                        .await
+                        .map(|(released, careful_emitted)| {
+                            released_dead = released;
+                            emitted = careful_emitted;
+                        })
+                }
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(()) => {
                     if let Some(faults) = &self.settings.faults
-                        && faults.crashes_after_commit(&self.consumer)
-                        && verdicts.iter().any(|v| matches!(v, Some(Verdict::Handled)))
+                        && verdicts.iter().zip(&handled_as).any(|(verdict, consumer)| {
+                            matches!(verdict, Some(Verdict::Handled))
+                                && consumer
+                                    .as_deref()
+                                    .is_some_and(|consumer| faults.crashes_after_commit(consumer))
+                        })
                     {
                         crash("crash_after_commit (the batch is committed, not acked)");
                     }
-                    released_dead = released;
                 }
                 Err(error) => {
                     tracing::warn!(consumer = %self.consumer, %error, size = batch.len(),
@@ -146,7 +186,11 @@ impl ConsumerLoop {
                 Screened::Work(_) => None,
             }));
         }
-        self.settle(&batch, verdicts, released_dead).await;
+        if emitted {
+            self.relay_signal.committed(&self.pool).await;
+        }
+        self.settle(&batch, &handled_as, verdicts, released_dead)
+            .await;
         BatchResult::Committed
     }
 
@@ -154,24 +198,51 @@ impl ConsumerLoop {
     /// dead-lettered; anything else is work for the transaction.
     fn screen(&self, delivery: &dyn Delivery) -> Screened {
         match self.source {
-            ConsumerSource::Events(_) => self.screen_live(delivery),
+            ConsumerSource::Events => self.screen_live(delivery),
             ConsumerSource::Replay => self.screen_replayed(delivery),
         }
     }
 
-    /// A message of the events stream, handled as this loop's consumer.
+    /// A message of the events stream, handled as the consumer of the event type its subject
+    /// names (the one the dead letters and holds of that type are kept under).
     fn screen_live(&self, delivery: &dyn Delivery) -> Screened {
         let headers = delivery.headers();
+        let subscribed = jwl_events::subject_type(delivery.subject())
+            .filter(|ty| self.handler.subscriptions().contains(ty));
+        let Some(subject_type) = subscribed else {
+            // the consumer's filter lets no such subject through; never drop it silently
+            return self.refuse(
+                &headers,
+                DeadLetterReason::Permanent,
+                format!(
+                    "subject {} names no event type service {} handles",
+                    delivery.subject(),
+                    self.service.as_str()
+                ),
+            );
+        };
+        let consumer = durable_name(self.service, subject_type);
         match jwl_events::decode(
             HeaderStyle::Nats,
             headers.iter().copied(),
             delivery.payload(),
         ) {
-            Ok(envelope) => {
-                self.screen_event(delivery, self.consumer.clone(), envelope, false, None)
+            Ok(envelope) if envelope.event_type() == subject_type => {
+                self.screen_event(delivery, consumer, envelope, false, None)
             }
+            Ok(envelope) => Screened::Decided(Verdict::DeadLetter(DeadLetter::of_message(
+                &consumer,
+                DeadLetterReason::Decode,
+                format!(
+                    "subject {} does not match the event's type {}",
+                    delivery.subject(),
+                    envelope.event_type().as_str()
+                ),
+                &headers,
+                true,
+            ))),
             Err(error) => Screened::Decided(Verdict::DeadLetter(DeadLetter::of_message(
-                &self.consumer,
+                &consumer,
                 DeadLetterReason::Decode,
                 error.to_string(),
                 &headers,
@@ -228,7 +299,7 @@ impl ConsumerLoop {
         )
     }
 
-    /// A replayed message that cannot be acted on: dead-lettered under the replay consumer,
+    /// A message that cannot be acted on: dead-lettered under this loop's durable consumer,
     /// holding nothing.
     fn refuse(
         &self,
@@ -314,13 +385,15 @@ impl ConsumerLoop {
 
     /// Runs the batch in one transaction, a savepoint per handled message, in delivery order,
     /// and commits, all within the stall timeout (past it the connection is given up and the
-    /// error is [`stall::stalled`]). Returns the parked messages that failed while being released.
+    /// error is [`stall::stalled`]). Returns the parked messages that failed while being released,
+    /// and whether any handler emitted events.
     async fn handle_in_transaction(
         &self,
         batch: &[Box<dyn Delivery>],
         screened: Vec<Screened>,
+        mut known: Option<KnownFailure>,
         verdicts: &mut [Option<Verdict>],
-    ) -> Result<Vec<ReleasedDeadLetter>, sqlx::Error> {
+    ) -> Result<(Vec<ReleasedDeadLetter>, bool), sqlx::Error> {
         let waiting = Instant::now();
         let limit = self.settings.db_stall_timeout;
         stall::with_connection(&self.pool, limit, async |conn| {
@@ -330,12 +403,23 @@ impl ConsumerLoop {
                 .db_acquire
                 .record(waiting.elapsed().as_secs_f64());
             let mut released_dead = Vec::new();
+            let mut emitted = false;
             for (index, item) in screened.into_iter().enumerate() {
                 let verdict = match item {
                     Screened::Decided(verdict) => verdict,
                     Screened::Work(work) => {
-                        self.run_work(&mut tx, batch[index].as_ref(), work, &mut released_dead)
-                            .await?
+                        let known_error = known
+                            .take_if(|failure| failure.index == index)
+                            .map(|failure| failure.error);
+                        self.run_work(
+                            &mut tx,
+                            batch[index].as_ref(),
+                            work,
+                            known_error,
+                            &mut released_dead,
+                            &mut emitted,
+                        )
+                        .await?
                     }
                 };
                 if let Verdict::DeadLetter(letter) = &verdict
@@ -346,7 +430,7 @@ impl ConsumerLoop {
                 verdicts[index] = Some(verdict);
             }
             tx.commit().await?;
-            Ok(released_dead)
+            Ok((released_dead, emitted))
         })
         .await
     }
@@ -356,14 +440,16 @@ impl ConsumerLoop {
         tx: &mut PgConnection,
         delivery: &dyn Delivery,
         work: Work,
+        known_error: Option<HandlerError>,
         released_dead: &mut Vec<ReleasedDeadLetter>,
+        emitted: &mut bool,
     ) -> Result<Verdict, sqlx::Error> {
         let consumer = work.consumer.as_str();
         let (envelope, rerun, replay_origin) = match work.kind {
             WorkKind::Release { order_id, reason } => {
                 tracing::info!(%consumer, %order_id, %reason, "releasing the dead-letter hold");
                 holds::unhold(tx, consumer, order_id).await?;
-                self.release_if_unheld(tx, order_id, released_dead).await?;
+                *emitted |= self.release_if_unheld(tx, order_id, released_dead).await?;
                 return Ok(Verdict::Released);
             }
             WorkKind::Event {
@@ -413,12 +499,19 @@ impl ConsumerLoop {
             SavepointOutcome::Failed(HandlerError::transient(format!(
                 "fault point transient_first: delivery {attempt} fails"
             )))
+        } else if let Some(error) = known_error {
+            // this delivery's handler already ran and failed in the fast path (rolled back)
+            SavepointOutcome::Failed(error)
         } else {
             handle_in_savepoint(tx, &target, &envelope, attempt, rerun)
                 .instrument(span.clone())
                 .await?
         };
+        if let SavepointOutcome::Handled { emitted: events } = &outcome {
+            *emitted |= !events.is_empty();
+        }
         self.metrics
+            .of(consumer)
             .handler_duration
             .record(started.elapsed().as_secs_f64());
         let verdict = span.in_scope(|| {
@@ -438,7 +531,7 @@ impl ConsumerLoop {
             tracing::info!(consumer = %held_consumer, %order_id, event_id = %envelope.id.0,
                 "the head of a dead-letter hold was handled; releasing");
             holds::unhold(tx, &held_consumer, order_id).await?;
-            self.release_if_unheld(tx, order_id, released_dead).await?;
+            *emitted |= self.release_if_unheld(tx, order_id, released_dead).await?;
         }
         Ok(verdict)
     }
@@ -446,15 +539,16 @@ impl ConsumerLoop {
     /// Once no hold is left on `order` (another consumer's may remain), handles the messages
     /// parked for it in stream order, each under its own consumer, a savepoint each. The first
     /// that fails becomes the new head of a hold (and stays parked until its dead letter is
-    /// published); the rest stay parked behind it.
+    /// published); the rest stay parked behind it. Returns whether a released one emitted events.
     async fn release_if_unheld(
         &self,
         tx: &mut PgConnection,
         order_id: Uuid,
         released_dead: &mut Vec<ReleasedDeadLetter>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<bool, sqlx::Error> {
+        let mut emitted = false;
         if !holds::holds_on(tx, order_id).await?.is_empty() {
-            return Ok(());
+            return Ok(emitted);
         }
         for parked in holds::parked(tx, order_id).await? {
             let consumer = parked.consumer.as_str();
@@ -492,15 +586,16 @@ impl ConsumerLoop {
                         .instrument(span.clone())
                         .await?
                     {
-                        SavepointOutcome::Handled { .. } => {
+                        SavepointOutcome::Handled { emitted: events } => {
+                            emitted |= !events.is_empty();
                             span.record("outcome", "ok");
-                            self.metrics.ok.increment(1);
+                            self.metrics.of(consumer).ok.increment(1);
                             holds::unpark(tx, parked.id).await?;
                             continue;
                         }
                         SavepointOutcome::Duplicate => {
                             span.record("outcome", "duplicate");
-                            self.metrics.duplicate.increment(1);
+                            self.metrics.of(consumer).duplicate.increment(1);
                             holds::unpark(tx, parked.id).await?;
                             continue;
                         }
@@ -527,7 +622,7 @@ impl ConsumerLoop {
             released_dead.push(ReleasedDeadLetter { parked, letter });
             break;
         }
-        Ok(())
+        Ok(emitted)
     }
 
     fn judge(
@@ -570,31 +665,38 @@ impl ConsumerLoop {
     async fn settle(
         &self,
         batch: &[Box<dyn Delivery>],
+        handled_as: &[Option<String>],
         verdicts: Vec<Option<Verdict>>,
         released_dead: Vec<ReleasedDeadLetter>,
     ) {
         let mut settles = Vec::with_capacity(batch.len());
         let mut dead: Vec<(&dyn Delivery, DeadLetter)> = Vec::new();
-        for (delivery, verdict) in batch.iter().map(|d| d.as_ref()).zip(verdicts) {
+        for ((delivery, verdict), consumer) in batch
+            .iter()
+            .map(|d| d.as_ref())
+            .zip(verdicts)
+            .zip(handled_as)
+        {
+            let metrics = self.metrics.of(consumer.as_deref().unwrap_or(&self.consumer));
             match verdict {
                 Some(Verdict::Handled) => {
-                    self.metrics.ok.increment(1);
+                    metrics.ok.increment(1);
                     settles.push(self.ack(delivery));
                 }
                 Some(Verdict::Duplicate) => {
-                    self.metrics.duplicate.increment(1);
+                    metrics.duplicate.increment(1);
                     settles.push(self.ack(delivery));
                 }
                 Some(Verdict::Parked) => {
-                    self.metrics.parked.increment(1);
+                    metrics.parked.increment(1);
                     settles.push(self.ack(delivery));
                 }
                 Some(Verdict::Released) => {
-                    self.metrics.released.increment(1);
+                    metrics.released.increment(1);
                     settles.push(self.ack(delivery));
                 }
                 Some(Verdict::Retry(delay)) => {
-                    self.metrics.retried.increment(1);
+                    metrics.retried.increment(1);
                     settles.push(Box::pin(self.nak(delivery, delay)));
                 }
                 Some(Verdict::DeadLetter(letter)) => dead.push((delivery, letter)),
@@ -629,7 +731,7 @@ impl ConsumerLoop {
         for ((delivery, letter), result) in dead.iter().zip(results) {
             match result {
                 Ok(_) => {
-                    self.metrics.dead_lettered.increment(1);
+                    self.metrics.of(&letter.consumer).dead_lettered.increment(1);
                     count_dead_letter(&letter.consumer, letter.reason.as_str());
                     tracing::warn!(consumer = %letter.consumer, reason = %letter.reason,
                         error = %letter.error, stream_seq = delivery.stream_sequence(),
@@ -679,7 +781,7 @@ impl ConsumerLoop {
                     "could not publish the dead letter of a released message; it stays parked");
                 continue;
             }
-            self.metrics.dead_lettered.increment(1);
+            self.metrics.of(&letter.consumer).dead_lettered.increment(1);
             count_dead_letter(&letter.consumer, letter.reason.as_str());
             tracing::warn!(consumer = %letter.consumer, reason = %letter.reason,
                 error = %letter.error, event_id = %dead.parked.event_id,
@@ -722,7 +824,7 @@ impl ConsumerLoop {
 /// The span of handling `envelope` as `consumer` (delivery `attempt`), a child of the span that
 /// emitted the event (its `traceparent`), so it is in the order's trace. `outcome` is recorded
 /// once known.
-fn handle_event_span(consumer: &str, envelope: &Envelope, attempt: u32) -> tracing::Span {
+pub(super) fn handle_event_span(consumer: &str, envelope: &Envelope, attempt: u32) -> tracing::Span {
     let span = tracing::info_span!(
         "handle_event",
         consumer,

@@ -1,9 +1,10 @@
-//! The consumer loop of one durable consumer — a (service, event type) on the events stream, or
-//! a service's replay consumer — pull continuously, batch what is ready, hand batches to
-//! [`batch`], and survive broker and database outages.
+//! The consumer loop of one durable consumer — a service's consumer of the events stream (every
+//! event type it subscribes to, in stream order), or its replay consumer — pull continuously,
+//! batch what is ready, hand batches to [`batch`], and survive broker and database outages.
 
 mod batch;
 mod dead_letter;
+mod fast_path;
 mod holds;
 mod replay;
 
@@ -12,13 +13,14 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::{FutureExt, StreamExt};
-use jwl_events::{EventType, Service};
+use jwl_events::Service;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::Handler;
 use crate::metrics::ConsumerMetrics;
-use crate::naming::durable_name;
+use crate::naming::{durable_name, events_durable};
+use crate::relay::RelaySignal;
 use crate::settings::MessagingSettings;
 use crate::stall;
 use crate::transport::{Broker, ConsumerSpec, Deliveries, Delivery, TransportError};
@@ -27,8 +29,9 @@ use batch::BatchResult;
 /// What a consumer loop reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ConsumerSource {
-    /// The events of one type; the durable name is also the inbox consumer name.
-    Events(EventType),
+    /// The events of every type the handler subscribes to; each is handled as the inbox
+    /// consumer of its type.
+    Events,
     /// The service's replay channel; each message names its inbox consumer by its event type.
     Replay,
 }
@@ -37,12 +40,14 @@ pub(crate) enum ConsumerSource {
 pub(crate) struct ConsumerLoop {
     service: Service,
     source: ConsumerSource,
-    /// Durable name (for events, also the inbox consumer name).
+    /// Durable name.
     consumer: String,
     pool: PgPool,
     broker: Arc<dyn Broker>,
     handler: Arc<dyn Handler>,
     settings: Arc<MessagingSettings>,
+    /// Woken after a batch that emitted events commits.
+    relay_signal: RelaySignal,
     metrics: ConsumerMetrics,
 }
 
@@ -61,14 +66,17 @@ impl ConsumerLoop {
         broker: Arc<dyn Broker>,
         handler: Arc<dyn Handler>,
         settings: Arc<MessagingSettings>,
+        relay_signal: RelaySignal,
     ) -> Self {
         let (consumer, metrics_type) = match source {
-            ConsumerSource::Events(event_type) => {
-                (durable_name(service, event_type), event_type.as_str())
-            }
+            ConsumerSource::Events => (events_durable(service), "events"),
             ConsumerSource::Replay => (replay::replay_durable(service), "replay"),
         };
-        let metrics = ConsumerMetrics::new(&consumer, metrics_type);
+        let handles = handler
+            .subscriptions()
+            .iter()
+            .map(|&ty| (durable_name(service, ty), ty.as_str()));
+        let metrics = ConsumerMetrics::new(&consumer, metrics_type, handles);
         Self {
             service,
             source,
@@ -77,6 +85,7 @@ impl ConsumerLoop {
             broker,
             handler,
             settings,
+            relay_signal,
             metrics,
         }
     }
@@ -84,20 +93,31 @@ impl ConsumerLoop {
     /// Consumes until `shutdown`; transient broker and database errors are logged and waited
     /// out, never returned.
     pub async fn run(self, shutdown: CancellationToken) {
-        let (stream, filter_subject) = match self.source {
-            ConsumerSource::Events(event_type) => (
+        let subscriptions = self.handler.subscriptions();
+        let (stream, filter_subjects, replaces) = match self.source {
+            ConsumerSource::Events => (
                 self.settings.events_stream.clone(),
-                jwl_events::type_filter(event_type),
+                subscriptions
+                    .iter()
+                    .map(|&ty| jwl_events::type_filter(ty))
+                    .collect(),
+                // the per-type durables of earlier versions
+                subscriptions
+                    .iter()
+                    .map(|&ty| durable_name(self.service, ty))
+                    .collect(),
             ),
             ConsumerSource::Replay => (
                 self.settings.replay_stream.clone(),
-                replay::replay_filter(self.service),
+                vec![replay::replay_filter(self.service)],
+                Vec::new(),
             ),
         };
         let spec = ConsumerSpec {
             stream,
             durable_name: self.consumer.clone(),
-            filter_subject,
+            filter_subjects,
+            replaces,
             ack_wait: self.settings.ack_wait,
             max_ack_pending: self.settings.max_ack_pending,
             prefetch: self.settings.consumer_batch_size,

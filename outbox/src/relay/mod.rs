@@ -6,6 +6,7 @@
 //! deletes published outbox rows and handled inbox rows past their retention.
 
 mod lease;
+mod signal;
 pub mod steps;
 mod wakeup;
 
@@ -25,6 +26,7 @@ use crate::transport::Publisher;
 use lease::RelayLease;
 use wakeup::Wakeup;
 
+pub use signal::RelaySignal;
 pub use steps::{OutboxBatch, PublishOutcome, claim_pending, mark, publish};
 
 /// Publishes a schema's outbox (the schema of the pool's `search_path`).
@@ -32,20 +34,24 @@ pub struct Relay {
     pool: PgPool,
     publisher: Arc<dyn Publisher>,
     settings: Arc<MessagingSettings>,
+    signal: RelaySignal,
     metrics: RelayMetrics,
 }
 
 impl Relay {
+    /// `signal` is shared with whatever commits outbox rows to this schema in this process.
     pub fn new(
         service: Service,
         pool: PgPool,
         publisher: Arc<dyn Publisher>,
         settings: Arc<MessagingSettings>,
+        signal: RelaySignal,
     ) -> Self {
         Self {
             pool,
             publisher,
             settings,
+            signal,
             metrics: RelayMetrics::new(service.as_str()),
         }
     }
@@ -57,7 +63,10 @@ impl Relay {
             match RelayLease::try_acquire(&self.pool, self.settings.db_stall_timeout).await {
                 Ok(Some(lease)) => {
                     tracing::info!(schema = lease.schema(), "relay is active");
-                    if let Err(error) = self.lead(lease, &shutdown).await {
+                    self.signal.set_leading(true);
+                    let led = self.lead(lease, &shutdown).await;
+                    self.signal.set_leading(false);
+                    if let Err(error) = led {
                         tracing::warn!(%error, "relay stopped publishing; standing by");
                     }
                 }
@@ -80,6 +89,7 @@ impl Relay {
         let settings = &*self.settings;
         let mut wakeup = Wakeup::new(
             self.pool.clone(),
+            self.signal.clone(),
             lease.schema(),
             settings.relay_poll_interval,
             settings.db_stall_timeout,

@@ -1,4 +1,5 @@
-//! Waking the relay: `LISTEN` on the schema's outbox channel, with a poll as fallback.
+//! Waking the relay: in-process through its [`RelaySignal`], `LISTEN` on the schema's outbox
+//! channel for commits of other processes, and a poll as fallback.
 
 use std::time::Duration;
 
@@ -6,12 +7,15 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
+use super::RelaySignal;
 use crate::enqueue::notify_channel;
 use crate::stall;
 
-/// Waits for an outbox notification, the poll interval, or shutdown, whichever comes first.
+/// Waits for an in-process signal, an outbox notification, the poll interval, or shutdown,
+/// whichever comes first.
 pub(crate) struct Wakeup {
     pool: PgPool,
+    signal: RelaySignal,
     channel: String,
     listener: Option<PgListener>,
     poll_interval: Duration,
@@ -21,12 +25,14 @@ pub(crate) struct Wakeup {
 impl Wakeup {
     pub fn new(
         pool: PgPool,
+        signal: RelaySignal,
         schema: &str,
         poll_interval: Duration,
         stall_timeout: Duration,
     ) -> Self {
         Self {
             pool,
+            signal,
             channel: notify_channel(schema),
             listener: None,
             poll_interval,
@@ -55,18 +61,23 @@ impl Wakeup {
         Ok(listener)
     }
 
-    /// Returns when a notification arrives (buffered ones count), after the poll interval, or at
-    /// shutdown.
+    /// Returns when signalled in-process, when a notification arrives (buffered ones count),
+    /// after the poll interval, or at shutdown.
     pub async fn wait(&mut self, shutdown: &CancellationToken) {
         let Some(listener) = self.listener.as_mut() else {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
+                _ = self.signal.notified() => {}
                 _ = tokio::time::sleep(self.poll_interval) => {}
             }
             return;
         };
         let received = tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = self.signal.notified() => {
+                while listener.next_buffered().is_some() {}
+                return;
+            }
             received = tokio::time::timeout(self.poll_interval, listener.recv()) => received,
         };
         match received {

@@ -42,15 +42,20 @@ pub trait Publisher: Send + Sync {
     ) -> Vec<Result<PublishReceipt, TransportError>>;
 }
 
-/// A durable, shared (competing replicas) subscription to one filter subject.
+/// A durable, shared (competing replicas) subscription to one or more filter subjects.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsumerSpec {
     /// The stream (or topic family) to read.
     pub stream: String,
     /// Durable name, shared by all replicas of the consuming service.
     pub durable_name: String,
-    /// The one subject filter (may contain wildcards).
-    pub filter_subject: String,
+    /// The subject filters (may contain wildcards); messages of all of them arrive in stream
+    /// order on the one subscription.
+    pub filter_subjects: Vec<String>,
+    /// Durable consumers this one supersedes: when it is first created, it starts where the
+    /// slowest of them had acknowledged everything, and they are deleted (the inbox absorbs
+    /// what is delivered again).
+    pub replaces: Vec<String>,
     /// Redelivery after this long without an ack.
     pub ack_wait: Duration,
     /// Most unacknowledged messages across the consumer's replicas.
@@ -119,6 +124,9 @@ pub enum TransportError {
     Connect { url: String, source: BoxError },
     #[error("provisioning {what}: {source}")]
     Provision { what: String, source: BoxError },
+    /// The broker lacks a feature this transport needs; retrying cannot help.
+    #[error("unsupported broker: {0}")]
+    Unsupported(String),
     #[error("subscribing as {consumer}: {source}")]
     Subscribe { consumer: String, source: BoxError },
     /// Publishing failed; trying again later may work.
@@ -137,5 +145,10 @@ impl TransportError {
     /// Whether publishing the same message again can never succeed.
     pub fn is_permanent(&self) -> bool {
         matches!(self, Self::Rejected(_))
+    }
+
+    /// Whether the broker itself cannot do what is asked, however often it is asked.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, Self::Unsupported(_))
     }
 }

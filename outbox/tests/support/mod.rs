@@ -18,8 +18,9 @@ use jwl_events::{
 };
 use jwl_outbox::{
     Handler, HandlerContext, HandlerError, JetStreamBroker, Messaging, MessagingSettings,
-    OutboxError,
+    OutboxError, RelaySignal,
 };
+use jwl_outbox::transport::ConsumerSpec;
 use jwl_testkit::{TestDatabase, TestNats};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -47,6 +48,8 @@ pub const SLOW: i64 = 900_006;
 pub const FAILS_AT_COMMIT: i64 = 900_005;
 /// Refused permanently until the test inserts the event's id into the `fixed` table.
 pub const REFUSED_UNTIL_FIXED: i64 = 900_007;
+/// Its SQL fails, the handler ignores the error and reports success over an aborted transaction.
+pub const SWALLOWS_SQL_ERROR: i64 = 900_008;
 
 /// Generous deadline for conditions that should hold within a second or two.
 pub const SOON: Duration = Duration::from_secs(15);
@@ -116,8 +119,30 @@ impl Harness {
     }
 
     /// The durable (and inbox) consumer name of the test handler.
+    /// The consumer name `SUBSCRIBED` events are handled (and dead-lettered) as.
     pub fn consumer(&self) -> String {
         jwl_outbox::durable_name(self.service, SUBSCRIBED)
+    }
+
+    pub fn jetstream(&self) -> &async_nats::jetstream::Context {
+        self.broker.jetstream()
+    }
+
+    /// The spec of the service's durable consumer of the events stream, as its loop opens it.
+    pub fn events_consumer_spec(&self) -> ConsumerSpec {
+        ConsumerSpec {
+            stream: self.settings.events_stream.clone(),
+            durable_name: jwl_outbox::events_durable(self.service),
+            filter_subjects: [SUBSCRIBED, ALSO_SUBSCRIBED]
+                .map(jwl_events::type_filter)
+                .to_vec(),
+            replaces: [SUBSCRIBED, ALSO_SUBSCRIBED]
+                .map(|ty| jwl_outbox::durable_name(self.service, ty))
+                .to_vec(),
+            ack_wait: self.settings.ack_wait,
+            max_ack_pending: self.settings.max_ack_pending,
+            prefetch: self.settings.consumer_batch_size,
+        }
     }
 
     pub fn handler(&self) -> Arc<RecordingHandler> {
@@ -162,6 +187,10 @@ impl Harness {
             jwl_outbox::enqueue(&mut tx, event).await?;
         }
         tx.commit().await?;
+        // as another process would: this signal's relay does not lead, so it sends a NOTIFY
+        RelaySignal::new(self.settings.db_stall_timeout)
+            .committed(&self.pool)
+            .await;
         Ok(())
     }
 
@@ -244,7 +273,9 @@ impl Harness {
             .jetstream()
             .get_stream(&self.settings.events_stream)
             .await?;
-        let info = stream.consumer_info(self.consumer()).await?;
+        let info = stream
+            .consumer_info(jwl_outbox::events_durable(self.service))
+            .await?;
         Ok(info.num_pending == 0 && info.num_ack_pending == 0)
     }
 }
@@ -433,6 +464,10 @@ impl Handler for RecordingHandler {
             .bind(txid)
             .execute(ctx.db())
             .await?;
+        if amount_cents == SWALLOWS_SQL_ERROR {
+            let _ignored = sqlx::query("SELECT 1 / 0").execute(ctx.db()).await;
+            return Ok(());
+        }
         if amount_cents == FAILS_AT_COMMIT {
             sqlx::query("INSERT INTO checked_at_commit (id) VALUES (1), (1)")
                 .execute(ctx.db())

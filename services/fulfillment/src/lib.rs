@@ -48,6 +48,7 @@ pub fn router(ctx: &ServiceContext) -> axum::Router {
 /// Relay and consumers until `shutdown`.
 pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> anyhow::Result<()> {
     Messaging::new(SERVICE, ctx.pool, ctx.broker, ctx.messaging)
+        .with_relay_signal(ctx.relay)
         .run(Arc::new(FulfillmentHandler), shutdown)
         .await?;
     Ok(())

@@ -42,6 +42,7 @@ pub fn router(ctx: &ServiceContext) -> axum::Router {
 /// Runs the outbox relay and the inventory handler's consumers until `shutdown`.
 pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> anyhow::Result<()> {
     Messaging::new(SERVICE, ctx.pool, ctx.broker, ctx.messaging)
+        .with_relay_signal(ctx.relay)
         .run(Arc::new(InventoryHandler), shutdown)
         .await?;
     Ok(())

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
 use jwl_events::{CancelReason, Envelope, OrderCancelRequested};
-use jwl_outbox::OutboxError;
+use jwl_outbox::{OutboxError, RelaySignal};
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,7 @@ const BATCH: usize = 100;
 /// within `stall_timeout`. Failures are logged and retried on the next run.
 pub(crate) async fn run(
     pool: PgPool,
+    relay: RelaySignal,
     order_deadline: Duration,
     stall_timeout: Duration,
     shutdown: CancellationToken,
@@ -31,7 +32,11 @@ pub(crate) async fn run(
     let period = domain::deadline_sweep_period(order_deadline);
     while !shutdown.is_cancelled() {
         let run = jwl_outbox::stall::with_connection(&pool, stall_timeout, cancel_overdue_orders);
-        let wait = match run.await {
+        let claimed = run.await;
+        if matches!(claimed, Ok(claimed) if claimed > 0) {
+            relay.committed(&pool).await;
+        }
+        let wait = match claimed {
             Ok(claimed) if claimed >= BATCH => Duration::ZERO,
             Ok(_) => period,
             Err(error) => {

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use chrono::{DateTime, SubsecRound, Utc};
 use jwl_events::{CancelReason, Envelope, OrderCancelRequested, OrderCreated, OrderId};
-use jwl_outbox::OutboxError;
+use jwl_outbox::{OutboxError, RelaySignal};
 use jwl_outbox::trace_context::current_traceparent;
 use jwl_service_kit::auth::{Caller, Scope};
 use jwl_service_kit::extract::{Json, Path};
@@ -39,6 +39,7 @@ const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-repl
 struct AppState {
     pool: PgPool,
     settings: Arc<Settings>,
+    relay: RelaySignal,
 }
 
 /// The routes of the order service (no health, metrics or fallback: the edge adds those).
@@ -56,6 +57,7 @@ pub fn router(ctx: &ServiceContext) -> Router {
         .with_state(AppState {
             pool: ctx.pool.clone(),
             settings: ctx.settings.clone(),
+            relay: ctx.relay.clone(),
         })
 }
 
@@ -212,6 +214,7 @@ async fn create_order(
         .await
         .map_err(outbox_error)?;
     tx.commit().await?;
+    state.relay.committed(&state.pool).await;
 
     metrics::counter!("jwl_orders_created_total").increment(1);
     tracing::info!(%order_id, amount_cents = order.amount_cents, "order created");
@@ -289,6 +292,7 @@ async fn cancel_order(
         }
     }
     tx.commit().await?;
+    state.relay.committed(&state.pool).await;
     Ok((
         StatusCode::ACCEPTED,
         Json(CancelAcceptedBody {

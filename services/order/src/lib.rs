@@ -50,11 +50,13 @@ pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> anyhow::Re
     let stop = shutdown.child_token();
     let timer = tokio::spawn(deadline::run(
         ctx.pool.clone(),
+        ctx.relay.clone(),
         ctx.settings.order_deadline,
         ctx.messaging.db_stall_timeout,
         stop.clone(),
     ));
     let messaging = Messaging::new(SERVICE, ctx.pool, ctx.broker, ctx.messaging)
+        .with_relay_signal(ctx.relay)
         .run(Arc::new(OrderReadModel), stop.clone())
         .await;
     stop.cancel();

@@ -48,6 +48,7 @@ pub fn router(ctx: &ServiceContext) -> axum::Router {
 pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> anyhow::Result<()> {
     let handler = PaymentHandler::new(Arc::new(SimulatedProcessor));
     Messaging::new(SERVICE, ctx.pool, ctx.broker, ctx.messaging)
+        .with_relay_signal(ctx.relay)
         .run(Arc::new(handler), shutdown)
         .await?;
     Ok(())

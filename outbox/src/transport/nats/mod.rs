@@ -59,10 +59,21 @@ impl JetStreamBroker {
     }
 
     /// Creates the events, dead-letter, replay and dead-letter log streams, or brings their
-    /// limits up to `settings`.
+    /// limits up to `settings`, and checks that the server is recent enough (consumers with
+    /// several filter subjects need nats-server ≥ 2.10; an older one would ignore them and
+    /// deliver every subject).
     /// Idempotent; on a server that cannot update a setting, the existing stream is kept.
     pub async fn ensure_streams(&self, settings: &MessagingSettings) -> Result<(), TransportError> {
-        provision::ensure_streams(&self.jetstream, settings).await
+        provision::ensure_streams(&self.jetstream, settings).await?;
+        let version = self.client.server_info().version;
+        if supports_filter_subjects(&version) {
+            Ok(())
+        } else {
+            Err(TransportError::Unsupported(format!(
+                "nats-server {version} is too old: Jiangwanli needs nats-server 2.10 or later \
+                 (consumers with several filter subjects); scripts/install-deps installs one"
+            )))
+        }
     }
 
     /// Whether the connection to the server is up.
@@ -73,6 +84,18 @@ impl JetStreamBroker {
     /// The underlying JetStream context (for tests and operator tools).
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.jetstream
+    }
+}
+
+/// Whether a server of `version` (`2.10.4`, `2.11.0-beta.1`) supports several filter subjects
+/// per consumer. An unparsable version is given the benefit of the doubt.
+fn supports_filter_subjects(version: &str) -> bool {
+    let mut parts = version.split(|c: char| !c.is_ascii_digit());
+    let major: Option<u32> = parts.next().and_then(|part| part.parse().ok());
+    let minor: Option<u32> = parts.next().and_then(|part| part.parse().ok());
+    match (major, minor) {
+        (Some(major), Some(minor)) => (major, minor) >= (2, 10),
+        _ => true,
     }
 }
 
@@ -129,5 +152,20 @@ impl Broker for JetStreamBroker {
 
     fn is_healthy(&self) -> bool {
         JetStreamBroker::is_healthy(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::supports_filter_subjects;
+
+    #[test]
+    fn servers_from_2_10_support_several_filter_subjects() {
+        assert!(!supports_filter_subjects("2.9.10"));
+        assert!(supports_filter_subjects("2.10.0"));
+        assert!(supports_filter_subjects("2.15.1"));
+        assert!(supports_filter_subjects("2.11.0-beta.1"));
+        assert!(supports_filter_subjects("3.0.0"));
+        assert!(!supports_filter_subjects("1.4.1"));
     }
 }

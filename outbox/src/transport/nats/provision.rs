@@ -1,6 +1,6 @@
-//! Creating and reconciling the streams and durable pull consumers. Works on nats-server 2.9
-//! (one filter subject per consumer, no consumer "update" action): when an existing stream or
-//! consumer cannot be brought to the wanted settings, it is kept as is and a warning is logged.
+//! Creating and reconciling the streams and durable pull consumers. Needs nats-server ≥ 2.10
+//! (several filter subjects per consumer); when an existing stream or consumer cannot be brought
+//! to the wanted settings, it is kept as is and a warning is logged.
 
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
@@ -96,28 +96,33 @@ pub(super) async fn ensure_consumer(
         consumer: spec.durable_name.clone(),
         source,
     };
+    let stream = jetstream
+        .get_stream_no_info(&spec.stream)
+        .await
+        .map_err(|error| failed(error.into()))?;
+    let deliver_policy = match stream.consumer_info(&spec.durable_name).await {
+        Ok(_) => DeliverPolicy::All,
+        Err(_) => start_after_replaced(&stream, &spec.replaces).await,
+    };
     let wanted = pull::Config {
         durable_name: Some(spec.durable_name.clone()),
-        deliver_policy: DeliverPolicy::All,
+        deliver_policy,
         ack_policy: AckPolicy::Explicit,
         ack_wait: spec.ack_wait,
         // unlimited: the consumer loop dead-letters at max_attempts by itself, so the server
         // never drops a message silently
         max_deliver: -1,
-        filter_subject: spec.filter_subject.clone(),
+        filter_subjects: spec.filter_subjects.clone(),
         max_ack_pending: i64::from(spec.max_ack_pending),
         ..Default::default()
     };
-    let stream = jetstream
-        .get_stream_no_info(&spec.stream)
-        .await
-        .map_err(|error| failed(error.into()))?;
     let consumer: PullConsumer = stream
         .get_or_create_consumer(&spec.durable_name, wanted.clone())
         .await
         .map_err(|error| failed(error.into()))?;
+    retire(&stream, &spec.replaces).await;
     let current = &consumer.cached_info().config;
-    if current.filter_subject == wanted.filter_subject
+    if current.filter_subjects == wanted.filter_subjects
         && current.ack_wait == wanted.ack_wait
         && current.max_ack_pending == wanted.max_ack_pending
         && current.max_deliver == wanted.max_deliver
@@ -130,15 +135,54 @@ pub(super) async fn ensure_consumer(
             Ok(updated)
         }
         Err(error) => {
-            if current.filter_subject != spec.filter_subject {
+            if current.filter_subjects != spec.filter_subjects {
                 tracing::error!(consumer = %spec.durable_name, %error,
-                    existing = %current.filter_subject, wanted = %spec.filter_subject,
-                    "consumer has another filter subject and cannot be updated; keeping it");
+                    existing = ?current.filter_subjects, wanted = ?spec.filter_subjects,
+                    "consumer has other filter subjects and cannot be updated; keeping it");
             } else {
                 tracing::warn!(consumer = %spec.durable_name, %error,
                     "could not update the consumer; keeping its settings");
             }
             Ok(consumer)
+        }
+    }
+}
+
+/// Where a new consumer that supersedes `replaced` starts: after the lowest sequence below which
+/// every one of them had acknowledged everything (what they had acknowledged above it is
+/// delivered again, and the inbox absorbs it); from the start of the stream if none exists.
+async fn start_after_replaced(stream: &stream::Stream<()>, replaced: &[String]) -> DeliverPolicy {
+    let mut floor: Option<u64> = None;
+    for name in replaced {
+        if let Ok(info) = stream.consumer_info(name).await {
+            let acked = info.ack_floor.stream_sequence;
+            floor = Some(floor.map_or(acked, |floor| floor.min(acked)));
+        }
+    }
+    match floor {
+        Some(acked) => {
+            tracing::info!(?replaced, start_sequence = acked + 1,
+                "taking over from superseded consumers");
+            DeliverPolicy::ByStartSequence {
+                start_sequence: acked + 1,
+            }
+        }
+        None => DeliverPolicy::All,
+    }
+}
+
+/// Deletes the superseded consumers that still exist; a failure is logged (they only hold
+/// messages back in the broker's accounting, nothing is read from them any more).
+async fn retire(stream: &stream::Stream<()>, replaced: &[String]) {
+    for name in replaced {
+        if stream.consumer_info(name).await.is_err() {
+            continue;
+        }
+        match stream.delete_consumer(name).await {
+            Ok(_) => tracing::info!(consumer = %name, "superseded consumer deleted"),
+            Err(error) => {
+                tracing::warn!(consumer = %name, %error, "could not delete a superseded consumer")
+            }
         }
     }
 }

@@ -1,0 +1,178 @@
+//! The common case of a batch, in a handful of statements whatever its size: one transaction, one
+//! look-up of the holds on all its orders, one multi-row inbox insert that also finds the
+//! duplicates, then each handler in delivery order directly in the transaction — no savepoint per
+//! message.
+//!
+//! It only takes batches that need none of the careful path's machinery (no release, no rerun, no
+//! dead letter that would hold its order, no order already held), and it gives up at the first
+//! sign of trouble — a handler that fails or panics, an SQL error, an injected fault — by rolling
+//! the whole transaction back and returning [`FastOutcome::Careful`]: the caller then runs the
+//! same batch through the savepoint-per-message path, which decides each message on its own. The
+//! failure the fast path saw is handed over ([`KnownFailure`]) and judged there without running
+//! that handler a second time for the same delivery; the messages before it run again (their
+//! work was rolled back). So a failure costs one extra round, and the common case pays no
+//! savepoints at all.
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+use sqlx::Connection as _;
+use tokio::time::Instant;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::ConsumerLoop;
+use super::batch::{Screened, Verdict, Work, WorkKind, handle_event_span};
+use super::holds;
+use crate::handler::{HandlerContext, HandlerError};
+use crate::inbox::panic_text;
+use crate::inbox;
+use crate::stall;
+use crate::transport::Delivery;
+
+/// What the fast path did with a batch.
+pub(super) enum FastOutcome {
+    /// Committed: a verdict for every delivery that was work (`None` where the screening had
+    /// decided already), and whether any handler emitted events.
+    Committed {
+        verdicts: Vec<Option<Verdict>>,
+        emitted: bool,
+    },
+    /// Nothing was committed: run the batch through the careful path, which takes this failure
+    /// as the outcome of that delivery's handler.
+    Careful(Option<KnownFailure>),
+}
+
+/// A handler failure the fast path saw: delivery `index` of the batch failed with `error` (its
+/// work rolled back with the rest).
+pub(super) struct KnownFailure {
+    pub index: usize,
+    pub error: HandlerError,
+}
+
+/// Whether the fast path can take `screened`: only events handled through the inbox, and
+/// decisions that touch no hold.
+pub(super) fn eligible(screened: &[Screened]) -> bool {
+    screened.iter().all(|item| match item {
+        Screened::Work(Work {
+            kind: WorkKind::Event { rerun, .. },
+            ..
+        }) => !rerun,
+        Screened::Work(_) => false,
+        Screened::Decided(Verdict::DeadLetter(letter)) => letter.hold_key().is_none(),
+        Screened::Decided(_) => true,
+    })
+}
+
+impl ConsumerLoop {
+    /// Runs an [`eligible`] batch the fast way, within the stall timeout. `Err` fails the batch
+    /// as on the careful path: a lost connection, a stall, or a refusal at commit (which no
+    /// savepoint could isolate). A database error before the commit means
+    /// [`FastOutcome::Careful`].
+    pub(super) async fn handle_fast(
+        &self,
+        batch: &[Box<dyn Delivery>],
+        screened: &[Screened],
+    ) -> Result<FastOutcome, sqlx::Error> {
+        let waiting = Instant::now();
+        let limit = self.settings.db_stall_timeout;
+        let result = stall::with_connection(&self.pool, limit, async |conn| {
+            let mut tx = conn.begin().await?;
+            self.metrics
+                .db_acquire
+                .record(waiting.elapsed().as_secs_f64());
+            let events: Vec<(usize, &str, &jwl_events::Envelope)> = screened
+                .iter()
+                .enumerate()
+                .filter_map(|(index, item)| match item {
+                    Screened::Work(Work {
+                        consumer,
+                        kind: WorkKind::Event { envelope, .. },
+                    }) => Some((index, consumer.as_str(), &**envelope)),
+                    _ => None,
+                })
+                .collect();
+            let orders: Vec<Uuid> = events.iter().map(|(_, _, env)| env.order_id().0).collect();
+            if holds::any_held(&mut tx, &orders).await? {
+                tx.rollback().await?;
+                return Ok(Ok(FastOutcome::Careful(None)));
+            }
+            let keys: Vec<(&str, Uuid)> = events
+                .iter()
+                .map(|(_, consumer, env)| (*consumer, env.id.0))
+                .collect();
+            let mut fresh: HashSet<(String, Uuid)> = inbox::claim_all(&mut tx, &keys).await?;
+
+            // the decided ones are the caller's to fill in
+            let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(screened.len());
+            verdicts.resize_with(screened.len(), || None);
+            let mut emitted = false;
+            for (index, consumer, envelope) in events {
+                if !fresh.remove(&(consumer.to_owned(), envelope.id.0)) {
+                    verdicts[index] = Some(Verdict::Duplicate);
+                    continue;
+                }
+                let attempt = batch[index].attempt();
+                if self
+                    .settings
+                    .faults
+                    .as_ref()
+                    .is_some_and(|faults| faults.fails_transiently(consumer, attempt))
+                {
+                    // the careful path injects it, under a savepoint
+                    tx.rollback().await?;
+                    return Ok(Ok(FastOutcome::Careful(None)));
+                }
+                let span = handle_event_span(consumer, envelope, attempt);
+                let started = Instant::now();
+                let mut ctx = HandlerContext::new(&mut tx, self.service, envelope, attempt);
+                let result = AssertUnwindSafe(self.handler.handle(&mut ctx, envelope))
+                    .catch_unwind()
+                    .instrument(span.clone())
+                    .await;
+                emitted |= ctx.emitted_any();
+                self.metrics
+                    .of(consumer)
+                    .handler_duration
+                    .record(started.elapsed().as_secs_f64());
+                let error = match result {
+                    Ok(Ok(())) => None,
+                    Ok(Err(error)) => Some(error),
+                    Err(panic) => Some(HandlerError::transient(format!(
+                        "handler panicked: {}",
+                        panic_text(&panic)
+                    ))),
+                };
+                if let Some(error) = error {
+                    tx.rollback().await?;
+                    return Ok(Ok(FastOutcome::Careful(Some(KnownFailure { index, error }))));
+                }
+                span.record("outcome", Verdict::Handled.outcome());
+                verdicts[index] = Some(Verdict::Handled);
+            }
+            // A handler that swallowed an SQL error leaves the transaction aborted, and COMMIT
+            // of an aborted transaction rolls back without an error: this statement fails instead.
+            sqlx::query("SELECT 1").execute(&mut *tx).await?;
+            // refused at commit (e.g. a deferred constraint): no savepoint could isolate that, so
+            // this is the batch's failure, as it would be on the careful path
+            if let Err(error) = tx.commit().await {
+                return Ok(Err(error));
+            }
+            Ok(Ok(FastOutcome::Committed { verdicts, emitted }))
+        })
+        .await;
+        match result {
+            // refused at commit: the batch failed
+            Ok(committed) => committed,
+            // the database refused something before the commit (a handler that swallowed an SQL
+            // error, say): let the careful path find which message it was
+            Err(sqlx::Error::Database(error)) => {
+                tracing::debug!(consumer = %self.consumer, %error,
+                    "fast path refused by the database; handling the batch message by message");
+                Ok(FastOutcome::Careful(None))
+            }
+            Err(other) => Err(other),
+        }
+    }
+}
