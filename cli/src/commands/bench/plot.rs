@@ -25,7 +25,8 @@ struct Point {
     offered: u32,
 }
 
-/// Draws the steps that have a latency and writes the PNG to `path`.
+/// Draws the steps that have a latency, joined in the order of their offered rates (an
+/// overloaded system's curve bends back), and writes the PNG to `path`.
 pub fn draw(steps: &[StepReport], path: &Path) -> anyhow::Result<()> {
     let mut points: Vec<Point> = steps
         .iter()
@@ -39,7 +40,7 @@ pub fn draw(steps: &[StepReport], path: &Path) -> anyhow::Result<()> {
             })
         })
         .collect();
-    points.sort_by(|a, b| a.sagas_per_second.total_cmp(&b.sagas_per_second));
+    points.sort_by_key(|p| p.offered);
     let pixels = render(&points)?;
     write_png(&pixels, path)
 }
@@ -57,18 +58,26 @@ fn render(points: &[Point]) -> anyhow::Result<Vec<u8>> {
             .map(|p| p.sagas_per_second)
             .fold(1.0, f64::max)
             * 1.15;
-        let y_max = points.iter().map(|p| p.p99_ms).fold(1.0, f64::max) * 1.15;
+        // Latency spans decades once the system falls behind: a log scale.
+        let y_max = points.iter().map(|p| p.p99_ms).fold(1.0, f64::max) * 2.0;
+        let y_min = points
+            .iter()
+            .map(|p| p.p50_ms)
+            .fold(y_max / 4.0, f64::min)
+            .max(0.1)
+            / 2.0;
         let mut chart = ChartBuilder::on(&root)
             .caption("jwl bench: saga latency against throughput", (FAMILY, 24))
             .margin(20)
             .x_label_area_size(50)
             .y_label_area_size(80)
-            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+            .build_cartesian_2d(0f64..x_max, (y_min..y_max).log_scale())
             .map_err(plot_error)?;
         chart
             .configure_mesh()
             .x_desc("sagas completed per second (achieved)")
-            .y_desc("POST → dispatched, ms")
+            .y_desc("POST → dispatched, ms (log scale)")
+            .y_label_formatter(&|ms| format!("{ms:.0}"))
             .axis_desc_style((FAMILY, 16))
             .label_style((FAMILY, 14))
             .draw()
@@ -98,11 +107,12 @@ fn render(points: &[Point]) -> anyhow::Result<Vec<u8>> {
         }
         chart
             .draw_series(points.iter().map(|p| {
-                Text::new(
-                    format!("{}/s offered", p.offered),
-                    (p.sagas_per_second, p.p99_ms),
-                    (FAMILY, 13).into_font().color(&BLACK),
-                )
+                EmptyElement::at((p.sagas_per_second, p.p99_ms))
+                    + Text::new(
+                        format!("{}/s offered", p.offered),
+                        (8, -18),
+                        (FAMILY, 13).into_font().color(&BLACK),
+                    )
             }))
             .map_err(plot_error)?;
         chart
