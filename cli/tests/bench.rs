@@ -223,7 +223,7 @@ async fn bench_reports_a_city_s_outcomes_and_costs_and_sweeps_with_a_plot() {
         number(&cost["postgres"]["commits_per_saga"]) > 0.0,
         "{report:#}"
     );
-    assert!(number(&cost["postgres"]["write_transactions_per_saga"]) > 0.0);
+    assert!(number(&cost["postgres"]["xids_per_saga"]) > 0.0);
     let mut conn = sqlx::PgConnection::connect(&database_url).await.unwrap();
     let statements_installed: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements')",

@@ -247,7 +247,7 @@ impl PgWindow {
         // The end sample comes right after the start's; only the start's statement is ours.
         let own_statements = 1;
         let commits = self.flushed.commits - self.start.commits - own_commits as i64;
-        let write_transactions = self.end.next_xid - self.start.next_xid;
+        let xids_assigned = self.end.next_xid - self.start.next_xid;
         let statements = match (self.start.statements, self.end.statements) {
             (Some(start), Some(end)) => Some(end - start - own_statements),
             _ => None,
@@ -255,8 +255,8 @@ impl PgWindow {
         PgCost::Measured {
             commits,
             commits_per_saga: per_saga(commits as f64, sagas),
-            write_transactions,
-            write_transactions_per_saga: per_saga(write_transactions as f64, sagas),
+            xids_assigned,
+            xids_per_saga: per_saga(xids_assigned as f64, sagas),
             statements,
             statements_per_saga: statements.and_then(|s| per_saga(s as f64, sagas)),
             statements_unavailable: statements.is_none().then(|| {
@@ -299,7 +299,7 @@ mod tests {
         let PgCost::Measured {
             commits,
             commits_per_saga,
-            write_transactions,
+            xids_assigned,
             statements,
             statements_per_saga,
             own_queries_subtracted,
@@ -310,7 +310,7 @@ mod tests {
         };
         assert_eq!(commits, 600);
         assert_eq!(commits_per_saga, Some(30.0));
-        assert_eq!(write_transactions, 200);
+        assert_eq!(xids_assigned, 200);
         assert_eq!(statements, Some(800));
         assert_eq!(statements_per_saga, Some(40.0));
         assert_eq!(own_queries_subtracted, 2);

@@ -675,10 +675,10 @@ pub enum PgCost {
         /// included), less the bench's own sampling queries.
         commits: i64,
         commits_per_saga: Option<f64>,
-        /// Transaction ids assigned (transactions that wrote, committed or not): Δ
-        /// `pg_snapshot_xmax(pg_current_snapshot())`.
-        write_transactions: i64,
-        write_transactions_per_saga: Option<f64>,
+        /// Transaction ids assigned (to transactions and savepoints that wrote, committed or
+        /// not): Δ `pg_snapshot_xmax(pg_current_snapshot())`.
+        xids_assigned: i64,
+        xids_per_saga: Option<f64>,
         /// Δ `sum(calls)` of `pg_stat_statements`, less the bench's own; `None` when the
         /// extension is not available (see `statements_unavailable`).
         statements: Option<i64>,
@@ -965,8 +965,8 @@ impl StepReport {
             PgCost::Measured {
                 commits,
                 commits_per_saga,
-                write_transactions,
-                write_transactions_per_saga,
+                xids_assigned,
+                xids_per_saga,
                 statements,
                 statements_per_saga,
                 statements_unavailable,
@@ -980,8 +980,8 @@ impl StepReport {
                 )?;
                 writeln!(
                     out,
-                    "  write transactions     {} /saga   ({write_transactions} xids assigned)",
-                    number_text(*write_transactions_per_saga, 1)
+                    "  transaction ids        {} /saga   ({xids_assigned} assigned: writing transactions and savepoints)",
+                    number_text(*xids_per_saga, 1)
                 )?;
                 match (statements, statements_unavailable) {
                     (Some(total), _) => writeln!(
@@ -1565,8 +1565,8 @@ mod tests {
                 postgres: PgCost::Measured {
                     commits: 570,
                     commits_per_saga: Some(30.0),
-                    write_transactions: 380,
-                    write_transactions_per_saga: Some(20.0),
+                    xids_assigned: 380,
+                    xids_per_saga: Some(20.0),
                     statements: None,
                     statements_per_saga: None,
                     statements_unavailable: Some("no pg_stat_statements".to_owned()),
