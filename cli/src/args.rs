@@ -222,32 +222,80 @@ pub struct BenchArgs {
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
     /// Orders sent per second (constant arrival rate).
-    #[arg(long, default_value = "50")]
+    #[arg(long, default_value = "50", conflicts_with = "sweep")]
     pub rate: NonZeroU32,
-    /// How long to send (`30s`, `2m`); ignored with `--orders`.
+    /// Run one bench per offered rate (orders/s), one after the other on the same running
+    /// system, and print a table of them (`--sweep 50,100,200,400`).
+    #[arg(long, value_delimiter = ',', value_name = "RATES")]
+    pub sweep: Vec<NonZeroU32>,
+    /// How long to send (`30s`, `2m`), per sweep step; ignored with `--orders`.
     #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
     pub duration: Duration,
-    /// Send exactly this many orders instead of sending for `--duration`.
+    /// Send exactly this many orders (per sweep step) instead of sending for `--duration`.
     #[arg(long)]
     pub orders: Option<NonZeroU64>,
     /// Most order requests in flight at once.
     #[arg(long, default_value = "256")]
     pub concurrency: NonZeroUsize,
-    /// Longest wait, after sending, for every accepted order to reach a terminal status.
+    /// Longest wait, after sending, for every accepted order to reach the end of its saga.
+    /// Orders without a courier end at the dispatch deadline (60 s by default): with
+    /// `--no-courier-ratio`, set this above it.
     #[arg(long, default_value = "60s", value_parser = parse_positive_duration)]
     pub settle_timeout: Duration,
     /// How long each baseline (Postgres commits, JetStream publishes) is measured.
     #[arg(long, default_value = "3s", value_parser = parse_positive_duration)]
     pub baseline_duration: Duration,
+    /// Distinct SKUs stocked (per sweep step), ordered with Zipf-like popularity.
+    #[arg(long, default_value = "1000")]
+    pub skus: NonZeroU32,
+    /// Exponent of the SKU popularity: the SKU of rank r is ordered in proportion to 1/r^s
+    /// (0 = uniform, 1 = classic Zipf).
+    #[arg(long, default_value = "1.0", value_parser = parse_skew)]
+    pub sku_skew: f64,
+    /// Couriers spread over the city (per sweep step); default: enough to serve every order
+    /// that should be dispatched, with a margin.
+    #[arg(long)]
+    pub couriers: Option<NonZeroU64>,
+    /// Courier location updates sent per second during the run (`PUT
+    /// /v1/couriers/{id}/location`, round robin, each courier moving a few tens of metres);
+    /// default: couriers / 5 (every courier every 5 s); 0 switches them off.
+    #[arg(long, value_parser = parse_non_negative)]
+    pub courier_updates_per_second: Option<f64>,
+    /// Share of orders paid with the declining card (`tok_decline`): they end `rejected`.
+    #[arg(long, default_value = "0", value_parser = parse_ratio)]
+    pub decline_ratio: f64,
+    /// Share of orders for a SKU stocked at 0: they end `cancelled` (out_of_stock).
+    #[arg(long, default_value = "0", value_parser = parse_ratio)]
+    pub out_of_stock_ratio: f64,
+    /// Share of orders picked up where no courier is within the dispatch radius (hundreds of
+    /// km outside the city): they end `cancelled` (no_courier) at the dispatch deadline.
+    #[arg(long, default_value = "0", value_parser = parse_ratio)]
+    pub no_courier_ratio: f64,
+    /// Seed of the load model (SKU choice, positions, order of outcomes).
+    #[arg(long, default_value = "1")]
+    pub seed: u64,
+    /// A process of the system under test whose CPU time (with all its descendants') counts in
+    /// the cost per saga (repeat for each). Default: every `jwl up` / `jwl serve` process and
+    /// the `postgres` and `nats-server` processes below them.
+    #[arg(long = "system-pid", value_name = "PID")]
+    pub system_pids: Vec<u32>,
+    /// Wait before and after the measured window so that PostgreSQL's cumulative statistics
+    /// (flushed by an idle backend within 10 s) include every commit of the window.
+    #[arg(long, default_value = "11s", value_parser = parse_duration_or_zero)]
+    pub pg_stats_wait: Duration,
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// PostgreSQL for the commit-rate baseline (a scratch table in schema `jwl_bench`); the
-    /// baseline is skipped when unset.
+    /// Draw saga latency (p50, p99) against the achieved sagas/s of every step as a PNG.
+    #[arg(long, value_name = "FILE.png")]
+    pub plot: Option<PathBuf>,
+    /// PostgreSQL for the commit-rate baseline (a scratch table in schema `jwl_bench`) and the
+    /// transactions and statements per saga; skipped when unset.
     #[arg(long, env = "JWL_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// NATS for the JetStream publish baseline (a scratch stream, deleted afterwards); the
-    /// baseline is skipped when unset.
+    /// NATS for watching the sagas end (core subscriptions on the terminal events) and the
+    /// JetStream publish baseline (a scratch stream, deleted afterwards); without it the bench
+    /// polls every order and skips that baseline.
     #[arg(long, env = "JWL_NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
     #[command(flatten)]
@@ -501,6 +549,41 @@ fn parse_radius_km(text: &str) -> Result<f64, String> {
     }
 }
 
+/// A humantime duration, zero allowed.
+fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// A share between 0 and 1.
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    let value: f64 = text.trim().parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err("must be between 0 and 1".to_owned())
+    }
+}
+
+/// A finite number, zero or more.
+fn parse_non_negative(text: &str) -> Result<f64, String> {
+    let value: f64 = text.trim().parse().map_err(|e| format!("{e}"))?;
+    if value.is_finite() && value >= 0.0 {
+        Ok(value)
+    } else {
+        Err("must be a finite number, zero or more".to_owned())
+    }
+}
+
+/// A popularity exponent: finite, 0 to 5.
+fn parse_skew(text: &str) -> Result<f64, String> {
+    let value: f64 = text.trim().parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=5.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err("must be between 0 and 5".to_owned())
+    }
+}
+
 /// An order id (a UUID).
 fn parse_order_id(text: &str) -> Result<OrderId, String> {
     OrderId::parse(text.trim()).map_err(|e| e.to_string())
@@ -638,6 +721,66 @@ mod tests {
         };
         assert_eq!(bench.orders.map(NonZeroU64::get), Some(20));
         assert!(Cli::try_parse_from(["jwl", "bench", "--rate", "0"]).is_err());
+    }
+
+    #[test]
+    fn bench_city_sweep_and_cost_flags() {
+        let cli = Cli::try_parse_from(["jwl", "bench"]).unwrap();
+        let Command::Bench(bench) = cli.command else {
+            panic!("not bench: {:?}", cli.command);
+        };
+        assert_eq!(bench.skus.get(), 1000);
+        assert_eq!(bench.sku_skew, 1.0);
+        assert_eq!(bench.couriers, None);
+        assert_eq!(bench.courier_updates_per_second, None);
+        assert_eq!(
+            (
+                bench.decline_ratio,
+                bench.out_of_stock_ratio,
+                bench.no_courier_ratio
+            ),
+            (0.0, 0.0, 0.0)
+        );
+        assert!(bench.sweep.is_empty());
+        assert!(bench.system_pids.is_empty());
+        assert_eq!(bench.pg_stats_wait, Duration::from_secs(11));
+
+        let cli = Cli::try_parse_from([
+            "jwl",
+            "bench",
+            "--sweep",
+            "50,100",
+            "--decline-ratio",
+            "0.1",
+            "--system-pid",
+            "12",
+            "--system-pid",
+            "34",
+            "--pg-stats-wait",
+            "0s",
+            "--plot",
+            "out.png",
+        ])
+        .unwrap();
+        let Command::Bench(bench) = cli.command else {
+            panic!("not bench: {:?}", cli.command);
+        };
+        let rates: Vec<u32> = bench.sweep.iter().map(|r| r.get()).collect();
+        assert_eq!(rates, [50, 100]);
+        assert_eq!(bench.decline_ratio, 0.1);
+        assert_eq!(bench.system_pids, [12, 34]);
+        assert_eq!(bench.pg_stats_wait, Duration::ZERO);
+        for bad in [
+            &["--decline-ratio", "1.5"][..],
+            &["--sku-skew", "-1"],
+            &["--courier-updates-per-second", "NaN"],
+            &["--sweep", "50,0"],
+            &["--sweep", "50", "--rate", "20"],
+        ] {
+            let mut argv = vec!["jwl", "bench"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(&argv).is_err(), "{bad:?}");
+        }
     }
 
     /// Unset flags and variables give the documented defaults of the services.

@@ -1,6 +1,7 @@
 //! The private `nats-server` and PostgreSQL that `jwl up` runs under the data dir when no
 //! external ones are configured: started on remembered (or new free) loopback ports, reusing
-//! their data across restarts, and stopped cleanly at the end.
+//! their data across restarts, and stopped cleanly at the end. PostgreSQL preloads
+//! `pg_stat_statements` when its installation ships it (for `jwl bench`'s statements per saga).
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -40,13 +41,13 @@ impl PrivateServers {
         Ok(url)
     }
 
-    /// Starts PostgreSQL (durable settings) under `<data_dir>/pg` and creates the `jwl`
-    /// database if it is missing.
+    /// Starts PostgreSQL (durable settings, `pg_stat_statements` if available) under
+    /// `<data_dir>/pg` and creates the `jwl` database (and the extension) if missing.
     pub async fn start_postgres(&mut self, data_dir: &Path) -> anyhow::Result<String> {
         let pg_dir = data_dir.join("pg");
         let port_file = data_dir.join("pg.port");
         let server = start_on_remembered_port(port_file, move |port| {
-            PostgresServer::start(PostgresOptions {
+            PostgresServer::start_with_stat_statements(PostgresOptions {
                 data_dir: pg_dir.clone(),
                 port,
                 tuning: PgTuning::Durable,
@@ -56,6 +57,9 @@ impl PrivateServers {
         .context("starting the private PostgreSQL")?;
         create_database_if_missing(&server.url("postgres"), DATABASE).await?;
         let url = server.url(DATABASE);
+        if server.stat_statements_loaded() {
+            create_stat_statements(&url).await;
+        }
         tracing::info!(%url, data = %server.data_dir().display(), "private PostgreSQL started");
         self.postgres = Some(server);
         Ok(url)
@@ -123,6 +127,22 @@ fn remember_port(file: &Path, port: u16) {
 
 fn is_free(port: u16) -> bool {
     TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+}
+
+/// `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`; a failure is only logged (the
+/// statistics are optional).
+async fn create_stat_statements(url: &str) {
+    let created = async {
+        let mut conn = PgConnection::connect(url).await?;
+        sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .execute(&mut conn)
+            .await?;
+        conn.close().await
+    }
+    .await;
+    if let Err(error) = created {
+        tracing::warn!(%error, "pg_stat_statements is loaded but its extension could not be created");
+    }
 }
 
 /// `CREATE DATABASE <name>` unless it exists (tolerating a concurrent creator).

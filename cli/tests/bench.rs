@@ -1,17 +1,25 @@
-//! `jwl bench` as a user runs it: against `jwl up` on a private NATS and PostgreSQL, 20 orders
-//! go through the whole saga and the JSON report carries the ingest, saga and baseline figures.
+//! `jwl bench` as a user runs it: against `jwl up` with its own private NATS and PostgreSQL
+//! (as the README says, with the URLs `jwl up` prints). A city run with declined and
+//! out-of-stock orders reports each outcome, the cost per saga (CPU time of `jwl up` and its
+//! servers, Postgres commits and statements) and the baselines; a two-step sweep reports both
+//! steps and draws its plot as a PNG.
 
+use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use jwl_testkit::eventually;
 use serde_json::Value;
+use sqlx::Connection;
 
 const JWL: &str = env!("CARGO_BIN_EXE_jwl");
 const SECRET: &str = "bench-test-secret";
+const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
 
-/// `jwl` with a clean `JWL_*` environment, pointed at the test's servers and secret.
-fn jwl(database_url: &str, nats_url: &str) -> Command {
+/// `jwl` with a clean `JWL_*` environment and the test's secret.
+fn jwl() -> Command {
     let mut command = Command::new(JWL);
     for (key, _) in std::env::vars() {
         if key.starts_with("JWL_") && key != "JWL_TOOLS_DIR" {
@@ -19,8 +27,6 @@ fn jwl(database_url: &str, nats_url: &str) -> Command {
         }
     }
     command
-        .env("JWL_DATABASE_URL", database_url)
-        .env("JWL_NATS_URL", nats_url)
         .env("JWL_JWT_SECRET", SECRET)
         .env("RUST_LOG", "warn");
     command
@@ -52,21 +58,81 @@ fn number(value: &Value) -> f64 {
         .unwrap_or_else(|| panic!("not a number: {value}"))
 }
 
+/// The `JWL_NATS_URL` and `JWL_DATABASE_URL` of `jwl up`'s banner.
+fn read_operator_env(child: &mut Child) -> (String, String) {
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("jwl up prints its banner");
+        let Some(exports) = line.trim().strip_prefix("export JWL_") else {
+            continue;
+        };
+        let value = |name: &str| {
+            format!("JWL_{exports}")
+                .split_whitespace()
+                .find_map(|pair| pair.strip_prefix(&format!("{name}=")).map(str::to_owned))
+                .unwrap_or_else(|| panic!("{name} missing from {line:?}"))
+        };
+        let urls = (value("JWL_NATS_URL"), value("JWL_DATABASE_URL"));
+        std::thread::spawn(move || while lines_rx.recv().is_ok() {});
+        return urls;
+    }
+}
+
+/// Runs `jwl bench` with `args` and the system's URLs; its stdout, after checking it succeeded.
+async fn bench(nats_url: &str, database_url: &str, args: Vec<String>) -> String {
+    let mut command = jwl();
+    command
+        .env("JWL_NATS_URL", nats_url)
+        .env("JWL_DATABASE_URL", database_url)
+        .arg("bench")
+        .args(args);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_drives_twenty_orders_through_the_saga_and_reports_them() {
-    let database = jwl_testkit::database().await.unwrap();
-    let nats = jwl_testkit::nats().await.unwrap();
+async fn bench_reports_a_city_s_outcomes_and_costs_and_sweeps_with_a_plot() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let _up = jwl(database.url(), nats.url())
+    let mut up = jwl()
         .env("JWL_DATA_DIR", dir.path().join("data"))
         .env("JWL_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .arg("up")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .map(Running)
         .unwrap();
+    let up_pid = up.0.id();
+    let (nats_url, database_url) = tokio::task::block_in_place(|| read_operator_env(&mut up.0));
     eventually("jwl up is ready", Duration::from_secs(60), || async {
         match reqwest::get(format!("{base}/readyz")).await {
             Ok(response) => response.status() == 200,
@@ -76,55 +142,105 @@ async fn bench_drives_twenty_orders_through_the_saga_and_reports_them() {
     .await
     .unwrap();
 
+    // A city run: 20 orders, 4 declined, 4 for a SKU out of stock.
     let report_path = dir.path().join("bench.json");
-    let output = tokio::task::spawn_blocking({
-        let mut command = jwl(database.url(), nats.url());
-        command.args([
-            "bench",
-            "--url",
-            &base,
-            "--orders",
-            "20",
-            "--rate",
-            "20",
-            "--settle-timeout",
-            "40s",
-            "--baseline-duration",
-            "1s",
-            "--json",
-        ]);
-        command.arg(&report_path);
-        move || command.output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(stdout.contains("Ingest"), "{stdout}");
-    assert!(stdout.contains("Baselines"), "{stdout}");
+    let mut args = strings(&[
+        "--url",
+        &base,
+        "--orders",
+        "20",
+        "--rate",
+        "20",
+        "--skus",
+        "40",
+        "--decline-ratio",
+        "0.2",
+        "--out-of-stock-ratio",
+        "0.2",
+        "--settle-timeout",
+        "40s",
+        "--baseline-duration",
+        "1s",
+        "--pg-stats-wait",
+        "1s",
+        "--system-pid",
+        &up_pid.to_string(),
+        "--json",
+    ]);
+    args.push(report_path.display().to_string());
+    let stdout = bench(&nats_url, &database_url, args).await;
+    for section in ["Ingest", "Sagas", "Cost per saga", "Baselines", "Ratios"] {
+        assert!(stdout.contains(section), "{section} missing: {stdout}");
+    }
 
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    let report = read_json(&report_path);
     assert_eq!(report["ingest"]["sent"], 20, "{report:#}");
     assert_eq!(report["ingest"]["accepted"], 20, "{report:#}");
     assert_eq!(report["ingest"]["errors"], 0, "{report:#}");
-    assert!(number(&report["ingest"]["accepted_per_second"]) > 0.0);
     assert!(number(&report["ingest"]["post_latency"]["p50_ms"]) > 0.0);
-    assert_eq!(report["saga"]["terminal"], 20, "{report:#}");
-    assert_eq!(report["saga"]["unsettled"], 0, "{report:#}");
-    assert_eq!(
-        report["saga"]["outcomes"]["dispatched"], 20,
-        "every order finds a courier: {report:#}"
+    let saga = &report["saga"];
+    assert_eq!(saga["terminal"], 20, "{report:#}");
+    assert_eq!(saga["unsettled"], 0, "{report:#}");
+    assert_eq!(saga["outcomes"]["dispatched"], 12, "{report:#}");
+    assert_eq!(saga["outcomes"]["rejected"], 4, "{report:#}");
+    assert_eq!(saga["outcomes"]["cancelled/out_of_stock"], 4, "{report:#}");
+    assert!(
+        saga["observed_by"].as_str().unwrap().starts_with("NATS"),
+        "{report:#}"
     );
-    assert!(number(&report["saga"]["end_to_end_latency"]["p50_ms"]) > 0.0);
-    assert_eq!(report["saga"]["end_to_end_latency"]["samples"], 20);
-    assert!(number(&report["saga"]["completed_per_second"]) > 0.0);
+    // Latency is of the dispatched orders only.
+    assert_eq!(saga["end_to_end_latency"]["samples"], 12, "{report:#}");
+    assert!(number(&saga["end_to_end_latency"]["p50_ms"]) > 0.0);
+    assert!(number(&saga["completed_per_second"]) > 0.0);
+    assert_eq!(
+        saga["confirmation"]["agreed"], saga["confirmation"]["checked"],
+        "{report:#}"
+    );
+    assert!(number(&saga["confirmation"]["checked"]) > 0.0);
+    let updates = &report["courier_updates"];
+    assert!(number(&updates["ok"]) >= 1.0, "{report:#}");
+    assert_eq!(updates["failed"], 0, "{report:#}");
+
+    let cost = &report["cost"];
+    assert_eq!(cost["sagas"], 20, "{report:#}");
+    assert_eq!(cost["cpu"]["status"], "measured", "{report:#}");
+    assert!(number(&cost["cpu"]["ms_per_saga"]) > 0.0, "{report:#}");
+    for kind in ["jwl", "postgres", "nats-server"] {
+        assert!(
+            cost["cpu"]["by_kind"][kind]["seconds"].is_number(),
+            "{kind}: {report:#}"
+        );
+    }
+    assert!(
+        cost["cpu"]["pids"]["jwl"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(up_pid)),
+        "{report:#}"
+    );
+    assert_eq!(cost["postgres"]["status"], "measured", "{report:#}");
+    assert!(
+        number(&cost["postgres"]["commits_per_saga"]) > 0.0,
+        "{report:#}"
+    );
+    assert!(number(&cost["postgres"]["xids_per_saga"]) > 0.0);
+    let mut conn = sqlx::PgConnection::connect(&database_url).await.unwrap();
+    let statements_installed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    if statements_installed {
+        assert!(
+            number(&cost["postgres"]["statements_per_saga"]) > 0.0,
+            "{report:#}"
+        );
+    } else {
+        // Not shipped with this PostgreSQL: said so, never zero.
+        assert!(cost["postgres"]["statements_per_saga"].is_null());
+        assert!(cost["postgres"]["statements_unavailable"].is_string());
+    }
     for baseline in ["postgres_commits", "jetstream_acked_publishes"] {
         assert_eq!(
             report["baselines"][baseline]["status"], "measured",
@@ -133,17 +249,15 @@ async fn bench_drives_twenty_orders_through_the_saga_and_reports_them() {
         assert!(number(&report["baselines"][baseline]["per_second"]) > 0.0);
     }
     assert!(number(&report["ratios"]["sagas_per_postgres_commit"]) > 0.0);
-    assert!(number(&report["ratios"]["ingest_per_jetstream_publish"]) > 0.0);
 
     // The scratch table and stream are gone.
-    let pool = database.pool().await.unwrap();
     let leftover_tables: i64 =
         sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'jwl_bench'")
-            .fetch_one(&pool)
+            .fetch_one(&mut conn)
             .await
             .unwrap();
     assert_eq!(leftover_tables, 0);
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = async_nats::connect(&nats_url).await.unwrap();
     let jetstream = async_nats::jetstream::new(client);
     let names: Vec<String> = futures::TryStreamExt::try_collect(jetstream.stream_names())
         .await
@@ -151,5 +265,56 @@ async fn bench_drives_twenty_orders_through_the_saga_and_reports_them() {
     assert!(
         names.iter().all(|name| !name.starts_with("JWL_BENCH")),
         "{names:?}"
+    );
+
+    // A two-step sweep, plotted.
+    let sweep_path = dir.path().join("sweep.json");
+    let plot_path = dir.path().join("sweep.png");
+    let mut args = strings(&[
+        "--url",
+        &base,
+        "--sweep",
+        "5,10",
+        "--orders",
+        "6",
+        "--skus",
+        "20",
+        "--settle-timeout",
+        "40s",
+        "--baseline-duration",
+        "1s",
+        "--pg-stats-wait",
+        "0s",
+        "--system-pid",
+        &up_pid.to_string(),
+        "--plot",
+    ]);
+    args.push(plot_path.display().to_string());
+    args.push("--json".to_owned());
+    args.push(sweep_path.display().to_string());
+    let stdout = bench(&nats_url, &database_url, args).await;
+    assert!(stdout.contains("Sweep"), "{stdout}");
+    let sweep = read_json(&sweep_path);
+    let steps = sweep["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{sweep:#}");
+    for (step, rate) in steps.iter().zip([5, 10]) {
+        assert_eq!(step["setup"]["rate_per_second"], rate, "{sweep:#}");
+        assert_eq!(step["saga"]["outcomes"]["dispatched"], 6, "{sweep:#}");
+        assert!(
+            number(&step["cost"]["cpu"]["ms_per_saga"]) > 0.0,
+            "{sweep:#}"
+        );
+    }
+    assert_ne!(
+        steps[0]["setup"]["prefix"], steps[1]["setup"]["prefix"],
+        "fresh SKUs and couriers per step"
+    );
+    assert_eq!(sweep["baselines"]["postgres_commits"]["status"], "measured");
+    let png = std::fs::read(&plot_path).unwrap();
+    assert_eq!(png[..8], PNG_SIGNATURE);
+    assert!(
+        png.len() > 5_000,
+        "a plot with text is more than {} bytes",
+        png.len()
     );
 }

@@ -1,5 +1,6 @@
 //! A private PostgreSQL cluster: `initdb` once, then `postgres` on 127.0.0.1:<port> with no
-//! Unix sockets, logging to `postgres.log` in the data directory.
+//! Unix sockets, logging to `postgres.log` in the data directory; on request with
+//! `pg_stat_statements` preloaded when the installation ships it.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::PermissionsExt;
@@ -17,6 +18,8 @@ const SERVER: &str = "postgres";
 /// The superuser `initdb` creates; `url()` connects as it (trust authentication on loopback).
 const SUPERUSER: &str = "postgres";
 const LOG_FILE: &str = "postgres.log";
+/// The statement statistics library (contrib), loaded by [`PostgresServer::start_with_stat_statements`].
+const STAT_STATEMENTS: &str = "pg_stat_statements";
 const INITDB_TIMEOUT: Duration = Duration::from_secs(180);
 /// Generous: after an immediate stop the server replays WAL before it accepts connections.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
@@ -67,12 +70,33 @@ pub struct PostgresServer {
     postgres_binary: PathBuf,
     run_as: Option<ServiceUser>,
     child: Option<Child>,
+    /// `pg_stat_statements` is in `shared_preload_libraries`.
+    stat_statements: bool,
 }
 
 impl PostgresServer {
     /// Initialises the cluster if needed, starts the server and waits until it accepts
     /// connections. Blocking (1–5 s for a new cluster, well under a second for an existing one).
-    pub fn start(mut options: PostgresOptions) -> Result<Self, InfraError> {
+    pub fn start(options: PostgresOptions) -> Result<Self, InfraError> {
+        Self::start_loading(options, false)
+    }
+
+    /// Like [`start`](Self::start), and also preloads `pg_stat_statements` when the library is
+    /// part of the server's installation (its absence is not an error; see
+    /// [`stat_statements_loaded`](Self::stat_statements_loaded)).
+    pub fn start_with_stat_statements(options: PostgresOptions) -> Result<Self, InfraError> {
+        Self::start_loading(options, true)
+    }
+
+    /// Whether `pg_stat_statements` is preloaded (`CREATE EXTENSION` then makes its view).
+    pub fn stat_statements_loaded(&self) -> bool {
+        self.stat_statements
+    }
+
+    fn start_loading(
+        mut options: PostgresOptions,
+        stat_statements: bool,
+    ) -> Result<Self, InfraError> {
         // The server runs with its data directory as working directory, so a relative path
         // (such as `jwl up`'s default `./.jwl/pg`) would point below itself.
         options.data_dir = std::path::absolute(&options.data_dir)
@@ -88,11 +112,13 @@ impl PostgresServer {
         if !options.data_dir.join("PG_VERSION").exists() {
             run_initdb(&initdb, &options.data_dir, run_as.as_ref())?;
         }
+        let stat_statements = stat_statements && ships_library(&postgres_binary, STAT_STATEMENTS);
         let mut server = Self {
             options,
             postgres_binary,
             run_as,
             child: None,
+            stat_statements,
         };
         server.launch()?;
         Ok(server)
@@ -185,6 +211,12 @@ impl PostgresServer {
                 tuning_settings(self.options.tuning)
                     .iter()
                     .flat_map(|setting| ["-c", setting]),
+            )
+            .args(
+                self.stat_statements
+                    .then_some(["-c", "shared_preload_libraries=pg_stat_statements"])
+                    .into_iter()
+                    .flatten(),
             )
             .current_dir(data_dir)
             .stdin(Stdio::null())
@@ -284,6 +316,19 @@ fn sibling_postgres(initdb: &Path) -> Result<PathBuf, InfraError> {
         Some(candidate) if candidate.is_file() => Ok(candidate),
         _ => find_binary("postgres"),
     }
+}
+
+/// Whether the installation of `postgres_binary` has the loadable module `name`: in
+/// `<prefix>/lib` (Debian: `/usr/lib/postgresql/<N>/lib`) or `<prefix>/lib/postgresql` (source
+/// builds), where `pg_config --pkglibdir` points.
+fn ships_library(postgres_binary: &Path, name: &str) -> bool {
+    let Some(prefix) = postgres_binary.parent().and_then(Path::parent) else {
+        return false;
+    };
+    let file = format!("{name}.so");
+    [prefix.join("lib"), prefix.join("lib/postgresql")]
+        .iter()
+        .any(|dir| dir.join(&file).is_file())
 }
 
 /// Creates the data directory (mode 0700) and, when running as root, hands it to the service user.

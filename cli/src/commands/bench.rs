@@ -1,10 +1,18 @@
-//! `jwl bench`: a load generator for a running system. Prepares stock and couriers through the
-//! admin API, sends `POST /v1/orders` at a constant arrival rate, waits for every accepted order
-//! to reach a terminal status, measures raw Postgres-commit and JetStream-publish baselines
-//! directly, and prints the report (and writes it as JSON with `--json`). The arithmetic and the
-//! report's shape live in [`figures`]; this module does the I/O.
+//! `jwl bench`: a load generator for a running system that looks like a city. Per step (one,
+//! or one per `--sweep` rate) it plans the orders ([`city`]), stocks the SKUs and registers the
+//! couriers through the APIs, then sends `POST /v1/orders` at a constant arrival rate while the
+//! couriers move, watches the sagas end on NATS ([`observe`]; polling each order only without a
+//! NATS URL), confirms a sample through the HTTP API, and measures what the system spent
+//! ([`cost`]: CPU time from /proc, PostgreSQL commits and statements). After the steps it
+//! measures raw Postgres-commit and JetStream-publish baselines, prints the report (and writes
+//! it as JSON with `--json`, and a latency/throughput chart with `--plot`, [`plot`]). The
+//! arithmetic and the report's shape live in [`figures`].
 
+mod city;
+mod cost;
 mod figures;
+mod observe;
+mod plot;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,44 +22,51 @@ use anyhow::{Context, bail};
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use jwl_events::GeoPoint;
+use jwl_events::OrderId;
 use jwl_service_kit::auth::{JwtKeys, Scope};
 use reqwest::StatusCode;
 use serde::Deserialize;
-use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
+use self::city::{CityOptions, Plan};
+use self::cost::{PgCounters, PgWindow, SystemProcesses};
 use self::figures::{
-    ArrivalSchedule, Baseline, Baselines, BenchReport, BenchSetup, IngestReport, LatencySummary,
-    Ratios, SagaReport, SendLimit, courier_position, dropoff, per_second, pickup,
+    ArrivalSchedule, Baseline, Baselines, BenchReport, BenchSetup, CITY_RADIUS_KM, Confirmation,
+    CostReport, CourierUpdatesReport, CpuCost, IngestReport, LatencySummary, OutcomeMix, PgCost,
+    Ratios, SagaReport, SendLimit, StepReport, SweepReport, cpu_cost, per_second,
 };
+use self::observe::Watcher;
 use super::redact_userinfo;
 use crate::args::BenchArgs;
 
-/// Quantity of the one SKU in every order.
-const QTY_PER_ORDER: u32 = 1;
-/// Price of that SKU.
-const UNIT_PRICE_CENTS: u32 = 1000;
-/// Courier registrations in flight during the preparation.
-const SETUP_CONCURRENCY: usize = 32;
-/// Pause between two polling rounds of the orders not yet terminal.
+/// Pause between two polling rounds of the orders not yet terminal (without NATS).
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// `GET /v1/orders/{id}` requests in flight while polling.
 const POLL_CONCURRENCY: usize = 16;
+/// Least time between two scans of the orders for ended sagas (with NATS).
+const SCAN_INTERVAL: Duration = Duration::from_millis(25);
 /// Bound on one HTTP request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on connecting to Postgres or NATS for a baseline.
 const BASELINE_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Orders whose outcome is checked through the HTTP API at the end of a step.
+const CONFIRM_SAMPLE: usize = 20;
+/// How long the check waits for the read model to catch up with the events.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 /// The timeline entry whose time marks the order as dispatched (the order service moves the
 /// order to `dispatched` when it handles this event).
 const DISPATCH_EVENT: &str = "jwl.payment.captured";
-/// Distinct dropoff points the orders cycle through.
-const DROPOFF_POINTS: u64 = 64;
 /// Statuses after which an order no longer changes through the saga.
 const TERMINAL_STATUSES: [&str; 4] = ["dispatched", "delivered", "rejected", "cancelled"];
+/// Below this settle timeout, orders without a courier (ended by the 60 s dispatch deadline)
+/// may not be seen to end.
+const NO_COURIER_SETTLE: Duration = Duration::from_secs(75);
+/// The outcome of an order whose end was not seen.
+const NOT_ENDED: &str = "not ended";
 
 /// The system under test: its base URL, a client, and the run's tokens.
 struct Api {
@@ -62,37 +77,21 @@ struct Api {
     customer_token: String,
 }
 
-/// Where the orders go from and to.
-struct Route {
-    pickup: GeoPoint,
-    /// Order `i` goes to `dropoffs[i % len]`.
-    dropoffs: Vec<GeoPoint>,
-}
-
-impl Route {
-    /// The body of order `index`: one unit of `sku`, from the pickup to a dropoff a few km away.
-    fn order_body(&self, sku: &str, index: u64) -> serde_json::Value {
-        let dropoff = self.dropoffs[(index % self.dropoffs.len() as u64) as usize];
-        json!({
-            "items": [{ "sku": sku, "qty": QTY_PER_ORDER, "unit_price_cents": UNIT_PRICE_CENTS }],
-            "pickup": self.pickup,
-            "dropoff": dropoff,
-            "payment_token": "tok_ok",
-        })
-    }
-}
-
 /// An order the system accepted.
 struct Accepted {
     order_id: String,
+    /// The id as the events carry it.
+    key: Option<OrderId>,
     /// When the POST was sent, since the start of the sending phase.
     sent_offset: Duration,
-    /// Wall-clock time the POST was sent (compared with the timeline's times).
+    /// Wall-clock time the POST was sent (compared with event times).
     sent_at: DateTime<Utc>,
-    last_status: String,
-    /// When the saga ended, since the start of the sending phase (once terminal).
+    /// How the saga ended (`dispatched`, `rejected`, `cancelled/<reason>`), or the last status
+    /// seen while polling.
+    outcome: String,
+    /// When the saga ended, since the start of the sending phase (once ended).
     ended_offset: Option<Duration>,
-    /// POST sent → dispatched (dispatched or delivered orders only).
+    /// POST sent → dispatched (dispatched orders only).
     end_to_end: Option<Duration>,
 }
 
@@ -114,7 +113,21 @@ enum PostOutcome {
 struct OrderView {
     status: String,
     #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
     timeline: Vec<TimelineEntry>,
+}
+
+impl OrderView {
+    /// The outcome as the bench names it: `dispatched` (also once delivered), `rejected`,
+    /// `cancelled/<reason>`, or the status.
+    fn outcome(&self) -> String {
+        match self.status.as_str() {
+            "delivered" => "dispatched".to_owned(),
+            "cancelled" => format!("cancelled/{}", self.reason.as_deref().unwrap_or("unknown")),
+            status => status.to_owned(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -129,18 +142,60 @@ struct CreatedBody {
     order_id: String,
 }
 
+/// The Postgres counters of the run, or why there are none.
+enum PgState {
+    Ready(PgCounters),
+    Skipped(String),
+    Failed(String),
+}
+
+/// What every step shares.
+struct Run {
+    api: Api,
+    keys: JwtKeys,
+    run_id: String,
+    token_ttl: Duration,
+    city: CityOptions,
+    processes: Result<SystemProcesses, String>,
+    postgres: PgState,
+    watcher: Option<Watcher>,
+    /// Why the ends are polled, when they are.
+    polling_reason: Option<String>,
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let keys = args.jwt.load_keys(&args.data_dir.data_dir)?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let schedule = ArrivalSchedule {
-        rate_per_second: args.rate,
-        limit: match args.orders {
-            Some(count) => SendLimit::Orders(count.get()),
-            None => SendLimit::Duration(args.duration),
-        },
+    let rates = if args.sweep.is_empty() {
+        vec![args.rate]
+    } else {
+        args.sweep.clone()
     };
-    let planned = schedule.planned_orders();
-    let token_ttl = args.duration + args.settle_timeout + Duration::from_secs(3600);
+    let city = CityOptions {
+        skus: args.skus.get(),
+        sku_skew: args.sku_skew,
+        couriers: args.couriers.map(|c| c.get()),
+        courier_updates_per_second: args.courier_updates_per_second,
+        mix: OutcomeMix {
+            decline: args.decline_ratio,
+            out_of_stock: args.out_of_stock_ratio,
+            no_courier: args.no_courier_ratio,
+        },
+        seed: args.seed,
+    };
+    // Refuse impossible mixes before touching the system.
+    city.mix
+        .split(1)
+        .map_err(|message| anyhow::anyhow!(message))?;
+    if args.no_courier_ratio > 0.0 && args.settle_timeout < NO_COURIER_SETTLE {
+        eprintln!(
+            "warning: orders without a courier end at the dispatch deadline (60 s by default); \
+             --settle-timeout {} may be too short to see them end",
+            humantime::format_duration(args.settle_timeout)
+        );
+    }
+    let per_step = args.duration + args.settle_timeout + 2 * args.pg_stats_wait;
+    let token_ttl = per_step * rates.len() as u32 + Duration::from_secs(3600);
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .pool_max_idle_per_host(args.concurrency.get())
@@ -161,24 +216,176 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .context("issuing the customer token")?,
     };
 
-    let sku = format!("bench-{run_id}");
-    eprintln!("preparing: stock for {planned} orders of {sku}, {planned} couriers…");
-    prepare(&api, &keys, &sku, &run_id, planned, token_ttl).await?;
-
-    eprintln!(
-        "sending {planned} orders at {}/s to {}…",
-        args.rate.get(),
-        api.base
-    );
-    let route = Route {
-        pickup: pickup()?,
-        dropoffs: (0..DROPOFF_POINTS).map(dropoff).collect::<Result<_, _>>()?,
+    let processes = SystemProcesses::resolve(&args.system_pids);
+    match &processes {
+        Ok(found) => eprintln!("CPU time counted for: {}", found.selection),
+        Err(reason) => eprintln!("CPU time will not be reported: {reason}"),
+    }
+    let postgres = match non_empty(args.database_url.as_deref()) {
+        None => PgState::Skipped("no database URL (--database-url / JWL_DATABASE_URL)".to_owned()),
+        Some(url) => match PgCounters::connect(url).await {
+            Ok(counters) => PgState::Ready(counters),
+            Err(error) => {
+                PgState::Failed(format!("Postgres at {}: {error:#}", redact_userinfo(url)))
+            }
+        },
     };
-    let sent = send_orders(&api, &sku, &route, schedule, args.concurrency.get()).await;
+    let (watcher, polling_reason) = match non_empty(args.nats_url.as_deref()) {
+        None => (
+            None,
+            Some("no NATS URL (--nats-url / JWL_NATS_URL)".to_owned()),
+        ),
+        Some(url) => match Watcher::start(url).await {
+            Ok(watcher) => (Some(watcher), None),
+            Err(error) => {
+                eprintln!("warning: cannot watch the events ({error:#}); polling every order");
+                (None, Some(format!("the NATS watcher failed: {error:#}")))
+            }
+        },
+    };
+    let mut run = Run {
+        api,
+        keys,
+        run_id,
+        token_ttl,
+        city,
+        processes,
+        postgres,
+        watcher,
+        polling_reason,
+    };
+
+    let mut steps = Vec::with_capacity(rates.len());
+    for (index, rate) in rates.iter().enumerate() {
+        let step = run_step(&mut run, &args, index, *rate).await?;
+        if rates.len() > 1 {
+            println!(
+                "=== step {} of {}: {}/s offered ===\n{}",
+                index + 1,
+                rates.len(),
+                rate,
+                step.render()
+            );
+        }
+        steps.push(step);
+    }
+    if let Some(watcher) = run.watcher.take() {
+        watcher.stop().await;
+    }
+    if let PgState::Ready(counters) = run.postgres {
+        counters.close().await;
+    }
+
+    eprintln!("measuring the baselines…");
+    let baselines = Baselines {
+        postgres_commits: postgres_baseline(
+            args.database_url.as_deref(),
+            &run.run_id,
+            args.baseline_duration,
+        )
+        .await,
+        jetstream_acked_publishes: jetstream_baseline(
+            args.nats_url.as_deref(),
+            &run.run_id,
+            args.baseline_duration,
+        )
+        .await,
+    };
+    for step in &mut steps {
+        step.ratios = Ratios::of(&step.ingest, &step.saga, &baselines);
+    }
+    if let Some(path) = &args.plot {
+        plot::draw(&steps, path).with_context(|| format!("plotting to {}", path.display()))?;
+    }
+    let json = if args.sweep.is_empty() {
+        let step = steps.pop().context("no step ran")?;
+        let report = BenchReport { step, baselines };
+        print!("{}", report.render());
+        if let Some(path) = &args.plot {
+            println!("\nPlot: {}", path.display());
+        }
+        serde_json::to_string_pretty(&report)
+    } else {
+        let report = SweepReport {
+            steps,
+            baselines,
+            plot: args.plot.as_ref().map(|p| p.display().to_string()),
+        };
+        print!("{}", report.render());
+        serde_json::to_string_pretty(&report)
+    };
+    if let Some(path) = &args.json {
+        let text = json.context("encoding the report")?;
+        std::fs::write(path, text)
+            .with_context(|| format!("writing the report to {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn non_empty(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// One bench at `rate` with fresh SKUs and couriers: plan, prepare, send while the couriers
+/// move, wait for the sagas to end, confirm a sample, and measure the cost of the window.
+async fn run_step(
+    run: &mut Run,
+    args: &BenchArgs,
+    index: usize,
+    rate: std::num::NonZeroU32,
+) -> anyhow::Result<StepReport> {
+    let schedule = ArrivalSchedule {
+        rate_per_second: rate,
+        limit: match args.orders {
+            Some(count) => SendLimit::Orders(count.get()),
+            None => SendLimit::Duration(args.duration),
+        },
+    };
+    let planned = schedule.planned_orders();
+    let prefix = format!("b{}-{index}-", run.run_id);
+    let plan = city::plan(&run.city, &prefix, index as u64, planned)?;
+    eprintln!(
+        "preparing: {} SKUs ({} out of stock) and {} couriers named {prefix}*…",
+        plan.stock.len(),
+        run.city.out_of_stock_skus(),
+        plan.couriers.len()
+    );
+    let fleet = city::prepare(&run.api, &run.keys, &plan, run.token_ttl).await?;
+    if let Some(watcher) = &run.watcher {
+        watcher.clear();
+    }
+
+    // The window opens: Postgres counters (once the preparation's statistics are flushed),
+    // then CPU time, then the first POST.
+    let pg_start = match &mut run.postgres {
+        PgState::Ready(counters) => {
+            wait_for_stats(args.pg_stats_wait, "before the window").await;
+            Some(counters.sample().await.map(|s| (s, counters.queries())))
+        }
+        _ => None,
+    };
+    let cpu_before = run
+        .processes
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(SystemProcesses::sample);
+    let stop_moving = CancellationToken::new();
+    let movement = city::start_moving(
+        run.api.client.clone(),
+        run.api.base.clone(),
+        fleet,
+        plan.updates_per_second,
+        run.city.seed.wrapping_add(index as u64),
+        stop_moving.clone(),
+    );
+    eprintln!(
+        "sending {planned} orders at {rate}/s to {}, {:.1} courier updates/s…",
+        run.api.base, plan.updates_per_second
+    );
+    let sent = send_orders(&run.api, &plan, schedule, args.concurrency.get()).await;
     let mut post_latencies = Vec::new();
     let mut accepted = Vec::new();
     let mut errors_by_status: BTreeMap<String, u64> = BTreeMap::new();
-    let sending = sent.length;
     for (latency, outcome) in sent.outcomes {
         post_latencies.push(latency);
         match outcome {
@@ -192,99 +399,147 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         accepted: accepted_count,
         errors: errors_by_status.values().sum(),
         errors_by_status,
-        sending_seconds: sending.as_secs_f64(),
-        accepted_per_second: per_second(accepted_count, sending),
+        sending_seconds: sent.length.as_secs_f64(),
+        accepted_per_second: per_second(accepted_count, sent.length),
         post_latency: LatencySummary::of(post_latencies),
     };
 
     eprintln!("waiting for {accepted_count} sagas to end…");
     let settle_started = Instant::now();
-    settle(&api, &mut accepted, sent.started, args.settle_timeout).await;
-    let saga = saga_report(&accepted, settle_started.elapsed());
+    let observed_by = match &run.watcher {
+        Some(watcher) => {
+            settle_by_events(watcher, &mut accepted, sent.started, args.settle_timeout).await;
+            "NATS: core subscriptions on the events that end a saga".to_owned()
+        }
+        None => {
+            settle_by_polling(&run.api, &mut accepted, sent.started, args.settle_timeout).await;
+            format!(
+                "polling GET /v1/orders/{{id}} every {} ms ({})",
+                POLL_INTERVAL.as_millis(),
+                run.polling_reason.as_deref().unwrap_or("no NATS")
+            )
+        }
+    };
+    let settle_time = settle_started.elapsed();
+    // The window closes.
+    let cpu_after = run
+        .processes
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(SystemProcesses::sample);
+    let pg_end = match &mut run.postgres {
+        PgState::Ready(counters) => Some(counters.sample().await),
+        _ => None,
+    };
+    stop_moving.cancel();
+    let movement = movement.await.unwrap_or_default();
 
-    eprintln!("measuring the baselines…");
-    let baselines = Baselines {
-        postgres_commits: postgres_baseline(
-            args.database_url.as_deref(),
-            &run_id,
-            args.baseline_duration,
-        )
-        .await,
-        jetstream_acked_publishes: jetstream_baseline(
-            args.nats_url.as_deref(),
-            &run_id,
-            args.baseline_duration,
-        )
-        .await,
-    };
-    let ratios = Ratios::of(&ingest, &saga, &baselines);
-    let report = BenchReport {
-        setup: BenchSetup {
-            url: api.base,
-            rate_per_second: args.rate.get(),
-            planned_orders: planned,
-            concurrency: args.concurrency.get(),
-            couriers: planned,
-            sku,
+    eprintln!("checking a sample of outcomes through the API…");
+    let confirmation = confirm(&run.api, &accepted).await;
+    let saga = saga_report(&accepted, settle_time, observed_by, confirmation);
+    let sagas = saga.terminal;
+
+    let cpu = match (&run.processes, cpu_before, cpu_after) {
+        (Ok(processes), Ok(before), Ok(after)) => cpu_cost(
+            &before,
+            &after,
+            processes.ticks_per_second,
+            sagas,
+            processes.selection.clone(),
+        ),
+        (_, Err(reason), _) | (_, _, Err(reason)) => CpuCost::Unavailable { reason },
+        (Err(reason), _, _) => CpuCost::Unavailable {
+            reason: reason.clone(),
         },
-        ingest,
-        saga,
-        baselines,
-        ratios,
     };
-    print!("{}", report.render());
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
-        std::fs::write(path, text)
-            .with_context(|| format!("writing the report to {}", path.display()))?;
-    }
-    Ok(())
+    let postgres = match &mut run.postgres {
+        PgState::Skipped(reason) => PgCost::Skipped {
+            reason: reason.clone(),
+        },
+        PgState::Failed(error) => PgCost::Failed {
+            error: error.clone(),
+        },
+        PgState::Ready(counters) => {
+            wait_for_stats(args.pg_stats_wait, "after the window").await;
+            let flushed = counters.sample().await;
+            let queries_before_flushed = counters.queries() - 1;
+            match (pg_start, pg_end, flushed) {
+                (Some(Ok((start, queries_at_start))), Some(Ok(end)), Ok(flushed)) => PgWindow {
+                    start,
+                    queries_at_start,
+                    end,
+                    flushed,
+                    queries_before_flushed,
+                    stats_wait: args.pg_stats_wait,
+                }
+                .cost(sagas, counters.statements_unavailable()),
+                (Some(Err(error)), _, _) | (_, Some(Err(error)), _) | (_, _, Err(error)) => {
+                    PgCost::Failed {
+                        error: format!("{error:#}"),
+                    }
+                }
+                _ => PgCost::Failed {
+                    error: "a sample of the counters is missing".to_owned(),
+                },
+            }
+        }
+    };
+    let courier_updates = CourierUpdatesReport {
+        couriers: plan.couriers.len() as u64,
+        target_per_second: plan.updates_per_second,
+        sent: movement.sent,
+        ok: movement.ok,
+        failed: movement.failed,
+        seconds: movement.length.as_secs_f64(),
+        achieved_per_second: per_second(movement.ok, movement.length),
+        latency: LatencySummary::of(movement.latencies),
+    };
+    Ok(StepReport {
+        setup: setup_of(run, args, rate, &plan),
+        ingest,
+        cost: CostReport {
+            sagas,
+            window_seconds: saga.window_seconds,
+            cpu,
+            postgres,
+            courier_updates_in_window: movement.sent,
+        },
+        saga,
+        courier_updates,
+        ratios: Ratios {
+            sagas_per_postgres_commit: None,
+            ingest_per_postgres_commit: None,
+            sagas_per_jetstream_publish: None,
+            ingest_per_jetstream_publish: None,
+        },
+    })
 }
 
-/// Stock for every order, and one courier per order (each has capacity for one waybill by
-/// default) spread around the pickup.
-async fn prepare(
-    api: &Api,
-    keys: &JwtKeys,
-    sku: &str,
-    run_id: &str,
-    planned: u64,
-    token_ttl: Duration,
-) -> anyhow::Result<()> {
-    let on_hand = planned * u64::from(QTY_PER_ORDER);
-    let base = &api.base;
-    let response = api
-        .client
-        .put(format!("{base}/v1/stock/{sku}"))
-        .bearer_auth(&api.admin_token)
-        .json(&json!({ "on_hand": on_hand }))
-        .send()
-        .await
-        .with_context(|| format!("PUT {base}/v1/stock/{sku} (is the system running?)"))?;
-    expect_success(response, "setting the stock").await?;
-
-    let mut registrations = futures::stream::iter(0..planned)
-        .map(|index| async move {
-            let courier_id = format!("bench-{run_id}-c{index}");
-            let token = keys
-                .issue(&courier_id, &[Scope::CouriersWrite], token_ttl)
-                .context("issuing a courier token")?;
-            let position = courier_position(index, planned)?;
-            let response = api
-                .client
-                .put(format!("{base}/v1/couriers/{courier_id}/location"))
-                .bearer_auth(token)
-                .json(&position)
-                .send()
-                .await
-                .with_context(|| format!("PUT /v1/couriers/{courier_id}/location"))?;
-            expect_success(response, "registering a courier").await
-        })
-        .buffer_unordered(SETUP_CONCURRENCY);
-    while let Some(registered) = registrations.next().await {
-        registered?;
+fn setup_of(run: &Run, args: &BenchArgs, rate: std::num::NonZeroU32, plan: &Plan) -> BenchSetup {
+    BenchSetup {
+        url: run.api.base.clone(),
+        rate_per_second: rate.get(),
+        planned_orders: plan.orders.len() as u64,
+        planned_outcomes: plan.outcomes,
+        concurrency: args.concurrency.get(),
+        skus: run.city.skus,
+        sku_skew: run.city.sku_skew,
+        out_of_stock_skus: run.city.out_of_stock_skus(),
+        couriers: plan.couriers.len() as u64,
+        city_diameter_km: 2.0 * CITY_RADIUS_KM,
+        seed: run.city.seed,
+        prefix: plan.prefix.clone(),
     }
-    Ok(())
+}
+
+async fn wait_for_stats(wait: Duration, when: &str) {
+    if !wait.is_zero() {
+        eprintln!(
+            "waiting {} {when} for PostgreSQL's statistics to be flushed…",
+            humantime::format_duration(wait)
+        );
+        tokio::time::sleep(wait).await;
+    }
 }
 
 /// An error with the status and body unless `response` is a success.
@@ -297,12 +552,11 @@ async fn expect_success(response: reqwest::Response, what: &str) -> anyhow::Resu
     bail!("{what}: {status} {body}")
 }
 
-/// Sends the scheduled orders (at most `concurrency` in flight) and returns each POST's latency
-/// and outcome, with when and for how long (first send → last answer) it sent.
+/// Sends the plan's orders on the schedule (at most `concurrency` in flight) and returns each
+/// POST's latency and outcome, with when and for how long (first send → last answer) it sent.
 async fn send_orders(
     api: &Api,
-    sku: &str,
-    route: &Route,
+    plan: &Plan,
     schedule: ArrivalSchedule,
     concurrency: usize,
 ) -> Sent {
@@ -313,6 +567,9 @@ async fn send_orders(
     let started = Instant::now();
     let mut index = 0;
     while let Some(due) = schedule.due(index) {
+        let Some(body) = plan.orders.get(index as usize) else {
+            break;
+        };
         tokio::time::sleep_until(started + due).await;
         // Collect what already finished, so memory stays flat on long runs.
         while let Some(joined) = requests.try_join_next() {
@@ -321,12 +578,11 @@ async fn send_orders(
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             break;
         };
-        let body = route.order_body(sku, index);
         let request = api
             .client
             .post(&url)
             .bearer_auth(&api.customer_token)
-            .json(&body);
+            .json(body);
         requests.spawn(async move {
             let sent_offset = started.elapsed();
             let sent_at = Utc::now();
@@ -379,10 +635,11 @@ async fn classify(
     }
     match response.json::<CreatedBody>().await {
         Ok(body) => PostOutcome::Accepted(Accepted {
+            key: OrderId::parse(&body.order_id).ok(),
             order_id: body.order_id,
             sent_offset,
             sent_at,
-            last_status: "pending".to_owned(),
+            outcome: "pending".to_owned(),
             ended_offset: None,
             end_to_end: None,
         }),
@@ -401,8 +658,60 @@ fn transport_error(error: &reqwest::Error) -> String {
     }
 }
 
+/// Waits until the watcher has seen every order's saga end, or `timeout` passes.
+async fn settle_by_events(
+    watcher: &Watcher,
+    orders: &mut [Accepted],
+    sending_started: Instant,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let scanned = Instant::now();
+        let mut pending = 0;
+        for order in orders.iter_mut().filter(|o| o.ended_offset.is_none()) {
+            let Some(ended) = order.key.as_ref().and_then(|key| watcher.ended(key)) else {
+                pending += 1;
+                continue;
+            };
+            order.ended_offset = Some(
+                ended
+                    .last
+                    .arrived
+                    .saturating_duration_since(sending_started),
+            );
+            if let Some(captured) = ended.captured {
+                // The capture event's time, when the server's clock puts it after the send;
+                // otherwise when it arrived here.
+                let latency = (captured.time - order.sent_at)
+                    .to_std()
+                    .unwrap_or_else(|_| {
+                        captured
+                            .arrived
+                            .saturating_duration_since(sending_started + order.sent_offset)
+                    });
+                order.end_to_end = Some(latency);
+            }
+            order.outcome = ended.outcome;
+        }
+        if pending == 0 || Instant::now() >= deadline {
+            return;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        watcher
+            .changed(remaining.min(Duration::from_millis(100)))
+            .await;
+        tokio::time::sleep_until((scanned + SCAN_INTERVAL).min(deadline)).await;
+    }
+}
+
 /// Polls the orders not yet terminal until all are, or `timeout` passes.
-async fn settle(api: &Api, orders: &mut [Accepted], sending_started: Instant, timeout: Duration) {
+async fn settle_by_polling(
+    api: &Api,
+    orders: &mut [Accepted],
+    sending_started: Instant,
+    timeout: Duration,
+) {
     let deadline = Instant::now() + timeout;
     loop {
         let pending: Vec<&mut Accepted> = orders
@@ -426,29 +735,34 @@ async fn settle(api: &Api, orders: &mut [Accepted], sending_started: Instant, ti
     }
 }
 
-/// One `GET /v1/orders/{id}`; records the status and, once terminal, when the saga ended. A
-/// failed poll leaves the order pending (it is tried again next round).
-async fn poll_once(api: &Api, order: &mut Accepted, sending_started: Instant) {
+/// `GET /v1/orders/{id}`, if it answers.
+async fn get_order(api: &Api, order_id: &str) -> Option<OrderView> {
     let response = api
         .client
-        .get(format!("{}/v1/orders/{}", api.base, order.order_id))
+        .get(format!("{}/v1/orders/{order_id}", api.base))
         .bearer_auth(&api.customer_token)
         .send()
-        .await;
-    let Ok(response) = response else { return };
+        .await
+        .ok()?;
     if !response.status().is_success() {
-        return;
+        return None;
     }
-    let Ok(view) = response.json::<OrderView>().await else {
+    response.json::<OrderView>().await.ok()
+}
+
+/// One poll; records the outcome and, once terminal, when the saga ended. A failed poll leaves
+/// the order pending (it is tried again next round).
+async fn poll_once(api: &Api, order: &mut Accepted, sending_started: Instant) {
+    let Some(view) = get_order(api, &order.order_id).await else {
         return;
     };
     let seen_offset = sending_started.elapsed();
-    order.last_status = view.status;
-    if !TERMINAL_STATUSES.contains(&order.last_status.as_str()) {
+    order.outcome = view.outcome();
+    if !TERMINAL_STATUSES.contains(&view.status.as_str()) {
         return;
     }
     order.ended_offset = Some(seen_offset);
-    if !matches!(order.last_status.as_str(), "dispatched" | "delivered") {
+    if order.outcome != "dispatched" {
         return;
     }
     // The dispatch event's time, when the server's clock puts it after the send; otherwise
@@ -464,10 +778,73 @@ async fn poll_once(api: &Api, order: &mut Accepted, sending_started: Instant) {
     order.ended_offset = Some(order.sent_offset + latency);
 }
 
-fn saga_report(orders: &[Accepted], settle_time: Duration) -> SagaReport {
+/// Checks the outcome of up to [`CONFIRM_SAMPLE`] orders (spread over the step) through
+/// `GET /v1/orders/{id}`, giving the read model [`CONFIRM_TIMEOUT`] to catch up.
+async fn confirm(api: &Api, orders: &[Accepted]) -> Confirmation {
+    let stride = orders.len().div_ceil(CONFIRM_SAMPLE).max(1);
+    let sample: Vec<&Accepted> = orders.iter().step_by(stride).collect();
+    let deadline = Instant::now() + CONFIRM_TIMEOUT;
+    let mut answers: Vec<Option<String>> = vec![None; sample.len()];
+    loop {
+        for (order, answer) in sample.iter().zip(answers.iter_mut()) {
+            if answer.as_deref() == Some(expected_outcome(order)) {
+                continue;
+            }
+            if let Some(view) = get_order(api, &order.order_id).await {
+                *answer = Some(view.outcome());
+            }
+        }
+        let all_agree = sample
+            .iter()
+            .zip(&answers)
+            .all(|(order, answer)| answer.as_deref() == Some(expected_outcome(order)));
+        if all_agree || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut confirmation = Confirmation {
+        checked: sample.len() as u64,
+        ..Confirmation::default()
+    };
+    for (order, answer) in sample.iter().zip(&answers) {
+        let expected = expected_outcome(order);
+        if answer.as_deref() == Some(expected) {
+            confirmation.agreed += 1;
+        } else if confirmation.disagreements.len() < 10 {
+            confirmation.disagreements.push(format!(
+                "{}: observed {expected}, the API says {}",
+                order.order_id,
+                answer.as_deref().unwrap_or("nothing (no answer)")
+            ));
+        }
+    }
+    confirmation
+}
+
+/// What the API should say of an order: its observed outcome, `not ended` if none was seen.
+fn expected_outcome(order: &Accepted) -> &str {
+    if order.ended_offset.is_some() {
+        &order.outcome
+    } else {
+        NOT_ENDED
+    }
+}
+
+fn saga_report(
+    orders: &[Accepted],
+    settle_time: Duration,
+    observed_by: String,
+    confirmation: Confirmation,
+) -> SagaReport {
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     for order in orders {
-        *outcomes.entry(order.last_status.clone()).or_default() += 1;
+        let outcome = if order.ended_offset.is_some() {
+            order.outcome.clone()
+        } else {
+            format!("{NOT_ENDED} ({})", order.outcome)
+        };
+        *outcomes.entry(outcome).or_default() += 1;
     }
     let terminal = orders
         .iter()
@@ -487,11 +864,14 @@ fn saga_report(orders: &[Accepted], settle_time: Duration) -> SagaReport {
             orders.iter().filter_map(|order| order.end_to_end).collect(),
         ),
         dispatch_time_source: format!(
-            "the time of the order's `{DISPATCH_EVENT}` timeline entry, the event that makes it \
-             dispatched (else when a poll first saw it dispatched)"
+            "the CloudEvents time of the order's `{DISPATCH_EVENT}` event, which makes it \
+             dispatched (else when it was seen)"
         ),
+        observed_by,
         completed_per_second: per_second(terminal, window),
+        window_seconds: window.as_secs_f64(),
         settle_seconds: settle_time.as_secs_f64(),
+        confirmation,
     }
 }
 

@@ -1,0 +1,299 @@
+//! How `jwl bench` sees sagas end: core NATS subscriptions on the events that end a saga
+//! (`jwl.evt.*.payment.captured`, `…payment.declined`, `…payment.voided`, and the failures and
+//! compensations before a void), JetStream-published messages being delivered to core
+//! subscribers too, so no order is polled. [`SagaEvents::ended`] decides from an order's events
+//! whether and how its saga ended.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use jwl_events::{EventType, OrderId, parse_subject, type_filter};
+use serde::Deserialize;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::commands::redact_userinfo;
+
+/// Bound on connecting to NATS.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Messages buffered per subscription before the client drops them (slow consumer).
+const SUBSCRIPTION_CAPACITY: usize = 1 << 17;
+
+/// The event types the watcher subscribes to.
+const WATCHED: [EventType; 7] = [
+    EventType::PaymentCaptured,
+    EventType::PaymentDeclined,
+    EventType::PaymentVoided,
+    EventType::InventoryRejected,
+    EventType::DispatchFailed,
+    EventType::InventoryReleased,
+    EventType::WaybillCancelled,
+];
+
+/// When one event happened (its CloudEvents `time`) and when the bench received it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Seen {
+    pub time: DateTime<Utc>,
+    pub arrived: Instant,
+}
+
+/// The ending events of one order seen so far.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SagaEvents {
+    captured: Option<Seen>,
+    declined: Option<Seen>,
+    voided: Option<Seen>,
+    inventory_rejected: Option<Seen>,
+    dispatch_failed: Option<(Seen, String)>,
+    released: Option<Seen>,
+    waybill_cancelled: Option<Seen>,
+}
+
+/// How and when a saga ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ended {
+    /// `dispatched`, `rejected`, `cancelled/out_of_stock`, `cancelled/<dispatch failure>`.
+    pub outcome: String,
+    /// The last event of the saga.
+    pub last: Seen,
+    /// The `payment.captured` event of a dispatched order.
+    pub captured: Option<Seen>,
+}
+
+fn latest(events: &[Option<Seen>]) -> Option<Seen> {
+    let mut last: Option<Seen> = None;
+    for seen in events {
+        let seen = (*seen)?;
+        if last.is_none_or(|l| seen.arrived > l.arrived) {
+            last = Some(seen);
+        }
+    }
+    last
+}
+
+impl SagaEvents {
+    /// Records one event (`reason` is the `dispatch.failed` payload's).
+    pub fn record(&mut self, event_type: EventType, seen: Seen, reason: Option<String>) {
+        let slot = match event_type {
+            EventType::PaymentCaptured => &mut self.captured,
+            EventType::PaymentDeclined => &mut self.declined,
+            EventType::PaymentVoided => &mut self.voided,
+            EventType::InventoryRejected => &mut self.inventory_rejected,
+            EventType::InventoryReleased => &mut self.released,
+            EventType::WaybillCancelled => &mut self.waybill_cancelled,
+            EventType::DispatchFailed => {
+                self.dispatch_failed
+                    .get_or_insert((seen, reason.unwrap_or_else(|| "unknown".to_owned())));
+                return;
+            }
+            _ => return,
+        };
+        slot.get_or_insert(seen);
+    }
+
+    /// Whether the saga has ended: captured (dispatched); declined (rejected); out of stock
+    /// once the payment is voided; a dispatch failure once the payment is voided, the stock
+    /// released and the waybill cancelled.
+    pub fn ended(&self) -> Option<Ended> {
+        if let Some(captured) = self.captured {
+            return Some(Ended {
+                outcome: "dispatched".to_owned(),
+                last: captured,
+                captured: Some(captured),
+            });
+        }
+        if let Some(declined) = self.declined {
+            return Some(Ended {
+                outcome: "rejected".to_owned(),
+                last: declined,
+                captured: None,
+            });
+        }
+        if self.inventory_rejected.is_some() {
+            let last = latest(&[self.inventory_rejected, self.voided])?;
+            return Some(Ended {
+                outcome: "cancelled/out_of_stock".to_owned(),
+                last,
+                captured: None,
+            });
+        }
+        if let Some((failed, reason)) = &self.dispatch_failed {
+            let last = latest(&[
+                Some(*failed),
+                self.voided,
+                self.released,
+                self.waybill_cancelled,
+            ])?;
+            return Some(Ended {
+                outcome: format!("cancelled/{reason}"),
+                last,
+                captured: None,
+            });
+        }
+        None
+    }
+}
+
+/// The part of the `dispatch.failed` payload the watcher reads.
+#[derive(Deserialize)]
+struct FailurePayload {
+    reason: String,
+}
+
+/// The subscriptions and what they have seen, by order id.
+pub struct Watcher {
+    seen: Arc<Mutex<HashMap<OrderId, SagaEvents>>>,
+    changed: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+    client: async_nats::Client,
+}
+
+impl Watcher {
+    /// Connects and subscribes; every event published after this returns is seen.
+    pub async fn start(url: &str) -> anyhow::Result<Self> {
+        let client = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            async_nats::ConnectOptions::new()
+                .name("jwl-bench-watcher")
+                .subscription_capacity(SUBSCRIPTION_CAPACITY)
+                .connect(url),
+        )
+        .await
+        .context("timed out connecting")?
+        .with_context(|| format!("connecting to NATS at {}", redact_userinfo(url)))?;
+        let mut subscriptions = Vec::with_capacity(WATCHED.len());
+        for event_type in WATCHED {
+            let subject = type_filter(event_type);
+            subscriptions.push(
+                client
+                    .subscribe(subject.clone())
+                    .await
+                    .with_context(|| format!("subscribing to {subject}"))?,
+            );
+        }
+        // The server has registered the subscriptions once it answered the flush.
+        client.flush().await.context("flushing the subscriptions")?;
+        let seen: Arc<Mutex<HashMap<OrderId, SagaEvents>>> = Arc::default();
+        let changed = Arc::new(Notify::new());
+        let mut messages = futures::stream::select_all(subscriptions);
+        let task = tokio::spawn({
+            let seen = seen.clone();
+            let changed = changed.clone();
+            async move {
+                while let Some(message) = messages.next().await {
+                    let arrived = Instant::now();
+                    let Some((order_id, event_type)) = parse_subject(message.subject.as_str())
+                    else {
+                        continue;
+                    };
+                    let time = message
+                        .headers
+                        .as_ref()
+                        .and_then(|headers| headers.get("ce-time"))
+                        .and_then(|value| DateTime::parse_from_rfc3339(value.as_str()).ok())
+                        .map_or_else(Utc::now, |time| time.with_timezone(&Utc));
+                    let reason = (event_type == EventType::DispatchFailed)
+                        .then(|| serde_json::from_slice::<FailurePayload>(&message.payload).ok())
+                        .flatten()
+                        .map(|payload| payload.reason);
+                    if let Ok(mut seen) = seen.lock() {
+                        seen.entry(order_id).or_default().record(
+                            event_type,
+                            Seen { time, arrived },
+                            reason,
+                        );
+                    }
+                    changed.notify_one();
+                }
+            }
+        });
+        Ok(Self {
+            seen,
+            changed,
+            task,
+            client,
+        })
+    }
+
+    /// How `order_id`'s saga ended, if it has.
+    pub fn ended(&self, order_id: &OrderId) -> Option<Ended> {
+        self.seen
+            .lock()
+            .ok()?
+            .get(order_id)
+            .and_then(SagaEvents::ended)
+    }
+
+    /// Forgets the orders of earlier steps.
+    pub fn clear(&self) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.clear();
+        }
+    }
+
+    /// Waits until something new was seen, at most `timeout`.
+    pub async fn changed(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.changed.notified()).await;
+    }
+
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.client.flush().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(base: Instant, ms: u64) -> Seen {
+        Seen {
+            time: DateTime::from_timestamp_millis(1_800_000_000_000 + ms as i64).unwrap(),
+            arrived: base + Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn a_saga_ends_at_its_capture_decline_or_last_compensation() {
+        let base = Instant::now();
+        let mut dispatched = SagaEvents::default();
+        assert_eq!(dispatched.ended(), None);
+        dispatched.record(EventType::PaymentCaptured, seen(base, 40), None);
+        let ended = dispatched.ended().unwrap();
+        assert_eq!(ended.outcome, "dispatched");
+        assert_eq!(ended.captured, Some(seen(base, 40)));
+
+        let mut rejected = SagaEvents::default();
+        rejected.record(EventType::PaymentDeclined, seen(base, 5), None);
+        assert_eq!(rejected.ended().unwrap().outcome, "rejected");
+
+        let mut out_of_stock = SagaEvents::default();
+        out_of_stock.record(EventType::InventoryRejected, seen(base, 10), None);
+        assert_eq!(out_of_stock.ended(), None, "not before the void");
+        out_of_stock.record(EventType::PaymentVoided, seen(base, 15), None);
+        let ended = out_of_stock.ended().unwrap();
+        assert_eq!(ended.outcome, "cancelled/out_of_stock");
+        assert_eq!(ended.last, seen(base, 15));
+
+        let mut no_courier = SagaEvents::default();
+        no_courier.record(
+            EventType::DispatchFailed,
+            seen(base, 60_000),
+            Some("no_courier".to_owned()),
+        );
+        no_courier.record(EventType::PaymentVoided, seen(base, 60_020), None);
+        no_courier.record(EventType::WaybillCancelled, seen(base, 60_010), None);
+        assert_eq!(no_courier.ended(), None, "stock not released yet");
+        no_courier.record(EventType::InventoryReleased, seen(base, 60_030), None);
+        let ended = no_courier.ended().unwrap();
+        assert_eq!(ended.outcome, "cancelled/no_courier");
+        assert_eq!(ended.last, seen(base, 60_030));
+        // A redelivered event keeps the first sighting.
+        no_courier.record(EventType::InventoryReleased, seen(base, 61_000), None);
+        assert_eq!(no_courier.ended().unwrap().last, seen(base, 60_030));
+    }
+}
