@@ -30,6 +30,10 @@ pub struct MessagingSettings {
 
     /// Most messages handled in one consumer transaction.
     pub consumer_batch_size: usize,
+    /// Batches one consumer loop handles at once, each in its own transaction. Messages are
+    /// split between them by order id, so one order's messages are still handled one after the
+    /// other, in stream order.
+    pub consumer_workers: usize,
     /// Unacknowledged messages the broker lets one durable consumer have at once.
     pub max_ack_pending: u32,
     /// How long the broker waits for an ack before redelivering.
@@ -84,6 +88,7 @@ impl Default for MessagingSettings {
             dlq_log_max_age: 90 * DAY,
             duplicate_window: Duration::from_secs(120),
             consumer_batch_size: 64,
+            consumer_workers: 4,
             max_ack_pending: 1024,
             ack_wait: Duration::from_secs(30),
             max_attempts: 8,
@@ -118,6 +123,9 @@ impl MessagingSettings {
         }
         if self.consumer_batch_size == 0 || self.relay_batch_size == 0 {
             return fail("batch sizes must be at least 1");
+        }
+        if self.consumer_workers == 0 {
+            return fail("consumer_workers must be at least 1");
         }
         if self.max_ack_pending == 0 {
             return fail("max_ack_pending must be at least 1");

@@ -24,6 +24,8 @@ use crate::relay::RelaySignal;
 use crate::settings::MessagingSettings;
 use crate::stall;
 use crate::transport::{Broker, ConsumerSpec, Deliveries, Delivery, TransportError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::mpsc;
 use batch::BatchResult;
 
 /// What a consumer loop reads.
@@ -171,48 +173,114 @@ impl ConsumerLoop {
         }
     }
 
-    /// Reads batches until shutdown or an interruption.
-    ///
-    /// After a batch whose transaction the database refused (e.g. at commit), the next that many
-    /// messages are handled one per transaction, so the one at fault fails alone and the others
-    /// are not pushed towards `max_attempts` with it.
+    /// Reads deliveries until shutdown or an interruption, and hands them to
+    /// `consumer_workers` workers by order id ([`order_key`]): each worker handles its messages
+    /// in batches, one transaction at a time, so one order's messages stay in stream order while
+    /// different orders' batches are handled at once.
     async fn consume(
         &self,
         mut deliveries: Deliveries,
         shutdown: &CancellationToken,
         backoff: &mut ExponentialBackoff,
     ) -> Interrupted {
-        let mut handle_alone = 0usize;
-        loop {
-            let first = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => {
-                    self.nak_prefetched(&mut deliveries, Duration::ZERO).await;
-                    return Interrupted::Shutdown;
+        let workers = self.settings.consumer_workers.max(1);
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| mpsc::channel::<Box<dyn Delivery>>(self.settings.consumer_batch_size))
+            .unzip();
+        // cancelled by a worker that finds the database down: the others stop too
+        let database_down = CancellationToken::new();
+        let committed = AtomicBool::new(false);
+        let distribute = async {
+            let interrupted = loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break Interrupted::Shutdown,
+                    _ = database_down.cancelled() => break Interrupted::Database,
+                    next = deliveries.next() => next,
+                };
+                let delivery = match next {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(error)) => break Interrupted::Broker(error),
+                    None => break Interrupted::Broker(subscription_ended()),
+                };
+                let worker = worker_of(order_key(self.source, delivery.subject()), workers);
+                tokio::select! {
+                    biased;
+                    _ = database_down.cancelled() => {
+                        self.nak(delivery.as_ref(), self.settings.batch_failure_nak_delay).await;
+                        break Interrupted::Database;
+                    }
+                    permit = senders[worker].reserve() => match permit {
+                        Ok(permit) => permit.send(delivery),
+                        // the worker is gone (cannot happen while this loop holds the sender)
+                        Err(_closed) => self.nak(delivery.as_ref(), Duration::ZERO).await,
+                    }
                 }
-                next = deliveries.next() => next,
             };
-            let first = match first {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => return Interrupted::Broker(error),
-                None => return Interrupted::Broker(subscription_ended()),
-            };
+            // the workers finish what they were given (or nak it), then see the channel close
+            drop(senders);
+            interrupted
+        };
+        let work = futures::future::join_all(
+            receivers
+                .into_iter()
+                .map(|receiver| self.work(receiver, &database_down, &committed)),
+        );
+        let (interrupted, _) = tokio::join!(distribute, work);
+        if committed.load(Ordering::Relaxed) {
+            *backoff = reconnect_backoff();
+        }
+        let delay = match interrupted {
+            Interrupted::Database => self.settings.batch_failure_nak_delay,
+            _ => Duration::ZERO,
+        };
+        self.nak_prefetched(&mut deliveries, delay).await;
+        interrupted
+    }
+
+    /// One worker: batches of what is ready in `receiver`, one transaction at a time, until the
+    /// channel closes. After a batch whose transaction the database refused (e.g. at commit), the
+    /// next that many messages are handled one per transaction, so the one at fault fails alone
+    /// and the others are not pushed towards `max_attempts` with it. Once the database is down
+    /// (here or in another worker), what is left is nak'ed for later.
+    async fn work(
+        &self,
+        mut receiver: mpsc::Receiver<Box<dyn Delivery>>,
+        database_down: &CancellationToken,
+        committed: &AtomicBool,
+    ) {
+        let mut handle_alone = 0usize;
+        while let Some(first) = receiver.recv().await {
+            if database_down.is_cancelled() {
+                let delay = self.settings.batch_failure_nak_delay;
+                self.nak(first.as_ref(), delay).await;
+                while let Ok(delivery) = receiver.try_recv() {
+                    self.nak(delivery.as_ref(), delay).await;
+                }
+                continue;
+            }
             let limit = if handle_alone > 0 {
                 1
             } else {
                 self.settings.consumer_batch_size
             };
-            let (batch, broken) = self.take_ready(first, &mut deliveries, limit);
+            let mut batch = Vec::with_capacity(limit);
+            batch.push(first);
+            while batch.len() < limit {
+                match receiver.try_recv() {
+                    Ok(delivery) => batch.push(delivery),
+                    Err(_empty_or_closed) => break,
+                }
+            }
             let size = batch.len();
             match self.handle_batch(batch).await {
-                BatchResult::Committed => handle_alone = handle_alone.saturating_sub(size),
+                BatchResult::Committed => {
+                    handle_alone = handle_alone.saturating_sub(size);
+                    committed.store(true, Ordering::Relaxed);
+                }
                 BatchResult::Failed {
                     database_down: true,
-                } => {
-                    let delay = self.settings.batch_failure_nak_delay;
-                    self.nak_prefetched(&mut deliveries, delay).await;
-                    return Interrupted::Database;
-                }
+                } => database_down.cancel(),
                 BatchResult::Failed {
                     database_down: false,
                 } if size > 1 => handle_alone = size,
@@ -220,32 +288,7 @@ impl ConsumerLoop {
                     database_down: false,
                 } => handle_alone = handle_alone.saturating_sub(1),
             }
-            *backoff = reconnect_backoff();
-            if let Some(error) = broken {
-                return Interrupted::Broker(error);
-            }
         }
-    }
-
-    /// `first`, plus whatever else is ready right now, up to `limit`. Also returns the error if
-    /// the subscription broke while taking.
-    fn take_ready(
-        &self,
-        first: Box<dyn Delivery>,
-        deliveries: &mut Deliveries,
-        limit: usize,
-    ) -> (Vec<Box<dyn Delivery>>, Option<TransportError>) {
-        let mut batch = Vec::with_capacity(limit);
-        batch.push(first);
-        while batch.len() < limit {
-            match deliveries.next().now_or_never() {
-                Some(Some(Ok(delivery))) => batch.push(delivery),
-                Some(Some(Err(error))) => return (batch, Some(error)),
-                Some(None) => return (batch, Some(subscription_ended())),
-                None => break,
-            }
-        }
-        (batch, None)
     }
 
     /// Hands back messages already received but not handled (redelivered after `delay`), so
@@ -286,6 +329,23 @@ impl ConsumerLoop {
 
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
+/// The part of a subject that names the order: `jwl.evt.<order>.…` or `jwl.replay.<service>.<order>.…`
+/// (the whole subject if it is of neither shape).
+fn order_key(source: ConsumerSource, subject: &str) -> &str {
+    let token = match source {
+        ConsumerSource::Events => 2,
+        ConsumerSource::Replay => 3,
+    };
+    subject.split('.').nth(token).unwrap_or(subject)
+}
+
+/// Which of `workers` handles the messages of `key` (stable for the life of the process).
+fn worker_of(key: &str, workers: usize) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+    (hash % workers as u64) as usize
+}
+
 /// How often a consumer's backlog is read from the broker for its gauges.
 const BACKLOG_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -306,5 +366,30 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(delay) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_order_always_goes_to_the_same_worker() {
+        let order = "01a2378a-de41-7701-8d03-b7e6933b6820";
+        let created = format!("jwl.evt.{order}.order.created");
+        let captured = format!("jwl.evt.{order}.payment.captured");
+        let replayed = format!("jwl.replay.payment.{order}.order.created");
+        assert_eq!(order_key(ConsumerSource::Events, &created), order);
+        assert_eq!(order_key(ConsumerSource::Events, &captured), order);
+        assert_eq!(order_key(ConsumerSource::Replay, &replayed), order);
+        assert_eq!(order_key(ConsumerSource::Events, "odd"), "odd");
+        let worker = worker_of(order, 4);
+        assert!(worker < 4);
+        assert_eq!(worker_of(order, 4), worker);
+        // and orders are spread over the workers
+        let used: std::collections::HashSet<usize> = (0..64)
+            .map(|i| worker_of(&format!("order-{i}"), 4))
+            .collect();
+        assert_eq!(used.len(), 4);
     }
 }
