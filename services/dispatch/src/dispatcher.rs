@@ -14,7 +14,7 @@ use crate::error::DispatchError;
 use crate::store::{self, Courier};
 
 /// The configured capacity as stored (`integer`).
-fn capacity(settings: &Settings) -> i32 {
+pub(crate) fn capacity(settings: &Settings) -> i32 {
     i32::try_from(settings.courier_capacity).unwrap_or(i32::MAX)
 }
 

@@ -18,6 +18,8 @@
 //! Entry points as the CLI expects them: [`SERVICE`], [`SCHEMA`], [`migrate`], [`router`],
 //! [`run`]; [`DispatchHandler`] for tests and replay tools.
 
+#[doc(hidden)]
+pub mod bench;
 mod dispatcher;
 mod domain;
 mod error;

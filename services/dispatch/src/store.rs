@@ -339,6 +339,40 @@ pub async fn upsert_courier(
     courier_row(row)
 }
 
+/// A courier position to store in bulk ([`put_couriers`]).
+#[derive(Debug, Clone)]
+pub struct CourierRow {
+    pub courier_id: CourierId,
+    pub position: GeoPoint,
+    pub cell: i64,
+}
+
+/// Creates or moves many couriers in one statement (for benchmarks and load tests); their
+/// capacity counts are kept. `_capacity` is the configured capacity.
+pub async fn put_couriers(
+    conn: &mut PgConnection,
+    couriers: &[CourierRow],
+    _capacity: i32,
+) -> Result<()> {
+    let ids: Vec<&str> = couriers.iter().map(|c| c.courier_id.as_str()).collect();
+    let lats: Vec<f64> = couriers.iter().map(|c| c.position.lat).collect();
+    let lons: Vec<f64> = couriers.iter().map(|c| c.position.lon).collect();
+    let cells: Vec<i64> = couriers.iter().map(|c| c.cell).collect();
+    sqlx::query(
+        "INSERT INTO couriers (courier_id, lat, lon, cell)
+         SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[], $4::bigint[])
+         ON CONFLICT (courier_id) DO UPDATE
+             SET lat = EXCLUDED.lat, lon = EXCLUDED.lon, cell = EXCLUDED.cell, updated_at = now()",
+    )
+    .bind(ids)
+    .bind(lats)
+    .bind(lons)
+    .bind(cells)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// The courier, if it ever reported.
 pub async fn find_courier(
     db: impl PgExecutor<'_>,
