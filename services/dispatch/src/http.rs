@@ -128,7 +128,8 @@ async fn put_location(
 
     let mut tx = state.pool.begin().await?;
     dispatcher::lock_courier_area(&mut tx, &position, &state.settings).await?;
-    let courier = store::upsert_courier(&mut tx, &courier_id, &position, cell).await?;
+    let capacity = dispatcher::capacity(&state.settings);
+    let courier = store::upsert_courier(&mut tx, &courier_id, &position, cell, capacity).await?;
     let Offer {
         live_waybills,
         assigned,

@@ -7,7 +7,8 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::domain::{
-    self, CourierPosition, MatchingArea, RankedCourier, SearchArea, WaitingWaybill, WaybillStatus,
+    self, CourierPosition, MatchingArea, PlanePoint, RankedCourier, SearchArea, WaitingWaybill,
+    WaybillStatus,
 };
 use crate::error::DispatchError;
 
@@ -213,6 +214,56 @@ pub async fn available_couriers(
         .collect()
 }
 
+/// Up to `limit` couriers with fewer than `capacity` live waybills, nearest to `origin` on the
+/// plane first, each with its planar distance (not locked, like [`available_couriers`]). The
+/// KNN scan of the partial GiST index `couriers_available_nearest` walks only couriers with
+/// spare capacity and stops after `limit` rows, however many couriers there are.
+pub async fn nearest_available(
+    conn: &mut PgConnection,
+    origin: PlanePoint,
+    capacity: i32,
+    limit: i64,
+) -> Result<Vec<(CourierPosition, f64)>> {
+    // `live_waybills < capacity` (the column) is the index's predicate, spelled out so that
+    // the planner can use it; `< $3` applies the configured capacity exactly.
+    let rows: Vec<(String, f64, f64, f64)> = sqlx::query_as(
+        "SELECT courier_id, lat, lon, plane <-> point($1, $2) FROM couriers
+         WHERE live_waybills < capacity AND live_waybills < $3
+         ORDER BY plane <-> point($1, $2)
+         LIMIT $4",
+    )
+    .bind(origin.x)
+    .bind(origin.y)
+    .bind(capacity)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|(id, lat, lon, planar)| {
+            Ok((
+                CourierPosition {
+                    courier_id: courier_id(&id)?,
+                    position: point(lat, lon)?,
+                },
+                planar,
+            ))
+        })
+        .collect()
+}
+
+/// Raises every courier's stored `capacity` to at least `capacity` (the configured one), so
+/// that the index of available couriers holds every courier with fewer live waybills; how many
+/// rows changed. The stored value only ever rises (see the migration `…_nearest.sql`).
+pub async fn raise_stored_capacity(db: impl PgExecutor<'_>, capacity: i32) -> Result<u64> {
+    Ok(
+        sqlx::query("UPDATE couriers SET capacity = $1 WHERE capacity < $1")
+            .bind(capacity)
+            .execute(db)
+            .await?
+            .rows_affected(),
+    )
+}
+
 /// Takes one unit of `courier`'s capacity if it still has some and is still where it was
 /// ranked; false if it lost that in the meantime (another assignment, or it moved). The
 /// conditional update locks the row and re-checks after any concurrent writer commits, so
@@ -318,22 +369,26 @@ fn courier_row((id, lat, lon, live): (String, f64, f64, i32)) -> Result<Courier>
 }
 
 /// Creates the courier or moves it; the row stays locked until the transaction ends.
+/// `capacity` is the configured capacity (the stored one only rises to it).
 pub async fn upsert_courier(
     conn: &mut PgConnection,
     courier_id: &CourierId,
     position: &GeoPoint,
     cell: i64,
+    capacity: i32,
 ) -> Result<Courier> {
     let row: (String, f64, f64, i32) = sqlx::query_as(
-        "INSERT INTO couriers (courier_id, lat, lon, cell) VALUES ($1, $2, $3, $4)
+        "INSERT INTO couriers (courier_id, lat, lon, cell, capacity) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (courier_id) DO UPDATE
-             SET lat = EXCLUDED.lat, lon = EXCLUDED.lon, cell = EXCLUDED.cell, updated_at = now()
+             SET lat = EXCLUDED.lat, lon = EXCLUDED.lon, cell = EXCLUDED.cell,
+                 capacity = greatest(couriers.capacity, EXCLUDED.capacity), updated_at = now()
          RETURNING courier_id, lat, lon, live_waybills",
     )
     .bind(courier_id.as_str())
     .bind(position.lat)
     .bind(position.lon)
     .bind(cell)
+    .bind(capacity)
     .fetch_one(conn)
     .await?;
     courier_row(row)
@@ -348,26 +403,28 @@ pub struct CourierRow {
 }
 
 /// Creates or moves many couriers in one statement (for benchmarks and load tests); their
-/// capacity counts are kept. `_capacity` is the configured capacity.
+/// capacity counts are kept. `capacity` is the configured capacity.
 pub async fn put_couriers(
     conn: &mut PgConnection,
     couriers: &[CourierRow],
-    _capacity: i32,
+    capacity: i32,
 ) -> Result<()> {
     let ids: Vec<&str> = couriers.iter().map(|c| c.courier_id.as_str()).collect();
     let lats: Vec<f64> = couriers.iter().map(|c| c.position.lat).collect();
     let lons: Vec<f64> = couriers.iter().map(|c| c.position.lon).collect();
     let cells: Vec<i64> = couriers.iter().map(|c| c.cell).collect();
     sqlx::query(
-        "INSERT INTO couriers (courier_id, lat, lon, cell)
-         SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[], $4::bigint[])
+        "INSERT INTO couriers (courier_id, lat, lon, cell, capacity)
+         SELECT *, $5 FROM unnest($1::text[], $2::float8[], $3::float8[], $4::bigint[])
          ON CONFLICT (courier_id) DO UPDATE
-             SET lat = EXCLUDED.lat, lon = EXCLUDED.lon, cell = EXCLUDED.cell, updated_at = now()",
+             SET lat = EXCLUDED.lat, lon = EXCLUDED.lon, cell = EXCLUDED.cell,
+                 capacity = greatest(couriers.capacity, EXCLUDED.capacity), updated_at = now()",
     )
     .bind(ids)
     .bind(lats)
     .bind(lons)
     .bind(cells)
+    .bind(capacity)
     .execute(conn)
     .await?;
     Ok(())
@@ -437,6 +494,51 @@ pub async fn waiting_in_area(
                 cause_traceparent: traceparent,
             })
         })
+        .collect()
+}
+
+/// Up to `limit` waiting waybills whose deadline is after `now`, nearest to `origin` on the
+/// plane first, each with its planar distance; locked, skipping rows another transaction holds
+/// (like [`waiting_in_area`]). A KNN scan of the partial GiST index `waybills_waiting_nearest`.
+pub async fn nearest_waiting(
+    conn: &mut PgConnection,
+    origin: PlanePoint,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(WaitingRow, f64)>> {
+    type Row = (Uuid, Uuid, f64, f64, DateTime<Utc>, Option<String>, f64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT waybill_id, order_id, pickup_lat, pickup_lon, deadline, cause_traceparent,
+                pickup_plane <-> point($1, $2)
+         FROM waybills
+         WHERE status = 'waiting' AND deadline > $3
+         ORDER BY pickup_plane <-> point($1, $2)
+         LIMIT $4
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(origin.x)
+    .bind(origin.y)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(
+            |(waybill_id, order_id, lat, lon, deadline, traceparent, planar)| {
+                Ok((
+                    WaitingRow {
+                        waybill: WaitingWaybill {
+                            waybill_id: WaybillId(waybill_id),
+                            pickup: point(lat, lon)?,
+                            deadline,
+                        },
+                        order_id: OrderId(order_id),
+                        cause_traceparent: traceparent,
+                    },
+                    planar,
+                ))
+            },
+        )
         .collect()
 }
 
