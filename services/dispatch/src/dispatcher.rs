@@ -123,15 +123,59 @@ async fn reserve_by_cells(
     Ok(None)
 }
 
-/// Locks the matching area of a courier at `position` (exclusively, until the transaction
-/// ends): a waybill created meanwhile nearby is either seen by the offer or sees the courier.
+/// Locks the matching area of a courier at `position` (the courier's stripe of it,
+/// exclusively, until the transaction ends): a waybill created meanwhile nearby is either seen
+/// by the offer or sees the courier.
 pub async fn lock_courier_area(
     conn: &mut PgConnection,
+    courier_id: &CourierId,
     position: &GeoPoint,
     settings: &Settings,
 ) -> Result<(), DispatchError> {
     let area = domain::matching_area_of(position, settings.dispatch_radius_km)?;
-    store::lock_area_for_courier(conn, area).await
+    store::lock_area_for_courier(conn, area, courier_id).await
+}
+
+/// Stores a courier's reported position and offers it the waiting waybills around it, in the
+/// caller's transaction: locks the courier's matching area, then (one statement) upserts the
+/// courier and measures how far the nearest waiting waybill is on the plane. When the plane
+/// serves the radius and no waiting waybill is within [`PlanarSearch::reach`] of it, as in the
+/// steady state of a city whose waybills find couriers on arrival, nothing can be offered and
+/// the offer's search is skipped; otherwise [`offer_courier`].
+pub async fn report_position(
+    conn: &mut PgConnection,
+    courier_id: &CourierId,
+    position: &GeoPoint,
+    settings: &Settings,
+    now: DateTime<Utc>,
+) -> Result<(Courier, Offer), DispatchError> {
+    let radius_km = settings.dispatch_radius_km;
+    let cell = domain::cell_of(position)?;
+    lock_courier_area(conn, courier_id, position, settings).await?;
+    let (courier, nearest_waiting) = store::upsert_courier(
+        conn,
+        courier_id,
+        position,
+        cell,
+        capacity(settings),
+        domain::plane_of(position),
+        now,
+    )
+    .await?;
+    let nothing_in_range = match (domain::planar_search(position, radius_km), nearest_waiting) {
+        (Some(_), None) => true,
+        (Some(planar), Some(planar_distance)) => planar.reach(radius_km) < planar_distance,
+        (None, _) => false,
+    };
+    if nothing_in_range {
+        let unchanged = Offer {
+            live_waybills: courier.live_waybills,
+            assigned: Vec::new(),
+        };
+        return Ok((courier, unchanged));
+    }
+    let offer = offer_courier(conn, &courier, settings, now).await?;
+    Ok((courier, offer))
 }
 
 /// What a courier took when offered the waiting waybills around it.

@@ -114,18 +114,49 @@ fn searches_everywhere(radius_km: f64) -> bool {
 /// the pickup's areas, so of two transactions that could match each other the second waits for
 /// the first to commit, then sees it. (Under READ COMMITTED alone both could read before either
 /// commits, and the waybill would wait beside an idle courier.)
+///
+/// Each area is locked in [`AREA_STRIPES`] stripes: a waybill takes every stripe of its areas
+/// (shared), a courier one stripe of its area (exclusively), any one ([`courier_stripe`]
+/// spreads couriers over them). A courier and a waybill in the same area still exclude each
+/// other, whichever stripe the courier took; two couriers in the same area wait for each other
+/// only when they take the same stripe, not on every location update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MatchingArea(i64);
+
+/// Stripes of each matching area (at most 8: see [`MatchingArea::stripe_key`]).
+pub const AREA_STRIPES: u8 = 8;
 
 impl MatchingArea {
     /// The whole world: the one area when the radius is searched without cells. Zero is not an
     /// H3 index, so it is no cell's key.
     pub const WHOLE_WORLD: Self = Self(0);
 
-    /// The advisory-lock key (the H3 index of the area's cell).
-    pub fn key(self) -> i64 {
-        self.0
+    /// The advisory-lock key of one stripe of the area: the H3 index of the area's cell with
+    /// the stripe in its lowest three bits. Those are the index's 15th resolution digit, always
+    /// 7 (unused) in a cell as coarse as a matching area, so no two areas share a key, and
+    /// [`WHOLE_WORLD`](Self::WHOLE_WORLD)'s keys (0..8) are no cell's.
+    pub fn stripe_key(self, stripe: u8) -> i64 {
+        (self.0 & !0b111) | i64::from(stripe % AREA_STRIPES)
     }
+
+    /// The keys of all the area's stripes, ascending.
+    pub fn stripe_keys(self) -> impl Iterator<Item = i64> {
+        (0..AREA_STRIPES).map(move |stripe| self.stripe_key(stripe))
+    }
+}
+
+/// The stripe of its matching area that a courier locks: a stable hash (FNV-1a) of its id.
+/// Correctness does not depend on it (a waybill locks every stripe); spreading couriers evenly
+/// keeps their location updates from waiting for each other.
+pub fn courier_stripe(courier_id: &CourierId) -> u8 {
+    let hash = courier_id
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    // the stripe count is a power of two: the low bits of the hash
+    (hash % u64::from(AREA_STRIPES)) as u8
 }
 
 /// The finest resolution of matching areas: one coarser than the stored cells, since even a
@@ -658,6 +689,34 @@ mod tests {
             matching_area_of(&shanghai, radius_km).unwrap(),
             MatchingArea::WHOLE_WORLD
         );
+    }
+
+    #[test]
+    fn stripes_of_different_areas_never_share_a_key() {
+        let shanghai = point(31.2304, 121.4737);
+        let mut keys = Vec::new();
+        for radius_km in [0.3, 5.0, 12.0] {
+            let search = courier_search(&shanghai, radius_km).unwrap();
+            for area in &search.matching_areas {
+                let stripes: Vec<i64> = area.stripe_keys().collect();
+                assert_eq!(stripes.len(), usize::from(AREA_STRIPES));
+                assert!(stripes.windows(2).all(|pair| pair[0] < pair[1]));
+                assert!(stripes.iter().all(|key| *key >= 8), "not the whole world's");
+                keys.extend(stripes.into_iter().map(|key| (key, *area)));
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        assert!(keys.windows(2).all(|pair| pair[0].0 != pair[1].0));
+        let world: Vec<i64> = MatchingArea::WHOLE_WORLD.stripe_keys().collect();
+        assert_eq!(world, (0..8).collect::<Vec<i64>>());
+        // couriers spread over the stripes
+        let mut seen = [0usize; AREA_STRIPES as usize];
+        for i in 0..800 {
+            let id = CourierId::parse(&format!("courier-{i}")).unwrap();
+            seen[usize::from(courier_stripe(&id))] += 1;
+        }
+        assert!(seen.iter().all(|count| *count > 50), "{seen:?}");
     }
 
     /// What makes the area locks work: a courier within the radius of a pickup is in one of the

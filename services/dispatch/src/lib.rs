@@ -14,10 +14,11 @@
 //! nearest courier costs the same with a thousand available couriers around a pickup as with a
 //! hundred thousand; H3 cells serve the matching-area locks and the few searches the plane
 //! cannot serve (near the poles and the antimeridian). Capacity is taken with a conditional
-//! update under the courier's row lock, so it is never exceeded. A new waybill and a courier reporting next to it at the same moment cannot miss
-//! each other: both sides lock the coarse H3 cells where they could meet (matching areas: shared
-//! for the waybill's search, exclusive for the courier's cell), so the second to commit sees the
-//! first.
+//! update under the courier's row lock, so it is never exceeded. A new waybill and a courier
+//! reporting next to it at the same moment cannot miss each other: both sides lock the coarse
+//! H3 cells where they could meet (matching areas: every stripe shared for the waybill's search,
+//! one stripe exclusive for the courier's cell, so couriers rarely wait for each other), so the
+//! second to commit sees the first.
 //!
 //! Entry points as the CLI expects them: [`SERVICE`], [`SCHEMA`], [`migrate`], [`router`],
 //! [`run`]; [`DispatchHandler`] for tests and replay tools.

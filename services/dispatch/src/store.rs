@@ -38,11 +38,13 @@ pub async fn lock_order(conn: &mut PgConnection, order_id: OrderId) -> Result<()
     Ok(())
 }
 
-/// Locks, shared, the matching areas a waybill's search for couriers touches (sorted, so two
-/// such transactions never wait for each other), until the transaction ends. See
-/// [`domain::MatchingArea`]; the key is the area's H3 index, which no other key of ours takes.
+/// Locks, shared, every stripe of the matching areas a waybill's search touches (sorted, so
+/// two such transactions never wait for each other), until the transaction ends. See
+/// [`domain::MatchingArea`]; the keys are derived from the areas' H3 indexes, which no other key
+/// of ours takes.
 pub async fn lock_areas_for_waybill(conn: &mut PgConnection, areas: &[MatchingArea]) -> Result<()> {
-    let keys: Vec<i64> = areas.iter().map(|area| area.key()).collect();
+    let mut keys: Vec<i64> = areas.iter().flat_map(|area| area.stripe_keys()).collect();
+    keys.sort_unstable();
     sqlx::query(
         "SELECT pg_advisory_xact_lock_shared(key) FROM unnest($1::bigint[]) AS key ORDER BY key",
     )
@@ -52,12 +54,16 @@ pub async fn lock_areas_for_waybill(conn: &mut PgConnection, areas: &[MatchingAr
     Ok(())
 }
 
-/// Locks, exclusively, the matching area a courier is in until the transaction ends (see
-/// [`domain::MatchingArea`]). Take it before the courier's row, so a waybill transaction holding
-/// the area and waiting for the row cannot deadlock with it.
-pub async fn lock_area_for_courier(conn: &mut PgConnection, area: MatchingArea) -> Result<()> {
+/// Locks, exclusively, the courier's stripe of the matching area it is in until the
+/// transaction ends (see [`domain::MatchingArea`]). Take it before the courier's row, so a
+/// waybill transaction holding the area and waiting for the row cannot deadlock with it.
+pub async fn lock_area_for_courier(
+    conn: &mut PgConnection,
+    area: MatchingArea,
+    courier_id: &CourierId,
+) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(area.key())
+        .bind(area.stripe_key(domain::courier_stripe(courier_id)))
         .execute(conn)
         .await?;
     Ok(())
@@ -369,29 +375,47 @@ fn courier_row((id, lat, lon, live): (String, f64, f64, i32)) -> Result<Courier>
 }
 
 /// Creates the courier or moves it; the row stays locked until the transaction ends.
-/// `capacity` is the configured capacity (the stored one only rises to it).
+/// `capacity` is the configured capacity (the stored one only rises to it). In the same
+/// statement (one round trip), the planar distance from `origin` to the nearest waiting waybill
+/// whose deadline is after `now`, if any (not locked: see [`nearest_waiting`]).
 pub async fn upsert_courier(
     conn: &mut PgConnection,
     courier_id: &CourierId,
     position: &GeoPoint,
     cell: i64,
     capacity: i32,
-) -> Result<Courier> {
-    let row: (String, f64, f64, i32) = sqlx::query_as(
-        "INSERT INTO couriers (courier_id, lat, lon, cell, capacity) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (courier_id) DO UPDATE
-             SET lat = EXCLUDED.lat, lon = EXCLUDED.lon, cell = EXCLUDED.cell,
-                 capacity = greatest(couriers.capacity, EXCLUDED.capacity), updated_at = now()
-         RETURNING courier_id, lat, lon, live_waybills",
-    )
-    .bind(courier_id.as_str())
-    .bind(position.lat)
-    .bind(position.lon)
-    .bind(cell)
-    .bind(capacity)
-    .fetch_one(conn)
-    .await?;
-    courier_row(row)
+    origin: PlanePoint,
+    now: DateTime<Utc>,
+) -> Result<(Courier, Option<f64>)> {
+    let (id, lat, lon, live, nearest_waiting): (String, f64, f64, i32, Option<f64>) =
+        sqlx::query_as(
+            "WITH moved AS (
+                 INSERT INTO couriers (courier_id, lat, lon, cell, capacity)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (courier_id) DO UPDATE
+                     SET lat = EXCLUDED.lat, lon = EXCLUDED.lon, cell = EXCLUDED.cell,
+                         capacity = greatest(couriers.capacity, EXCLUDED.capacity),
+                         updated_at = now()
+                 RETURNING courier_id, lat, lon, live_waybills
+             )
+             SELECT courier_id, lat, lon, live_waybills,
+                    (SELECT pickup_plane <-> point($6, $7) FROM waybills
+                     WHERE status = 'waiting' AND deadline > $8
+                     ORDER BY pickup_plane <-> point($6, $7)
+                     LIMIT 1)
+             FROM moved",
+        )
+        .bind(courier_id.as_str())
+        .bind(position.lat)
+        .bind(position.lon)
+        .bind(cell)
+        .bind(capacity)
+        .bind(origin.x)
+        .bind(origin.y)
+        .bind(now)
+        .fetch_one(conn)
+        .await?;
+    Ok((courier_row((id, lat, lon, live))?, nearest_waiting))
 }
 
 /// A courier position to store in bulk ([`put_couriers`]).
