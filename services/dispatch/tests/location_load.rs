@@ -6,11 +6,17 @@
 //! (default 10) with updates of `JWL_LOAD_COURIERS` (default 1 000) couriers around one point,
 //! each moving a few metres at a time (a random walk), then prints the rate.
 //!
-//! No waybill waits, so each update stores the position and finds nothing to take: the steady
-//! state of a city where couriers report every few seconds.
+//! Couriers start within `JWL_LOAD_SPREAD_KM` (default 4) east and north of the pickup. By
+//! default no waybill waits, so each update stores the position and finds nothing to take: the
+//! steady state of a city where couriers report every few seconds. `JWL_LOAD_WAITING=N` first
+//! leaves N waybills waiting on a ring 6.3 to 6.5 km from the pickup, out of every courier's
+//! 5 km radius when the spread is at most 0.5 km but inside the cells a cell search scans: a
+//! district short of couriers next to one with idle couriers.
 //!
 //! ```text
 //! cargo test --release -p jwl-dispatch --test location_load -- --ignored --nocapture
+//! JWL_LOAD_SPREAD_KM=0.5 JWL_LOAD_WAITING=200 cargo test --release -p jwl-dispatch \
+//!     --test location_load -- --ignored --nocapture
 //! ```
 
 mod common;
@@ -62,14 +68,25 @@ async fn location_updates_per_second() -> anyhow::Result<()> {
     let seconds: u64 = env_or("JWL_LOAD_SECONDS", 10);
     let couriers: usize = env_or("JWL_LOAD_COURIERS", 1_000);
     let concurrency: usize = env_or("JWL_LOAD_CONCURRENCY", 32);
+    let spread_km: f64 = env_or("JWL_LOAD_SPREAD_KM", 4.0);
+    let waiting: usize = env_or("JWL_LOAD_WAITING", 0);
     let settings = Settings::default();
     let h = Harness::with_settings(settings.clone()).await?;
 
     let mut random = SplitMix(1);
+    for _ in 0..waiting {
+        let bearing = std::f64::consts::TAU * random.next_unit();
+        let km = 6.3 + 0.2 * random.next_unit();
+        let pickup = (
+            PICKUP.0 + km * bearing.cos() / 111.195,
+            PICKUP.1 + km * bearing.sin() / (111.195 * PICKUP.0.to_radians().cos()),
+        );
+        h.handle(&waybill_created(pickup)).await?;
+    }
     let mut positions = Vec::with_capacity(couriers);
     let mut seeded = Vec::with_capacity(couriers);
     for i in 0..couriers {
-        let position = random.near(PICKUP, 4.0);
+        let position = random.near(PICKUP, spread_km);
         seeded.push((CourierId::parse(&format!("load-{i}"))?, point(position)));
         positions.push(position);
     }
@@ -132,9 +149,18 @@ async fn location_updates_per_second() -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     let updates = done.load(Ordering::Relaxed);
     println!(
-        "location updates: {updates} in {:.1} s = {:.0}/s ({couriers} couriers, {concurrency} connections)",
+        "location updates: {updates} in {:.1} s = {:.0}/s ({couriers} couriers within {spread_km} km, \
+         {waiting} waybills waiting, {concurrency} connections)",
         elapsed.as_secs_f64(),
         updates as f64 / elapsed.as_secs_f64()
+    );
+    let still_waiting: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM waybills WHERE status = 'waiting'")
+            .fetch_one(&h.pool)
+            .await?;
+    anyhow::ensure!(
+        still_waiting == waiting as i64,
+        "{still_waiting} of {waiting} waybills still waiting: some were in a courier's range"
     );
     stop.cancel();
     server.await??;
