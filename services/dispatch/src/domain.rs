@@ -114,18 +114,49 @@ fn searches_everywhere(radius_km: f64) -> bool {
 /// the pickup's areas, so of two transactions that could match each other the second waits for
 /// the first to commit, then sees it. (Under READ COMMITTED alone both could read before either
 /// commits, and the waybill would wait beside an idle courier.)
+///
+/// Each area is locked in [`AREA_STRIPES`] stripes: a waybill takes every stripe of its areas
+/// (shared), a courier one stripe of its area (exclusively), any one ([`courier_stripe`]
+/// spreads couriers over them). A courier and a waybill in the same area still exclude each
+/// other, whichever stripe the courier took; two couriers in the same area wait for each other
+/// only when they take the same stripe, not on every location update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MatchingArea(i64);
+
+/// Stripes of each matching area (at most 8: see [`MatchingArea::stripe_key`]).
+pub const AREA_STRIPES: u8 = 8;
 
 impl MatchingArea {
     /// The whole world: the one area when the radius is searched without cells. Zero is not an
     /// H3 index, so it is no cell's key.
     pub const WHOLE_WORLD: Self = Self(0);
 
-    /// The advisory-lock key (the H3 index of the area's cell).
-    pub fn key(self) -> i64 {
-        self.0
+    /// The advisory-lock key of one stripe of the area: the H3 index of the area's cell with
+    /// the stripe in its lowest three bits. Those are the index's 15th resolution digit, always
+    /// 7 (unused) in a cell as coarse as a matching area, so no two areas share a key, and
+    /// [`WHOLE_WORLD`](Self::WHOLE_WORLD)'s keys (0..8) are no cell's.
+    pub fn stripe_key(self, stripe: u8) -> i64 {
+        (self.0 & !0b111) | i64::from(stripe % AREA_STRIPES)
     }
+
+    /// The keys of all the area's stripes, ascending.
+    pub fn stripe_keys(self) -> impl Iterator<Item = i64> {
+        (0..AREA_STRIPES).map(move |stripe| self.stripe_key(stripe))
+    }
+}
+
+/// The stripe of its matching area that a courier locks: a stable hash (FNV-1a) of its id.
+/// Correctness does not depend on it (a waybill locks every stripe); spreading couriers evenly
+/// keeps their location updates from waiting for each other.
+pub fn courier_stripe(courier_id: &CourierId) -> u8 {
+    let hash = courier_id
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    // the stripe count is a power of two: the low bits of the hash
+    (hash % u64::from(AREA_STRIPES)) as u8
 }
 
 /// The finest resolution of matching areas: one coarser than the stored cells, since even a
@@ -186,6 +217,116 @@ pub fn courier_search(center: &GeoPoint, radius_km: f64) -> Result<CourierSearch
 fn area_of_cell(cell: CellIndex, resolution: Resolution) -> MatchingArea {
     // `resolution` is never finer than the cell's, so the parent exists
     MatchingArea(cell_key(cell.parent(resolution).unwrap_or(cell)))
+}
+
+/// The sphere radius of [`GeoPoint::distance_km`] (the mean Earth radius).
+const EARTH_RADIUS_KM: f64 = 6371.0088;
+
+/// Latitudes are clamped to ±this many degrees before projection, so that the poles get finite
+/// coordinates. No planar search reaches that far ([`PLANAR_MAX_LATITUDE`]).
+const PLANE_MAX_LATITUDE: f64 = 89.0;
+
+/// A planar search whose disk would reach beyond this latitude (degrees) is done by cells
+/// instead ([`planar_search`]): the projection's scale grows without bound towards the poles.
+const PLANAR_MAX_LATITUDE: f64 = 80.0;
+
+/// Slack on planar bounds, relative and absolute (radians): far above the rounding of the
+/// projection (computed by PostgreSQL for stored rows, here for search origins) and of the
+/// distance.
+const PLANAR_RELATIVE_SLACK: f64 = 1e-6;
+const PLANAR_ABSOLUTE_SLACK: f64 = 1e-12;
+
+/// A position on the plane of the nearest-neighbour indexes: the spherical Mercator projection
+/// in radians, `x = lon`, `y = asinh(tan(lat))`, latitude clamped to ±[`PLANE_MAX_LATITUDE`].
+///
+/// The database computes the same for every stored position (generated columns `plane` and
+/// `pickup_plane`, see the migrations) and orders rows by Euclidean distance to a search origin
+/// with a GiST index (`ORDER BY plane <-> origin LIMIT k`). Mercator is conformal: near a point
+/// at latitude φ a planar distance is the ground distance times sec φ / R in every direction, so
+/// planar order is ground order up to a scale that varies by a fraction of a per cent across a
+/// city. [`PlanarSearch::reach`] bounds it exactly, which is what makes the search exact.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlanePoint {
+    pub x: f64,
+    pub y: f64,
+}
+
+/// The projection of `point` ([`PlanePoint`]).
+pub fn plane_of(point: &GeoPoint) -> PlanePoint {
+    let lat = point
+        .lat
+        .clamp(-PLANE_MAX_LATITUDE, PLANE_MAX_LATITUDE)
+        .to_radians();
+    PlanePoint {
+        x: point.lon.to_radians(),
+        y: lat.tan().asinh(),
+    }
+}
+
+/// A nearest-neighbour search on the plane around a point, within a radius: rows come from the
+/// index nearest first by planar distance, and [`PlanarSearch::covers`] says when every row
+/// within a ground distance has come.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlanarSearch {
+    /// The centre, projected.
+    pub origin: PlanePoint,
+    /// |latitude| of the centre, radians.
+    abs_lat: f64,
+    radius_km: f64,
+}
+
+/// The planar search within `radius_km` of `center`, or `None` where the plane cannot serve it
+/// exactly and the caller must search by cells: when the disk reaches beyond
+/// ±[`PLANAR_MAX_LATITUDE`] or across the antimeridian (where the plane is cut), or for a radius
+/// that is not a finite non-negative number.
+pub fn planar_search(center: &GeoPoint, radius_km: f64) -> Option<PlanarSearch> {
+    if !(radius_km.is_finite() && radius_km >= 0.0) {
+        return None;
+    }
+    let angle = radius_km / EARTH_RADIUS_KM;
+    let abs_lat = center.lat.abs().to_radians();
+    let highest = abs_lat + angle;
+    let below_the_limit = highest < PLANAR_MAX_LATITUDE.to_radians(); // false for NaN
+    if !below_the_limit {
+        return None;
+    }
+    // Along a path of length d, the longitude changes by at most d / (R cos φ_max).
+    let lon_reach = angle / highest.cos();
+    if center.lon.to_radians().abs() + lon_reach >= std::f64::consts::PI {
+        return None;
+    }
+    Some(PlanarSearch {
+        origin: plane_of(center),
+        abs_lat,
+        radius_km,
+    })
+}
+
+impl PlanarSearch {
+    /// An upper bound of the planar distance from the origin to any point within `ground_km`
+    /// (at most the radius) of the centre; infinite beyond the radius.
+    ///
+    /// The great-circle path to such a point stays within `ground_km` of the centre, so below
+    /// latitude |φ| + d/R, where the projection stretches lengths by at most sec(|φ| + d/R) / R;
+    /// it does not cross the antimeridian ([`planar_search`]), so its image is one curve, and
+    /// the straight planar segment is no longer than that curve.
+    pub fn reach(&self, ground_km: f64) -> f64 {
+        let within_the_radius = ground_km <= self.radius_km; // false for NaN
+        if !within_the_radius {
+            return f64::INFINITY;
+        }
+        let angle = ground_km.max(0.0) / EARTH_RADIUS_KM;
+        let highest = self.abs_lat + angle;
+        angle / highest.cos() * (1.0 + PLANAR_RELATIVE_SLACK) + PLANAR_ABSOLUTE_SLACK
+    }
+
+    /// Whether rows fetched nearest first on the plane, the last of them at planar distance
+    /// `horizon` (infinite if the index had no more), include every row within `ground_km` of
+    /// the centre: any row not fetched is at least `horizon` away on the plane, so farther than
+    /// `ground_km` on the ground when [`reach`](Self::reach)`(ground_km) < horizon`.
+    pub fn covers(&self, ground_km: f64, horizon: f64) -> bool {
+        self.reach(ground_km) < horizon
+    }
 }
 
 /// A courier with free capacity, where it last reported.
@@ -550,6 +691,34 @@ mod tests {
         );
     }
 
+    #[test]
+    fn stripes_of_different_areas_never_share_a_key() {
+        let shanghai = point(31.2304, 121.4737);
+        let mut keys = Vec::new();
+        for radius_km in [0.3, 5.0, 12.0] {
+            let search = courier_search(&shanghai, radius_km).unwrap();
+            for area in &search.matching_areas {
+                let stripes: Vec<i64> = area.stripe_keys().collect();
+                assert_eq!(stripes.len(), usize::from(AREA_STRIPES));
+                assert!(stripes.windows(2).all(|pair| pair[0] < pair[1]));
+                assert!(stripes.iter().all(|key| *key >= 8), "not the whole world's");
+                keys.extend(stripes.into_iter().map(|key| (key, *area)));
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        assert!(keys.windows(2).all(|pair| pair[0].0 != pair[1].0));
+        let world: Vec<i64> = MatchingArea::WHOLE_WORLD.stripe_keys().collect();
+        assert_eq!(world, (0..8).collect::<Vec<i64>>());
+        // couriers spread over the stripes
+        let mut seen = [0usize; AREA_STRIPES as usize];
+        for i in 0..800 {
+            let id = CourierId::parse(&format!("courier-{i}")).unwrap();
+            seen[usize::from(courier_stripe(&id))] += 1;
+        }
+        assert!(seen.iter().all(|count| *count > 50), "{seen:?}");
+    }
+
     /// What makes the area locks work: a courier within the radius of a pickup is in one of the
     /// pickup's areas, everywhere on the globe.
     #[test]
@@ -654,6 +823,91 @@ mod tests {
             lon: 0.0,
         };
         assert!(cell_of(&bad).is_err());
+    }
+
+    fn planar_distance(a: PlanePoint, b: PlanePoint) -> f64 {
+        (a.x - b.x).hypot(a.y - b.y)
+    }
+
+    #[test]
+    fn the_plane_is_spherical_mercator_in_radians() {
+        let origin = plane_of(&point(0.0, 0.0));
+        assert_eq!((origin.x, origin.y), (0.0, 0.0));
+        let p = plane_of(&point(45.0, -90.0));
+        assert!((p.x + std::f64::consts::FRAC_PI_2).abs() < 1e-15);
+        // y = ln tan(π/4 + φ/2)
+        let expected = (std::f64::consts::FRAC_PI_4 + 45f64.to_radians() / 2.0)
+            .tan()
+            .ln();
+        assert!((p.y - expected).abs() < 1e-12);
+        // the poles are clamped to finite coordinates
+        assert!(plane_of(&point(90.0, 0.0)).y.is_finite());
+        assert_eq!(plane_of(&point(90.0, 0.0)), plane_of(&point(89.0, 0.0)));
+    }
+
+    #[test]
+    fn planar_searches_avoid_the_poles_and_the_antimeridian() {
+        let shanghai = point(31.2304, 121.4737);
+        assert!(planar_search(&shanghai, 5.0).is_some());
+        assert!(planar_search(&shanghai, 0.0).is_some());
+        assert!(planar_search(&shanghai, f64::INFINITY).is_none());
+        assert!(planar_search(&shanghai, f64::NAN).is_none());
+        assert!(planar_search(&shanghai, -1.0).is_none());
+        // Longyearbyen (78.2° N): a 5 km disk stays below 80°, a 500 km one does not
+        assert!(planar_search(&point(78.2, 15.6), 5.0).is_some());
+        assert!(planar_search(&point(78.2, 15.6), 500.0).is_none());
+        // Suva (178.4° E) is 170 km from the antimeridian; Taveuni's east coast is not
+        assert!(planar_search(&point(-18.14, 178.44), 5.0).is_some());
+        assert!(planar_search(&point(-16.8, 179.99), 5.0).is_none());
+        assert!(planar_search(&point(-16.8, -179.99), 5.0).is_none());
+    }
+
+    /// What makes the planar search exact: no point within d of the centre is farther than
+    /// `reach(d)` on the plane, everywhere the plane serves; and the bound is tight at city
+    /// scale, so the index is not asked for many more rows than needed.
+    #[test]
+    fn reach_bounds_the_planar_distance_of_everything_within_a_ground_distance() {
+        for radius_km in [0.3, 5.0, 12.0, 200.0] {
+            for origin in origins(CELL_RESOLUTION, 200) {
+                let Some(search) = planar_search(&origin, radius_km) else {
+                    continue;
+                };
+                for step in 0..36 {
+                    let bearing = f64::from(step) * 10.0 + 3.0;
+                    for fraction in [1.0, 0.999, 0.7, 0.4, 0.01, 0.0] {
+                        let target = destination(&origin, bearing, radius_km * fraction);
+                        let ground = origin.distance_km(&target);
+                        let planar = planar_distance(search.origin, plane_of(&target));
+                        assert!(
+                            planar <= search.reach(ground),
+                            "r={radius_km}: {target:?} from {origin:?}: {planar} > {}",
+                            search.reach(ground)
+                        );
+                        let city = radius_km <= 12.0 && origin.lat.abs() < 60.0;
+                        if city && ground > 0.01 && ground <= radius_km {
+                            assert!(
+                                search.reach(ground) < planar * 1.01,
+                                "tight: r={radius_km} {target:?} from {origin:?}: {planar} vs {}",
+                                search.reach(ground)
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn covers_needs_a_horizon_beyond_the_reach() {
+        let search = planar_search(&point(31.2304, 121.4737), 5.0).unwrap();
+        let reach = search.reach(1.0);
+        assert!(reach > 1.0 / 6371.0088);
+        assert!(search.covers(1.0, reach * 1.0001));
+        assert!(!search.covers(1.0, reach));
+        assert!(search.covers(5.0, f64::INFINITY));
+        // beyond the radius nothing is vouched for
+        assert_eq!(search.reach(5.001), f64::INFINITY);
+        assert!(!search.covers(5.001, f64::INFINITY));
     }
 
     #[test]

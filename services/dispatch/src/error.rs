@@ -23,15 +23,19 @@ pub enum DispatchError {
     /// nothing was over-assigned; the transaction must be rolled back).
     #[error("courier {0} has no capacity left")]
     CapacityExceeded(CourierId),
+    /// Every courier tried for a waybill was taken by other transactions in the meantime; the
+    /// search gave up after this many (the transaction must be rolled back and retried).
+    #[error("{0} couriers in a row were taken concurrently")]
+    Contended(usize),
 }
 
 impl From<DispatchError> for HandlerError {
     fn from(error: DispatchError) -> Self {
         match error {
             DispatchError::Database(error) => HandlerError::from(error),
-            transient @ (DispatchError::Outbox(_) | DispatchError::CapacityExceeded(_)) => {
-                HandlerError::transient(transient)
-            }
+            transient @ (DispatchError::Outbox(_)
+            | DispatchError::CapacityExceeded(_)
+            | DispatchError::Contended(_)) => HandlerError::transient(transient),
             permanent @ (DispatchError::Position(_) | DispatchError::Corrupt(_)) => {
                 HandlerError::permanent(permanent.to_string())
             }

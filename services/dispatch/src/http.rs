@@ -124,15 +124,16 @@ async fn put_location(
     let courier_id = parse_courier_id(&id)?;
     require_acting_for(&caller, &courier_id)?;
     let position = position(&body)?;
-    let cell = domain::cell_of(&position).map_err(DispatchError::from)?;
 
     let mut tx = state.pool.begin().await?;
-    dispatcher::lock_courier_area(&mut tx, &position, &state.settings).await?;
-    let courier = store::upsert_courier(&mut tx, &courier_id, &position, cell).await?;
-    let Offer {
-        live_waybills,
-        assigned,
-    } = dispatcher::offer_courier(&mut tx, &courier, &state.settings, Utc::now()).await?;
+    let (
+        courier,
+        Offer {
+            live_waybills,
+            assigned,
+        },
+    ) = dispatcher::report_position(&mut tx, &courier_id, &position, &state.settings, Utc::now())
+        .await?;
     tx.commit().await?;
     if !assigned.is_empty() {
         tracing::info!(%courier_id, ?assigned, "courier took waiting waybills");
@@ -159,7 +160,8 @@ async fn post_delivery(
     let mut tx = state.pool.begin().await?;
     // the area where the courier last reported, before its row is locked (see lock_courier_area)
     if let Some(reported) = store::find_courier(&mut *tx, &courier_id).await? {
-        dispatcher::lock_courier_area(&mut tx, &reported.position, &state.settings).await?;
+        dispatcher::lock_courier_area(&mut tx, &courier_id, &reported.position, &state.settings)
+            .await?;
     }
     let waybill = store::lock_waybill(&mut tx, waybill_id)
         .await?
@@ -184,7 +186,7 @@ async fn post_delivery(
             ))
         })?;
     // held already unless the courier moved meanwhile (re-taking a held lock does not wait)
-    dispatcher::lock_courier_area(&mut tx, &courier.position, &state.settings).await?;
+    dispatcher::lock_courier_area(&mut tx, &courier_id, &courier.position, &state.settings).await?;
     let mut event = Envelope::new(
         SERVICE,
         Delivered {

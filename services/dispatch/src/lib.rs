@@ -8,16 +8,23 @@
 //! (`order.cancel_requested`): a waiting waybill fails at once, a cancellation before the
 //! waybill leaves a tombstone that fails it on arrival, and after the assignment it is refused.
 //!
-//! Positions are indexed by H3 cells stored in the database, so any number of replicas agree;
-//! capacity is taken with a conditional update under the courier's row lock, so it is never
-//! exceeded. A new waybill and a courier reporting next to it at the same moment cannot miss
-//! each other: both sides lock the coarse H3 cells where they could meet (matching areas: shared
-//! for the waybill's search, exclusive for the courier's cell), so the second to commit sees the
-//! first.
+//! Positions are indexed in the database, so any number of replicas agree: nearest-neighbour
+//! searches use GiST indexes over a planar projection of each position (`ORDER BY plane <->
+//! origin LIMIT k`, re-ranked by exact distance; see `domain::PlanarSearch`), so finding the
+//! nearest courier costs the same with a thousand available couriers around a pickup as with a
+//! hundred thousand; H3 cells serve the matching-area locks and the few searches the plane
+//! cannot serve (near the poles and the antimeridian). Capacity is taken with a conditional
+//! update under the courier's row lock, so it is never exceeded. A new waybill and a courier
+//! reporting next to it at the same moment cannot miss each other: both sides lock the coarse
+//! H3 cells where they could meet (matching areas: every stripe shared for the waybill's search,
+//! one stripe exclusive for the courier's cell, so couriers rarely wait for each other), so the
+//! second to commit sees the first.
 //!
 //! Entry points as the CLI expects them: [`SERVICE`], [`SCHEMA`], [`migrate`], [`router`],
 //! [`run`]; [`DispatchHandler`] for tests and replay tools.
 
+#[doc(hidden)]
+pub mod bench;
 mod dispatcher;
 mod domain;
 mod error;
@@ -61,6 +68,16 @@ pub fn router(ctx: &ServiceContext) -> axum::Router {
 /// Relay, consumers and the deadline timer until `shutdown`; if either stops on its own, the
 /// other is stopped too and the failure is returned.
 pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Before consuming: the index of available couriers must hold every courier with spare
+    // capacity under this replica's configuration.
+    let raised =
+        store::raise_stored_capacity(&ctx.pool, dispatcher::capacity(&ctx.settings)).await?;
+    if raised > 0 {
+        tracing::info!(
+            couriers = raised,
+            "raised the stored capacity to the configured one"
+        );
+    }
     let stop = shutdown.child_token();
     let mut timer = tokio::spawn(timer::run(
         ctx.pool.clone(),

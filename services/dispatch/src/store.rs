@@ -7,7 +7,8 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::domain::{
-    self, CourierPosition, MatchingArea, RankedCourier, SearchArea, WaitingWaybill, WaybillStatus,
+    self, CourierPosition, MatchingArea, PlanePoint, RankedCourier, SearchArea, WaitingWaybill,
+    WaybillStatus,
 };
 use crate::error::DispatchError;
 
@@ -37,11 +38,13 @@ pub async fn lock_order(conn: &mut PgConnection, order_id: OrderId) -> Result<()
     Ok(())
 }
 
-/// Locks, shared, the matching areas a waybill's search for couriers touches (sorted, so two
-/// such transactions never wait for each other), until the transaction ends. See
-/// [`domain::MatchingArea`]; the key is the area's H3 index, which no other key of ours takes.
+/// Locks, shared, every stripe of the matching areas a waybill's search touches (sorted, so
+/// two such transactions never wait for each other), until the transaction ends. See
+/// [`domain::MatchingArea`]; the keys are derived from the areas' H3 indexes, which no other key
+/// of ours takes.
 pub async fn lock_areas_for_waybill(conn: &mut PgConnection, areas: &[MatchingArea]) -> Result<()> {
-    let keys: Vec<i64> = areas.iter().map(|area| area.key()).collect();
+    let mut keys: Vec<i64> = areas.iter().flat_map(|area| area.stripe_keys()).collect();
+    keys.sort_unstable();
     sqlx::query(
         "SELECT pg_advisory_xact_lock_shared(key) FROM unnest($1::bigint[]) AS key ORDER BY key",
     )
@@ -51,12 +54,16 @@ pub async fn lock_areas_for_waybill(conn: &mut PgConnection, areas: &[MatchingAr
     Ok(())
 }
 
-/// Locks, exclusively, the matching area a courier is in until the transaction ends (see
-/// [`domain::MatchingArea`]). Take it before the courier's row, so a waybill transaction holding
-/// the area and waiting for the row cannot deadlock with it.
-pub async fn lock_area_for_courier(conn: &mut PgConnection, area: MatchingArea) -> Result<()> {
+/// Locks, exclusively, the courier's stripe of the matching area it is in until the
+/// transaction ends (see [`domain::MatchingArea`]). Take it before the courier's row, so a
+/// waybill transaction holding the area and waiting for the row cannot deadlock with it.
+pub async fn lock_area_for_courier(
+    conn: &mut PgConnection,
+    area: MatchingArea,
+    courier_id: &CourierId,
+) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(area.key())
+        .bind(area.stripe_key(domain::courier_stripe(courier_id)))
         .execute(conn)
         .await?;
     Ok(())
@@ -213,6 +220,56 @@ pub async fn available_couriers(
         .collect()
 }
 
+/// Up to `limit` couriers with fewer than `capacity` live waybills, nearest to `origin` on the
+/// plane first, each with its planar distance (not locked, like [`available_couriers`]). The
+/// KNN scan of the partial GiST index `couriers_available_nearest` walks only couriers with
+/// spare capacity and stops after `limit` rows, however many couriers there are.
+pub async fn nearest_available(
+    conn: &mut PgConnection,
+    origin: PlanePoint,
+    capacity: i32,
+    limit: i64,
+) -> Result<Vec<(CourierPosition, f64)>> {
+    // `live_waybills < capacity` (the column) is the index's predicate, spelled out so that
+    // the planner can use it; `< $3` applies the configured capacity exactly.
+    let rows: Vec<(String, f64, f64, f64)> = sqlx::query_as(
+        "SELECT courier_id, lat, lon, plane <-> point($1, $2) FROM couriers
+         WHERE live_waybills < capacity AND live_waybills < $3
+         ORDER BY plane <-> point($1, $2)
+         LIMIT $4",
+    )
+    .bind(origin.x)
+    .bind(origin.y)
+    .bind(capacity)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|(id, lat, lon, planar)| {
+            Ok((
+                CourierPosition {
+                    courier_id: courier_id(&id)?,
+                    position: point(lat, lon)?,
+                },
+                planar,
+            ))
+        })
+        .collect()
+}
+
+/// Raises every courier's stored `capacity` to at least `capacity` (the configured one), so
+/// that the index of available couriers holds every courier with fewer live waybills; how many
+/// rows changed. The stored value only ever rises (see the migration `…_nearest.sql`).
+pub async fn raise_stored_capacity(db: impl PgExecutor<'_>, capacity: i32) -> Result<u64> {
+    Ok(
+        sqlx::query("UPDATE couriers SET capacity = $1 WHERE capacity < $1")
+            .bind(capacity)
+            .execute(db)
+            .await?
+            .rows_affected(),
+    )
+}
+
 /// Takes one unit of `courier`'s capacity if it still has some and is still where it was
 /// ranked; false if it lost that in the meantime (another assignment, or it moved). The
 /// conditional update locks the row and re-checks after any concurrent writer commits, so
@@ -318,25 +375,83 @@ fn courier_row((id, lat, lon, live): (String, f64, f64, i32)) -> Result<Courier>
 }
 
 /// Creates the courier or moves it; the row stays locked until the transaction ends.
+/// `capacity` is the configured capacity (the stored one only rises to it). In the same
+/// statement (one round trip), the planar distance from `origin` to the nearest waiting waybill
+/// whose deadline is after `now`, if any (not locked: see [`nearest_waiting`]).
 pub async fn upsert_courier(
     conn: &mut PgConnection,
     courier_id: &CourierId,
     position: &GeoPoint,
     cell: i64,
-) -> Result<Courier> {
-    let row: (String, f64, f64, i32) = sqlx::query_as(
-        "INSERT INTO couriers (courier_id, lat, lon, cell) VALUES ($1, $2, $3, $4)
+    capacity: i32,
+    origin: PlanePoint,
+    now: DateTime<Utc>,
+) -> Result<(Courier, Option<f64>)> {
+    let (id, lat, lon, live, nearest_waiting): (String, f64, f64, i32, Option<f64>) =
+        sqlx::query_as(
+            "WITH moved AS (
+                 INSERT INTO couriers (courier_id, lat, lon, cell, capacity)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (courier_id) DO UPDATE
+                     SET lat = EXCLUDED.lat, lon = EXCLUDED.lon, cell = EXCLUDED.cell,
+                         capacity = greatest(couriers.capacity, EXCLUDED.capacity),
+                         updated_at = now()
+                 RETURNING courier_id, lat, lon, live_waybills
+             )
+             SELECT courier_id, lat, lon, live_waybills,
+                    (SELECT pickup_plane <-> point($6, $7) FROM waybills
+                     WHERE status = 'waiting' AND deadline > $8
+                     ORDER BY pickup_plane <-> point($6, $7)
+                     LIMIT 1)
+             FROM moved",
+        )
+        .bind(courier_id.as_str())
+        .bind(position.lat)
+        .bind(position.lon)
+        .bind(cell)
+        .bind(capacity)
+        .bind(origin.x)
+        .bind(origin.y)
+        .bind(now)
+        .fetch_one(conn)
+        .await?;
+    Ok((courier_row((id, lat, lon, live))?, nearest_waiting))
+}
+
+/// A courier position to store in bulk ([`put_couriers`]).
+#[derive(Debug, Clone)]
+pub struct CourierRow {
+    pub courier_id: CourierId,
+    pub position: GeoPoint,
+    pub cell: i64,
+}
+
+/// Creates or moves many couriers in one statement (for benchmarks and load tests); their
+/// capacity counts are kept. `capacity` is the configured capacity.
+pub async fn put_couriers(
+    conn: &mut PgConnection,
+    couriers: &[CourierRow],
+    capacity: i32,
+) -> Result<()> {
+    let ids: Vec<&str> = couriers.iter().map(|c| c.courier_id.as_str()).collect();
+    let lats: Vec<f64> = couriers.iter().map(|c| c.position.lat).collect();
+    let lons: Vec<f64> = couriers.iter().map(|c| c.position.lon).collect();
+    let cells: Vec<i64> = couriers.iter().map(|c| c.cell).collect();
+    sqlx::query(
+        "INSERT INTO couriers (courier_id, lat, lon, cell, capacity)
+         SELECT *, $5 FROM unnest($1::text[], $2::float8[], $3::float8[], $4::bigint[])
          ON CONFLICT (courier_id) DO UPDATE
-             SET lat = EXCLUDED.lat, lon = EXCLUDED.lon, cell = EXCLUDED.cell, updated_at = now()
-         RETURNING courier_id, lat, lon, live_waybills",
+             SET lat = EXCLUDED.lat, lon = EXCLUDED.lon, cell = EXCLUDED.cell,
+                 capacity = greatest(couriers.capacity, EXCLUDED.capacity), updated_at = now()",
     )
-    .bind(courier_id.as_str())
-    .bind(position.lat)
-    .bind(position.lon)
-    .bind(cell)
-    .fetch_one(conn)
+    .bind(ids)
+    .bind(lats)
+    .bind(lons)
+    .bind(cells)
+    .bind(capacity)
+    .execute(conn)
     .await?;
-    courier_row(row)
+    Ok(())
 }
 
 /// The courier, if it ever reported.
@@ -403,6 +518,51 @@ pub async fn waiting_in_area(
                 cause_traceparent: traceparent,
             })
         })
+        .collect()
+}
+
+/// Up to `limit` waiting waybills whose deadline is after `now`, nearest to `origin` on the
+/// plane first, each with its planar distance; locked, skipping rows another transaction holds
+/// (like [`waiting_in_area`]). A KNN scan of the partial GiST index `waybills_waiting_nearest`.
+pub async fn nearest_waiting(
+    conn: &mut PgConnection,
+    origin: PlanePoint,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(WaitingRow, f64)>> {
+    type Row = (Uuid, Uuid, f64, f64, DateTime<Utc>, Option<String>, f64);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT waybill_id, order_id, pickup_lat, pickup_lon, deadline, cause_traceparent,
+                pickup_plane <-> point($1, $2)
+         FROM waybills
+         WHERE status = 'waiting' AND deadline > $3
+         ORDER BY pickup_plane <-> point($1, $2)
+         LIMIT $4
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(origin.x)
+    .bind(origin.y)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(
+            |(waybill_id, order_id, lat, lon, deadline, traceparent, planar)| {
+                Ok((
+                    WaitingRow {
+                        waybill: WaitingWaybill {
+                            waybill_id: WaybillId(waybill_id),
+                            pickup: point(lat, lon)?,
+                            deadline,
+                        },
+                        order_id: OrderId(order_id),
+                        cause_traceparent: traceparent,
+                    },
+                    planar,
+                ))
+            },
+        )
         .collect()
 }
 

@@ -48,7 +48,11 @@ impl Harness {
     }
 
     pub async fn with_settings(settings: Settings) -> anyhow::Result<Self> {
-        let pool = schema_pool(SCHEMA).await?;
+        Self::on_pool(schema_pool(SCHEMA).await?, settings).await
+    }
+
+    /// On an existing database (a pool in dispatch's schema), migrated first.
+    pub async fn on_pool(pool: PgPool, settings: Settings) -> anyhow::Result<Self> {
         jwl_dispatch::migrate(&pool).await?;
         let messaging = MessagingSettings {
             relay_poll_interval: Duration::from_millis(200),
