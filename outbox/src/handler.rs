@@ -15,8 +15,16 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// database connection inside the batch transaction, under this message's savepoint.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
-    /// Event types this handler consumes; one durable consumer per type.
+    /// Event types this handler consumes (the service's one durable consumer filters on them).
     fn subscriptions(&self) -> &'static [EventType];
+
+    /// The most batches of this handler worth running at once in one process (at most
+    /// `consumer_workers`). A handler whose batches contend for the same rows (stock of popular
+    /// SKUs, locked until the batch commits) gains nothing from more: they would queue behind one
+    /// another's locks while holding their own.
+    fn max_workers(&self) -> usize {
+        usize::MAX
+    }
 
     /// Handles one event. Everything done through `ctx` commits together with the inbox row, or
     /// not at all. Events emitted with [`HandlerContext::emit`] are published after commit.

@@ -183,7 +183,11 @@ impl ConsumerLoop {
         shutdown: &CancellationToken,
         backoff: &mut ExponentialBackoff,
     ) -> Interrupted {
-        let workers = self.settings.consumer_workers.max(1);
+        let workers = self
+            .settings
+            .consumer_workers
+            .min(self.handler.max_workers())
+            .max(1);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
             .map(|_| mpsc::channel::<Box<dyn Delivery>>(self.settings.consumer_batch_size))
             .unzip();

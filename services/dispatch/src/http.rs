@@ -9,6 +9,7 @@
 //!   around it; 404 unknown waybill, 409 not this courier's or already delivered;
 //! - `GET /v1/couriers/{id}` (that courier or an admin) → `{"courier_id","lat","lon","live_waybills"}`.
 
+use jwl_outbox::RelaySignal;
 use std::sync::Arc;
 
 use axum::Router;
@@ -33,10 +34,11 @@ use crate::store::{self, Courier};
 struct AppState {
     pool: PgPool,
     settings: Arc<Settings>,
+    relay: RelaySignal,
 }
 
 /// The routes, over the service's pool and settings.
-pub fn routes(pool: PgPool, settings: Arc<Settings>) -> Router {
+pub fn routes(pool: PgPool, settings: Arc<Settings>, relay: RelaySignal) -> Router {
     Router::new()
         .route("/v1/couriers/{id}", get(get_courier))
         .route("/v1/couriers/{id}/location", put(put_location))
@@ -44,7 +46,11 @@ pub fn routes(pool: PgPool, settings: Arc<Settings>) -> Router {
             "/v1/couriers/{id}/deliveries/{waybill_id}",
             post(post_delivery),
         )
-        .with_state(AppState { pool, settings })
+        .with_state(AppState {
+            pool,
+            settings,
+            relay,
+        })
 }
 
 /// The body of `PUT /v1/couriers/{id}/location`.
@@ -135,6 +141,7 @@ async fn put_location(
     ) = dispatcher::report_position(&mut tx, &courier_id, &position, &state.settings, Utc::now())
         .await?;
     tx.commit().await?;
+    state.relay.committed(&state.pool).await;
     if !assigned.is_empty() {
         tracing::info!(%courier_id, ?assigned, "courier took waiting waybills");
     }
@@ -203,6 +210,7 @@ async fn post_delivery(
         .map_err(DispatchError::from)?;
     let offer = dispatcher::offer_courier(&mut tx, &courier, &state.settings, Utc::now()).await?;
     tx.commit().await?;
+    state.relay.committed(&state.pool).await;
     Ok(Json(DeliveryView {
         waybill_id,
         order_id: waybill.order_id,

@@ -62,7 +62,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 /// The service's HTTP routes (without health and metrics, which the edge adds).
 pub fn router(ctx: &ServiceContext) -> axum::Router {
-    http::routes(ctx.pool.clone(), ctx.settings.clone())
+    http::routes(ctx.pool.clone(), ctx.settings.clone(), ctx.relay.clone())
 }
 
 /// Relay, consumers and the deadline timer until `shutdown`; if either stops on its own, the
@@ -81,6 +81,7 @@ pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> anyhow::Re
     let stop = shutdown.child_token();
     let mut timer = tokio::spawn(timer::run(
         ctx.pool.clone(),
+        ctx.relay.clone(),
         ctx.settings.clone(),
         ctx.messaging.db_stall_timeout,
         stop.clone(),

@@ -4,6 +4,7 @@
 //! Replicas can all run it: rows are claimed with `FOR UPDATE SKIP LOCKED`, and a waybill
 //! being assigned or cancelled at that moment is skipped and looked at again on the next tick.
 
+use jwl_outbox::RelaySignal;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -27,6 +28,7 @@ const BATCH_SIZE: i64 = 100;
 /// logged and retried next tick.
 pub async fn run(
     pool: PgPool,
+    relay: RelaySignal,
     settings: Arc<Settings>,
     stall_timeout: Duration,
     shutdown: CancellationToken,
@@ -40,7 +42,10 @@ pub async fn run(
         }
         match fail_overdue(&pool, stall_timeout).await {
             Ok(0) => {}
-            Ok(failed) => tracing::info!(failed, "failed waybills past their dispatch deadline"),
+            Ok(failed) => {
+                relay.committed(&pool).await;
+                tracing::info!(failed, "failed waybills past their dispatch deadline")
+            }
             Err(error) => tracing::warn!(%error, "deadline timer round failed; retrying"),
         }
     }

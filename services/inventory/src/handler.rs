@@ -181,6 +181,13 @@ impl Handler for InventoryHandler {
         SUBSCRIPTIONS
     }
 
+    /// One batch at a time: a reservation locks the stock rows of its SKUs until the batch
+    /// commits, and with popular SKUs concurrent batches only queue behind each other's locks
+    /// (measured: a 4-worker inventory convoyed into 30 s stalls at 100 orders/s).
+    fn max_workers(&self) -> usize {
+        1
+    }
+
     async fn handle(
         &self,
         ctx: &mut HandlerContext<'_>,
