@@ -121,7 +121,9 @@ impl ConsumerLoop {
             })
             .collect();
         if needs_database {
-            let outcome = if fast_path::eligible(&screened) {
+            let outcome = if fast_path::eligible(&screened)
+                && !self.injects_failure(&batch, &screened)
+            {
                 self.handle_fast(&batch, &screened).await
             } else {
                 Ok(FastOutcome::Careful(None))

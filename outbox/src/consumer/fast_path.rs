@@ -66,6 +66,18 @@ pub(super) fn eligible(screened: &[Screened]) -> bool {
 }
 
 impl ConsumerLoop {
+    /// Whether a fault point will fail one of the batch's handlers (the careful path injects it,
+    /// under a savepoint; going there at once keeps the others from running twice).
+    pub(super) fn injects_failure(&self, batch: &[Box<dyn Delivery>], screened: &[Screened]) -> bool {
+        let Some(faults) = &self.settings.faults else {
+            return false;
+        };
+        screened.iter().zip(batch).any(|(item, delivery)| match item {
+            Screened::Work(work) => faults.fails_transiently(&work.consumer, delivery.attempt()),
+            Screened::Decided(_) => false,
+        })
+    }
+
     /// Runs an [`eligible`] batch the fast way, within the stall timeout. `Err` fails the batch
     /// as on the careful path: a lost connection, a stall, or a refusal at commit (which no
     /// savepoint could isolate). A database error before the commit means
@@ -114,16 +126,6 @@ impl ConsumerLoop {
                     continue;
                 }
                 let attempt = batch[index].attempt();
-                if self
-                    .settings
-                    .faults
-                    .as_ref()
-                    .is_some_and(|faults| faults.fails_transiently(consumer, attempt))
-                {
-                    // the careful path injects it, under a savepoint
-                    tx.rollback().await?;
-                    return Ok(Ok(FastOutcome::Careful(None)));
-                }
                 let span = handle_event_span(consumer, envelope, attempt);
                 let started = Instant::now();
                 let mut ctx = HandlerContext::new(&mut tx, self.service, envelope, attempt);
