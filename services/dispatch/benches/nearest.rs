@@ -29,17 +29,17 @@ const PICKUP_SPREAD_KM: f64 = 0.2;
 const PICKUPS: usize = 64;
 const KM_PER_DEGREE: f64 = 111.195;
 
-/// A small deterministic generator (splitmix64), so every run places the same couriers.
-struct SplitMix(u64);
+/// A seeded generator, so every run places the same points.
+struct Seeded(rand::rngs::StdRng);
 
-impl SplitMix {
+impl Seeded {
+    fn seeded(seed: u64) -> Self {
+        Self(rand::SeedableRng::seed_from_u64(seed))
+    }
+
+    /// Uniform in [0, 1).
     fn next_unit(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        rand::Rng::random(&mut self.0)
     }
 
     /// A point uniformly distributed within `radius_km` of the centre.
@@ -57,7 +57,7 @@ impl SplitMix {
 async fn population(count: usize, settings: &Settings) -> anyhow::Result<PgPool> {
     let pool = jwl_testkit::service::schema_pool(SCHEMA).await?;
     jwl_dispatch::migrate(&pool).await?;
-    let mut random = SplitMix(count as u64);
+    let mut random = Seeded::seeded(count as u64);
     let couriers: Vec<(CourierId, GeoPoint)> = (0..count)
         .map(|i| {
             let id = CourierId::parse(&format!("bench-{i}"))?;
@@ -99,7 +99,7 @@ fn nearest(c: &mut Criterion) {
         .build()
         .expect("a Tokio runtime");
     let settings = Settings::default();
-    let mut random = SplitMix(7);
+    let mut random = Seeded::seeded(7);
     let pickups: Vec<GeoPoint> = (0..PICKUPS)
         .map(|_| random.point_within(PICKUP_SPREAD_KM))
         .collect();

@@ -38,17 +38,17 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// A small deterministic generator (splitmix64).
-struct SplitMix(u64);
+/// A seeded generator, so every run places the same points.
+struct Seeded(rand::rngs::StdRng);
 
-impl SplitMix {
+impl Seeded {
+    fn seeded(seed: u64) -> Self {
+        Self(rand::SeedableRng::seed_from_u64(seed))
+    }
+
+    /// Uniform in [0, 1).
     fn next_unit(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+        rand::Rng::random(&mut self.0)
     }
 
     /// Somewhere within ±`km` east and north of `(lat, lon)`.
@@ -73,7 +73,7 @@ async fn location_updates_per_second() -> anyhow::Result<()> {
     let settings = Settings::default();
     let h = Harness::with_settings(settings.clone()).await?;
 
-    let mut random = SplitMix(1);
+    let mut random = Seeded::seeded(1);
     for _ in 0..waiting {
         let bearing = std::f64::consts::TAU * random.next_unit();
         let km = 6.3 + 0.2 * random.next_unit();
@@ -123,7 +123,7 @@ async fn location_updates_per_second() -> anyhow::Result<()> {
         let (client, token, base, done) =
             (client.clone(), token.clone(), base.clone(), done.clone());
         workers.push(tokio::spawn(async move {
-            let mut random = SplitMix(worker as u64 + 100);
+            let mut random = Seeded::seeded(worker as u64 + 100);
             let mut mine = mine;
             let mut next = 0;
             while Instant::now() < until && !mine.is_empty() {
