@@ -40,7 +40,9 @@ pub fn find_nats_server() -> Result<PathBuf, InfraError> {
     for candidate in candidates(NAME) {
         match nats_server_version(&candidate) {
             Some(version) if version >= MIN_NATS_SERVER => return Ok(candidate),
-            Some((major, minor)) => too_old.push(format!("{} ({major}.{minor})", candidate.display())),
+            Some((major, minor)) => {
+                too_old.push(format!("{} ({major}.{minor})", candidate.display()))
+            }
             None => too_old.push(format!("{} (version unknown)", candidate.display())),
         }
     }

@@ -37,14 +37,12 @@ pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), Outb
         env.traceparent = traceparent;
         jwl_events::encode(&env, HeaderStyle::Nats)
     };
-    sqlx::query(
-        "INSERT INTO outbox (event_id, subject, headers, payload) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(env.id.0)
-    .bind(&wire.subject)
-    .bind(Json(&wire.headers))
-    .bind(&wire.payload)
-    .execute(conn)
-    .await?;
+    sqlx::query("INSERT INTO outbox (event_id, subject, headers, payload) VALUES ($1, $2, $3, $4)")
+        .bind(env.id.0)
+        .bind(&wire.subject)
+        .bind(Json(&wire.headers))
+        .bind(&wire.payload)
+        .execute(conn)
+        .await?;
     Ok(())
 }

@@ -194,10 +194,13 @@ async fn inbox_absorbs_a_redelivered_event() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn a_handler_reporting_success_over_an_aborted_transaction_loses_nothing() -> anyhow::Result<()>
-{
+async fn a_handler_reporting_success_over_an_aborted_transaction_loses_nothing()
+-> anyhow::Result<()> {
     let h = Harness::start().await?;
-    let events: Vec<Envelope> = [1, SWALLOWS_SQL_ERROR, 2].into_iter().map(captured).collect();
+    let events: Vec<Envelope> = [1, SWALLOWS_SQL_ERROR, 2]
+        .into_iter()
+        .map(captured)
+        .collect();
     for event in &events {
         h.publish_event(event, &event.id.0.to_string()).await?;
     }
@@ -212,7 +215,10 @@ async fn a_handler_reporting_success_over_an_aborted_transaction_loses_nothing()
     })
     .await?;
     assert_eq!(dead.len(), 1);
-    assert_eq!(header(&dead[0], "ce-id"), Some(&*events[1].id.0.to_string()));
+    assert_eq!(
+        header(&dead[0], "ce-id"),
+        Some(&*events[1].id.0.to_string())
+    );
     let error = header(&dead[0], "jwl-dlq-error").unwrap_or_default();
     assert!(error.contains("transaction was aborted"), "{error}");
     running.stop().await
@@ -242,7 +248,11 @@ async fn a_permanently_failing_message_does_not_undo_its_batch() -> anyhow::Resu
     let txids: Vec<i64> = sqlx::query_scalar("SELECT DISTINCT txid FROM effects")
         .fetch_all(&h.pool)
         .await?;
-    assert_eq!(txids.len(), 1, "one committed batch transaction, got {txids:?}");
+    assert_eq!(
+        txids.len(),
+        1,
+        "one committed batch transaction, got {txids:?}"
+    );
     // and the failing handler ran once for its one delivery
     let bad_attempts: Vec<i32> = h
         .attempts_of(&events[2])
@@ -833,7 +843,11 @@ async fn nothing_is_lost_across_a_postgres_restart() -> anyhow::Result<()> {
     let handled = |outcome| {
         counter(
             "jwl_events_handled_total",
-            &[("consumer", &h.consumer()), ("type", ty), ("outcome", outcome)],
+            &[
+                ("consumer", &h.consumer()),
+                ("type", ty),
+                ("outcome", outcome),
+            ],
         )
     };
     assert_eq!((handled("ok"), handled("dead_lettered")), (30, 0));

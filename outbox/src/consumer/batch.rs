@@ -15,9 +15,9 @@ use sqlx::{Connection as _, PgConnection};
 use uuid::Uuid;
 
 use super::dead_letter::{DeadLetter, DeadLetterReason, LetterSource, dead_letter_message};
+use super::fast_path::{self, FastOutcome, KnownFailure};
 use super::holds::{self, ParkedMessage};
 use super::replay::{self, ReplayMode};
-use super::fast_path::{self, FastOutcome, KnownFailure};
 use super::{ConsumerLoop, ConsumerSource};
 use crate::faults::crash;
 use crate::handler::HandlerError;
@@ -121,13 +121,12 @@ impl ConsumerLoop {
             })
             .collect();
         if needs_database {
-            let outcome = if fast_path::eligible(&screened)
-                && !self.injects_failure(&batch, &screened)
-            {
-                self.handle_fast(&batch, &screened).await
-            } else {
-                Ok(FastOutcome::Careful(None))
-            };
+            let outcome =
+                if fast_path::eligible(&screened) && !self.injects_failure(&batch, &screened) {
+                    self.handle_fast(&batch, &screened).await
+                } else {
+                    Ok(FastOutcome::Careful(None))
+                };
             let outcome = match outcome {
                 Ok(FastOutcome::Committed {
                     verdicts: fast,
@@ -679,7 +678,9 @@ impl ConsumerLoop {
             .zip(verdicts)
             .zip(handled_as)
         {
-            let metrics = self.metrics.of(consumer.as_deref().unwrap_or(&self.consumer));
+            let metrics = self
+                .metrics
+                .of(consumer.as_deref().unwrap_or(&self.consumer));
             match verdict {
                 Some(Verdict::Handled) => {
                     metrics.ok.increment(1);
@@ -826,7 +827,11 @@ impl ConsumerLoop {
 /// The span of handling `envelope` as `consumer` (delivery `attempt`), a child of the span that
 /// emitted the event (its `traceparent`), so it is in the order's trace. `outcome` is recorded
 /// once known.
-pub(super) fn handle_event_span(consumer: &str, envelope: &Envelope, attempt: u32) -> tracing::Span {
+pub(super) fn handle_event_span(
+    consumer: &str,
+    envelope: &Envelope,
+    attempt: u32,
+) -> tracing::Span {
     let span = tracing::info_span!(
         "handle_event",
         consumer,

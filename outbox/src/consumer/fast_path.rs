@@ -26,8 +26,8 @@ use super::ConsumerLoop;
 use super::batch::{Screened, Verdict, Work, WorkKind, handle_event_span};
 use super::holds;
 use crate::handler::{HandlerContext, HandlerError};
-use crate::inbox::panic_text;
 use crate::inbox;
+use crate::inbox::panic_text;
 use crate::stall;
 use crate::transport::Delivery;
 
@@ -68,14 +68,23 @@ pub(super) fn eligible(screened: &[Screened]) -> bool {
 impl ConsumerLoop {
     /// Whether a fault point will fail one of the batch's handlers (the careful path injects it,
     /// under a savepoint; going there at once keeps the others from running twice).
-    pub(super) fn injects_failure(&self, batch: &[Box<dyn Delivery>], screened: &[Screened]) -> bool {
+    pub(super) fn injects_failure(
+        &self,
+        batch: &[Box<dyn Delivery>],
+        screened: &[Screened],
+    ) -> bool {
         let Some(faults) = &self.settings.faults else {
             return false;
         };
-        screened.iter().zip(batch).any(|(item, delivery)| match item {
-            Screened::Work(work) => faults.fails_transiently(&work.consumer, delivery.attempt()),
-            Screened::Decided(_) => false,
-        })
+        screened
+            .iter()
+            .zip(batch)
+            .any(|(item, delivery)| match item {
+                Screened::Work(work) => {
+                    faults.fails_transiently(&work.consumer, delivery.attempt())
+                }
+                Screened::Decided(_) => false,
+            })
     }
 
     /// Runs an [`eligible`] batch the fast way, within the stall timeout. `Err` fails the batch
@@ -148,7 +157,10 @@ impl ConsumerLoop {
                 };
                 if let Some(error) = error {
                     tx.rollback().await?;
-                    return Ok(Ok(FastOutcome::Careful(Some(KnownFailure { index, error }))));
+                    return Ok(Ok(FastOutcome::Careful(Some(KnownFailure {
+                        index,
+                        error,
+                    }))));
                 }
                 span.record("outcome", Verdict::Handled.outcome());
                 verdicts[index] = Some(Verdict::Handled);

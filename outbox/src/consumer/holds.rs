@@ -47,13 +47,14 @@ pub(crate) async fn holds_on(
 
 /// Whether any of `orders` is held, for any consumer of this service (one statement for a whole
 /// batch).
-pub(crate) async fn any_held(conn: &mut PgConnection, orders: &[Uuid]) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM dead_letter_holds WHERE order_id = ANY($1))",
-    )
-    .bind(orders)
-    .fetch_one(conn)
-    .await
+pub(crate) async fn any_held(
+    conn: &mut PgConnection,
+    orders: &[Uuid],
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dead_letter_holds WHERE order_id = ANY($1))")
+        .bind(orders)
+        .fetch_one(conn)
+        .await
 }
 
 /// Holds (consumer, order) with `head_event_id` as its head, unless it is held already.

@@ -24,9 +24,9 @@ use crate::relay::RelaySignal;
 use crate::settings::MessagingSettings;
 use crate::stall;
 use crate::transport::{Broker, ConsumerSpec, Deliveries, Delivery, TransportError};
+use batch::BatchResult;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
-use batch::BatchResult;
 
 /// What a consumer loop reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

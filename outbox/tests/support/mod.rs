@@ -16,11 +16,11 @@ use chrono::{DateTime, Utc};
 use jwl_events::{
     Envelope, EventData, EventType, HeaderStyle, OrderId, PaymentCaptured, PaymentVoided, Service,
 };
+use jwl_outbox::transport::ConsumerSpec;
 use jwl_outbox::{
     Handler, HandlerContext, HandlerError, JetStreamBroker, Messaging, MessagingSettings,
     OutboxError, RelaySignal,
 };
-use jwl_outbox::transport::ConsumerSpec;
 use jwl_testkit::{TestDatabase, TestNats};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

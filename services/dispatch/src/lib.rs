@@ -87,9 +87,9 @@ pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> anyhow::Re
         stop.clone(),
     ));
     let handler = Arc::new(DispatchHandler::new(ctx.settings.clone()));
-    let messaging =
-        Messaging::new(SERVICE, ctx.pool, ctx.broker, ctx.messaging)
-        .with_relay_signal(ctx.relay).run(handler, stop.clone());
+    let messaging = Messaging::new(SERVICE, ctx.pool, ctx.broker, ctx.messaging)
+        .with_relay_signal(ctx.relay)
+        .run(handler, stop.clone());
     tokio::pin!(messaging);
     tokio::select! {
         result = &mut messaging => {

@@ -508,17 +508,28 @@ pub async fn waiting_in_area(
         };
     rows.into_iter()
         .map(|(waybill_id, order_id, lat, lon, deadline, traceparent)| {
-            Ok(WaitingRow {
-                waybill: WaitingWaybill {
-                    waybill_id: WaybillId(waybill_id),
-                    pickup: point(lat, lon)?,
-                    deadline,
-                },
-                order_id: OrderId(order_id),
-                cause_traceparent: traceparent,
-            })
+            waiting_row(waybill_id, order_id, (lat, lon), deadline, traceparent)
         })
         .collect()
+}
+
+/// A waiting waybill as read from its row.
+fn waiting_row(
+    waybill_id: Uuid,
+    order_id: Uuid,
+    (lat, lon): (f64, f64),
+    deadline: DateTime<Utc>,
+    cause_traceparent: Option<String>,
+) -> Result<WaitingRow> {
+    Ok(WaitingRow {
+        waybill: WaitingWaybill {
+            waybill_id: WaybillId(waybill_id),
+            pickup: point(lat, lon)?,
+            deadline,
+        },
+        order_id: OrderId(order_id),
+        cause_traceparent,
+    })
 }
 
 /// Up to `limit` waiting waybills whose deadline is after `now`, nearest to `origin` on the
@@ -550,15 +561,7 @@ pub async fn nearest_waiting(
         .map(
             |(waybill_id, order_id, lat, lon, deadline, traceparent, planar)| {
                 Ok((
-                    WaitingRow {
-                        waybill: WaitingWaybill {
-                            waybill_id: WaybillId(waybill_id),
-                            pickup: point(lat, lon)?,
-                            deadline,
-                        },
-                        order_id: OrderId(order_id),
-                        cause_traceparent: traceparent,
-                    },
+                    waiting_row(waybill_id, order_id, (lat, lon), deadline, traceparent)?,
                     planar,
                 ))
             },

@@ -202,7 +202,10 @@ async fn transient_handler_errors_are_retried_then_succeed() -> anyhow::Result<(
         let outcomes = system.check_invariants(&placed).await?;
         // each order.created 1 + FAILED_DELIVERIES times, each courier_assigned once
         let deliveries = system.broker().deliveries(PAYMENT_EVENTS).await?;
-        assert_eq!(deliveries, (ORDERS * (FAILED_DELIVERIES + 1) + ORDERS) as u64);
+        assert_eq!(
+            deliveries,
+            (ORDERS * (FAILED_DELIVERIES + 1) + ORDERS) as u64
+        );
         summary("transient_handler_errors", placed.len(), &outcomes, started);
         Ok(())
     })

@@ -161,8 +161,11 @@ async fn start_after_replaced(stream: &stream::Stream<()>, replaced: &[String]) 
     }
     match floor {
         Some(acked) => {
-            tracing::info!(?replaced, start_sequence = acked + 1,
-                "taking over from superseded consumers");
+            tracing::info!(
+                ?replaced,
+                start_sequence = acked + 1,
+                "taking over from superseded consumers"
+            );
             DeliverPolicy::ByStartSequence {
                 start_sequence: acked + 1,
             }
