@@ -9,12 +9,14 @@ mod holds;
 mod replay;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures::{FutureExt, StreamExt};
 use jwl_events::Service;
 use sqlx::PgPool;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::Handler;
@@ -25,8 +27,6 @@ use crate::settings::MessagingSettings;
 use crate::stall;
 use crate::transport::{Broker, ConsumerSpec, Deliveries, Delivery, TransportError};
 use batch::BatchResult;
-use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::sync::mpsc;
 
 /// What a consumer loop reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

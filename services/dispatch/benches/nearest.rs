@@ -12,6 +12,8 @@
 //! cargo bench -p jwl-dispatch --bench nearest
 //! ```
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
@@ -29,39 +31,25 @@ const PICKUP_SPREAD_KM: f64 = 0.2;
 const PICKUPS: usize = 64;
 const KM_PER_DEGREE: f64 = 111.195;
 
-/// A seeded generator, so every run places the same points.
-struct Seeded(rand::rngs::StdRng);
-
-impl Seeded {
-    fn seeded(seed: u64) -> Self {
-        Self(rand::SeedableRng::seed_from_u64(seed))
-    }
-
-    /// Uniform in [0, 1).
-    fn next_unit(&mut self) -> f64 {
-        rand::Rng::random(&mut self.0)
-    }
-
-    /// A point uniformly distributed within `radius_km` of the centre.
-    fn point_within(&mut self, radius_km: f64) -> GeoPoint {
-        let r = radius_km * self.next_unit().sqrt();
-        let theta = std::f64::consts::TAU * self.next_unit();
-        let (north, east) = (r * theta.sin(), r * theta.cos());
-        let lat = CENTRE.0 + north / KM_PER_DEGREE;
-        let lon = CENTRE.1 + east / (KM_PER_DEGREE * CENTRE.0.to_radians().cos());
-        GeoPoint::new(lat, lon).expect("a point near the centre is valid")
-    }
+/// A point uniformly distributed within `radius_km` of the centre.
+fn point_within(random: &mut StdRng, radius_km: f64) -> GeoPoint {
+    let r = radius_km * random.random::<f64>().sqrt();
+    let theta = std::f64::consts::TAU * random.random::<f64>();
+    let (north, east) = (r * theta.sin(), r * theta.cos());
+    let lat = CENTRE.0 + north / KM_PER_DEGREE;
+    let lon = CENTRE.1 + east / (KM_PER_DEGREE * CENTRE.0.to_radians().cos());
+    GeoPoint::new(lat, lon).expect("a point near the centre is valid")
 }
 
 /// A fresh database holding `count` available couriers around the centre.
 async fn population(count: usize, settings: &Settings) -> anyhow::Result<PgPool> {
     let pool = jwl_testkit::service::schema_pool(SCHEMA).await?;
     jwl_dispatch::migrate(&pool).await?;
-    let mut random = Seeded::seeded(count as u64);
+    let mut random = StdRng::seed_from_u64(count as u64);
     let couriers: Vec<(CourierId, GeoPoint)> = (0..count)
         .map(|i| {
             let id = CourierId::parse(&format!("bench-{i}"))?;
-            Ok((id, random.point_within(SPREAD_KM)))
+            Ok((id, point_within(&mut random, SPREAD_KM)))
         })
         .collect::<anyhow::Result<_>>()?;
     for chunk in couriers.chunks(10_000) {
@@ -99,9 +87,9 @@ fn nearest(c: &mut Criterion) {
         .build()
         .expect("a Tokio runtime");
     let settings = Settings::default();
-    let mut random = Seeded::seeded(7);
+    let mut random = StdRng::seed_from_u64(7);
     let pickups: Vec<GeoPoint> = (0..PICKUPS)
-        .map(|_| random.point_within(PICKUP_SPREAD_KM))
+        .map(|_| point_within(&mut random, PICKUP_SPREAD_KM))
         .collect();
 
     let mut group = c.benchmark_group("find_and_reserve_nearest");

@@ -21,6 +21,8 @@
 
 mod common;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -38,28 +40,14 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-/// A seeded generator, so every run places the same points.
-struct Seeded(rand::rngs::StdRng);
-
-impl Seeded {
-    fn seeded(seed: u64) -> Self {
-        Self(rand::SeedableRng::seed_from_u64(seed))
-    }
-
-    /// Uniform in [0, 1).
-    fn next_unit(&mut self) -> f64 {
-        rand::Rng::random(&mut self.0)
-    }
-
-    /// Somewhere within ±`km` east and north of `(lat, lon)`.
-    fn near(&mut self, (lat, lon): (f64, f64), km: f64) -> (f64, f64) {
-        let north = (self.next_unit() * 2.0 - 1.0) * km;
-        let east = (self.next_unit() * 2.0 - 1.0) * km;
-        (
-            lat + north / 111.195,
-            lon + east / (111.195 * lat.to_radians().cos()),
-        )
-    }
+/// Somewhere within ±`km` east and north of `(lat, lon)`.
+fn near(random: &mut StdRng, (lat, lon): (f64, f64), km: f64) -> (f64, f64) {
+    let north = (random.random::<f64>() * 2.0 - 1.0) * km;
+    let east = (random.random::<f64>() * 2.0 - 1.0) * km;
+    (
+        lat + north / 111.195,
+        lon + east / (111.195 * lat.to_radians().cos()),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,10 +61,10 @@ async fn location_updates_per_second() -> anyhow::Result<()> {
     let settings = Settings::default();
     let h = Harness::with_settings(settings.clone()).await?;
 
-    let mut random = Seeded::seeded(1);
+    let mut random = StdRng::seed_from_u64(1);
     for _ in 0..waiting {
-        let bearing = std::f64::consts::TAU * random.next_unit();
-        let km = 6.3 + 0.2 * random.next_unit();
+        let bearing = std::f64::consts::TAU * random.random::<f64>();
+        let km = 6.3 + 0.2 * random.random::<f64>();
         let pickup = (
             PICKUP.0 + km * bearing.cos() / 111.195,
             PICKUP.1 + km * bearing.sin() / (111.195 * PICKUP.0.to_radians().cos()),
@@ -86,7 +74,7 @@ async fn location_updates_per_second() -> anyhow::Result<()> {
     let mut positions = Vec::with_capacity(couriers);
     let mut seeded = Vec::with_capacity(couriers);
     for i in 0..couriers {
-        let position = random.near(PICKUP, spread_km);
+        let position = near(&mut random, PICKUP, spread_km);
         seeded.push((CourierId::parse(&format!("load-{i}"))?, point(position)));
         positions.push(position);
     }
@@ -123,14 +111,14 @@ async fn location_updates_per_second() -> anyhow::Result<()> {
         let (client, token, base, done) =
             (client.clone(), token.clone(), base.clone(), done.clone());
         workers.push(tokio::spawn(async move {
-            let mut random = Seeded::seeded(worker as u64 + 100);
+            let mut random = StdRng::seed_from_u64(worker as u64 + 100);
             let mut mine = mine;
             let mut next = 0;
             while Instant::now() < until && !mine.is_empty() {
                 let slot = next % mine.len();
                 let (i, position) = &mut mine[slot];
                 next += 1;
-                *position = random.near(*position, 0.02);
+                *position = near(&mut random, *position, 0.02);
                 let reply = client
                     .put(format!("{base}/v1/couriers/load-{i}/location"))
                     .bearer_auth(&token)

@@ -10,6 +10,8 @@ use common::*;
 use jwl_dispatch::bench;
 use jwl_events::{CourierId, GeoPoint};
 use jwl_service_kit::Settings;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde_json::json;
 use sqlx::migrate::Migrator;
 
@@ -18,28 +20,14 @@ const BEFORE_NEAREST: i64 = 20260301000000;
 
 static MIGRATOR: Migrator = sqlx::migrate!();
 
-/// A seeded generator, so every run places the same points.
-struct Seeded(rand::rngs::StdRng);
-
-impl Seeded {
-    fn seeded(seed: u64) -> Self {
-        Self(rand::SeedableRng::seed_from_u64(seed))
-    }
-
-    /// Uniform in [0, 1).
-    fn next_unit(&mut self) -> f64 {
-        rand::Rng::random(&mut self.0)
-    }
-
-    /// Within ±`km` east and north of `centre`, wrapping around the antimeridian.
-    fn near(&mut self, centre: &GeoPoint, km: f64) -> GeoPoint {
-        let north = (self.next_unit() * 2.0 - 1.0) * km;
-        let east = (self.next_unit() * 2.0 - 1.0) * km;
-        let lat = (centre.lat + north / 111.195).clamp(-90.0, 90.0);
-        let lon = centre.lon + east / (111.195 * centre.lat.to_radians().cos().max(0.01));
-        let lon = (lon + 540.0).rem_euclid(360.0) - 180.0;
-        GeoPoint::new(lat, lon).unwrap()
-    }
+/// Within ±`km` east and north of `centre`, wrapping around the antimeridian.
+fn near(random: &mut StdRng, centre: &GeoPoint, km: f64) -> GeoPoint {
+    let north = (random.random::<f64>() * 2.0 - 1.0) * km;
+    let east = (random.random::<f64>() * 2.0 - 1.0) * km;
+    let lat = (centre.lat + north / 111.195).clamp(-90.0, 90.0);
+    let lon = centre.lon + east / (111.195 * centre.lat.to_radians().cos().max(0.01));
+    let lon = (lon + 540.0).rem_euclid(360.0) - 180.0;
+    GeoPoint::new(lat, lon).unwrap()
 }
 
 /// The nearest courier with spare capacity within the radius by brute force (ties by id).
@@ -80,7 +68,7 @@ async fn check_places(
     centres: &[GeoPoint],
     spread_km: f64,
 ) -> anyhow::Result<()> {
-    let mut random = Seeded::seeded(42);
+    let mut random = StdRng::seed_from_u64(42);
     let mut couriers = Vec::new();
     for centre in centres {
         let c = format!(
@@ -90,12 +78,12 @@ async fn check_places(
         );
         for i in 0..400 {
             let id = CourierId::parse(&format!("c{c}-{i:03}"))?;
-            couriers.push((id, random.near(centre, spread_km)));
+            couriers.push((id, near(&mut random, centre, spread_km)));
         }
         // a cluster at one spot: equal distances, broken by id
         for i in 0..12 {
             let id = CourierId::parse(&format!("same{c}-{i:02}"))?;
-            couriers.push((id, random.near(centre, 0.0)));
+            couriers.push((id, near(&mut random, centre, 0.0)));
         }
     }
     bench::put_couriers(&h.pool, &couriers, settings).await?;
@@ -104,7 +92,9 @@ async fn check_places(
         .execute(&h.pool)
         .await?;
     for centre in centres {
-        let mut pickups: Vec<GeoPoint> = (0..25).map(|_| random.near(centre, spread_km)).collect();
+        let mut pickups: Vec<GeoPoint> = (0..25)
+            .map(|_| near(&mut random, centre, spread_km))
+            .collect();
         pickups.push(*centre);
         for pickup in pickups {
             let expected = expected_nearest(h, &pickup, settings).await?;
