@@ -495,6 +495,26 @@ pub struct SettingsArgs {
     /// Order requests one process handles at the same time (over it: 503 with Retry-After).
     #[arg(long, env = "JWL_INGEST_IN_FLIGHT", default_value = "256")]
     pub ingest_in_flight: NonZeroUsize,
+    /// How long an accepted order may queue behind the open ones: new orders are refused (503
+    /// with Retry-After) while more are open than the system finishes in this time; `off` for no
+    /// backlog limit.
+    #[arg(long, env = "JWL_ADMISSION_TARGET", default_value = "10s", value_parser = parse_optional_duration)]
+    pub admission_target: OptionalDuration,
+    /// Open orders always admitted, whatever the measured finish rate.
+    #[arg(long, env = "JWL_ADMISSION_MIN_OPEN", default_value = "200")]
+    pub admission_min_open: NonZeroU32,
+}
+
+/// A positive duration, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalDuration(pub Option<Duration>);
+
+/// `off`, or a humantime duration greater than zero.
+fn parse_optional_duration(text: &str) -> Result<OptionalDuration, String> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(OptionalDuration(None));
+    }
+    parse_positive_duration(text).map(|duration| OptionalDuration(Some(duration)))
 }
 
 impl MessagingArgs {

@@ -8,6 +8,7 @@ use anyhow::Context;
 use jwl_service_kit::Settings;
 use jwl_service_kit::auth::JwtKeys;
 use jwl_service_kit::http::IngestLimits;
+use jwl_service_kit::http::admission::BacklogLimits;
 
 use crate::args::{DatabaseArgs, JwtArgs, SettingsArgs};
 use crate::secret;
@@ -24,6 +25,10 @@ impl SettingsArgs {
                 rate_per_second: self.ingest_rate,
                 burst: self.ingest_burst,
                 max_in_flight: self.ingest_in_flight,
+                backlog: BacklogLimits {
+                    target: self.admission_target.0,
+                    min_open: self.admission_min_open,
+                },
             },
         })
     }

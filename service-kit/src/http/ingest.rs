@@ -2,10 +2,13 @@
 //! a semaphore the number in flight, and a circuit breaker ([`failsafe`]) sheds requests while
 //! the database is failing: after [`BREAKER_FAILURES`] requests in a row answered
 //! [`ApiError::DatabaseUnavailable`] it refuses requests for [`BREAKER_OPEN_FOR`], then lets them
-//! through again (one more failure re-opens it). A refused request gets, at once and before any
-//! work, a problem detail with `Retry-After`: `429` over the rate, `503` otherwise. Limits are per
-//! process (N replicas accept N times the rate). Apply [`limit_ingest`] to the ingest routes only,
-//! with `axum::middleware::from_fn_with_state`.
+//! through again (one more failure re-opens it). With a backlog probe
+//! ([`IngestLimiter::with_backlog`]) it also refuses requests while the work already accepted
+//! cannot be finished in time ([`super::admission`]). A refused request gets, at once and before
+//! any work, a problem detail with `Retry-After`: `429` over the rate, `503` otherwise. The rate
+//! and in-flight limits are per process (N replicas accept N times the rate), the backlog limit is
+//! shared through the probe. Apply [`limit_ingest`] to the ingest routes only, with
+//! `axum::middleware::from_fn_with_state`.
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
@@ -20,11 +23,15 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Semaphore;
 
+use super::admission::{Admission, BacklogLimits, BacklogProbe, Verdict};
 use crate::ApiError;
 use crate::problem::DatabaseFailure;
 
-/// Counter of requests refused at ingest, labelled `reason` (`rate`, `in_flight`, `database`).
+/// Counter of requests refused at ingest, labelled `reason` (`rate`, `in_flight`, `database`,
+/// `backlog`).
 pub const INGEST_SHED_METRIC: &str = "jwl_ingest_shed_total";
+/// Every `reason` of [`INGEST_SHED_METRIC`].
+const SHED_REASONS: [&str; 4] = ["rate", "in_flight", "database", "backlog"];
 
 /// `Retry-After` when too many requests are in flight: they finish in well under a second.
 const IN_FLIGHT_RETRY_AFTER_SECS: u64 = 1;
@@ -44,15 +51,18 @@ pub struct IngestLimits {
     pub burst: NonZeroU32,
     /// Requests handled at the same time (`JWL_INGEST_IN_FLIGHT`).
     pub max_in_flight: NonZeroUsize,
+    /// The limit from the backlog, for routes given a probe.
+    pub backlog: BacklogLimits,
 }
 
 impl Default for IngestLimits {
-    /// 500 per second, bursts of 1,000, 256 in flight.
+    /// 500 per second, bursts of 1,000, 256 in flight, the default [`BacklogLimits`].
     fn default() -> Self {
         Self {
             rate_per_second: NonZeroU32::new(500).unwrap_or(NonZeroU32::MIN),
             burst: NonZeroU32::new(1_000).unwrap_or(NonZeroU32::MIN),
             max_in_flight: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            backlog: BacklogLimits::default(),
         }
     }
 }
@@ -63,12 +73,19 @@ pub struct IngestLimiter {
     bucket: Arc<DefaultDirectRateLimiter>,
     in_flight: Arc<Semaphore>,
     database: DatabaseBreaker,
+    backlog_limits: BacklogLimits,
+    backlog: Option<Admission>,
 }
 
 impl IngestLimiter {
     pub fn new(limits: &IngestLimits) -> Self {
         let quota = Quota::per_second(limits.rate_per_second).allow_burst(limits.burst);
+        for reason in SHED_REASONS {
+            metrics::counter!(INGEST_SHED_METRIC, "reason" => reason).increment(0);
+        }
         Self {
+            backlog_limits: limits.backlog,
+            backlog: None,
             bucket: Arc::new(RateLimiter::direct(quota)),
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.get())),
             database: failsafe::Config::new()
@@ -79,10 +96,17 @@ impl IngestLimiter {
                 .build(),
         }
     }
+
+    /// Also limits by the backlog `probe` reports (unless the limits switch that off).
+    pub fn with_backlog(mut self, probe: impl BacklogProbe) -> Self {
+        self.backlog = Admission::new(self.backlog_limits, probe);
+        self
+    }
 }
 
-/// Refuses a request while the database breaker is open (`503`), over the rate (`429`) or over
-/// the requests in flight (`503`); else runs it and tells the breaker how it went.
+/// Refuses a request while the database breaker is open (`503`), over the backlog limit (`503`),
+/// over the rate (`429`) or over the requests in flight (`503`); else runs it and tells the
+/// breaker how it went.
 pub async fn limit_ingest(
     State(limiter): State<IngestLimiter>,
     request: Request,
@@ -96,7 +120,18 @@ pub async fn limit_ingest(
         )
         .into_response();
     }
+    if let Some(backlog) = &limiter.backlog
+        && let Verdict::Shed { retry_after } = backlog.check().await
+    {
+        metrics::counter!(INGEST_SHED_METRIC, "reason" => "backlog").increment(1);
+        return ApiError::unavailable(
+            whole_seconds_at_least_one(retry_after),
+            "more orders are open than the system finishes in time; retry after the given delay",
+        )
+        .into_response();
+    }
     if let Err(not_until) = limiter.bucket.check() {
+        limiter.not_accepted();
         let wait = not_until.wait_time_from(DefaultClock::default().now());
         metrics::counter!(INGEST_SHED_METRIC, "reason" => "rate").increment(1);
         return ApiError::TooManyRequests {
@@ -106,6 +141,7 @@ pub async fn limit_ingest(
         .into_response();
     }
     let Ok(_permit) = limiter.in_flight.clone().try_acquire_owned() else {
+        limiter.not_accepted();
         metrics::counter!(INGEST_SHED_METRIC, "reason" => "in_flight").increment(1);
         return ApiError::unavailable(
             IN_FLIGHT_RETRY_AFTER_SECS,
@@ -114,12 +150,24 @@ pub async fn limit_ingest(
         .into_response();
     };
     let response = next.run(request).await;
+    if !response.status().is_success() {
+        limiter.not_accepted();
+    }
     if response.extensions().get::<DatabaseFailure>().is_some() {
         limiter.database.on_error();
     } else if !response.status().is_server_error() {
         limiter.database.on_success();
     }
     response
+}
+
+impl IngestLimiter {
+    /// Gives back the backlog admission of a request that did not open anything.
+    fn not_accepted(&self) {
+        if let Some(backlog) = &self.backlog {
+            backlog.not_accepted();
+        }
+    }
 }
 
 /// `wait` in whole seconds, rounded up, and never 0 (`Retry-After: 0` invites a hot loop).

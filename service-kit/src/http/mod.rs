@@ -2,6 +2,7 @@
 //! endpoints, request ids, body limit, timeout, panic catching, problem-details errors for
 //! everything (including 404/405), per-request tracing spans and latency metrics; and [`serve`].
 
+pub mod admission;
 mod health;
 mod ingest;
 mod layers;

@@ -2,8 +2,9 @@
 //! `Idempotency-Key`), reading one (`GET /v1/orders/{id}`) and asking to cancel one
 //! (`POST /v1/orders/{id}/cancel`).
 //!
-//! Order intake is limited first (`429` over the rate, `503` with too many in flight; see
-//! [`jwl_service_kit::http::limit_ingest`]). Then checks run in this order: authentication (401),
+//! Order intake is limited first (`503` while more orders are open than the system finishes in
+//! the admission target, `429` over the rate, `503` with too many in flight; see
+//! [`jwl_service_kit::http::limit_ingest`] and [`crate::admission`]). Then checks run in this order: authentication (401),
 //! scope (403), path and body (400/413/415),
 //! existence and ownership (404: an order of another customer is reported as missing, so order
 //! ids cannot be probed), then the order's state (409).
@@ -27,6 +28,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::SERVICE;
+use crate::admission::OpenOrders;
 use crate::domain::{self, CancelDecision, FieldError, OrderRequest, OrderStatus};
 use crate::store::{self, IdempotentResponse, NewOrder, OrderRecord, StoreError};
 
@@ -48,7 +50,9 @@ pub fn router(ctx: &ServiceContext) -> Router {
         .route(
             "/v1/orders",
             post(create_order).route_layer(axum::middleware::from_fn_with_state(
-                IngestLimiter::new(&ctx.settings.ingest),
+                IngestLimiter::new(&ctx.settings.ingest).with_backlog(OpenOrders {
+                    pool: ctx.pool.clone(),
+                }),
                 limit_ingest,
             )),
         )

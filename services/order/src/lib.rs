@@ -7,6 +7,7 @@
 //! [`SERVICE`], [`SCHEMA`], [`migrate`], [`router`] and [`run`]; [`OrderReadModel`] is the
 //! event handler `run` feeds.
 
+mod admission;
 mod deadline;
 mod domain;
 mod handler;

@@ -220,7 +220,8 @@ pub async fn update_read_model(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE orders
-         SET status = $2, reason = $3, waybill_id = $4, courier_id = $5, updated_at = now()
+         SET status = $2, reason = $3, waybill_id = $4, courier_id = $5, updated_at = now(),
+             finished_at = COALESCE(finished_at, CASE WHEN $6 THEN now() END)
          WHERE order_id = $1",
     )
     .bind(order_id.0)
@@ -228,6 +229,7 @@ pub async fn update_read_model(
     .bind(state.reason.map(CancelledReason::as_str))
     .bind(state.waybill_id.map(|id| id.0))
     .bind(state.courier_id.as_ref().map(CourierId::as_str))
+    .bind(state.status.is_terminal())
     .execute(conn)
     .await?;
     Ok(())
@@ -287,6 +289,27 @@ pub async fn claim_overdue_orders(
         .into_iter()
         .map(|(id, traceparent)| (OrderId(id), traceparent))
         .collect())
+}
+
+/// Open orders, the age of the oldest in seconds, and the orders that finished in the last
+/// `window_secs`: what intake admission samples. The status list matches the predicate of
+/// `orders_open_created_idx`.
+pub async fn backlog(
+    pool: &PgPool,
+    window_secs: f64,
+) -> Result<(i64, Option<f64>, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT open.count, open.oldest, finished.count
+         FROM (SELECT count(*) AS count,
+                      extract(epoch FROM now() - min(created_at))::float8 AS oldest
+               FROM orders
+               WHERE status IN ('pending', 'paid', 'reserved', 'waybill_created')) AS open,
+              (SELECT count(*) AS count FROM orders
+               WHERE finished_at > now() - make_interval(secs => $1)) AS finished",
+    )
+    .bind(window_secs)
+    .fetch_one(pool)
+    .await
 }
 
 /// An order as `GET /v1/orders/{id}` shows it.

@@ -1,15 +1,19 @@
 //! Backpressure on `POST /v1/orders`: over the rate → `429`, with too many requests in flight →
-//! `503`, each a problem detail with `Retry-After`, refused before any work; reads are not limited.
+//! `503`, with more orders open than the system finishes in time → `503`, each a problem detail
+//! with `Retry-After`, refused before any work; reads are not limited.
 
 mod common;
 
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use chrono::Utc;
 use common::*;
+use jwl_events::{PaymentDeclined, Service};
 use jwl_service_kit::Settings;
 use jwl_service_kit::http::IngestLimits;
+use jwl_service_kit::http::admission::BacklogLimits;
 
 fn limited(rate_per_second: u32, burst: u32, max_in_flight: usize) -> Settings {
     Settings {
@@ -17,6 +21,7 @@ fn limited(rate_per_second: u32, burst: u32, max_in_flight: usize) -> Settings {
             rate_per_second: NonZeroU32::new(rate_per_second).unwrap(),
             burst: NonZeroU32::new(burst).unwrap(),
             max_in_flight: NonZeroUsize::new(max_in_flight).unwrap(),
+            ..IngestLimits::default()
         },
         ..Settings::default()
     }
@@ -117,6 +122,85 @@ async fn orders_beyond_the_requests_in_flight_get_503_with_retry_after() -> anyh
         third.status,
         StatusCode::CREATED,
         "room again once the first finished: {third:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn orders_beyond_what_the_system_finishes_in_time_get_503_until_some_finish()
+-> anyhow::Result<()> {
+    // nothing consumes the events here, so nothing finishes unless the test says so: the limit
+    // is the floor of three open orders
+    let settings = Settings {
+        ingest: IngestLimits {
+            backlog: BacklogLimits {
+                target: Some(Duration::from_secs(2)),
+                min_open: NonZeroU32::new(3).unwrap(),
+            },
+            ..IngestLimits::default()
+        },
+        ..Settings::default()
+    };
+    let app = TestApp::start_with(settings).await?;
+    let token = app.customer(CUSTOMER);
+    let body = order_body();
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let reply = app.post_order(Some(&token), &body, None).await?;
+        assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
+        open.push(reply.order_id());
+    }
+    let refused = app.post_order(Some(&token), &body, None).await?;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert_eq!(refused.json["status"], 503);
+    let retry_after: u64 = refused
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()?;
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        orders_in_db(&app).await?,
+        3,
+        "the refused order was not created"
+    );
+
+    // one order finishes (declined): a place opens once a sample sees it
+    app.deliver(&event_at(
+        Service::Payment,
+        PaymentDeclined {
+            order_id: open[0],
+            amount_cents: 32200,
+            reason: "card_declined".into(),
+        },
+        Utc::now(),
+        10,
+    ))
+    .await?;
+    let admitted = jwl_testkit::eventually("an order is admitted again", SOON, || async {
+        let reply = app.post_order(Some(&token), &body, None).await.ok()?;
+        match reply.status {
+            StatusCode::CREATED => Some(reply),
+            StatusCode::SERVICE_UNAVAILABLE => None,
+            other => panic!("unexpected {other}: {reply:?}"),
+        }
+    })
+    .await?;
+    assert_eq!(admitted.status, StatusCode::CREATED);
+    assert_eq!(orders_in_db(&app).await?, 4);
+    // and the limit holds again: three open
+    let refused = app.post_order(Some(&token), &body, None).await?;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{refused:?}"
     );
     Ok(())
 }

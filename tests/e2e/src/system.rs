@@ -51,10 +51,13 @@ pub struct SystemOptions {
     /// cut them: the service gets the proxy's address in `JWL_NATS_URL` or
     /// `JWL_<SERVICE>_DATABASE_URL`.
     pub proxied: Vec<(Service, Link)>,
+    /// `JWL_ADMISSION_MIN_OPEN`: open orders intake always admits.
+    pub admission_min_open: u32,
 }
 
 impl Default for SystemOptions {
-    /// The documented defaults (`60s`, `5m`, `5` km, `1`, `30s`, `30s`), in the shared cluster.
+    /// The documented defaults (`60s`, `5m`, `5` km, `1`, `30s`, `30s`, `200`), in the shared
+    /// cluster.
     fn default() -> Self {
         Self {
             dispatch_deadline: Duration::from_secs(60),
@@ -65,6 +68,7 @@ impl Default for SystemOptions {
             db_stall_timeout: Duration::from_secs(30),
             private_cluster: false,
             proxied: Vec::new(),
+            admission_min_open: 200,
         }
     }
 }
@@ -457,6 +461,10 @@ fn service_env(
         ("JWL_COURIER_CAPACITY", options.courier_capacity.to_string()),
         ("JWL_ACK_WAIT", humantime(options.ack_wait)),
         ("JWL_DB_STALL_TIMEOUT", humantime(options.db_stall_timeout)),
+        (
+            "JWL_ADMISSION_MIN_OPEN",
+            options.admission_min_open.to_string(),
+        ),
         ("RUST_LOG", "info".to_owned()),
     ]
     .into_iter()
