@@ -1,6 +1,7 @@
 //! [`OrderReadModel`]: the order status read model, fed by every saga event the order service
 //! does not emit itself. Each event is appended to the order's timeline (once, by event id) and
-//! moved through [`domain::apply_event`] under a lock of the order's row.
+//! moved through [`domain::apply_event`] under a lock of the order's row: two statements per
+//! event (lock and append in one, then the update when the status changes).
 
 use async_trait::async_trait;
 use jwl_events::{Envelope, EventType};
@@ -55,7 +56,7 @@ impl Handler for OrderReadModel {
         let conn = ctx.db();
         // The order's row is committed before its order.created is published, so every later
         // event finds it; an unknown order is an event from elsewhere and retrying cannot help.
-        let Some(order) = store::lock_order(conn, order_id)
+        let Some(order) = store::lock_and_record(conn, event)
             .await
             .map_err(store_error)?
         else {
@@ -64,7 +65,6 @@ impl Handler for OrderReadModel {
                 event.event_type()
             )));
         };
-        store::insert_timeline(conn, event).await?;
         let next = domain::apply_event(&order.state, &event.data);
         if next != order.state {
             store::update_read_model(conn, order_id, &next).await?;

@@ -195,21 +195,54 @@ pub async fn lock_order(
     .bind(order_id.0)
     .fetch_optional(conn)
     .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    Ok(Some(LockedOrder {
-        customer_id: row.customer_id,
-        created_at: row.created_at,
-        traceparent: row.traceparent,
-        state: ReadModelState {
-            status: parse_status(order_id, &row.status)?,
-            reason: parse_reason(order_id, row.reason.as_deref())?,
-            waybill_id: row.waybill_id.map(WaybillId),
-            courier_id: parse_courier(order_id, row.courier_id.as_deref())?,
-        },
-        cancel_requested: row.cancel_requested,
-    }))
+    row.map(|row| row.into_locked(order_id)).transpose()
+}
+
+/// [`lock_order`] and [`insert_timeline`] in one round trip: locks the order of `event` and
+/// appends the event to its timeline (once, by event id); `None`, and nothing appended, if
+/// there is no such order.
+pub async fn lock_and_record(
+    conn: &mut PgConnection,
+    event: &Envelope,
+) -> Result<Option<LockedOrder>, StoreError> {
+    let order_id = event.order_id();
+    let row: Option<LockedRow> = sqlx::query_as(
+        "WITH locked AS (
+             SELECT customer_id, created_at, traceparent, status, reason, waybill_id, courier_id,
+                    cancel_requested_at IS NOT NULL AS cancel_requested
+             FROM orders WHERE order_id = $1 FOR UPDATE
+         ), recorded AS (
+             INSERT INTO order_timeline (event_id, order_id, event_type, event_time, source)
+             SELECT $2, $1, $3, $4, $5 FROM locked
+             ON CONFLICT (event_id) DO NOTHING
+         )
+         SELECT * FROM locked",
+    )
+    .bind(order_id.0)
+    .bind(event.id.0)
+    .bind(event.event_type().as_str())
+    .bind(event.time)
+    .bind(event.source.source())
+    .fetch_optional(conn)
+    .await?;
+    row.map(|row| row.into_locked(order_id)).transpose()
+}
+
+impl LockedRow {
+    fn into_locked(self, order_id: OrderId) -> Result<LockedOrder, StoreError> {
+        Ok(LockedOrder {
+            customer_id: self.customer_id,
+            created_at: self.created_at,
+            traceparent: self.traceparent,
+            state: ReadModelState {
+                status: parse_status(order_id, &self.status)?,
+                reason: parse_reason(order_id, self.reason.as_deref())?,
+                waybill_id: self.waybill_id.map(WaybillId),
+                courier_id: parse_courier(order_id, self.courier_id.as_deref())?,
+            },
+            cancel_requested: self.cancel_requested,
+        })
+    }
 }
 
 /// Writes the read model of an order (locked with [`lock_order`]).
