@@ -37,7 +37,8 @@ use self::cost::{PgCounters, PgWindow, SystemProcesses};
 use self::figures::{
     ArrivalSchedule, Baseline, Baselines, BenchReport, BenchSetup, CITY_RADIUS_KM, Confirmation,
     CostReport, CourierUpdatesReport, CpuCost, IngestReport, LatencySummary, OutcomeMix, PgCost,
-    Ratios, SagaReport, SendLimit, StepReport, SweepReport, cpu_cost, per_second,
+    Ratios, SagaReport, SendLimit, StepReport, SweepReport, completed_under_load, cpu_cost,
+    per_second,
 };
 use self::observe::Watcher;
 use super::redact_userinfo;
@@ -93,6 +94,8 @@ struct Accepted {
     ended_offset: Option<Duration>,
     /// POST sent → dispatched (dispatched orders only).
     end_to_end: Option<Duration>,
+    /// Waybill created → courier assigned, by event times (seen on the broker only).
+    assignment_hop: Option<Duration>,
 }
 
 /// The sending phase: each POST's latency and outcome, when it started and how long it took.
@@ -436,7 +439,13 @@ async fn run_step(
 
     eprintln!("checking a sample of outcomes through the API…");
     let confirmation = confirm(&run.api, &accepted).await;
-    let saga = saga_report(&accepted, settle_time, observed_by, confirmation);
+    let saga = saga_report(
+        &accepted,
+        sent.length,
+        settle_time,
+        observed_by,
+        confirmation,
+    );
     let sagas = saga.terminal;
 
     let cpu = match (&run.processes, cpu_before, cpu_after) {
@@ -642,6 +651,7 @@ async fn classify(
             outcome: "pending".to_owned(),
             ended_offset: None,
             end_to_end: None,
+            assignment_hop: None,
         }),
         Err(_) => PostOutcome::Refused("201 with an unreadable body".to_owned()),
     }
@@ -670,10 +680,11 @@ async fn settle_by_events(
         let scanned = Instant::now();
         let mut pending = 0;
         for order in orders.iter_mut().filter(|o| o.ended_offset.is_none()) {
-            let Some(ended) = order.key.as_ref().and_then(|key| watcher.ended(key)) else {
+            let Some((ended, hop)) = order.key.as_ref().and_then(|key| watcher.ended(key)) else {
                 pending += 1;
                 continue;
             };
+            order.assignment_hop = hop;
             order.ended_offset = Some(
                 ended
                     .last
@@ -833,6 +844,7 @@ fn expected_outcome(order: &Accepted) -> &str {
 
 fn saga_report(
     orders: &[Accepted],
+    sending: Duration,
     settle_time: Duration,
     observed_by: String,
     confirmation: Confirmation,
@@ -863,12 +875,22 @@ fn saga_report(
         end_to_end_latency: LatencySummary::of(
             orders.iter().filter_map(|order| order.end_to_end).collect(),
         ),
+        assignment_hop_latency: LatencySummary::of(
+            orders
+                .iter()
+                .filter_map(|order| order.assignment_hop)
+                .collect(),
+        ),
         dispatch_time_source: format!(
             "the CloudEvents time of the order's `{DISPATCH_EVENT}` event, which makes it \
              dispatched (else when it was seen)"
         ),
         observed_by,
         completed_per_second: per_second(terminal, window),
+        completed_under_load_per_second: completed_under_load(
+            orders.iter().filter_map(|order| order.ended_offset),
+            sending,
+        ),
         window_seconds: window.as_secs_f64(),
         settle_seconds: settle_time.as_secs_f64(),
         confirmation,

@@ -253,6 +253,13 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
 }
 
 /// `count` per second of `elapsed` (0 when nothing elapsed).
+/// Ends (offsets since sending started) in the second half of `sending`, per second.
+pub fn completed_under_load(ends: impl Iterator<Item = Duration>, sending: Duration) -> f64 {
+    let half = sending / 2;
+    let count = ends.filter(|end| *end >= half && *end <= sending).count() as u64;
+    per_second(count, sending - half)
+}
+
 pub fn per_second(count: u64, elapsed: Duration) -> f64 {
     let seconds = elapsed.as_secs_f64();
     if seconds > 0.0 {
@@ -321,12 +328,19 @@ pub struct SagaReport {
     pub outcomes: BTreeMap<String, u64>,
     /// POST sent → dispatched, for the dispatched orders only.
     pub end_to_end_latency: Option<LatencySummary>,
+    /// `fulfillment.waybill_created` → `dispatch.courier_assigned`, by event times (absent
+    /// when the ends were polled).
+    pub assignment_hop_latency: Option<LatencySummary>,
     /// What marks "dispatched" in the latency.
     pub dispatch_time_source: String,
     /// How the ends of the sagas were observed.
     pub observed_by: String,
     /// Ended sagas per second, from the first POST sent to the last saga's end.
     pub completed_per_second: f64,
+    /// Sagas that ended during the second half of the sending phase, per second: the
+    /// throughput while the load lasts, without the pipeline's fill at the start and its drain
+    /// after the last POST.
+    pub completed_under_load_per_second: f64,
     /// From the first POST sent to the last saga's end.
     pub window_seconds: f64,
     /// How long the wait for the sagas to end took, after sending.
@@ -892,10 +906,24 @@ impl StepReport {
             g.end_to_end_latency.as_ref(),
         )?;
         writeln!(out, "    POST sent → {}", g.dispatch_time_source)?;
+        latency_line(
+            out,
+            "courier assignment hop",
+            g.assignment_hop_latency.as_ref(),
+        )?;
+        writeln!(
+            out,
+            "    waybill_created → courier_assigned, by the events' times"
+        )?;
         writeln!(
             out,
             "  completed              {:.1} sagas/s over {:.1} s (first POST → last saga's end)",
             g.completed_per_second, g.window_seconds
+        )?;
+        writeln!(
+            out,
+            "  completed under load   {:.1} sagas/s (ends in the second half of the sending)",
+            g.completed_under_load_per_second
         )?;
         let c = &g.confirmation;
         writeln!(
@@ -1079,10 +1107,11 @@ impl SweepReport {
         writeln!(out, "\nSweep")?;
         writeln!(
             out,
-            "  {:>9} {:>11} {:>8} {:>9} {:>9} {:>12} {:>13} {:>16} {:>12}",
+            "  {:>9} {:>11} {:>8} {:>11} {:>9} {:>9} {:>12} {:>13} {:>16} {:>12}",
             "offered/s",
             "accepted/s",
             "sagas/s",
+            "under load",
             "p50 ms",
             "p99 ms",
             "CPU ms/saga",
@@ -1094,10 +1123,11 @@ impl SweepReport {
             let latency = step.saga.end_to_end_latency.as_ref();
             writeln!(
                 out,
-                "  {:>9} {:>11.1} {:>8.1} {:>9} {:>9} {:>12} {:>13} {:>16} {:>12}",
+                "  {:>9} {:>11.1} {:>8.1} {:>11.1} {:>9} {:>9} {:>12} {:>13} {:>16} {:>12}",
                 step.setup.rate_per_second,
                 step.ingest.accepted_per_second,
                 step.saga.completed_per_second,
+                step.saga.completed_under_load_per_second,
                 number_text(latency.map(|l| l.p50_ms), 1),
                 number_text(latency.map(|l| l.p99_ms), 1),
                 number_text(step.cost.cpu.ms_per_saga(), 2),
@@ -1119,6 +1149,23 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn completed_under_load_counts_the_ends_in_the_second_half_of_the_sending() {
+        let ends = [
+            ms(100),
+            ms(4_900),
+            ms(5_000),
+            ms(7_000),
+            ms(10_000),
+            ms(12_000),
+        ];
+        // 5 000, 7 000 and 10 000 ms are in [5 s, 10 s]: 3 in 5 s
+        assert_eq!(
+            completed_under_load(ends.into_iter(), Duration::from_secs(10)),
+            0.6
+        );
     }
 
     #[test]
@@ -1501,9 +1548,11 @@ mod tests {
             unsettled: 0,
             outcomes: BTreeMap::from([("dispatched".to_owned(), 15), ("rejected".to_owned(), 4)]),
             end_to_end_latency: LatencySummary::of(vec![ms(100)]),
+            assignment_hop_latency: LatencySummary::of(vec![ms(7)]),
             dispatch_time_source: "timeline".to_owned(),
             observed_by: "nats".to_owned(),
             completed_per_second: 10.0,
+            completed_under_load_per_second: 9.0,
             window_seconds: 1.9,
             settle_seconds: 0.5,
             confirmation: Confirmation {

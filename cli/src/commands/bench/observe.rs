@@ -2,7 +2,8 @@
 //! (`jwl.evt.*.payment.captured`, `…payment.declined`, `…payment.voided`, and the failures and
 //! compensations before a void), JetStream-published messages being delivered to core
 //! subscribers too, so no order is polled. [`SagaEvents::ended`] decides from an order's events
-//! whether and how its saga ended.
+//! whether and how its saga ended; `fulfillment.waybill_created` and `dispatch.courier_assigned`
+//! are watched too, for the courier-assignment hop ([`SagaEvents::assignment_hop`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const SUBSCRIPTION_CAPACITY: usize = 1 << 17;
 
 /// The event types the watcher subscribes to.
-const WATCHED: [EventType; 7] = [
+const WATCHED: [EventType; 9] = [
+    EventType::WaybillCreated,
+    EventType::CourierAssigned,
     EventType::PaymentCaptured,
     EventType::PaymentDeclined,
     EventType::PaymentVoided,
@@ -51,6 +54,8 @@ pub struct SagaEvents {
     dispatch_failed: Option<(Seen, String)>,
     released: Option<Seen>,
     waybill_cancelled: Option<Seen>,
+    waybill_created: Option<Seen>,
+    courier_assigned: Option<Seen>,
 }
 
 /// How and when a saga ended.
@@ -85,6 +90,8 @@ impl SagaEvents {
             EventType::InventoryRejected => &mut self.inventory_rejected,
             EventType::InventoryReleased => &mut self.released,
             EventType::WaybillCancelled => &mut self.waybill_cancelled,
+            EventType::WaybillCreated => &mut self.waybill_created,
+            EventType::CourierAssigned => &mut self.courier_assigned,
             EventType::DispatchFailed => {
                 self.dispatch_failed
                     .get_or_insert((seen, reason.unwrap_or_else(|| "unknown".to_owned())));
@@ -93,6 +100,14 @@ impl SagaEvents {
             _ => return,
         };
         slot.get_or_insert(seen);
+    }
+
+    /// Waybill created → courier assigned, by the events' CloudEvents times (both written by
+    /// the services' clocks), if both were seen.
+    pub fn assignment_hop(&self) -> Option<Duration> {
+        let created = self.waybill_created?;
+        let assigned = self.courier_assigned?;
+        (assigned.time - created.time).to_std().ok()
     }
 
     /// Whether the saga has ended: captured (dispatched); declined (rejected); out of stock
@@ -219,13 +234,11 @@ impl Watcher {
         })
     }
 
-    /// How `order_id`'s saga ended, if it has.
-    pub fn ended(&self, order_id: &OrderId) -> Option<Ended> {
-        self.seen
-            .lock()
-            .ok()?
-            .get(order_id)
-            .and_then(SagaEvents::ended)
+    /// How `order_id`'s saga ended, if it has, and its courier-assignment hop.
+    pub fn ended(&self, order_id: &OrderId) -> Option<(Ended, Option<Duration>)> {
+        let seen = self.seen.lock().ok()?;
+        let events = seen.get(order_id)?;
+        Some((events.ended()?, events.assignment_hop()))
     }
 
     /// Forgets the orders of earlier steps.
@@ -295,5 +308,16 @@ mod tests {
         // A redelivered event keeps the first sighting.
         no_courier.record(EventType::InventoryReleased, seen(base, 61_000), None);
         assert_eq!(no_courier.ended().unwrap().last, seen(base, 60_030));
+    }
+
+    #[test]
+    fn the_assignment_hop_runs_from_the_waybill_to_the_courier_by_event_time() {
+        let base = Instant::now();
+        let mut events = SagaEvents::default();
+        events.record(EventType::WaybillCreated, seen(base, 100), None);
+        assert_eq!(events.assignment_hop(), None);
+        events.record(EventType::CourierAssigned, seen(base, 112), None);
+        assert_eq!(events.assignment_hop(), Some(Duration::from_millis(12)));
+        assert_eq!(events.ended(), None, "not ended before the capture");
     }
 }
