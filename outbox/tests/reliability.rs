@@ -595,6 +595,119 @@ async fn only_one_relay_per_schema_publishes() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fails the first publication of one message transiently, without passing it on (as when the
+/// broker refuses it or the connection drops it), and passes everything else to the broker.
+struct FailsOncePublisher {
+    inner: Arc<dyn Publisher>,
+    dedup_id: String,
+    failed: AtomicUsize,
+}
+
+#[async_trait]
+impl Publisher for FailsOncePublisher {
+    async fn publish_batch(
+        &self,
+        batch: &[OutboundMessage],
+    ) -> Vec<Result<PublishReceipt, TransportError>> {
+        let target = batch.iter().position(|m| m.dedup_id == self.dedup_id);
+        let Some(target) = target.filter(|_| self.failed.fetch_add(1, Ordering::SeqCst) == 0)
+        else {
+            return self.inner.publish_batch(batch).await;
+        };
+        let mut passed: Vec<OutboundMessage> = batch.to_vec();
+        passed.remove(target);
+        let mut results = self.inner.publish_batch(&passed).await;
+        results.insert(
+            target,
+            Err(TransportError::Publish("injected transient failure".into())),
+        );
+        results
+    }
+}
+
+/// `captured` events of one order.
+fn captured_of(order_id: jwl_events::OrderId, count: usize) -> Vec<Envelope> {
+    (0..count)
+        .map(|i| {
+            Envelope::new(
+                Service::Payment,
+                jwl_events::EventData::PaymentCaptured(jwl_events::PaymentCaptured {
+                    order_id,
+                    amount_cents: i as i64 + 1,
+                }),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_transient_publish_failure_does_not_reorder_an_orders_events() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let order_a = jwl_events::OrderId(uuid::Uuid::now_v7());
+    let order_b = jwl_events::OrderId(uuid::Uuid::now_v7());
+    let a = captured_of(order_a, 3);
+    let b = captured_of(order_b, 3);
+    // one transaction, interleaved: a0 b0 a1 b1 a2 b2; a0 fails on its first publication
+    let interleaved: Vec<Envelope> = a
+        .iter()
+        .zip(&b)
+        .flat_map(|(a, b)| [a.clone(), b.clone()])
+        .collect();
+    h.enqueue_events(&interleaved).await?;
+    let publisher = Arc::new(FailsOncePublisher {
+        inner: Arc::new(h.broker.clone()),
+        dedup_id: a[0].id.0.to_string(),
+        failed: AtomicUsize::new(0),
+    });
+    let settings = Arc::new(h.settings.clone());
+    let relay = Relay::new(
+        SERVICE,
+        h.pool.clone(),
+        publisher.clone(),
+        settings.clone(),
+        RelaySignal::new(settings.db_stall_timeout),
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    eventually("the outbox is drained", SOON, || async {
+        h.pending_in_outbox().await.ok() == Some(0)
+    })
+    .await?;
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task).await??;
+    assert!(
+        publisher.failed.load(Ordering::SeqCst) >= 2,
+        "the injected failure happened and a0 was published again"
+    );
+
+    let stream: Vec<String> = h
+        .events_in_stream()
+        .await?
+        .iter()
+        .map(|m| header(m, "Nats-Msg-Id").unwrap_or_default().to_owned())
+        .collect();
+    let of = |events: &[Envelope]| -> Vec<String> {
+        let ids = ids(events);
+        stream
+            .iter()
+            .filter(|id| ids.contains(id))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        of(&a),
+        ids(&a),
+        "order A's events in the stream in outbox order"
+    );
+    assert_eq!(
+        of(&b),
+        ids(&b),
+        "order B's events in the stream in outbox order"
+    );
+    assert_eq!(stream.len(), 6, "each event once: {stream:?}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn nothing_is_lost_across_a_nats_server_restart() -> anyhow::Result<()> {
     let h = Harness::start().await?;

@@ -2,7 +2,8 @@
 //! order, in batches, and marks them published; the others stand by for the lease.
 //!
 //! A failed publish is retried from the oldest pending row after a backoff (so order is kept
-//! through broker outages); a row the broker rejects for good is parked. The active relay also
+//! through broker outages); an order's rows after a failed one are not sent until it is (see
+//! [`steps`]); a row the broker rejects for good is parked. The active relay also
 //! deletes published outbox rows and handled inbox rows past their retention.
 
 mod lease;
@@ -190,6 +191,12 @@ impl Relay {
         self.metrics
             .publish_failures
             .increment(outcome.failed.len() as u64);
+        if !outcome.deferred.is_empty() {
+            tracing::debug!(
+                rows = outcome.deferred.len(),
+                "outbox rows held back behind a failed row of their order"
+            );
+        }
         for (seq, error) in &outcome.failed {
             if error.is_permanent() {
                 self.metrics.parked.increment(1);

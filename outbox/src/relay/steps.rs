@@ -1,7 +1,20 @@
-//! The relay's steps, each one statement or one broker round: claim pending rows, publish them,
-//! mark the outcome, delete old rows. They are separate functions so that a fault can be
+//! The relay's steps, each one statement or a few broker rounds: claim pending rows, publish
+//! them, mark the outcome, delete old rows. They are separate functions so that a fault can be
 //! injected between publishing and marking (a crash there only causes a duplicate publish,
 //! which `Nats-Msg-Id` deduplication and the inbox absorb).
+//!
+//! **Order under a partial failure.** Acks are awaited together, so when row N fails the rows
+//! sent after it may already be in the stream; republishing them later cannot move them back
+//! behind N (the broker deduplicates the second copy and keeps the first, in its old place).
+//! So [`publish`] never has two rows of the same order (CloudEvents `subject`) in flight at
+//! once: it sends the batch in *rounds*, each the longest run of rows (in `seq` order) with no
+//! order twice, and sends an order's next row only once its previous one is acknowledged. When
+//! a row fails transiently, its order's later rows of the batch are not sent at all (they are
+//! [`PublishOutcome::deferred`]: left pending, sent after the retry); other orders go on. With
+//! no failure the stream receives the batch in exact `seq` order, in one round when no order
+//! repeats in the batch (the common case) and one more per repeat otherwise.
+
+use std::collections::HashSet;
 
 use bytes::Bytes;
 use sqlx::PgConnection;
@@ -38,6 +51,9 @@ pub struct PublishOutcome {
     pub published: Vec<i64>,
     /// Rows it did not, with the reason.
     pub failed: Vec<(i64, TransportError)>,
+    /// Rows not sent because an earlier row of the same order failed transiently: neither
+    /// published nor attempted, they stay pending and go out after that row.
+    pub deferred: Vec<i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -81,14 +97,16 @@ pub async fn claim_pending(
 /// CloudEvents `traceparent` extension as a NATS header (binary mode).
 const TRACEPARENT_HEADER: &str = "ce-traceparent";
 
-/// Publishes the whole batch (sent in order, acks awaited together), in a `relay_publish` span
-/// linked to the trace context stored with each row.
+/// Publishes the batch in rounds that never hold two rows of one order (see the module doc),
+/// in a `relay_publish` span linked to the trace context stored with each row.
 pub async fn publish(publisher: &dyn Publisher, batch: &OutboxBatch) -> PublishOutcome {
     let span = tracing::info_span!(
         "relay_publish",
         batch_size = batch.len(),
+        rounds = tracing::field::Empty,
         published = tracing::field::Empty,
         failed = tracing::field::Empty,
+        deferred = tracing::field::Empty,
         otel.kind = "producer",
     );
     for message in &batch.messages {
@@ -100,27 +118,94 @@ pub async fn publish(publisher: &dyn Publisher, batch: &OutboxBatch) -> PublishO
             trace_context::add_link(&span, traceparent);
         }
     }
-    let results = publisher
-        .publish_batch(&batch.messages)
-        .instrument(span.clone())
-        .await;
     let mut outcome = PublishOutcome {
         published: Vec::with_capacity(batch.len()),
         failed: Vec::new(),
+        deferred: Vec::new(),
     };
-    for (seq, result) in batch.seqs.iter().copied().zip(results) {
-        match result {
-            Ok(_) => outcome.published.push(seq),
-            Err(error) => outcome.failed.push((seq, error)),
+    let keys: Vec<&str> = batch.messages.iter().map(ordering_key).collect();
+    // orders with a row that failed transiently in this batch: their later rows wait
+    let mut stopped: HashSet<&str> = HashSet::new();
+    let mut rounds = 0usize;
+    let mut next = 0;
+    while next < batch.len() {
+        let round = next..round_end(&keys, next);
+        next = round.end;
+        let sendable: Vec<usize> = round
+            .clone()
+            .filter(|&i| {
+                let blocked = stopped.contains(keys[i]);
+                if blocked {
+                    outcome.deferred.push(batch.seqs[i]);
+                }
+                !blocked
+            })
+            .collect();
+        if sendable.is_empty() {
+            continue;
+        }
+        rounds += 1;
+        let results = if sendable.len() == round.len() {
+            publisher
+                .publish_batch(&batch.messages[round])
+                .instrument(span.clone())
+                .await
+        } else {
+            let messages: Vec<OutboundMessage> = sendable
+                .iter()
+                .map(|&i| batch.messages[i].clone())
+                .collect();
+            publisher
+                .publish_batch(&messages)
+                .instrument(span.clone())
+                .await
+        };
+        for (i, result) in sendable.into_iter().zip(results) {
+            match result {
+                Ok(_) => outcome.published.push(batch.seqs[i]),
+                Err(error) => {
+                    // a parked row never goes out, so it holds nothing back
+                    if !error.is_permanent() {
+                        stopped.insert(keys[i]);
+                    }
+                    outcome.failed.push((batch.seqs[i], error));
+                }
+            }
         }
     }
+    span.record("rounds", rounds);
     span.record("published", outcome.published.len());
     span.record("failed", outcome.failed.len());
+    span.record("deferred", outcome.deferred.len());
     outcome
+}
+
+/// CloudEvents `subject` attribute (binary mode): the order an event belongs to.
+const SUBJECT_HEADER: &str = "ce-subject";
+
+/// The key whose rows must reach the broker in `seq` order: the event's order (its CloudEvents
+/// subject), or the broker subject for a row without one.
+fn ordering_key(message: &OutboundMessage) -> &str {
+    message
+        .headers
+        .iter()
+        .find(|(name, _)| name == SUBJECT_HEADER)
+        .map_or(message.subject.as_str(), |(_, value)| value.as_str())
+}
+
+/// The end of the round starting at `start`: the first row whose key already occurs in the
+/// round (or the end of the batch). A round holds at least one row.
+fn round_end(keys: &[&str], start: usize) -> usize {
+    let mut seen: HashSet<&str> = HashSet::new();
+    keys[start..]
+        .iter()
+        .position(|key| !seen.insert(key))
+        .map_or(keys.len(), |offset| start + offset)
 }
 
 /// Marks acknowledged rows published (one statement), and counts an attempt with its error on
 /// each failed row (one statement, only if some failed); a permanently rejected row is parked.
+/// Deferred rows are left as they are.
 pub async fn mark(conn: &mut PgConnection, outcome: &PublishOutcome) -> Result<(), sqlx::Error> {
     if !outcome.published.is_empty() {
         sqlx::query("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)")
@@ -218,4 +303,135 @@ pub async fn delete_handled(
 /// Whether a retention step deleted a full chunk (more may be left).
 pub(crate) fn chunk_was_full(deleted: u64) -> bool {
     deleted >= DELETE_CHUNK as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::transport::PublishReceipt;
+
+    /// Records each round it is given and fails the listed dedup ids (transiently, or for good
+    /// when the id starts with `too-big`).
+    struct Scripted {
+        fail: Vec<&'static str>,
+        rounds: Mutex<Vec<Vec<String>>>,
+    }
+
+    #[async_trait]
+    impl Publisher for Scripted {
+        async fn publish_batch(
+            &self,
+            batch: &[OutboundMessage],
+        ) -> Vec<Result<PublishReceipt, TransportError>> {
+            let mut rounds = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
+            rounds.push(batch.iter().map(|m| m.dedup_id.clone()).collect());
+            batch
+                .iter()
+                .map(|m| {
+                    if !self.fail.contains(&m.dedup_id.as_str()) {
+                        Ok(PublishReceipt {
+                            sequence: 1,
+                            duplicate: false,
+                        })
+                    } else if m.dedup_id.starts_with("too-big") {
+                        Err(TransportError::Rejected("too big".to_owned()))
+                    } else {
+                        Err(TransportError::Publish("down".into()))
+                    }
+                })
+                .collect()
+        }
+    }
+
+    /// Rows `(dedup id, order)`, with `seq` 1, 2, …
+    fn batch(rows: &[(&str, &str)]) -> OutboxBatch {
+        let mut batch = OutboxBatch::default();
+        for (i, (id, order)) in rows.iter().enumerate() {
+            batch.seqs.push(i as i64 + 1);
+            batch.messages.push(OutboundMessage {
+                dedup_id: (*id).to_owned(),
+                subject: format!("jwl.evt.{order}.payment.captured"),
+                headers: vec![(SUBJECT_HEADER.to_owned(), (*order).to_owned())],
+                payload: Bytes::new(),
+            });
+        }
+        batch
+    }
+
+    async fn run(
+        rows: &[(&str, &str)],
+        fail: Vec<&'static str>,
+    ) -> (PublishOutcome, Vec<Vec<String>>) {
+        let publisher = Scripted {
+            fail,
+            rounds: Mutex::new(Vec::new()),
+        };
+        let outcome = publish(&publisher, &batch(rows)).await;
+        let rounds = publisher
+            .rounds
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        (outcome, rounds)
+    }
+
+    #[tokio::test]
+    async fn distinct_orders_go_in_one_round_in_seq_order() {
+        let (outcome, rounds) = run(&[("a0", "A"), ("b0", "B"), ("c0", "C")], vec![]).await;
+        assert_eq!(rounds, vec![vec!["a0", "b0", "c0"]]);
+        assert_eq!(outcome.published, vec![1, 2, 3]);
+        assert!(outcome.failed.is_empty() && outcome.deferred.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_repeated_order_starts_a_new_round_and_seq_order_is_kept() {
+        let rows = [
+            ("a0", "A"),
+            ("b0", "B"),
+            ("a1", "A"),
+            ("c0", "C"),
+            ("b1", "B"),
+        ];
+        let (outcome, rounds) = run(&rows, vec![]).await;
+        assert_eq!(rounds, vec![vec!["a0", "b0"], vec!["a1", "c0", "b1"]]);
+        assert_eq!(outcome.published, vec![1, 2, 3, 4, 5]);
+    }
+
+    #[tokio::test]
+    async fn after_a_transient_failure_the_orders_later_rows_are_not_sent() {
+        let rows = [
+            ("a0", "A"),
+            ("b0", "B"),
+            ("a1", "A"),
+            ("b1", "B"),
+            ("a2", "A"),
+        ];
+        let (outcome, rounds) = run(&rows, vec!["a0"]).await;
+        assert_eq!(rounds, vec![vec!["a0", "b0"], vec!["b1"]]);
+        assert_eq!(outcome.published, vec![2, 4]);
+        assert_eq!(outcome.failed.len(), 1);
+        assert_eq!(outcome.failed[0].0, 1);
+        assert_eq!(outcome.deferred, vec![3, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_permanently_rejected_row_holds_nothing_back() {
+        let rows = [("too-big", "A"), ("a1", "A")];
+        let (outcome, rounds) = run(&rows, vec!["too-big"]).await;
+        assert_eq!(rounds, vec![vec!["too-big"], vec!["a1"]]);
+        assert_eq!(outcome.published, vec![2]);
+        assert!(outcome.failed[0].1.is_permanent());
+        assert!(outcome.deferred.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_broker_outage_costs_one_round() {
+        let rows = [("a0", "A"), ("a1", "A"), ("a2", "A")];
+        let (outcome, rounds) = run(&rows, vec!["a0", "a1", "a2"]).await;
+        assert_eq!(rounds, vec![vec!["a0"]]);
+        assert_eq!(outcome.deferred, vec![2, 3]);
+    }
 }
