@@ -487,6 +487,86 @@ async fn a_release_control_message_releases_the_parked_events_in_order() -> anyh
     running.stop().await
 }
 
+/// Publishes a `release` control message for (the test consumer, `order`).
+async fn release(h: &Harness, order: OrderId, msg_id: &str) -> anyhow::Result<()> {
+    let headers = vec![
+        ("jwl-replay-mode".to_owned(), "release".to_owned()),
+        ("jwl-release-consumer".to_owned(), h.consumer()),
+        (
+            "jwl-release-reason".to_owned(),
+            "released by test".to_owned(),
+        ),
+    ];
+    let subject = format!("jwl.replay.{}.{order}.control.release", SERVICE.as_str());
+    h.publish_raw(&subject, &headers, Vec::new(), msg_id).await
+}
+
+/// The race of parking with a release: the release's transaction deletes the hold and handles
+/// the parked (slow) message for half a second; an event of the order arriving meanwhile must
+/// not be parked behind the hold being deleted (the release listed the parked messages before
+/// it was parked, so nothing would ever handle it): it waits for the release, then is handled.
+#[tokio::test]
+async fn an_event_arriving_while_its_order_is_released_is_not_orphaned() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let running = h.run();
+    let x = OrderId(Uuid::now_v7());
+    let head = captured_for(x, REFUSED_UNTIL_FIXED);
+    let slow = captured_for(x, SLOW);
+    let late = captured_for(x, 7);
+    h.publish_event(&head, &head.id.0.to_string()).await?;
+    eventually("X is held", SOON, || async {
+        count(&h, "SELECT count(*) FROM dead_letter_holds")
+            .await
+            .ok()
+            == Some(1)
+    })
+    .await?;
+    h.publish_event(&slow, &slow.id.0.to_string()).await?;
+    eventually("the slow event is parked", SOON, || async {
+        count(&h, "SELECT count(*) FROM parked_messages").await.ok() == Some(1)
+    })
+    .await?;
+
+    release(&h, x, "release-1").await?;
+    eventually(
+        "the release is handling the parked slow event",
+        SOON,
+        || async { h.attempts_of(&slow).await.ok().filter(|a| !a.is_empty()) },
+    )
+    .await?;
+    // the release's transaction is open (the slow handler takes 500 ms): the hold is deleted
+    // but not committed, and the parked messages are listed already
+    h.publish_event(&late, &late.id.0.to_string()).await?;
+
+    let orphans = "SELECT count(*) FROM parked_messages p
+                   WHERE NOT EXISTS (SELECT 1 FROM dead_letter_holds d WHERE d.order_id = p.order_id)";
+    eventually("the late event is handled", SOON, || async {
+        h.effects_of(&late).await.ok() == Some(1)
+    })
+    .await
+    .map_err(|error| {
+        error.context("the late event was parked behind the released hold and orphaned")
+    })?;
+    assert_eq!(h.effects_of(&slow).await?, 1);
+    assert_eq!(
+        count(&h, orphans).await?,
+        0,
+        "no parked message without a hold"
+    );
+    assert_eq!(count(&h, "SELECT count(*) FROM parked_messages").await?, 0);
+    assert_eq!(
+        count(&h, "SELECT count(*) FROM dead_letter_holds").await?,
+        0
+    );
+    let x_order: Vec<Uuid> = attempt_order(&h)
+        .await?
+        .into_iter()
+        .filter(|id| *id == slow.id.0 || *id == late.id.0)
+        .collect();
+    assert_eq!(x_order, [slow.id.0, late.id.0], "handled in stream order");
+    running.stop().await
+}
+
 #[tokio::test]
 async fn a_released_event_that_fails_becomes_the_new_head() -> anyhow::Result<()> {
     let h = Harness::start().await?;

@@ -34,19 +34,35 @@ pub(crate) struct ToPark<'m> {
     pub payload: &'m [u8],
 }
 
-/// The holds on `order` in this service: (consumer, head event id) each.
+/// The holds on `order` in this service: (consumer, head event id) each, locked `FOR KEY SHARE`
+/// until the transaction ends.
+///
+/// The lock is what makes parking safe. A release deletes the hold and then lists the parked
+/// messages; without it, a message parked by a concurrent transaction that had read the hold
+/// (plain `SELECT`, READ COMMITTED) before the delete committed would be committed after that
+/// listing: acked, parked, held by nothing, never handled. With it, the release's `DELETE`
+/// waits for a transaction that has read (and may park behind) the hold, and so lists what it
+/// parked; and a transaction reading a hold that a release is deleting waits for the release
+/// to commit, then finds it gone and handles its message (after the released ones). Two
+/// releases of two holds on the same order, each reading the other's, deadlock instead of
+/// leaving the parked messages behind: PostgreSQL aborts one, whose batch is redelivered.
 pub(crate) async fn holds_on(
     conn: &mut PgConnection,
     order_id: Uuid,
 ) -> Result<Vec<(String, Uuid)>, sqlx::Error> {
-    sqlx::query_as("SELECT consumer, head_event_id FROM dead_letter_holds WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_all(conn)
-        .await
+    sqlx::query_as(
+        "SELECT consumer, head_event_id FROM dead_letter_holds WHERE order_id = $1
+         FOR KEY SHARE",
+    )
+    .bind(order_id)
+    .fetch_all(conn)
+    .await
 }
 
 /// Whether any of `orders` is held, for any consumer of this service (one statement for a whole
-/// batch).
+/// batch). A plain read, unlike [`holds_on`]: the fast path only uses it to decide whether it
+/// may run the batch, never to park (a hold it sees, even one being deleted, sends the batch to
+/// the careful path, which reads it again with the lock).
 pub(crate) async fn any_held(
     conn: &mut PgConnection,
     orders: &[Uuid],
