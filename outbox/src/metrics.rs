@@ -130,6 +130,21 @@ impl ConsumerMetrics {
     }
 }
 
+/// Exports `jwl_dead_letters_total` at 0 for every (consumer, reason) of `consumers` ×
+/// `reasons`, so that the series exist from start-up and `increase()` (the `DeadLettersGrowing`
+/// alert) sees the first dead letter: a series born at 1 has no earlier sample to grow from.
+pub(crate) fn dead_letters_from_zero<'a>(
+    consumers: impl IntoIterator<Item = &'a str>,
+    reasons: &[&'static str],
+) {
+    for consumer in consumers {
+        for &reason in reasons {
+            counter!(DEAD_LETTERS, "consumer" => consumer.to_owned(), "reason" => reason)
+                .increment(0);
+        }
+    }
+}
+
 /// Counts one published dead letter under the consumer that gave up and its reason (both
 /// bounded sets: the service's consumers, and `decode`/`permanent`/`max_attempts`).
 pub(crate) fn count_dead_letter(consumer: &str, reason: &'static str) {

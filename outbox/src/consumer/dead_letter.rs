@@ -22,6 +22,8 @@ pub(crate) enum DeadLetterReason {
 }
 
 impl DeadLetterReason {
+    pub const ALL: [Self; 3] = [Self::Decode, Self::Permanent, Self::MaxAttempts];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Decode => "decode",

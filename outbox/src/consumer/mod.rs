@@ -78,6 +78,15 @@ impl ConsumerLoop {
             .subscriptions()
             .iter()
             .map(|&ty| (durable_name(service, ty), ty.as_str()));
+        let handles: Vec<(String, &'static str)> = handles.collect();
+        // every consumer name a dead letter of this loop can carry: its types' and its own
+        crate::metrics::dead_letters_from_zero(
+            handles
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .chain([consumer.as_str()]),
+            &dead_letter::DeadLetterReason::ALL.map(dead_letter::DeadLetterReason::as_str),
+        );
         let metrics = ConsumerMetrics::new(&consumer, metrics_type, handles);
         Self {
             service,
