@@ -495,6 +495,12 @@ pub struct SettingsArgs {
     /// Order requests one process handles at the same time (over it: 503 with Retry-After).
     #[arg(long, env = "JWL_INGEST_IN_FLIGHT", default_value = "256")]
     pub ingest_in_flight: NonZeroUsize,
+    /// Orders per second one caller (token subject) may place (over it: 429 with Retry-After).
+    #[arg(long, env = "JWL_INGEST_CALLER_RATE", default_value = "20")]
+    pub ingest_caller_rate: NonZeroU32,
+    /// Orders one caller may place at once above that rate.
+    #[arg(long, env = "JWL_INGEST_CALLER_BURST", default_value = "50")]
+    pub ingest_caller_burst: NonZeroU32,
     /// How long an accepted order may queue behind the open ones: new orders are refused (503
     /// with Retry-After) while more are open than the system finishes in this time; `off` for no
     /// backlog limit.

@@ -25,6 +25,8 @@ impl SettingsArgs {
                 rate_per_second: self.ingest_rate,
                 burst: self.ingest_burst,
                 max_in_flight: self.ingest_in_flight,
+                caller_rate_per_second: self.ingest_caller_rate,
+                caller_burst: self.ingest_caller_burst,
                 backlog: BacklogLimits {
                     target: self.admission_target.0,
                     min_open: self.admission_min_open,

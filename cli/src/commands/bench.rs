@@ -52,6 +52,8 @@ const POLL_CONCURRENCY: usize = 16;
 const SCAN_INTERVAL: Duration = Duration::from_millis(25);
 /// Bound on one HTTP request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Customers the orders of a run come from (each with its own token), round robin.
+const CUSTOMERS: usize = 1_000;
 /// Bound on connecting to Postgres or NATS for a baseline.
 const BASELINE_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Orders whose outcome is checked through the HTTP API at the end of a step.
@@ -75,7 +77,9 @@ struct Api {
     /// Without a trailing `/`.
     base: String,
     admin_token: String,
-    customer_token: String,
+    /// One token per customer of the run: orders are spread over them round robin, as a
+    /// city's orders come from many customers (intake limits each caller's rate).
+    customer_tokens: Vec<String>,
 }
 
 /// An order the system accepted.
@@ -210,13 +214,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         admin_token: keys
             .issue(&format!("bench-{run_id}-admin"), &[Scope::Admin], token_ttl)
             .context("issuing the admin token")?,
-        customer_token: keys
-            .issue(
-                &format!("bench-{run_id}-customer"),
-                &[Scope::OrdersWrite, Scope::OrdersRead],
-                token_ttl,
-            )
-            .context("issuing the customer token")?,
+        customer_tokens: (0..CUSTOMERS)
+            .map(|n| {
+                keys.issue(
+                    &format!("bench-{run_id}-customer-{n}"),
+                    &[Scope::OrdersWrite, Scope::OrdersRead],
+                    token_ttl,
+                )
+            })
+            .collect::<Result<_, _>>()
+            .context("issuing the customer tokens")?,
     };
 
     let processes = SystemProcesses::resolve(&args.system_pids);
@@ -590,7 +597,7 @@ async fn send_orders(
         let request = api
             .client
             .post(&url)
-            .bearer_auth(&api.customer_token)
+            .bearer_auth(&api.customer_tokens[index as usize % api.customer_tokens.len()])
             .json(body);
         requests.spawn(async move {
             let sent_offset = started.elapsed();
@@ -751,7 +758,7 @@ async fn get_order(api: &Api, order_id: &str) -> Option<OrderView> {
     let response = api
         .client
         .get(format!("{}/v1/orders/{order_id}", api.base))
-        .bearer_auth(&api.customer_token)
+        .bearer_auth(&api.admin_token)
         .send()
         .await
         .ok()?;

@@ -10,7 +10,9 @@ use crate::problem::ApiError;
 /// Who is calling and with which scopes.
 ///
 /// As an extractor it reads the [`JwtKeys`] that [`crate::http::edge`] puts into the request
-/// extensions; a missing, malformed, wrongly signed or expired token → 401 problem.
+/// extensions; a missing, malformed, wrongly signed or expired token → 401 problem. A `Caller`
+/// already in the extensions (put there by a middleware that authenticated the request) is
+/// taken as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     /// The token's `sub`.
@@ -81,6 +83,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        // already authenticated by a middleware (e.g. the ingest limiter)
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
         let keys = parts.extensions.get::<JwtKeys>().ok_or_else(|| {
             ApiError::internal(
                 "JwtKeys missing from the request extensions (route not behind http::edge)",

@@ -1,6 +1,7 @@
-//! Backpressure on `POST /v1/orders`: over the rate → `429`, with too many requests in flight →
-//! `503`, with more orders open than the system finishes in time → `503`, each a problem detail
-//! with `Retry-After`, refused before any work; reads are not limited.
+//! Backpressure on `POST /v1/orders`: over the rate (global or the caller's own) → `429`, with
+//! too many requests in flight → `503`, with more orders open than the system finishes in time →
+//! `503`, each a problem detail with `Retry-After`, refused before any work; requests without a
+//! valid token are refused first and cost nobody a token; reads are not limited.
 
 mod common;
 
@@ -202,5 +203,77 @@ async fn orders_beyond_what_the_system_finishes_in_time_get_503_until_some_finis
         StatusCode::SERVICE_UNAVAILABLE,
         "{refused:?}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_refused_before_they_cost_a_token() -> anyhow::Result<()>
+{
+    // two orders at once, then one a second: an anonymous flood must not use them up
+    let app = TestApp::start_with(limited(1, 2, 64)).await?;
+    let body = order_body();
+    let good = app.customer(CUSTOMER);
+    // the same claims with one character of the signature changed
+    let at = good.len() - 10;
+    let swapped = if good.as_bytes()[at] == b'A' {
+        "B"
+    } else {
+        "A"
+    };
+    let forged = format!("{}{swapped}{}", &good[..at], &good[at + 1..]);
+    for token in [None, Some("not-a-jwt"), Some(forged.as_str())] {
+        for _ in 0..5 {
+            let reply = app.post_order(token, &body, None).await?;
+            assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
+        }
+    }
+    for _ in 0..2 {
+        let reply = app.post_order(Some(&good), &body, None).await?;
+        assert_eq!(
+            reply.status,
+            StatusCode::CREATED,
+            "the burst is intact: {reply:?}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_caller_cannot_take_the_whole_rate() -> anyhow::Result<()> {
+    let settings = Settings {
+        ingest: IngestLimits {
+            caller_rate_per_second: NonZeroU32::new(1).unwrap(),
+            caller_burst: NonZeroU32::new(2).unwrap(),
+            ..IngestLimits::default()
+        },
+        ..Settings::default()
+    };
+    let app = TestApp::start_with(settings).await?;
+    let body = order_body();
+    let greedy = app.customer(CUSTOMER);
+    let started = Instant::now();
+    let replies =
+        futures::future::try_join_all((0..8).map(|_| app.post_order(Some(&greedy), &body, None)))
+            .await?;
+    let refilled = started.elapsed().as_secs() + 1;
+    let created = replies
+        .iter()
+        .filter(|reply| reply.status == StatusCode::CREATED)
+        .count() as u64;
+    assert!((2..=2 + refilled).contains(&created), "{created} created");
+    for reply in replies.iter().filter(|r| r.status != StatusCode::CREATED) {
+        assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS, "{reply:?}");
+        assert!(reply.header("retry-after").is_some(), "{reply:?}");
+        assert!(
+            reply.json["detail"]
+                .as_str()
+                .is_some_and(|detail| detail.contains("one caller")),
+            "{reply:?}"
+        );
+    }
+    // another customer is not held back by the first one's bucket
+    let other = app.customer(OTHER_CUSTOMER);
+    let reply = app.post_order(Some(&other), &body, None).await?;
+    assert_eq!(reply.status, StatusCode::CREATED, "{reply:?}");
     Ok(())
 }
