@@ -418,8 +418,8 @@ pub struct TokenArgs {
     /// Scopes to grant: orders:write, orders:read, couriers:write, admin (repeat or list).
     #[arg(long = "scope", required = true, num_args = 1.., value_delimiter = ',')]
     pub scopes: Vec<Scope>,
-    /// How long the token is valid (`15m`, `24h`, …).
-    #[arg(long, default_value = "1h", value_parser = parse_positive_duration)]
+    /// How long the token is valid (`15m`, `24h`, …; at most 30 days).
+    #[arg(long, default_value = "1h", value_parser = parse_token_ttl)]
     pub ttl: Duration,
     #[command(flatten)]
     pub jwt: JwtArgs,
@@ -562,6 +562,19 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
         Err("must be greater than zero".to_owned())
     } else {
         Ok(duration)
+    }
+}
+
+/// The longest `jwl token --ttl`: a leaked token stays usable until it expires.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A token lifetime: positive and at most [`MAX_TOKEN_TTL`].
+fn parse_token_ttl(text: &str) -> Result<Duration, String> {
+    let ttl = parse_positive_duration(text)?;
+    if ttl > MAX_TOKEN_TTL {
+        Err("must be at most 30 days (30d)".to_owned())
+    } else {
+        Ok(ttl)
     }
 }
 

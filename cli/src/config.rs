@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use jwl_service_kit::Settings;
 use jwl_service_kit::auth::JwtKeys;
+use jwl_service_kit::auth::MIN_SECRET_BYTES;
 use jwl_service_kit::http::IngestLimits;
 use jwl_service_kit::http::admission::BacklogLimits;
 
@@ -68,7 +69,7 @@ impl JwtArgs {
             Some(secret) => secret.to_owned(),
             None => secret::read(data_dir)?,
         };
-        Ok(JwtKeys::new(secret.as_bytes()))
+        keys_from(&secret)
     }
 
     /// Keys from `JWL_JWT_SECRET`, else from the secret file in `data_dir`, generated if missing.
@@ -77,8 +78,19 @@ impl JwtArgs {
             Some(secret) => secret.to_owned(),
             None => secret::read_or_generate(data_dir)?,
         };
-        Ok(JwtKeys::new(secret.as_bytes()))
+        keys_from(&secret)
     }
+}
+
+/// Keys for `secret`, refused when it is shorter than [`MIN_SECRET_BYTES`].
+fn keys_from(secret: &str) -> anyhow::Result<JwtKeys> {
+    anyhow::ensure!(
+        secret.len() >= MIN_SECRET_BYTES,
+        "the JWT secret (JWL_JWT_SECRET or the data dir's jwt-secret file) is {} bytes; it must \
+         be at least {MIN_SECRET_BYTES} (e.g. `openssl rand -hex 32`)",
+        secret.len()
+    );
+    Ok(JwtKeys::new(secret.as_bytes()))
 }
 
 /// An unset or empty variable counts as unset.

@@ -15,7 +15,7 @@ use serde_json::Value;
 use sqlx::Connection;
 
 const JWL: &str = env!("CARGO_BIN_EXE_jwl");
-const SECRET: &str = "bench-test-secret";
+const SECRET: &str = "bench-test-secret-0123456789abcdef0123";
 const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
 
 /// `jwl` with a clean `JWL_*` environment and the test's secret.

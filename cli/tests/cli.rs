@@ -46,15 +46,17 @@ fn free_port() -> u16 {
 
 #[test]
 fn token_prints_only_a_token_signed_with_the_configured_secret() {
-    let output = run(jwl().env("JWL_JWT_SECRET", "s3cret-from-env").args([
-        "token",
-        "--sub",
-        "customer-1",
-        "--scope",
-        "orders:write",
-        "--scope",
-        "orders:read",
-    ]));
+    let output = run(jwl()
+        .env("JWL_JWT_SECRET", "s3cret-from-env-0123456789abcdef0123")
+        .args([
+            "token",
+            "--sub",
+            "customer-1",
+            "--scope",
+            "orders:write",
+            "--scope",
+            "orders:read",
+        ]));
     assert!(output.status.success(), "{}", stderr(&output));
     let text = stdout(&output);
     assert_eq!(
@@ -62,7 +64,7 @@ fn token_prints_only_a_token_signed_with_the_configured_secret() {
         1,
         "stdout is exactly the token: {text:?}"
     );
-    let claims = JwtKeys::new(b"s3cret-from-env")
+    let claims = JwtKeys::new(b"s3cret-from-env-0123456789abcdef0123")
         .verify(text.trim())
         .unwrap();
     assert_eq!(claims.sub, "customer-1");
@@ -72,28 +74,40 @@ fn token_prints_only_a_token_signed_with_the_configured_secret() {
 
 #[test]
 fn flags_win_over_environment_variables() {
-    let output = run(jwl().env("JWL_JWT_SECRET", "from-env").args([
-        "token",
-        "--sub",
-        "ops",
-        "--scope",
-        "admin",
-        "--ttl",
-        "10m",
-        "--jwt-secret",
-        "from-flag",
-    ]));
+    let output = run(jwl()
+        .env("JWL_JWT_SECRET", "from-env-0123456789abcdef0123456789")
+        .args([
+            "token",
+            "--sub",
+            "ops",
+            "--scope",
+            "admin",
+            "--ttl",
+            "10m",
+            "--jwt-secret",
+            "from-flag-0123456789abcdef012345678",
+        ]));
     assert!(output.status.success(), "{}", stderr(&output));
     let token = stdout(&output);
-    let claims = JwtKeys::new(b"from-flag").verify(token.trim()).unwrap();
+    let claims = JwtKeys::new(b"from-flag-0123456789abcdef012345678")
+        .verify(token.trim())
+        .unwrap();
     assert_eq!(claims.exp - claims.iat, 600);
-    assert!(JwtKeys::new(b"from-env").verify(token.trim()).is_err());
+    assert!(
+        JwtKeys::new(b"from-env-0123456789abcdef0123456789")
+            .verify(token.trim())
+            .is_err()
+    );
 }
 
 #[test]
 fn token_reads_the_secret_file_of_the_data_dir() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("jwt-secret"), "file-secret\n").unwrap();
+    std::fs::write(
+        dir.path().join("jwt-secret"),
+        "file-secret-0123456789abcdef0123456789\n",
+    )
+    .unwrap();
     let output = run(jwl().env("JWL_DATA_DIR", dir.path()).args([
         "token",
         "--sub",
@@ -103,7 +117,7 @@ fn token_reads_the_secret_file_of_the_data_dir() {
     ]));
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
-        JwtKeys::new(b"file-secret")
+        JwtKeys::new(b"file-secret-0123456789abcdef0123456789")
             .verify(stdout(&output).trim())
             .is_ok()
     );
@@ -149,7 +163,7 @@ fn invalid_settings_are_refused_with_the_variable_named() {
 #[test]
 fn serve_without_a_database_names_the_variables() {
     let output = run(jwl()
-        .env("JWL_JWT_SECRET", "x")
+        .env("JWL_JWT_SECRET", "x-0123456789abcdef0123456789abcdef")
         .env("JWL_NATS_URL", "nats://127.0.0.1:1")
         .args(["serve", "payment"]));
     assert!(!output.status.success());
@@ -240,7 +254,7 @@ async fn serve_runs_one_service_until_sigterm() {
     let mut child = jwl()
         .env("JWL_DATABASE_URL", database.url())
         .env("JWL_NATS_URL", nats.url())
-        .env("JWL_JWT_SECRET", "serve-secret")
+        .env("JWL_JWT_SECRET", "serve-secret-0123456789abcdef0123456")
         .env("JWL_HTTP_ADDR", format!("127.0.0.1:{port}"))
         .args(["serve", "inventory"])
         .stdout(Stdio::null())
@@ -367,4 +381,30 @@ async fn up_runs_everything_and_keeps_its_state_across_restarts() {
     signal(&child.0, libc::SIGINT);
     let status = wait_exit(&mut child.0, Duration::from_secs(60)).await;
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn a_short_jwt_secret_is_refused_with_what_to_do() {
+    let output = run(jwl().env("JWL_JWT_SECRET", "too-short").args([
+        "token",
+        "--sub",
+        "customer-1",
+        "--scope",
+        "orders:write",
+    ]));
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.contains("at least 32") && !message.contains("too-short"),
+        "{message}"
+    );
+}
+
+#[test]
+fn token_lifetimes_are_bounded() {
+    let output = run(jwl()
+        .env("JWL_JWT_SECRET", "s3cret-from-env-0123456789abcdef0123")
+        .args(["token", "--sub", "ops", "--scope", "admin", "--ttl", "365d"]));
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("30 days"), "{}", stderr(&output));
 }

@@ -1,4 +1,5 @@
-//! [`JwtKeys`]: issue and verify HS256 bearer tokens with `sub`, `scope`, `iat` and `exp`.
+//! [`JwtKeys`]: issue and verify HS256 bearer tokens with `sub`, `scope`, `iat` and `exp`
+//! (and `nbf`, honoured when present).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use super::scope::Scope;
 
-/// Clock skew tolerated when checking `exp`.
+/// Clock skew tolerated when checking `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 5;
+
+/// The shortest secret a deployment may configure: HS256 is as strong as its key, and RFC 7518
+/// asks for a key at least as long as the hash (32 bytes).
+pub const MIN_SECRET_BYTES: usize = 32;
 
 /// Why a token could not be issued or was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +83,7 @@ impl JwtKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_exp = true;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             inner: Arc::new(KeysInner {
@@ -120,5 +126,41 @@ impl JwtKeys {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid(error),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Serialize)]
+    struct WithNbf<'a> {
+        sub: &'a str,
+        exp: u64,
+        nbf: u64,
+    }
+
+    #[test]
+    fn a_token_not_valid_before_a_later_time_is_refused_until_then() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let keys = JwtKeys::new(secret);
+        let now = jsonwebtoken::get_current_timestamp();
+        let sign = |nbf: u64| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &WithNbf {
+                    sub: "cust-1",
+                    exp: now + 600,
+                    nbf,
+                },
+                &EncodingKey::from_secret(secret),
+            )
+            .unwrap()
+        };
+        assert!(matches!(
+            keys.verify(&sign(now + 120)),
+            Err(AuthError::Invalid(_))
+        ));
+        assert_eq!(keys.verify(&sign(now)).unwrap().sub, "cust-1");
     }
 }

@@ -6,5 +6,5 @@ mod keys;
 mod scope;
 
 pub use caller::{Admin, Caller};
-pub use keys::{AuthError, Claims, JwtKeys};
+pub use keys::{AuthError, Claims, JwtKeys, MIN_SECRET_BYTES};
 pub use scope::{Scope, UnknownScope};
