@@ -486,6 +486,10 @@ pub struct SettingsArgs {
     /// Live waybills per courier.
     #[arg(long, env = "JWL_COURIER_CAPACITY", default_value = "1", value_parser = clap::value_parser!(u32).range(1..))]
     pub courier_capacity: u32,
+    /// How long an Idempotency-Key of POST /v1/orders is remembered (a repeat after that places
+    /// a new order); expired keys are deleted.
+    #[arg(long, env = "JWL_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_positive_duration)]
+    pub idempotency_ttl: Duration,
     /// Orders per second one process accepts (over it: 429 with Retry-After).
     #[arg(long, env = "JWL_INGEST_RATE", default_value = "500")]
     pub ingest_rate: NonZeroU32,

@@ -22,6 +22,7 @@ impl SettingsArgs {
             dispatch_deadline: self.dispatch_deadline,
             dispatch_radius_km: self.dispatch_radius_km,
             courier_capacity: self.courier_capacity,
+            idempotency_ttl: self.idempotency_ttl,
             ingest: IngestLimits {
                 rate_per_second: self.ingest_rate,
                 burst: self.ingest_burst,

@@ -19,6 +19,8 @@ pub struct Settings {
     pub dispatch_radius_km: f64,
     /// Live waybills one courier may hold at once (`JWL_COURIER_CAPACITY`).
     pub courier_capacity: u32,
+    /// How long an `Idempotency-Key` of `POST /v1/orders` is remembered (`JWL_IDEMPOTENCY_TTL`).
+    pub idempotency_ttl: Duration,
     /// Backpressure on order intake (`JWL_INGEST_RATE`, `JWL_INGEST_BURST`,
     /// `JWL_INGEST_IN_FLIGHT`).
     pub ingest: IngestLimits,
@@ -31,6 +33,7 @@ impl Default for Settings {
             dispatch_deadline: Duration::from_secs(60),
             dispatch_radius_km: 5.0,
             courier_capacity: 1,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
             ingest: IngestLimits::default(),
         }
     }

@@ -178,6 +178,7 @@ async fn create_order(
                 status: StatusCode::CREATED.as_u16(),
                 body: &body,
             },
+            state.settings.idempotency_ttl,
         )
         .await?;
         if !claimed {

@@ -12,6 +12,7 @@ mod deadline;
 mod domain;
 mod handler;
 mod http;
+mod retention;
 mod store;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
 pub use handler::{OrderReadModel, SUBSCRIPTIONS};
+pub use retention::prune_expired_idempotency_keys;
 
 /// This bounded context.
 pub const SERVICE: Service = Service::Order;
@@ -45,7 +47,8 @@ pub fn router(ctx: &ServiceContext) -> axum::Router {
     http::router(ctx)
 }
 
-/// The relay, the read model's consumers and the deadline timer, until `shutdown`. If the
+/// The relay, the read model's consumers, the deadline timer and the pruning of expired
+/// idempotency keys, until `shutdown`. If the
 /// messaging stops with an error, the timer is stopped too and the error returned.
 pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> anyhow::Result<()> {
     let stop = shutdown.child_token();
@@ -56,12 +59,18 @@ pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> anyhow::Re
         ctx.messaging.db_stall_timeout,
         stop.clone(),
     ));
+    let retention = tokio::spawn(retention::run(
+        ctx.pool.clone(),
+        ctx.settings.idempotency_ttl,
+        stop.clone(),
+    ));
     let messaging = Messaging::new(SERVICE, ctx.pool, ctx.broker, ctx.messaging)
         .with_relay_signal(ctx.relay)
         .run(Arc::new(OrderReadModel), stop.clone())
         .await;
     stop.cancel();
     timer.await?;
+    retention.await?;
     messaging?;
     Ok(())
 }

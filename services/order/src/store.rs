@@ -2,6 +2,8 @@
 //! model and cancellation, and the deadline timer's claim of overdue orders. Every function runs
 //! on the connection (usually a transaction) it is given.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use jwl_events::{CourierId, Envelope, LineItem, OrderId, WaybillId};
 use sqlx::types::Json;
@@ -101,18 +103,24 @@ pub struct IdempotentResponse<'a> {
     pub body: &'a str,
 }
 
-/// Records `response` under (customer, key) unless that key is taken. A concurrent transaction
-/// holding the same key makes this wait for it: if it commits, the key is taken (`false`); if it
-/// rolls back, this one records the key. The order it names must be inserted before commit.
+/// Records `response` under (customer, key) unless that key is taken: recorded less than `ttl`
+/// ago (an older record has expired and is replaced). A concurrent transaction holding the same
+/// key makes this wait for it: if it commits, the key is taken (`false`); if it rolls back, this
+/// one records the key. The order it names must be inserted before commit.
 pub async fn claim_idempotency_key(
     conn: &mut PgConnection,
     response: &IdempotentResponse<'_>,
+    ttl: Duration,
 ) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO idempotency_keys (customer_id, idempotency_key, request_hash, order_id,
                                        response_status, response_body)
          VALUES ($1, $2, sha256(convert_to($3, 'UTF8')), $4, $5, $6)
-         ON CONFLICT (customer_id, idempotency_key) DO NOTHING",
+         ON CONFLICT (customer_id, idempotency_key) DO UPDATE
+             SET request_hash = EXCLUDED.request_hash, order_id = EXCLUDED.order_id,
+                 response_status = EXCLUDED.response_status,
+                 response_body = EXCLUDED.response_body, created_at = now()
+             WHERE idempotency_keys.created_at <= now() - make_interval(secs => $7)",
     )
     .bind(response.customer_id)
     .bind(response.key)
@@ -120,10 +128,31 @@ pub async fn claim_idempotency_key(
     .bind(response.order_id.0)
     .bind(i32::from(response.status))
     .bind(response.body)
+    .bind(ttl.as_secs_f64())
     .execute(conn)
     .await?
     .rows_affected();
     Ok(inserted == 1)
+}
+
+/// Deletes up to `limit` idempotency keys recorded more than `ttl` ago; returns how many.
+pub async fn prune_idempotency_keys(
+    pool: &PgPool,
+    ttl: Duration,
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM idempotency_keys
+         WHERE (customer_id, idempotency_key) IN (
+             SELECT customer_id, idempotency_key FROM idempotency_keys
+             WHERE created_at <= now() - make_interval(secs => $1)
+             ORDER BY created_at LIMIT $2)",
+    )
+    .bind(ttl.as_secs_f64())
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// The response recorded under (customer, key), compared with `canonical_request`.

@@ -1,6 +1,6 @@
 //! `POST /v1/orders` against a real database: the order, its timeline row and its
 //! `order.created` outbox row in one transaction; idempotency keys (same body replays, other body
-//! 422, concurrent repeats); validation 400s naming the field; 401, 403, 413.
+//! 422, concurrent repeats, expiry and pruning); validation 400s naming the field; 401, 403, 413.
 
 mod common;
 
@@ -169,6 +169,55 @@ async fn concurrent_repeats_of_a_key_create_one_order() -> anyhow::Result<()> {
         .fetch_one(&app.pool)
         .await?;
     assert_eq!(outbox_rows, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_expired_key_places_a_new_order_and_expired_keys_are_pruned() -> anyhow::Result<()> {
+    let ttl = std::time::Duration::from_secs(24 * 3600);
+    let app = TestApp::start().await?;
+    let token = app.customer(CUSTOMER);
+    let body = order_body();
+    let first = app.post_order(Some(&token), &body, Some("key-old")).await?;
+    assert_eq!(first.status, StatusCode::CREATED, "{first:?}");
+    let live = app
+        .post_order(Some(&token), &body, Some("key-live"))
+        .await?;
+    assert_eq!(live.status, StatusCode::CREATED, "{live:?}");
+    // a day and a minute later, for the first key only
+    sqlx::query(
+        "UPDATE idempotency_keys SET created_at = now() - interval '24 hours 1 minute'
+         WHERE idempotency_key = 'key-old'",
+    )
+    .execute(&app.pool)
+    .await?;
+
+    let repeat = app.post_order(Some(&token), &body, Some("key-old")).await?;
+    assert_eq!(repeat.status, StatusCode::CREATED, "{repeat:?}");
+    assert_eq!(repeat.header("idempotent-replayed"), None, "{repeat:?}");
+    assert_ne!(repeat.order_id(), first.order_id(), "a new order");
+    let replayed = app
+        .post_order(Some(&token), &body, Some("key-live"))
+        .await?;
+    assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
+    assert_eq!(orders_of(&app, CUSTOMER).await?, 3);
+
+    // the repeat recorded the key afresh: nothing has expired now
+    assert_eq!(
+        jwl_order::prune_expired_idempotency_keys(&app.pool, ttl).await?,
+        0
+    );
+    sqlx::query("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+        .execute(&app.pool)
+        .await?;
+    assert_eq!(
+        jwl_order::prune_expired_idempotency_keys(&app.pool, ttl).await?,
+        2
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+        .fetch_one(&app.pool)
+        .await?;
+    assert_eq!(left, 0);
     Ok(())
 }
 
