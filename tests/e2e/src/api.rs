@@ -43,6 +43,21 @@ pub struct NewOrder {
 }
 
 impl NewOrder {
+    /// One `TEA` at `unit_price_cents`, picked up at [`Point::JIANGWAN`] and dropped off 2 km
+    /// east, paid with a card that is accepted: the tests' ordinary order.
+    pub fn one_tea(unit_price_cents: i64) -> Self {
+        NewOrder {
+            items: vec![LineItem {
+                sku: "TEA".to_owned(),
+                qty: 1,
+                unit_price_cents,
+            }],
+            pickup: Point::JIANGWAN,
+            dropoff: Point::JIANGWAN.offset_km(2.0, 0.0),
+            payment_token: "tok_ok".to_owned(),
+        }
+    }
+
     /// Σ qty · unit price: what the order service must charge.
     pub fn amount_cents(&self) -> i64 {
         self.items
@@ -352,6 +367,22 @@ impl ApiClient {
             headers,
             body,
         })
+    }
+
+    /// `POST /v1/orders` once, with a fresh idempotency key and no retry: the raw reply (what a
+    /// shed or failing request answers).
+    pub async fn post_order_once(
+        &self,
+        customer_token: &str,
+        order: &NewOrder,
+    ) -> anyhow::Result<Reply> {
+        self.send(
+            Call::new(Service::Order, Method::POST, "/v1/orders")
+                .token(customer_token)
+                .idempotency_key(&uuid::Uuid::new_v4().to_string())
+                .json(serde_json::to_value(order)?),
+        )
+        .await
     }
 
     /// `POST /v1/orders` → the new order's id. Expects `201`, status `pending` and a

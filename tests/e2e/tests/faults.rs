@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use jwl_e2e::{
-    Injected, LineItem, NewOrder, OrderStatus, Outcomes, PlacedOrder, Point, Service, System,
-    SystemOptions, with_system,
+    Injected, NewOrder, OrderStatus, Outcomes, PlacedOrder, Point, Service, System, SystemOptions,
+    with_system,
 };
 use jwl_events::{
     Envelope, EventData, GeoPoint, HeaderStyle, LineItem as EventLine, OrderCreated, OrderId,
@@ -42,16 +42,7 @@ fn options() -> SystemOptions {
 }
 
 fn order() -> NewOrder {
-    NewOrder {
-        items: vec![LineItem {
-            sku: "TEA".to_owned(),
-            qty: 1,
-            unit_price_cents: PRICE_CENTS,
-        }],
-        pickup: Point::JIANGWAN,
-        dropoff: Point::JIANGWAN.offset_km(2.0, 0.0),
-        payment_token: "tok_ok".to_owned(),
-    }
+    NewOrder::one_tea(PRICE_CENTS)
 }
 
 /// Stock for every order and `COURIERS` couriers next to the pickup point.

@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jwl_e2e::{
-    Call, Injected, LineItem, NewOrder, OrderStatus, OrderView, Outcomes, PlacedOrder, Point,
-    Service, System, SystemOptions, with_system,
+    Injected, NewOrder, OrderStatus, OrderView, Outcomes, PlacedOrder, Service, System,
+    SystemOptions, with_system,
 };
 use jwl_events::{EventType, HeaderStyle};
 use jwl_testkit::StopMode;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 
 /// How long one saga may take on a busy 2-core machine (with a restart in it).
 const SAGA_TIMEOUT: Duration = Duration::from_secs(90);
@@ -33,16 +33,7 @@ fn options() -> SystemOptions {
 }
 
 fn order() -> NewOrder {
-    NewOrder {
-        items: vec![LineItem {
-            sku: "TEA".to_owned(),
-            qty: 1,
-            unit_price_cents: PRICE_CENTS,
-        }],
-        pickup: Point::JIANGWAN,
-        dropoff: Point::JIANGWAN.offset_km(2.0, 0.0),
-        payment_token: "tok_ok".to_owned(),
-    }
+    NewOrder::one_tea(PRICE_CENTS)
 }
 
 /// Stock for every order and `couriers` couriers next to the pickup point.
@@ -133,15 +124,7 @@ async fn postgres_stopped_mid_load_and_restarted() -> anyhow::Result<()> {
 
         let token = system.tokens().customer("while-down")?;
         let asked = Instant::now();
-        let reply = system
-            .api()
-            .send(
-                Call::new(Service::Order, Method::POST, "/v1/orders")
-                    .token(&token)
-                    .idempotency_key(&uuid::Uuid::new_v4().to_string())
-                    .json(serde_json::to_value(order())?),
-            )
-            .await?;
+        let reply = system.api().post_order_once(&token, &order()).await?;
         let took = asked.elapsed();
         assert_eq!(
             reply.status,

@@ -6,26 +6,14 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use jwl_e2e::{
-    Call, LineItem, NewOrder, OrderStatus, PlacedOrder, Point, Service, System, SystemOptions,
-    with_system,
-};
-use reqwest::{Method, StatusCode};
+use jwl_e2e::{NewOrder, OrderStatus, PlacedOrder, Service, System, SystemOptions, with_system};
+use reqwest::StatusCode;
 
 const SAGA_TIMEOUT: Duration = Duration::from_secs(120);
 const COURIER_CAPACITY: u32 = 10;
 
 fn order() -> NewOrder {
-    NewOrder {
-        items: vec![LineItem {
-            sku: "TEA".to_owned(),
-            qty: 1,
-            unit_price_cents: 1250,
-        }],
-        pickup: Point::JIANGWAN,
-        dropoff: Point::JIANGWAN.offset_km(2.0, 0.0),
-        payment_token: "tok_ok".to_owned(),
-    }
+    NewOrder::one_tea(1250)
 }
 
 /// The sum of `jwl_ingest_shed_total{reason="backlog"}` in the order service's `/metrics`.
@@ -48,15 +36,7 @@ async fn post_once(
 ) -> anyhow::Result<(PlacedOrder, StatusCode, Option<u64>, String)> {
     let token = system.tokens().customer(&customer_id)?;
     let new = order();
-    let reply = system
-        .api()
-        .send(
-            Call::new(Service::Order, Method::POST, "/v1/orders")
-                .token(&token)
-                .idempotency_key(&uuid::Uuid::new_v4().to_string())
-                .json(serde_json::to_value(&new)?),
-        )
-        .await?;
+    let reply = system.api().post_order_once(&token, &new).await?;
     let retry_after = reply
         .headers
         .get("retry-after")

@@ -10,9 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use jwl_e2e::{
-    Cut, LineItem, Link, NewOrder, PlacedOrder, Point, Service, System, SystemOptions, with_system,
-};
+use jwl_e2e::{Cut, Link, NewOrder, PlacedOrder, Service, System, SystemOptions, with_system};
 
 /// How long each path stays cut.
 const CUT_FOR: Duration = Duration::from_secs(5);
@@ -24,16 +22,7 @@ const COURIERS: usize = 6;
 const PARTITIONED: Service = Service::Inventory;
 
 fn order() -> NewOrder {
-    NewOrder {
-        items: vec![LineItem {
-            sku: "TEA".to_owned(),
-            qty: 1,
-            unit_price_cents: 1250,
-        }],
-        pickup: Point::JIANGWAN,
-        dropoff: Point::JIANGWAN.offset_km(2.0, 0.0),
-        payment_token: "tok_ok".to_owned(),
-    }
+    NewOrder::one_tea(1250)
 }
 
 async fn place(system: &System) -> anyhow::Result<Vec<PlacedOrder>> {
