@@ -34,7 +34,7 @@ mod service_user;
 
 pub use binary::{MIN_NATS_SERVER, find_binary, find_nats_server, tools_dir};
 pub use error::InfraError;
-pub use nats::{NatsOptions, NatsServer};
+pub use nats::{NatsClusterNode, NatsOptions, NatsServer};
 pub use port::free_port;
 pub use postgres::{PgTuning, PostgresOptions, PostgresServer, StopMode};
 pub use process::{OwnerExitSignal, spawn_tied_to_process};

@@ -1,4 +1,5 @@
-//! A private `nats-server` with JetStream on 127.0.0.1:<port>, its store in a given directory.
+//! A private `nats-server` with JetStream on 127.0.0.1:<port>, its store in a given directory;
+//! or several of them clustered over loopback routes ([`NatsServer::start_cluster`]).
 
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -27,10 +28,22 @@ pub struct NatsOptions {
     pub port: u16,
 }
 
+/// One node of a cluster: where it listens for routes, and the other nodes' route ports.
+#[derive(Clone, Debug)]
+pub struct NatsClusterNode {
+    /// The cluster's name (the same for every node).
+    pub cluster_name: String,
+    /// Route port of this node on 127.0.0.1.
+    pub cluster_port: u16,
+    /// Route ports of the other nodes on 127.0.0.1.
+    pub routes: Vec<u16>,
+}
+
 /// A running (or stopped, restartable) private `nats-server -js`. Dropping it kills it.
 #[derive(Debug)]
 pub struct NatsServer {
     options: NatsOptions,
+    cluster: Option<NatsClusterNode>,
     binary: PathBuf,
     /// Unique server name, checked by the readiness probe so that a foreign server on the port
     /// is never mistaken for ours.
@@ -40,7 +53,45 @@ pub struct NatsServer {
 
 impl NatsServer {
     /// Starts the server and waits until it accepts clients and JetStream answers (~30 ms).
-    pub fn start(mut options: NatsOptions) -> Result<Self, InfraError> {
+    pub fn start(options: NatsOptions) -> Result<Self, InfraError> {
+        let mut server = Self::prepare(options, None)?;
+        server.launch()?;
+        Ok(server)
+    }
+
+    /// Starts one server per entry, clustered with each other over loopback routes, and waits
+    /// until every one accepts clients and JetStream answers (a JetStream cluster answers once
+    /// its nodes have elected a meta leader). A node can be killed and started again alone.
+    pub fn start_cluster(
+        nodes: Vec<(NatsOptions, NatsClusterNode)>,
+    ) -> Result<Vec<Self>, InfraError> {
+        let mut servers = Vec::with_capacity(nodes.len());
+        for (options, cluster) in nodes {
+            let mut server = Self::prepare(options, Some(cluster))?;
+            server.spawn()?;
+            servers.push(server);
+        }
+        for server in &mut servers {
+            let log_path = server.log_file();
+            if let Err(error) = server.wait_until_ready(&log_path) {
+                for server in &mut servers {
+                    let _ = server.kill();
+                }
+                return Err(error);
+            }
+        }
+        Ok(servers)
+    }
+
+    /// The server's unique name (as shown in a stream's cluster info as its leader).
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    fn prepare(
+        mut options: NatsOptions,
+        cluster: Option<NatsClusterNode>,
+    ) -> Result<Self, InfraError> {
         static STARTED: AtomicU64 = AtomicU64::new(0);
         options.store_dir = std::path::absolute(&options.store_dir)
             .map_err(|e| InfraError::io(format!("resolving {}", options.store_dir.display()), e))?;
@@ -53,14 +104,13 @@ impl NatsServer {
             STARTED.fetch_add(1, Ordering::Relaxed),
             options.port
         );
-        let mut server = Self {
+        Ok(Self {
             options,
+            cluster,
             binary,
             server_name,
             child: None,
-        };
-        server.launch()?;
-        Ok(server)
+        })
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -127,6 +177,18 @@ impl NatsServer {
     }
 
     fn launch(&mut self) -> Result<(), InfraError> {
+        self.spawn()?;
+        let log_path = self.log_file();
+        if let Err(error) = self.wait_until_ready(&log_path) {
+            let _ = self.kill();
+            return Err(error);
+        }
+        tracing::debug!(port = self.options.port, store = %self.options.store_dir.display(), "nats-server is ready");
+        Ok(())
+    }
+
+    /// Starts the process without waiting for it to be ready.
+    fn spawn(&mut self) -> Result<(), InfraError> {
         let log_path = self.log_file();
         let log = OpenOptions::new()
             .create(true)
@@ -143,18 +205,28 @@ impl NatsServer {
             .arg("-sd")
             .arg(&self.options.store_dir)
             .arg("-n")
-            .arg(&self.server_name)
+            .arg(&self.server_name);
+        if let Some(cluster) = &self.cluster {
+            let routes: Vec<String> = cluster
+                .routes
+                .iter()
+                .map(|port| format!("nats://127.0.0.1:{port}"))
+                .collect();
+            command
+                .arg("--cluster_name")
+                .arg(&cluster.cluster_name)
+                .arg("--cluster")
+                .arg(format!("nats://127.0.0.1:{}", cluster.cluster_port))
+                .arg("--routes")
+                .arg(routes.join(","));
+        }
+        command
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_for_stderr);
         let child = spawn_tied_to_process(command, OwnerExitSignal::Kill)
             .map_err(|e| InfraError::io(format!("starting {}", self.binary.display()), e))?;
         self.child = Some(child);
-        if let Err(error) = self.wait_until_ready(&log_path) {
-            let _ = self.kill();
-            return Err(error);
-        }
-        tracing::debug!(port = self.options.port, store = %self.options.store_dir.display(), "nats-server is ready");
         Ok(())
     }
 

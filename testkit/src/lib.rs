@@ -10,6 +10,8 @@
 //!   a crash of the server.
 //! * [`nats()`] — a private `nats-server -js` per call (free port, temporary store), killed and
 //!   removed on drop; it can be restarted, killed and started again for fault injection.
+//! * [`nats_cluster()`] — several private `nats-server -js` nodes clustered over loopback
+//!   routes (free ports, a store each), each node killable and restartable on its own.
 //! * [`service`] — helpers for the service crates' integration tests: a pool in a service's
 //!   schema, a `ServiceContext` on a private nats-server, requests through the real HTTP edge,
 //!   delivering and publishing events, reading the outbox.
@@ -27,6 +29,7 @@ mod cluster;
 mod database;
 mod eventually;
 mod nats;
+mod nats_cluster;
 mod scratch;
 pub mod service;
 
@@ -35,6 +38,7 @@ pub use database::{TestDatabase, database};
 pub use eventually::{PollOutcome, eventually};
 pub use jwl_local_infra::StopMode;
 pub use nats::{TestNats, nats};
+pub use nats_cluster::{TestNatsCluster, nats_cluster};
 
 /// Environment variable naming an existing PostgreSQL server to create test databases in.
 pub const TEST_DATABASE_URL_ENV: &str = "JWL_TEST_DATABASE_URL";

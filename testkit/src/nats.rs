@@ -21,6 +21,7 @@ pub struct TestNats {
     url: String,
     port: u16,
     log_file: PathBuf,
+    server_name: String,
     dir: TempDir,
 }
 
@@ -46,17 +47,29 @@ fn start_blocking() -> anyhow::Result<TestNats> {
             Err(error) => return Err(error).context("starting a private nats-server for a test"),
         }
     };
-    let (url, port, log_file) = (server.url(), server.port(), server.log_file());
-    Ok(TestNats {
-        server: Arc::new(Mutex::new(server)),
-        url,
-        port,
-        log_file,
-        dir,
-    })
+    Ok(TestNats::from_server(server, dir))
 }
 
 impl TestNats {
+    /// Wraps a started server whose store is under `dir`.
+    pub(crate) fn from_server(server: NatsServer, dir: TempDir) -> Self {
+        let (url, port, log_file) = (server.url(), server.port(), server.log_file());
+        let server_name = server.server_name().to_owned();
+        Self {
+            server: Arc::new(Mutex::new(server)),
+            url,
+            port,
+            log_file,
+            server_name,
+            dir,
+        }
+    }
+
+    /// The server's unique name (a stream's cluster info names its leader by it).
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
     /// `nats://127.0.0.1:PORT` (unchanged by restarts).
     pub fn url(&self) -> &str {
         &self.url
