@@ -307,7 +307,7 @@ pub struct BenchArgs {
 
 #[derive(Debug, Args)]
 pub struct NatsArgs {
-    /// The NATS server (JetStream enabled).
+    /// The NATS server (JetStream enabled), or a comma-separated list of the nodes of a cluster.
     #[arg(long, env = "JWL_NATS_URL", hide_env_values = true)]
     pub nats_url: String,
 }
@@ -332,7 +332,8 @@ pub struct UpArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub data_dir: DataDirArgs,
-    /// External NATS server; when unset a private `nats-server -js` is started under the data dir.
+    /// External NATS server, or a comma-separated list of cluster nodes; when unset a private
+    /// `nats-server -js` is started under the data dir.
     #[arg(long, env = "JWL_NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
     #[command(flatten)]
@@ -352,7 +353,7 @@ pub struct ServeArgs {
     pub service: ServiceName,
     #[command(flatten)]
     pub http: HttpArgs,
-    /// The NATS server (JetStream enabled).
+    /// The NATS server (JetStream enabled), or a comma-separated list of the nodes of a cluster.
     #[arg(long, env = "JWL_NATS_URL", hide_env_values = true)]
     pub nats_url: String,
     #[command(flatten)]
@@ -383,6 +384,12 @@ pub struct MessagingArgs {
     /// after a partition). Keep it above the longest batch handling.
     #[arg(long, env = "JWL_DB_STALL_TIMEOUT", default_value = "30s", value_parser = parse_positive_duration)]
     pub db_stall_timeout: Duration,
+    /// Replicas of every stream the services create (events, dead letters, replay, dead-letter
+    /// log); an existing stream with another count is changed to it. More than 1 needs a
+    /// JetStream cluster of at least that many servers.
+    #[arg(long, env = "JWL_STREAM_REPLICAS", default_value = "1",
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
 }
 
 /// Fault points for failure-injection tests (hidden; all off by default). Read once at start.
@@ -533,6 +540,7 @@ impl MessagingArgs {
         MessagingSettings {
             ack_wait: self.ack_wait,
             db_stall_timeout: self.db_stall_timeout,
+            stream_replicas: Some(usize::from(self.stream_replicas)),
             faults,
             ..MessagingSettings::default()
         }

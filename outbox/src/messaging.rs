@@ -112,7 +112,7 @@ impl Messaging {
     }
 
     /// Ensures the streams exist, retrying until the broker answers (or shutdown); fails only if
-    /// the broker cannot ever do it (too old).
+    /// the broker cannot ever do it (too old, or it refuses the streams' replica count).
     async fn provision(&self, shutdown: &CancellationToken) -> Result<(), OutboxError> {
         let mut backoff = ExponentialBuilder::default()
             .with_min_delay(std::time::Duration::from_millis(200))
@@ -123,7 +123,7 @@ impl Messaging {
         while !shutdown.is_cancelled() {
             match self.broker.ensure_streams(&self.settings).await {
                 Ok(()) => return Ok(()),
-                Err(error) if error.is_unsupported() => return Err(error.into()),
+                Err(error) if error.is_fatal() => return Err(error.into()),
                 Err(error) => {
                     let delay = backoff.next().unwrap_or(std::time::Duration::from_secs(5));
                     tracing::warn!(%error, ?delay, "cannot provision streams yet; retrying");

@@ -5,6 +5,9 @@ use std::time::Duration;
 use crate::error::OutboxError;
 use crate::faults::FaultPoints;
 
+/// The most replicas JetStream allows a stream.
+pub const MAX_STREAM_REPLICAS: usize = 5;
+
 /// Everything that can be tuned about reliable messaging. `Default` holds production values;
 /// tests shorten the timings.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +30,11 @@ pub struct MessagingSettings {
     pub dlq_log_max_age: Duration,
     /// Broker-side deduplication window on `Nats-Msg-Id` (all streams).
     pub duplicate_window: Duration,
+    /// Replicas of every stream (`JWL_STREAM_REPLICAS`): new streams are created with this many,
+    /// and an existing stream with another count is changed to it (a clustered server allows
+    /// that). `None` creates missing streams with one replica and leaves the replica count of
+    /// existing ones alone (the operator tools, which must not rescale a deployment's streams).
+    pub stream_replicas: Option<usize>,
 
     /// Most messages handled in one consumer transaction.
     pub consumer_batch_size: usize,
@@ -87,6 +95,7 @@ impl Default for MessagingSettings {
             replay_max_age: DAY,
             dlq_log_max_age: 90 * DAY,
             duplicate_window: Duration::from_secs(120),
+            stream_replicas: Some(1),
             consumer_batch_size: 64,
             consumer_workers: 4,
             max_ack_pending: 1024,
@@ -120,6 +129,12 @@ impl MessagingSettings {
         ];
         if streams.iter().any(|name| name.is_empty()) {
             return fail("stream names must not be empty");
+        }
+        if self
+            .stream_replicas
+            .is_some_and(|replicas| !(1..=MAX_STREAM_REPLICAS).contains(&replicas))
+        {
+            return fail("stream_replicas must be between 1 and 5");
         }
         if self.consumer_batch_size == 0 || self.relay_batch_size == 0 {
             return fail("batch sizes must be at least 1");
@@ -176,6 +191,24 @@ mod tests {
         assert_eq!(s.nak_delay(5), Duration::from_secs(30));
         assert_eq!(s.nak_delay(50), Duration::from_secs(30));
         assert_eq!(s.nak_delay(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn stream_replicas_are_between_1_and_5() {
+        for (replicas, valid) in [
+            (Some(0), false),
+            (Some(1), true),
+            (Some(3), true),
+            (Some(5), true),
+            (Some(6), false),
+            (None, true),
+        ] {
+            let s = MessagingSettings {
+                stream_replicas: replicas,
+                ..Default::default()
+            };
+            assert_eq!(s.validate().is_ok(), valid, "{replicas:?}");
+        }
     }
 
     #[test]

@@ -1,11 +1,12 @@
-//! `/readyz` with the real probe: every pool pings and the broker is connected.
+//! `/readyz` with the real probe: every pool pings, the broker is connected and, when named,
+//! the events stream answers.
 
 mod common;
 
 use std::time::Duration;
 
 use axum::Router;
-use jwl_outbox::JetStreamBroker;
+use jwl_outbox::{JetStreamBroker, MessagingSettings};
 use jwl_service_kit::db;
 use jwl_service_kit::http::{Readiness, edge};
 use jwl_testkit::eventually;
@@ -24,10 +25,7 @@ async fn ready_while_database_and_broker_answer_and_not_ready_without_the_broker
     let app = edge(
         Router::new(),
         common::keys(),
-        Readiness {
-            pools: vec![order_pool, payment_pool.clone()],
-            broker,
-        },
+        Readiness::new(vec![order_pool, payment_pool.clone()], broker),
     );
 
     // The broker connects in the background; ready once it has.
@@ -69,4 +67,48 @@ async fn ready_while_database_and_broker_answer_and_not_ready_without_the_broker
             .contains("database pool 1"),
         "{problem}"
     );
+}
+
+#[tokio::test]
+async fn not_ready_while_the_events_stream_is_unavailable() -> anyhow::Result<()> {
+    let database = jwl_testkit::database().await?;
+    let nats = jwl_testkit::nats().await?;
+    let pool = db::connect(database.url(), "jwl_order").await?;
+    let broker = JetStreamBroker::connect(nats.url()).await?;
+    let settings = MessagingSettings::default();
+    let app = edge(
+        Router::new(),
+        common::keys(),
+        Readiness::new(vec![pool], broker.clone()).with_stream(&settings.events_stream),
+    );
+    eventually("connected", Duration::from_secs(20), || async {
+        broker.is_healthy()
+    })
+    .await?;
+
+    // connected, but no stream yet: not ready, and the answer says why
+    let (response, body) = common::get(&app, "/readyz").await;
+    let problem = common::problem(&response, &body, 503);
+    let detail = problem["detail"].as_str().unwrap_or_default().to_owned();
+    assert!(detail.contains("JWL_EVENTS"), "{problem}");
+
+    broker.ensure_streams(&settings).await?;
+    eventually(
+        "ready once the stream exists",
+        Duration::from_secs(10),
+        || async { readyz_status(&app).await == 200 },
+    )
+    .await?;
+
+    broker
+        .jetstream()
+        .delete_stream(&settings.events_stream)
+        .await?;
+    eventually(
+        "not ready once it is gone",
+        Duration::from_secs(10),
+        || async { readyz_status(&app).await == 503 },
+    )
+    .await?;
+    Ok(())
 }

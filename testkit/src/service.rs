@@ -102,10 +102,7 @@ impl EdgeApp {
 /// `routes` behind the real HTTP edge (auth with `keys`, problem responses, health), ready when
 /// the context's pool and broker are.
 fn edge_router(ctx: &ServiceContext, routes: Router, keys: &JwtKeys) -> Router {
-    let readiness = Readiness {
-        pools: vec![ctx.pool.clone()],
-        broker: ctx.broker.clone(),
-    };
+    let readiness = Readiness::new(vec![ctx.pool.clone()], ctx.broker.clone());
     edge(routes, keys.clone(), readiness)
 }
 

@@ -1001,7 +1001,7 @@ async fn jetstream_baseline(url: Option<&str>, run_id: &str, length: Duration) -
             BASELINE_CONNECT_TIMEOUT,
             async_nats::ConnectOptions::new()
                 .name("jwl-bench")
-                .connect(url),
+                .connect(jwl_outbox::transport::nats::server_list(url)),
         )
         .await
         .context("timed out connecting")?

@@ -13,7 +13,7 @@ pub mod up;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use jwl_outbox::{JetStreamBroker, MessagingSettings};
+use jwl_outbox::{JetStreamBroker, MessagingSettings, TransportError};
 use jwl_service_kit::db::PoolSettings;
 use sqlx::PgPool;
 use tokio::time::Instant;
@@ -50,13 +50,28 @@ async fn connect_and_migrate(
 
 /// How long start-up waits for the first connection to NATS.
 const NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long start-up tries to provision the streams before a service goes on without them.
+const STREAMS_START_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Connects to NATS (waiting for the connection to come up) and makes sure the event and
-/// dead-letter streams exist.
+/// What start-up does when the streams cannot be provisioned yet (no stream leader, a node of
+/// the cluster down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamsUnavailable {
+    /// Start anyway: the service reports not ready, and its messaging keeps provisioning with
+    /// backoff until the streams answer.
+    StartNotReady,
+    /// Fail (an operator command has nothing to do without them).
+    Fail,
+}
+
+/// Connects to NATS (`url`: one URL or a comma-separated list of cluster nodes), waiting for the
+/// connection to come up, and makes sure the streams exist with their configured replicas.
+/// Fails when the broker can never serve (too old, or it refuses the replica count).
 async fn connect_broker(
     url: &str,
     client_name: &str,
     messaging: &MessagingSettings,
+    unavailable: StreamsUnavailable,
 ) -> anyhow::Result<JetStreamBroker> {
     let shown = redact_userinfo(url);
     let broker = JetStreamBroker::connect_named(url, client_name)
@@ -70,9 +85,24 @@ async fn connect_broker(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    broker.ensure_streams(messaging).await.with_context(|| {
-        format!("creating the JetStream streams on {shown} (is JetStream enabled?)")
-    })?;
+    let provisioned = tokio::time::timeout(STREAMS_START_TIMEOUT, broker.ensure_streams(messaging))
+        .await
+        .unwrap_or_else(|_| {
+            Err(TransportError::Unavailable {
+                stream: messaging.events_stream.clone(),
+                why: format!("provisioning took more than {STREAMS_START_TIMEOUT:?}"),
+            })
+        });
+    match provisioned {
+        Ok(()) => {}
+        Err(error) if error.is_fatal() || unavailable == StreamsUnavailable::Fail => {
+            return Err(error).with_context(|| {
+                format!("creating the JetStream streams on {shown} (is JetStream enabled?)")
+            });
+        }
+        Err(error) => tracing::warn!(%error, nats = %shown,
+            "the JetStream streams are not available yet; starting not ready and retrying"),
+    }
     Ok(broker)
 }
 
@@ -81,8 +111,18 @@ async fn connect_operator(
     url: &str,
     command: &str,
 ) -> anyhow::Result<(JetStreamBroker, MessagingSettings)> {
-    let settings = MessagingSettings::default();
-    let broker = connect_broker(url, &format!("jwl-{command}"), &settings).await?;
+    // an operator tool creates missing streams but never changes a deployment's replica count
+    let settings = MessagingSettings {
+        stream_replicas: None,
+        ..MessagingSettings::default()
+    };
+    let broker = connect_broker(
+        url,
+        &format!("jwl-{command}"),
+        &settings,
+        StreamsUnavailable::Fail,
+    )
+    .await?;
     Ok((broker, settings))
 }
 
@@ -92,16 +132,10 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `scheme://user:pass@host…` → `scheme://***@host…`, so credentials never reach logs.
+/// `scheme://user:pass@host…` → `scheme://***@host…` (each URL of a comma-separated list), so
+/// credentials never reach logs.
 fn redact_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***{}", &rest[at..]),
-        None => url.to_owned(),
-    }
+    jwl_outbox::transport::nats::redact_userinfo(url)
 }
 
 #[cfg(test)]
@@ -120,5 +154,9 @@ mod tests {
         );
         assert_eq!(redact_userinfo("tls://a@b/c@d"), "tls://***@b/c@d");
         assert_eq!(redact_userinfo("not a url"), "not a url");
+        assert_eq!(
+            redact_userinfo("nats://u:p@a:4222,nats://b:4222"),
+            "nats://***@a:4222,nats://b:4222"
+        );
     }
 }

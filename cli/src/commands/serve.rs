@@ -8,7 +8,7 @@ use jwl_service_kit::http::{self, Readiness};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{connect_and_migrate, connect_broker};
+use super::{StreamsUnavailable, connect_and_migrate, connect_broker};
 use crate::args::ServeArgs;
 use crate::supervise::{Supervisor, cancel_on_signal};
 
@@ -55,23 +55,24 @@ async fn start(args: &ServeArgs) -> anyhow::Result<(ServiceContext, Router, TcpL
         );
     }
     let messaging = args.messaging.to_settings(faults);
-    let broker = connect_broker(&args.nats_url, &format!("jwl-{}", entry.name), &messaging).await?;
+    let broker = connect_broker(
+        &args.nats_url,
+        &format!("jwl-{}", entry.name),
+        &messaging,
+        StreamsUnavailable::StartNotReady,
+    )
+    .await?;
     let pool = connect_and_migrate(entry, database_url, &args.messaging.to_pool_settings()).await?;
+    let readiness =
+        Readiness::new(vec![pool.clone()], broker.clone()).with_stream(&messaging.events_stream);
     let ctx = ServiceContext::new(
         entry.service,
-        pool.clone(),
-        broker.clone(),
+        pool,
+        broker,
         messaging,
         args.settings.to_settings(),
     );
-    let app = http::edge(
-        (entry.router)(&ctx),
-        keys,
-        Readiness {
-            pools: vec![pool],
-            broker,
-        },
-    );
+    let app = http::edge((entry.router)(&ctx), keys, readiness);
     let listener = TcpListener::bind(args.http.http_addr)
         .await
         .with_context(|| format!("listening on {}", args.http.http_addr))?;

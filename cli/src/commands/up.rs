@@ -14,7 +14,7 @@ use jwl_service_kit::http::{self, Readiness};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{connect_and_migrate, connect_broker};
+use super::{StreamsUnavailable, connect_and_migrate, connect_broker, redact_userinfo};
 use crate::args::UpArgs;
 use crate::private_servers::PrivateServers;
 use crate::services::ServiceName;
@@ -78,12 +78,19 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
         None
     };
 
-    let mut operator_env = vec![("JWL_NATS_URL", nats_url.clone())];
+    // printed in the banner: credentials of an external server are never shown
+    let mut operator_env = vec![("JWL_NATS_URL", redact_userinfo(&nats_url))];
     if let Some(url) = &private_database_url {
         operator_env.push(("JWL_DATABASE_URL", url.clone()));
     }
     let messaging = args.messaging.to_settings(None);
-    let broker = connect_broker(&nats_url, "jwl-up", &messaging).await?;
+    let broker = connect_broker(
+        &nats_url,
+        "jwl-up",
+        &messaging,
+        StreamsUnavailable::StartNotReady,
+    )
+    .await?;
     let settings = args.settings.to_settings();
     let pool_settings = args.messaging.to_pool_settings();
 
@@ -108,10 +115,11 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
         contexts.push((name, ctx));
     }
 
-    let readiness = Readiness {
-        pools: contexts.iter().map(|(_, ctx)| ctx.pool.clone()).collect(),
+    let readiness = Readiness::new(
+        contexts.iter().map(|(_, ctx)| ctx.pool.clone()).collect(),
         broker,
-    };
+    )
+    .with_stream(&messaging.events_stream);
     let app = http::edge(routes, keys.clone(), readiness);
     let listener = TcpListener::bind(args.http.http_addr)
         .await

@@ -127,6 +127,13 @@ pub enum TransportError {
     /// The broker lacks a feature this transport needs; retrying cannot help.
     #[error("unsupported broker: {0}")]
     Unsupported(String),
+    /// A stream cannot have the configured shape on this broker (its replica count); the
+    /// message says what to change or run. Retrying cannot help.
+    #[error("{0}")]
+    StreamConflict(String),
+    /// A stream does not answer or has no leader now; it may come back.
+    #[error("stream {stream} is unavailable: {why}")]
+    Unavailable { stream: String, why: String },
     #[error("subscribing as {consumer}: {source}")]
     Subscribe { consumer: String, source: BoxError },
     /// Publishing failed; trying again later may work.
@@ -150,5 +157,11 @@ impl TransportError {
     /// Whether the broker itself cannot do what is asked, however often it is asked.
     pub fn is_unsupported(&self) -> bool {
         matches!(self, Self::Unsupported(_))
+    }
+
+    /// Whether provisioning can never succeed as configured (the broker is too old, or refuses
+    /// the streams' replica count), so start-up should fail rather than retry.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Unsupported(_) | Self::StreamConflict(_))
     }
 }

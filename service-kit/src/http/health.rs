@@ -1,8 +1,11 @@
 //! `GET /healthz` (the process is alive) and `GET /readyz` (its database pools and the broker
-//! answer), with the [`ReadinessProbe`] behind the latter.
+//! answer, and the events stream is available), with the [`ReadinessProbe`] behind the latter.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use axum::response::{IntoResponse, Response};
 use futures::future::{BoxFuture, join_all};
@@ -22,11 +25,68 @@ pub trait ReadinessProbe: Send + Sync + 'static {
     fn check(&self) -> BoxFuture<'_, Result<(), String>>;
 }
 
-/// The standard probe: every pool answers a ping and the broker connection is up.
+/// How long the stream info request of the readiness probe may take.
+const STREAM_INFO_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one answer about the stream is reused, so that frequent probes (several probers,
+/// a load balancer) do not each ask the broker.
+const STREAM_CHECK_TTL: Duration = Duration::from_secs(1);
+
+/// The standard probe: every pool answers a ping, the broker connection is up and, when
+/// [`with_stream`](Self::with_stream) named one, that stream answers and has a leader.
 #[derive(Clone)]
 pub struct Readiness {
-    pub pools: Vec<PgPool>,
-    pub broker: JetStreamBroker,
+    pools: Vec<PgPool>,
+    broker: JetStreamBroker,
+    stream: Option<StreamCheck>,
+}
+
+/// The last answer about a stream: when it was asked, and what was wrong.
+type LastAnswer = Option<(Instant, Result<(), String>)>;
+
+/// The availability of one stream, asked at most once per [`STREAM_CHECK_TTL`].
+#[derive(Clone)]
+struct StreamCheck {
+    name: String,
+    last: Arc<Mutex<LastAnswer>>,
+}
+
+impl Readiness {
+    /// Ready while every pool answers a ping and the broker connection is up.
+    pub fn new(pools: Vec<PgPool>, broker: JetStreamBroker) -> Self {
+        Self {
+            pools,
+            broker,
+            stream: None,
+        }
+    }
+
+    /// Also ready only while `stream` (the events stream) answers a stream info request within
+    /// a second and has a leader; the answer is cached for a second.
+    pub fn with_stream(mut self, stream: impl Into<String>) -> Self {
+        self.stream = Some(StreamCheck {
+            name: stream.into(),
+            last: Arc::new(Mutex::new(None)),
+        });
+        self
+    }
+
+    async fn stream_problem(&self) -> Option<String> {
+        let check = self.stream.as_ref()?;
+        // held across the request: concurrent probes wait for the one answer
+        let mut last = check.last.lock().await;
+        if let Some((at, outcome)) = last.as_ref()
+            && at.elapsed() < STREAM_CHECK_TTL
+        {
+            return outcome.clone().err();
+        }
+        let outcome = self
+            .broker
+            .stream_available(&check.name, STREAM_INFO_TIMEOUT)
+            .await
+            .map_err(|error| format!("broker: {error}"));
+        *last = Some((Instant::now(), outcome.clone()));
+        outcome.err()
+    }
 }
 
 impl ReadinessProbe for Readiness {
@@ -49,6 +109,8 @@ impl ReadinessProbe for Readiness {
             }
             if !self.broker.is_healthy() {
                 problems.push("broker: not connected".to_owned());
+            } else if let Some(problem) = self.stream_problem().await {
+                problems.push(problem);
             }
             if problems.is_empty() {
                 Ok(())

@@ -175,7 +175,7 @@ impl Watcher {
             async_nats::ConnectOptions::new()
                 .name("jwl-bench-watcher")
                 .subscription_capacity(SUBSCRIPTION_CAPACITY)
-                .connect(url),
+                .connect(jwl_outbox::transport::nats::server_list(url)),
         )
         .await
         .context("timed out connecting")?

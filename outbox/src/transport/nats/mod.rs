@@ -4,6 +4,9 @@
 mod delivery;
 mod provision;
 mod publish;
+mod urls;
+
+pub use urls::{redact_userinfo, server_list};
 
 use std::time::Duration;
 
@@ -25,8 +28,9 @@ pub struct JetStreamBroker {
 }
 
 impl JetStreamBroker {
-    /// Connects to `url` with a connection name of `jwl-<pid>`. The connection is established in
-    /// the background if the server is not up yet, and re-established whenever it drops.
+    /// Connects to `url` (one server, or a comma-separated list of the nodes of a cluster) with a
+    /// connection name of `jwl-<pid>`. The connection is established in the background if no
+    /// server is up yet, and re-established, to any listed or discovered node, whenever it drops.
     pub async fn connect(url: &str) -> Result<Self, TransportError> {
         Self::connect_named(url, &format!("jwl-{}", std::process::id())).await
     }
@@ -34,6 +38,13 @@ impl JetStreamBroker {
     /// Like [`connect`](Self::connect), with this connection name (shown by the server's
     /// monitoring), e.g. `jwl-payment`.
     pub async fn connect_named(url: &str, connection_name: &str) -> Result<Self, TransportError> {
+        let servers = server_list(url);
+        if servers.is_empty() {
+            return Err(TransportError::Connect {
+                url: redact_userinfo(url),
+                source: "no NATS server URL given".into(),
+            });
+        }
         let client = async_nats::ConnectOptions::new()
             .name(connection_name)
             .retry_on_initial_connect()
@@ -48,31 +59,55 @@ impl JetStreamBroker {
                     other => tracing::warn!(event = %other, "nats connection event"),
                 }
             })
-            .connect(url)
+            .connect(servers)
             .await
             .map_err(|error| TransportError::Connect {
-                url: url.to_owned(),
+                url: redact_userinfo(url),
                 source: error.into(),
             })?;
         let jetstream = jetstream::new(client.clone());
         Ok(Self { client, jetstream })
     }
 
-    /// Creates the events, dead-letter, replay and dead-letter log streams, or brings their
-    /// limits up to `settings`, and checks that the server is recent enough (consumers with
+    /// Creates the events, dead-letter, replay and dead-letter log streams with
+    /// `settings.stream_replicas` replicas, or brings their limits and replica count up to
+    /// `settings`, after checking that the server is recent enough (consumers with
     /// several filter subjects need nats-server ≥ 2.10; an older one would ignore them and
     /// deliver every subject).
     /// Idempotent; on a server that cannot update a setting, the existing stream is kept.
     pub async fn ensure_streams(&self, settings: &MessagingSettings) -> Result<(), TransportError> {
-        provision::ensure_streams(&self.jetstream, settings).await?;
         let version = self.client.server_info().version;
-        if supports_filter_subjects(&version) {
-            Ok(())
-        } else {
-            Err(TransportError::Unsupported(format!(
+        if !supports_filter_subjects(&version) {
+            return Err(TransportError::Unsupported(format!(
                 "nats-server {version} is too old: Jiangwanli needs nats-server 2.10 or later \
                  (consumers with several filter subjects); scripts/install-deps installs one"
-            )))
+            )));
+        }
+        provision::ensure_streams(&self.jetstream, settings).await
+    }
+
+    /// Whether `stream` can be used now: its info answers within `timeout` and, on a cluster,
+    /// it has a leader. A stream whose cluster lost its leader (too many nodes down) fails this
+    /// while the connection itself is fine.
+    pub async fn stream_available(
+        &self,
+        stream: &str,
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        let unavailable = |why: String| TransportError::Unavailable {
+            stream: stream.to_owned(),
+            why,
+        };
+        let handle = match tokio::time::timeout(timeout, self.jetstream.get_stream(stream)).await {
+            Ok(Ok(handle)) => handle,
+            Ok(Err(error)) => return Err(unavailable(error.to_string())),
+            Err(_) => return Err(unavailable(format!("no answer within {timeout:?}"))),
+        };
+        match &handle.cached_info().cluster {
+            Some(cluster) if cluster.leader.is_none() => {
+                Err(unavailable("the stream has no leader".to_owned()))
+            }
+            _ => Ok(()),
         }
     }
 

@@ -1,9 +1,14 @@
 //! Creating and reconciling the streams and durable pull consumers. Needs nats-server ≥ 2.10
-//! (several filter subjects per consumer); when an existing stream or consumer cannot be brought
-//! to the wanted settings, it is kept as is and a warning is logged.
+//! (several filter subjects per consumer); when an existing stream's limits or a consumer cannot
+//! be brought to the wanted settings, it is kept as is and a warning is logged. A replica count
+//! the server refuses for good (more than one on a server that is not clustered) is an error
+//! that says what to do ([`TransportError::StreamConflict`]); one it cannot apply yet (a node
+//! of the cluster is down) is a transient error, retried by the caller.
 
 use async_nats::jetstream;
+use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
 use async_nats::jetstream::stream::{self, StorageType};
 
 use crate::settings::MessagingSettings;
@@ -46,30 +51,45 @@ pub(super) async fn ensure_streams(
             max_age,
             // nats-server refuses a duplicate window longer than the max age
             duplicate_window: settings.duplicate_window.min(max_age),
+            num_replicas: settings.stream_replicas.unwrap_or(1),
             ..Default::default()
         };
-        ensure_stream(jetstream, config).await?;
+        ensure_stream(jetstream, config, settings.stream_replicas.is_some()).await?;
     }
     Ok(())
 }
 
+/// Creates the stream, or brings an existing one's subjects and limits (and, when
+/// `reconcile_replicas`, its replica count) to `wanted`.
 async fn ensure_stream(
     jetstream: &jetstream::Context,
     wanted: stream::Config,
+    reconcile_replicas: bool,
 ) -> Result<(), TransportError> {
     let name = wanted.name.clone();
-    let failed = |source: jetstream::context::CreateStreamError| TransportError::Provision {
-        what: format!("stream {name}"),
-        source: source.into(),
+    let replicas = wanted.num_replicas;
+    let existing = match jetstream.get_or_create_stream(wanted.clone()).await {
+        Ok(existing) => existing,
+        Err(error) if refuses_replicas(&error) => {
+            return Err(TransportError::StreamConflict(format!(
+                "stream {name} cannot be created with {replicas} replicas ({error}): \
+                 JWL_STREAM_REPLICAS must not exceed the number of JetStream servers of a \
+                 cluster, and must be 1 on a single server"
+            )));
+        }
+        Err(error) => {
+            return Err(TransportError::Provision {
+                what: format!("stream {name}"),
+                source: error.into(),
+            });
+        }
     };
-    let existing = jetstream
-        .get_or_create_stream(wanted.clone())
-        .await
-        .map_err(failed)?;
     let current = &existing.cached_info().config;
+    let replicas_differ = reconcile_replicas && current.num_replicas.max(1) != replicas;
     if current.subjects == wanted.subjects
         && current.max_age == wanted.max_age
         && current.duplicate_window == wanted.duplicate_window
+        && !replicas_differ
     {
         return Ok(());
     }
@@ -77,15 +97,56 @@ async fn ensure_stream(
         subjects: wanted.subjects,
         max_age: wanted.max_age,
         duplicate_window: wanted.duplicate_window,
+        num_replicas: if reconcile_replicas {
+            replicas
+        } else {
+            current.num_replicas
+        },
         ..current.clone()
     };
     match jetstream.update_stream(&updated).await {
+        Ok(_) if replicas_differ => {
+            tracing::info!(stream = %name, from = current.num_replicas, to = replicas,
+                "stream replica count changed")
+        }
         Ok(_) => tracing::info!(stream = %name, "stream limits updated"),
+        Err(error) if replicas_differ => {
+            let what_to_run = format!(
+                "run `nats stream edit {name} --replicas {replicas}` against a cluster of at \
+                 least {replicas} JetStream servers, or set JWL_STREAM_REPLICAS={}",
+                current.num_replicas.max(1)
+            );
+            let message = format!(
+                "stream {name} has {} replica(s), JWL_STREAM_REPLICAS asks for {replicas}, and \
+                 the server refused the change ({error}): {what_to_run}",
+                current.num_replicas.max(1)
+            );
+            if refuses_replicas(&error) {
+                return Err(TransportError::StreamConflict(message));
+            }
+            // e.g. a node of the cluster is down: the caller retries
+            return Err(TransportError::Provision {
+                what: message,
+                source: error.into(),
+            });
+        }
         Err(error) => {
             tracing::warn!(stream = %name, %error, "could not update the stream; keeping it as is")
         }
     }
     Ok(())
+}
+
+/// Whether the server refuses a stream's replica count for good (it is not clustered, or too
+/// old to change the count), as opposed to not being able to apply it now.
+fn refuses_replicas(error: &CreateStreamError) -> bool {
+    match error.kind() {
+        CreateStreamErrorKind::JetStream(error) => matches!(
+            error.error_code(),
+            ErrorCode::STREAM_REPLICAS_NOT_SUPPORTED | ErrorCode::STREAM_REPLICAS_NOT_UPDATABLE
+        ),
+        _ => false,
+    }
 }
 
 pub(super) async fn ensure_consumer(
