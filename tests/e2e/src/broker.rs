@@ -79,16 +79,29 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Connects to the NATS server at `url`.
+    /// Connects to the NATS server at `url` (or a comma-separated list of cluster nodes).
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let servers: Vec<&str> = url.split(',').map(str::trim).collect();
         let client = async_nats::ConnectOptions::new()
             .name("jwl-e2e")
-            .connect(url)
+            .connect(servers)
             .await
             .with_context(|| format!("connecting to NATS at {url}"))?;
         Ok(Self {
             jetstream: jetstream::new(client),
         })
+    }
+
+    /// The server name of the events stream's cluster leader, and its replica count (`None`
+    /// as leader on a single server, or while no leader is elected).
+    pub async fn events_leader(&self) -> anyhow::Result<(Option<String>, usize)> {
+        let mut stream = self.stream(EVENTS_STREAM).await?;
+        let info = stream
+            .info()
+            .await
+            .with_context(|| format!("reading the {EVENTS_STREAM} stream info"))?;
+        let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
+        Ok((leader, info.config.num_replicas))
     }
 
     /// Reads every message of the events stream (as of now) with an ordered consumer, decoding each.

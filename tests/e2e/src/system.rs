@@ -1,5 +1,6 @@
-//! [`System`]: a private NATS server, a fresh database and the five services, each a
-//! `jwl serve <name>` child process, plus the clients a test drives them with.
+//! [`System`]: a private NATS server (or a private JetStream cluster of several), a fresh
+//! database and the five services, each a `jwl serve <name>` child process, plus the clients a
+//! test drives them with.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use jwl_events::Service;
-use jwl_testkit::{TestCluster, TestDatabase, TestNats, eventually};
+use jwl_testkit::{TestCluster, TestDatabase, TestNats, TestNatsCluster, eventually};
 
 use crate::api::{ApiClient, NewOrder, OrderView};
 use crate::binary::jwl_binary;
@@ -53,6 +54,11 @@ pub struct SystemOptions {
     pub proxied: Vec<(Service, Link)>,
     /// `JWL_ADMISSION_MIN_OPEN`: open orders intake always admits.
     pub admission_min_open: u32,
+    /// NATS nodes: 1 is one private server; more is a private JetStream cluster of that many
+    /// nodes ([`System::nats_cluster`]), every node listed in the services' `JWL_NATS_URL`.
+    pub nats_nodes: usize,
+    /// `JWL_STREAM_REPLICAS` of the services.
+    pub stream_replicas: usize,
 }
 
 impl Default for SystemOptions {
@@ -69,6 +75,8 @@ impl Default for SystemOptions {
             private_cluster: false,
             proxied: Vec::new(),
             admission_min_open: 200,
+            nats_nodes: 1,
+            stream_replicas: 1,
         }
     }
 }
@@ -90,9 +98,41 @@ pub struct System {
     pub(crate) stocked: Mutex<BTreeMap<String, i64>>,
     log_dir: PathBuf,
     database: TestDatabase,
-    nats: TestNats,
+    nats: Nats,
     /// The system's own cluster with [`SystemOptions::private_cluster`]; dropped last.
     cluster: Option<TestCluster>,
+}
+
+/// The system's broker: one server, or a cluster.
+enum Nats {
+    Single(TestNats),
+    Cluster(TestNatsCluster),
+}
+
+impl Nats {
+    async fn start(nodes: usize) -> anyhow::Result<Self> {
+        Ok(if nodes > 1 {
+            Self::Cluster(jwl_testkit::nats_cluster(nodes).await?)
+        } else {
+            Self::Single(jwl_testkit::nats().await?)
+        })
+    }
+
+    /// What `JWL_NATS_URL` gets: the server's URL, or every node's, comma-separated.
+    fn urls(&self) -> String {
+        match self {
+            Self::Single(nats) => nats.url().to_owned(),
+            Self::Cluster(cluster) => cluster.urls(),
+        }
+    }
+
+    /// The server, or the first node of the cluster.
+    fn first(&self) -> &TestNats {
+        match self {
+            Self::Single(nats) => nats,
+            Self::Cluster(cluster) => &cluster.nodes()[0],
+        }
+    }
 }
 
 impl System {
@@ -100,7 +140,8 @@ impl System {
     /// service answers `200` on `/readyz`. Prints where the service logs are.
     pub async fn start(options: SystemOptions) -> anyhow::Result<System> {
         let binary = jwl_binary()?;
-        let nats = jwl_testkit::nats().await?;
+        let nats = Nats::start(options.nats_nodes).await?;
+        let nats_urls = nats.urls();
         let (cluster, database) = if options.private_cluster {
             let cluster = TestCluster::start().await?;
             let database = cluster.database().await?;
@@ -116,12 +157,12 @@ impl System {
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
-        let env = service_env(&options, nats.url(), database.url(), &secret, &log_dir);
+        let env = service_env(&options, &nats_urls, database.url(), &secret, &log_dir);
         let mut proxies = Vec::with_capacity(options.proxied.len());
         let mut proxied_env: Vec<(Service, (String, String))> = Vec::new();
         for &(service, link) in &options.proxied {
             let (url, variable) = match link {
-                Link::Nats => (nats.url(), "JWL_NATS_URL".to_owned()),
+                Link::Nats => (nats.first().url(), "JWL_NATS_URL".to_owned()),
                 Link::Postgres => (
                     database.url(),
                     format!("JWL_{}_DATABASE_URL", service.as_str().to_ascii_uppercase()),
@@ -161,7 +202,7 @@ impl System {
         let api = ApiClient::new(services.iter().map(|p| (p.service(), p.base_url())))?;
         let tokens = Tokens::new(&secret);
         let admin_token = tokens.admin()?;
-        let broker = Broker::connect(nats.url()).await?;
+        let broker = Broker::connect(&nats_urls).await?;
         let store = Store::new(database.pool().await?);
         Ok(System {
             services,
@@ -219,7 +260,15 @@ impl System {
 
     /// The private NATS server (for broker fault injection).
     pub fn nats(&self) -> &TestNats {
-        &self.nats
+        self.nats.first()
+    }
+
+    /// The JetStream cluster, when the system runs on one ([`SystemOptions::nats_nodes`] > 1).
+    pub fn nats_cluster(&self) -> Option<&TestNatsCluster> {
+        match &self.nats {
+            Nats::Single(_) => None,
+            Nats::Cluster(cluster) => Some(cluster),
+        }
     }
 
     /// The system's broker, as the tests see it (stream contents, raw publishing).
@@ -446,6 +495,7 @@ fn service_env(
     let data_dir: PathBuf = data_dir.join("data");
     [
         ("JWL_NATS_URL", nats_url.to_owned()),
+        ("JWL_STREAM_REPLICAS", options.stream_replicas.to_string()),
         ("JWL_DATABASE_URL", database_url.to_owned()),
         ("JWL_JWT_SECRET", jwt_secret.to_owned()),
         ("JWL_DATA_DIR", data_dir.display().to_string()),
