@@ -2,13 +2,14 @@
 //! panic → 500, request timeout → 503, and the per-request tracing span.
 
 use std::any::Any;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
+use tower_http::classify::{ServerErrorsAsFailures, ServerErrorsFailureClass, SharedClassifier};
 use tower_http::trace::{DefaultOnResponse, MakeSpan, TraceLayer};
 use tracing::Level;
 
@@ -113,10 +114,39 @@ const TRACEPARENT_HEADER: &str = "traceparent";
 /// id, when a route records it), a child of the
 /// request's `traceparent` if it has one; the response is logged at INFO with its latency,
 /// server errors at ERROR.
-pub(super) fn trace_layer() -> TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan> {
+/// What the edge does with a failed response ([`log_failure`]).
+type OnFailure = fn(ServerErrorsFailureClass, Duration, &tracing::Span);
+
+/// The edge's [`TraceLayer`]: its span, an INFO line per response, [`log_failure`].
+type EdgeTrace = TraceLayer<
+    SharedClassifier<ServerErrorsAsFailures>,
+    RequestSpan,
+    tower_http::trace::DefaultOnRequest,
+    DefaultOnResponse,
+    tower_http::trace::DefaultOnBodyChunk,
+    tower_http::trace::DefaultOnEos,
+    OnFailure,
+>;
+
+pub(super) fn trace_layer() -> EdgeTrace {
     TraceLayer::new_for_http()
         .make_span_with(RequestSpan)
         .on_response(DefaultOnResponse::new().level(Level::INFO))
+        .on_failure(log_failure as OnFailure)
+}
+
+/// A `5xx` answer is logged as an error, except `503`: a request shed by backpressure or refused
+/// while a dependency is down is the system protecting itself (counted in
+/// `jwl_ingest_shed_total` and the HTTP metrics), and an error line for each one would flood the
+/// logs exactly when an operator reads them.
+fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &tracing::Span) {
+    let latency_ms = latency.as_millis();
+    match class {
+        ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE) => {
+            tracing::debug!(latency_ms, "service unavailable (503)");
+        }
+        class => tracing::error!(classification = %class, latency_ms, "response failed"),
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
