@@ -63,7 +63,10 @@ async fn serve_starts_not_ready_without_a_stream_quorum_and_provisions_later() -
             .env("JWL_DATABASE_URL", database.url())
             .env("JWL_NATS_URL", &urls)
             .env("JWL_STREAM_REPLICAS", "3")
-            .env("JWL_JWT_SECRET", "cluster-secret")
+            .env(
+                "JWL_JWT_SECRET",
+                "cluster-secret-0123456789abcdef0123456789",
+            )
             .env("JWL_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .args(["serve", "payment"])
             .stdout(log.try_clone()?)

@@ -13,6 +13,7 @@ pub mod up;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use jwl_outbox::transport::nats::redact_userinfo;
 use jwl_outbox::{JetStreamBroker, MessagingSettings, TransportError};
 use jwl_service_kit::db::PoolSettings;
 use sqlx::PgPool;
@@ -130,33 +131,4 @@ async fn connect_operator(
 fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
-}
-
-/// `scheme://user:pass@host…` → `scheme://***@host…` (each URL of a comma-separated list), so
-/// credentials never reach logs.
-fn redact_userinfo(url: &str) -> String {
-    jwl_outbox::transport::nats::redact_userinfo(url)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_userinfo;
-
-    #[test]
-    fn credentials_are_redacted_from_urls() {
-        assert_eq!(
-            redact_userinfo("nats://user:pw@nats.local:4222"),
-            "nats://***@nats.local:4222"
-        );
-        assert_eq!(
-            redact_userinfo("nats://127.0.0.1:4222"),
-            "nats://127.0.0.1:4222"
-        );
-        assert_eq!(redact_userinfo("tls://a@b/c@d"), "tls://***@b/c@d");
-        assert_eq!(redact_userinfo("not a url"), "not a url");
-        assert_eq!(
-            redact_userinfo("nats://u:p@a:4222,nats://b:4222"),
-            "nats://***@a:4222,nats://b:4222"
-        );
-    }
 }
