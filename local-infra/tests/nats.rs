@@ -77,8 +77,11 @@ async fn jetstream_data_survives_kill_stop_and_restart_on_the_same_port() {
 #[test]
 fn a_taken_port_is_reported_as_port_in_use() {
     let dir = tempfile::tempdir().unwrap();
-    let options = options(&dir);
-    let _occupier = TcpListener::bind((Ipv4Addr::LOCALHOST, options.port)).unwrap();
+    // the occupier takes a port of the kernel's choosing (a port picked as free first could be
+    // taken by a concurrent test before it binds)
+    let occupier = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let mut options = options(&dir);
+    options.port = occupier.local_addr().unwrap().port();
     match NatsServer::start(options.clone()) {
         Err(InfraError::PortInUse {
             server: "nats-server",

@@ -158,8 +158,11 @@ async fn tunings_apply_their_settings() {
 #[test]
 fn a_taken_port_is_reported_as_port_in_use() {
     let dir = tempfile::tempdir().unwrap();
-    let options = options(&dir, PgTuning::FastUnsafe);
-    let _occupier = TcpListener::bind((Ipv4Addr::LOCALHOST, options.port)).unwrap();
+    // the occupier takes a port of the kernel's choosing (a port picked as free first could be
+    // taken by a concurrent test before it binds)
+    let occupier = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let mut options = options(&dir, PgTuning::FastUnsafe);
+    options.port = occupier.local_addr().unwrap().port();
     match PostgresServer::start(options.clone()) {
         Err(InfraError::PortInUse {
             server: "postgres",
