@@ -256,6 +256,9 @@ pub fn check_new_on_hand(on_hand: i64, current: &StockLevel) -> Result<(), Stock
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use OrderState::*;

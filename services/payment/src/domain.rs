@@ -137,6 +137,9 @@ pub fn on_void_requested(current: Option<PaymentState>) -> VoidDecision {
 }
 
 #[cfg(test)]
+mod properties;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use PaymentState::*;
