@@ -345,7 +345,7 @@ fn order_not_found(order_id: OrderId) -> ApiError {
     ApiError::NotFound(format!("there is no order {order_id}"))
 }
 
-fn bad_field(error: FieldError) -> ApiError {
+pub(crate) fn bad_field(error: FieldError) -> ApiError {
     let detail = error.to_string();
     ApiError::bad_field(error.field, detail)
 }

@@ -27,6 +27,16 @@ use tokio_util::sync::CancellationToken;
 pub use handler::{OrderReadModel, SUBSCRIPTIONS};
 pub use retention::prune_expired_idempotency_keys;
 
+/// Reads a `POST /v1/orders` body as order intake does before any database work — the JSON,
+/// naming the field at fault, then the order rules — and returns its canonical form (what a
+/// repeated idempotency key is compared against), or the problem the client is answered with.
+/// Public for the fuzz target `order_body` (`fuzz/`) and its smoke test.
+pub fn check_order_body(body: &[u8]) -> Result<String, jwl_service_kit::ApiError> {
+    let request: domain::OrderRequest = jwl_service_kit::extract::parse_json(body)?;
+    domain::validate_order(&request).map_err(http::bad_field)?;
+    Ok(domain::canonical_request(&request))
+}
+
 /// This bounded context.
 pub const SERVICE: Service = Service::Order;
 
