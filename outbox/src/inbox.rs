@@ -97,28 +97,57 @@ pub(crate) async fn handle_in_savepoint(
     Ok(SavepointOutcome::Failed(failure))
 }
 
-/// Records every (consumer, event id) of `keys` in the inbox in one statement, and returns those
-/// that were new; the others were handled before (or repeat within `keys`: the first wins).
-/// Rows are inserted in key order, so two transactions claiming overlapping keys lock them in the
-/// same order.
-pub(crate) async fn claim_all(
+/// The fast path's claim of a batch ([`claim_unless_held`]).
+pub(crate) enum BatchClaim {
+    /// Some order of the batch is held behind a dead letter (for any consumer of this service):
+    /// nothing was recorded, the batch must take the careful path.
+    Held,
+    /// The (consumer, event id) keys that were new; the others were handled before (or repeat
+    /// within the batch: the first wins).
+    Fresh(HashSet<(String, Uuid)>),
+}
+
+/// In one statement: unless one of `orders` is held, records every (consumer, event id) of
+/// `keys` in the inbox and returns those that were new. The hold check is a plain read, as the
+/// fast path needs (a hold it sees, even one being deleted, sends the batch to the careful path,
+/// which reads it again with a lock). Rows are inserted in key order, so two transactions
+/// claiming overlapping keys lock them in the same order.
+pub(crate) async fn claim_unless_held(
     conn: &mut PgConnection,
     keys: &[(&str, Uuid)],
-) -> Result<HashSet<(String, Uuid)>, sqlx::Error> {
+    orders: &[Uuid],
+) -> Result<BatchClaim, sqlx::Error> {
     let mut sorted = keys.to_vec();
     sorted.sort_unstable();
     let (consumers, events): (Vec<&str>, Vec<Uuid>) = sorted.into_iter().unzip();
-    let claimed: Vec<(String, Uuid)> = sqlx::query_as(
-        "INSERT INTO inbox (consumer, event_id)
-         SELECT * FROM unnest($1::text[], $2::uuid[])
-         ON CONFLICT DO NOTHING
-         RETURNING consumer, event_id",
+    let (held, consumers, events): (bool, Vec<String>, Vec<Uuid>) = sqlx::query_as(
+        "WITH held AS (
+             SELECT EXISTS (SELECT 1 FROM dead_letter_holds WHERE order_id = ANY($3)) AS some_held
+         ), claimed AS (
+             INSERT INTO inbox (consumer, event_id)
+             SELECT key.consumer, key.event_id
+             FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS key (consumer, event_id, n)
+             WHERE NOT (SELECT some_held FROM held)
+             ORDER BY key.n
+             ON CONFLICT DO NOTHING
+             RETURNING consumer, event_id
+         )
+         SELECT (SELECT some_held FROM held),
+                coalesce(array_agg(consumer), '{}'),
+                coalesce(array_agg(event_id), '{}')
+         FROM claimed",
     )
     .bind(consumers)
     .bind(events)
-    .fetch_all(conn)
+    .bind(orders)
+    .fetch_one(conn)
     .await?;
-    Ok(claimed.into_iter().collect())
+    if held {
+        return Ok(BatchClaim::Held);
+    }
+    Ok(BatchClaim::Fresh(
+        consumers.into_iter().zip(events).collect(),
+    ))
 }
 
 pub(crate) fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> &str {

@@ -40,7 +40,7 @@ pub mod transport;
 pub use enqueue::{enqueue, notify_channel};
 pub use error::OutboxError;
 pub use faults::{FaultPoints, InvalidTransientFault, TransientFault};
-pub use handler::{BoxError, Handler, HandlerContext, HandlerError};
+pub use handler::{BatchHandler, BoxError, Handler, HandlerContext, HandlerError};
 pub use inbox::{Processed, process_one};
 pub use messaging::Messaging;
 pub use naming::{durable_name, events_durable};

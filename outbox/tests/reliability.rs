@@ -993,3 +993,78 @@ async fn shutdown_finishes_the_batch_in_progress() -> anyhow::Result<()> {
     assert_eq!(h.attempts_of(&event).await?.len(), 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_handler_with_a_batch_way_gets_the_fresh_events_of_a_batch_together() -> anyhow::Result<()>
+{
+    // not a service whose counters another test of this file reads
+    let mut h = Harness::start_as(Service::Dispatch).await?;
+    // the five orders in one batch, not split between workers
+    h.settings.consumer_workers = 1;
+    let events: Vec<Envelope> = [1, 2, 3, 4, 5].into_iter().map(captured).collect();
+    for event in &events {
+        h.publish_event(event, &event.id.0.to_string()).await?;
+    }
+    let running = h.run_with(h.batching_handler());
+    eventually("the events are handled", SOON, || async {
+        h.effects_total().await.ok() == Some(5)
+    })
+    .await?;
+    eventually("the consumer is settled", SOON, || async {
+        h.consumer_settled().await.ok() == Some(true)
+    })
+    .await?;
+    // all five by the batch way (one or more batches of two or more), none one by one
+    let batches = h.batches().await?;
+    assert_eq!(
+        batches.iter().map(|(n, _)| n).sum::<i32>(),
+        5,
+        "{batches:?}"
+    );
+    assert!(
+        batches.iter().all(|(n, refused)| *n >= 2 && !refused),
+        "{batches:?}"
+    );
+    let one_by_one: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts")
+        .fetch_one(&h.pool)
+        .await?;
+    assert_eq!(one_by_one, 0);
+    // a redelivery is absorbed by the inbox, not handled again
+    h.publish_event(&events[0], "redelivered").await?;
+    eventually("the redelivery is settled", SOON, || async {
+        h.consumer_settled().await.ok() == Some(true)
+    })
+    .await?;
+    assert_eq!(h.effects_total().await?, 5);
+    running.stop().await
+}
+
+#[tokio::test]
+async fn a_batch_the_batch_way_refuses_is_handled_one_by_one() -> anyhow::Result<()> {
+    // not a service whose counters another test of this file reads
+    let mut h = Harness::start_as(Service::Dispatch).await?;
+    h.settings.consumer_workers = 1;
+    let events: Vec<Envelope> = [1, 2, PERMANENT, 4, 5].into_iter().map(captured).collect();
+    for event in &events {
+        h.publish_event(event, &event.id.0.to_string()).await?;
+    }
+    let running = h.run_with(h.batching_handler());
+    eventually("the good events are handled", SOON, || async {
+        h.effects_total().await.ok() == Some(4)
+    })
+    .await?;
+    let dead = eventually("the bad event is dead-lettered", SOON, || async {
+        h.dead_letters().await.ok().filter(|dead| !dead.is_empty())
+    })
+    .await?;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header(&dead[0], "jwl-dlq-error"),
+        Some("amount refused by the test handler")
+    );
+    assert_eq!(h.effects_of(&events[2]).await?, 0);
+    // the batch way saw the bad event and refused; the one-by-one way then judged each
+    let batches = h.batches().await?;
+    assert!(batches.iter().any(|(_, refused)| *refused), "{batches:?}");
+    running.stop().await
+}

@@ -1,7 +1,7 @@
 //! The common case of a batch, in a handful of statements whatever its size: one transaction, one
-//! look-up of the holds on all its orders, one multi-row inbox insert that also finds the
-//! duplicates, then each handler in delivery order directly in the transaction — no savepoint per
-//! message.
+//! statement that looks up the holds on all its orders and, unless one is held, inserts the
+//! inbox rows of the whole batch (finding the duplicates), then each handler in delivery order
+//! directly in the transaction — no savepoint per message.
 //!
 //! It only takes batches that need none of the careful path's machinery (no release, no rerun, no
 //! dead letter that would hold its order, no order already held), and it gives up at the first
@@ -17,17 +17,18 @@ use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
+use jwl_events::Envelope;
 use sqlx::Connection as _;
+use sqlx::PgConnection;
 use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::ConsumerLoop;
 use super::batch::{Screened, Verdict, Work, WorkKind, handle_event_span};
-use super::holds;
-use crate::handler::{HandlerContext, HandlerError};
-use crate::inbox;
+use crate::handler::{BatchHandler, HandlerContext, HandlerError};
 use crate::inbox::panic_text;
+use crate::inbox::{self, BatchClaim};
 use crate::stall;
 use crate::transport::Delivery;
 
@@ -115,54 +116,45 @@ impl ConsumerLoop {
                 })
                 .collect();
             let orders: Vec<Uuid> = events.iter().map(|(_, _, env)| env.order_id().0).collect();
-            if holds::any_held(&mut tx, &orders).await? {
-                tx.rollback().await?;
-                return Ok(Ok(FastOutcome::Careful(None)));
-            }
             let keys: Vec<(&str, Uuid)> = events
                 .iter()
                 .map(|(_, consumer, env)| (*consumer, env.id.0))
                 .collect();
-            let mut fresh: HashSet<(String, Uuid)> = inbox::claim_all(&mut tx, &keys).await?;
+            let mut fresh: HashSet<(String, Uuid)> =
+                match inbox::claim_unless_held(&mut tx, &keys, &orders).await? {
+                    BatchClaim::Fresh(fresh) => fresh,
+                    BatchClaim::Held => {
+                        tx.rollback().await?;
+                        return Ok(Ok(FastOutcome::Careful(None)));
+                    }
+                };
 
             // the decided ones are the caller's to fill in
             let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(screened.len());
             verdicts.resize_with(screened.len(), || None);
-            let mut emitted = false;
+            let mut todo = Vec::with_capacity(events.len());
             for (index, consumer, envelope) in events {
-                if !fresh.remove(&(consumer.to_owned(), envelope.id.0)) {
+                if fresh.remove(&(consumer.to_owned(), envelope.id.0)) {
+                    todo.push((index, consumer, envelope));
+                } else {
                     verdicts[index] = Some(Verdict::Duplicate);
-                    continue;
                 }
-                let attempt = batch[index].attempt();
-                let span = handle_event_span(consumer, envelope, attempt);
-                let started = Instant::now();
-                let mut ctx = HandlerContext::new(&mut tx, self.service, envelope, attempt);
-                let result = AssertUnwindSafe(self.handler.handle(&mut ctx, envelope))
-                    .catch_unwind()
-                    .instrument(span.clone())
-                    .await;
-                emitted |= ctx.emitted_any();
-                self.metrics
-                    .of(consumer)
-                    .handler_duration
-                    .record(started.elapsed().as_secs_f64());
-                let error = match result {
-                    Ok(Ok(())) => None,
-                    Ok(Err(error)) => Some(error),
-                    Err(panic) => Some(HandlerError::transient(format!(
-                        "handler panicked: {}",
-                        panic_text(&panic)
-                    ))),
-                };
-                if let Some(error) = error {
+            }
+            let handled = match self.handler.batch() {
+                Some(batch_handler) if todo.len() >= 2 => {
+                    self.run_together(&mut tx, batch_handler, batch, &todo)
+                        .await
+                }
+                _ => self.run_one_by_one(&mut tx, batch, &todo).await,
+            };
+            let emitted = match handled {
+                Ok(emitted) => emitted,
+                Err(failure) => {
                     tx.rollback().await?;
-                    return Ok(Ok(FastOutcome::Careful(Some(KnownFailure {
-                        index,
-                        error,
-                    }))));
+                    return Ok(Ok(FastOutcome::Careful(failure)));
                 }
-                span.record("outcome", Verdict::Handled.outcome());
+            };
+            for (index, _, _) in todo {
                 verdicts[index] = Some(Verdict::Handled);
             }
             // A handler that swallowed an SQL error leaves the transaction aborted, and COMMIT
@@ -188,5 +180,89 @@ impl ConsumerLoop {
             }
             Err(other) => Err(other),
         }
+    }
+
+    /// Runs the handler on each of `todo` in turn; `Ok(emitted)` if all succeeded, else the
+    /// first failure (the transaction must then be rolled back).
+    async fn run_one_by_one(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[Box<dyn Delivery>],
+        todo: &[(usize, &str, &Envelope)],
+    ) -> Result<bool, Option<KnownFailure>> {
+        let mut emitted = false;
+        for &(index, consumer, envelope) in todo {
+            let attempt = batch[index].attempt();
+            let span = handle_event_span(consumer, envelope, attempt);
+            let started = Instant::now();
+            let mut ctx = HandlerContext::new(tx, self.service, envelope, attempt);
+            let result = AssertUnwindSafe(self.handler.handle(&mut ctx, envelope))
+                .catch_unwind()
+                .instrument(span.clone())
+                .await;
+            emitted |= ctx.emitted_any();
+            self.metrics
+                .of(consumer)
+                .handler_duration
+                .record(started.elapsed().as_secs_f64());
+            if let Some(error) = failure(result) {
+                return Err(Some(KnownFailure { index, error }));
+            }
+            span.record("outcome", Verdict::Handled.outcome());
+        }
+        Ok(emitted)
+    }
+
+    /// Runs the handler's batch way on all of `todo` at once, under one `handle_batch` span, and
+    /// records a `handle_event` span per event (children of their events' traces, as one by
+    /// one). `Ok(false)` (a batch emits nothing) if it succeeded; `Err(None)` if not: which event
+    /// failed is not known, the careful path finds out.
+    async fn run_together(
+        &self,
+        tx: &mut PgConnection,
+        batch_handler: &dyn BatchHandler,
+        batch: &[Box<dyn Delivery>],
+        todo: &[(usize, &str, &Envelope)],
+    ) -> Result<bool, Option<KnownFailure>> {
+        let span = tracing::info_span!(
+            "handle_batch",
+            consumer = %self.consumer,
+            events = todo.len(),
+            outcome = tracing::field::Empty,
+        );
+        let envelopes: Vec<&Envelope> = todo.iter().map(|&(_, _, envelope)| envelope).collect();
+        let started = Instant::now();
+        let result = AssertUnwindSafe(batch_handler.handle_batch(tx, &envelopes))
+            .catch_unwind()
+            .instrument(span.clone())
+            .await;
+        let per_event = started.elapsed().as_secs_f64() / todo.len() as f64;
+        if let Some(error) = failure(result) {
+            span.record("outcome", "failed");
+            tracing::debug!(parent: &span, %error, "batch way failed; handling one by one");
+            return Err(None);
+        }
+        span.record("outcome", Verdict::Handled.outcome());
+        for &(index, consumer, envelope) in todo {
+            let event_span = handle_event_span(consumer, envelope, batch[index].attempt());
+            event_span.follows_from(&span);
+            event_span.record("outcome", Verdict::Handled.outcome());
+            self.metrics.of(consumer).handler_duration.record(per_event);
+        }
+        Ok(false)
+    }
+}
+
+/// The error of a handler's result, a panic counting as a transient one.
+fn failure(
+    result: Result<Result<(), HandlerError>, Box<dyn std::any::Any + Send>>,
+) -> Option<HandlerError> {
+    match result {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) => Some(error),
+        Err(panic) => Some(HandlerError::transient(format!(
+            "handler panicked: {}",
+            panic_text(&panic)
+        ))),
     }
 }

@@ -59,20 +59,6 @@ pub(crate) async fn holds_on(
     .await
 }
 
-/// Whether any of `orders` is held, for any consumer of this service (one statement for a whole
-/// batch). A plain read, unlike [`holds_on`]: the fast path only uses it to decide whether it
-/// may run the batch, never to park (a hold it sees, even one being deleted, sends the batch to
-/// the careful path, which reads it again with the lock).
-pub(crate) async fn any_held(
-    conn: &mut PgConnection,
-    orders: &[Uuid],
-) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dead_letter_holds WHERE order_id = ANY($1))")
-        .bind(orders)
-        .fetch_one(conn)
-        .await
-}
-
 /// Holds (consumer, order) with `head_event_id` as its head, unless it is held already.
 pub(crate) async fn hold(
     conn: &mut PgConnection,

@@ -18,8 +18,8 @@ use jwl_events::{
 };
 use jwl_outbox::transport::ConsumerSpec;
 use jwl_outbox::{
-    Handler, HandlerContext, HandlerError, JetStreamBroker, Messaging, MessagingSettings,
-    OutboxError, RelaySignal,
+    BatchHandler, Handler, HandlerContext, HandlerError, JetStreamBroker, Messaging,
+    MessagingSettings, OutboxError, RelaySignal,
 };
 use jwl_testkit::{TestDatabase, TestNats};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -101,7 +101,8 @@ impl Harness {
              CREATE TABLE attempts (event_id uuid NOT NULL, attempt int NOT NULL, txid bigint NOT NULL,
                                     at timestamptz NOT NULL DEFAULT clock_timestamp());
              CREATE TABLE checked_at_commit (id int UNIQUE DEFERRABLE INITIALLY DEFERRED);
-             CREATE TABLE fixed (event_id uuid PRIMARY KEY);",
+             CREATE TABLE fixed (event_id uuid PRIMARY KEY);
+             CREATE TABLE batches (events int NOT NULL, refused bool NOT NULL);",
         )
         .execute(&pool)
         .await?;
@@ -162,9 +163,31 @@ impl Harness {
 
     /// Relay plus the test handler's consumer loop.
     pub fn run(&self) -> Running {
+        self.run_with(self.handler())
+    }
+
+    /// Relay plus a consumer loop feeding `handler`.
+    pub fn run_with(&self, handler: Arc<dyn Handler>) -> Running {
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(self.messaging().run(self.handler(), shutdown.clone()));
+        let task = tokio::spawn(self.messaging().run(handler, shutdown.clone()));
         Running { shutdown, task }
+    }
+
+    /// The test handler with a batch way (see [`BatchingHandler`]).
+    pub fn batching_handler(&self) -> Arc<BatchingHandler> {
+        Arc::new(BatchingHandler {
+            one_by_one: RecordingHandler {
+                log: self.pool.clone(),
+            },
+            log: self.pool.clone(),
+        })
+    }
+
+    /// The sizes of the batches the batch way was given, and whether it refused each.
+    pub async fn batches(&self) -> anyhow::Result<Vec<(i32, bool)>> {
+        Ok(sqlx::query_as("SELECT events, refused FROM batches")
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     pub fn run_relay_only(&self) -> Running {
@@ -480,6 +503,60 @@ impl Handler for RecordingHandler {
             }))
             .await?;
         }
+        Ok(())
+    }
+}
+
+/// [`RecordingHandler`] one by one, plus a batch way that records each batch it is given
+/// (outside the transaction) and the effects of all its events in one statement; it refuses a
+/// batch holding a `PERMANENT` amount, so the consumer handles that batch one by one.
+pub struct BatchingHandler {
+    one_by_one: RecordingHandler,
+    log: PgPool,
+}
+
+#[async_trait]
+impl Handler for BatchingHandler {
+    fn subscriptions(&self) -> &'static [EventType] {
+        self.one_by_one.subscriptions()
+    }
+
+    async fn handle(
+        &self,
+        ctx: &mut HandlerContext<'_>,
+        event: &Envelope,
+    ) -> Result<(), HandlerError> {
+        self.one_by_one.handle(ctx, event).await
+    }
+
+    fn batch(&self) -> Option<&dyn BatchHandler> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl BatchHandler for BatchingHandler {
+    async fn handle_batch(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        events: &[&Envelope],
+    ) -> Result<(), HandlerError> {
+        let refused = events.iter().any(|event| {
+            matches!(&event.data, EventData::PaymentCaptured(c) if c.amount_cents == PERMANENT)
+        });
+        sqlx::query("INSERT INTO batches (events, refused) VALUES ($1, $2)")
+            .bind(events.len() as i32)
+            .bind(refused)
+            .execute(&self.log)
+            .await?;
+        if refused {
+            return Err(HandlerError::permanent("the batch way refuses PERMANENT"));
+        }
+        let ids: Vec<Uuid> = events.iter().map(|event| event.id.0).collect();
+        sqlx::query("INSERT INTO effects (event_id, txid) SELECT id, txid_current() FROM unnest($1::uuid[]) AS id")
+            .bind(&ids)
+            .execute(conn)
+            .await?;
         Ok(())
     }
 }
