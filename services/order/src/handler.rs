@@ -1,13 +1,17 @@
 //! [`OrderReadModel`]: the order status read model, fed by every saga event the order service
 //! does not emit itself. Each event is appended to the order's timeline (once, by event id) and
 //! moved through [`domain::apply_event`] under a lock of the order's row: two statements per
-//! event (lock and append in one, then the update when the status changes).
+//! event (lock and append in one, then the update when the status changes), or two per batch
+//! when the consumer hands it several at once ([`BatchHandler`]).
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
-use jwl_events::{Envelope, EventType};
-use jwl_outbox::{Handler, HandlerContext, HandlerError};
+use jwl_events::{Envelope, EventType, OrderId};
+use jwl_outbox::{BatchHandler, Handler, HandlerContext, HandlerError};
+use sqlx::PgConnection;
 
-use crate::domain;
+use crate::domain::{self, ReadModelState};
 use crate::store::{self, StoreError};
 
 /// Every event type except those the order service emits (`order.created`,
@@ -65,22 +69,76 @@ impl Handler for OrderReadModel {
                 event.event_type()
             )));
         };
-        let next = domain::apply_event(&order.state, &event.data);
-        if next != order.state {
+        if let Some(next) = advance(&order, &order.state, event) {
             store::update_read_model(conn, order_id, &next).await?;
-            if next.status.is_terminal() && !order.state.status.is_terminal() {
-                record_saga_duration(next.status.as_str(), event.time - order.created_at);
-            }
-            tracing::info!(
-                %order_id,
-                event_type = %event.event_type(),
-                from = order.state.status.as_str(),
-                to = next.status.as_str(),
-                "order read model updated"
-            );
         }
         Ok(())
     }
+
+    fn batch(&self) -> Option<&dyn BatchHandler> {
+        Some(self)
+    }
+}
+
+/// A batch in two statements, whatever its size: lock every order of the batch and append
+/// every event to its timeline, then (after moving each order through its events in delivery
+/// order, in memory) write the orders that changed.
+#[async_trait]
+impl BatchHandler for OrderReadModel {
+    async fn handle_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&Envelope],
+    ) -> Result<(), HandlerError> {
+        let orders = store::lock_and_record_all(conn, events)
+            .await
+            .map_err(store_error)?;
+        let mut states: HashMap<OrderId, ReadModelState> = HashMap::new();
+        for event in events {
+            let order_id = event.order_id();
+            let Some(order) = orders.get(&order_id) else {
+                // the one-by-one way dead-letters it
+                return Err(HandlerError::permanent(format!(
+                    "{} for unknown order {order_id}",
+                    event.event_type()
+                )));
+            };
+            let current = states.get(&order_id).unwrap_or(&order.state);
+            if let Some(next) = advance(order, current, event) {
+                states.insert(order_id, next);
+            }
+        }
+        let updates: Vec<(OrderId, ReadModelState)> = states
+            .into_iter()
+            .filter(|(order_id, state)| orders.get(order_id).is_some_and(|o| o.state != *state))
+            .collect();
+        store::update_read_models(conn, &updates).await?;
+        Ok(())
+    }
+}
+
+/// The order's read model after `event`, if it changes it from `current`; records the saga's
+/// duration when the order becomes terminal.
+fn advance(
+    order: &store::LockedOrder,
+    current: &ReadModelState,
+    event: &Envelope,
+) -> Option<ReadModelState> {
+    let next = domain::apply_event(current, &event.data);
+    if next == *current {
+        return None;
+    }
+    if next.status.is_terminal() && !current.status.is_terminal() {
+        record_saga_duration(next.status.as_str(), event.time - order.created_at);
+    }
+    tracing::info!(
+        order_id = %event.order_id(),
+        event_type = %event.event_type(),
+        from = current.status.as_str(),
+        to = next.status.as_str(),
+        "order read model updated"
+    );
+    Some(next)
 }
 
 fn store_error(error: StoreError) -> HandlerError {

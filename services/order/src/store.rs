@@ -2,6 +2,7 @@
 //! model and cancellation, and the deadline timer's claim of overdue orders. Every function runs
 //! on the connection (usually a transaction) it is given.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -272,6 +273,124 @@ impl LockedRow {
             cancel_requested: self.cancel_requested,
         })
     }
+}
+
+/// [`lock_and_record`] for several events at once, in one statement: locks their orders (in
+/// order id order, so concurrent batches cannot deadlock) and appends each event to its order's
+/// timeline (once, by event id). Returns the orders found, by id; an event whose order is not
+/// among them has no order, and nothing of it was recorded.
+pub async fn lock_and_record_all(
+    conn: &mut PgConnection,
+    events: &[&Envelope],
+) -> Result<HashMap<OrderId, LockedOrder>, StoreError> {
+    let mut order_ids: Vec<Uuid> = events.iter().map(|event| event.order_id().0).collect();
+    order_ids.sort_unstable();
+    order_ids.dedup();
+    let rows: Vec<LockedRowWithId> = sqlx::query_as(
+        "WITH locked AS (
+             SELECT order_id, customer_id, created_at, traceparent, status, reason, waybill_id,
+                    courier_id, cancel_requested_at IS NOT NULL AS cancel_requested
+             FROM orders WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE
+         ), recorded AS (
+             INSERT INTO order_timeline (event_id, order_id, event_type, event_time, source)
+             SELECT e.event_id, e.order_id, e.event_type, e.event_time, e.source
+             FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[], $6::text[])
+                  WITH ORDINALITY AS e (event_id, order_id, event_type, event_time, source, n)
+             WHERE e.order_id IN (SELECT order_id FROM locked)
+             ORDER BY e.n
+             ON CONFLICT (event_id) DO NOTHING
+         )
+         SELECT * FROM locked",
+    )
+    .bind(&order_ids)
+    .bind(events.iter().map(|e| e.id.0).collect::<Vec<Uuid>>())
+    .bind(events.iter().map(|e| e.order_id().0).collect::<Vec<Uuid>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.event_type().as_str())
+            .collect::<Vec<&str>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.time)
+            .collect::<Vec<DateTime<Utc>>>(),
+    )
+    .bind(
+        events
+            .iter()
+            .map(|e| e.source.source())
+            .collect::<Vec<&str>>(),
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let order_id = OrderId(row.order_id);
+            Ok((order_id, row.locked.into_locked(order_id)?))
+        })
+        .collect()
+}
+
+#[derive(sqlx::FromRow)]
+struct LockedRowWithId {
+    order_id: Uuid,
+    #[sqlx(flatten)]
+    locked: LockedRow,
+}
+
+/// [`update_read_model`] for several locked orders, in one statement.
+pub async fn update_read_models(
+    conn: &mut PgConnection,
+    updates: &[(OrderId, ReadModelState)],
+) -> Result<(), sqlx::Error> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE orders
+         SET status = u.status, reason = u.reason, waybill_id = u.waybill_id,
+             courier_id = u.courier_id, updated_at = now(),
+             finished_at = COALESCE(finished_at, CASE WHEN u.terminal THEN now() END)
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::bool[])
+              AS u (order_id, status, reason, waybill_id, courier_id, terminal)
+         WHERE orders.order_id = u.order_id",
+    )
+    .bind(updates.iter().map(|(id, _)| id.0).collect::<Vec<Uuid>>())
+    .bind(
+        updates
+            .iter()
+            .map(|(_, s)| s.status.as_str())
+            .collect::<Vec<&str>>(),
+    )
+    .bind(
+        updates
+            .iter()
+            .map(|(_, s)| s.reason.map(CancelledReason::as_str))
+            .collect::<Vec<Option<&str>>>(),
+    )
+    .bind(
+        updates
+            .iter()
+            .map(|(_, s)| s.waybill_id.map(|id| id.0))
+            .collect::<Vec<Option<Uuid>>>(),
+    )
+    .bind(
+        updates
+            .iter()
+            .map(|(_, s)| s.courier_id.as_ref().map(CourierId::as_str))
+            .collect::<Vec<Option<&str>>>(),
+    )
+    .bind(
+        updates
+            .iter()
+            .map(|(_, s)| s.status.is_terminal())
+            .collect::<Vec<bool>>(),
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Writes the read model of an order (locked with [`lock_order`]).

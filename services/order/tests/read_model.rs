@@ -378,3 +378,151 @@ async fn only_the_owner_or_an_admin_can_read_an_order() -> anyhow::Result<()> {
     assert_eq!(courier.status, StatusCode::FORBIDDEN);
     Ok(())
 }
+
+/// The events of three sagas for `orders` (dispatched, rejected, cancelled for want of a
+/// courier), interleaved and partly out of order, as one batch of the consumer could hold them.
+fn interleaved_sagas(
+    orders: [OrderId; 3],
+    base: chrono::DateTime<Utc>,
+) -> Vec<jwl_events::Envelope> {
+    let [dispatched, rejected, no_courier] = orders;
+    let (waybill, failed_waybill) = (WaybillId::new(), WaybillId::new());
+    let courier_id = CourierId::parse("courier-07").expect("a valid courier id");
+    vec![
+        event_at(Service::Payment, authorized(dispatched), base, 1),
+        event_at(
+            Service::Payment,
+            PaymentDeclined {
+                order_id: rejected,
+                amount_cents: 32200,
+                reason: "card_declined".into(),
+            },
+            base,
+            2,
+        ),
+        event_at(Service::Inventory, reserved(dispatched), base, 3),
+        event_at(Service::Payment, authorized(no_courier), base, 4),
+        event_at(
+            Service::Fulfillment,
+            waybill_created(dispatched, waybill),
+            base,
+            5,
+        ),
+        event_at(
+            Service::Payment,
+            PaymentCaptured {
+                order_id: dispatched,
+                amount_cents: 32200,
+            },
+            base,
+            7,
+        ),
+        event_at(
+            Service::Dispatch,
+            CourierAssigned {
+                order_id: dispatched,
+                waybill_id: waybill,
+                courier_id,
+                distance_km: 0.4,
+            },
+            base,
+            6,
+        ),
+        event_at(Service::Inventory, reserved(no_courier), base, 8),
+        event_at(
+            Service::Dispatch,
+            DispatchFailed {
+                order_id: no_courier,
+                waybill_id: failed_waybill,
+                reason: DispatchFailureReason::NoCourier,
+            },
+            base,
+            10,
+        ),
+        event_at(
+            Service::Fulfillment,
+            waybill_created(no_courier, failed_waybill),
+            base,
+            9,
+        ),
+    ]
+}
+
+/// What the read model shows of an order, without its id.
+fn shown(view: &Value) -> Value {
+    json!({
+        "status": view["status"],
+        "reason": view["reason"],
+        "courier_id": view["courier_id"],
+        "timeline": timeline_types(view),
+    })
+}
+
+#[tokio::test]
+async fn a_batch_handled_together_ends_where_one_by_one_ends() -> anyhow::Result<()> {
+    use jwl_outbox::Handler;
+
+    let app = TestApp::start().await?;
+    let one_by_one = [
+        app.place_order().await?,
+        app.place_order().await?,
+        app.place_order().await?,
+    ];
+    let together = [
+        app.place_order().await?,
+        app.place_order().await?,
+        app.place_order().await?,
+    ];
+
+    // after every order.created, so that the timelines (in event time order) compare
+    let base = Utc::now() + chrono::TimeDelta::seconds(1);
+    for event in interleaved_sagas(one_by_one, base) {
+        app.deliver(&event).await?;
+    }
+    let batch = interleaved_sagas(together, base);
+    let events: Vec<&jwl_events::Envelope> = batch.iter().collect();
+    let model = jwl_order::OrderReadModel;
+    let batch_way = model.batch().expect("the read model takes batches");
+    let mut tx = app.pool.begin().await?;
+    batch_way.handle_batch(&mut tx, &events).await?;
+    tx.commit().await?;
+
+    for (alone, batched) in one_by_one.into_iter().zip(together) {
+        let (alone, batched) = (view(&app, alone).await?, view(&app, batched).await?);
+        assert_eq!(shown(&batched), shown(&alone));
+    }
+    let mut statuses = Vec::new();
+    for order_id in together {
+        statuses.push(view(&app, order_id).await?["status"].clone());
+    }
+    assert_eq!(
+        statuses,
+        [json!("dispatched"), json!("rejected"), json!("cancelled")]
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_with_an_unknown_order_is_refused_whole() -> anyhow::Result<()> {
+    use jwl_outbox::Handler;
+
+    let app = TestApp::start().await?;
+    let known = app.place_order().await?;
+    let batch = [
+        event_at(Service::Payment, authorized(known), Utc::now(), 1),
+        event_at(Service::Payment, authorized(OrderId::new()), Utc::now(), 2),
+    ];
+    let events: Vec<&jwl_events::Envelope> = batch.iter().collect();
+    let model = jwl_order::OrderReadModel;
+    let mut tx = app.pool.begin().await?;
+    let result = model
+        .batch()
+        .expect("the read model takes batches")
+        .handle_batch(&mut tx, &events)
+        .await;
+    assert!(
+        matches!(result, Err(jwl_outbox::HandlerError::Permanent(_))),
+        "{result:?}"
+    );
+    Ok(())
+}
