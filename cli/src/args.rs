@@ -453,6 +453,14 @@ pub struct JwtArgs {
     /// HS256 secret for bearer tokens (default: the `jwt-secret` file in the data dir).
     #[arg(long, env = "JWL_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// The `iss` of bearer tokens: set on the tokens `jwl` issues and required on every token
+    /// accepted (unset: not set, not checked).
+    #[arg(long, env = "JWL_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` of bearer tokens: set on the tokens `jwl` issues and required on every token
+    /// accepted (unset: not set, and a token naming any audience is refused).
+    #[arg(long, env = "JWL_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
 }
 
 /// The shared database URL and the per-service overrides.

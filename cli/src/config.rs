@@ -70,7 +70,7 @@ impl JwtArgs {
             Some(secret) => secret.to_owned(),
             None => secret::read(data_dir)?,
         };
-        keys_from(&secret)
+        Ok(self.with_claims(keys_from(&secret)?))
     }
 
     /// Keys from `JWL_JWT_SECRET`, else from the secret file in `data_dir`, generated if missing.
@@ -79,7 +79,19 @@ impl JwtArgs {
             Some(secret) => secret.to_owned(),
             None => secret::read_or_generate(data_dir)?,
         };
-        keys_from(&secret)
+        Ok(self.with_claims(keys_from(&secret)?))
+    }
+
+    /// `keys` issuing and requiring the configured `iss` and `aud` (`JWL_JWT_ISSUER`,
+    /// `JWL_JWT_AUDIENCE`), where set.
+    fn with_claims(&self, mut keys: JwtKeys) -> JwtKeys {
+        if let Some(issuer) = non_empty(&self.jwt_issuer) {
+            keys = keys.with_issuer(issuer);
+        }
+        if let Some(audience) = non_empty(&self.jwt_audience) {
+            keys = keys.with_audience(audience);
+        }
+        keys
     }
 }
 

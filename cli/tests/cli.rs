@@ -408,3 +408,29 @@ fn token_lifetimes_are_bounded() {
     assert!(!output.status.success());
     assert!(stderr(&output).contains("30 days"), "{}", stderr(&output));
 }
+
+#[test]
+fn token_carries_the_configured_issuer_and_audience() {
+    const SECRET: &[u8] = b"s3cret-from-env-0123456789abcdef0123";
+    let output = run(jwl()
+        .env("JWL_JWT_SECRET", "s3cret-from-env-0123456789abcdef0123")
+        .env("JWL_JWT_ISSUER", "https://auth.jwl.example")
+        .env("JWL_JWT_AUDIENCE", "jwl-api")
+        .args(["token", "--sub", "ops", "--scope", "admin"]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let token = stdout(&output);
+    let claims = JwtKeys::new(SECRET)
+        .with_issuer("https://auth.jwl.example")
+        .with_audience("jwl-api")
+        .verify(token.trim())
+        .unwrap();
+    assert_eq!(claims.iss.as_deref(), Some("https://auth.jwl.example"));
+    assert_eq!(claims.aud.as_deref(), Some("jwl-api"));
+    // a deployment expecting another audience refuses it
+    assert!(
+        JwtKeys::new(SECRET)
+            .with_audience("another-api")
+            .verify(token.trim())
+            .is_err()
+    );
+}

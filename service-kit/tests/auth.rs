@@ -61,6 +61,8 @@ fn expired_tokens_are_rejected() {
         scope: "admin".into(),
         iat: now() - 120,
         exp: now() - 60,
+        iss: None,
+        aud: None,
     };
     assert!(matches!(
         common::keys().verify(&sign(&claims)),
@@ -139,6 +141,8 @@ async fn missing_bad_or_expired_tokens_are_401_with_a_challenge() {
         scope: "admin".into(),
         iat: now() - 120,
         exp: now() - 60,
+        iss: None,
+        aud: None,
     });
     let foreign = JwtKeys::new(b"another-secret-entirely-0123456789")
         .issue("x", &[Scope::Admin], HOUR)

@@ -1,5 +1,7 @@
 //! [`JwtKeys`]: issue and verify HS256 bearer tokens with `sub`, `scope`, `iat` and `exp`
-//! (and `nbf`, honoured when present).
+//! (and `nbf`, honoured when present), and `iss` / `aud` when the deployment names an issuer or
+//! an audience ([`JwtKeys::with_issuer`], [`JwtKeys::with_audience`]): then they are set on
+//! every token issued and required, with that value, on every token verified.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +49,12 @@ pub struct Claims {
     pub iat: u64,
     /// Expires at (Unix seconds).
     pub exp: u64,
+    /// Who issued the token (`JWL_JWT_ISSUER`), when the deployment names an issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Whom the token is meant for (`JWL_JWT_AUDIENCE`), when the deployment names an audience.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
 }
 
 impl Claims {
@@ -65,10 +73,13 @@ pub struct JwtKeys {
     inner: Arc<KeysInner>,
 }
 
+#[derive(Clone)]
 struct KeysInner {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    issuer: Option<String>,
+    audience: Option<String>,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -90,8 +101,33 @@ impl JwtKeys {
                 encoding: EncodingKey::from_secret(secret),
                 decoding: DecodingKey::from_secret(secret),
                 validation,
+                issuer: None,
+                audience: None,
             }),
         }
+    }
+
+    /// Issues tokens with `iss` = `issuer` and accepts only tokens carrying exactly that `iss`
+    /// (`JWL_JWT_ISSUER`). Without it, `iss` is neither set nor checked.
+    pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
+        let issuer = issuer.into();
+        let inner = Arc::make_mut(&mut self.inner);
+        inner.validation.set_issuer(&[issuer.as_str()]);
+        inner.issuer = Some(issuer);
+        inner.require_claims();
+        self
+    }
+
+    /// Issues tokens with `aud` = `audience` and accepts only tokens whose `aud` is (or lists
+    /// only) that audience (`JWL_JWT_AUDIENCE`). Without it, a token carrying any `aud` is
+    /// refused (RFC 7519: a recipient not named by the audience must reject the token).
+    pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
+        let audience = audience.into();
+        let inner = Arc::make_mut(&mut self.inner);
+        inner.validation.set_audience(&[audience.as_str()]);
+        inner.audience = Some(audience);
+        inner.require_claims();
+        self
     }
 
     /// A token for `sub` carrying `scopes`, valid for `ttl` from now.
@@ -109,6 +145,8 @@ impl JwtKeys {
                 .join(" "),
             iat: now,
             exp: now.saturating_add(ttl.as_secs()),
+            iss: self.inner.issuer.clone(),
+            aud: self.inner.audience.clone(),
         };
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -126,6 +164,20 @@ impl JwtKeys {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid(error),
             })
+    }
+}
+
+impl KeysInner {
+    /// `exp` and `sub` always; `iss` and `aud` once configured (a token without them is refused).
+    fn require_claims(&mut self) {
+        let mut required = vec!["exp", "sub"];
+        if self.issuer.is_some() {
+            required.push("iss");
+        }
+        if self.audience.is_some() {
+            required.push("aud");
+        }
+        self.validation.set_required_spec_claims(&required);
     }
 }
 
@@ -162,5 +214,52 @@ mod tests {
             Err(AuthError::Invalid(_))
         ));
         assert_eq!(keys.verify(&sign(now)).unwrap().sub, "cust-1");
+    }
+
+    #[test]
+    fn issuer_and_audience_are_set_and_required_once_configured() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let plain = JwtKeys::new(secret);
+        let ours = JwtKeys::new(secret)
+            .with_issuer("https://auth.jwl.example")
+            .with_audience("jwl-api");
+        let hour = Duration::from_secs(3600);
+
+        let token = ours.issue("cust-1", &[], hour).unwrap();
+        let claims = ours.verify(&token).unwrap();
+        assert_eq!(claims.iss.as_deref(), Some("https://auth.jwl.example"));
+        assert_eq!(claims.aud.as_deref(), Some("jwl-api"));
+
+        // same secret, but no iss/aud: refused where they are configured
+        let bare = plain.issue("cust-1", &[], hour).unwrap();
+        assert!(matches!(ours.verify(&bare), Err(AuthError::Invalid(_))));
+
+        let wrong_issuer = JwtKeys::new(secret)
+            .with_issuer("https://elsewhere.example")
+            .with_audience("jwl-api")
+            .issue("cust-1", &[], hour)
+            .unwrap();
+        assert!(matches!(
+            ours.verify(&wrong_issuer),
+            Err(AuthError::Invalid(_))
+        ));
+        let wrong_audience = JwtKeys::new(secret)
+            .with_issuer("https://auth.jwl.example")
+            .with_audience("another-api")
+            .issue("cust-1", &[], hour)
+            .unwrap();
+        assert!(matches!(
+            ours.verify(&wrong_audience),
+            Err(AuthError::Invalid(_))
+        ));
+
+        // without configuration nothing is set, and an issuer is not checked
+        let claims = plain.verify(&bare).unwrap();
+        assert_eq!((claims.iss, claims.aud), (None, None));
+        let issued_elsewhere = JwtKeys::new(secret)
+            .with_issuer("https://auth.jwl.example")
+            .issue("cust-1", &[], hour)
+            .unwrap();
+        assert!(plain.verify(&issued_elsewhere).is_ok());
     }
 }
