@@ -439,6 +439,10 @@ pub struct HttpArgs {
     /// Address the HTTP API listens on.
     #[arg(long, env = "JWL_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// A separate address for `/metrics` (and a `/readyz` that says which check failed); the
+    /// API listener then no longer serves `/metrics`. Unset: `/metrics` is on the API listener.
+    #[arg(long, env = "JWL_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Args)]

@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::http::{Request, header};
 use axum::routing::{get, post};
 use jwl_service_kit::extract::Json;
-use jwl_service_kit::http::edge_with_probe;
+use jwl_service_kit::http::{MetricsOn, edge_with, edge_with_probe, metrics_router};
 use serde_json::{Value, json};
 
 fn app() -> Router {
@@ -157,22 +157,54 @@ async fn healthz_is_ok() {
 }
 
 #[tokio::test]
-async fn readyz_follows_the_probe() {
+async fn readyz_follows_the_probe_and_tells_the_public_nothing_more() {
     let switch = Arc::new(common::Switch(AtomicBool::new(false)));
     let app = edge_with_probe(Router::new(), common::keys(), switch.clone());
     let (response, body) = common::get(&app, "/readyz").await;
     let problem = common::problem(&response, &body, 503);
-    assert!(
-        problem["detail"]
-            .as_str()
-            .unwrap()
-            .contains("database pool 0")
-    );
+    assert_eq!(problem["detail"], "not ready", "{problem}");
+    let text = String::from_utf8_lossy(&body);
+    assert!(!text.contains("database"), "{text}");
     assert!(response.headers().contains_key(header::RETRY_AFTER));
+
+    // the metrics listener says which check failed
+    let admin = metrics_router(switch.clone());
+    let (response, body) = common::get(&admin, "/readyz").await;
+    let problem = common::problem(&response, &body, 503);
+    assert_eq!(problem["detail"], "not ready: database pool 0: down");
 
     switch.0.store(true, Ordering::SeqCst);
     let (response, _) = common::get(&app, "/readyz").await;
     assert_eq!(response.status(), 200);
+    let (response, _) = common::get(&admin, "/readyz").await;
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn metrics_move_to_their_own_listener_when_asked() {
+    let switch = Arc::new(common::Switch(AtomicBool::new(true)));
+    let public = edge_with(
+        Router::new().route("/hello", get(|| async { "hello" })),
+        common::keys(),
+        switch.clone(),
+        MetricsOn::Separate,
+    );
+    let admin = metrics_router(switch);
+    let (response, _) = common::get(&public, "/hello").await;
+    assert_eq!(response.status(), 200);
+
+    let (response, body) = common::get(&public, "/metrics").await;
+    common::problem(&response, &body, 404);
+    let (response, body) = common::get(&admin, "/metrics").await;
+    assert_eq!(response.status(), 200);
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains("jwl_http_request_duration_seconds"),
+        "the public listener's requests are counted: {text}"
+    );
+    // the metrics listener serves nothing else
+    let (response, body) = common::get(&admin, "/hello").await;
+    common::problem(&response, &body, 404);
 }
 
 #[tokio::test]

@@ -3,12 +3,13 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use jwl_outbox::{JetStreamBroker, MessagingSettings};
 use jwl_service_kit::db;
-use jwl_service_kit::http::{Readiness, edge};
+use jwl_service_kit::http::{Readiness, edge, metrics_router};
 use jwl_testkit::eventually;
 
 async fn readyz_status(app: &Router) -> u16 {
@@ -22,11 +23,10 @@ async fn ready_while_database_and_broker_answer_and_not_ready_without_the_broker
     let order_pool = db::connect(database.url(), "jwl_order").await.unwrap();
     let payment_pool = db::connect(database.url(), "jwl_payment").await.unwrap();
     let broker = JetStreamBroker::connect(nats.url()).await.unwrap();
-    let app = edge(
-        Router::new(),
-        common::keys(),
-        Readiness::new(vec![order_pool, payment_pool.clone()], broker),
-    );
+    let readiness = Readiness::new(vec![order_pool, payment_pool.clone()], broker);
+    let app = edge(Router::new(), common::keys(), readiness.clone());
+    // the listener that says which check failed (JWL_METRICS_ADDR)
+    let admin = metrics_router(Arc::new(readiness));
 
     // The broker connects in the background; ready once it has.
     eventually("readyz reports ready", Duration::from_secs(20), || async {
@@ -43,11 +43,17 @@ async fn ready_while_database_and_broker_answer_and_not_ready_without_the_broker
     )
     .await
     .unwrap();
-    let (response, body) = common::get(&app, "/readyz").await;
+    let (response, body) = common::get(&admin, "/readyz").await;
     let problem = common::problem(&response, &body, 503);
     assert!(
         problem["detail"].as_str().unwrap().contains("broker"),
         "{problem}"
+    );
+    let (response, body) = common::get(&app, "/readyz").await;
+    let problem = common::problem(&response, &body, 503);
+    assert_eq!(
+        problem["detail"], "not ready",
+        "the public is told nothing more"
     );
 
     nats.start_again().await.unwrap();
@@ -58,7 +64,7 @@ async fn ready_while_database_and_broker_answer_and_not_ready_without_the_broker
     .unwrap();
 
     payment_pool.close().await;
-    let (response, body) = common::get(&app, "/readyz").await;
+    let (response, body) = common::get(&admin, "/readyz").await;
     let problem = common::problem(&response, &body, 503);
     assert!(
         problem["detail"]
@@ -76,18 +82,16 @@ async fn not_ready_while_the_events_stream_is_unavailable() -> anyhow::Result<()
     let pool = db::connect(database.url(), "jwl_order").await?;
     let broker = JetStreamBroker::connect(nats.url()).await?;
     let settings = MessagingSettings::default();
-    let app = edge(
-        Router::new(),
-        common::keys(),
-        Readiness::new(vec![pool], broker.clone()).with_stream(&settings.events_stream),
-    );
+    let readiness = Readiness::new(vec![pool], broker.clone()).with_stream(&settings.events_stream);
+    let app = edge(Router::new(), common::keys(), readiness.clone());
+    let admin = metrics_router(Arc::new(readiness));
     eventually("connected", Duration::from_secs(20), || async {
         broker.is_healthy()
     })
     .await?;
 
-    // connected, but no stream yet: not ready, and the answer says why
-    let (response, body) = common::get(&app, "/readyz").await;
+    // connected, but no stream yet: not ready, and the metrics listener's answer says why
+    let (response, body) = common::get(&admin, "/readyz").await;
     let problem = common::problem(&response, &body, 503);
     let detail = problem["detail"].as_str().unwrap_or_default().to_owned();
     assert!(detail.contains("JWL_EVENTS"), "{problem}");

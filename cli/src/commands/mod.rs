@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod dlq;
+mod listeners;
 pub mod migrate;
 pub mod replay;
 pub mod saga;

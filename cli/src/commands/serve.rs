@@ -1,13 +1,11 @@
 //! `jwl serve <service>`: one service in this process (production mode): its pool, the broker,
 //! its migrations, its background work and its routes behind the edge, until Ctrl-C/SIGTERM.
 
-use anyhow::Context;
-use axum::Router;
 use jwl_service_kit::ServiceContext;
 use jwl_service_kit::http::{self, Readiness};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::listeners::Listeners;
 use super::{StreamsUnavailable, connect_and_migrate, connect_broker};
 use crate::args::ServeArgs;
 use crate::supervise::{Supervisor, cancel_on_signal};
@@ -19,7 +17,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let Some(started) = shutdown.run_until_cancelled(start(&args)).await else {
         return Ok(());
     };
-    let (ctx, app, listener) = started?;
+    let (ctx, listeners) = started?;
     let entry = args.service.entry();
     let pool = ctx.pool.clone();
 
@@ -28,11 +26,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         format!("{} service", entry.name),
         (entry.run)(ctx, shutdown.clone()),
     );
-    let http_shutdown = shutdown.clone();
-    tasks.spawn("HTTP server", async move {
-        Ok(http::serve_on(listener, app, http_shutdown).await?)
-    });
-    tracing::info!(service = %entry.name, addr = %args.http.http_addr, "serving");
+    let metrics_addr = listeners.metrics_addr();
+    listeners.spawn(&mut tasks, &shutdown);
+    tracing::info!(service = %entry.name, addr = %args.http.http_addr, ?metrics_addr, "serving");
 
     let outcome = tasks.wait().await;
     pool.close().await;
@@ -40,8 +36,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     outcome
 }
 
-/// Everything up to (not including) running: connections, streams, migrations, routes, listener.
-async fn start(args: &ServeArgs) -> anyhow::Result<(ServiceContext, Router, TcpListener)> {
+/// Everything up to (not including) running: connections, streams, migrations, routes, listeners.
+async fn start(args: &ServeArgs) -> anyhow::Result<(ServiceContext, Listeners)> {
     let entry = args.service.entry();
     let keys = args.jwt.load_keys(&args.data_dir.data_dir)?;
     let database_url = args.databases.require_url_for(args.service)?;
@@ -72,9 +68,6 @@ async fn start(args: &ServeArgs) -> anyhow::Result<(ServiceContext, Router, TcpL
         messaging,
         args.settings.to_settings(),
     );
-    let app = http::edge((entry.router)(&ctx), keys, readiness);
-    let listener = TcpListener::bind(args.http.http_addr)
-        .await
-        .with_context(|| format!("listening on {}", args.http.http_addr))?;
-    Ok((ctx, app, listener))
+    let listeners = Listeners::bind(&args.http, (entry.router)(&ctx), keys, readiness, "").await?;
+    Ok((ctx, listeners))
 }

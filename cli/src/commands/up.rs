@@ -11,9 +11,9 @@ use axum::Router;
 use jwl_service_kit::ServiceContext;
 use jwl_service_kit::auth::{JwtKeys, Scope};
 use jwl_service_kit::http::{self, Readiness};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::listeners::Listeners;
 use super::{StreamsUnavailable, connect_and_migrate, connect_broker, redact_userinfo};
 use crate::args::UpArgs;
 use crate::private_servers::PrivateServers;
@@ -26,8 +26,7 @@ const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The running system, before its tasks are started.
 struct Started {
     contexts: Vec<(ServiceName, ServiceContext)>,
-    app: Router,
-    listener: TcpListener,
+    listeners: Listeners,
     keys: JwtKeys,
     /// What the operator tools (`jwl saga`, `replay`, `dlq`) need to reach this system.
     operator_env: Vec<(&'static str, String)>,
@@ -120,19 +119,17 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
         broker,
     )
     .with_stream(&messaging.events_stream);
-    let app = http::edge(routes, keys.clone(), readiness);
-    let listener = TcpListener::bind(args.http.http_addr)
-        .await
-        .with_context(|| {
-            format!(
-                "listening on {} (set JWL_HTTP_ADDR to use another address)",
-                args.http.http_addr
-            )
-        })?;
+    let listeners = Listeners::bind(
+        &args.http,
+        routes,
+        keys.clone(),
+        readiness,
+        " (set JWL_HTTP_ADDR to use another address)",
+    )
+    .await?;
     Ok(Started {
         contexts,
-        app,
-        listener,
+        listeners,
         keys,
         operator_env,
     })
@@ -145,12 +142,12 @@ async fn run_services(
 ) -> anyhow::Result<()> {
     let Started {
         contexts,
-        app,
-        listener,
+        listeners,
         keys,
         operator_env,
     } = started;
-    let addr = listener.local_addr().unwrap_or(args.http.http_addr);
+    let addr = listeners.api_addr().unwrap_or(args.http.http_addr);
+    let metrics_addr = listeners.metrics_addr();
     let pools: Vec<_> = contexts.iter().map(|(_, ctx)| ctx.pool.clone()).collect();
 
     let mut tasks = Supervisor::new(shutdown.clone());
@@ -160,15 +157,12 @@ async fn run_services(
             (name.entry().run)(ctx, shutdown.clone()),
         );
     }
-    let http_shutdown = shutdown.clone();
-    tasks.spawn("HTTP server", async move {
-        Ok(http::serve_on(listener, app, http_shutdown).await?)
-    });
+    listeners.spawn(&mut tasks, shutdown);
 
     let token = keys
         .issue("dev-admin", &[Scope::Admin], DEV_TOKEN_TTL)
         .context("issuing the dev admin token")?;
-    println!("{}", banner(addr, &token, &operator_env));
+    println!("{}", banner(addr, metrics_addr, &token, &operator_env));
 
     let outcome = tasks.wait().await;
     for pool in pools {
@@ -178,14 +172,21 @@ async fn run_services(
 }
 
 /// What `jwl up` prints once it serves: URL, dev token and curl examples.
-fn banner(addr: SocketAddr, token: &str, operator_env: &[(&str, String)]) -> String {
+fn banner(
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    token: &str,
+    operator_env: &[(&str, String)],
+) -> String {
     let url = format!("http://{addr}");
+    let metrics_url = format!("http://{}/metrics", metrics_addr.unwrap_or(addr));
     let operator_env: String = operator_env
         .iter()
         .map(|(name, value)| format!(" {name}={value}"))
         .collect();
     format!(
         "\nJiangwanli is up at {url}\n\
+         Metrics: {metrics_url}\n\
          \n\
          Dev admin token (valid 24h):\n\
          \x20 export TOKEN={token}\n\
@@ -212,10 +213,12 @@ mod tests {
     fn banner_shows_the_url_token_and_a_curl() {
         let text = banner(
             "127.0.0.1:8080".parse().unwrap(),
+            Some("127.0.0.1:9090".parse().unwrap()),
             "abc.def.ghi",
             &[("JWL_NATS_URL", "nats://127.0.0.1:4222".to_owned())],
         );
         assert!(text.contains("http://127.0.0.1:8080"));
+        assert!(text.contains("Metrics: http://127.0.0.1:9090/metrics"));
         assert!(text.contains("export TOKEN=abc.def.ghi"));
         assert!(text.contains("curl -si -X POST http://127.0.0.1:8080/v1/orders"));
         assert!(text.contains("export JWL_NATS_URL=nats://127.0.0.1:4222"));

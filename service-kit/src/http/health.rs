@@ -1,5 +1,10 @@
 //! `GET /healthz` (the process is alive) and `GET /readyz` (its database pools and the broker
 //! answer, and the events stream is available), with the [`ReadinessProbe`] behind the latter.
+//!
+//! The public `/readyz` says only ready (`200`) or not (`503`, a problem whose detail is just
+//! "not ready"): which dependency is down, and its error text, would tell anyone on the internet
+//! about the system's insides. The detail is logged, and shown on the metrics listener's
+//! `/readyz` ([`super::metrics_router`]), which only operators and Prometheus reach.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,12 +130,25 @@ pub(super) async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-pub(super) async fn readyz(probe: Arc<dyn ReadinessProbe>) -> Response {
+/// What a `/readyz` answer shows of a failed check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Detail {
+    /// Only that the process is not ready (the public listener).
+    Hidden,
+    /// Which check failed, with its error (the metrics listener).
+    Shown,
+}
+
+pub(super) async fn readyz(probe: Arc<dyn ReadinessProbe>, shown: Detail) -> Response {
     match probe.check().await {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
         Err(detail) => {
             tracing::warn!(%detail, "not ready");
-            ApiError::unavailable(1, format!("not ready: {detail}")).into_response()
+            let text = match shown {
+                Detail::Hidden => "not ready".to_owned(),
+                Detail::Shown => format!("not ready: {detail}"),
+            };
+            ApiError::unavailable(1, text).into_response()
         }
     }
 }
