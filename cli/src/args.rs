@@ -390,6 +390,10 @@ pub struct MessagingArgs {
     #[arg(long, env = "JWL_STREAM_REPLICAS", default_value = "1",
           value_parser = clap::value_parser!(u8).range(1..=5))]
     pub stream_replicas: u8,
+    /// Database connections of each service's HTTP routes: a pool of their own next to the
+    /// consumers' (10), so a flood of requests waits for these and never takes the consumers'.
+    #[arg(long, env = "JWL_HTTP_DB_POOL_SIZE", default_value = "5")]
+    pub http_db_pool_size: NonZeroU32,
 }
 
 /// Fault points for failure-injection tests (hidden; all off by default). Read once at start.
@@ -563,6 +567,15 @@ impl MessagingArgs {
         PoolSettings {
             stall_timeout: self.db_stall_timeout,
             ..PoolSettings::default()
+        }
+    }
+
+    /// The settings of the HTTP routes' pool: [`Self::to_pool_settings`] with
+    /// `JWL_HTTP_DB_POOL_SIZE` connections.
+    pub fn to_http_pool_settings(&self) -> PoolSettings {
+        PoolSettings {
+            max_connections: self.http_db_pool_size.get(),
+            ..self.to_pool_settings()
         }
     }
 }
@@ -764,6 +777,10 @@ mod tests {
             serve.messaging.to_pool_settings().stall_timeout,
             Duration::from_secs(30)
         );
+        let http = serve.messaging.to_http_pool_settings();
+        assert_eq!(http.max_connections, 5);
+        assert_eq!(http.stall_timeout, Duration::from_secs(30));
+        assert_eq!(serve.messaging.to_pool_settings().max_connections, 10);
     }
 
     #[test]

@@ -251,11 +251,16 @@ async fn serve_runs_one_service_until_sigterm() {
     let database = jwl_testkit::database().await.unwrap();
     let nats = jwl_testkit::nats().await.unwrap();
     let port = free_port();
+    let metrics_port = free_port();
+    const SECRET: &str = "serve-secret-0123456789abcdef0123456";
     let mut child = jwl()
         .env("JWL_DATABASE_URL", database.url())
         .env("JWL_NATS_URL", nats.url())
-        .env("JWL_JWT_SECRET", "serve-secret-0123456789abcdef0123456")
+        .env("JWL_JWT_SECRET", SECRET)
+        .env("JWL_JWT_ISSUER", "https://auth.jwl.test")
         .env("JWL_HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("JWL_METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
+        .env("JWL_HTTP_DB_POOL_SIZE", "3")
         .args(["serve", "inventory"])
         .stdout(Stdio::null())
         .spawn()
@@ -266,6 +271,43 @@ async fn serve_runs_one_service_until_sigterm() {
     let response = reqwest::get(format!("{base}/no/such/route")).await.unwrap();
     assert_eq!(response.status(), 404);
     assert!(response.headers().contains_key("x-request-id"));
+
+    // tokens must name the configured issuer
+    let stock = |keys: JwtKeys| {
+        let token = keys
+            .issue("ops", &[Scope::Admin], Duration::from_secs(60))
+            .unwrap();
+        reqwest::Client::new()
+            .get(format!("{base}/v1/stock/sku-1"))
+            .bearer_auth(token)
+            .send()
+    };
+    let without_issuer = stock(JwtKeys::new(SECRET.as_bytes())).await.unwrap();
+    assert_eq!(without_issuer.status(), 401);
+    let with_issuer = stock(JwtKeys::new(SECRET.as_bytes()).with_issuer("https://auth.jwl.test"))
+        .await
+        .unwrap();
+    assert_ne!(with_issuer.status(), 401);
+
+    // /metrics moved to its own listener, with the HTTP routes' pool of JWL_HTTP_DB_POOL_SIZE
+    assert_eq!(http_status(&format!("{base}/metrics")).await.unwrap(), 404);
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    for line in [
+        "jwl_db_pool_max_connections{pool=\"jwl_inventory_http\"} 3",
+        "jwl_db_pool_max_connections{pool=\"jwl_inventory\"} 10",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
+    assert_eq!(
+        http_status(&format!("http://127.0.0.1:{metrics_port}/readyz"))
+            .await
+            .unwrap(),
+        200
+    );
 
     signal(&child.0, libc::SIGTERM);
     let status = wait_exit(&mut child.0, Duration::from_secs(40)).await;

@@ -13,8 +13,14 @@ use crate::config::Settings;
 pub struct ServiceContext {
     /// Which bounded context this is.
     pub service: Service,
-    /// A pool whose connections have `search_path` set to the service's own schema.
+    /// A pool whose connections have `search_path` set to the service's own schema: the
+    /// consumers', relay's and timers' (the messaging runtime's).
     pub pool: PgPool,
+    /// The pool the HTTP routes use (same schema). A pool of its own in production
+    /// ([`with_http_pool`](Self::with_http_pool), sized by `JWL_HTTP_DB_POOL_SIZE`), so that a
+    /// flood of requests waits for its connections and never takes the consumers'; the same
+    /// pool as [`pool`](Self::pool) until one is given.
+    pub http_pool: PgPool,
     /// The connection to NATS JetStream.
     pub broker: JetStreamBroker,
     /// Stream names, batch sizes, retry policy of the reliable-messaging runtime.
@@ -38,11 +44,19 @@ impl ServiceContext {
         let relay = RelaySignal::new(messaging.db_stall_timeout);
         Self {
             service,
+            http_pool: pool.clone(),
             pool,
             broker,
             messaging,
             settings,
             relay,
         }
+    }
+
+    /// This context with its HTTP routes on `http_pool` (a pool in the same schema) instead of
+    /// the messaging runtime's pool.
+    pub fn with_http_pool(mut self, http_pool: PgPool) -> Self {
+        self.http_pool = http_pool;
+        self
     }
 }

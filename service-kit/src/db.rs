@@ -76,10 +76,22 @@ pub async fn connect(url: &str, schema: &str) -> Result<PgPool, DbError> {
     connect_with(url, schema, &PoolSettings::default()).await
 }
 
-/// A pool on `url` whose connections use `schema` (created if missing).
+/// A pool on `url` whose connections use `schema` (created if missing), exported on `/metrics`
+/// as `pool="<schema>"`.
 pub async fn connect_with(
     url: &str,
     schema: &str,
+    settings: &PoolSettings,
+) -> Result<PgPool, DbError> {
+    connect_labelled(url, schema, schema, settings).await
+}
+
+/// [`connect_with`], exported on `/metrics` as `pool="<label>"`: a second pool of one schema
+/// (the HTTP routes' pool, `jwl_order_http`) needs a label of its own.
+pub async fn connect_labelled(
+    url: &str,
+    schema: &str,
+    label: &str,
     settings: &PoolSettings,
 ) -> Result<PgPool, DbError> {
     validate_schema(schema)?;
@@ -132,8 +144,8 @@ pub async fn connect_with(
     .notify(|error, delay| tracing::warn!(%error, ?delay, "database not reachable yet; retrying"))
     .await
     .map_err(DbError::Connect)
-    // its size and idle connections are exported on /metrics, labelled with the schema
-    .inspect(|pool| crate::telemetry::watch_pool(schema, pool.clone()))
+    // its size and idle connections are exported on /metrics, under its label
+    .inspect(|pool| crate::telemetry::watch_pool(label, pool.clone()))
 }
 
 /// Whether a connection given back to the pool answers a ping within `limit`: `false` (close it)

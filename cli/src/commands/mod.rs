@@ -50,6 +50,24 @@ async fn connect_and_migrate(
     Ok(pool)
 }
 
+/// The pool of the service's HTTP routes: its own, in the service's schema, exported on
+/// `/metrics` as `pool="<schema>_http"` (so requests never take the consumers' connections).
+async fn connect_http_pool(
+    entry: &ServiceEntry,
+    url: &str,
+    settings: &PoolSettings,
+) -> anyhow::Result<PgPool> {
+    let label = format!("{}_http", entry.schema);
+    jwl_service_kit::db::connect_labelled(url, entry.schema, &label, settings)
+        .await
+        .with_context(|| {
+            format!(
+                "connecting the {} service's HTTP routes to its database",
+                entry.name
+            )
+        })
+}
+
 /// How long start-up waits for the first connection to NATS.
 const NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long start-up tries to provision the streams before a service goes on without them.

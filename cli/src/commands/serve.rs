@@ -1,4 +1,5 @@
-//! `jwl serve <service>`: one service in this process (production mode): its pool, the broker,
+//! `jwl serve <service>`: one service in this process (production mode): its pools (the
+//! messaging runtime's and the HTTP routes'), the broker,
 //! its migrations, its background work and its routes behind the edge, until Ctrl-C/SIGTERM.
 
 use jwl_service_kit::ServiceContext;
@@ -6,7 +7,7 @@ use jwl_service_kit::http::{self, Readiness};
 use tokio_util::sync::CancellationToken;
 
 use super::listeners::Listeners;
-use super::{StreamsUnavailable, connect_and_migrate, connect_broker};
+use super::{StreamsUnavailable, connect_and_migrate, connect_broker, connect_http_pool};
 use crate::args::ServeArgs;
 use crate::supervise::{Supervisor, cancel_on_signal};
 
@@ -19,7 +20,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let (ctx, listeners) = started?;
     let entry = args.service.entry();
-    let pool = ctx.pool.clone();
+    let pools = [ctx.pool.clone(), ctx.http_pool.clone()];
 
     let mut tasks = Supervisor::new(shutdown.clone());
     tasks.spawn(
@@ -31,7 +32,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(service = %entry.name, addr = %args.http.http_addr, ?metrics_addr, "serving");
 
     let outcome = tasks.wait().await;
-    pool.close().await;
+    for pool in pools {
+        pool.close().await;
+    }
     jwl_service_kit::telemetry::traces::shutdown().await;
     outcome
 }
@@ -59,6 +62,8 @@ async fn start(args: &ServeArgs) -> anyhow::Result<(ServiceContext, Listeners)> 
     )
     .await?;
     let pool = connect_and_migrate(entry, database_url, &args.messaging.to_pool_settings()).await?;
+    let http_pool =
+        connect_http_pool(entry, database_url, &args.messaging.to_http_pool_settings()).await?;
     let readiness =
         Readiness::new(vec![pool.clone()], broker.clone()).with_stream(&messaging.events_stream);
     let ctx = ServiceContext::new(
@@ -67,7 +72,8 @@ async fn start(args: &ServeArgs) -> anyhow::Result<(ServiceContext, Listeners)> 
         broker,
         messaging,
         args.settings.to_settings(),
-    );
+    )
+    .with_http_pool(http_pool);
     let listeners = Listeners::bind(&args.http, (entry.router)(&ctx), keys, readiness, "").await?;
     Ok((ctx, listeners))
 }

@@ -14,7 +14,9 @@ use jwl_service_kit::http::{self, Readiness};
 use tokio_util::sync::CancellationToken;
 
 use super::listeners::Listeners;
-use super::{StreamsUnavailable, connect_and_migrate, connect_broker, redact_userinfo};
+use super::{
+    StreamsUnavailable, connect_and_migrate, connect_broker, connect_http_pool, redact_userinfo,
+};
 use crate::args::UpArgs;
 use crate::private_servers::PrivateServers;
 use crate::services::ServiceName;
@@ -92,6 +94,7 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
     .await?;
     let settings = args.settings.to_settings();
     let pool_settings = args.messaging.to_pool_settings();
+    let http_pool_settings = args.messaging.to_http_pool_settings();
 
     let mut contexts = Vec::with_capacity(ServiceName::ALL.len());
     let mut routes = Router::new();
@@ -103,13 +106,15 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
             .or(private_database_url.as_deref())
             .context("no database URL (internal error: the private PostgreSQL was not started)")?;
         let pool = connect_and_migrate(entry, url, &pool_settings).await?;
+        let http_pool = connect_http_pool(entry, url, &http_pool_settings).await?;
         let ctx = ServiceContext::new(
             entry.service,
             pool,
             broker.clone(),
             messaging.clone(),
             settings.clone(),
-        );
+        )
+        .with_http_pool(http_pool);
         routes = routes.merge((entry.router)(&ctx));
         contexts.push((name, ctx));
     }
@@ -148,7 +153,10 @@ async fn run_services(
     } = started;
     let addr = listeners.api_addr().unwrap_or(args.http.http_addr);
     let metrics_addr = listeners.metrics_addr();
-    let pools: Vec<_> = contexts.iter().map(|(_, ctx)| ctx.pool.clone()).collect();
+    let pools: Vec<_> = contexts
+        .iter()
+        .flat_map(|(_, ctx)| [ctx.pool.clone(), ctx.http_pool.clone()])
+        .collect();
 
     let mut tasks = Supervisor::new(shutdown.clone());
     for (name, ctx) in contexts {

@@ -62,7 +62,11 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 /// The service's HTTP routes (without health and metrics, which the edge adds).
 pub fn router(ctx: &ServiceContext) -> axum::Router {
-    http::routes(ctx.pool.clone(), ctx.settings.clone(), ctx.relay.clone())
+    http::routes(
+        ctx.http_pool.clone(),
+        ctx.settings.clone(),
+        ctx.relay.clone(),
+    )
 }
 
 /// Relay, consumers and the deadline timer until `shutdown`; if either stops on its own, the

@@ -42,7 +42,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 /// The service's HTTP routes (without health and metrics, which the edge adds).
 pub fn router(ctx: &ServiceContext) -> axum::Router {
-    http::routes(ctx.pool.clone())
+    http::routes(ctx.http_pool.clone())
 }
 
 /// Relay and consumers until `shutdown`.

@@ -51,7 +51,7 @@ pub fn router(ctx: &ServiceContext) -> Router {
             "/v1/orders",
             post(create_order).route_layer(axum::middleware::from_fn_with_state(
                 IngestLimiter::new(&ctx.settings.ingest).with_backlog(OpenOrders {
-                    pool: ctx.pool.clone(),
+                    pool: ctx.http_pool.clone(),
                 }),
                 limit_ingest,
             )),
@@ -59,7 +59,8 @@ pub fn router(ctx: &ServiceContext) -> Router {
         .route("/v1/orders/{id}", get(get_order))
         .route("/v1/orders/{id}/cancel", post(cancel_order))
         .with_state(AppState {
-            pool: ctx.pool.clone(),
+            // its own pool: requests never take the consumers' connections
+            pool: ctx.http_pool.clone(),
             settings: ctx.settings.clone(),
             relay: ctx.relay.clone(),
         })

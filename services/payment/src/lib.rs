@@ -40,7 +40,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 /// The service's HTTP routes (the edge adds health, metrics and the fallback).
 pub fn router(ctx: &ServiceContext) -> axum::Router {
-    http::routes(ctx.pool.clone())
+    http::routes(ctx.http_pool.clone())
 }
 
 /// Runs the outbox relay and the consumers of the payment handler (with the simulated card
