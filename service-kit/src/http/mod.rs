@@ -11,6 +11,7 @@ mod health;
 mod ingest;
 mod layers;
 mod metrics;
+mod routes;
 mod serve;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ pub use ingest::{
     limit_ingest,
 };
 pub use metrics::{HTTP_DURATION_METRIC, install_metrics_recorder};
+pub use routes::{ListedRoute, ListedRouter, RouteMethod};
 pub use serve::{ServeError, serve, serve_on};
 
 /// Largest request body accepted (64 KiB); larger → 413 problem.

@@ -12,13 +12,12 @@
 use jwl_outbox::RelaySignal;
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::{get, post, put};
 use chrono::Utc;
 use jwl_events::{CourierId, Delivered, Envelope, GeoError, GeoPoint, OrderId, WaybillId};
 use jwl_service_kit::auth::Caller;
 use jwl_service_kit::extract::{Json, Path};
+use jwl_service_kit::http::{ListedRouter, RouteMethod};
 use jwl_service_kit::{ApiError, ApiResult, Settings};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -38,13 +37,14 @@ struct AppState {
 }
 
 /// The routes, over the service's pool and settings.
-pub fn routes(pool: PgPool, settings: Arc<Settings>, relay: RelaySignal) -> Router {
-    Router::new()
-        .route("/v1/couriers/{id}", get(get_courier))
-        .route("/v1/couriers/{id}/location", put(put_location))
+pub fn routes(pool: PgPool, settings: Arc<Settings>, relay: RelaySignal) -> ListedRouter {
+    ListedRouter::new()
+        .route(RouteMethod::Get, "/v1/couriers/{id}", get_courier)
+        .route(RouteMethod::Put, "/v1/couriers/{id}/location", put_location)
         .route(
+            RouteMethod::Post,
             "/v1/couriers/{id}/deliveries/{waybill_id}",
-            post(post_delivery),
+            post_delivery,
         )
         .with_state(AppState {
             pool,

@@ -39,6 +39,7 @@ use anyhow::Context;
 use jwl_events::Service;
 use jwl_outbox::Messaging;
 use jwl_service_kit::ServiceContext;
+use jwl_service_kit::http::ListedRouter;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +63,11 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 /// The service's HTTP routes (without health and metrics, which the edge adds).
 pub fn router(ctx: &ServiceContext) -> axum::Router {
+    routes(ctx).into_router()
+}
+
+/// [`router`], with the list of its routes.
+pub fn routes(ctx: &ServiceContext) -> ListedRouter {
     http::routes(
         ctx.http_pool.clone(),
         ctx.settings.clone(),

@@ -1,11 +1,10 @@
 //! Fulfillment's HTTP routes: `GET /v1/waybills/{id}` (admin).
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use jwl_events::{OrderId, WaybillId};
 use jwl_service_kit::auth::Admin;
 use jwl_service_kit::extract::{Json, Path};
+use jwl_service_kit::http::{ListedRouter, RouteMethod};
 use jwl_service_kit::{ApiError, ApiResult};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -13,9 +12,9 @@ use sqlx::PgPool;
 use crate::store::{self, StoreError};
 
 /// The routes, over the service's pool.
-pub fn routes(pool: PgPool) -> Router {
-    Router::new()
-        .route("/v1/waybills/{id}", get(get_waybill))
+pub fn routes(pool: PgPool) -> ListedRouter {
+    ListedRouter::new()
+        .route(RouteMethod::Get, "/v1/waybills/{id}", get_waybill)
         .with_state(pool)
 }
 

@@ -1,12 +1,11 @@
 //! The inventory service's HTTP routes (admin only): `PUT /v1/stock/{sku}` sets a SKU's
 //! `on_hand`, `GET /v1/stock/{sku}` shows its stock.
 
-use axum::Router;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::routing::get;
 use jwl_service_kit::auth::Admin;
 use jwl_service_kit::extract::{Json, Path};
+use jwl_service_kit::http::{ListedRouter, RouteMethod};
 use jwl_service_kit::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -15,9 +14,10 @@ use crate::domain::{self, StockLevel};
 use crate::store;
 
 /// The routes, on `pool` (whose `search_path` is the inventory schema).
-pub fn routes(pool: PgPool) -> Router {
-    Router::new()
-        .route("/v1/stock/{sku}", get(get_stock).put(put_stock))
+pub fn routes(pool: PgPool) -> ListedRouter {
+    ListedRouter::new()
+        .route(RouteMethod::Get, "/v1/stock/{sku}", get_stock)
+        .route(RouteMethod::Put, "/v1/stock/{sku}", put_stock)
         .with_state(pool)
 }
 

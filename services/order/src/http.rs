@@ -11,18 +11,16 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use chrono::{DateTime, SubsecRound, Utc};
 use jwl_events::{CancelReason, Envelope, OrderCancelRequested, OrderCreated, OrderId};
 use jwl_outbox::trace_context::current_traceparent;
 use jwl_outbox::{OutboxError, RelaySignal};
 use jwl_service_kit::auth::{Caller, Scope};
 use jwl_service_kit::extract::{Json, Path};
-use jwl_service_kit::http::{IngestLimiter, limit_ingest};
+use jwl_service_kit::http::{IngestLimiter, ListedRouter, RouteMethod, limit_ingest};
 use jwl_service_kit::{ApiError, ApiResult, ServiceContext, Settings};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -45,19 +43,21 @@ struct AppState {
 }
 
 /// The routes of the order service (no health, metrics or fallback: the edge adds those).
-pub fn router(ctx: &ServiceContext) -> Router {
-    Router::new()
-        .route(
+pub fn routes(ctx: &ServiceContext) -> ListedRouter {
+    ListedRouter::new()
+        .route_layered(
+            RouteMethod::Post,
             "/v1/orders",
-            post(create_order).route_layer(axum::middleware::from_fn_with_state(
+            create_order,
+            axum::middleware::from_fn_with_state(
                 IngestLimiter::new(&ctx.settings.ingest).with_backlog(OpenOrders {
                     pool: ctx.http_pool.clone(),
                 }),
                 limit_ingest,
-            )),
+            ),
         )
-        .route("/v1/orders/{id}", get(get_order))
-        .route("/v1/orders/{id}/cancel", post(cancel_order))
+        .route(RouteMethod::Get, "/v1/orders/{id}", get_order)
+        .route(RouteMethod::Post, "/v1/orders/{id}/cancel", cancel_order)
         .with_state(AppState {
             // its own pool: requests never take the consumers' connections
             pool: ctx.http_pool.clone(),

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use jwl_events::Service;
 use jwl_outbox::Messaging;
 use jwl_service_kit::ServiceContext;
+use jwl_service_kit::http::ListedRouter;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +55,12 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 /// `POST /v1/orders`, `GET /v1/orders/{id}` and `POST /v1/orders/{id}/cancel`.
 pub fn router(ctx: &ServiceContext) -> axum::Router {
-    http::router(ctx)
+    routes(ctx).into_router()
+}
+
+/// [`router`], with the list of its routes.
+pub fn routes(ctx: &ServiceContext) -> ListedRouter {
+    http::routes(ctx)
 }
 
 /// The relay, the read model's consumers, the deadline timer and the pruning of expired

@@ -1,11 +1,10 @@
 //! The payment service's HTTP routes: `GET /v1/payments/{order_id}` (admin).
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use jwl_events::OrderId;
 use jwl_service_kit::auth::Admin;
 use jwl_service_kit::extract::{Json, Path};
+use jwl_service_kit::http::{ListedRouter, RouteMethod};
 use jwl_service_kit::{ApiError, ApiResult};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -13,9 +12,9 @@ use sqlx::PgPool;
 use crate::store;
 
 /// The routes, on `pool` (whose `search_path` is the payment schema).
-pub fn routes(pool: PgPool) -> Router {
-    Router::new()
-        .route("/v1/payments/{order_id}", get(get_payment))
+pub fn routes(pool: PgPool) -> ListedRouter {
+    ListedRouter::new()
+        .route(RouteMethod::Get, "/v1/payments/{order_id}", get_payment)
         .with_state(pool)
 }
 
