@@ -37,12 +37,19 @@ pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), Outb
         env.traceparent = traceparent;
         jwl_events::encode(&env, HeaderStyle::Nats)
     };
-    sqlx::query("INSERT INTO outbox (event_id, subject, headers, payload) VALUES ($1, $2, $3, $4)")
-        .bind(env.id.0)
-        .bind(&wire.subject)
-        .bind(Json(&wire.headers))
-        .bind(&wire.payload)
-        .execute(conn)
-        .await?;
+    // the relay partition of the row is `order_hash % partitions`: the same hash as migration
+    // 0004 computes for older rows, of the same key as the relay's ordering key
+    let order_key = crate::relay::steps::ordering_key_of(&wire.subject, &wire.headers);
+    sqlx::query(
+        "INSERT INTO outbox (event_id, subject, headers, payload, order_hash)
+         VALUES ($1, $2, $3, $4, hashtext($5) & 2147483647)",
+    )
+    .bind(env.id.0)
+    .bind(&wire.subject)
+    .bind(Json(&wire.headers))
+    .bind(&wire.payload)
+    .bind(order_key)
+    .execute(conn)
+    .await?;
     Ok(())
 }

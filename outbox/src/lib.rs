@@ -1,10 +1,11 @@
 //! `jwl-outbox`: reliable messaging for Jiangwanli services.
 //!
 //! - [`migrate`] creates the `outbox`, `inbox`, `dead_letter_holds` and `parked_messages` tables
-//!   in the pool's schema;
+//!   (and the relay's partition bookkeeping) in the pool's schema;
 //! - [`enqueue`] writes an event to the outbox inside the caller's transaction, and
 //!   [`RelaySignal::committed`] wakes the relay after the commit;
-//! - the relay publishes outbox rows to the broker in order (one active relay per schema);
+//! - the relay publishes outbox rows to the broker in order, split into partitions by order (one
+//!   active relay per partition of a schema, shared out between a service's replicas);
 //! - the consumer loop feeds events to a [`Handler`], deduplicated by the inbox, in batches of
 //!   one transaction (a few statements per batch in the common case, a savepoint per message
 //!   after a failure), with retries and dead letters; a dead letter
@@ -46,6 +47,6 @@ pub use messaging::Messaging;
 pub use naming::{durable_name, events_durable};
 pub use relay::RelaySignal;
 pub use schema::{migrate, migrate_with};
-pub use settings::MessagingSettings;
+pub use settings::{MAX_OUTBOX_PARTITIONS, MessagingSettings};
 pub use transport::TransportError;
 pub use transport::nats::JetStreamBroker;

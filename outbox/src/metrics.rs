@@ -11,6 +11,7 @@ pub(crate) const OUTBOX_PARKED: &str = "jwl_outbox_parked_total";
 pub(crate) const OUTBOX_OLDEST_PENDING_AGE: &str = "jwl_outbox_oldest_pending_age_seconds";
 pub(crate) const RELAY_BATCH_SIZE: &str = "jwl_relay_batch_size";
 pub(crate) const RELAY_PUBLISH_DURATION: &str = "jwl_relay_publish_duration_seconds";
+pub(crate) const RELAY_PARTITION_LEADER: &str = "jwl_relay_partition_leader";
 pub(crate) const DEAD_LETTERS: &str = "jwl_dead_letters_total";
 pub(crate) const EVENTS_HANDLED: &str = "jwl_events_handled_total";
 pub(crate) const HANDLER_DURATION: &str = "jwl_handler_duration_seconds";
@@ -20,7 +21,9 @@ pub(crate) const CONSUMER_PENDING: &str = "jwl_consumer_pending_messages";
 pub(crate) const CONSUMER_ACK_PENDING: &str = "jwl_consumer_ack_pending_messages";
 pub(crate) const CONSUMER_REDELIVERED: &str = "jwl_consumer_redelivered_messages";
 
-/// The relay's metrics, labelled with its service.
+/// The metrics of one relay partition, labelled with its service and partition (histograms with
+/// the service only). A process reports the backlog of the partitions it leads and 0 for the
+/// others, so `sum` or `max` over a service's processes gives the partition's figure.
 pub(crate) struct RelayMetrics {
     pub published: Counter,
     pub publish_failures: Counter,
@@ -28,19 +31,29 @@ pub(crate) struct RelayMetrics {
     pub pending: Gauge,
     /// Age of the oldest row not yet published (0 when none is pending).
     pub oldest_pending_age: Gauge,
+    /// 1 while this process leads the partition.
+    pub leader: Gauge,
     pub batch_size: Histogram,
     /// One broker round publishing a batch, acks included.
     pub publish_duration: Histogram,
 }
 
 impl RelayMetrics {
-    pub fn new(service: &'static str) -> Self {
+    pub fn new(service: &'static str, partition: usize) -> Self {
+        let partition = partition.to_string();
         Self {
-            published: counter!(OUTBOX_PUBLISHED, "service" => service),
-            publish_failures: counter!(OUTBOX_PUBLISH_FAILURES, "service" => service),
-            parked: counter!(OUTBOX_PARKED, "service" => service),
-            pending: gauge!(OUTBOX_PENDING, "service" => service),
-            oldest_pending_age: gauge!(OUTBOX_OLDEST_PENDING_AGE, "service" => service),
+            published: counter!(OUTBOX_PUBLISHED, "service" => service,
+                "partition" => partition.clone()),
+            publish_failures: counter!(OUTBOX_PUBLISH_FAILURES, "service" => service,
+                "partition" => partition.clone()),
+            parked: counter!(OUTBOX_PARKED, "service" => service,
+                "partition" => partition.clone()),
+            pending: gauge!(OUTBOX_PENDING, "service" => service,
+                "partition" => partition.clone()),
+            oldest_pending_age: gauge!(OUTBOX_OLDEST_PENDING_AGE, "service" => service,
+                "partition" => partition.clone()),
+            leader: gauge!(RELAY_PARTITION_LEADER, "service" => service,
+                "partition" => partition),
             batch_size: histogram!(RELAY_BATCH_SIZE, "service" => service),
             publish_duration: histogram!(RELAY_PUBLISH_DURATION, "service" => service),
         }

@@ -8,6 +8,10 @@ use crate::faults::FaultPoints;
 /// The most replicas JetStream allows a stream.
 pub const MAX_STREAM_REPLICAS: usize = 5;
 
+/// The most relay partitions of one schema (each costs a lease connection per process that
+/// leads it, and a claim walks about `partitions` × batch pending rows).
+pub const MAX_OUTBOX_PARTITIONS: usize = 64;
+
 /// Everything that can be tuned about reliable messaging. `Default` holds production values;
 /// tests shorten the timings.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,11 +58,18 @@ pub struct MessagingSettings {
     /// Redelivery delay for a whole batch whose transaction could not be committed.
     pub batch_failure_nak_delay: Duration,
 
+    /// Partitions of the outbox (`JWL_OUTBOX_PARTITIONS`): rows are split by a stable hash of
+    /// their order, each partition has its own lease and relay task, so replicas publish
+    /// different partitions in parallel while each order's rows keep their order. Every replica
+    /// of a service must run with the same count; see `docs/scaling.md` for changing it.
+    pub outbox_partitions: usize,
     /// Most outbox rows published per relay round.
     pub relay_batch_size: usize,
     /// Fallback poll of the outbox when no notification arrives.
     pub relay_poll_interval: Duration,
-    /// How often a standby relay retries to become the active one.
+    /// How often a relay process retries to take each partition lease it does not hold (this
+    /// bounds the hand-over after a holder's connection drops), and refreshes its entry among the
+    /// schema's relay processes (used to share the partitions out).
     pub relay_standby_retry: Duration,
     /// Relay retry backoff after a failed publish: first and largest delay.
     pub relay_retry_min_delay: Duration,
@@ -103,6 +114,7 @@ impl Default for MessagingSettings {
             max_attempts: 8,
             nak_backoff: [1, 2, 5, 10, 30].map(Duration::from_secs).to_vec(),
             batch_failure_nak_delay: Duration::from_secs(1),
+            outbox_partitions: 1,
             relay_batch_size: 256,
             relay_poll_interval: Duration::from_secs(1),
             relay_standby_retry: Duration::from_secs(3),
@@ -135,6 +147,9 @@ impl MessagingSettings {
             .is_some_and(|replicas| !(1..=MAX_STREAM_REPLICAS).contains(&replicas))
         {
             return fail("stream_replicas must be between 1 and 5");
+        }
+        if !(1..=MAX_OUTBOX_PARTITIONS).contains(&self.outbox_partitions) {
+            return fail("outbox_partitions must be between 1 and 64");
         }
         if self.consumer_batch_size == 0 || self.relay_batch_size == 0 {
             return fail("batch sizes must be at least 1");
@@ -208,6 +223,17 @@ mod tests {
                 ..Default::default()
             };
             assert_eq!(s.validate().is_ok(), valid, "{replicas:?}");
+        }
+    }
+
+    #[test]
+    fn outbox_partitions_are_between_1_and_64() {
+        for (partitions, valid) in [(0, false), (1, true), (4, true), (64, true), (65, false)] {
+            let s = MessagingSettings {
+                outbox_partitions: partitions,
+                ..Default::default()
+            };
+            assert_eq!(s.validate().is_ok(), valid, "{partitions}");
         }
     }
 

@@ -49,6 +49,8 @@ async fn migrate_is_idempotent_and_ignores_service_migrations() -> anyhow::Resul
             "dead_letter_holds",
             "inbox",
             "outbox",
+            "outbox_relay_members",
+            "outbox_relay_partitions",
             "parked_messages",
             "service_things"
         ]

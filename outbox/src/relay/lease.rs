@@ -1,5 +1,12 @@
-//! Leadership of the relay of one schema: a session-level Postgres advisory lock held on a
-//! dedicated connection. The connection dropping releases it, so a crashed relay hands over.
+//! Leadership of one relay partition of a schema: a session-level Postgres advisory lock held
+//! on a dedicated connection. The connection dropping releases it, so a crashed relay hands over.
+//!
+//! The lock of partition `p` is the two-key lock (`LOCK_CLASS + p`, `hashtext(schema)`); with one
+//! partition that is the lock of the single relay of older versions, so both exclude each other
+//! during an upgrade. A lease is only granted to a relay whose partition count is the one the
+//! schema records (`outbox_relay_partitions`), checked while the lock is held; the record changes
+//! only in [`try_switch_count`], which needs every partition lock of the recorded count at once.
+//! So relays of two partition counts never publish at the same time.
 //!
 //! A connection can also go silent without dropping (half-open after a partition): the server
 //! then keeps the session, and its lock, for as long as it believes the client alive. So the
@@ -15,43 +22,82 @@ use sqlx::{PgConnection, PgPool};
 use crate::error::OutboxError;
 use crate::stall;
 
-/// First key of the two-key advisory lock ("jwl"); the second is `hashtext(current_schema())`.
+/// First key of the two-key advisory lock of partition 0 ("jwl"); partition `p` adds `p`. The
+/// second key is `hashtext(current_schema())`.
 const LOCK_CLASS: i32 = 0x006a_776c;
 
-/// The relay lease of the pool's current schema, and the connection that holds it. All relay
-/// statements run on this connection, so losing it stops the relay at its next statement.
+/// One partition of a schema's outbox, as seen by a relay of `count` partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Partition {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Partition {
+    /// The partition as the SQL parameters of the claim: (`count`, `index`).
+    pub fn sql(self) -> (i32, i32) {
+        (to_i32(self.count), to_i32(self.index))
+    }
+}
+
+/// Partition numbers are bounded by [`MAX_OUTBOX_PARTITIONS`](crate::settings::MAX_OUTBOX_PARTITIONS).
+fn to_i32(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// What an attempt to take a partition's lease found.
+pub(crate) enum Attempt {
+    Taken(RelayLease),
+    /// Another relay holds it.
+    Busy,
+    /// The schema's relays run with this other partition count (see [`try_switch_count`]).
+    OtherCount(usize),
+}
+
+/// The lease of one partition of the pool's current schema, and the connection that holds it.
+/// All relay statements of the partition run on this connection, so losing it stops the
+/// partition's relay at its next statement.
 pub(crate) struct RelayLease {
     conn: PgConnection,
     schema: String,
+    partition: Partition,
     stall_timeout: Duration,
 }
 
 impl RelayLease {
-    /// Takes the lease if no one holds it. A pooled connection is used for the attempt and is
-    /// detached from the pool only when the lock was taken.
+    /// Takes the lease of `partition` if no one holds it and the schema's relays run with
+    /// `partition.count` partitions. A pooled connection is used for the attempt and is detached
+    /// from the pool only when the lease was taken.
     pub async fn try_acquire(
         pool: &PgPool,
+        partition: Partition,
         stall_timeout: Duration,
-    ) -> Result<Option<Self>, OutboxError> {
+    ) -> Result<Attempt, OutboxError> {
         let mut conn = pool.acquire().await?;
+        let key = LOCK_CLASS + to_i32(partition.index);
         let attempt = stall::on_connection(&mut conn, stall_timeout, async |conn| {
             let (locked, schema): (bool, Option<String>) = sqlx::query_as(
                 "SELECT pg_try_advisory_lock($1, hashtext(current_schema())), current_schema()::text",
             )
-            .bind(LOCK_CLASS)
+            .bind(key)
             .fetch_one(&mut *conn)
             .await?;
-            if locked {
-                // the server ends the session (and so frees the lock) once its client is silent
-                sqlx::query("SELECT set_config('idle_session_timeout', $1, false)")
-                    .bind(format!("{}ms", stall_timeout.as_millis()))
-                    .execute(&mut *conn)
-                    .await?;
+            if !locked {
+                return Ok((false, schema, None));
             }
-            Ok((locked, schema))
+            // the server ends the session (and so frees the lock) once its client is silent
+            sqlx::query("SELECT set_config('idle_session_timeout', $1, false)")
+                .bind(format!("{}ms", stall_timeout.as_millis()))
+                .execute(&mut *conn)
+                .await?;
+            // read under the lock: the record cannot change while the lock is held
+            let recorded: i32 = sqlx::query_scalar("SELECT partitions FROM outbox_relay_partitions")
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok((true, schema, Some(recorded)))
         })
         .await;
-        let (locked, schema) = match attempt {
+        let (locked, schema, recorded) = match attempt {
             Ok(answer) => answer,
             Err(error) => {
                 // it may hold the lock, or have a statement in flight: never reuse it
@@ -59,17 +105,26 @@ impl RelayLease {
                 return Err(error.into());
             }
         };
+        if locked {
+            // from here on, the connection holds the lock (or a session setting): never pooled
+            conn.close_on_drop();
+        }
         let Some(schema) = schema else {
             return Err(OutboxError::InvalidSettings(
                 "the pool's search_path names no existing schema".to_owned(),
             ));
         };
-        if !locked {
-            return Ok(None);
+        let recorded = match recorded {
+            None => return Ok(Attempt::Busy),
+            Some(recorded) => usize::try_from(recorded).unwrap_or(0),
+        };
+        if recorded != partition.count {
+            return Ok(Attempt::OtherCount(recorded));
         }
-        Ok(Some(Self {
+        Ok(Attempt::Taken(Self {
             conn: conn.detach(),
             schema,
+            partition,
             stall_timeout,
         }))
     }
@@ -93,6 +148,10 @@ impl RelayLease {
         &self.schema
     }
 
+    pub fn partition(&self) -> Partition {
+        self.partition
+    }
+
     /// Releases the lock by closing its connection.
     pub async fn release(self) {
         let closing = sqlx::Connection::close(self.conn);
@@ -104,13 +163,66 @@ impl RelayLease {
     }
 }
 
+/// Records `to` as the schema's partition count if it still is `from` and no relay of `from`
+/// partitions holds a lease: every partition lock of `from` is taken at once on one connection,
+/// the record changed, and the connection closed (freeing the locks). Returns whether the record
+/// changed.
+pub(crate) async fn try_switch_count(
+    pool: &PgPool,
+    from: usize,
+    to: usize,
+    stall_timeout: Duration,
+) -> Result<bool, OutboxError> {
+    let mut conn = pool.acquire().await?;
+    // whatever happens, the locks taken go with the connection
+    conn.close_on_drop();
+    let switched = stall::on_connection(&mut conn, stall_timeout, async |conn| {
+        let all_locked: Option<bool> = sqlx::query_scalar(
+            "SELECT bool_and(pg_try_advisory_lock($1 + i, hashtext(current_schema())))
+             FROM generate_series(0, $2 - 1) AS i",
+        )
+        .bind(LOCK_CLASS)
+        .bind(to_i32(from))
+        .fetch_one(&mut *conn)
+        .await?;
+        if all_locked != Some(true) {
+            return Ok(false);
+        }
+        let changed =
+            sqlx::query("UPDATE outbox_relay_partitions SET partitions = $2 WHERE partitions = $1")
+                .bind(to_i32(from))
+                .bind(to_i32(to))
+                .execute(&mut *conn)
+                .await?;
+        Ok(changed.rows_affected() == 1)
+    })
+    .await?;
+    let closing = sqlx::Connection::close(conn.detach());
+    if tokio::time::timeout(stall_timeout, closing).await.is_err() {
+        tracing::debug!("closing the partition switch connection timed out");
+    }
+    Ok(switched)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
-    use super::RelayLease;
+    use super::{Attempt, Partition, RelayLease, try_switch_count};
 
     const STALL: Duration = Duration::from_millis(1500);
+    const ONLY: Partition = Partition { index: 0, count: 1 };
+
+    async fn acquire(
+        pool: &sqlx::PgPool,
+        partition: Partition,
+    ) -> anyhow::Result<Option<RelayLease>> {
+        match RelayLease::try_acquire(pool, partition, STALL).await? {
+            Attempt::Taken(lease) => Ok(Some(lease)),
+            Attempt::Busy => Ok(None),
+            Attempt::OtherCount(count) => anyhow::bail!("the schema records {count} partitions"),
+        }
+    }
 
     /// The lease session of a relay that goes silent is ended by the server after the stall
     /// timeout, so another relay can take over; one that keeps it busy keeps the lease.
@@ -118,7 +230,8 @@ mod tests {
     async fn a_silent_lease_is_freed_by_the_server_and_a_busy_one_is_kept() -> anyhow::Result<()> {
         let db = jwl_testkit::database().await?;
         let (first, second) = (db.pool().await?, db.pool().await?);
-        let mut held = RelayLease::try_acquire(&first, STALL)
+        crate::migrate(&first).await?;
+        let mut held = acquire(&first, ONLY)
             .await?
             .expect("nobody holds the lease yet");
 
@@ -126,14 +239,14 @@ mod tests {
             tokio::time::sleep(STALL / 3).await;
             held.keep_alive().await?;
             assert!(
-                RelayLease::try_acquire(&second, STALL).await?.is_none(),
+                acquire(&second, ONLY).await?.is_none(),
                 "a lease kept busy stays with its holder"
             );
         }
 
         // silent from now on (as if half-open): nothing more is sent on its session
         let taken = jwl_testkit::eventually("another relay takes the lease", STALL * 4, || async {
-            RelayLease::try_acquire(&second, STALL).await.ok().flatten()
+            acquire(&second, ONLY).await.ok().flatten()
         })
         .await?;
         assert_eq!(taken.schema(), "public");
@@ -141,6 +254,43 @@ mod tests {
             held.keep_alive().await.is_err(),
             "the silent holder finds its session ended"
         );
+        Ok(())
+    }
+
+    /// The recorded count changes only while no relay of that count holds a lease; then relays
+    /// of the old count are refused and those of the new one granted.
+    #[tokio::test]
+    async fn the_partition_count_switches_only_when_no_relay_of_the_old_count_leads()
+    -> anyhow::Result<()> {
+        let db = jwl_testkit::database().await?;
+        let pool = db.pool().await?;
+        crate::migrate(&pool).await?;
+        let old = acquire(&pool, ONLY).await?.expect("the lease is free");
+        assert!(
+            !try_switch_count(&pool, 1, 4, STALL).await?,
+            "the old count's relay still leads"
+        );
+        assert!(matches!(
+            RelayLease::try_acquire(&pool, Partition { index: 2, count: 4 }, STALL).await?,
+            Attempt::OtherCount(1)
+        ));
+        old.release().await;
+        assert!(try_switch_count(&pool, 1, 4, STALL).await?);
+        assert!(
+            !try_switch_count(&pool, 1, 4, STALL).await?,
+            "the record is no longer 1"
+        );
+        assert!(matches!(
+            RelayLease::try_acquire(&pool, ONLY, STALL).await?,
+            Attempt::OtherCount(4)
+        ));
+        let third = acquire(&pool, Partition { index: 2, count: 4 }).await?;
+        assert!(
+            third.is_some(),
+            "a relay of the recorded count takes its partition"
+        );
+        let first = acquire(&pool, Partition { index: 0, count: 4 }).await?;
+        assert!(first.is_some(), "partitions have locks of their own");
         Ok(())
     }
 }

@@ -1,12 +1,18 @@
-//! The outbox relay: exactly one active relay per schema publishes pending outbox rows in `seq`
-//! order, in batches, and marks them published; the others stand by for the lease.
+//! The outbox relay: a schema's outbox is split into `outbox_partitions` partitions by a stable
+//! hash of each row's order; exactly one active relay per partition publishes its pending rows in
+//! `seq` order, in batches, and marks them published. Each process runs one relay task per
+//! partition and tries to take every partition's lease ([`lease`]); the partitions are shared out
+//! between processes ([`share`]), and a partition whose holder died is taken over within about
+//! one `relay_standby_retry`. With one partition (the default) this is one active relay per
+//! schema, as before partitions existed.
 //!
-//! A failed publish is retried from the oldest pending row after a backoff (so order is kept
-//! through broker outages); an order's rows after a failed one are not sent until it is (see
-//! [`steps`]); a row the broker rejects for good is parked. The active relay also
-//! deletes published outbox rows and handled inbox rows past their retention.
+//! A failed publish is retried from the oldest pending row of the partition after a backoff (so
+//! order is kept through broker outages); an order's rows after a failed one are not sent until
+//! it is (see [`steps`]); a row the broker rejects for good is parked. The relay of partition 0
+//! also deletes published outbox rows and handled inbox rows past their retention.
 
 mod lease;
+mod share;
 mod signal;
 pub mod steps;
 mod wakeup;
@@ -16,6 +22,7 @@ use std::sync::Arc;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use jwl_events::Service;
 use sqlx::PgPool;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -24,19 +31,20 @@ use crate::faults::crash;
 use crate::metrics::RelayMetrics;
 use crate::settings::MessagingSettings;
 use crate::transport::Publisher;
-use lease::RelayLease;
+use lease::{Attempt, Partition, RelayLease};
+use share::Board;
 use wakeup::Wakeup;
 
 pub use signal::RelaySignal;
-pub use steps::{OutboxBatch, PublishOutcome, claim_pending, mark, publish};
+pub use steps::{OutboxBatch, PublishOutcome, claim_pending, claim_pending_in, mark, publish};
 
-/// Publishes a schema's outbox (the schema of the pool's `search_path`).
+/// Publishes a schema's outbox (the schema of the pool's `search_path`), one task per partition.
 pub struct Relay {
+    service: Service,
     pool: PgPool,
     publisher: Arc<dyn Publisher>,
     settings: Arc<MessagingSettings>,
     signal: RelaySignal,
-    metrics: RelayMetrics,
 }
 
 impl Relay {
@@ -49,67 +57,196 @@ impl Relay {
         signal: RelaySignal,
     ) -> Self {
         Self {
+            service,
             pool,
             publisher,
             settings,
             signal,
-            metrics: RelayMetrics::new(service.as_str()),
         }
     }
 
-    /// Stands by until it holds the schema's lease, then publishes until `shutdown` or until
-    /// the lease connection fails (then stands by again). Returns only at shutdown.
+    /// Runs a relay task for every partition (each stands by until it holds the partition's
+    /// lease, then publishes until `shutdown`, until its lease connection fails or until it gives
+    /// the partition up to another process, then stands by again), the `LISTEN` forwarder and,
+    /// with several partitions, the sharing out. Returns only at shutdown; a panicking task is
+    /// passed on to the caller.
     pub async fn run(self, shutdown: CancellationToken) {
+        let settings = self.settings.clone();
+        let partitions = settings.outbox_partitions.max(1);
+        self.signal.set_partitions(partitions);
+        let board = Arc::new(Board::new(partitions));
+        let mut tasks = JoinSet::new();
+        tasks.spawn(wakeup::forward_notifications(
+            self.pool.clone(),
+            self.signal.clone(),
+            settings.relay_poll_interval,
+            settings.db_stall_timeout,
+            settings.housekeeping_interval,
+            shutdown.clone(),
+        ));
+        if partitions > 1 {
+            tasks.spawn(share::share_out(
+                self.pool.clone(),
+                board.clone(),
+                partitions,
+                settings.relay_standby_retry,
+                settings.relay_poll_interval,
+                settings.db_stall_timeout,
+                shutdown.clone(),
+            ));
+        }
+        let shared = Arc::new(self);
+        for index in 0..partitions {
+            let relay = PartitionRelay {
+                shared: shared.clone(),
+                board: board.clone(),
+                partition: Partition {
+                    index,
+                    count: partitions,
+                },
+                metrics: RelayMetrics::new(shared.service.as_str(), index),
+            };
+            tasks.spawn(relay.run(shutdown.clone()));
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(error) = joined
+                && error.is_panic()
+            {
+                std::panic::resume_unwind(error.into_panic());
+            }
+        }
+    }
+}
+
+/// The relay of one partition in this process.
+struct PartitionRelay {
+    shared: Arc<Relay>,
+    board: Arc<Board>,
+    partition: Partition,
+    metrics: RelayMetrics,
+}
+
+impl PartitionRelay {
+    async fn run(self, shutdown: CancellationToken) {
+        let shared = &*self.shared;
+        let settings = &*shared.settings;
+        let Partition { index, count } = self.partition;
+        self.metrics.leader.set(0.0);
         while !shutdown.is_cancelled() {
-            match RelayLease::try_acquire(&self.pool, self.settings.db_stall_timeout).await {
-                Ok(Some(lease)) => {
-                    tracing::info!(schema = lease.schema(), "relay is active");
-                    self.signal.set_leading(true);
-                    let led = self.lead(lease, &shutdown).await;
-                    self.signal.set_leading(false);
-                    if let Err(error) = led {
-                        tracing::warn!(%error, "relay stopped publishing; standing by");
+            if self.board.may_try(index) {
+                let attempt = RelayLease::try_acquire(
+                    &shared.pool,
+                    self.partition,
+                    settings.db_stall_timeout,
+                )
+                .await;
+                match attempt {
+                    Ok(Attempt::Taken(lease)) => {
+                        tracing::info!(
+                            schema = lease.schema(),
+                            partition = index,
+                            partitions = count,
+                            "relay is active"
+                        );
+                        self.board.started(index);
+                        shared.signal.set_leading(true);
+                        self.metrics.leader.set(1.0);
+                        let led = self.lead(lease, &shutdown).await;
+                        self.metrics.leader.set(0.0);
+                        // the partition's new holder reports its backlog
+                        self.metrics.pending.set(0.0);
+                        self.metrics.oldest_pending_age.set(0.0);
+                        shared.signal.set_leading(false);
+                        self.board.stopped(index);
+                        if let Err(error) = led {
+                            tracing::warn!(partition = index, %error,
+                                "relay stopped publishing; standing by");
+                        }
                     }
+                    Ok(Attempt::Busy) => {
+                        tracing::debug!(partition = index, "another relay is active; standing by")
+                    }
+                    Ok(Attempt::OtherCount(recorded)) => {
+                        if index == 0 && self.switch_count(recorded).await {
+                            continue;
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "relay cannot reach the database"),
                 }
-                Ok(None) => tracing::debug!("another relay is active; standing by"),
-                Err(error) => tracing::warn!(%error, "relay cannot reach the database"),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(self.settings.relay_standby_retry) => {}
+                _ = tokio::time::sleep(settings.relay_standby_retry) => {}
             }
         }
     }
 
-    /// Publishes while holding `lease`.
+    /// The schema records `recorded` partitions and this relay runs with another count: records
+    /// this one if no relay of `recorded` partitions is active any more. Returns whether it did.
+    async fn switch_count(&self, recorded: usize) -> bool {
+        let shared = &*self.shared;
+        let count = self.partition.count;
+        match lease::try_switch_count(
+            &shared.pool,
+            recorded,
+            count,
+            shared.settings.db_stall_timeout,
+        )
+        .await
+        {
+            Ok(true) => {
+                tracing::info!(
+                    partitions = count,
+                    was = recorded,
+                    "the schema's relays now run with this partition count"
+                );
+                true
+            }
+            Ok(false) => {
+                tracing::warn!(
+                    partitions = count,
+                    recorded,
+                    "the schema's relays run with another partition count \
+                     (JWL_OUTBOX_PARTITIONS); standing by until none of them is active"
+                );
+                false
+            }
+            Err(error) => {
+                tracing::warn!(%error, "relay cannot reach the database");
+                false
+            }
+        }
+    }
+
+    /// Publishes the partition while holding `lease`, until shutdown or until the partition is
+    /// given up (`Ok`), or until a statement on the lease fails (`Err`).
     async fn lead(
         &self,
         mut lease: RelayLease,
         shutdown: &CancellationToken,
     ) -> Result<(), OutboxError> {
-        let settings = &*self.settings;
-        let mut wakeup = Wakeup::new(
-            self.pool.clone(),
-            self.signal.clone(),
-            lease.schema(),
-            settings.relay_poll_interval,
-            settings.db_stall_timeout,
-        );
+        let shared = &*self.shared;
+        let settings = &*shared.settings;
+        let partition = lease.partition();
+        let mut wakeup = Wakeup::new(&shared.signal, settings.relay_poll_interval);
         let mut retry: Option<ExponentialBackoff> = None;
         let mut next_housekeeping = Instant::now();
         loop {
-            if shutdown.is_cancelled() {
+            if shutdown.is_cancelled() || self.board.giving_up(partition.index) {
                 lease.release().await;
                 return Ok(());
             }
-            if Instant::now() >= next_housekeeping {
+            if partition.index == 0 && Instant::now() >= next_housekeeping {
                 self.housekeeping(&mut lease).await?;
-                wakeup.ensure_listening().await;
                 next_housekeeping = Instant::now() + settings.housekeeping_interval;
             }
 
+            // wake-ups from here on may concern rows this claim does not see
+            wakeup.reset();
             let batch = lease
-                .run(async |conn| claim_pending(conn, settings.relay_batch_size).await)
+                .run(async |conn| {
+                    steps::claim_pending_in(conn, partition.sql(), settings.relay_batch_size).await
+                })
                 .await?;
             if batch.is_empty() {
                 self.metrics.pending.set(0.0);
@@ -119,7 +256,7 @@ impl Relay {
             }
             self.metrics.batch_size.record(batch.len() as f64);
             let publish_started = Instant::now();
-            let outcome = publish(&*self.publisher, &batch).await;
+            let outcome = publish(&*shared.publisher, &batch).await;
             self.metrics
                 .publish_duration
                 .record(publish_started.elapsed().as_secs_f64());
@@ -134,7 +271,9 @@ impl Relay {
 
             let full = batch.len() >= settings.relay_batch_size;
             if full || !outcome.failed.is_empty() {
-                let backlog = lease.run(steps::pending_backlog).await?;
+                let backlog = lease
+                    .run(async |conn| steps::pending_backlog(conn, partition.sql()).await)
+                    .await?;
                 self.metrics.pending.set(backlog.rows as f64);
                 self.metrics
                     .oldest_pending_age
@@ -167,12 +306,12 @@ impl Relay {
         shutdown: &CancellationToken,
     ) -> Result<(), OutboxError> {
         let until = Instant::now() + delay;
-        while !shutdown.is_cancelled() {
+        while !shutdown.is_cancelled() && !self.board.giving_up(lease.partition().index) {
             let now = Instant::now();
             if now >= until {
                 break;
             }
-            let nap = (until - now).min(self.settings.relay_poll_interval);
+            let nap = (until - now).min(self.shared.settings.relay_poll_interval);
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = tokio::time::sleep(nap) => lease.keep_alive().await?,
@@ -209,8 +348,8 @@ impl Relay {
 
     fn retry_backoff(&self) -> ExponentialBackoff {
         ExponentialBuilder::default()
-            .with_min_delay(self.settings.relay_retry_min_delay)
-            .with_max_delay(self.settings.relay_retry_max_delay)
+            .with_min_delay(self.shared.settings.relay_retry_min_delay)
+            .with_max_delay(self.shared.settings.relay_retry_max_delay)
             .with_jitter()
             .without_max_times()
             .build()
@@ -219,7 +358,7 @@ impl Relay {
     /// Deletes rows past retention, a bounded number of chunks per run.
     async fn housekeeping(&self, lease: &mut RelayLease) -> Result<(), OutboxError> {
         const MAX_CHUNKS: usize = 20;
-        let settings = &*self.settings;
+        let settings = &*self.shared.settings;
         for _ in 0..MAX_CHUNKS {
             let deleted = lease
                 .run(async |conn| steps::delete_published(conn, settings.outbox_retention).await)

@@ -5,20 +5,22 @@
 //! would take PostgreSQL's database-wide notification lock at commit and hold it through the
 //! commit's WAL flush, so every event-writing commit of the cluster would be serialised behind
 //! one fsync at a time: no group commit. Instead, whoever committed rows says so afterwards:
-//! - when this process's relay of the schema leads (the usual case: one process, or the replica
-//!   holding the lease), it is woken in-process — no database work at all;
-//! - otherwise (another replica leads), one `NOTIFY` in a transaction of its own, which writes no
-//!   WAL, so the lock is held for microseconds; the leading relay `LISTEN`s.
+//! - this process's relay partitions are woken in-process, always; when they lead every partition
+//!   of the schema (the usual case: one process, or one partition) that is all — no database
+//!   work at all;
+//! - otherwise (another replica leads some partition), one `NOTIFY` in a transaction of its own,
+//!   which writes no WAL, so the lock is held for microseconds; a process leading partitions
+//!   `LISTEN`s and wakes its partition relays.
 //!
 //! A missed signal costs latency, never an event: the relay also polls every
 //! `relay_poll_interval`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use crate::enqueue::CHANNEL_PREFIX;
 use crate::stall;
@@ -32,9 +34,12 @@ pub struct RelaySignal {
 
 #[derive(Debug)]
 struct Inner {
-    notify: Notify,
-    /// This process's relay of the schema holds the lease.
-    leading: AtomicBool,
+    /// Bumped at every wake-up; each partition relay watches it (a wake-up that comes while it
+    /// is busy is seen at its next wait).
+    wake: watch::Sender<u64>,
+    /// Partitions of the schema this process's relay leads, out of `partitions`.
+    led: AtomicUsize,
+    partitions: AtomicUsize,
     /// Bound on the cross-process `NOTIFY` (a half-open connection must not hang the caller).
     stall_timeout: Duration,
 }
@@ -45,8 +50,9 @@ impl RelaySignal {
     pub fn new(stall_timeout: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
-                notify: Notify::new(),
-                leading: AtomicBool::new(false),
+                wake: watch::Sender::new(0),
+                led: AtomicUsize::new(0),
+                partitions: AtomicUsize::new(1),
                 stall_timeout,
             }),
         }
@@ -56,8 +62,8 @@ impl RelaySignal {
     /// `search_path`). Never fails: a notification that cannot be sent is logged, and the relay's
     /// poll picks the rows up.
     pub async fn committed(&self, pool: &PgPool) {
-        if self.inner.leading.load(Ordering::Acquire) {
-            self.inner.notify.notify_one();
+        self.wake();
+        if self.leads_all() {
             return;
         }
         let sent = stall::with_connection(pool, self.inner.stall_timeout, async |conn| {
@@ -72,14 +78,42 @@ impl RelaySignal {
         }
     }
 
-    /// Marks this process's relay as leading (woken in-process) or not (woken by `NOTIFY`).
-    pub(crate) fn set_leading(&self, leading: bool) {
-        self.inner.leading.store(leading, Ordering::Release);
+    /// Wakes this process's partition relays.
+    pub(crate) fn wake(&self) {
+        self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Waits for an in-process wake-up (one stored if it came while nobody waited).
-    pub(crate) async fn notified(&self) {
-        self.inner.notify.notified().await;
+    /// Whether this process's relay leads every partition of the schema.
+    fn leads_all(&self) -> bool {
+        self.inner.led.load(Ordering::Acquire) >= self.inner.partitions.load(Ordering::Acquire)
+    }
+
+    /// Sets the schema's partition count (1 until the relay says otherwise).
+    pub(crate) fn set_partitions(&self, partitions: usize) {
+        self.inner.partitions.store(partitions, Ordering::Release);
+    }
+
+    /// Counts one more (`true`) or one fewer (`false`) partition led by this process.
+    pub(crate) fn set_leading(&self, leading: bool) {
+        if leading {
+            self.inner.led.fetch_add(1, Ordering::AcqRel);
+        } else {
+            // never below 0, whatever the call order
+            let _ = self
+                .inner
+                .led
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+
+    /// How many partitions this process's relay leads.
+    pub(crate) fn led(&self) -> usize {
+        self.inner.led.load(Ordering::Acquire)
+    }
+
+    /// A receiver of in-process wake-ups, for one partition relay.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.wake.subscribe()
     }
 }
 
@@ -90,13 +124,35 @@ mod tests {
     #[tokio::test]
     async fn a_leading_relay_is_woken_in_process_even_if_signalled_before_it_waits() {
         let signal = RelaySignal::new(Duration::from_secs(1));
+        signal.set_partitions(2);
         signal.set_leading(true);
-        // no pool is touched when leading: a pool that cannot connect proves it
+        signal.set_leading(true);
+        let mut partitions = [signal.subscribe(), signal.subscribe()];
+        for partition in &mut partitions {
+            partition.mark_unchanged();
+        }
+        // no pool is touched when leading every partition: a pool that cannot connect proves it
         let pool = PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .expect("a lazy pool needs no server");
         signal.committed(&pool).await;
-        tokio::time::timeout(Duration::from_secs(1), signal.notified())
-            .await
-            .expect("the stored wake-up is delivered");
+        for partition in &mut partitions {
+            tokio::time::timeout(Duration::from_secs(1), partition.changed())
+                .await
+                .expect("the stored wake-up is delivered to every partition")
+                .expect("the sender lives in the signal");
+        }
+    }
+
+    #[test]
+    fn leading_some_partitions_is_not_leading_all() {
+        let signal = RelaySignal::new(Duration::from_secs(1));
+        assert!(!signal.leads_all(), "a relay leading nothing");
+        signal.set_leading(true);
+        assert!(signal.leads_all(), "one partition of one");
+        signal.set_partitions(4);
+        assert!(!signal.leads_all(), "one partition of four");
+        signal.set_leading(false);
+        signal.set_leading(false);
+        assert_eq!(signal.led(), 0);
     }
 }

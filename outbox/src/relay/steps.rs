@@ -70,12 +70,26 @@ pub async fn claim_pending(
     conn: &mut PgConnection,
     limit: usize,
 ) -> Result<OutboxBatch, sqlx::Error> {
+    claim_pending_in(conn, (1, 0), limit).await
+}
+
+/// [`claim_pending`] of one relay partition, given as (partition count, partition index). A
+/// row's partition is `order_hash % partitions` (NULL, from a binary older than the column,
+/// counts as partition 0); the walk follows `outbox_pending_idx` in `seq` order.
+pub async fn claim_pending_in(
+    conn: &mut PgConnection,
+    (partitions, partition): (i32, i32),
+    limit: usize,
+) -> Result<OutboxBatch, sqlx::Error> {
     let rows: Vec<PendingRow> = sqlx::query_as(
         "SELECT seq, event_id, subject, headers, payload FROM outbox
          WHERE published_at IS NULL AND parked_at IS NULL
+           AND ($2 = 1 OR coalesce(order_hash, 0) % $2 = $3)
          ORDER BY seq LIMIT $1",
     )
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .bind(partitions)
+    .bind(partition)
     .fetch_all(conn)
     .await?;
     let mut batch = OutboxBatch {
@@ -186,11 +200,16 @@ const SUBJECT_HEADER: &str = "ce-subject";
 /// The key whose rows must reach the broker in `seq` order: the event's order (its CloudEvents
 /// subject), or the broker subject for a row without one.
 fn ordering_key(message: &OutboundMessage) -> &str {
-    message
-        .headers
+    ordering_key_of(&message.subject, &message.headers)
+}
+
+/// [`ordering_key`] of a row's broker subject and headers (also the key its relay partition is
+/// hashed from).
+pub(crate) fn ordering_key_of<'m>(subject: &'m str, headers: &'m [(String, String)]) -> &'m str {
+    headers
         .iter()
         .find(|(name, _)| name == SUBJECT_HEADER)
-        .map_or(message.subject.as_str(), |(_, value)| value.as_str())
+        .map_or(subject, |(_, value)| value.as_str())
 }
 
 /// The end of the round starting at `start`: the first row whose key already occurs in the
@@ -250,14 +269,20 @@ pub struct PendingBacklog {
     pub oldest_age_seconds: f64,
 }
 
-/// The outbox's [`PendingBacklog`].
-pub async fn pending_backlog(conn: &mut PgConnection) -> Result<PendingBacklog, sqlx::Error> {
+/// The [`PendingBacklog`] of one relay partition, given as (partition count, partition index).
+pub async fn pending_backlog(
+    conn: &mut PgConnection,
+    (partitions, partition): (i32, i32),
+) -> Result<PendingBacklog, sqlx::Error> {
     sqlx::query_as(
         "SELECT count(*) AS rows,
                 coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
                     AS oldest_age_seconds
-         FROM outbox WHERE published_at IS NULL AND parked_at IS NULL",
+         FROM outbox WHERE published_at IS NULL AND parked_at IS NULL
+           AND ($1 = 1 OR coalesce(order_hash, 0) % $1 = $2)",
     )
+    .bind(partitions)
+    .bind(partition)
     .fetch_one(conn)
     .await
 }

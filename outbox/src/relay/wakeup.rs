@@ -1,92 +1,119 @@
-//! Waking the relay: in-process through its [`RelaySignal`], `LISTEN` on the schema's outbox
-//! channel for commits of other processes, and a poll as fallback.
+//! Waking the relay's partitions: in-process through its [`RelaySignal`], which
+//! [`forward_notifications`] also bumps for each `NOTIFY` on the schema's outbox channel (commits
+//! of other processes), and a poll as fallback.
 
 use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::RelaySignal;
 use crate::enqueue::notify_channel;
 use crate::stall;
 
-/// Waits for an in-process signal, an outbox notification, the poll interval, or shutdown,
-/// whichever comes first.
+/// Waits for a wake-up of the [`RelaySignal`], the poll interval, or shutdown, whichever comes
+/// first. One per partition relay.
 pub(crate) struct Wakeup {
-    pool: PgPool,
-    signal: RelaySignal,
-    channel: String,
-    listener: Option<PgListener>,
+    wakeups: watch::Receiver<u64>,
     poll_interval: Duration,
-    stall_timeout: Duration,
 }
 
 impl Wakeup {
-    pub fn new(
-        pool: PgPool,
-        signal: RelaySignal,
-        schema: &str,
-        poll_interval: Duration,
-        stall_timeout: Duration,
-    ) -> Self {
+    pub fn new(signal: &RelaySignal, poll_interval: Duration) -> Self {
         Self {
-            pool,
-            signal,
-            channel: notify_channel(schema),
-            listener: None,
+            wakeups: signal.subscribe(),
             poll_interval,
-            stall_timeout,
         }
     }
 
-    /// (Re)starts listening if not listening, within the stall timeout; on failure the relay
-    /// just polls.
-    pub async fn ensure_listening(&mut self) {
-        if self.listener.is_some() {
-            return;
-        }
-        let listening = tokio::time::timeout(self.stall_timeout, self.listen())
-            .await
-            .unwrap_or_else(|_elapsed| Err(stall::stalled(self.stall_timeout)));
-        match listening {
-            Ok(listener) => self.listener = Some(listener),
-            Err(error) => tracing::warn!(%error, "relay cannot LISTEN; polling the outbox"),
-        }
+    /// Forgets the wake-ups so far (the caller is about to look at the outbox anyway).
+    pub fn reset(&mut self) {
+        self.wakeups.mark_unchanged();
     }
 
-    async fn listen(&self) -> Result<PgListener, sqlx::Error> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
-        listener.listen(&self.channel).await?;
-        Ok(listener)
-    }
-
-    /// Returns when signalled in-process, when a notification arrives (buffered ones count),
-    /// after the poll interval, or at shutdown.
+    /// Returns when woken (a wake-up since the last wait counts), after the poll interval, or
+    /// at shutdown.
     pub async fn wait(&mut self, shutdown: &CancellationToken) {
-        let Some(listener) = self.listener.as_mut() else {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = self.wakeups.changed() => {}
+            _ = tokio::time::sleep(self.poll_interval) => {}
+        }
+    }
+}
+
+/// While this process's relay leads a partition, `LISTEN`s on the schema's outbox channel and
+/// wakes the partitions at each notification; a process leading nothing keeps no `LISTEN`
+/// connection. When it cannot listen, the partitions just poll, and listening is retried every
+/// `retry`. Returns at shutdown.
+pub(crate) async fn forward_notifications(
+    pool: PgPool,
+    signal: RelaySignal,
+    poll_interval: Duration,
+    stall_timeout: Duration,
+    retry: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut listener: Option<PgListener> = None;
+    while !shutdown.is_cancelled() {
+        if signal.led() == 0 {
+            listener = None;
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = self.signal.notified() => {}
-                _ = tokio::time::sleep(self.poll_interval) => {}
+                _ = tokio::time::sleep(poll_interval) => {}
             }
-            return;
+            continue;
+        }
+        let Some(listening) = listener.as_mut() else {
+            let started = tokio::time::timeout(stall_timeout, listen(&pool))
+                .await
+                .unwrap_or_else(|_elapsed| Err(stall::stalled(stall_timeout)));
+            match started {
+                Ok(started) => {
+                    listener = Some(started);
+                    // rows committed before the LISTEN began were not notified
+                    signal.wake();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "relay cannot LISTEN; polling the outbox");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = tokio::time::sleep(retry) => {}
+                    }
+                }
+            }
+            continue;
         };
         let received = tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = self.signal.notified() => {
-                while listener.next_buffered().is_some() {}
-                return;
-            }
-            received = tokio::time::timeout(self.poll_interval, listener.recv()) => received,
+            received = tokio::time::timeout(poll_interval, listening.recv()) => received,
         };
         match received {
-            Ok(Ok(_)) => while listener.next_buffered().is_some() {},
+            Ok(Ok(_)) => {
+                while listening.next_buffered().is_some() {}
+                signal.wake();
+            }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "relay LISTEN connection failed; polling until it is back");
-                self.listener = None;
+                listener = None;
             }
+            // re-checks whether this process still leads anything
             Err(_poll_interval_elapsed) => {}
         }
     }
+}
+
+/// A listener on the outbox channel of the pool's current schema.
+async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()::text")
+        .fetch_one(pool)
+        .await?;
+    let schema = schema.ok_or_else(|| {
+        sqlx::Error::Configuration("the pool's search_path names no existing schema".into())
+    })?;
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(&notify_channel(&schema)).await?;
+    Ok(listener)
 }
