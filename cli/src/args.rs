@@ -394,6 +394,13 @@ pub struct MessagingArgs {
     /// consumers' (10), so a flood of requests waits for these and never takes the consumers'.
     #[arg(long, env = "JWL_HTTP_DB_POOL_SIZE", default_value = "5")]
     pub http_db_pool_size: NonZeroU32,
+    /// Partitions of each service's outbox: rows are split by order, every partition has its own
+    /// relay lease, so replicas publish different partitions in parallel. All replicas of a
+    /// service must use the same count; a replica with another count stands by until no relay
+    /// of the schema's recorded count is left (docs/scaling.md).
+    #[arg(long, env = "JWL_OUTBOX_PARTITIONS", default_value = "1",
+          value_parser = clap::value_parser!(u8).range(1..=64))]
+    pub outbox_partitions: u8,
 }
 
 /// Fault points for failure-injection tests (hidden; all off by default). Read once at start.
@@ -557,6 +564,7 @@ impl MessagingArgs {
             ack_wait: self.ack_wait,
             db_stall_timeout: self.db_stall_timeout,
             stream_replicas: Some(usize::from(self.stream_replicas)),
+            outbox_partitions: usize::from(self.outbox_partitions),
             faults,
             ..MessagingSettings::default()
         }
