@@ -59,6 +59,11 @@ pub struct SystemOptions {
     pub nats_nodes: usize,
     /// `JWL_STREAM_REPLICAS` of the services.
     pub stream_replicas: usize,
+    /// `jwl serve` processes of each service ([`System::replicas`]); the test's HTTP calls go to
+    /// the first.
+    pub replicas: usize,
+    /// `JWL_OUTBOX_PARTITIONS` of the services.
+    pub outbox_partitions: usize,
 }
 
 impl Default for SystemOptions {
@@ -77,6 +82,8 @@ impl Default for SystemOptions {
             admission_min_open: 200,
             nats_nodes: 1,
             stream_replicas: 1,
+            replicas: 1,
+            outbox_partitions: 1,
         }
     }
 }
@@ -173,15 +180,25 @@ impl System {
             proxied_env.push((service, (variable, proxied_url)));
             proxies.push((service, link, proxy));
         }
-        let started = futures::future::join_all(Service::ALL.map(|service| {
-            let log_path = log_dir.join(format!("{service}.log"));
-            let mut env = env.clone();
-            for (_, (variable, url)) in proxied_env.iter().filter(|(s, _)| *s == service) {
-                env.retain(|(k, _)| k != variable);
-                env.push((variable.clone(), url.clone()));
-            }
-            ServiceProcess::start(service, &binary, env, log_path)
-        }))
+        let replicas = options.replicas.max(1);
+        let started = futures::future::join_all(
+            Service::ALL
+                .iter()
+                .flat_map(|&service| (1..=replicas).map(move |replica| (service, replica)))
+                .map(|(service, replica)| {
+                    let log_path = if replica == 1 {
+                        log_dir.join(format!("{service}.log"))
+                    } else {
+                        log_dir.join(format!("{service}-{replica}.log"))
+                    };
+                    let mut env = env.clone();
+                    for (_, (variable, url)) in proxied_env.iter().filter(|(s, _)| *s == service) {
+                        env.retain(|(k, _)| k != variable);
+                        env.push((variable.clone(), url.clone()));
+                    }
+                    ServiceProcess::start(service, &binary, env, log_path)
+                }),
+        )
         .await;
         let mut services = Vec::with_capacity(started.len());
         let mut failures = Vec::new();
@@ -199,7 +216,14 @@ impl System {
             );
         }
 
-        let api = ApiClient::new(services.iter().map(|p| (p.service(), p.base_url())))?;
+        // the first replica of each service answers the test's calls
+        let api = ApiClient::new(Service::ALL.map(|service| {
+            let first = services.iter().find(|p| p.service() == service);
+            (
+                service,
+                first.map(ServiceProcess::base_url).unwrap_or_default(),
+            )
+        }))?;
         let tokens = Tokens::new(&secret);
         let admin_token = tokens.admin()?;
         let broker = Broker::connect(&nats_urls).await?;
@@ -241,12 +265,21 @@ impl System {
         &self.admin_token
     }
 
-    /// The process of `service` (for [`ServiceProcess::kill`] / [`ServiceProcess::restart`]).
+    /// The (first) process of `service` (for [`ServiceProcess::kill`] /
+    /// [`ServiceProcess::restart`]).
     pub fn service(&self, service: Service) -> &ServiceProcess {
         self.services
             .iter()
             .find(|p| p.service() == service)
             .unwrap_or_else(|| unreachable!("System::start starts every service"))
+    }
+
+    /// Every process of `service` ([`SystemOptions::replicas`]), the first one first.
+    pub fn replicas(&self, service: Service) -> Vec<&ServiceProcess> {
+        self.services
+            .iter()
+            .filter(|p| p.service() == service)
+            .collect()
     }
 
     /// The proxy on `service`'s `link`, set up with [`SystemOptions::proxied`].
@@ -496,6 +529,10 @@ fn service_env(
     [
         ("JWL_NATS_URL", nats_url.to_owned()),
         ("JWL_STREAM_REPLICAS", options.stream_replicas.to_string()),
+        (
+            "JWL_OUTBOX_PARTITIONS",
+            options.outbox_partitions.to_string(),
+        ),
         ("JWL_DATABASE_URL", database_url.to_owned()),
         ("JWL_JWT_SECRET", jwt_secret.to_owned()),
         ("JWL_DATA_DIR", data_dir.display().to_string()),
