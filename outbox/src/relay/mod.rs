@@ -171,7 +171,12 @@ impl PartitionRelay {
                             continue;
                         }
                     }
-                    Err(error) => tracing::warn!(%error, "relay cannot reach the database"),
+                    // every partition meets the same outage: one warning per round is enough
+                    Err(error) if index == 0 => {
+                        tracing::warn!(%error, "relay cannot reach the database")
+                    }
+                    Err(error) => tracing::debug!(partition = index, %error,
+                        "relay cannot reach the database"),
                 }
             }
             tokio::select! {
