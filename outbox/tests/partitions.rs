@@ -298,3 +298,62 @@ async fn a_relay_of_another_partition_count_waits_until_the_old_count_is_gone() 
     tokio::time::timeout(Duration::from_secs(10), four.task).await??;
     Ok(())
 }
+
+/// Drains a backlog of `orders` × `per_order` rows with `relays` relay processes of
+/// `partitions` partitions each (started once the rows are in); returns rows published per
+/// second, after checking every row went out once and each order's in order.
+async fn drain_rate(
+    relays: usize,
+    partitions: usize,
+    orders: usize,
+    per_order: i64,
+) -> anyhow::Result<f64> {
+    let h = Harness::start().await?;
+    let ids: Vec<OrderId> = (0..orders).map(|_| OrderId(uuid::Uuid::now_v7())).collect();
+    let mut enqueued = Vec::new();
+    for round in 1..=per_order {
+        enqueued.extend(one_event_each(&h, &ids, round).await?);
+    }
+    // recorded beforehand (no relay runs yet), so the measure holds no count switch
+    sqlx::query("UPDATE outbox_relay_partitions SET partitions = $1")
+        .bind(partitions as i32)
+        .execute(&h.pool)
+        .await?;
+    let settings = partitioned(&h, partitions);
+    let began = Instant::now();
+    let mut processes = Vec::new();
+    for _ in 0..relays {
+        processes.push(start(&h, settings.clone()).await?);
+    }
+    eventually(
+        "the backlog is drained",
+        Duration::from_secs(120),
+        || async { h.pending_in_outbox().await.ok() == Some(0) },
+    )
+    .await?;
+    let rate = enqueued.len() as f64 / began.elapsed().as_secs_f64();
+    let published: usize = processes.iter().map(|p| p.publisher.ids().len()).sum();
+    assert_eq!(published, enqueued.len(), "every row published once");
+    assert_stream_in_order(&h, &enqueued).await?;
+    for process in processes {
+        process.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), process.task).await??;
+    }
+    Ok(rate)
+}
+
+/// The relay's drain rate of a backlog with one relay of one partition and with two relays of
+/// four partitions (printed: the figures of docs/scaling.md).
+#[tokio::test]
+async fn a_backlog_drains_in_order_through_one_or_four_partitions() -> anyhow::Result<()> {
+    const ORDERS: usize = 100;
+    const PER_ORDER: i64 = 50;
+    let single = drain_rate(1, 1, ORDERS, PER_ORDER).await?;
+    let shared = drain_rate(2, PARTITIONS, ORDERS, PER_ORDER).await?;
+    println!(
+        "relay drain of {} rows: 1 relay x 1 partition {single:.0} rows/s, 2 relays x \
+         {PARTITIONS} partitions {shared:.0} rows/s",
+        ORDERS * PER_ORDER as usize
+    );
+    Ok(())
+}
