@@ -161,8 +161,9 @@ struct Runs {
 
 /// Checks one service container: its command is a `jwl serve <service>` `jwl` accepts, every
 /// `JWL_*` it sets is read by that command, and its HTTP port is the code's default. Returns the
-/// service it runs and its HTTP port.
-fn check_service(runs: &Runs) -> (String, u16) {
+/// service it runs, its HTTP port and the port serving its `/metrics` (that of
+/// `JWL_METRICS_ADDR` when set, else the HTTP port).
+fn check_service(runs: &Runs) -> (String, u16, u16) {
     let at = &runs.at;
     assert!(
         is_jwl_command(&runs.command),
@@ -219,7 +220,11 @@ fn check_service(runs: &Runs) -> (String, u16) {
         partitions >= REPLICAS,
         "{at}: JWL_OUTBOX_PARTITIONS ({partitions}) gives every replica a partition"
     );
-    (service, port)
+    let metrics_port = match runs.env.get("JWL_METRICS_ADDR") {
+        Some(Some(addr)) => port_of_addr(addr),
+        _ => port,
+    };
+    (service, port, metrics_port)
 }
 
 #[test]
@@ -313,13 +318,13 @@ fn compose_runs_what_the_code_reads() {
             command,
             env,
         };
-        let (service, port) = check_service(&runs);
+        let (service, port, metrics_port) = check_service(&runs);
         *replicas.entry(service).or_default() += 1;
         for mapping in strings(&spec["ports"]) {
             let container = mapping.rsplit(':').next().unwrap_or_default();
             assert_eq!(container, port.to_string(), "{name} publishes {mapping}");
         }
-        targets_wanted.insert(format!("{name}:{port}"));
+        targets_wanted.insert(format!("{name}:{metrics_port}"));
         let urls = runs.env["JWL_NATS_URL"].clone().unwrap_or_default();
         let nodes: BTreeSet<String> = hosts_and_ports(&urls)
             .into_iter()
@@ -345,7 +350,7 @@ fn compose_runs_what_the_code_reads() {
         .collect();
     assert_eq!(replicas, expected, "two replicas of every service");
 
-    // Prometheus scrapes every replica on its HTTP port
+    // Prometheus scrapes every replica on its metrics port
     let prometheus = &yaml_documents("deploy/prometheus/prometheus.yml")[0];
     let scraped: BTreeSet<String> = prometheus["scrape_configs"]
         .as_vec()
@@ -441,7 +446,7 @@ fn kubernetes_runs_what_the_code_reads() {
             command: strings(&container["args"]),
             env,
         };
-        let (service, port) = check_service(&runs);
+        let (service, port, metrics_port) = check_service(&runs);
         let count = deployment["spec"]["replicas"].as_i64().unwrap_or(1);
         *replicas.entry(service).or_default() += usize::try_from(count).unwrap_or(0);
         assert_eq!(
@@ -452,9 +457,16 @@ fn kubernetes_runs_what_the_code_reads() {
         let annotations = &pod["metadata"]["annotations"];
         assert_eq!(
             annotations["prometheus.io/port"].as_str(),
-            Some(port.to_string().as_str()),
-            "{name} is scraped on its HTTP port"
+            Some(metrics_port.to_string().as_str()),
+            "{name} is scraped on its metrics port"
         );
+        if metrics_port != port {
+            assert_eq!(
+                named_port(&container["ports"], "metrics"),
+                Some(metrics_port),
+                "{name}"
+            );
+        }
         for probe in ["livenessProbe", "readinessProbe"] {
             assert_eq!(container[probe]["httpGet"]["port"].as_str(), Some("http"));
         }
