@@ -85,7 +85,7 @@ pub enum OnDispatchFailed {
     Tombstone,
     /// Already cancelled (a repeated failure): nothing to do.
     AlreadyCancelled,
-    /// Assigned or delivered: dispatch never fails such a waybill, so the event is ignored.
+    /// Assigned or delivered: dispatch never fails such a waybill; a contradiction, dead-lettered.
     Ignore,
 }
 
@@ -106,7 +106,7 @@ pub enum Step {
     MoveTo(WaybillStatus),
     /// The waybill is already there or beyond it (duplicate, or events handled out of order).
     Stay,
-    /// The waybill is cancelled: a forward event contradicts it and is ignored.
+    /// The waybill is cancelled: a forward event contradicts it; dead-lettered.
     Refuse,
 }
 

@@ -148,11 +148,10 @@ async fn on_failed(
             ctx.emit(cancelled).await
         }
         OnDispatchFailed::AlreadyCancelled => Ok(()),
-        OnDispatchFailed::Ignore => {
-            tracing::warn!(order_id = %failed.order_id, waybill_id = %failed.waybill_id,
-                reason = ?failed.reason, "dispatch.failed for a waybill that has a courier; ignored");
-            Ok(())
-        }
+        OnDispatchFailed::Ignore => Err(HandlerError::permanent(format!(
+            "dispatch.failed ({:?}) for waybill {} of order {}, which has a courier; not cancelling",
+            failed.reason, failed.waybill_id, failed.order_id
+        ))),
     }
 }
 
@@ -201,8 +200,10 @@ async fn apply_step(
         }
         Step::Stay => {}
         Step::Refuse => {
-            tracing::warn!(waybill_id = %waybill.waybill_id, status = %waybill.status,
-                event = event_name, "event contradicts the waybill's status; ignored");
+            return Err(HandlerError::permanent(format!(
+                "{event_name} contradicts waybill {}, which is {}",
+                waybill.waybill_id, waybill.status
+            )));
         }
     }
     Ok(())

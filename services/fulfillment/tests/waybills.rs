@@ -150,11 +150,15 @@ async fn assignment_then_delivery_and_repeats_change_nothing() -> anyhow::Result
 
     emitted(&pool, &delivered(order_id, waybill_id)).await?;
     assert_eq!(status(&pool, order_id).await?.0, "delivered");
-    // A late failure or assignment does not leave `delivered`.
+    // A late assignment does not leave `delivered`; a late failure contradicts it and is
+    // refused for good (dead-lettered, so it alerts).
+    let error = handle(&pool, &failed(order_id, waybill_id))
+        .await
+        .unwrap_err();
     assert!(
-        emitted(&pool, &failed(order_id, waybill_id))
-            .await?
-            .is_empty()
+        matches!(&error, OutboxError::Handler(jwl_outbox::HandlerError::Permanent(reason))
+            if reason.contains("which has a courier")),
+        "{error}"
     );
     emitted(&pool, &assigned(order_id, waybill_id)).await?;
     assert_eq!(
@@ -194,13 +198,21 @@ async fn dispatch_failure_cancels_once() -> anyhow::Result<()> {
     );
     assert_eq!(status(&pool, order_id).await?.0, "cancelled");
 
-    // A second failure (another event) emits nothing; a courier event cannot revive it.
+    // A second failure (another event) emits nothing; a courier event cannot revive it: it
+    // contradicts the cancellation and is refused for good (dead-lettered, so it alerts).
     assert!(
         emitted(&pool, &failed(order_id, waybill_id))
             .await?
             .is_empty()
     );
-    emitted(&pool, &assigned(order_id, waybill_id)).await?;
+    let error = handle(&pool, &assigned(order_id, waybill_id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, OutboxError::Handler(jwl_outbox::HandlerError::Permanent(reason))
+            if reason.contains("courier_assigned contradicts")),
+        "{error}"
+    );
     assert_eq!(
         status(&pool, order_id).await?,
         ("cancelled".to_owned(), None)

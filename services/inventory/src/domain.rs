@@ -84,7 +84,7 @@ pub enum ReleaseDecision {
     NothingReserved,
     /// Already released, or a tombstone already recorded: do nothing.
     AlreadyReleased,
-    /// Committed: the stock has left; never release it. Emit nothing and warn.
+    /// Committed: the stock has left; never release it. A contradiction, dead-lettered.
     RefuseCommitted,
 }
 
@@ -95,7 +95,8 @@ pub enum CommitDecision {
     Commit,
     /// Already committed: do nothing.
     AlreadyCommitted,
-    /// Released, rejected or tombstoned: there is nothing reserved to ship. Warn.
+    /// Released, rejected or tombstoned: there is nothing reserved to ship. A contradiction,
+    /// dead-lettered.
     Refuse,
     /// Nothing recorded yet: the reservation that must precede the capture has not been
     /// recorded; retry later.

@@ -135,8 +135,11 @@ impl InventoryHandler {
                 tracing::debug!(%order_id, state = ?current, "nothing to release");
             }
             ReleaseDecision::RefuseCommitted => {
-                tracing::warn!(%order_id,
-                    "dispatch failed for an order whose stock has shipped; not releasing");
+                // dispatch never fails an order it assigned a courier to, and only an assigned
+                // order is captured, then committed: a contradiction
+                return Err(HandlerError::permanent(format!(
+                    "dispatch failed for order {order_id}, whose stock has shipped; not releasing"
+                )));
             }
         }
         Ok(())
@@ -158,8 +161,11 @@ impl InventoryHandler {
                 tracing::debug!(%order_id, "already committed; ignoring");
             }
             CommitDecision::Refuse => {
-                tracing::warn!(%order_id, state = ?current,
-                    "payment captured for an order with nothing reserved; not committing");
+                return Err(HandlerError::permanent(format!(
+                    "payment captured for order {order_id}, which has nothing reserved ({}); \
+                     not committing",
+                    current.map_or("absent", domain::OrderState::as_str)
+                )));
             }
             CommitDecision::AwaitReservation => {
                 return Err(HandlerError::transient(

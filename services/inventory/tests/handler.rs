@@ -234,9 +234,17 @@ async fn dispatch_failure_releases_once_and_a_released_order_is_never_committed(
         Some("released")
     );
 
-    // a second failure and a capture change nothing
+    // a second failure changes nothing; a capture contradicts the release: refused for good
+    // (dead-lettered by the consumer, so it alerts)
     assert!(handled(deliver(&pool, &dispatch_failed(order_id)).await.unwrap()).is_empty());
-    assert!(handled(deliver(&pool, &payment_captured(order_id)).await.unwrap()).is_empty());
+    let error = deliver(&pool, &payment_captured(order_id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, OutboxError::Handler(HandlerError::Permanent(reason))
+            if reason.contains("nothing reserved (released)")),
+        "{error:?}"
+    );
     assert_eq!(stock(&pool, "TEA").await, (5, 0, 0));
     assert_eq!(
         order_state(&pool, order_id).await.as_deref(),
@@ -286,13 +294,21 @@ async fn capture_commits_once_and_a_committed_order_is_never_released() {
         Some("committed")
     );
 
-    // redelivery, a second capture and a late failure change nothing
+    // redelivery and a second capture change nothing; a late failure contradicts the commit
+    // and is refused for good
     assert!(matches!(
         deliver(&pool, &captured).await.unwrap(),
         Processed::Duplicate
     ));
     assert!(handled(deliver(&pool, &payment_captured(order_id)).await.unwrap()).is_empty());
-    assert!(handled(deliver(&pool, &dispatch_failed(order_id)).await.unwrap()).is_empty());
+    let error = deliver(&pool, &dispatch_failed(order_id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, OutboxError::Handler(HandlerError::Permanent(reason))
+            if reason.contains("shipped")),
+        "{error:?}"
+    );
     assert_eq!(stock(&pool, "TEA").await, (2, 0, 3));
     assert_eq!(stock(&pool, "CAKE").await, (2, 0, 1));
     assert_eq!(types(&outbox(&pool).await), [EventType::InventoryReserved]);
@@ -318,8 +334,15 @@ async fn a_release_before_the_reservation_leaves_a_tombstone_and_nothing_is_rese
         order_state(&pool, order_id).await.as_deref(),
         Some("release_requested")
     );
-    // and a capture finds nothing to ship
-    assert!(handled(deliver(&pool, &payment_captured(order_id)).await.unwrap()).is_empty());
+    // and a capture finds nothing to ship: a contradiction, refused for good
+    let error = deliver(&pool, &payment_captured(order_id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, OutboxError::Handler(HandlerError::Permanent(reason))
+            if reason.contains("nothing reserved (release_requested)")),
+        "{error:?}"
+    );
     assert_eq!(stock(&pool, "TEA").await, (5, 0, 0));
     assert!(outbox(&pool).await.is_empty());
 }

@@ -77,7 +77,7 @@ pub enum CaptureDecision {
     Capture,
     /// Already captured: do nothing.
     AlreadyCaptured,
-    /// Voided, void requested or declined: never capture; emit nothing and warn.
+    /// Voided, void requested or declined: never capture; a contradiction, dead-lettered.
     Refuse,
     /// No payment yet: the authorisation that must precede the assignment has not been
     /// recorded; retry later.
@@ -95,7 +95,7 @@ pub enum VoidDecision {
     AlreadyVoided,
     /// Declined: no hold exists, nothing to void.
     NothingToVoid,
-    /// Captured: never void a captured payment; emit nothing and warn.
+    /// Captured: never void a captured payment; a contradiction, dead-lettered.
     RefuseCaptured,
 }
 

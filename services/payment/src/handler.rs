@@ -140,8 +140,13 @@ impl PaymentHandler {
                 tracing::debug!(%order_id, "payment already captured; ignoring");
             }
             CaptureDecision::Refuse => {
-                tracing::warn!(%order_id, state = ?current,
-                    "courier assigned to an order whose payment cannot be captured; not capturing");
+                // a contradiction, not a race: dispatch assigns a courier only to an order whose
+                // stock was reserved after its authorisation, and no void follows an assignment
+                return Err(HandlerError::permanent(format!(
+                    "courier assigned to order {order_id}, whose payment is {} and cannot be \
+                     captured",
+                    state_name(current)
+                )));
             }
             CaptureDecision::AwaitAuthorization => {
                 return Err(HandlerError::transient(
@@ -183,12 +188,18 @@ impl PaymentHandler {
                 tracing::debug!(%order_id, state = ?current, %cause, "nothing to void");
             }
             VoidDecision::RefuseCaptured => {
-                tracing::warn!(%order_id, %cause,
-                    "void requested for a captured payment; not voiding");
+                return Err(HandlerError::permanent(format!(
+                    "{cause} asks to void the payment of order {order_id}, which is captured"
+                )));
             }
         }
         Ok(())
     }
+}
+
+/// The payment's state as the dead letter of a contradiction names it.
+fn state_name(state: Option<domain::PaymentState>) -> &'static str {
+    state.map_or("absent", domain::PaymentState::as_str)
 }
 
 fn count(outcome: &'static str) {
