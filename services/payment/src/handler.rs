@@ -14,7 +14,7 @@ use jwl_events::{
 use jwl_outbox::{Handler, HandlerContext, HandlerError};
 
 use crate::domain::{self, CaptureDecision, OrderCreatedDecision, VoidDecision};
-use crate::processor::{Authorization, CardProcessor};
+use crate::processor::{Authorization, CardProcessor, IdempotencyKey};
 use crate::store;
 
 /// The event types payment consumes.
@@ -55,9 +55,16 @@ impl PaymentHandler {
         let current = store::lock_state(ctx.db(), order_id).await?;
         match domain::on_order_created(current) {
             OrderCreatedDecision::Authorize => {
+                // this transaction may still roll back after the processor answered; the
+                // redelivered event then asks again under the same key, and gets the same
+                // answer without a second hold
                 let authorization = self
                     .processor
-                    .authorize(&order.payment_token, order.amount_cents)
+                    .authorize(
+                        &IdempotencyKey::authorization(order_id),
+                        &order.payment_token,
+                        order.amount_cents,
+                    )
                     .await;
                 match authorization {
                     Authorization::Approved => {

@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use handler::{PaymentHandler, PaymentHandlingError, SUBSCRIPTIONS};
 pub use processor::{
-    Authorization, CardProcessor, DECLINED_REASON, DECLINED_TOKEN, SimulatedProcessor,
+    Authorization, CardProcessor, DECLINED_REASON, DECLINED_TOKEN, IdempotencyKey,
+    SIMULATOR_REMEMBERED_KEYS, SimulatedProcessor,
 };
 
 /// This bounded context.
@@ -52,7 +53,7 @@ pub fn routes(ctx: &ServiceContext) -> ListedRouter {
 /// Runs the outbox relay and the consumers of the payment handler (with the simulated card
 /// processor) until `shutdown`.
 pub async fn run(ctx: ServiceContext, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let handler = PaymentHandler::new(Arc::new(SimulatedProcessor));
+    let handler = PaymentHandler::new(Arc::new(SimulatedProcessor::new()));
     Messaging::new(SERVICE, ctx.pool, ctx.broker, ctx.messaging)
         .with_relay_signal(ctx.relay)
         .run(Arc::new(handler), shutdown)

@@ -403,8 +403,9 @@ async fn migrations_can_run_again() {
 #[test]
 fn consumes_creation_assignment_and_the_two_compensations_only() {
     use jwl_outbox::Handler;
-    let handler =
-        jwl_payment::PaymentHandler::new(std::sync::Arc::new(jwl_payment::SimulatedProcessor));
+    let handler = jwl_payment::PaymentHandler::new(std::sync::Arc::new(
+        jwl_payment::SimulatedProcessor::new(),
+    ));
     assert_eq!(
         handler.subscriptions(),
         [

@@ -49,6 +49,6 @@ pub async fn deliver(
     pool: &PgPool,
     event: &Envelope,
 ) -> Result<Processed, jwl_outbox::OutboxError> {
-    let handler = PaymentHandler::new(std::sync::Arc::new(SimulatedProcessor));
+    let handler = PaymentHandler::new(std::sync::Arc::new(SimulatedProcessor::new()));
     jwl_testkit::service::deliver(pool, SERVICE, &handler, event).await
 }
