@@ -87,15 +87,15 @@ struct ReleasedDeadLetter {
 }
 
 /// Whether the batch transaction committed.
-#[derive(Debug, PartialEq, Eq)]
 pub(super) enum BatchResult {
     Committed,
-    /// The transaction could not be run or committed; every message was nak'ed.
-    Failed {
-        /// The database could not be reached (rather than refusing this batch's work, e.g. a
-        /// deferred constraint failing at commit).
-        database_down: bool,
-    },
+    /// The database refused this batch's work (e.g. a deferred constraint failing at commit, a
+    /// deadlock): every message was nak'ed, a delivery attempt like a handler failure.
+    Refused,
+    /// The database could not be reached (connection lost, stall timeout): nothing was settled,
+    /// the deliveries are handed back to be held until it answers again and then handled, so
+    /// the outage costs them no delivery attempt.
+    DatabaseDown(Vec<Box<dyn Delivery>>),
 }
 
 impl ConsumerLoop {
@@ -166,9 +166,15 @@ impl ConsumerLoop {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(consumer = %self.consumer, %error, size = batch.len(),
-                        "batch transaction failed; redelivering the whole batch");
                     self.metrics.batch_failures.increment(1);
+                    if !matches!(error, sqlx::Error::Database(_)) {
+                        tracing::warn!(consumer = %self.consumer, %error, size = batch.len(),
+                            "batch transaction failed: the database is unreachable; holding the \
+                             batch until it answers");
+                        return BatchResult::DatabaseDown(batch);
+                    }
+                    tracing::warn!(consumer = %self.consumer, %error, size = batch.len(),
+                        "batch transaction refused by the database; redelivering the whole batch");
                     let delay = self.settings.batch_failure_nak_delay;
                     join_all(
                         batch
@@ -176,9 +182,7 @@ impl ConsumerLoop {
                             .map(|delivery| self.nak(delivery.as_ref(), delay)),
                     )
                     .await;
-                    return BatchResult::Failed {
-                        database_down: !matches!(error, sqlx::Error::Database(_)),
-                    };
+                    return BatchResult::Refused;
                 }
             }
         } else {

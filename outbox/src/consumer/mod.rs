@@ -159,38 +159,71 @@ impl ConsumerLoop {
     }
 
     /// Subscribes and handles deliveries, re-subscribing after interruptions, until shutdown.
+    ///
+    /// When the database goes down, what was received and not handled is held (not nak'ed: a
+    /// nak is a delivery, and JetStream counts every delivery, so each outage would bring a
+    /// healthy message one step closer to `max_attempts`), its ack timer renewed while the
+    /// database is waited for, and handled first once it answers again.
     async fn pull_until(&self, spec: &ConsumerSpec, shutdown: &CancellationToken) {
         let mut backoff = reconnect_backoff();
+        let mut held: Vec<Box<dyn Delivery>> = Vec::new();
         while !shutdown.is_cancelled() {
             let interrupted = match self.broker.subscribe(spec).await {
                 Ok(deliveries) => {
-                    tracing::info!(consumer = %self.consumer, "consuming");
-                    self.consume(deliveries, shutdown, &mut backoff).await
+                    tracing::info!(consumer = %self.consumer, held = held.len(), "consuming");
+                    let deliveries = held_first(std::mem::take(&mut held), deliveries);
+                    self.consume(deliveries, shutdown, &mut backoff, &mut held)
+                        .await
                 }
                 Err(error) => Interrupted::Broker(error),
             };
             match interrupted {
                 Interrupted::Shutdown => break,
                 Interrupted::Broker(error) => {
+                    // held messages cannot be kept alive without the broker: hand them back
+                    self.nak_all(std::mem::take(&mut held), Duration::ZERO)
+                        .await;
                     let delay = backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
                     tracing::warn!(consumer = %self.consumer, %error, ?delay,
                         "broker subscription interrupted; re-subscribing");
                     sleep_or_shutdown(delay, shutdown).await;
                 }
-                Interrupted::Database => self.wait_for_database(shutdown).await,
+                Interrupted::Database => {
+                    tracing::warn!(consumer = %self.consumer, held = held.len(),
+                        "database unavailable; holding the messages in hand until it answers");
+                    tokio::select! {
+                        () = self.wait_for_database(shutdown) => {}
+                        () = keep_in_progress(&held, self.settings.ack_wait) => {}
+                    }
+                }
             }
         }
+        // shutting down: another replica (or the next start) takes them
+        self.nak_all(held, Duration::ZERO).await;
+    }
+
+    async fn nak_all(&self, deliveries: Vec<Box<dyn Delivery>>, delay: Duration) {
+        futures::future::join_all(
+            deliveries
+                .iter()
+                .map(|delivery| self.nak(delivery.as_ref(), delay)),
+        )
+        .await;
     }
 
     /// Reads deliveries until shutdown or an interruption, and hands them to
     /// `consumer_workers` workers by order id ([`order_key`]): each worker handles its messages
     /// in batches, one transaction at a time, so one order's messages stay in stream order while
     /// different orders' batches are handled at once.
+    ///
+    /// Interrupted by the database, it leaves every delivery received and not settled in `held`,
+    /// in the order received per order.
     async fn consume(
         &self,
         mut deliveries: Deliveries,
         shutdown: &CancellationToken,
         backoff: &mut ExponentialBackoff,
+        held: &mut Vec<Box<dyn Delivery>>,
     ) -> Interrupted {
         let workers = self
             .settings
@@ -203,6 +236,8 @@ impl ConsumerLoop {
         // cancelled by a worker that finds the database down: the others stop too
         let database_down = CancellationToken::new();
         let committed = AtomicBool::new(false);
+        // the delivery in hand when the database went down (after everything in the channels)
+        let mut in_hand: Option<Box<dyn Delivery>> = None;
         let distribute = async {
             let interrupted = loop {
                 let next = tokio::select! {
@@ -220,7 +255,7 @@ impl ConsumerLoop {
                 tokio::select! {
                     biased;
                     _ = database_down.cancelled() => {
-                        self.nak(delivery.as_ref(), self.settings.batch_failure_nak_delay).await;
+                        in_hand = Some(delivery);
                         break Interrupted::Database;
                     }
                     permit = senders[worker].reserve() => match permit {
@@ -239,15 +274,22 @@ impl ConsumerLoop {
                 .into_iter()
                 .map(|receiver| self.work(receiver, &database_down, &committed)),
         );
-        let (interrupted, _) = tokio::join!(distribute, work);
+        let (interrupted, unhandled) = tokio::join!(distribute, work);
         if committed.load(Ordering::Relaxed) {
             *backoff = reconnect_backoff();
         }
-        let delay = match interrupted {
-            Interrupted::Database => self.settings.batch_failure_nak_delay,
-            _ => Duration::ZERO,
-        };
-        self.nak_prefetched(&mut deliveries, delay).await;
+        // each worker's are in the order received, and precede what the distributor had
+        let unhandled = unhandled.into_iter().flatten().chain(in_hand);
+        let prefetched = prefetched(&mut deliveries);
+        if matches!(interrupted, Interrupted::Database) {
+            held.extend(unhandled.chain(prefetched));
+            // renewed at once: they may have waited behind a stalled batch
+            keep_in_progress_once(held).await;
+        } else {
+            // shutdown, or the broker: nothing was left unhandled by the workers
+            self.nak_all(unhandled.chain(prefetched).collect(), Duration::ZERO)
+                .await;
+        }
         interrupted
     }
 
@@ -255,20 +297,20 @@ impl ConsumerLoop {
     /// channel closes. After a batch whose transaction the database refused (e.g. at commit), the
     /// next that many messages are handled one per transaction, so the one at fault fails alone
     /// and the others are not pushed towards `max_attempts` with it. Once the database is down
-    /// (here or in another worker), what is left is nak'ed for later.
+    /// (here or in another worker), what is left is returned unsettled, in the order received.
     async fn work(
         &self,
         mut receiver: mpsc::Receiver<Box<dyn Delivery>>,
         database_down: &CancellationToken,
         committed: &AtomicBool,
-    ) {
+    ) -> Vec<Box<dyn Delivery>> {
         let mut handle_alone = 0usize;
+        let mut unhandled = Vec::new();
         while let Some(first) = receiver.recv().await {
             if database_down.is_cancelled() {
-                let delay = self.settings.batch_failure_nak_delay;
-                self.nak(first.as_ref(), delay).await;
+                unhandled.push(first);
                 while let Ok(delivery) = receiver.try_recv() {
-                    self.nak(delivery.as_ref(), delay).await;
+                    unhandled.push(delivery);
                 }
                 continue;
             }
@@ -291,32 +333,15 @@ impl ConsumerLoop {
                     handle_alone = handle_alone.saturating_sub(size);
                     committed.store(true, Ordering::Relaxed);
                 }
-                BatchResult::Failed {
-                    database_down: true,
-                } => database_down.cancel(),
-                BatchResult::Failed {
-                    database_down: false,
-                } if size > 1 => handle_alone = size,
-                BatchResult::Failed {
-                    database_down: false,
-                } => handle_alone = handle_alone.saturating_sub(1),
+                BatchResult::DatabaseDown(batch) => {
+                    unhandled.extend(batch);
+                    database_down.cancel();
+                }
+                BatchResult::Refused if size > 1 => handle_alone = size,
+                BatchResult::Refused => handle_alone = handle_alone.saturating_sub(1),
             }
         }
-    }
-
-    /// Hands back messages already received but not handled (redelivered after `delay`), so
-    /// another replica, or this one later, gets them without waiting for `ack_wait`.
-    async fn nak_prefetched(&self, deliveries: &mut Deliveries, delay: Duration) {
-        let mut prefetched = Vec::new();
-        while let Some(Some(Ok(delivery))) = deliveries.next().now_or_never() {
-            prefetched.push(delivery);
-        }
-        futures::future::join_all(
-            prefetched
-                .iter()
-                .map(|delivery| self.nak(delivery.as_ref(), delay)),
-        )
-        .await;
+        unhandled
     }
 
     /// Waits until the database answers again (or shutdown). Each probe is bounded by the stall
@@ -341,6 +366,39 @@ impl ConsumerLoop {
 }
 
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// `held` (deliveries of an earlier subscription, not settled), then the new subscription's.
+fn held_first(held: Vec<Box<dyn Delivery>>, deliveries: Deliveries) -> Deliveries {
+    if held.is_empty() {
+        return deliveries;
+    }
+    Box::pin(futures::stream::iter(held.into_iter().map(Ok)).chain(deliveries))
+}
+
+/// Messages already received from the subscription but not handed to a worker.
+fn prefetched(deliveries: &mut Deliveries) -> Vec<Box<dyn Delivery>> {
+    let mut prefetched = Vec::new();
+    while let Some(Some(Ok(delivery))) = deliveries.next().now_or_never() {
+        prefetched.push(delivery);
+    }
+    prefetched
+}
+
+/// Tells the broker, every third of `ack_wait`, that `held` are still being worked on, so
+/// they are not redelivered (which would count as an attempt); never returns.
+async fn keep_in_progress(held: &[Box<dyn Delivery>], ack_wait: Duration) {
+    loop {
+        tokio::time::sleep(ack_wait / 3).await;
+        keep_in_progress_once(held).await;
+    }
+}
+
+async fn keep_in_progress_once(held: &[Box<dyn Delivery>]) {
+    let renewed = futures::future::join_all(held.iter().map(|delivery| delivery.in_progress()));
+    for error in renewed.await.into_iter().filter_map(Result::err) {
+        tracing::debug!(%error, "could not renew a held message; it will be redelivered");
+    }
+}
 
 /// The part of a subject that names the order: `jwl.evt.<order>.…` or `jwl.replay.<service>.<order>.…`
 /// (the whole subject if it is of neither shape).

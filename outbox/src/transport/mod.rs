@@ -81,6 +81,9 @@ pub trait Delivery: Send + Sync {
     async fn nak(&self, delay: Duration) -> Result<(), TransportError>;
     /// Given up (it has been dead-lettered): never deliver again.
     async fn term(&self) -> Result<(), TransportError>;
+    /// Still being worked on: restart the ack timer (no redelivery, no new attempt). May be
+    /// sent any number of times before the message is settled.
+    async fn in_progress(&self) -> Result<(), TransportError>;
 }
 
 /// The continuous stream of deliveries of one subscription. An `Err` item is not fatal for

@@ -50,6 +50,10 @@ pub const FAILS_AT_COMMIT: i64 = 900_005;
 pub const REFUSED_UNTIL_FIXED: i64 = 900_007;
 /// Its SQL fails, the handler ignores the error and reports success over an aborted transaction.
 pub const SWALLOWS_SQL_ERROR: i64 = 900_008;
+/// The handler's database connection is terminated (a database flap: the batch transaction is
+/// lost) on its first [`FLAPS`] handlings; handled on the next.
+pub const DB_FLAPS: i64 = 900_009;
+pub const FLAPS: i64 = 5;
 
 /// Generous deadline for conditions that should hold within a second or two.
 pub const SOON: Duration = Duration::from_secs(15);
@@ -473,6 +477,18 @@ impl Handler for RecordingHandler {
                         .await?;
                 if !fixed {
                     return Err(HandlerError::permanent("refused until fixed"));
+                }
+            }
+            DB_FLAPS => {
+                let runs: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM attempts WHERE event_id = $1")
+                        .bind(event.id.0)
+                        .fetch_one(&self.log)
+                        .await?;
+                if runs <= FLAPS {
+                    sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+                        .execute(ctx.db())
+                        .await?;
                 }
             }
             TRANSIENT_TWICE if ctx.attempt() < 3 => {

@@ -108,4 +108,8 @@ impl Delivery for NatsDelivery {
     async fn term(&self) -> Result<(), TransportError> {
         self.settle(AckKind::Term).await
     }
+
+    async fn in_progress(&self) -> Result<(), TransportError> {
+        self.settle(AckKind::Progress).await
+    }
 }
