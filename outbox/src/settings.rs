@@ -26,8 +26,6 @@ pub struct MessagingSettings {
     pub dlq_log_stream: String,
     /// How long the events stream keeps a message.
     pub events_max_age: Duration,
-    /// How long the dead-letter stream keeps a message.
-    pub dlq_max_age: Duration,
     /// How long the replay stream keeps a message.
     pub replay_max_age: Duration,
     /// How long the dead-letter log stream keeps a record.
@@ -102,7 +100,6 @@ impl Default for MessagingSettings {
             replay_stream: "JWL_REPLAY".to_owned(),
             dlq_log_stream: "JWL_DLQ_LOG".to_owned(),
             events_max_age: 7 * DAY,
-            dlq_max_age: 30 * DAY,
             replay_max_age: DAY,
             dlq_log_max_age: 90 * DAY,
             duplicate_window: Duration::from_secs(120),

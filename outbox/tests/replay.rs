@@ -4,12 +4,21 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
 use async_nats::jetstream::message::StreamMessage;
+use async_trait::async_trait;
 use jwl_events::{
     CancelReason, Envelope, EventData, HeaderStyle, OrderCancelRequested, OrderId, PaymentCaptured,
     PaymentVoided, Service,
 };
-use jwl_outbox::Messaging;
+use jwl_outbox::transport::{
+    Broker, ConsumerBacklog, ConsumerSpec, Deliveries, OutboundMessage, PublishReceipt, Publisher,
+    Subscriber,
+};
+use jwl_outbox::{JetStreamBroker, Messaging, MessagingSettings, TransportError};
 use jwl_testkit::eventually;
 use support::*;
 use tokio_util::sync::CancellationToken;
@@ -625,6 +634,152 @@ async fn a_released_event_that_fails_becomes_the_new_head() -> anyhow::Result<()
     assert_eq!(still_parked, xs[2].id.0);
     assert_eq!(h.effects_total().await?, 0);
     running.stop().await
+}
+
+/// The test's broker, refusing to publish dead letters while `refusing` is set.
+#[derive(Clone)]
+struct DeadLettersRefused {
+    inner: JetStreamBroker,
+    refusing: Arc<AtomicBool>,
+    refused: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl Publisher for DeadLettersRefused {
+    async fn publish_batch(
+        &self,
+        batch: &[OutboundMessage],
+    ) -> Vec<Result<PublishReceipt, TransportError>> {
+        let dead_letters = batch.iter().any(|m| m.subject.starts_with("jwl.dlq."));
+        if dead_letters && self.refusing.load(Ordering::SeqCst) {
+            self.refused.fetch_add(batch.len(), Ordering::SeqCst);
+            return batch
+                .iter()
+                .map(|_| Err(TransportError::Publish("refused by the test".into())))
+                .collect();
+        }
+        self.inner.publish_batch(batch).await
+    }
+}
+
+#[async_trait]
+impl Subscriber for DeadLettersRefused {
+    async fn subscribe(&self, spec: &ConsumerSpec) -> Result<Deliveries, TransportError> {
+        self.inner.subscribe(spec).await
+    }
+
+    async fn backlog(&self, spec: &ConsumerSpec) -> Result<ConsumerBacklog, TransportError> {
+        self.inner.backlog(spec).await
+    }
+}
+
+#[async_trait]
+impl Broker for DeadLettersRefused {
+    async fn ensure_streams(&self, settings: &MessagingSettings) -> Result<(), TransportError> {
+        self.inner.ensure_streams(settings).await
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.inner.is_healthy()
+    }
+}
+
+#[tokio::test]
+async fn the_dead_letter_of_a_new_head_is_published_even_if_the_first_try_fails()
+-> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let broker = DeadLettersRefused {
+        inner: h.broker.clone(),
+        refusing: Arc::new(AtomicBool::new(false)),
+        refused: Arc::new(AtomicUsize::new(0)),
+    };
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(
+        Messaging::new(SERVICE, h.pool.clone(), broker.clone(), h.settings.clone())
+            .run(h.handler(), shutdown.clone()),
+    );
+    let x = OrderId(Uuid::now_v7());
+    let xs = [
+        captured_for(x, REFUSED_UNTIL_FIXED),
+        captured_for(x, PERMANENT),
+        captured_for(x, 3),
+    ];
+    for event in &xs {
+        h.publish_event(event, &event.id.0.to_string()).await?;
+    }
+    eventually("X's later events are parked", SOON, || async {
+        count(&h, "SELECT count(*) FROM parked_messages").await.ok() == Some(2)
+    })
+    .await?;
+    assert_eq!(h.dead_letters().await?.len(), 1, "the head's dead letter");
+
+    // the release handles the first parked event, which fails and becomes the new head; the
+    // broker refuses its dead letter
+    broker.refusing.store(true, Ordering::SeqCst);
+    release(&h, x, "release-1").await?;
+    eventually("the new head's dead letter was refused", SOON, || async {
+        broker.refused.load(Ordering::SeqCst) > 0
+    })
+    .await?;
+    let head: Uuid = sqlx::query_scalar("SELECT head_event_id FROM dead_letter_holds")
+        .fetch_one(&h.pool)
+        .await?;
+    assert_eq!(head, xs[1].id.0, "X is held behind the new head");
+    assert_eq!(
+        h.dead_letters().await?.len(),
+        1,
+        "no dead letter for it yet"
+    );
+
+    // the broker accepts again: the owed dead letter is published without any new message
+    broker.refusing.store(false, Ordering::SeqCst);
+    let dead = eventually(
+        "the new head's dead letter is published",
+        Duration::from_secs(30),
+        || async { h.dead_letters().await.ok().filter(|dead| dead.len() == 2) },
+    )
+    .await?;
+    assert_eq!(
+        header(&dead[1], "ce-id"),
+        Some(xs[1].id.0.to_string().as_str())
+    );
+    assert_eq!(header(&dead[1], "jwl-dlq-reason"), Some("permanent"));
+    assert_eq!(
+        header(&dead[1], "jwl-dlq-error"),
+        Some("amount refused by the test handler")
+    );
+    eventually("the published head is unparked", SOON, || async {
+        count(&h, "SELECT count(*) FROM parked_messages").await.ok() == Some(1)
+    })
+    .await?;
+    // and it can be released like any dead letter: the rest of X goes on
+    release(&h, x, "release-2").await?;
+    eventually("X's last event is handled", SOON, || async {
+        h.effects_of(&xs[2]).await.ok() == Some(1)
+    })
+    .await?;
+    assert_eq!(h.dead_letters().await?.len(), 2, "published once");
+
+    shutdown.cancel();
+    running.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dead_letter_never_expires() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let dlq = &h.settings.dlq_stream;
+    let mut stream = h.broker.jetstream().get_stream(dlq).await?;
+    assert_eq!(stream.info().await?.config.max_age, Duration::ZERO);
+    // a stream created by an earlier version, with a 30-day limit, loses it
+    let mut config = stream.info().await?.config.clone();
+    config.max_age = Duration::from_secs(30 * 24 * 3600);
+    h.broker.jetstream().update_stream(&config).await?;
+    h.broker.ensure_streams(&h.settings).await?;
+    let config = stream.info().await?.config.clone();
+    assert_eq!(config.max_age, Duration::ZERO, "no age limit");
+    assert_eq!(config.duplicate_window, h.settings.duplicate_window);
+    Ok(())
 }
 
 #[tokio::test]

@@ -624,6 +624,7 @@ impl ConsumerLoop {
                 }
             };
             holds::hold(tx, consumer, order_id, parked.event_id).await?;
+            holds::owe_dead_letter(tx, parked.id, letter.reason.as_str(), &letter.error).await?;
             released_dead.push(ReleasedDeadLetter { parked, letter });
             break;
         }
@@ -758,9 +759,41 @@ impl ConsumerLoop {
         join_all(settles).await;
     }
 
+    /// Publishes the dead letters still owed by parked messages that head a hold (their first
+    /// publication, right after the release's commit, failed or never happened: a crash), so
+    /// that every hold has a dead letter an operator can redrive or discard. Returns how many
+    /// were owed.
+    pub(super) async fn publish_owed_dead_letters(&self) -> Result<usize, sqlx::Error> {
+        let owed =
+            stall::with_connection(&self.pool, self.settings.db_stall_timeout, async |conn| {
+                holds::owed_dead_letters(conn, OWED_DEAD_LETTER_GRACE, OWED_DEAD_LETTERS_PER_ROUND)
+                    .await
+            })
+            .await?;
+        let count = owed.len();
+        let released: Vec<ReleasedDeadLetter> = owed
+            .into_iter()
+            .map(|owed| {
+                let reason = DeadLetterReason::parse(&owed.dead_letter_reason)
+                    .unwrap_or(DeadLetterReason::Permanent);
+                let letter = owed_letter(&owed.parked, reason, owed.dead_letter_error);
+                ReleasedDeadLetter {
+                    parked: owed.parked,
+                    letter,
+                }
+            })
+            .collect();
+        if !released.is_empty() {
+            tracing::warn!(consumer = %self.consumer, count,
+                "publishing dead letters owed by released messages that head a hold");
+            self.dead_letter_parked(released).await;
+        }
+        Ok(count)
+    }
+
     /// Publishes the dead letters of released parked messages that failed, and unparks each
-    /// once published. One not published stays parked as the head of its hold, and is handled
-    /// (first) again when that hold is released.
+    /// once published. One not published stays parked as the head of its hold, owing its dead
+    /// letter, which [`Self::publish_owed_dead_letters`] publishes later.
     async fn dead_letter_parked(&self, released_dead: Vec<ReleasedDeadLetter>) {
         let messages: Vec<_> = released_dead
             .iter()
@@ -785,7 +818,8 @@ impl ConsumerLoop {
             let letter = &dead.letter;
             if let Err(error) = result {
                 tracing::warn!(consumer = %letter.consumer, %error, event_id = %dead.parked.event_id,
-                    "could not publish the dead letter of a released message; it stays parked");
+                    "could not publish the dead letter of a released message; it stays parked \
+                     and is published again later");
                 continue;
             }
             self.metrics.of(&letter.consumer).dead_lettered.increment(1);
@@ -850,6 +884,32 @@ pub(super) fn handle_event_span(
         trace_context::set_parent(&span, traceparent);
     }
     span
+}
+
+/// How long a dead letter may be owed before [`ConsumerLoop::publish_owed_dead_letters`] takes
+/// it over from the transaction that owes it (which publishes it right after its commit).
+const OWED_DEAD_LETTER_GRACE: Duration = Duration::from_secs(5);
+/// Most owed dead letters published per round.
+const OWED_DEAD_LETTERS_PER_ROUND: i64 = 100;
+
+/// The dead letter owed by `parked` (built as when it failed while released).
+fn owed_letter(parked: &ParkedMessage, reason: DeadLetterReason, error: String) -> DeadLetter {
+    let headers: Vec<(&str, &str)> = parked
+        .headers
+        .0
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    match jwl_events::decode(HeaderStyle::Nats, headers.iter().copied(), &parked.payload) {
+        Ok(envelope) => DeadLetter::of_event(
+            &parked.consumer,
+            reason,
+            error,
+            &envelope,
+            replay::header_value(&headers, replay::ORIGIN_HEADER),
+        ),
+        Err(_) => DeadLetter::of_message(&parked.consumer, reason, error, &headers, true),
+    }
 }
 
 type SettleFuture<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;

@@ -31,6 +31,11 @@ impl DeadLetterReason {
             Self::MaxAttempts => "max_attempts",
         }
     }
+
+    /// The reason [`Self::as_str`] names.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.as_str() == name)
+    }
 }
 
 impl fmt::Display for DeadLetterReason {
@@ -218,6 +223,14 @@ mod tests {
         assert!(!safe.contains(['\r', '\n']));
         assert!(safe.len() <= MAX_ERROR_LEN);
         assert!(safe.starts_with("first  second"));
+    }
+
+    #[test]
+    fn reasons_parse_back_from_their_names() {
+        for reason in DeadLetterReason::ALL {
+            assert_eq!(DeadLetterReason::parse(reason.as_str()), Some(reason));
+        }
+        assert_eq!(DeadLetterReason::parse("expired"), None);
     }
 
     #[test]

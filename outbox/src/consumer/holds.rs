@@ -131,3 +131,56 @@ pub(crate) async fn unpark(conn: &mut PgConnection, id: i64) -> Result<(), sqlx:
         .await?;
     Ok(())
 }
+
+/// Records that the parked message `id` failed while being released and now heads its order's
+/// hold, with the dead letter it is owed (`reason`, `error`). Until that dead letter is published
+/// (and the row deleted), [`pending_dead_letters`] lists it, so it is published even if the
+/// first try failed: a hold whose head has no dead letter would be one no tool can release.
+pub(crate) async fn owe_dead_letter(
+    conn: &mut PgConnection,
+    id: i64,
+    reason: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE parked_messages
+         SET dead_letter_reason = $2, dead_letter_error = $3, dead_letter_owed_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(reason)
+    .bind(error)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A parked message that heads a hold and is still owed its dead letter.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct OwedDeadLetter {
+    #[sqlx(flatten)]
+    pub parked: ParkedMessage,
+    pub dead_letter_reason: String,
+    pub dead_letter_error: String,
+}
+
+/// Up to `limit` parked messages owed a dead letter for longer than `older_than` (the consumer
+/// that owes it usually publishes it at once), oldest first.
+pub(crate) async fn owed_dead_letters(
+    conn: &mut PgConnection,
+    older_than: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<OwedDeadLetter>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, consumer, event_id, stream_seq, subject, headers, payload,
+                dead_letter_reason, dead_letter_error
+         FROM parked_messages
+         WHERE dead_letter_owed_at < now() - make_interval(secs => $1)
+         ORDER BY dead_letter_owed_at, id
+         LIMIT $2",
+    )
+    .bind(older_than.as_secs_f64())
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}

@@ -135,7 +135,8 @@ impl ConsumerLoop {
         };
         tokio::join!(
             self.pull_until(&spec, &shutdown),
-            self.sample_backlog(&spec, &shutdown)
+            self.sample_backlog(&spec, &shutdown),
+            self.publish_owed_until(&shutdown),
         );
         tracing::info!(consumer = %self.consumer, "consumer stopped");
     }
@@ -155,6 +156,25 @@ impl ConsumerLoop {
                 }
             }
             sleep_or_shutdown(BACKLOG_SAMPLE_INTERVAL, shutdown).await;
+        }
+    }
+
+    /// Every [`OWED_DEAD_LETTERS_INTERVAL`], publishes the dead letters owed by released messages
+    /// that head a hold (see [`Self::publish_owed_dead_letters`]), until shutdown. Only the
+    /// events consumer does it (both of a service's loops share its tables).
+    async fn publish_owed_until(&self, shutdown: &CancellationToken) {
+        if self.source != ConsumerSource::Events {
+            return;
+        }
+        while !shutdown.is_cancelled() {
+            sleep_or_shutdown(OWED_DEAD_LETTERS_INTERVAL, shutdown).await;
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if let Err(error) = self.publish_owed_dead_letters().await {
+                tracing::debug!(consumer = %self.consumer, %error,
+                    "could not look for owed dead letters; trying again later");
+            }
         }
     }
 
@@ -416,6 +436,9 @@ fn worker_of(key: &str, workers: usize) -> usize {
     let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
     (hash % workers as u64) as usize
 }
+
+/// How often the events consumer looks for dead letters owed by released messages.
+const OWED_DEAD_LETTERS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// How often a consumer's backlog is read from the broker for its gauges.
 const BACKLOG_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);

@@ -5,6 +5,8 @@
 //! that says what to do ([`TransportError::StreamConflict`]); one it cannot apply yet (a node
 //! of the cluster is down) is a transient error, retried by the caller.
 
+use std::time::Duration;
+
 use async_nats::jetstream;
 use async_nats::jetstream::ErrorCode;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
@@ -31,7 +33,10 @@ pub(super) async fn ensure_streams(
             jwl_events::EVENTS_SUBJECTS,
             settings.events_max_age,
         ),
-        (&settings.dlq_stream, DLQ_SUBJECTS, settings.dlq_max_age),
+        // no age limit: a dead letter stays until it is redriven or discarded, which is what
+        // releases the hold it may have on its order (one that expired would leave the order
+        // held, with nothing for an operator to act on)
+        (&settings.dlq_stream, DLQ_SUBJECTS, UNLIMITED_AGE),
         (
             &settings.replay_stream,
             REPLAY_SUBJECTS,
@@ -49,14 +54,26 @@ pub(super) async fn ensure_streams(
             subjects: vec![subjects.to_owned()],
             storage: StorageType::File,
             max_age,
-            // nats-server refuses a duplicate window longer than the max age
-            duplicate_window: settings.duplicate_window.min(max_age),
+            duplicate_window: duplicate_window(settings.duplicate_window, max_age),
             num_replicas: settings.stream_replicas.unwrap_or(1),
             ..Default::default()
         };
         ensure_stream(jetstream, config, settings.stream_replicas.is_some()).await?;
     }
     Ok(())
+}
+
+/// A stream `max_age` of zero: messages never expire.
+const UNLIMITED_AGE: Duration = Duration::ZERO;
+
+/// The duplicate window of a stream that keeps messages `max_age`: nats-server refuses one
+/// longer than a (non-zero) max age.
+fn duplicate_window(wanted: Duration, max_age: Duration) -> Duration {
+    if max_age == UNLIMITED_AGE {
+        wanted
+    } else {
+        wanted.min(max_age)
+    }
 }
 
 /// Creates the stream, or brings an existing one's subjects and limits (and, when
