@@ -43,6 +43,10 @@ pub enum Command {
     /// The dead letters: list, show, discard, redrive.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Outbox rows the broker rejected for good (parked): list them, or have the relay retry
+    /// them.
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
     /// Load a running system with orders at a constant rate and report ingest, end-to-end saga
     /// latency and throughput, next to raw Postgres and JetStream baselines.
     Bench(BenchArgs),
@@ -136,6 +140,41 @@ pub enum DlqCommand {
     /// Re-deliver dead letters to their consumer's service, record each outcome and delete
     /// them, resumably.
     Redrive(DlqRedriveArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// The parked outbox rows of each service (those with a database URL), oldest first.
+    Ls(OutboxLsArgs),
+    /// Un-park rows of one service, so its relay publishes them again.
+    Retry(OutboxRetryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OutboxLsArgs {
+    /// Only these services (all by default; repeat or list).
+    #[arg(long = "service", value_enum, value_delimiter = ',')]
+    pub services: Vec<ServiceName>,
+    #[command(flatten)]
+    pub databases: DatabaseArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("rows").required(true).args(["seqs", "all"])))]
+pub struct OutboxRetryArgs {
+    /// The service whose outbox holds the rows.
+    #[arg(value_enum)]
+    pub service: ServiceName,
+    /// The rows to un-park, by `seq` (see `jwl outbox ls`; repeat or list).
+    #[arg(long = "seq", value_delimiter = ',')]
+    pub seqs: Vec<i64>,
+    /// Every parked row of the service.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub databases: DatabaseArgs,
 }
 
 #[derive(Debug, Args)]

@@ -57,6 +57,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Saga(command) => commands::saga::run(command).await,
         Command::Replay(args) => commands::replay::run(args).await,
         Command::Dlq(command) => commands::dlq::run(command).await,
+        Command::Outbox(command) => commands::outbox::run(command).await,
         // No telemetry: the report goes to stdout.
         Command::Bench(args) => commands::bench::run(args).await,
     }

@@ -511,3 +511,108 @@ async fn discard_releases_the_hold_keeps_the_reason_and_removes_the_dead_letter(
         .unwrap();
     assert!(!output.status.success(), "a discarded dead letter is gone");
 }
+
+/// `jwl outbox ls|retry` read and un-park the rows the relay parked in each service's outbox.
+#[tokio::test]
+async fn outbox_ls_lists_parked_rows_and_retry_unparks_them() {
+    let database = jwl_testkit::database().await.unwrap();
+    let pool = jwl_service_kit::db::connect(database.url(), jwl_payment::SCHEMA)
+        .await
+        .unwrap();
+    jwl_payment::migrate(&pool).await.unwrap();
+    // another service's outbox, with nothing parked
+    let inventory = jwl_service_kit::db::connect(database.url(), jwl_inventory::SCHEMA)
+        .await
+        .unwrap();
+    jwl_inventory::migrate(&inventory).await.unwrap();
+    let events = saga(OrderId::new());
+    for event in &events[..3] {
+        let mut tx = pool.begin().await.unwrap();
+        jwl_outbox::enqueue(&mut tx, event).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    // as the relay parks a row the broker refused for good
+    let parked: Vec<i64> = sqlx::query_scalar(
+        "UPDATE outbox SET parked_at = now(), attempts = 1, \
+         last_error = 'message rejected: maximum payload exceeded' \
+         WHERE event_id = ANY($1) RETURNING seq",
+    )
+    .bind(vec![events[0].id.0, events[2].id.0])
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let (first, second) = (parked[0].min(parked[1]), parked[0].max(parked[1]));
+    let url = database.url();
+
+    let text = run_ok(
+        jwl("nats://unused:4222")
+            .env("JWL_DATABASE_URL", url)
+            .args(["outbox", "ls", "--service", "payment,inventory"]),
+    );
+    assert!(text.starts_with("SERVICE  SEQ"), "{text}");
+    assert!(text.contains(&events[0].id.0.to_string()), "{text}");
+    assert!(text.contains("order.created"), "{text}");
+    assert!(text.contains("maximum payload exceeded"), "{text}");
+    assert!(!text.contains(&events[1].id.0.to_string()), "{text}");
+    assert!(
+        text.ends_with("2 parked row(s) in payment, inventory\n"),
+        "{text}"
+    );
+
+    let json: Value = serde_json::from_str(&run_ok(
+        jwl("nats://unused:4222")
+            .env("JWL_DATABASE_URL", url)
+            .args(["outbox", "ls", "--service", "payment", "--json"]),
+    ))
+    .unwrap();
+    let rows = json[0]["rows"].as_array().unwrap();
+    assert_eq!(json[0]["service"], "payment");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["seq"], first);
+    assert_eq!(rows[0]["attempts"], 1);
+
+    // a seq that is not parked is an error, and changes nothing
+    let output = jwl("nats://unused:4222")
+        .env("JWL_DATABASE_URL", url)
+        .args(["outbox", "retry", "payment", "--seq", "999999"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no parked outbox row with seq 999999")
+    );
+    // neither --seq nor --all: refused by the parser
+    assert!(
+        !jwl("nats://unused:4222")
+            .args(["outbox", "retry", "payment"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+
+    let text = run_ok(
+        jwl("nats://unused:4222")
+            .env("JWL_DATABASE_URL", url)
+            .args(["outbox", "retry", "payment", "--seq", &first.to_string()]),
+    );
+    assert!(
+        text.contains(&format!("outbox row {first} un-parked")),
+        "{text}"
+    );
+    let text = run_ok(
+        jwl("nats://unused:4222")
+            .env("JWL_DATABASE_URL", url)
+            .args(["outbox", "retry", "payment", "--all"]),
+    );
+    assert!(
+        text.contains(&format!("outbox row {second} un-parked")),
+        "{text}"
+    );
+    let still_parked: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(still_parked, 0, "both are pending again, for the relay");
+}

@@ -6,6 +6,7 @@
 //!   [`RelaySignal::committed`] wakes the relay after the commit;
 //! - the relay publishes outbox rows to the broker in order, split into partitions by order (one
 //!   active relay per partition of a schema, shared out between a service's replicas);
+//!   a row the broker rejects for good is parked, counted, listed and un-parked by [`parked_rows`];
 //! - the consumer loop feeds events to a [`Handler`], deduplicated by the inbox, in batches of
 //!   one transaction (a few statements per batch in the common case, a savepoint per message
 //!   after a failure), with retries and dead letters; a dead letter
@@ -31,6 +32,7 @@ mod inbox;
 mod messaging;
 mod metrics;
 mod naming;
+pub mod parked_rows;
 pub mod relay;
 mod schema;
 mod settings;

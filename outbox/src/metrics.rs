@@ -8,6 +8,7 @@ pub(crate) const OUTBOX_PUBLISHED: &str = "jwl_outbox_published_total";
 pub(crate) const OUTBOX_PUBLISH_FAILURES: &str = "jwl_outbox_publish_failures_total";
 pub(crate) const OUTBOX_PENDING: &str = "jwl_outbox_pending";
 pub(crate) const OUTBOX_PARKED: &str = "jwl_outbox_parked_total";
+pub(crate) const OUTBOX_PARKED_ROWS: &str = "jwl_outbox_parked_rows";
 pub(crate) const OUTBOX_OLDEST_PENDING_AGE: &str = "jwl_outbox_oldest_pending_age_seconds";
 pub(crate) const RELAY_BATCH_SIZE: &str = "jwl_relay_batch_size";
 pub(crate) const RELAY_PUBLISH_DURATION: &str = "jwl_relay_publish_duration_seconds";
@@ -28,6 +29,8 @@ pub(crate) struct RelayMetrics {
     pub published: Counter,
     pub publish_failures: Counter,
     pub parked: Counter,
+    /// Rows parked now (rejected by the broker for good, waiting for `jwl outbox retry`).
+    pub parked_rows: Gauge,
     pub pending: Gauge,
     /// Age of the oldest row not yet published (0 when none is pending).
     pub oldest_pending_age: Gauge,
@@ -47,6 +50,8 @@ impl RelayMetrics {
             publish_failures: counter!(OUTBOX_PUBLISH_FAILURES, "service" => service,
                 "partition" => partition.clone()),
             parked: counter!(OUTBOX_PARKED, "service" => service,
+                "partition" => partition.clone()),
+            parked_rows: gauge!(OUTBOX_PARKED_ROWS, "service" => service,
                 "partition" => partition.clone()),
             pending: gauge!(OUTBOX_PENDING, "service" => service,
                 "partition" => partition.clone()),

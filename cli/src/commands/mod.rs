@@ -5,6 +5,7 @@ pub mod bench;
 pub mod dlq;
 mod listeners;
 pub mod migrate;
+pub mod outbox;
 pub mod replay;
 pub mod saga;
 pub mod serve;

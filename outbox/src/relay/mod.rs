@@ -273,6 +273,9 @@ impl PartitionRelay {
             }
             lease.run(async |conn| mark(conn, &outcome).await).await?;
             self.record(&outcome);
+            if outcome.failed.iter().any(|(_, error)| error.is_permanent()) {
+                self.count_parked(&mut lease).await?;
+            }
 
             let full = batch.len() >= settings.relay_batch_size;
             if full || !outcome.failed.is_empty() {
@@ -360,9 +363,24 @@ impl PartitionRelay {
             .build()
     }
 
-    /// Deletes rows past retention, a bounded number of chunks per run.
+    /// Sets the parked-rows gauge (rows change parked state here, and by `jwl outbox retry`,
+    /// which the next housekeeping run sees). It counts the whole schema, so only the relay of
+    /// partition 0 (the one that keeps house) reports it; a row parked by another partition's
+    /// relay shows at partition 0's next housekeeping run.
+    async fn count_parked(&self, lease: &mut RelayLease) -> Result<(), OutboxError> {
+        if self.partition.index != 0 {
+            return Ok(());
+        }
+        let parked = lease.run(crate::parked_rows::count).await?;
+        self.metrics.parked_rows.set(parked as f64);
+        Ok(())
+    }
+
+    /// Counts the parked rows, and deletes rows past retention, a bounded number of chunks per
+    /// run.
     async fn housekeeping(&self, lease: &mut RelayLease) -> Result<(), OutboxError> {
         const MAX_CHUNKS: usize = 20;
+        self.count_parked(lease).await?;
         let settings = &*self.shared.settings;
         for _ in 0..MAX_CHUNKS {
             let deleted = lease

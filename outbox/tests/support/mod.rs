@@ -335,6 +335,41 @@ type CounterKey = (String, Vec<(String, String)>);
 /// goes through [`counter`], which accumulates here.
 static COUNTER_TOTALS: Mutex<BTreeMap<CounterKey, u64>> = Mutex::new(BTreeMap::new());
 
+/// The value of gauge `name` with exactly these labels, if it was ever set (counters read
+/// meanwhile are kept for [`counter`]).
+pub fn gauge(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let snapshotter = METRICS.get()?;
+    let mut wanted: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    wanted.sort_unstable();
+    let mut totals = COUNTER_TOTALS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut found = None;
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let key = key.key();
+        let mut key_labels: Vec<(String, String)> = key
+            .labels()
+            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+            .collect();
+        key_labels.sort_unstable();
+        match value {
+            DebugValue::Counter(count) => {
+                *totals
+                    .entry((key.name().to_owned(), key_labels))
+                    .or_default() += count;
+            }
+            DebugValue::Gauge(value) if key.name() == name && key_labels == wanted => {
+                found = Some(value.into_inner());
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
 /// The total of counter `name` with exactly these labels (0 if never incremented).
 pub fn counter(name: &str, labels: &[(&str, &str)]) -> u64 {
     let Some(snapshotter) = METRICS.get() else {

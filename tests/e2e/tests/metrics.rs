@@ -22,6 +22,7 @@ const EVERY_SERVICE: &[(&str, &str)] = &[
     ("jwl_outbox_published_total", "counter"),
     ("jwl_outbox_pending", "gauge"),
     ("jwl_outbox_oldest_pending_age_seconds", "gauge"),
+    ("jwl_outbox_parked_rows", "gauge"),
     ("jwl_relay_publish_duration_seconds", "histogram"),
     ("jwl_tokio_workers", "gauge"),
     ("jwl_tokio_alive_tasks", "gauge"),
