@@ -8,6 +8,7 @@ mod fast_path;
 mod holds;
 mod replay;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -182,44 +183,69 @@ impl ConsumerLoop {
     ///
     /// When the database goes down, what was received and not handled is held (not nak'ed: a
     /// nak is a delivery, and JetStream counts every delivery, so each outage would bring a
-    /// healthy message one step closer to `max_attempts`), its ack timer renewed while the
-    /// database is waited for, and handled first once it answers again.
+    /// healthy message one step closer to `max_attempts`). The subscription stays open while
+    /// the database is waited for: what it still delivers is held too, and every held message's
+    /// ack timer is renewed. Once the database answers, the held messages are handled first.
     async fn pull_until(&self, spec: &ConsumerSpec, shutdown: &CancellationToken) {
         let mut backoff = reconnect_backoff();
-        let mut held: Vec<Box<dyn Delivery>> = Vec::new();
+        let mut held: VecDeque<Box<dyn Delivery>> = VecDeque::new();
+        // kept through a database outage
+        let mut open: Option<Deliveries> = None;
         while !shutdown.is_cancelled() {
-            let interrupted = match self.broker.subscribe(spec).await {
-                Ok(deliveries) => {
-                    tracing::info!(consumer = %self.consumer, held = held.len(), "consuming");
-                    let deliveries = held_first(std::mem::take(&mut held), deliveries);
-                    self.consume(deliveries, shutdown, &mut backoff, &mut held)
-                        .await
-                }
-                Err(error) => Interrupted::Broker(error),
+            let mut deliveries = match open.take() {
+                Some(deliveries) => deliveries,
+                None => match self.broker.subscribe(spec).await {
+                    Ok(deliveries) => {
+                        tracing::info!(consumer = %self.consumer, "consuming");
+                        deliveries
+                    }
+                    Err(error) => {
+                        self.broker_interrupted(error, &mut held, &mut backoff, shutdown)
+                            .await;
+                        continue;
+                    }
+                },
             };
-            match interrupted {
+            match self
+                .consume(&mut deliveries, shutdown, &mut backoff, &mut held)
+                .await
+            {
                 Interrupted::Shutdown => break,
                 Interrupted::Broker(error) => {
-                    // held messages cannot be kept alive without the broker: hand them back
-                    self.nak_all(std::mem::take(&mut held), Duration::ZERO)
-                        .await;
-                    let delay = backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
-                    tracing::warn!(consumer = %self.consumer, %error, ?delay,
-                        "broker subscription interrupted; re-subscribing");
-                    sleep_or_shutdown(delay, shutdown).await;
+                    self.broker_interrupted(error, &mut held, &mut backoff, shutdown)
+                        .await
                 }
                 Interrupted::Database => {
                     tracing::warn!(consumer = %self.consumer, held = held.len(),
                         "database unavailable; holding the messages in hand until it answers");
                     tokio::select! {
                         () = self.wait_for_database(shutdown) => {}
-                        () = keep_in_progress(&held, self.settings.ack_wait) => {}
+                        () = keep_held(&mut deliveries, &mut held, self.settings.ack_wait) => {}
                     }
+                    tracing::info!(consumer = %self.consumer, held = held.len(),
+                        "database available again; handling the held messages first");
+                    open = Some(deliveries);
                 }
             }
         }
         // shutting down: another replica (or the next start) takes them
-        self.nak_all(held, Duration::ZERO).await;
+        self.nak_all(held.into(), Duration::ZERO).await;
+    }
+
+    /// Held messages cannot be kept alive without the broker: hands them back, then waits
+    /// before the next subscription.
+    async fn broker_interrupted(
+        &self,
+        error: TransportError,
+        held: &mut VecDeque<Box<dyn Delivery>>,
+        backoff: &mut ExponentialBackoff,
+        shutdown: &CancellationToken,
+    ) {
+        self.nak_all(held.drain(..).collect(), Duration::ZERO).await;
+        let delay = backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
+        tracing::warn!(consumer = %self.consumer, %error, ?delay,
+            "broker subscription interrupted; re-subscribing");
+        sleep_or_shutdown(delay, shutdown).await;
     }
 
     async fn nak_all(&self, deliveries: Vec<Box<dyn Delivery>>, delay: Duration) {
@@ -236,14 +262,15 @@ impl ConsumerLoop {
     /// in batches, one transaction at a time, so one order's messages stay in stream order while
     /// different orders' batches are handled at once.
     ///
-    /// Interrupted by the database, it leaves every delivery received and not settled in `held`,
-    /// in the order received per order.
+    /// `held` (messages received before, not handled) go first. Interrupted by the database, it
+    /// leaves every delivery received and not settled in `held`, each order's in the order
+    /// received.
     async fn consume(
         &self,
-        mut deliveries: Deliveries,
+        deliveries: &mut Deliveries,
         shutdown: &CancellationToken,
         backoff: &mut ExponentialBackoff,
-        held: &mut Vec<Box<dyn Delivery>>,
+        held: &mut VecDeque<Box<dyn Delivery>>,
     ) -> Interrupted {
         let workers = self
             .settings
@@ -260,11 +287,19 @@ impl ConsumerLoop {
         let mut in_hand: Option<Box<dyn Delivery>> = None;
         let distribute = async {
             let interrupted = loop {
-                let next = tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => break Interrupted::Shutdown,
-                    _ = database_down.cancelled() => break Interrupted::Database,
-                    next = deliveries.next() => next,
+                let next = if shutdown.is_cancelled() {
+                    break Interrupted::Shutdown;
+                } else if database_down.is_cancelled() {
+                    break Interrupted::Database;
+                } else if let Some(delivery) = held.pop_front() {
+                    Some(Ok(delivery))
+                } else {
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => break Interrupted::Shutdown,
+                        _ = database_down.cancelled() => break Interrupted::Database,
+                        next = deliveries.next() => next,
+                    }
                 };
                 let delivery = match next {
                     Some(Ok(delivery)) => delivery,
@@ -298,17 +333,23 @@ impl ConsumerLoop {
         if committed.load(Ordering::Relaxed) {
             *backoff = reconnect_backoff();
         }
-        // each worker's are in the order received, and precede what the distributor had
-        let unhandled = unhandled.into_iter().flatten().chain(in_hand);
-        let prefetched = prefetched(&mut deliveries);
+        // each worker's are in the order received, and precede what the distributor had in
+        // hand, then the held ones it did not hand out, then what the client prefetched
+        let not_given: Vec<Box<dyn Delivery>> = held.drain(..).collect();
+        let unhandled: Vec<Box<dyn Delivery>> = unhandled
+            .into_iter()
+            .flatten()
+            .chain(in_hand)
+            .chain(not_given)
+            .chain(prefetched(deliveries))
+            .collect();
         if matches!(interrupted, Interrupted::Database) {
-            held.extend(unhandled.chain(prefetched));
+            held.extend(unhandled);
             // renewed at once: they may have waited behind a stalled batch
-            keep_in_progress_once(held).await;
+            keep_in_progress_once(held.make_contiguous()).await;
         } else {
             // shutdown, or the broker: nothing was left unhandled by the workers
-            self.nak_all(unhandled.chain(prefetched).collect(), Duration::ZERO)
-                .await;
+            self.nak_all(unhandled, Duration::ZERO).await;
         }
         interrupted
     }
@@ -387,13 +428,8 @@ impl ConsumerLoop {
 
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
-/// `held` (deliveries of an earlier subscription, not settled), then the new subscription's.
-fn held_first(held: Vec<Box<dyn Delivery>>, deliveries: Deliveries) -> Deliveries {
-    if held.is_empty() {
-        return deliveries;
-    }
-    Box::pin(futures::stream::iter(held.into_iter().map(Ok)).chain(deliveries))
-}
+/// Longest pause between two renewals of the held messages during a database outage.
+const KEEP_HELD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Messages already received from the subscription but not handed to a worker.
 fn prefetched(deliveries: &mut Deliveries) -> Vec<Box<dyn Delivery>> {
@@ -404,12 +440,19 @@ fn prefetched(deliveries: &mut Deliveries) -> Vec<Box<dyn Delivery>> {
     prefetched
 }
 
-/// Tells the broker, every third of `ack_wait`, that `held` are still being worked on, so
-/// they are not redelivered (which would count as an attempt); never returns.
-async fn keep_in_progress(held: &[Box<dyn Delivery>], ack_wait: Duration) {
+/// Every third of `ack_wait` (at most [`KEEP_HELD_INTERVAL`], so the subscription is read
+/// often enough for its heartbeats), adds what the subscription delivered meanwhile to `held`
+/// and tells the broker that all of them are still being worked on, so none is redelivered
+/// (which would count as an attempt); never returns.
+async fn keep_held(
+    deliveries: &mut Deliveries,
+    held: &mut VecDeque<Box<dyn Delivery>>,
+    ack_wait: Duration,
+) {
     loop {
-        tokio::time::sleep(ack_wait / 3).await;
-        keep_in_progress_once(held).await;
+        tokio::time::sleep((ack_wait / 3).min(KEEP_HELD_INTERVAL)).await;
+        held.extend(prefetched(deliveries));
+        keep_in_progress_once(held.make_contiguous()).await;
     }
 }
 
