@@ -90,7 +90,8 @@ struct ReleasedDeadLetter {
 pub(super) enum BatchResult {
     Committed,
     /// The database refused this batch's work (e.g. a deferred constraint failing at commit, a
-    /// deadlock): every message was nak'ed, a delivery attempt like a handler failure.
+    /// deadlock), or the batch failed otherwise while the database was reachable: every message
+    /// was nak'ed, a delivery attempt like a handler failure.
     Refused,
     /// The database could not be reached (connection lost, stall timeout): nothing was settled,
     /// the deliveries are handed back to be held until it answers again and then handled, so
@@ -167,14 +168,14 @@ impl ConsumerLoop {
                 }
                 Err(error) => {
                     self.metrics.batch_failures.increment(1);
-                    if !matches!(error, sqlx::Error::Database(_)) {
+                    if unreachable(&error) {
                         tracing::warn!(consumer = %self.consumer, %error, size = batch.len(),
                             "batch transaction failed: the database is unreachable; holding the \
                              batch until it answers");
                         return BatchResult::DatabaseDown(batch);
                     }
                     tracing::warn!(consumer = %self.consumer, %error, size = batch.len(),
-                        "batch transaction refused by the database; redelivering the whole batch");
+                        "batch transaction failed; redelivering the whole batch");
                     let delay = self.settings.batch_failure_nak_delay;
                     join_all(
                         batch
@@ -914,7 +915,43 @@ fn owed_letter(parked: &ParkedMessage, reason: DeadLetterReason, error: String) 
 
 type SettleFuture<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
+/// Whether a batch failed because the database could not be reached (connection lost or
+/// refused, pool exhausted, the stall timeout), rather than because of the batch's work (a
+/// `Database` error: a constraint at commit, a deadlock) or an error that would repeat (a
+/// decoding error): only the first is waited out without counting a delivery attempt, so a
+/// batch that fails the same way every time still ends in the dead-letter stream.
+fn unreachable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    )
+}
+
 /// Adds up to 10 % to a redelivery delay, so messages that failed together spread out.
 fn with_jitter(delay: Duration) -> Duration {
     delay.mul_f64(1.0 + fastrand::f64() * 0.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unreachable_database_is_waited_out_without_counting() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset");
+        assert!(unreachable(&sqlx::Error::Io(io)));
+        assert!(unreachable(&stall::stalled(Duration::from_secs(1))));
+        assert!(unreachable(&sqlx::Error::PoolTimedOut));
+        assert!(unreachable(&sqlx::Error::PoolClosed));
+        // errors that would repeat on the same batch count as attempts
+        assert!(!unreachable(&sqlx::Error::RowNotFound));
+        assert!(!unreachable(&sqlx::Error::Protocol(
+            "unexpected message".into()
+        )));
+        assert!(!unreachable(&sqlx::Error::ColumnNotFound("seq".into())));
+    }
 }
