@@ -156,6 +156,8 @@ impl PartitionRelay {
                         // the partition's new holder reports its backlog
                         self.metrics.pending.set(0.0);
                         self.metrics.oldest_pending_age.set(0.0);
+                        // only the active relay counts them (alerts take the max per service)
+                        self.metrics.parked_rows.set(0.0);
                         shared.signal.set_leading(false);
                         self.board.stopped(index);
                         if let Err(error) = led {
