@@ -63,11 +63,17 @@ async fn a_rejected_row_is_parked_counted_listed_and_published_once_unparked() -
     )
     .await?;
     eventually("the gauge counts the parked row", SOON, || async {
-        gauge("jwl_outbox_parked_rows", &[("service", service)]) == Some(1.0)
+        gauge(
+            "jwl_outbox_parked_rows",
+            &[("service", service), ("partition", "0")],
+        ) == Some(1.0)
     })
     .await?;
     assert_eq!(
-        gauge("jwl_outbox_pending", &[("service", service)]),
+        gauge(
+            "jwl_outbox_pending",
+            &[("service", service), ("partition", "0")]
+        ),
         Some(0.0),
         "a parked row is not pending"
     );
@@ -109,7 +115,10 @@ async fn a_rejected_row_is_parked_counted_listed_and_published_once_unparked() -
     })
     .await?;
     eventually("the gauge is back to 0", SOON, || async {
-        gauge("jwl_outbox_parked_rows", &[("service", service)]) == Some(0.0)
+        gauge(
+            "jwl_outbox_parked_rows",
+            &[("service", service), ("partition", "0")],
+        ) == Some(0.0)
     })
     .await?;
     assert!(parked_rows::list(&mut conn).await?.is_empty());
