@@ -125,6 +125,20 @@ pub trait Broker: Publisher + Subscriber + Send + Sync + 'static {
 pub enum TransportError {
     #[error("connecting to {url}: {source}")]
     Connect { url: String, source: BoxError },
+    /// The security settings cannot be used (see [`nats::SecurityError`]); never holds a secret.
+    #[error("{0}")]
+    Security(String),
+    /// The server is up and refuses the connection for good (rejected credentials, a failed TLS
+    /// handshake); retrying with the same settings cannot help.
+    #[error("NATS at {url} refused the connection: {why}")]
+    Refused { url: String, why: String },
+    /// The server refused to take a message on this subject: the connection's user lacks
+    /// permission to publish there (a deployment error; retried until fixed).
+    #[error(
+        "the NATS server denied publishing to {subject} (permissions violation): the \
+         connection's user may not publish there"
+    )]
+    Denied { subject: String },
     #[error("provisioning {what}: {source}")]
     Provision { what: String, source: BoxError },
     /// The broker lacks a feature this transport needs; retrying cannot help.

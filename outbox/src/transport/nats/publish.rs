@@ -9,25 +9,45 @@ use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use futures::future::join_all;
 
+use super::denials::Denials;
 use crate::transport::{OutboundMessage, PublishReceipt, TransportError};
 
 /// One result per message, in order. Acks are awaited concurrently: one round trip per batch.
+/// A message the server refuses to take for lack of permission fails as soon as the server says
+/// so ([`TransportError::Denied`]).
 pub(super) async fn publish_batch(
     jetstream: &jetstream::Context,
+    denials: &Denials,
     batch: &[OutboundMessage],
 ) -> Vec<Result<PublishReceipt, TransportError>> {
+    let before = denials.latest();
     let mut pending: Vec<Result<PublishAckFuture, TransportError>> =
         Vec::with_capacity(batch.len());
     for message in batch {
         pending.push(send(jetstream, message).await);
     }
-    join_all(pending.into_iter().map(|sent| async move {
-        let ack = sent?.await.map_err(publish_error)?;
-        Ok(PublishReceipt {
-            sequence: ack.sequence,
-            duplicate: ack.duplicate,
-        })
-    }))
+    join_all(
+        pending
+            .into_iter()
+            .zip(batch)
+            .map(|(sent, message)| async move {
+                let denied = || TransportError::Denied {
+                    subject: message.subject.clone(),
+                };
+                let ack = tokio::select! {
+                    ack = sent?.into_future() => match ack {
+                        // a refused publish gets no ack: its timeout may come first
+                        Err(_) if denials.denied_after(before, &message.subject) => Err(denied()),
+                        other => other.map_err(publish_error),
+                    },
+                    () = denials.wait_denied(before, &message.subject) => Err(denied()),
+                }?;
+                Ok(PublishReceipt {
+                    sequence: ack.sequence,
+                    duplicate: ack.duplicate,
+                })
+            }),
+    )
     .await
 }
 
