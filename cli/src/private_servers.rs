@@ -31,6 +31,8 @@ impl PrivateServers {
             NatsServer::start(NatsOptions {
                 store_dir: store_dir.clone(),
                 port,
+                config_file: None,
+                env: Vec::new(),
             })
         })
         .await

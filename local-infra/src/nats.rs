@@ -20,12 +20,20 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Where to run the server.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct NatsOptions {
     /// JetStream store directory (`-sd`); created if missing. The log file is written here too.
     pub store_dir: PathBuf,
     /// TCP port on 127.0.0.1.
     pub port: u16,
+    /// A configuration file (`-c`), e.g. with TLS and users; the address, port, store and
+    /// server name given here override its own. A server with a configuration is taken to be
+    /// ready once it names itself to a client and logs that it is ready (its clients may need
+    /// TLS and credentials, which the readiness probe does not have).
+    pub config_file: Option<PathBuf>,
+    /// Environment variables of the server process, e.g. the passwords a configuration file
+    /// refers to as `$NAME`.
+    pub env: Vec<(String, String)>,
 }
 
 /// One node of a cluster: where it listens for routes, and the other nodes' route ports.
@@ -199,6 +207,10 @@ impl NatsServer {
             .try_clone()
             .map_err(|e| InfraError::io("duplicating the log handle", e))?;
         let mut command = Command::new(&self.binary);
+        if let Some(config_file) = &self.options.config_file {
+            command.arg("-c").arg(config_file);
+        }
+        command.envs(self.options.env.iter().map(|(name, value)| (name, value)));
         command
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.options.port.to_string())
@@ -248,11 +260,21 @@ impl NatsServer {
                     log_path,
                 ));
             }
-            let last_problem = match nats_probe::jetstream_ready(
-                self.options.port,
-                &self.server_name,
-                Duration::from_secs(1),
-            ) {
+            let probe = if self.options.config_file.is_some() {
+                nats_probe::configured_server_ready(
+                    self.options.port,
+                    &self.server_name,
+                    log_path,
+                    Duration::from_secs(1),
+                )
+            } else {
+                nats_probe::jetstream_ready(
+                    self.options.port,
+                    &self.server_name,
+                    Duration::from_secs(1),
+                )
+            };
+            let last_problem = match probe {
                 Ok(()) => return Ok(()),
                 Err(problem) => problem,
             };

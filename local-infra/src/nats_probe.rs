@@ -69,6 +69,38 @@ pub(crate) fn jetstream_ready(
     }
 }
 
+/// `Ok(())` if the server named `server_name` on 127.0.0.1:`port` greets clients and its log at
+/// `log_path` says it is ready (JetStream is set up before that line). For a server with a
+/// configuration of its own, whose clients may need TLS and credentials.
+pub(crate) fn configured_server_ready(
+    port: u16,
+    server_name: &str,
+    log_path: &std::path::Path,
+    timeout: Duration,
+) -> Result<(), String> {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let stream =
+        TcpStream::connect_timeout(&address, timeout).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let info = read_line(&mut BufReader::new(stream))?;
+    if !info.starts_with("INFO ") {
+        return Err(format!("expected INFO, got {info:?}"));
+    }
+    if !info.contains(&format!("\"server_name\":\"{server_name}\"")) {
+        return Err(format!("another server answers on port {port}: {info}"));
+    }
+    let log = std::fs::read_to_string(log_path).map_err(|e| format!("reading the log: {e}"))?;
+    // the log is appended to across restarts: only this run's lines count
+    let this_run = log.rsplit("Starting nats-server").next().unwrap_or(&log);
+    if this_run.contains("Server is ready") {
+        Ok(())
+    } else {
+        Err("the server has not logged that it is ready".to_owned())
+    }
+}
+
 fn read_line(reader: &mut impl BufRead) -> Result<String, String> {
     let mut line = String::new();
     match reader.read_line(&mut line) {

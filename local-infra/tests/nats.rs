@@ -10,6 +10,8 @@ fn options(dir: &tempfile::TempDir) -> NatsOptions {
     NatsOptions {
         store_dir: dir.path().join("store"),
         port: free_port().unwrap(),
+        config_file: None,
+        env: Vec::new(),
     }
 }
 

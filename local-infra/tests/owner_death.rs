@@ -33,6 +33,8 @@ fn owner_helper() {
         let nats = NatsServer::start(NatsOptions {
             store_dir: dir.join("nats"),
             port: free_port().unwrap(),
+            config_file: None,
+            env: Vec::new(),
         })
         .unwrap();
         let postgres = PostgresServer::start(PostgresOptions {

@@ -12,6 +12,9 @@
 //!   removed on drop; it can be restarted, killed and started again for fault injection.
 //! * [`nats_cluster()`] — several private `nats-server -js` nodes clustered over loopback
 //!   routes (free ports, a store each), each node killable and restartable on its own.
+//! * [`secure_nats()`] — a private `nats-server` requiring TLS (certificates made by the test)
+//!   and client certificates, with the deployment's users and permissions
+//!   (`deploy/nats/jwl-auth.conf`), each with a random password.
 //! * [`service`] — helpers for the service crates' integration tests: a pool in a service's
 //!   schema, a `ServiceContext` on a private nats-server, requests through the real HTTP edge,
 //!   delivering and publishing events, reading the outbox.
@@ -31,6 +34,7 @@ mod eventually;
 mod nats;
 mod nats_cluster;
 mod scratch;
+mod secure_nats;
 pub mod service;
 
 pub use cluster::{TestCluster, cluster};
@@ -39,6 +43,7 @@ pub use eventually::{PollOutcome, eventually};
 pub use jwl_local_infra::StopMode;
 pub use nats::{TestNats, nats};
 pub use nats_cluster::{TestNatsCluster, nats_cluster};
+pub use secure_nats::{AUTH_CONF, Pki, SecureNats, USERS, password_variable, secure_nats};
 
 /// Environment variable naming an existing PostgreSQL server to create test databases in.
 pub const TEST_DATABASE_URL_ENV: &str = "JWL_TEST_DATABASE_URL";

@@ -33,7 +33,16 @@ pub async fn nats() -> anyhow::Result<TestNats> {
 }
 
 fn start_blocking() -> anyhow::Result<TestNats> {
-    let dir = scratch::new_dir("nats")?;
+    start_in(scratch::new_dir("nats")?, None, Vec::new())
+}
+
+/// Starts a server whose store is under `dir`, with `config_file` (written under `dir`) and the
+/// environment `env`.
+pub(crate) fn start_in(
+    dir: TempDir,
+    config_file: Option<PathBuf>,
+    env: Vec<(String, String)>,
+) -> anyhow::Result<TestNats> {
     let store_dir = dir.path().join("store");
     let mut attempt = 0;
     let server = loop {
@@ -41,6 +50,8 @@ fn start_blocking() -> anyhow::Result<TestNats> {
         match NatsServer::start(NatsOptions {
             store_dir: store_dir.clone(),
             port: free_port()?,
+            config_file: config_file.clone(),
+            env: env.clone(),
         }) {
             Ok(server) => break server,
             Err(InfraError::PortInUse { .. }) if attempt < START_ATTEMPTS => continue,

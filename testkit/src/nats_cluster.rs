@@ -39,6 +39,8 @@ fn start_blocking(size: usize) -> anyhow::Result<TestNatsCluster> {
             let options = NatsOptions {
                 store_dir: dir.path().join("store"),
                 port: free_port()?,
+                config_file: None,
+                env: Vec::new(),
             };
             let node = NatsClusterNode {
                 cluster_name: cluster_name.clone(),
