@@ -13,6 +13,7 @@ use jwl_ops::DeadLetterReason;
 use jwl_outbox::{FaultPoints, MessagingSettings, TransientFault};
 use jwl_service_kit::auth::Scope;
 use jwl_service_kit::db::PoolSettings;
+use secrecy::SecretString;
 
 use crate::services::ServiceName;
 
@@ -52,6 +53,8 @@ pub enum Command {
     Bench(BenchArgs),
 }
 
+// Parsed once at start-up; boxing the larger variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum SagaCommand {
     /// One order's events and dead letters from the broker, and its status from the order
@@ -338,6 +341,8 @@ pub struct BenchArgs {
     #[arg(long, env = "JWL_NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
     #[command(flatten)]
+    pub nats_security: NatsSecurityArgs,
+    #[command(flatten)]
     pub jwt: JwtArgs,
     /// Only used to find the JWT secret file when JWL_JWT_SECRET is unset.
     #[command(flatten)]
@@ -349,6 +354,58 @@ pub struct NatsArgs {
     /// The NATS server (JetStream enabled), or a comma-separated list of the nodes of a cluster.
     #[arg(long, env = "JWL_NATS_URL", hide_env_values = true)]
     pub nats_url: String,
+    #[command(flatten)]
+    pub security: NatsSecurityArgs,
+}
+
+/// Credentials and TLS for NATS (see "Securing the bus" in the README). At most one kind of
+/// credential; a user and password may also come from the URL (`nats://user:password@host`).
+/// Prefer the variables to the flags: a flag's value is visible to other local users.
+#[derive(Debug, Args)]
+pub struct NatsSecurityArgs {
+    /// NATS user (with JWL_NATS_PASSWORD).
+    #[arg(long, env = "JWL_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// Password of JWL_NATS_USER.
+    #[arg(long, env = "JWL_NATS_PASSWORD", hide_env_values = true, value_parser = parse_secret)]
+    pub nats_password: Option<SecretString>,
+    /// NATS authentication token.
+    #[arg(long, env = "JWL_NATS_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    pub nats_token: Option<SecretString>,
+    /// File holding the user's nkey seed (`SU…`).
+    #[arg(long, env = "JWL_NATS_NKEY_SEED_FILE", value_name = "FILE",
+          value_parser = parse_path)]
+    pub nats_nkey_seed_file: Option<PathBuf>,
+    /// `.creds` file (user JWT and nkey seed) for a server in operator (JWT) mode.
+    #[arg(long, env = "JWL_NATS_CREDS_FILE", value_name = "FILE",
+          value_parser = parse_path)]
+    pub nats_creds_file: Option<PathBuf>,
+    /// PEM file of the CA the server's certificate must chain to (implies TLS required).
+    #[arg(long, env = "JWL_NATS_TLS_CA_FILE", value_name = "FILE",
+          value_parser = parse_path)]
+    pub nats_tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a server that verifies clients (implies TLS required).
+    #[arg(long, env = "JWL_NATS_TLS_CERT_FILE", value_name = "FILE",
+          value_parser = parse_path)]
+    pub nats_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of JWL_NATS_TLS_CERT_FILE.
+    #[arg(long, env = "JWL_NATS_TLS_KEY_FILE", value_name = "FILE",
+          value_parser = parse_path)]
+    pub nats_tls_key_file: Option<PathBuf>,
+    /// Refuse to connect without TLS (also implied by a `tls://` URL).
+    #[arg(long, env = "JWL_NATS_TLS_REQUIRED",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub nats_tls_required: bool,
+}
+
+/// A file path; an empty one (an empty variable) counts as unset.
+fn parse_path(value: &str) -> Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(value))
+}
+
+/// A secret argument, held so that it never shows in Debug output.
+fn parse_secret(value: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(value))
 }
 
 #[derive(Debug, Args)]
@@ -376,6 +433,8 @@ pub struct UpArgs {
     #[arg(long, env = "JWL_NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
     #[command(flatten)]
+    pub nats_security: NatsSecurityArgs,
+    #[command(flatten)]
     pub databases: DatabaseArgs,
     #[command(flatten)]
     pub jwt: JwtArgs,
@@ -395,6 +454,8 @@ pub struct ServeArgs {
     /// The NATS server (JetStream enabled), or a comma-separated list of the nodes of a cluster.
     #[arg(long, env = "JWL_NATS_URL", hide_env_values = true)]
     pub nats_url: String,
+    #[command(flatten)]
+    pub nats_security: NatsSecurityArgs,
     #[command(flatten)]
     pub databases: DatabaseArgs,
     #[command(flatten)]

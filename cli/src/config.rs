@@ -11,7 +11,10 @@ use jwl_service_kit::auth::MIN_SECRET_BYTES;
 use jwl_service_kit::http::IngestLimits;
 use jwl_service_kit::http::admission::BacklogLimits;
 
-use crate::args::{DatabaseArgs, JwtArgs, SettingsArgs};
+use jwl_outbox::transport::nats::{CredentialSettings, NatsCredentials, NatsSecurity, NatsTls};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::args::{DatabaseArgs, JwtArgs, NatsSecurityArgs, SettingsArgs};
 use crate::secret;
 use crate::services::ServiceName;
 
@@ -59,6 +62,36 @@ impl DatabaseArgs {
                  (or --{service}-database-url / --database-url)",
                 upper = service.as_str().to_ascii_uppercase()
             )
+        })
+    }
+}
+
+impl NatsSecurityArgs {
+    /// The credentials and TLS of the NATS connection; an empty variable counts as unset.
+    pub fn to_security(&self) -> anyhow::Result<NatsSecurity> {
+        let path = |value: &Option<std::path::PathBuf>| {
+            value.clone().filter(|path| !path.as_os_str().is_empty())
+        };
+        let secret = |value: &Option<SecretString>| {
+            value
+                .clone()
+                .filter(|secret| !secret.expose_secret().is_empty())
+        };
+        let credentials = NatsCredentials::from_settings(CredentialSettings {
+            user: non_empty(&self.nats_user).map(str::to_owned),
+            password: secret(&self.nats_password),
+            token: secret(&self.nats_token),
+            nkey_seed_file: path(&self.nats_nkey_seed_file),
+            creds_file: path(&self.nats_creds_file),
+        })?;
+        Ok(NatsSecurity {
+            credentials,
+            tls: NatsTls {
+                ca_file: path(&self.nats_tls_ca_file),
+                cert_file: path(&self.nats_tls_cert_file),
+                key_file: path(&self.nats_tls_key_file),
+                required: self.nats_tls_required,
+            },
         })
     }
 }
@@ -154,5 +187,67 @@ mod tests {
             .to_string();
         assert!(message.contains("JWL_DISPATCH_DATABASE_URL"), "{message}");
         assert!(message.contains("JWL_DATABASE_URL"), "{message}");
+    }
+
+    fn serve_args(extra: &[&str]) -> crate::args::ServeArgs {
+        use clap::Parser;
+        let mut args = vec![
+            "jwl",
+            "serve",
+            "payment",
+            "--nats-url",
+            "nats://127.0.0.1:4222",
+        ];
+        args.extend_from_slice(extra);
+        match crate::args::Cli::try_parse_from(args) {
+            Ok(crate::args::Cli {
+                command: crate::args::Command::Serve(args),
+            }) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn nats_secrets_are_not_in_the_debug_output_of_the_arguments() {
+        let password = "Pa55-word-not-to-be-shown";
+        let token = "t0ken-not-to-be-shown";
+        let args = serve_args(&["--nats-user", "jwl-payment", "--nats-password", password]);
+        let shown = format!("{args:?}");
+        assert!(shown.contains("jwl-payment"), "{shown}");
+        assert!(!shown.contains(password), "{shown}");
+        let security = args.nats_security.to_security().unwrap();
+        assert!(!format!("{security:?}").contains(password));
+
+        let args = serve_args(&["--nats-token", token]);
+        assert!(!format!("{args:?}").contains(token));
+        assert!(!format!("{:?}", args.nats_security.to_security().unwrap()).contains(token));
+    }
+
+    #[test]
+    fn nats_settings_name_one_credential_and_empty_values_count_as_unset() {
+        let none = serve_args(&[]).nats_security.to_security().unwrap();
+        assert!(matches!(none.credentials, NatsCredentials::None));
+        assert!(!none.tls.is_required());
+
+        let empty = serve_args(&["--nats-user", "", "--nats-tls-ca-file", ""])
+            .nats_security
+            .to_security()
+            .unwrap();
+        assert!(matches!(empty.credentials, NatsCredentials::None));
+        assert_eq!(empty.tls, NatsTls::default());
+
+        let both = serve_args(&["--nats-token", "t", "--nats-creds-file", "/x.creds"])
+            .nats_security
+            .to_security()
+            .unwrap_err()
+            .to_string();
+        assert!(both.contains("JWL_NATS_TOKEN"), "{both}");
+        assert!(both.contains("JWL_NATS_CREDS_FILE"), "{both}");
+
+        let tls = serve_args(&["--nats-tls-required"])
+            .nats_security
+            .to_security()
+            .unwrap();
+        assert!(tls.tls.is_required());
     }
 }

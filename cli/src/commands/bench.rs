@@ -43,6 +43,7 @@ use self::figures::{
 use self::observe::Watcher;
 use super::redact_userinfo;
 use crate::args::BenchArgs;
+use jwl_outbox::transport::nats::NatsSecurity;
 
 /// Pause between two polling rounds of the orders not yet terminal (without NATS).
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -240,12 +241,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         },
     };
+    let nats_security = args.nats_security.to_security()?;
     let (watcher, polling_reason) = match non_empty(args.nats_url.as_deref()) {
         None => (
             None,
             Some("no NATS URL (--nats-url / JWL_NATS_URL)".to_owned()),
         ),
-        Some(url) => match Watcher::start(url).await {
+        Some(url) => match Watcher::start(url, &nats_security).await {
             Ok(watcher) => (Some(watcher), None),
             Err(error) => {
                 eprintln!("warning: cannot watch the events ({error:#}); polling every order");
@@ -296,6 +298,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .await,
         jetstream_acked_publishes: jetstream_baseline(
             args.nats_url.as_deref(),
+            &nats_security,
             &run.run_id,
             args.baseline_duration,
         )
@@ -990,22 +993,24 @@ async fn rate_of(
 
 /// JetStream publishes acknowledged per second, each ack awaited before the next publish, to a
 /// scratch stream `JWL_BENCH_<run>` on `jwl.bench.<run>.>` (deleted afterwards).
-async fn jetstream_baseline(url: Option<&str>, run_id: &str, length: Duration) -> Baseline {
+async fn jetstream_baseline(
+    url: Option<&str>,
+    security: &NatsSecurity,
+    run_id: &str,
+    length: Duration,
+) -> Baseline {
     let Some(url) = url.map(str::trim).filter(|url| !url.is_empty()) else {
         return Baseline::Skipped {
             reason: "no NATS URL (--nats-url / JWL_NATS_URL)".to_owned(),
         };
     };
     let outcome = async {
-        let client = tokio::time::timeout(
-            BASELINE_CONNECT_TIMEOUT,
-            async_nats::ConnectOptions::new()
-                .name("jwl-bench")
-                .connect(jwl_outbox::transport::nats::server_list(url)),
-        )
-        .await
-        .context("timed out connecting")?
-        .context("connecting")?;
+        let (options, servers) =
+            security.client_options(url, async_nats::ConnectOptions::new().name("jwl-bench"))?;
+        let client = tokio::time::timeout(BASELINE_CONNECT_TIMEOUT, options.connect(servers))
+            .await
+            .context("timed out connecting")?
+            .context("connecting")?;
         let jetstream = jetstream::new(client.clone());
         let stream_name = format!("JWL_BENCH_{}", run_id.to_ascii_uppercase());
         let subject_prefix = format!("jwl.bench.{run_id}");

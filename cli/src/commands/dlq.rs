@@ -45,7 +45,7 @@ impl DeadLetterFilterArgs {
 }
 
 async fn ls(args: DlqLsArgs) -> anyhow::Result<()> {
-    let (broker, settings) = connect_operator(&args.nats.nats_url, "dlq").await?;
+    let (broker, settings) = connect_operator(&args.nats, "dlq").await?;
     let entries = dead_letters::list(broker.jetstream(), &settings, &args.filter.to_filter())
         .await
         .context("listing dead letters")?;
@@ -57,7 +57,7 @@ async fn ls(args: DlqLsArgs) -> anyhow::Result<()> {
 }
 
 async fn show(args: DlqShowArgs) -> anyhow::Result<()> {
-    let (broker, settings) = connect_operator(&args.nats.nats_url, "dlq").await?;
+    let (broker, settings) = connect_operator(&args.nats, "dlq").await?;
     let detail = dead_letters::show(broker.jetstream(), &settings, args.seq).await?;
     if args.output.json {
         return print_json(&detail);
@@ -67,7 +67,7 @@ async fn show(args: DlqShowArgs) -> anyhow::Result<()> {
 }
 
 async fn discard(args: DlqDiscardArgs) -> anyhow::Result<()> {
-    let (broker, settings) = connect_operator(&args.nats.nats_url, "dlq").await?;
+    let (broker, settings) = connect_operator(&args.nats, "dlq").await?;
     let jetstream = broker.jetstream();
     let mut failures = 0usize;
     for &seq in &args.seqs {
@@ -162,7 +162,7 @@ impl RedriveState {
 }
 
 async fn redrive(args: DlqRedriveArgs) -> anyhow::Result<()> {
-    let (broker, settings) = connect_operator(&args.nats.nats_url, "dlq").await?;
+    let (broker, settings) = connect_operator(&args.nats, "dlq").await?;
     let jetstream = broker.jetstream();
     let (mut state, path) = match &args.resume {
         Some(path) => (RedriveState::load(path)?, path.clone()),

@@ -15,12 +15,13 @@ pub mod up;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use jwl_outbox::transport::nats::redact_userinfo;
+use jwl_outbox::transport::nats::{NatsSecurity, redact_userinfo};
 use jwl_outbox::{JetStreamBroker, MessagingSettings, TransportError};
 use jwl_service_kit::db::PoolSettings;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
+use crate::args::NatsArgs;
 use crate::services::ServiceEntry;
 
 /// A pool on `url` in the service's schema (created if missing).
@@ -85,24 +86,39 @@ enum StreamsUnavailable {
     Fail,
 }
 
-/// Connects to NATS (`url`: one URL or a comma-separated list of cluster nodes), waiting for the
-/// connection to come up, and makes sure the streams exist with their configured replicas.
-/// Fails when the broker can never serve (too old, or it refuses the replica count).
+/// Connects to NATS (`url`: one URL or a comma-separated list of cluster nodes) with the
+/// credentials and TLS of `security`, waiting for the connection to come up, and makes sure the
+/// streams exist with their configured replicas. Fails when the broker can never serve (it
+/// refuses the credentials or the TLS handshake, it is too old, or it refuses the replica
+/// count).
 async fn connect_broker(
     url: &str,
+    security: &NatsSecurity,
     client_name: &str,
     messaging: &MessagingSettings,
     unavailable: StreamsUnavailable,
 ) -> anyhow::Result<JetStreamBroker> {
     let shown = redact_userinfo(url);
-    let broker = JetStreamBroker::connect_named(url, client_name)
+    let broker = JetStreamBroker::connect_secured(url, client_name, security)
         .await
         .with_context(|| format!("connecting to NATS at {shown}"))?;
-    // The client connects in the background; say clearly when the server is not there.
+    // The client connects in the background when the server was not up at first; say clearly
+    // when it is not there, or when it came up and refuses the credentials.
     let deadline = Instant::now() + NATS_CONNECT_TIMEOUT;
     while !broker.is_healthy() {
+        let last_error = broker.last_connect_error();
+        if let Some(error) = last_error
+            .as_deref()
+            .filter(|error| error.contains("authorization violation"))
+        {
+            bail!(
+                "NATS at {shown} refused the connection: {error} (check JWL_NATS_USER/\
+                 JWL_NATS_PASSWORD, JWL_NATS_TOKEN, JWL_NATS_NKEY_SEED_FILE or JWL_NATS_CREDS_FILE)"
+            );
+        }
         if Instant::now() >= deadline {
-            bail!("NATS at {shown} is not reachable (waited {NATS_CONNECT_TIMEOUT:?})");
+            let last = last_error.map_or(String::new(), |error| format!("; last error: {error}"));
+            bail!("NATS at {shown} is not reachable (waited {NATS_CONNECT_TIMEOUT:?}{last})");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -129,7 +145,7 @@ async fn connect_broker(
 
 /// Connects an operator command to NATS (see [`connect_broker`]) with the default settings.
 async fn connect_operator(
-    url: &str,
+    nats: &NatsArgs,
     command: &str,
 ) -> anyhow::Result<(JetStreamBroker, MessagingSettings)> {
     // an operator tool creates missing streams but never changes a deployment's replica count
@@ -138,7 +154,8 @@ async fn connect_operator(
         ..MessagingSettings::default()
     };
     let broker = connect_broker(
-        url,
+        &nats.nats_url,
+        &nats.security.to_security()?,
         &format!("jwl-{command}"),
         &settings,
         StreamsUnavailable::Fail,

@@ -11,7 +11,7 @@ use super::{connect_operator, print_json};
 use crate::args::ReplayArgs;
 
 pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
-    let (broker, settings) = connect_operator(&args.nats.nats_url, "replay").await?;
+    let (broker, settings) = connect_operator(&args.nats, "replay").await?;
     let since_ago = args
         .since_ago
         .map(|age| chrono::Duration::from_std(age).map(|age| Utc::now() - age))

@@ -45,7 +45,7 @@ struct SagaView {
 }
 
 async fn show(args: SagaShowArgs) -> anyhow::Result<()> {
-    let (broker, settings) = connect_operator(&args.nats.nats_url, "saga").await?;
+    let (broker, settings) = connect_operator(&args.nats, "saga").await?;
     let history = OrderHistory::read(broker.jetstream(), &settings, &args.order_id)
         .await
         .with_context(|| format!("reading the history of order {}", args.order_id))?;

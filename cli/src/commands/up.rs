@@ -60,6 +60,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<Started> {
     let data_dir = &args.data_dir.data_dir;
     let keys = args.jwt.load_or_generate_keys(data_dir)?;
+    let nats_security = args.nats_security.to_security()?;
 
     let nats_url = match args
         .nats_url
@@ -87,6 +88,7 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
     let messaging = args.messaging.to_settings(None);
     let broker = connect_broker(
         &nats_url,
+        &nats_security,
         "jwl-up",
         &messaging,
         StreamsUnavailable::StartNotReady,

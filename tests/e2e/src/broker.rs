@@ -7,6 +7,7 @@ use anyhow::Context;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::{StreamExt, TryStreamExt};
 use jwl_events::{EVENTS_SUBJECTS, Envelope, HeaderStyle};
+use jwl_outbox::transport::nats::NatsSecurity;
 
 /// The stream holding every event (`jwl.evt.>`).
 pub const EVENTS_STREAM: &str = "JWL_EVENTS";
@@ -80,6 +81,19 @@ pub struct Broker {
 
 impl Broker {
     /// Connects to the NATS server at `url` (or a comma-separated list of cluster nodes).
+    /// Connects with the credentials and TLS of `security` (the operator's, on a secured bus).
+    pub async fn connect_secured(url: &str, security: &NatsSecurity) -> anyhow::Result<Self> {
+        let (options, servers) =
+            security.client_options(url, async_nats::ConnectOptions::new().name("jwl-e2e"))?;
+        let client = options
+            .connect(servers)
+            .await
+            .with_context(|| format!("connecting to NATS at {url}"))?;
+        Ok(Self {
+            jetstream: jetstream::new(client),
+        })
+    }
+
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let servers: Vec<&str> = url.split(',').map(str::trim).collect();
         let client = async_nats::ConnectOptions::new()

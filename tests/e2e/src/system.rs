@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use jwl_events::Service;
-use jwl_testkit::{TestCluster, TestDatabase, TestNats, TestNatsCluster, eventually};
+use jwl_testkit::{SecureNats, TestCluster, TestDatabase, TestNats, TestNatsCluster, eventually};
 
 use crate::api::{ApiClient, NewOrder, OrderView};
 use crate::binary::jwl_binary;
@@ -64,6 +64,10 @@ pub struct SystemOptions {
     pub replicas: usize,
     /// `JWL_OUTBOX_PARTITIONS` of the services.
     pub outbox_partitions: usize,
+    /// A secured bus ([`jwl_testkit::secure_nats`]): one server requiring TLS and client
+    /// certificates, with the users and permissions of `deploy/nats/jwl-auth.conf`; each
+    /// service connects as its own user, the test's broker client as the operator.
+    pub secure_bus: bool,
 }
 
 impl Default for SystemOptions {
@@ -84,6 +88,7 @@ impl Default for SystemOptions {
             stream_replicas: 1,
             replicas: 1,
             outbox_partitions: 1,
+            secure_bus: false,
         }
     }
 }
@@ -110,16 +115,23 @@ pub struct System {
     cluster: Option<TestCluster>,
 }
 
-/// The system's broker: one server, or a cluster.
+/// The system's broker: one server, or a cluster, or one secured server.
 enum Nats {
     Single(TestNats),
     Cluster(TestNatsCluster),
+    Secure(SecureNats),
 }
 
 impl Nats {
-    async fn start(nodes: usize) -> anyhow::Result<Self> {
-        Ok(if nodes > 1 {
-            Self::Cluster(jwl_testkit::nats_cluster(nodes).await?)
+    async fn start(options: &SystemOptions) -> anyhow::Result<Self> {
+        Ok(if options.secure_bus {
+            anyhow::ensure!(
+                options.nats_nodes == 1,
+                "a secured bus is one server (SystemOptions::nats_nodes must be 1)"
+            );
+            Self::Secure(jwl_testkit::secure_nats().await?)
+        } else if options.nats_nodes > 1 {
+            Self::Cluster(jwl_testkit::nats_cluster(options.nats_nodes).await?)
         } else {
             Self::Single(jwl_testkit::nats().await?)
         })
@@ -130,6 +142,7 @@ impl Nats {
         match self {
             Self::Single(nats) => nats.url().to_owned(),
             Self::Cluster(cluster) => cluster.urls(),
+            Self::Secure(nats) => nats.url().to_owned(),
         }
     }
 
@@ -138,6 +151,15 @@ impl Nats {
         match self {
             Self::Single(nats) => nats,
             Self::Cluster(cluster) => &cluster.nodes()[0],
+            Self::Secure(nats) => nats.server(),
+        }
+    }
+
+    /// The `JWL_NATS_*` credentials and TLS variables of `service` on a secured bus.
+    fn security_env(&self, service: Service) -> anyhow::Result<Vec<(String, String)>> {
+        match self {
+            Self::Secure(nats) => nats.env(service.as_str()),
+            Self::Single(_) | Self::Cluster(_) => Ok(Vec::new()),
         }
     }
 }
@@ -147,7 +169,7 @@ impl System {
     /// service answers `200` on `/readyz`. Prints where the service logs are.
     pub async fn start(options: SystemOptions) -> anyhow::Result<System> {
         let binary = jwl_binary()?;
-        let nats = Nats::start(options.nats_nodes).await?;
+        let nats = Nats::start(&options).await?;
         let nats_urls = nats.urls();
         let (cluster, database) = if options.private_cluster {
             let cluster = TestCluster::start().await?;
@@ -181,6 +203,11 @@ impl System {
             proxies.push((service, link, proxy));
         }
         let replicas = options.replicas.max(1);
+        let mut security_env = BTreeMap::new();
+        for service in Service::ALL {
+            security_env.insert(service, nats.security_env(service)?);
+        }
+        let security_env = &security_env;
         let started = futures::future::join_all(
             Service::ALL
                 .iter()
@@ -192,6 +219,11 @@ impl System {
                         log_dir.join(format!("{service}-{replica}.log"))
                     };
                     let mut env = env.clone();
+                    for (variable, value) in security_env.get(&service).cloned().unwrap_or_default()
+                    {
+                        env.retain(|(k, _)| *k != variable);
+                        env.push((variable, value));
+                    }
                     for (_, (variable, url)) in proxied_env.iter().filter(|(s, _)| *s == service) {
                         env.retain(|(k, _)| k != variable);
                         env.push((variable.clone(), url.clone()));
@@ -226,7 +258,12 @@ impl System {
         }))?;
         let tokens = Tokens::new(&secret);
         let admin_token = tokens.admin()?;
-        let broker = Broker::connect(&nats_urls).await?;
+        let broker = match &nats {
+            Nats::Secure(secure) => {
+                Broker::connect_secured(&nats_urls, &secure.security("operator")?).await?
+            }
+            Nats::Single(_) | Nats::Cluster(_) => Broker::connect(&nats_urls).await?,
+        };
         let store = Store::new(database.pool().await?);
         Ok(System {
             services,
@@ -296,10 +333,18 @@ impl System {
         self.nats.first()
     }
 
+    /// The secured server, when the system runs on one ([`SystemOptions::secure_bus`]).
+    pub fn secure_nats(&self) -> Option<&SecureNats> {
+        match &self.nats {
+            Nats::Secure(nats) => Some(nats),
+            Nats::Single(_) | Nats::Cluster(_) => None,
+        }
+    }
+
     /// The JetStream cluster, when the system runs on one ([`SystemOptions::nats_nodes`] > 1).
     pub fn nats_cluster(&self) -> Option<&TestNatsCluster> {
         match &self.nats {
-            Nats::Single(_) => None,
+            Nats::Single(_) | Nats::Secure(_) => None,
             Nats::Cluster(cluster) => Some(cluster),
         }
     }

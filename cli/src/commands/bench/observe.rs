@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::commands::redact_userinfo;
+use jwl_outbox::transport::nats::NatsSecurity;
 
 /// Bound on connecting to NATS.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -169,17 +170,17 @@ pub struct Watcher {
 
 impl Watcher {
     /// Connects and subscribes; every event published after this returns is seen.
-    pub async fn start(url: &str) -> anyhow::Result<Self> {
-        let client = tokio::time::timeout(
-            CONNECT_TIMEOUT,
+    pub async fn start(url: &str, security: &NatsSecurity) -> anyhow::Result<Self> {
+        let (options, servers) = security.client_options(
+            url,
             async_nats::ConnectOptions::new()
                 .name("jwl-bench-watcher")
-                .subscription_capacity(SUBSCRIPTION_CAPACITY)
-                .connect(jwl_outbox::transport::nats::server_list(url)),
-        )
-        .await
-        .context("timed out connecting")?
-        .with_context(|| format!("connecting to NATS at {}", redact_userinfo(url)))?;
+                .subscription_capacity(SUBSCRIPTION_CAPACITY),
+        )?;
+        let client = tokio::time::timeout(CONNECT_TIMEOUT, options.connect(servers))
+            .await
+            .context("timed out connecting")?
+            .with_context(|| format!("connecting to NATS at {}", redact_userinfo(url)))?;
         let mut subscriptions = Vec::with_capacity(WATCHED.len());
         for event_type in WATCHED {
             let subject = type_filter(event_type);
