@@ -205,21 +205,19 @@ fn client_options(
                         *last = error;
                     }
                 };
-                match event {
+                match &event {
                     async_nats::Event::Connected => {
                         remember(None);
                         tracing::info!("connected to nats");
+                        return;
                     }
                     async_nats::Event::ServerError(async_nats::ServerError::Other(error)) => {
-                        denials.record(&error);
-                        tracing::warn!(%error, "nats server error");
+                        denials.record(error);
                     }
-                    async_nats::Event::ClientError(error) => {
-                        remember(Some(error.to_string()));
-                        tracing::warn!(%error, "nats connection error");
-                    }
-                    other => tracing::warn!(event = %other, "nats connection event"),
+                    async_nats::Event::ClientError(error) => remember(Some(error.to_string())),
+                    _ => {}
                 }
+                tracing::warn!(event = %event, "nats connection event");
             }
         });
     if retry_on_initial_connect {
