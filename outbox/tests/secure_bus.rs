@@ -3,9 +3,11 @@
 //! deployment's permissions. A service connects with its user, password and certificate and
 //! provisions the streams; it may publish its own event types, and publishing another service's
 //! is refused by the server as a permissions violation, surfaced at once as
-//! `TransportError::Denied`. A wrong password, no credentials, or a server certificate the client
-//! does not trust, or no client certificate, fail the connection at once with a message that says so (no background retry
-//! loop, no hang), and the password appears in no error nor in any `Debug` output.
+//! `TransportError::Denied`. A wrong password, no credentials, a server certificate the client
+//! does not trust, or no client certificate fail the connection at once with a message that says
+//! so (no background retry loop, no hang), and the password appears in no error nor in any
+//! `Debug` output. A server that only comes up after the client started and then refuses is
+//! reported by the background connection (what `jwl serve` stops on).
 
 use std::time::Duration;
 
@@ -170,5 +172,36 @@ async fn an_untrusted_server_or_no_client_certificate_fails_the_handshake_at_onc
     let error = refusal(&nats, &credentials).await;
     assert!(error.contains("TLS handshake failed"), "{error}");
     assert!(error.contains("CertificateRequired"), "{error}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_server_that_comes_up_later_and_refuses_the_credentials_is_reported() -> anyhow::Result<()>
+{
+    let nats = secure_nats().await?;
+    nats.server().stop().await?;
+    let wrong = NatsSecurity {
+        credentials: NatsCredentials::UserPassword {
+            user: "jwl-fulfillment".to_owned(),
+            password: SecretString::from("wrong-Pa55word"),
+        },
+        tls: nats.tls(),
+    };
+    // nothing listens yet: the connection is made in the background, as without security
+    let broker = connect(&nats, &wrong).await.map_err(anyhow::Error::msg)?;
+    assert!(!broker.is_healthy());
+    nats.server().start_again().await?;
+    let last = jwl_testkit::eventually(
+        "the background connection reports the refusal",
+        REFUSAL_BOUND,
+        || async {
+            broker
+                .last_connect_error()
+                .filter(|error| error.contains("authorization violation"))
+        },
+    )
+    .await?;
+    assert!(!last.contains("wrong-Pa55word"), "{last}");
+    assert!(!broker.is_healthy());
     Ok(())
 }
