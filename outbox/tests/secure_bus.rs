@@ -82,11 +82,9 @@ async fn a_service_publishes_its_own_events_and_is_denied_another_services() -> 
     let shown = forged[0].as_ref().unwrap_err().to_string();
     assert!(shown.contains("permissions violation"), "{shown}");
     // the server says so at once; the publish does not wait for an ack timeout
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    println!("a denied publish failed after {took:?}");
     assert!(forged[1].is_ok(), "{:?}", forged[1]);
     // the connection survives a denial
     assert!(broker.is_healthy());

@@ -167,5 +167,9 @@ async fn a_service_with_a_wrong_password_stops_at_start_up_and_says_why() -> any
     assert!(stderr.contains("authorization violation"), "{stderr}");
     assert!(stderr.contains("jwl-payment"), "{stderr}");
     assert!(!stderr.contains(wrong_password), "{stderr}");
+    println!(
+        "e2e secure_bus: jwl serve with a wrong password exited after {:.2}s",
+        took.as_secs_f64()
+    );
     Ok(())
 }
