@@ -679,10 +679,12 @@ impl MessagingArgs {
     }
 
     /// The settings of the HTTP routes' pool: [`Self::to_pool_settings`] with
-    /// `JWL_HTTP_DB_POOL_SIZE` connections.
+    /// `JWL_HTTP_DB_POOL_SIZE` connections, each pinged before use (a request is not retried,
+    /// so a connection broken by a database restart must not fail one).
     pub fn to_http_pool_settings(&self) -> PoolSettings {
         PoolSettings {
             max_connections: self.http_db_pool_size.get(),
+            ping_before_acquire: true,
             ..self.to_pool_settings()
         }
     }
@@ -887,6 +889,7 @@ mod tests {
         );
         let http = serve.messaging.to_http_pool_settings();
         assert_eq!(http.max_connections, 5);
+        assert!(http.ping_before_acquire);
         assert_eq!(http.stall_timeout, Duration::from_secs(30));
         assert_eq!(serve.messaging.to_pool_settings().max_connections, 10);
     }

@@ -56,7 +56,17 @@ pub struct PoolSettings {
     /// How long a connection may go without answering before it is given up (see the module
     /// documentation); `JWL_DB_STALL_TIMEOUT`.
     pub stall_timeout: Duration,
+    /// Ping every connection before handing it out (bounded by [`ACQUIRE_CHECK_LIMIT`] or the
+    /// stall timeout, whichever is shorter), and replace it if it does not answer. For pools
+    /// whose callers do not retry, such as the HTTP routes': a connection broken by a database
+    /// restart or left half-open by a partition is replaced instead of failing the request.
+    /// Off for the consumers' pool, whose batches retry and which runs on the hot path.
+    pub ping_before_acquire: bool,
 }
+
+/// Longest a [`PoolSettings::ping_before_acquire`] ping may take: a healthy server answers a ping
+/// in well under a millisecond, a busy one in milliseconds.
+pub const ACQUIRE_CHECK_LIMIT: Duration = Duration::from_secs(2);
 
 impl Default for PoolSettings {
     fn default() -> Self {
@@ -67,6 +77,7 @@ impl Default for PoolSettings {
             max_lifetime: Duration::from_secs(1800),
             startup_retry_for: Duration::from_secs(20),
             stall_timeout: Duration::from_secs(30),
+            ping_before_acquire: false,
         }
     }
 }
@@ -125,19 +136,27 @@ pub async fn connect_labelled(
         ("tcp_keepalives_count", "3"),
     ]);
     let release_check = settings.stall_timeout;
+    let acquire_check = settings.stall_timeout.min(ACQUIRE_CHECK_LIMIT);
+    let ping_before_acquire = settings.ping_before_acquire;
     (|| {
-        PgPoolOptions::new()
+        let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .min_connections(0)
             .acquire_timeout(settings.acquire_timeout)
             .idle_timeout(settings.idle_timeout)
             .max_lifetime(settings.max_lifetime)
-            // No ping before every acquire: it is a round trip on the hot path. A connection
+            // sqlx's own ping before acquire is unbounded (a half-open connection would hang
+            // it); where wanted, a bounded one is installed instead. Without it, a connection
             // broken by a server restart fails its query (a transient error callers retry) and
             // is then discarded by the pool.
             .test_before_acquire(false)
-            .after_release(move |conn, _| Box::pin(answers_within(conn, release_check)))
-            .connect_with(options.clone())
+            .after_release(move |conn, _| Box::pin(answers_within(conn, release_check)));
+        let pool = if ping_before_acquire {
+            pool.before_acquire(move |conn, _| Box::pin(answers_within(conn, acquire_check)))
+        } else {
+            pool
+        };
+        pool.connect_with(options.clone())
     })
     .retry(retry_policy)
     .when(is_transient_db_error)
@@ -148,17 +167,18 @@ pub async fn connect_labelled(
     .inspect(|pool| crate::telemetry::watch_pool(label, pool.clone()))
 }
 
-/// Whether a connection given back to the pool answers a ping within `limit`: `false` (close it)
-/// when it does not, e.g. half-open with a cancelled statement still in flight.
+/// Whether a pooled connection (given back, or about to be handed out) answers a ping within
+/// `limit`: `false` (close it) when it does not, e.g. broken by a server restart, or half-open
+/// with a cancelled statement still in flight.
 async fn answers_within(conn: &mut PgConnection, limit: Duration) -> Result<bool, sqlx::Error> {
     match tokio::time::timeout(limit, conn.ping()).await {
         Ok(Ok(())) => Ok(true),
         Ok(Err(error)) => {
-            tracing::debug!(%error, "a released connection failed its ping; closing it");
+            tracing::debug!(%error, "a pooled connection failed its ping; closing it");
             Ok(false)
         }
         Err(_elapsed) => {
-            tracing::warn!(?limit, "a released connection did not answer; closing it");
+            tracing::warn!(?limit, "a pooled connection did not answer; closing it");
             Ok(false)
         }
     }
