@@ -16,15 +16,7 @@ pub(crate) fn jetstream_ready(
     server_name: &str,
     timeout: Duration,
 ) -> Result<(), String> {
-    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let stream =
-        TcpStream::connect_timeout(&address, timeout).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    stream
-        .set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+    let stream = connect(port, timeout)?;
     let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(stream);
 
@@ -78,12 +70,7 @@ pub(crate) fn configured_server_ready(
     log_path: &std::path::Path,
     timeout: Duration,
 ) -> Result<(), String> {
-    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let stream =
-        TcpStream::connect_timeout(&address, timeout).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
+    let stream = connect(port, timeout)?;
     let info = read_line(&mut BufReader::new(stream))?;
     if !info.starts_with("INFO ") {
         return Err(format!("expected INFO, got {info:?}"));
@@ -108,4 +95,18 @@ fn read_line(reader: &mut impl BufRead) -> Result<String, String> {
         Ok(_) => Ok(line.trim_end().to_owned()),
         Err(e) => Err(format!("read: {e}")),
     }
+}
+
+/// A connection to 127.0.0.1:`port` whose reads and writes give up after `timeout`.
+fn connect(port: u16, timeout: Duration) -> Result<TcpStream, String> {
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let stream =
+        TcpStream::connect_timeout(&address, timeout).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    Ok(stream)
 }
