@@ -211,26 +211,25 @@ async fn queries_fail_fast_with_503_while_the_database_is_down() {
 async fn a_pool_that_pings_before_acquire_answers_the_first_query_after_a_restart() {
     let cluster = TestCluster::start().await.unwrap();
     let database = cluster.database().await.unwrap();
-    let connect = |ping_before_acquire| {
-        let settings = PoolSettings {
-            max_connections: 2,
-            ping_before_acquire,
-            ..PoolSettings::default()
-        };
-        let url = database.url().to_owned();
-        async move { db::connect_with(&url, "jwl_restarted", &settings).await }
+    let settings = PoolSettings {
+        max_connections: 2,
+        ping_before_acquire: true,
+        ..PoolSettings::default()
     };
-    let checked = connect(true).await.unwrap();
-    let unchecked = connect(false).await.unwrap();
-    // both pools hold an idle connection to the server that is about to restart
-    db::ping(&checked).await.unwrap();
-    db::ping(&unchecked).await.unwrap();
+    let pool = db::connect_with(database.url(), "jwl_restarted", &settings)
+        .await
+        .unwrap();
+    // the pool holds an idle connection to the server that is about to restart
+    db::ping(&pool).await.unwrap();
 
     cluster.stop(StopMode::Immediate).await.unwrap();
     cluster.start_again().await.unwrap();
 
-    // the unchecked pool hands out its broken connection: the first query fails
-    assert!(db::ping(&unchecked).await.is_err());
-    // the checked one finds it broken, replaces it, and the first query succeeds
-    db::ping(&checked).await.unwrap();
+    // the pool finds its connection broken, replaces it, and the first query succeeds (without
+    // the check the broken connection is usually handed out and the query fails: see
+    // `queries_fail_fast_with_503_while_the_database_is_down`, and the e2e fault tests, whose
+    // reads after a restart failed with 503 before the HTTP pool had it)
+    for _ in 0..3 {
+        db::ping(&pool).await.unwrap();
+    }
 }
