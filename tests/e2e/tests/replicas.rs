@@ -18,6 +18,10 @@ use jwl_e2e::{
 const ORDERS: usize = 60;
 /// Orders placed before the kills.
 const BEFORE_KILL: usize = 20;
+/// Orders placed, at most, while waiting for a replica to get work (the stock has room for them).
+const EXTRA_ORDERS: usize = 10;
+/// How often a replica's metrics are read while waiting.
+const POLL: Duration = Duration::from_millis(200);
 /// Orders per second, placed one by one at a steady pace.
 const RATE: u64 = 5;
 const PARTITIONS: usize = 4;
@@ -109,7 +113,7 @@ async fn two_replicas_of_every_service_share_the_work_and_survive_kills() -> any
     };
     let started = Instant::now();
     with_system(options, async |system: &System| {
-        system.set_stock("TEA", ORDERS as i64 + 10).await?;
+        system.set_stock("TEA", (ORDERS + EXTRA_ORDERS) as i64 + 10).await?;
         system.line_up_couriers(COURIERS, 0.2).await?;
         for service in Service::ALL {
             eventually(
@@ -131,27 +135,37 @@ async fn two_replicas_of_every_service_share_the_work_and_survive_kills() -> any
 
         let mut placed = Vec::with_capacity(ORDERS);
         place(system, BEFORE_KILL, &mut placed).await?;
-        // every replica handled events (the consumer is shared) and published some (partitions)
+        // every replica handled events (the consumer is shared) and published some (partitions);
+        // a replica whose consumer subscribed after the first orders (its start-up can wait
+        // for a busy cluster) gets some of the next ones, placed while it has none
+        let mut extra = 0;
         for service in Service::ALL {
             for (index, replica) in system.replicas(service).into_iter().enumerate() {
-                eventually(
-                    &format!(
-                        "{service} replica {} handled and published events",
+                let deadline = Instant::now() + SAGA_TIMEOUT;
+                loop {
+                    let (handled, published) = match scrape(replica).await {
+                        Ok(text) => (
+                            sum(&text, "jwl_events_handled_total", &[("outcome", "ok")]),
+                            sum(&text, "jwl_outbox_published_total", &[]),
+                        ),
+                        Err(_) => (0.0, 0.0),
+                    };
+                    if handled > 0.0 && published > 0.0 {
+                        break;
+                    }
+                    anyhow::ensure!(
+                        Instant::now() < deadline,
+                        "{service} replica {} handled {handled} and published {published} events \
+                         within {SAGA_TIMEOUT:?}",
                         index + 1
-                    ),
-                    SAGA_TIMEOUT,
-                    || async {
-                        let text = scrape(replica).await.map_err(|e| format!("{e:#}"))?;
-                        let handled = sum(&text, "jwl_events_handled_total", &[("outcome", "ok")]);
-                        let published = sum(&text, "jwl_outbox_published_total", &[]);
-                        if handled > 0.0 && published > 0.0 {
-                            Ok(())
-                        } else {
-                            Err(format!("handled {handled}, published {published}"))
-                        }
-                    },
-                )
-                .await?;
+                    );
+                    if extra < EXTRA_ORDERS {
+                        place(system, 1, &mut placed).await?;
+                        extra += 1;
+                    } else {
+                        tokio::time::sleep(POLL).await;
+                    }
+                }
             }
         }
 
