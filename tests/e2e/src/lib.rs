@@ -40,7 +40,7 @@ pub use geo::Point;
 pub use invariants::{Injected, Outcomes, PlacedOrder, Verdict};
 pub use jwl_events::Service;
 pub use jwl_testkit::eventually;
-pub use process::ServiceProcess;
+pub use process::{MetricsPage, ServiceProcess};
 pub use proxy::{Cut, Link, Proxy};
 pub use system::{System, SystemOptions, with_system};
 pub use tokens::Tokens;

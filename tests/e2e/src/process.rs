@@ -36,6 +36,34 @@ pub struct ServiceProcess {
     child: Mutex<Option<Child>>,
 }
 
+/// A service's `/metrics` page, in the Prometheus text format.
+#[derive(Debug, Clone)]
+pub struct MetricsPage(String);
+
+impl MetricsPage {
+    /// The sum of the samples of `metric` whose labels include every one of `labels`
+    /// (`[("partition", "0")]`); 0 when there are none.
+    pub fn sum(&self, metric: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (name, rest) = series.split_once('{').unwrap_or((series, ""));
+                let wanted = name == metric
+                    && labels
+                        .iter()
+                        .all(|(key, value)| rest.contains(&format!("{key}=\"{value}\"")));
+                if wanted {
+                    value.parse::<f64>().ok()
+                } else {
+                    None
+                }
+            })
+            .sum()
+    }
+}
+
 /// What one readiness poll found.
 enum Probe {
     Ready,
@@ -115,6 +143,27 @@ impl ServiceProcess {
             Some(running) => matches!(running.try_wait(), Ok(None)),
             None => false,
         }
+    }
+
+    /// Its `/metrics` page (the API listener serves it unless `JWL_METRICS_ADDR` is set).
+    pub async fn metrics(&self) -> anyhow::Result<MetricsPage> {
+        let url = format!("{}/metrics", self.base_url());
+        let response = self
+            .probe
+            .get(&url)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "GET {url}: {}",
+            response.status()
+        );
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        Ok(MetricsPage(text))
     }
 
     /// SIGKILLs the service (a crash: no graceful shutdown) and reaps it. No-op if not running.

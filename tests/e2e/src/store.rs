@@ -2,6 +2,8 @@
 //! service tables the invariant checker reads (read-only; column names follow each service's
 //! `migrations/`).
 
+use std::collections::BTreeMap;
+
 use anyhow::Context;
 use jwl_events::Service;
 use sqlx::{AssertSqlSafe, PgPool};
@@ -87,15 +89,33 @@ pub struct DispatchWaybillRow {
     pub failure_reason: Option<String>,
 }
 
-/// Read-only access to the system's database (all five schemas live in it).
+/// Read-only access to the services' schemas: all five in one database, or each in a database
+/// of its own.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: PgPool,
+    pools: BTreeMap<Service, PgPool>,
 }
 
 impl Store {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// Every service's schema through `pool` (one database holds them all).
+    pub fn shared(pool: PgPool) -> Self {
+        Self {
+            pools: Service::ALL.map(|service| (service, pool.clone())).into(),
+        }
+    }
+
+    /// Each service's schema through its own pool (a database per service).
+    pub fn per_service(pools: BTreeMap<Service, PgPool>) -> anyhow::Result<Self> {
+        for service in Service::ALL {
+            anyhow::ensure!(pools.contains_key(&service), "no database for {service}");
+        }
+        Ok(Self { pools })
+    }
+
+    /// The pool that reaches `service`'s schema.
+    fn pool(&self, service: Service) -> &PgPool {
+        // every service has a pool: both constructors make sure of it
+        &self.pools[&service]
     }
 
     /// The outbox of `service`, in `seq` order.
@@ -108,7 +128,7 @@ impl Store {
             schema_of(service)
         );
         sqlx::query_as(AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool(service))
             .await
             .with_context(|| format!("reading the {service} outbox"))
     }
@@ -120,7 +140,7 @@ impl Store {
             schema_of(service)
         );
         sqlx::query_scalar(AssertSqlSafe(sql))
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool(service))
             .await
             .with_context(|| format!("counting the unpublished rows of the {service} outbox"))
     }
@@ -132,7 +152,7 @@ impl Store {
                     captured_at IS NOT NULL AS captured, voided_at IS NOT NULL AS voided
              FROM jwl_payment.payments",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool(Service::Payment))
         .await
         .context("reading jwl_payment.payments")
     }
@@ -142,7 +162,7 @@ impl Store {
         sqlx::query_as(
             "SELECT waybill_id, order_id, status, courier_id FROM jwl_fulfillment.waybills",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool(Service::Fulfillment))
         .await
         .context("reading jwl_fulfillment.waybills")
     }
@@ -150,7 +170,7 @@ impl Store {
     /// Every stock row.
     pub async fn stock(&self) -> anyhow::Result<Vec<StockRow>> {
         sqlx::query_as("SELECT sku, on_hand, reserved, shipped FROM jwl_inventory.stock")
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool(Service::Inventory))
             .await
             .context("reading jwl_inventory.stock")
     }
@@ -158,7 +178,7 @@ impl Store {
     /// Every order inventory has heard of.
     pub async fn order_reservations(&self) -> anyhow::Result<Vec<OrderReservationRow>> {
         sqlx::query_as("SELECT order_id, state FROM jwl_inventory.order_reservations")
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool(Service::Inventory))
             .await
             .context("reading jwl_inventory.order_reservations")
     }
@@ -166,7 +186,7 @@ impl Store {
     /// Every per-SKU reservation line.
     pub async fn reservations(&self) -> anyhow::Result<Vec<ReservationRow>> {
         sqlx::query_as("SELECT order_id, sku, qty, state FROM jwl_inventory.reservations")
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool(Service::Inventory))
             .await
             .context("reading jwl_inventory.reservations")
     }
@@ -174,7 +194,7 @@ impl Store {
     /// Every courier dispatch knows.
     pub async fn couriers(&self) -> anyhow::Result<Vec<CourierRow>> {
         sqlx::query_as("SELECT courier_id, live_waybills FROM jwl_dispatch.couriers")
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool(Service::Dispatch))
             .await
             .context("reading jwl_dispatch.couriers")
     }
@@ -184,7 +204,7 @@ impl Store {
         sqlx::query_as(
             "SELECT waybill_id, order_id, status, courier_id, failure_reason FROM jwl_dispatch.waybills",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool(Service::Dispatch))
         .await
         .context("reading jwl_dispatch.waybills")
     }

@@ -64,6 +64,12 @@ pub struct SystemOptions {
     pub replicas: usize,
     /// `JWL_OUTBOX_PARTITIONS` of the services.
     pub outbox_partitions: usize,
+    /// `RUST_LOG` of the services.
+    pub log_filter: String,
+    /// Give each service a database of its own (`JWL_<SERVICE>_DATABASE_URL`), as a deployment
+    /// does, instead of one database holding the five schemas; [`System::database`] is then the
+    /// order service's.
+    pub database_per_service: bool,
     /// A secured bus ([`jwl_testkit::secure_nats`]): one server requiring TLS and client
     /// certificates, with the users and permissions of `deploy/nats/jwl-auth.conf`; each
     /// service connects as its own user, the test's broker client as the operator.
@@ -88,6 +94,8 @@ impl Default for SystemOptions {
             stream_replicas: 1,
             replicas: 1,
             outbox_partitions: 1,
+            log_filter: "info".to_owned(),
+            database_per_service: false,
             secure_bus: false,
         }
     }
@@ -104,6 +112,10 @@ pub struct System {
     api: ApiClient,
     tokens: Tokens,
     admin_token: String,
+    /// `JWL_JWT_SECRET` of the services.
+    jwt_secret: String,
+    /// `JWL_NATS_URL` of the services.
+    nats_urls: String,
     pub(crate) broker: Broker,
     pub(crate) store: Store,
     /// `on_hand` of every SKU set through [`System::set_stock`], for the stock invariant.
@@ -178,6 +190,18 @@ impl System {
         } else {
             (None, jwl_testkit::database().await?)
         };
+        let mut service_databases = BTreeMap::new();
+        if options.database_per_service {
+            for service in Service::ALL {
+                if service != Service::Order {
+                    let own = match &cluster {
+                        Some(cluster) => cluster.database().await?,
+                        None => jwl_testkit::database().await?,
+                    };
+                    service_databases.insert(service, own);
+                }
+            }
+        }
         let log_dir = new_log_dir()?;
         eprintln!("jwl-e2e: service logs in {}", log_dir.display());
 
@@ -188,18 +212,26 @@ impl System {
         );
         let env = service_env(&options, &nats_urls, database.url(), &secret, &log_dir);
         let mut proxies = Vec::with_capacity(options.proxied.len());
-        let mut proxied_env: Vec<(Service, (String, String))> = Vec::new();
+        // what one service's processes get in place of the common environment (a later entry
+        // wins): a database of its own, a proxied link
+        let mut own_env: Vec<(Service, (String, String))> = Vec::new();
+        for (&service, own) in &service_databases {
+            own_env.push((
+                service,
+                (database_url_variable(service), own.url().to_owned()),
+            ));
+        }
         for &(service, link) in &options.proxied {
             let (url, variable) = match link {
                 Link::Nats => (nats.first().url(), "JWL_NATS_URL".to_owned()),
                 Link::Postgres => (
-                    database.url(),
-                    format!("JWL_{}_DATABASE_URL", service.as_str().to_ascii_uppercase()),
+                    service_databases.get(&service).unwrap_or(&database).url(),
+                    database_url_variable(service),
                 ),
             };
             let proxy = Proxy::start(&address_of(url)?).await?;
             let proxied_url = reroute(url, proxy.addr())?;
-            proxied_env.push((service, (variable, proxied_url)));
+            own_env.push((service, (variable, proxied_url)));
             proxies.push((service, link, proxy));
         }
         let replicas = options.replicas.max(1);
@@ -224,7 +256,7 @@ impl System {
                         env.retain(|(k, _)| *k != variable);
                         env.push((variable, value));
                     }
-                    for (_, (variable, url)) in proxied_env.iter().filter(|(s, _)| *s == service) {
+                    for (_, (variable, url)) in own_env.iter().filter(|(s, _)| *s == service) {
                         env.retain(|(k, _)| k != variable);
                         env.push((variable.clone(), url.clone()));
                     }
@@ -264,7 +296,12 @@ impl System {
             }
             Nats::Single(_) | Nats::Cluster(_) => Broker::connect(&nats_urls).await?,
         };
-        let store = Store::new(database.pool().await?);
+        let mut pools = BTreeMap::new();
+        for service in Service::ALL {
+            let own = service_databases.get(&service).unwrap_or(&database);
+            pools.insert(service, own.pool().await?);
+        }
+        let store = Store::per_service(pools)?;
         Ok(System {
             services,
             proxies,
@@ -272,6 +309,8 @@ impl System {
             api,
             tokens,
             admin_token,
+            jwt_secret: secret,
+            nats_urls,
             broker,
             store,
             stocked: Mutex::new(BTreeMap::new()),
@@ -295,6 +334,16 @@ impl System {
     /// Mints tokens accepted by the services.
     pub fn tokens(&self) -> &Tokens {
         &self.tokens
+    }
+
+    /// The services' `JWL_JWT_SECRET` (for tools that mint their own tokens, e.g. `jwl bench`).
+    pub fn jwt_secret(&self) -> &str {
+        &self.jwt_secret
+    }
+
+    /// The services' `JWL_NATS_URL`: the server, or every node of the cluster, comma-separated.
+    pub fn nats_urls(&self) -> &str {
+        &self.nats_urls
     }
 
     /// A token with the `admin` scope.
@@ -354,7 +403,8 @@ impl System {
         &self.broker
     }
 
-    /// The system's database.
+    /// The system's database (the order service's, with
+    /// [`SystemOptions::database_per_service`]).
     pub fn database(&self) -> &TestDatabase {
         &self.database
     }
@@ -597,11 +647,16 @@ fn service_env(
             "JWL_ADMISSION_MIN_OPEN",
             options.admission_min_open.to_string(),
         ),
-        ("RUST_LOG", "info".to_owned()),
+        ("RUST_LOG", options.log_filter.clone()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect()
+}
+
+/// The variable that gives `service` a database of its own: `JWL_PAYMENT_DATABASE_URL`.
+fn database_url_variable(service: Service) -> String {
+    format!("JWL_{}_DATABASE_URL", service.as_str().to_ascii_uppercase())
 }
 
 /// A duration as `jwl` parses it (`2500ms`).
