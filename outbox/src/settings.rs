@@ -69,7 +69,9 @@ pub struct MessagingSettings {
     /// bounds the hand-over after a holder's connection drops), and refreshes its entry among the
     /// schema's relay processes (used to share the partitions out).
     pub relay_standby_retry: Duration,
-    /// Relay retry backoff after a failed publish: first and largest delay.
+    /// Relay retry backoff after a failed publish: first and largest delay. The largest delay
+    /// bounds how long publishing lags behind a broker that came back (e.g. a stream's new
+    /// leader elected after a node died); a retry is one batch, cheap even when it fails.
     pub relay_retry_min_delay: Duration,
     pub relay_retry_max_delay: Duration,
     /// How often the active relay deletes old published outbox rows and old inbox rows.
@@ -116,7 +118,7 @@ impl Default for MessagingSettings {
             relay_poll_interval: Duration::from_secs(1),
             relay_standby_retry: Duration::from_secs(3),
             relay_retry_min_delay: Duration::from_millis(200),
-            relay_retry_max_delay: Duration::from_secs(10),
+            relay_retry_max_delay: Duration::from_secs(1),
             housekeeping_interval: Duration::from_secs(60),
             outbox_retention: DAY,
             inbox_retention: 14 * DAY,

@@ -426,7 +426,7 @@ impl ConsumerLoop {
     }
 }
 
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
 /// Longest pause between two renewals of the held messages during a database outage.
 const KEEP_HELD_INTERVAL: Duration = Duration::from_secs(2);
