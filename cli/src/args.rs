@@ -260,9 +260,16 @@ pub struct DlqRedriveArgs {
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Base URL of the system's HTTP API (`jwl up` serves every service there).
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// Base URL of the system's HTTP API (`jwl up` serves every service there). Several,
+    /// comma-separated (the replicas of the order service), share the orders round robin.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
+    pub url: Vec<String>,
+    /// Base URL of the inventory service's API (stock), where it is not behind `--url`.
+    #[arg(long, value_name = "URL")]
+    pub inventory_url: Option<String>,
+    /// Base URL of the dispatch service's API (couriers), where it is not behind `--url`.
+    #[arg(long, value_name = "URL")]
+    pub dispatch_url: Option<String>,
     /// Orders sent per second (constant arrival rate).
     #[arg(long, default_value = "50", conflicts_with = "sweep")]
     pub rate: NonZeroU32,
@@ -900,7 +907,7 @@ mod tests {
         let Command::Bench(bench) = cli.command else {
             panic!("not bench: {:?}", cli.command);
         };
-        assert_eq!(bench.url, "http://127.0.0.1:8080");
+        assert_eq!(bench.url, ["http://127.0.0.1:8080"]);
         assert_eq!(bench.rate.get(), 50);
         assert_eq!(bench.duration, Duration::from_secs(30));
         assert_eq!(bench.orders, None);
@@ -933,6 +940,7 @@ mod tests {
             (0.0, 0.0, 0.0)
         );
         assert!(bench.sweep.is_empty());
+        assert_eq!((bench.inventory_url, bench.dispatch_url), (None, None));
         assert!(bench.system_pids.is_empty());
         assert_eq!(bench.pg_stats_wait, Duration::from_secs(11));
 
@@ -951,6 +959,10 @@ mod tests {
             "0s",
             "--plot",
             "out.png",
+            "--url",
+            "http://a:1,http://b:2",
+            "--dispatch-url",
+            "http://c:3",
         ])
         .unwrap();
         let Command::Bench(bench) = cli.command else {
@@ -961,6 +973,8 @@ mod tests {
         assert_eq!(bench.decline_ratio, 0.1);
         assert_eq!(bench.system_pids, [12, 34]);
         assert_eq!(bench.pg_stats_wait, Duration::ZERO);
+        assert_eq!(bench.url, ["http://a:1", "http://b:2"]);
+        assert_eq!(bench.dispatch_url.as_deref(), Some("http://c:3"));
         for bad in [
             &["--decline-ratio", "1.5"][..],
             &["--sku-skew", "-1"],

@@ -75,8 +75,12 @@ const NOT_ENDED: &str = "not ended";
 /// The system under test: its base URL, a client, and the run's tokens.
 struct Api {
     client: reqwest::Client,
-    /// Without a trailing `/`.
-    base: String,
+    /// Where the order routes are served (one or several replicas), each without a trailing `/`.
+    orders: Vec<String>,
+    /// Where the stock routes are served (inventory).
+    inventory: String,
+    /// Where the courier routes are served (dispatch).
+    dispatch: String,
     admin_token: String,
     /// One token per customer of the run: orders are spread over them round robin, as a
     /// city's orders come from many customers (intake limits each caller's rate).
@@ -209,9 +213,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .pool_max_idle_per_host(args.concurrency.get())
         .build()
         .context("building the HTTP client")?;
+    let orders: Vec<String> = args
+        .url
+        .iter()
+        .map(|url| url.trim().trim_end_matches('/').to_owned())
+        .filter(|url| !url.is_empty())
+        .collect();
+    anyhow::ensure!(!orders.is_empty(), "--url is empty");
     let api = Api {
         client,
-        base: args.url.trim_end_matches('/').to_owned(),
+        orders: orders.clone(),
+        inventory: base_url(args.inventory_url.as_deref(), &orders),
+        dispatch: base_url(args.dispatch_url.as_deref(), &orders),
         admin_token: keys
             .issue(&format!("bench-{run_id}-admin"), &[Scope::Admin], token_ttl)
             .context("issuing the admin token")?,
@@ -385,7 +398,7 @@ async fn run_step(
     let stop_moving = CancellationToken::new();
     let movement = city::start_moving(
         run.api.client.clone(),
-        run.api.base.clone(),
+        run.api.dispatch.clone(),
         fleet,
         plan.updates_per_second,
         run.city.seed.wrapping_add(index as u64),
@@ -393,7 +406,8 @@ async fn run_step(
     );
     eprintln!(
         "sending {planned} orders at {rate}/s to {}, {:.1} courier updates/s…",
-        run.api.base, plan.updates_per_second
+        run.api.orders.join(", "),
+        plan.updates_per_second
     );
     let sent = send_orders(&run.api, &plan, schedule, args.concurrency.get()).await;
     let mut post_latencies = Vec::new();
@@ -536,7 +550,7 @@ async fn run_step(
 
 fn setup_of(run: &Run, args: &BenchArgs, rate: std::num::NonZeroU32, plan: &Plan) -> BenchSetup {
     BenchSetup {
-        url: run.api.base.clone(),
+        url: run.api.orders.join(","),
         rate_per_second: rate.get(),
         planned_orders: plan.orders.len() as u64,
         planned_outcomes: plan.outcomes,
@@ -580,7 +594,11 @@ async fn send_orders(
     concurrency: usize,
 ) -> Sent {
     let in_flight = Arc::new(Semaphore::new(concurrency));
-    let url = format!("{}/v1/orders", api.base);
+    let urls: Vec<String> = api
+        .orders
+        .iter()
+        .map(|base| format!("{base}/v1/orders"))
+        .collect();
     let mut requests = JoinSet::new();
     let mut outcomes = Vec::new();
     let started = Instant::now();
@@ -599,7 +617,7 @@ async fn send_orders(
         };
         let request = api
             .client
-            .post(&url)
+            .post(&urls[index as usize % urls.len()])
             .bearer_auth(&api.customer_tokens[index as usize % api.customer_tokens.len()])
             .json(body);
         requests.spawn(async move {
@@ -756,11 +774,19 @@ async fn settle_by_polling(
     }
 }
 
+/// `url` without a trailing `/`, or else the first of `orders`.
+fn base_url(url: Option<&str>, orders: &[String]) -> String {
+    match url.map(str::trim).filter(|url| !url.is_empty()) {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => orders[0].clone(),
+    }
+}
+
 /// `GET /v1/orders/{id}`, if it answers.
 async fn get_order(api: &Api, order_id: &str) -> Option<OrderView> {
     let response = api
         .client
-        .get(format!("{}/v1/orders/{order_id}", api.base))
+        .get(format!("{}/v1/orders/{order_id}", api.orders[0]))
         .bearer_auth(&api.admin_token)
         .send()
         .await

@@ -218,7 +218,7 @@ pub async fn prepare(
     plan: &Plan,
     token_ttl: Duration,
 ) -> anyhow::Result<Fleet> {
-    let base = &api.base;
+    let base = &api.inventory;
     let mut stocking = futures::stream::iter(&plan.stock)
         .map(|(sku, on_hand)| async move {
             let response = api
@@ -244,6 +244,7 @@ pub async fn prepare(
                 .context("issuing a courier token")
         })
         .collect::<anyhow::Result<Vec<String>>>()?;
+    let base = &api.dispatch;
     let mut registrations = futures::stream::iter(plan.couriers.iter().zip(&tokens))
         .map(|(courier, token)| async move {
             let id = &courier.id;
