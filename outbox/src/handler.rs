@@ -26,6 +26,22 @@ pub trait Handler: Send + Sync + 'static {
         usize::MAX
     }
 
+    /// Takes, at the start of a batch transaction and before any of its events is handled, the
+    /// row locks the batch's events will need (default: none). `events` are the batch's events
+    /// for this handler (some may turn out to be duplicates). A handler whose events lock shared
+    /// rows — stock of popular SKUs — locks them all here in one global order (`ORDER BY key
+    /// FOR UPDATE`): concurrent batches, of other workers or other replicas, then queue behind
+    /// one another instead of deadlocking, as they do when each event takes its own rows in
+    /// turn (one batch holds A and wants B while another holds B and wants A). An error fails
+    /// the batch as a database error of a handler would.
+    async fn lock_batch(
+        &self,
+        _conn: &mut PgConnection,
+        _events: &[&Envelope],
+    ) -> Result<(), sqlx::Error> {
+        Ok(())
+    }
+
     /// Handles one event. Everything done through `ctx` commits together with the inbox row, or
     /// not at all. Events emitted with [`HandlerContext::emit`] are published after commit.
     async fn handle(

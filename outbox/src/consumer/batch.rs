@@ -408,6 +408,17 @@ impl ConsumerLoop {
             self.metrics
                 .db_acquire
                 .record(waiting.elapsed().as_secs_f64());
+            let events: Vec<&Envelope> = screened
+                .iter()
+                .filter_map(|item| match item {
+                    Screened::Work(Work {
+                        kind: WorkKind::Event { envelope, .. },
+                        ..
+                    }) => Some(&**envelope),
+                    _ => None,
+                })
+                .collect();
+            self.handler.lock_batch(&mut tx, &events).await?;
             let mut released_dead = Vec::new();
             let mut emitted = false;
             for (index, item) in screened.into_iter().enumerate() {

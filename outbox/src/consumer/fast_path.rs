@@ -140,6 +140,9 @@ impl ConsumerLoop {
                     verdicts[index] = Some(Verdict::Duplicate);
                 }
             }
+            let fresh_events: Vec<&jwl_events::Envelope> =
+                todo.iter().map(|&(_, _, envelope)| envelope).collect();
+            self.handler.lock_batch(&mut tx, &fresh_events).await?;
             let handled = match self.handler.batch() {
                 Some(batch_handler) if todo.len() >= 2 => {
                     self.run_together(&mut tx, batch_handler, batch, &todo)

@@ -194,6 +194,43 @@ impl Handler for InventoryHandler {
         1
     }
 
+    /// Locks what the batch will touch, stock first (in SKU order), then the orders' rows (in
+    /// order id order). Replicas of inventory run a batch each at once; without this, two
+    /// batches whose orders share popular SKUs in another order deadlocked, and PostgreSQL
+    /// broke each deadlock after `deadlock_timeout` by failing a whole batch, which was then
+    /// retried into the next one (measured: 2 replicas at 200 orders/s, Zipf SKUs, finished
+    /// under 10 sagas/s).
+    async fn lock_batch(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        events: &[&Envelope],
+    ) -> Result<(), sqlx::Error> {
+        let mut reserving = Vec::new();
+        let mut settling = Vec::new();
+        let mut orders = Vec::with_capacity(events.len());
+        for event in events {
+            match &event.data {
+                EventData::PaymentAuthorized(payment) => {
+                    reserving.extend(payment.items.iter().map(|item| item.sku.clone()));
+                    orders.push(payment.order_id);
+                }
+                EventData::DispatchFailed(failed) => {
+                    settling.push(failed.order_id);
+                    orders.push(failed.order_id);
+                }
+                EventData::PaymentCaptured(captured) => {
+                    settling.push(captured.order_id);
+                    orders.push(captured.order_id);
+                }
+                _ => {}
+            }
+        }
+        if orders.is_empty() {
+            return Ok(());
+        }
+        store::lock_for_batch(conn, &reserving, &settling, &orders).await
+    }
+
     async fn handle(
         &self,
         ctx: &mut HandlerContext<'_>,

@@ -34,6 +34,40 @@ pub async fn lock_order(
         .transpose()
 }
 
+/// Locks, for a batch of events, the stock rows of the SKUs in `reserving` and of the still
+/// reserved lines of the orders in `settling` (in SKU order), then the reservation rows of
+/// `orders` that exist (in order id order): one global order for every batch, so concurrent
+/// batches queue instead of deadlocking. The handlers' own locks on these rows are then free.
+pub async fn lock_for_batch(
+    conn: &mut PgConnection,
+    reserving: &[String],
+    settling: &[OrderId],
+    orders: &[OrderId],
+) -> Result<(), sqlx::Error> {
+    let settling: Vec<uuid::Uuid> = settling.iter().map(|order| order.0).collect();
+    let orders: Vec<uuid::Uuid> = orders.iter().map(|order| order.0).collect();
+    sqlx::query(
+        "SELECT sku FROM stock
+         WHERE sku = ANY(ARRAY(
+             SELECT unnest($1::text[])
+             UNION
+             SELECT sku FROM reservations WHERE order_id = ANY($2) AND state = 'reserved'))
+         ORDER BY sku FOR UPDATE",
+    )
+    .bind(reserving)
+    .bind(&settling)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "SELECT order_id FROM order_reservations WHERE order_id = ANY($1)
+         ORDER BY order_id FOR UPDATE",
+    )
+    .bind(&orders)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Records the order's first state (`reserved`, `rejected` with its `items`, or the
 /// `release_requested` tombstone without); `false` if the order already has a row.
 pub async fn insert_order(

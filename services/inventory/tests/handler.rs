@@ -472,3 +472,83 @@ async fn migrations_can_run_again() {
         .await;
     assert!(negative.is_err(), "stock may not be negative");
 }
+
+/// Takes the stock rows of `skus` in `tx` as one event's reservation does (in SKU order).
+async fn lock_stock_of_one_event(
+    tx: &mut sqlx::PgConnection,
+    skus: &[&str],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT sku FROM stock WHERE sku = ANY($1) ORDER BY sku FOR UPDATE")
+        .bind(skus)
+        .execute(tx)
+        .await
+        .map(|_| ())
+}
+
+/// Two batches at once, as two workers or two replicas run them: the first reserves an order of
+/// `A` then one of `B`, the second one of `B` then one of `A`. With `lock_first`, each batch
+/// starts with the handler's [`Handler::lock_batch`]. Returns how each batch ended.
+async fn two_crossing_batches(
+    pool: &PgPool,
+    lock_first: bool,
+) -> (Result<(), sqlx::Error>, Result<(), sqlx::Error>) {
+    let first = [
+        payment_authorized(vec![line("A", 1)]),
+        payment_authorized(vec![line("B", 1)]),
+    ];
+    let second = [
+        payment_authorized(vec![line("B", 1)]),
+        payment_authorized(vec![line("A", 1)]),
+    ];
+    let mut one = pool.begin().await.unwrap();
+    let mut two = pool.begin().await.unwrap();
+    let run = async |tx: &mut sqlx::PgConnection, events: &[Envelope], order: [&str; 2]| {
+        if lock_first {
+            let refs: Vec<&Envelope> = events.iter().collect();
+            jwl_inventory::InventoryHandler
+                .lock_batch(tx, &refs)
+                .await?;
+        }
+        lock_stock_of_one_event(tx, &[order[0]]).await?;
+        // the other batch has taken its first SKU by now (or is waiting for this batch)
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        lock_stock_of_one_event(tx, &[order[1]]).await
+    };
+    let (a, b) = tokio::join!(
+        async {
+            let ended = run(&mut one, &first, ["A", "B"]).await;
+            match ended {
+                Ok(()) => one.commit().await,
+                Err(error) => Err(error),
+            }
+        },
+        async {
+            // starts a little later, as another replica's batch would
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let ended = run(&mut two, &second, ["B", "A"]).await;
+            match ended {
+                Ok(()) => two.commit().await,
+                Err(error) => Err(error),
+            }
+        }
+    );
+    (a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_that_share_popular_skus_queue_instead_of_deadlocking() {
+    let pool = migrated_pool().await.unwrap();
+    seed_stock(&pool, "A", 100).await;
+    seed_stock(&pool, "B", 100).await;
+
+    // each event taking its own stock in turn: PostgreSQL finds a deadlock and fails a batch
+    let (one, two) = two_crossing_batches(&pool, false).await;
+    let deadlocked = [&one, &two].into_iter().any(|ended| {
+        matches!(ended, Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("40P01"))
+    });
+    assert!(deadlocked, "expected a deadlock: {one:?} / {two:?}");
+
+    // the batch's locks taken first, in one order: the second batch waits for the first
+    let (one, two) = two_crossing_batches(&pool, true).await;
+    assert!(one.is_ok() && two.is_ok(), "{one:?} / {two:?}");
+}
