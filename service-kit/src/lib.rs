@@ -1,9 +1,11 @@
 //! What every Jiangwanli service process needs around its domain code: a Postgres pool per
 //! schema ([`db`]), the HTTP edge with problem details, JWT auth, request ids, health, readiness
 //! and metrics ([`http`], [`problem`], [`extract`], [`auth`]), tracing setup ([`telemetry`]),
-//! tunables ([`config`]) and the [`ServiceContext`] handed to each service.
+//! tunables ([`config`]), a circuit breaker with dynamic thresholds ([`breaker`]) and the
+//! [`ServiceContext`] handed to each service.
 
 pub mod auth;
+pub mod breaker;
 pub mod config;
 pub mod context;
 pub mod db;
