@@ -54,6 +54,14 @@ pub trait Handler: Send + Sync + 'static {
     fn batch(&self) -> Option<&dyn BatchHandler> {
         None
     }
+
+    /// Resolves when the handler can work, e.g. once the circuit breaker of a dependency it
+    /// needs lets calls through again (default: always ready). The consumer loop checks it
+    /// before each message it hands out, without waiting: while it is pending, the loop stops
+    /// pulling and holds the messages it has (they stay the broker's, each renewed as in
+    /// progress, no delivery attempt spent) until it resolves. It must therefore resolve on its
+    /// first poll whenever the handler is ready.
+    async fn ready(&self) {}
 }
 
 /// A [`Handler`] that can also handle the fresh events of a batch together, in a few statements
@@ -83,12 +91,23 @@ pub enum HandlerError {
     /// Retrying cannot help (the event contradicts the handler's state): dead-lettered at once.
     #[error("permanent: {0}")]
     Permanent(String),
+    /// A dependency the handler needs is unavailable (its circuit breaker is open): not the
+    /// message's fault, so it costs no delivery attempt. The batch is rolled back and the
+    /// consumer holds its messages, stops pulling until [`Handler::ready`] resolves, and then
+    /// handles them again.
+    #[error("dependency unavailable: {0}")]
+    Unavailable(BoxError),
 }
 
 impl HandlerError {
     /// A transient error from anything that can be an error.
     pub fn transient(error: impl Into<BoxError>) -> Self {
         Self::Transient(error.into())
+    }
+
+    /// A dependency-unavailable error (see [`HandlerError::Unavailable`]).
+    pub fn unavailable(error: impl Into<BoxError>) -> Self {
+        Self::Unavailable(error.into())
     }
 
     /// A permanent error with this reason.

@@ -21,6 +21,8 @@ pub(crate) const DB_ACQUIRE_DURATION: &str = "jwl_db_acquire_duration_seconds";
 pub(crate) const CONSUMER_PENDING: &str = "jwl_consumer_pending_messages";
 pub(crate) const CONSUMER_ACK_PENDING: &str = "jwl_consumer_ack_pending_messages";
 pub(crate) const CONSUMER_REDELIVERED: &str = "jwl_consumer_redelivered_messages";
+pub(crate) const CONSUMER_HELD: &str = "jwl_consumer_held_messages";
+pub(crate) const CONSUMER_PAUSED: &str = "jwl_consumer_paused";
 
 /// The metrics of one relay partition, labelled with its service and partition (histograms with
 /// the service only). A process reports the backlog of the partitions it leads and 0 for the
@@ -115,6 +117,11 @@ pub(crate) struct ConsumerMetrics {
     pub ack_pending: Gauge,
     /// Delivered more than once and not yet acknowledged.
     pub redelivered: Gauge,
+    /// Messages held (received, kept in progress, not handled) while the loop is paused.
+    pub held: Gauge,
+    /// 1 while the loop is paused, labelled `cause` (`database` or `dependency`).
+    pub paused_database: Gauge,
+    pub paused_dependency: Gauge,
 }
 
 impl ConsumerMetrics {
@@ -139,6 +146,11 @@ impl ConsumerMetrics {
             pending: gauge!(CONSUMER_PENDING, "consumer" => consumer.to_owned()),
             ack_pending: gauge!(CONSUMER_ACK_PENDING, "consumer" => consumer.to_owned()),
             redelivered: gauge!(CONSUMER_REDELIVERED, "consumer" => consumer.to_owned()),
+            held: gauge!(CONSUMER_HELD, "consumer" => consumer.to_owned()),
+            paused_database: gauge!(CONSUMER_PAUSED, "consumer" => consumer.to_owned(),
+                "cause" => "database"),
+            paused_dependency: gauge!(CONSUMER_PAUSED, "consumer" => consumer.to_owned(),
+                "cause" => "dependency"),
         }
     }
 

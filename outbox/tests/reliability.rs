@@ -1112,3 +1112,114 @@ async fn a_batch_the_batch_way_refuses_is_handled_one_by_one() -> anyhow::Result
     assert!(batches.iter().any(|(_, refused)| *refused), "{batches:?}");
     running.stop().await
 }
+
+/// A handler whose dependency can be switched off: while it is off, the handler reports it
+/// unavailable, and it is not ready from the first time it did (as a circuit breaker learns of
+/// an outage from a failed call) until the dependency is back.
+struct DependentHandler {
+    inner: Arc<RecordingHandler>,
+    down: std::sync::atomic::AtomicBool,
+    /// Whether the handler learned of the outage.
+    tripped: std::sync::atomic::AtomicBool,
+    back: tokio::sync::Notify,
+    unavailable: AtomicUsize,
+}
+
+impl DependentHandler {
+    fn up(&self) {
+        self.down.store(false, Ordering::SeqCst);
+        self.tripped.store(false, Ordering::SeqCst);
+        self.back.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl jwl_outbox::Handler for DependentHandler {
+    fn subscriptions(&self) -> &'static [jwl_events::EventType] {
+        self.inner.subscriptions()
+    }
+
+    async fn handle(
+        &self,
+        ctx: &mut jwl_outbox::HandlerContext<'_>,
+        event: &Envelope,
+    ) -> Result<(), jwl_outbox::HandlerError> {
+        if self.down.load(Ordering::SeqCst) {
+            self.tripped.store(true, Ordering::SeqCst);
+            self.unavailable.fetch_add(1, Ordering::SeqCst);
+            return Err(jwl_outbox::HandlerError::unavailable(
+                "the dependency is down",
+            ));
+        }
+        self.inner.handle(ctx, event).await
+    }
+
+    async fn ready(&self) {
+        loop {
+            let back = self.back.notified();
+            if !self.tripped.load(Ordering::SeqCst) {
+                return;
+            }
+            back.await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_unavailable_dependency_holds_messages_without_spending_attempts() -> anyhow::Result<()>
+{
+    // a service of its own: the test reads its consumer's metrics
+    let h = Harness::start_as(Service::Order).await?;
+    let handler = Arc::new(DependentHandler {
+        inner: h.handler(),
+        down: true.into(),
+        tripped: false.into(),
+        back: tokio::sync::Notify::new(),
+        unavailable: AtomicUsize::new(0),
+    });
+    let events: Vec<Envelope> = (0..5).map(|_| captured(1)).collect();
+    h.enqueue_events(&events).await?;
+    let running = h.run_with(handler.clone());
+    let consumer = jwl_outbox::events_durable(h.service);
+    eventually("the loop pauses for the dependency", SOON, || async {
+        gauge(
+            "jwl_consumer_paused",
+            &[("consumer", &consumer), ("cause", "dependency")],
+        ) == Some(1.0)
+    })
+    .await?;
+    // the outage lasts longer than max_attempts deliveries would (ack_wait each)
+    let outage = h.settings.ack_wait * (h.settings.max_attempts + 1);
+    tokio::time::sleep(outage).await;
+    assert_eq!(
+        h.effects_total().await?,
+        0,
+        "nothing handled while it is down"
+    );
+    handler.up();
+    eventually("all are handled once it is back", SOON, || async {
+        h.effects_total().await.ok() == Some(5)
+    })
+    .await?;
+    assert!(h.dead_letters().await?.is_empty(), "nothing dead-lettered");
+    for event in &events {
+        let attempts: Vec<i32> = h
+            .attempts_of(event)
+            .await?
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(attempts, [1], "handled at its first delivery");
+    }
+    // the handler was told of the outage by the first batch, then not called until it was ready
+    let unavailable = handler.unavailable.load(Ordering::SeqCst);
+    assert!((1..=5).contains(&unavailable), "{unavailable}");
+    eventually("the loop resumed", SOON, || async {
+        gauge(
+            "jwl_consumer_paused",
+            &[("consumer", &consumer), ("cause", "dependency")],
+        ) == Some(0.0)
+    })
+    .await?;
+    running.stop().await
+}

@@ -20,7 +20,7 @@ use super::holds::{self, ParkedMessage};
 use super::replay::{self, ReplayMode};
 use super::{ConsumerLoop, ConsumerSource};
 use crate::faults::crash;
-use crate::handler::HandlerError;
+use crate::handler::{BoxError, HandlerError};
 use crate::inbox::{HandlingTarget, SavepointOutcome, handle_in_savepoint};
 use crate::metrics::count_dead_letter;
 use crate::naming::durable_name;
@@ -97,6 +97,25 @@ pub(super) enum BatchResult {
     /// the deliveries are handed back to be held until it answers again and then handled, so
     /// the outage costs them no delivery attempt.
     DatabaseDown(Vec<Box<dyn Delivery>>),
+    /// A handler reported a dependency unavailable ([`HandlerError::Unavailable`]): the
+    /// transaction was rolled back, nothing was settled, the deliveries are handed back to be
+    /// held until the handler is ready again, without a delivery attempt.
+    DependencyDown(Vec<Box<dyn Delivery>>),
+}
+
+/// Why a batch transaction did not commit.
+#[derive(Debug)]
+pub(super) enum TxError {
+    /// The database failed or refused the work.
+    Database(sqlx::Error),
+    /// A handler reported a dependency unavailable; the transaction is rolled back.
+    Unavailable(BoxError),
+}
+
+impl From<sqlx::Error> for TxError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Database(error)
+    }
 }
 
 impl ConsumerLoop {
@@ -151,7 +170,7 @@ impl ConsumerLoop {
                             emitted = careful_emitted;
                         })
                 }
-                Err(error) => Err(error),
+                Err(error) => Err(TxError::Database(error)),
             };
             match outcome {
                 Ok(()) => {
@@ -166,7 +185,13 @@ impl ConsumerLoop {
                         crash("crash_after_commit (the batch is committed, not acked)");
                     }
                 }
-                Err(error) => {
+                Err(TxError::Unavailable(error)) => {
+                    tracing::info!(consumer = %self.consumer, %error, size = batch.len(),
+                        "a dependency of the handler is unavailable; holding the batch until the \
+                         handler is ready again");
+                    return BatchResult::DependencyDown(batch);
+                }
+                Err(TxError::Database(error)) => {
                     self.metrics.batch_failures.increment(1);
                     if unreachable(&error) {
                         tracing::warn!(consumer = %self.consumer, %error, size = batch.len(),
@@ -399,7 +424,7 @@ impl ConsumerLoop {
         screened: Vec<Screened>,
         mut known: Option<KnownFailure>,
         verdicts: &mut [Option<Verdict>],
-    ) -> Result<(Vec<ReleasedDeadLetter>, bool), sqlx::Error> {
+    ) -> Result<(Vec<ReleasedDeadLetter>, bool), TxError> {
         let waiting = Instant::now();
         let limit = self.settings.db_stall_timeout;
         stall::with_connection(&self.pool, limit, async |conn| {
@@ -460,7 +485,7 @@ impl ConsumerLoop {
         known_error: Option<HandlerError>,
         released_dead: &mut Vec<ReleasedDeadLetter>,
         emitted: &mut bool,
-    ) -> Result<Verdict, sqlx::Error> {
+    ) -> Result<Verdict, TxError> {
         let consumer = work.consumer.as_str();
         let (envelope, rerun, replay_origin) = match work.kind {
             WorkKind::Release { order_id, reason } => {
@@ -524,6 +549,14 @@ impl ConsumerLoop {
                 .instrument(span.clone())
                 .await?
         };
+        let outcome = match outcome {
+            // the whole batch is rolled back and held (see `BatchResult::DependencyDown`)
+            SavepointOutcome::Failed(HandlerError::Unavailable(error)) => {
+                span.record("outcome", "held");
+                return Err(TxError::Unavailable(error));
+            }
+            outcome => outcome,
+        };
         if let SavepointOutcome::Handled { emitted: events } = &outcome {
             *emitted |= !events.is_empty();
         }
@@ -562,7 +595,7 @@ impl ConsumerLoop {
         tx: &mut PgConnection,
         order_id: Uuid,
         released_dead: &mut Vec<ReleasedDeadLetter>,
-    ) -> Result<bool, sqlx::Error> {
+    ) -> Result<bool, TxError> {
         let mut emitted = false;
         if !holds::holds_on(tx, order_id).await?.is_empty() {
             return Ok(emitted);
@@ -622,6 +655,10 @@ impl ConsumerLoop {
                                 HandlerError::Permanent(reason) => {
                                     (DeadLetterReason::Permanent, reason)
                                 }
+                                // the release rolls back and is held with its batch
+                                HandlerError::Unavailable(error) => {
+                                    return Err(TxError::Unavailable(error));
+                                }
                                 // an acked parked message cannot be redelivered with backoff
                                 HandlerError::Transient(error) => (
                                     DeadLetterReason::MaxAttempts,
@@ -670,7 +707,8 @@ impl ConsumerLoop {
             HandlerError::Transient(error) if attempt >= self.settings.max_attempts => {
                 dead_letter(DeadLetterReason::MaxAttempts, error.to_string())
             }
-            HandlerError::Transient(error) => {
+            // cut short by `run_work` (the batch is held); judged as transient if it got here
+            HandlerError::Transient(error) | HandlerError::Unavailable(error) => {
                 tracing::info!(%consumer, event_id = %envelope.id.0, attempt,
                     %error, "handler failed transiently; will retry");
                 Verdict::Retry(with_jitter(self.settings.nak_delay(attempt)))

@@ -1,6 +1,8 @@
 //! The consumer loop of one durable consumer — a service's consumer of the events stream (every
 //! event type it subscribes to, in stream order), or its replay consumer — pull continuously,
-//! batch what is ready, hand batches to [`batch`], and survive broker and database outages.
+//! batch what is ready, hand batches to [`batch`], and survive broker and database outages and
+//! the outages of the handler's own dependencies ([`HandlerError::Unavailable`],
+//! [`Handler::ready`]).
 
 mod batch;
 mod dead_letter;
@@ -10,6 +12,7 @@ mod replay;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -21,6 +24,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::Handler;
+#[cfg(doc)]
+use crate::handler::HandlerError;
 use crate::metrics::ConsumerMetrics;
 use crate::naming::{durable_name, events_durable};
 use crate::relay::RelaySignal;
@@ -58,7 +63,50 @@ pub(crate) struct ConsumerLoop {
 enum Interrupted {
     Shutdown,
     Broker(TransportError),
+    /// Paused with the messages in hand held (see [`ConsumerLoop::pull_until`]).
+    Paused(Pause),
+}
+
+/// What a paused loop waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pause {
+    /// The database to answer again.
     Database,
+    /// The handler to be ready again ([`Handler::ready`]): a dependency it needs is
+    /// unavailable.
+    Dependency,
+}
+
+impl Pause {
+    fn as_str(self) -> &'static str {
+        match self {
+            Pause::Database => "database",
+            Pause::Dependency => "dependency",
+        }
+    }
+}
+
+/// Set by the first worker (or the distributor) that finds the loop must pause; the others stop
+/// too.
+#[derive(Default)]
+struct PauseSignal {
+    token: CancellationToken,
+    cause: OnceLock<Pause>,
+}
+
+impl PauseSignal {
+    fn pause(&self, cause: Pause) {
+        let _first = self.cause.set(cause);
+        self.token.cancel();
+    }
+
+    fn is_paused(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    fn cause(&self) -> Pause {
+        self.cause.get().copied().unwrap_or(Pause::Database)
+    }
 }
 
 impl ConsumerLoop {
@@ -186,6 +234,11 @@ impl ConsumerLoop {
     /// healthy message one step closer to `max_attempts`). The subscription stays open while
     /// the database is waited for: what it still delivers is held too, and every held message's
     /// ack timer is renewed. Once the database answers, the held messages are handled first.
+    ///
+    /// A dependency of the handler that is unavailable (the handler is not
+    /// [ready](Handler::ready), or it returned [`HandlerError::Unavailable`]) pauses the loop
+    /// the same way, until the handler is ready again: no message is handed to it meanwhile, and
+    /// none spends a delivery attempt.
     async fn pull_until(&self, spec: &ConsumerSpec, shutdown: &CancellationToken) {
         let mut backoff = reconnect_backoff();
         let mut held: VecDeque<Box<dyn Delivery>> = VecDeque::new();
@@ -215,15 +268,27 @@ impl ConsumerLoop {
                     self.broker_interrupted(error, &mut held, &mut backoff, shutdown)
                         .await
                 }
-                Interrupted::Database => {
+                Interrupted::Paused(pause) => {
+                    let paused = match pause {
+                        Pause::Database => &self.metrics.paused_database,
+                        Pause::Dependency => &self.metrics.paused_dependency,
+                    };
+                    paused.set(1.0);
+                    self.metrics.held.set(held.len() as f64);
                     tracing::warn!(consumer = %self.consumer, held = held.len(),
-                        "database unavailable; holding the messages in hand until it answers");
+                        cause = pause.as_str(),
+                        "{} unavailable; holding the messages in hand until it is back",
+                        pause.as_str());
                     tokio::select! {
-                        () = self.wait_for_database(shutdown) => {}
-                        () = keep_held(&mut deliveries, &mut held, self.settings.ack_wait) => {}
+                        () = self.wait_to_resume(pause, shutdown) => {}
+                        () = keep_held(&mut deliveries, &mut held, self.settings.ack_wait,
+                            &self.metrics.held) => {}
                     }
                     tracing::info!(consumer = %self.consumer, held = held.len(),
-                        "database available again; handling the held messages first");
+                        cause = pause.as_str(),
+                        "{} available again; handling the held messages first", pause.as_str());
+                    paused.set(0.0);
+                    self.metrics.held.set(0.0);
                     open = Some(deliveries);
                 }
             }
@@ -280,8 +345,9 @@ impl ConsumerLoop {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
             .map(|_| mpsc::channel::<Box<dyn Delivery>>(self.settings.consumer_batch_size))
             .unzip();
-        // cancelled by a worker that finds the database down: the others stop too
-        let database_down = CancellationToken::new();
+        // set by a worker that finds the database down or a dependency unavailable (or by the
+        // distributor, when the handler is not ready): the others stop too
+        let paused = PauseSignal::default();
         let committed = AtomicBool::new(false);
         // the delivery in hand when the database went down (after everything in the channels)
         let mut in_hand: Option<Box<dyn Delivery>> = None;
@@ -289,15 +355,19 @@ impl ConsumerLoop {
             let interrupted = loop {
                 let next = if shutdown.is_cancelled() {
                     break Interrupted::Shutdown;
-                } else if database_down.is_cancelled() {
-                    break Interrupted::Database;
+                } else if paused.is_paused() {
+                    break Interrupted::Paused(paused.cause());
+                } else if self.handler.ready().now_or_never().is_none() {
+                    // the gate: hand nothing out while the handler cannot work
+                    paused.pause(Pause::Dependency);
+                    break Interrupted::Paused(paused.cause());
                 } else if let Some(delivery) = held.pop_front() {
                     Some(Ok(delivery))
                 } else {
                     tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => break Interrupted::Shutdown,
-                        _ = database_down.cancelled() => break Interrupted::Database,
+                        _ = paused.token.cancelled() => break Interrupted::Paused(paused.cause()),
                         next = deliveries.next() => next,
                     }
                 };
@@ -309,9 +379,9 @@ impl ConsumerLoop {
                 let worker = worker_of(order_key(self.source, delivery.subject()), workers);
                 tokio::select! {
                     biased;
-                    _ = database_down.cancelled() => {
+                    _ = paused.token.cancelled() => {
                         in_hand = Some(delivery);
-                        break Interrupted::Database;
+                        break Interrupted::Paused(paused.cause());
                     }
                     permit = senders[worker].reserve() => match permit {
                         Ok(permit) => permit.send(delivery),
@@ -327,7 +397,7 @@ impl ConsumerLoop {
         let work = futures::future::join_all(
             receivers
                 .into_iter()
-                .map(|receiver| self.work(receiver, &database_down, &committed)),
+                .map(|receiver| self.work(receiver, &paused, &committed)),
         );
         let (interrupted, unhandled) = tokio::join!(distribute, work);
         if committed.load(Ordering::Relaxed) {
@@ -343,7 +413,7 @@ impl ConsumerLoop {
             .chain(not_given)
             .chain(prefetched(deliveries))
             .collect();
-        if matches!(interrupted, Interrupted::Database) {
+        if matches!(interrupted, Interrupted::Paused(_)) {
             held.extend(unhandled);
             // renewed at once: they may have waited behind a stalled batch
             keep_in_progress_once(held.make_contiguous()).await;
@@ -357,18 +427,19 @@ impl ConsumerLoop {
     /// One worker: batches of what is ready in `receiver`, one transaction at a time, until the
     /// channel closes. After a batch whose transaction the database refused (e.g. at commit), the
     /// next that many messages are handled one per transaction, so the one at fault fails alone
-    /// and the others are not pushed towards `max_attempts` with it. Once the database is down
-    /// (here or in another worker), what is left is returned unsettled, in the order received.
+    /// and the others are not pushed towards `max_attempts` with it. Once the loop pauses (the
+    /// database is down or a dependency unavailable, found here or elsewhere), what is left is
+    /// returned unsettled, in the order received.
     async fn work(
         &self,
         mut receiver: mpsc::Receiver<Box<dyn Delivery>>,
-        database_down: &CancellationToken,
+        paused: &PauseSignal,
         committed: &AtomicBool,
     ) -> Vec<Box<dyn Delivery>> {
         let mut handle_alone = 0usize;
         let mut unhandled = Vec::new();
         while let Some(first) = receiver.recv().await {
-            if database_down.is_cancelled() {
+            if paused.is_paused() {
                 unhandled.push(first);
                 while let Ok(delivery) = receiver.try_recv() {
                     unhandled.push(delivery);
@@ -396,13 +467,33 @@ impl ConsumerLoop {
                 }
                 BatchResult::DatabaseDown(batch) => {
                     unhandled.extend(batch);
-                    database_down.cancel();
+                    paused.pause(Pause::Database);
+                }
+                BatchResult::DependencyDown(batch) => {
+                    unhandled.extend(batch);
+                    paused.pause(Pause::Dependency);
                 }
                 BatchResult::Refused if size > 1 => handle_alone = size,
                 BatchResult::Refused => handle_alone = handle_alone.saturating_sub(1),
             }
         }
         unhandled
+    }
+
+    /// Waits until what `pause` waits for is back (or shutdown).
+    async fn wait_to_resume(&self, pause: Pause, shutdown: &CancellationToken) {
+        match pause {
+            Pause::Database => self.wait_for_database(shutdown).await,
+            Pause::Dependency => {
+                // at least a moment, so that a handler that reports a dependency unavailable
+                // while ready does not make the loop spin
+                sleep_or_shutdown(MIN_DEPENDENCY_PAUSE, shutdown).await;
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = self.handler.ready() => {}
+                }
+            }
+        }
     }
 
     /// Waits until the database answers again (or shutdown). Each probe is bounded by the stall
@@ -428,6 +519,9 @@ impl ConsumerLoop {
 
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
+/// Shortest pause for an unavailable dependency.
+const MIN_DEPENDENCY_PAUSE: Duration = Duration::from_millis(100);
+
 /// Longest pause between two renewals of the held messages during a database outage.
 const KEEP_HELD_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -448,10 +542,12 @@ async fn keep_held(
     deliveries: &mut Deliveries,
     held: &mut VecDeque<Box<dyn Delivery>>,
     ack_wait: Duration,
+    held_gauge: &metrics::Gauge,
 ) {
     loop {
         tokio::time::sleep((ack_wait / 3).min(KEEP_HELD_INTERVAL)).await;
         held.extend(prefetched(deliveries));
+        held_gauge.set(held.len() as f64);
         keep_in_progress_once(held.make_contiguous()).await;
     }
 }
