@@ -650,6 +650,39 @@ pub struct SettingsArgs {
     /// Open orders always admitted, whatever the measured finish rate.
     #[arg(long, env = "JWL_ADMISSION_MIN_OPEN", default_value = "200")]
     pub admission_min_open: NonZeroU32,
+    /// How long payment waits for the card processor to answer a call before giving it up.
+    #[arg(long, env = "JWL_PROCESSOR_TIMEOUT", default_value = "2s", value_parser = parse_positive_duration)]
+    pub processor_timeout: Duration,
+    /// Share of card processor calls the simulator fails (1: an outage); also set at run time
+    /// with PUT /v1/payment-processor.
+    #[arg(long, env = "JWL_PROCESSOR_ERROR_RATE", default_value = "0", value_parser = parse_ratio)]
+    pub processor_error_rate: f64,
+    /// Share of card processor calls the simulator never answers (they time out).
+    #[arg(long, env = "JWL_PROCESSOR_TIMEOUT_RATE", default_value = "0", value_parser = parse_ratio)]
+    pub processor_timeout_rate: f64,
+    /// Time each simulated card processor call takes.
+    #[arg(long, env = "JWL_PROCESSOR_LATENCY", default_value = "0ms", value_parser = parse_duration_or_zero)]
+    pub processor_latency: Duration,
+    /// Factor on that time (10: ten times slower).
+    #[arg(long, env = "JWL_PROCESSOR_SLOWDOWN", default_value = "1", value_parser = parse_slowdown)]
+    pub processor_slowdown: f64,
+    /// Span of the card processor breaker's sliding window (and how often its baseline learns).
+    #[arg(long, env = "JWL_PROCESSOR_BREAKER_WINDOW", default_value = "10s", value_parser = parse_positive_duration)]
+    pub processor_breaker_window: Duration,
+    /// Fewest calls in the window for the breaker to open.
+    #[arg(long, env = "JWL_PROCESSOR_BREAKER_MIN_CALLS", default_value = "10", value_parser = clap::value_parser!(u32).range(1..))]
+    pub processor_breaker_min_calls: u32,
+    /// How long the breaker stays open before it lets one probe call through.
+    #[arg(long, env = "JWL_PROCESSOR_BREAKER_OPEN_FOR", default_value = "5s", value_parser = parse_positive_duration)]
+    pub processor_breaker_open_for: Duration,
+    /// Floor of the breaker's error-rate threshold (the threshold is 3 × the learned baseline,
+    /// never below this).
+    #[arg(long, env = "JWL_PROCESSOR_BREAKER_MIN_ERROR_RATE", default_value = "0.2", value_parser = parse_ratio)]
+    pub processor_breaker_min_error_rate: f64,
+    /// Floor of the breaker's p99 latency threshold (the threshold is 4 × the learned baseline
+    /// p99, never below this).
+    #[arg(long, env = "JWL_PROCESSOR_BREAKER_MIN_P99", default_value = "500ms", value_parser = parse_positive_duration)]
+    pub processor_breaker_min_p99: Duration,
 }
 
 /// A positive duration, or `off`.
@@ -754,6 +787,16 @@ fn parse_ratio(text: &str) -> Result<f64, String> {
         Ok(value)
     } else {
         Err("must be between 0 and 1".to_owned())
+    }
+}
+
+/// A slowdown factor: finite, 1 to 1000.
+fn parse_slowdown(text: &str) -> Result<f64, String> {
+    let value: f64 = text.trim().parse().map_err(|e| format!("{e}"))?;
+    if (1.0..=1000.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err("must be a factor between 1 and 1000".to_owned())
     }
 }
 

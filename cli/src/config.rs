@@ -8,6 +8,8 @@ use anyhow::Context;
 use jwl_service_kit::Settings;
 use jwl_service_kit::auth::JwtKeys;
 use jwl_service_kit::auth::MIN_SECRET_BYTES;
+use jwl_service_kit::breaker::BreakerSettings;
+use jwl_service_kit::config::ProcessorSettings;
 use jwl_service_kit::http::IngestLimits;
 use jwl_service_kit::http::admission::BacklogLimits;
 
@@ -35,6 +37,20 @@ impl SettingsArgs {
                 backlog: BacklogLimits {
                     target: self.admission_target.0,
                     min_open: self.admission_min_open,
+                },
+            },
+            processor: ProcessorSettings {
+                timeout: self.processor_timeout,
+                error_rate: self.processor_error_rate,
+                timeout_rate: self.processor_timeout_rate,
+                latency: self.processor_latency,
+                slowdown: self.processor_slowdown,
+                breaker: BreakerSettings {
+                    window: self.processor_breaker_window,
+                    min_calls: self.processor_breaker_min_calls,
+                    open_for: self.processor_breaker_open_for,
+                    min_error_rate: self.processor_breaker_min_error_rate,
+                    min_p99: self.processor_breaker_min_p99,
                 },
             },
         })

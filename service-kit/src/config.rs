@@ -1,10 +1,11 @@
 //! Business tunables shared by the services (deadlines, dispatch radius, courier capacity,
-//! ingest limits).
+//! ingest limits, the card processor and its circuit breaker).
 //!
 //! The CLI fills these from flags / `JWL_*` variables; the defaults match the documented ones.
 
 use std::time::Duration;
 
+use crate::breaker::BreakerSettings;
 use crate::http::IngestLimits;
 
 /// Tunables every service may read from its [`crate::ServiceContext`].
@@ -24,6 +25,39 @@ pub struct Settings {
     /// Backpressure on order intake (`JWL_INGEST_RATE`, `JWL_INGEST_BURST`,
     /// `JWL_INGEST_IN_FLIGHT`).
     pub ingest: IngestLimits,
+    /// The card processor payment calls (`JWL_PROCESSOR_*`).
+    pub processor: ProcessorSettings,
+}
+
+/// The card processor: how long a call may take, the faults its simulator stages from the
+/// start, and its circuit breaker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessorSettings {
+    /// Past this, a call is given up as failed (`JWL_PROCESSOR_TIMEOUT`).
+    pub timeout: Duration,
+    /// Share of calls the simulator fails (`JWL_PROCESSOR_ERROR_RATE`).
+    pub error_rate: f64,
+    /// Share of calls the simulator never answers (`JWL_PROCESSOR_TIMEOUT_RATE`).
+    pub timeout_rate: f64,
+    /// Time each simulated call takes (`JWL_PROCESSOR_LATENCY`).
+    pub latency: Duration,
+    /// Factor on that time (`JWL_PROCESSOR_SLOWDOWN`).
+    pub slowdown: f64,
+    /// The breaker in front of it (`JWL_PROCESSOR_BREAKER_*`).
+    pub breaker: BreakerSettings,
+}
+
+impl Default for ProcessorSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(2),
+            error_rate: 0.0,
+            timeout_rate: 0.0,
+            latency: Duration::ZERO,
+            slowdown: 1.0,
+            breaker: BreakerSettings::default(),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -35,6 +69,7 @@ impl Default for Settings {
             courier_capacity: 1,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             ingest: IngestLimits::default(),
+            processor: ProcessorSettings::default(),
         }
     }
 }

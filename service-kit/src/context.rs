@@ -1,6 +1,8 @@
 //! [`ServiceContext`]: everything a service's routes and background tasks are given.
 
-use std::sync::Arc;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use jwl_events::Service;
 use jwl_outbox::{JetStreamBroker, MessagingSettings, RelaySignal};
@@ -30,6 +32,8 @@ pub struct ServiceContext {
     /// Wakes the service's relay after a commit that enqueued events (shared with its
     /// [`Messaging`](jwl_outbox::Messaging)).
     pub relay: RelaySignal,
+    /// Objects shared by the service's routes and its background work ([`Self::shared`]).
+    shared: Arc<Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>>,
 }
 
 impl ServiceContext {
@@ -50,7 +54,21 @@ impl ServiceContext {
             messaging,
             settings,
             relay,
+            shared: Arc::default(),
         }
+    }
+
+    /// The one `T` of this context and its clones, made by `init` on first use: how a
+    /// service's routes and its background work (given clones of one context) share state, e.g.
+    /// a dependency's client and its circuit breaker.
+    pub fn shared<T: Send + Sync + 'static>(&self, init: impl FnOnce() -> T) -> Arc<T> {
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = shared
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(init()) as Arc<dyn Any + Send + Sync>);
+        Arc::clone(entry)
+            .downcast::<T>()
+            .unwrap_or_else(|_| unreachable!("the map is keyed by the type id"))
     }
 
     /// This context with its HTTP routes on `http_pool` (a pool in the same schema) instead of

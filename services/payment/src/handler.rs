@@ -3,6 +3,10 @@
 //!
 //! Each event locks the order's payment row, asks [`crate::domain`] which transition is allowed,
 //! and applies it with a conditional write; the emitted event commits with the state change.
+//! Authorisation, capture and void are calls to the card processor, keyed by the order; a
+//! processor behind an open circuit breaker makes the handler report its dependency unavailable
+//! (the consumer holds its messages, no attempt spent) and not ready until the breaker lets a
+//! call through again.
 
 use std::sync::Arc;
 
@@ -14,7 +18,7 @@ use jwl_events::{
 use jwl_outbox::{Handler, HandlerContext, HandlerError};
 
 use crate::domain::{self, CaptureDecision, OrderCreatedDecision, VoidDecision};
-use crate::processor::{Authorization, CardProcessor, IdempotencyKey};
+use crate::processor::{Authorization, CardProcessor, IdempotencyKey, ProcessorError};
 use crate::store;
 
 /// The event types payment consumes.
@@ -65,7 +69,8 @@ impl PaymentHandler {
                         &order.payment_token,
                         order.amount_cents,
                     )
-                    .await;
+                    .await
+                    .map_err(processor_failure)?;
                 match authorization {
                     Authorization::Approved => {
                         let inserted =
@@ -135,6 +140,11 @@ impl PaymentHandler {
         match domain::on_capture_requested(current) {
             CaptureDecision::Capture => {
                 if let Some(amount_cents) = store::capture(ctx.db(), order_id).await? {
+                    // undone with the savepoint if the processor does not answer
+                    self.processor
+                        .capture(&IdempotencyKey::capture(order_id), amount_cents)
+                        .await
+                        .map_err(processor_failure)?;
                     ctx.emit(PaymentCaptured {
                         order_id,
                         amount_cents,
@@ -174,6 +184,10 @@ impl PaymentHandler {
         match domain::on_void_requested(current) {
             VoidDecision::Void => {
                 if let Some(amount_cents) = store::void(ctx.db(), order_id).await? {
+                    self.processor
+                        .void(&IdempotencyKey::void(order_id), amount_cents)
+                        .await
+                        .map_err(processor_failure)?;
                     ctx.emit(PaymentVoided {
                         order_id,
                         amount_cents,
@@ -209,6 +223,15 @@ fn state_name(state: Option<domain::PaymentState>) -> &'static str {
     state.map_or("absent", domain::PaymentState::as_str)
 }
 
+/// A processor that is unavailable (breaker open) holds the message without an attempt; one
+/// that failed while the breaker is closed is a transient failure of this message.
+fn processor_failure(error: ProcessorError) -> HandlerError {
+    match error {
+        ProcessorError::Unavailable(_) => HandlerError::unavailable(error),
+        ProcessorError::Failed(_) | ProcessorError::TimedOut(_) => HandlerError::transient(error),
+    }
+}
+
 fn count(outcome: &'static str) {
     metrics::counter!(OUTCOMES_METRIC, "outcome" => outcome).increment(1);
 }
@@ -217,6 +240,10 @@ fn count(outcome: &'static str) {
 impl Handler for PaymentHandler {
     fn subscriptions(&self) -> &'static [EventType] {
         SUBSCRIPTIONS
+    }
+
+    async fn ready(&self) {
+        self.processor.ready().await;
     }
 
     async fn handle(

@@ -1,21 +1,36 @@
-//! The payment service's HTTP routes: `GET /v1/payments/{order_id}` (admin).
+//! The payment service's HTTP routes, all admin-only: `GET /v1/payments/{order_id}`, and
+//! `GET`/`PUT /v1/payment-processor` (the card processor's breaker and the faults its simulator
+//! stages: how an operator or a test stages an outage and watches the breaker ride it out).
+
+use std::sync::Arc;
 
 use axum::extract::State;
 use jwl_events::OrderId;
 use jwl_service_kit::auth::Admin;
+use jwl_service_kit::breaker::BreakerSnapshot;
 use jwl_service_kit::extract::{Json, Path};
 use jwl_service_kit::http::{ListedRouter, RouteMethod};
 use jwl_service_kit::{ApiError, ApiResult};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::store;
+use crate::processor::Faults;
+use crate::{Processor, store};
 
-/// The routes, on `pool` (whose `search_path` is the payment schema).
-pub fn routes(pool: PgPool) -> ListedRouter {
+/// What the routes share.
+#[derive(Clone)]
+struct AppState {
+    pool: PgPool,
+    processor: Arc<Processor>,
+}
+
+/// The routes, on `pool` (whose `search_path` is the payment schema) and `processor`.
+pub fn routes(pool: PgPool, processor: Arc<Processor>) -> ListedRouter {
     ListedRouter::new()
         .route(RouteMethod::Get, "/v1/payments/{order_id}", get_payment)
-        .with_state(pool)
+        .route(RouteMethod::Get, "/v1/payment-processor", get_processor)
+        .route(RouteMethod::Put, "/v1/payment-processor", put_processor)
+        .with_state(AppState { pool, processor })
 }
 
 /// The body of `GET /v1/payments/{order_id}`.
@@ -28,13 +43,15 @@ struct PaymentView {
 
 async fn get_payment(
     _admin: Admin,
-    State(pool): State<PgPool>,
+    State(state): State<AppState>,
     Path(order_id): Path<String>,
 ) -> ApiResult<Json<PaymentView>> {
     let order_id = OrderId::parse(&order_id)
         .map_err(|error| ApiError::bad_field("order_id", format!("invalid order id: {error}")))?;
     let not_found = || ApiError::NotFound(format!("no payment for order {order_id}"));
-    let payment = store::find(&pool, order_id).await?.ok_or_else(not_found)?;
+    let payment = store::find(&state.pool, order_id)
+        .await?
+        .ok_or_else(not_found)?;
     match payment.amount_cents {
         Some(amount_cents) if payment.state.is_payment() => Ok(Json(PaymentView {
             order_id: payment.order_id.to_string(),
@@ -44,4 +61,41 @@ async fn get_payment(
         // a tombstone: a void was requested but no payment was ever made
         _ => Err(not_found()),
     }
+}
+
+/// The body of `GET`/`PUT /v1/payment-processor`.
+#[derive(Debug, Serialize)]
+struct ProcessorView {
+    /// What the simulator stages now.
+    faults: Faults,
+    /// How long a call may take, in milliseconds.
+    timeout_ms: u128,
+    /// The breaker: state, thresholds in force, window, last transitions.
+    breaker: BreakerSnapshot,
+}
+
+fn view(processor: &Processor) -> ProcessorView {
+    ProcessorView {
+        faults: processor.simulator.faults(),
+        timeout_ms: processor.guarded.timeout().as_millis(),
+        breaker: processor.guarded.breaker().snapshot(),
+    }
+}
+
+async fn get_processor(_admin: Admin, State(state): State<AppState>) -> Json<ProcessorView> {
+    Json(view(&state.processor))
+}
+
+/// Replaces the staged faults (a field left out is healthy: `{}` ends every fault).
+async fn put_processor(
+    admin: Admin,
+    State(state): State<AppState>,
+    Json(faults): Json<Faults>,
+) -> ApiResult<Json<ProcessorView>> {
+    let faults = faults
+        .validated()
+        .map_err(|invalid| ApiError::bad_field(invalid.field, invalid.problem))?;
+    tracing::warn!(admin = %admin.0.subject, ?faults, "card processor faults staged by an admin");
+    state.processor.simulator.set_faults(faults);
+    Ok(Json(view(&state.processor)))
 }
