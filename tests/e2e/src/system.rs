@@ -74,6 +74,9 @@ pub struct SystemOptions {
     /// certificates, with the users and permissions of `deploy/nats/jwl-auth.conf`; each
     /// service connects as its own user, the test's broker client as the operator.
     pub secure_bus: bool,
+    /// More variables for every service process (e.g. `JWL_PROCESSOR_*`), set after the others
+    /// (so they win).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for SystemOptions {
@@ -97,6 +100,7 @@ impl Default for SystemOptions {
             log_filter: "info".to_owned(),
             database_per_service: false,
             secure_bus: false,
+            env: Vec::new(),
         }
     }
 }
@@ -651,6 +655,8 @@ fn service_env(
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
+    .filter(|(k, _)| !options.env.iter().any(|(own, _)| own == k))
+    .chain(options.env.iter().cloned())
     .collect()
 }
 

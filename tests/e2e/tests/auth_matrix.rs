@@ -289,6 +289,23 @@ fn rows(order: OrderId, waybill: WaybillId) -> Vec<Row> {
             other_owner: None,
         },
         Row {
+            route: route(Get, "/v1/payment-processor"),
+            uri: "/v1/payment-processor".to_owned(),
+            body: None,
+            rightful: (ADMIN, StatusCode::OK),
+            wrong_role: EVERYTHING_BUT_ADMIN,
+            other_owner: None,
+        },
+        Row {
+            route: route(Put, "/v1/payment-processor"),
+            uri: "/v1/payment-processor".to_owned(),
+            // no fault: the healthy processor
+            body: Some(json!({})),
+            rightful: (ADMIN, StatusCode::OK),
+            wrong_role: EVERYTHING_BUT_ADMIN,
+            other_owner: None,
+        },
+        Row {
             route: route(Get, "/v1/waybills/{id}"),
             uri: format!("/v1/waybills/{waybill}"),
             body: None,
