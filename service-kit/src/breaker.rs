@@ -14,7 +14,8 @@
 //!
 //! The minimums are floors: a baseline of no errors and sub-millisecond answers does not make
 //! the breaker open on one error or a 2 ms blip. Until a baseline is learned, the floors are the
-//! thresholds.
+//! thresholds. The p99 is the nearest rank, so in a window of fewer than 100 calls it is the
+//! slowest call: there, one call slower than the threshold opens the breaker.
 //!
 //! **Open**, calls are refused ([`Breaker::try_call`] returns `None`) for
 //! [`BreakerSettings::open_for`]; [`Breaker::ready`] resolves when that time is over, so a
