@@ -30,6 +30,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 pub enum PgTuning {
     /// PostgreSQL's defaults: every commit is durable (`jwl up`).
     Durable,
+    /// Durable, with `max_connections` 300 instead of 100: room for several `jwl serve`
+    /// replicas of every service on one server (each process holds up to about 20
+    /// connections: its consumers' pool, its HTTP pool, one relay lease session per partition).
+    DurableManyClients,
     /// `fsync`, `synchronous_commit` and `full_page_writes` off and `max_connections` 300: a
     /// crash of the machine may corrupt the cluster, and even an immediate stop of the server
     /// loses the last few hundred milliseconds of acknowledged commits. For throw-away data
@@ -299,6 +303,7 @@ impl Drop for PostgresServer {
 fn tuning_settings(tuning: PgTuning) -> &'static [&'static str] {
     match tuning {
         PgTuning::Durable => &[],
+        PgTuning::DurableManyClients => &["max_connections=300"],
         PgTuning::FastUnsafe => &[
             "fsync=off",
             "synchronous_commit=off",

@@ -1,7 +1,7 @@
 //! `jwl-e2e-system`: the system in a shape `jwl up` cannot run — a JetStream cluster, several
 //! `jwl serve` replicas of every service, relay partitions — started the way the end-to-end tests
 //! start it ([`jwl_e2e::System`]), against a private PostgreSQL with durable settings (every
-//! commit flushed, as in production, `pg_stat_statements` loaded), and kept running until Ctrl-C
+//! commit flushed, as in production, `pg_stat_statements` loaded, room for 300 connections), and kept running until Ctrl-C
 //! or SIGTERM. `scripts/bench-cluster` runs it and points `jwl bench` at it.
 //!
 //! On standard output it prints, once everything is ready, one `key=value` line each:
@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
     let mut postgres = PostgresServer::start_with_stat_statements(PostgresOptions {
         data_dir: pg_dir,
         port,
-        tuning: PgTuning::Durable,
+        tuning: PgTuning::DurableManyClients,
     })
     .context("starting PostgreSQL")?;
     // the harness creates the system's database on this server (see jwl-testkit)
