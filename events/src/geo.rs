@@ -43,9 +43,16 @@ impl TryFrom<RawGeoPoint> for GeoPoint {
 }
 
 impl GeoPoint {
-    /// A point, if both coordinates are finite and in range.
+    /// A point, if both coordinates are finite and in range. A subnormal coordinate (closer to
+    /// 0 than `f64::MIN_POSITIVE`, far below any GPS precision) becomes 0: PostgreSQL's float
+    /// arithmetic refuses to underflow (`radians(5e-324)` is an error, not 0), so such a point
+    /// could be accepted here and then fail every write that projects it.
     pub fn new(lat: f64, lon: f64) -> Result<Self, GeoError> {
-        let point = Self { lat, lon };
+        let flush = |degrees: f64| if degrees.is_subnormal() { 0.0 } else { degrees };
+        let point = Self {
+            lat: flush(lat),
+            lon: flush(lon),
+        };
         point.validate()?;
         Ok(point)
     }
@@ -107,6 +114,19 @@ mod tests {
         // People's Square to the Bund, Shanghai: about 1.7 km.
         let d = point(31.2317, 121.4726).distance_km(&point(31.2400, 121.4900));
         assert!((1.6..1.9).contains(&d), "got {d}");
+    }
+
+    #[test]
+    fn subnormal_coordinates_become_zero() {
+        let p = point(-5e-324, 1e-310);
+        assert_eq!((p.lat, p.lon), (0.0, 0.0));
+        let read: GeoPoint = serde_json::from_str(r#"{"lat":5e-324,"lon":-2e-320}"#).unwrap();
+        assert_eq!((read.lat, read.lon), (0.0, 0.0));
+        let smallest_normal = point(f64::MIN_POSITIVE, -f64::MIN_POSITIVE);
+        assert_eq!(
+            (smallest_normal.lat, smallest_normal.lon),
+            (f64::MIN_POSITIVE, -f64::MIN_POSITIVE)
+        );
     }
 
     #[test]
