@@ -8,6 +8,7 @@ use axum::Router;
 use futures::future::BoxFuture;
 use jwl_events::{EventType, Service};
 use jwl_service_kit::ServiceContext;
+use jwl_service_kit::openapi::OpenApi;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -79,6 +80,8 @@ pub struct ServiceEntry {
     pub migrate: for<'a> fn(&'a PgPool) -> BoxFuture<'a, anyhow::Result<()>>,
     /// Its HTTP routes (without health/metrics, which the edge adds).
     pub router: fn(&ServiceContext) -> Router,
+    /// The OpenAPI description of those routes (merged into `/openapi.json`).
+    pub openapi: fn() -> OpenApi,
     /// Its messaging and background work, until the token is cancelled.
     pub run: fn(ServiceContext, CancellationToken) -> BoxFuture<'static, anyhow::Result<()>>,
 }
@@ -101,6 +104,7 @@ macro_rules! service_entry {
             schema: $krate::SCHEMA,
             migrate,
             router: $krate::router,
+            openapi: $krate::openapi,
             run,
         }
     }};

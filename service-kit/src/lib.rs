@@ -1,8 +1,8 @@
 //! What every Jiangwanli service process needs around its domain code: a Postgres pool per
 //! schema ([`db`]), the HTTP edge with problem details, JWT auth, request ids, health, readiness
-//! and metrics ([`http`], [`problem`], [`extract`], [`auth`]), tracing setup ([`telemetry`]),
-//! tunables ([`config`]), a circuit breaker with dynamic thresholds ([`breaker`]) and the
-//! [`ServiceContext`] handed to each service.
+//! and metrics ([`http`], [`problem`], [`extract`], [`auth`]), the OpenAPI document
+//! ([`openapi`]), tracing setup ([`telemetry`]), tunables ([`config`]), a circuit breaker with
+//! dynamic thresholds ([`breaker`]) and the [`ServiceContext`] handed to each service.
 
 pub mod auth;
 pub mod breaker;
@@ -11,6 +11,7 @@ pub mod context;
 pub mod db;
 pub mod extract;
 pub mod http;
+pub mod openapi;
 pub mod problem;
 pub mod telemetry;
 

@@ -187,14 +187,20 @@ pub fn problem_type(status: StatusCode) -> String {
     format!("{PROBLEM_TYPE_BASE}{kebab}")
 }
 
-/// The JSON body of a problem response.
-#[derive(Debug, Clone, Serialize)]
+/// The JSON body of a problem response (RFC 9457).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// `https://jiangwanli.dev/problems/<kebab-case status name>`.
     #[serde(rename = "type")]
     pub type_uri: String,
+    /// The status's name (`Bad Request`).
+    #[schema(value_type = String)]
     pub title: &'static str,
+    /// The HTTP status.
     pub status: u16,
+    /// What went wrong, for a human.
     pub detail: String,
+    /// The input field at fault (JSON path or parameter name), for some `400`/`413`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }

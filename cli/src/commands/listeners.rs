@@ -1,6 +1,7 @@
 //! The HTTP listeners of `jwl up` and `jwl serve`: the API (`JWL_HTTP_ADDR`) and, when
 //! `JWL_METRICS_ADDR` is set, a second one for `/metrics` and the detailed `/readyz`, which the
-//! API listener then no longer serves.
+//! API listener then no longer serves. The API listener also serves `/openapi.json`, the
+//! description of what it serves.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use anyhow::Context;
 use axum::Router;
 use jwl_service_kit::auth::JwtKeys;
 use jwl_service_kit::http::{self, MetricsOn, Readiness};
+use jwl_service_kit::openapi::{self, OpenApi};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -22,11 +24,13 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Puts `routes` behind the edge and binds the API listener, and the metrics listener when
-    /// one is configured. `hint` is added to the error of a failed bind of the API address.
+    /// Puts `routes` (described by the document parts `api`) and `/openapi.json` behind the
+    /// edge and binds the API listener, and the metrics listener when one is configured. `hint`
+    /// is added to the error of a failed bind of the API address.
     pub async fn bind(
         http: &HttpArgs,
         routes: Router,
+        api: Vec<OpenApi>,
         keys: JwtKeys,
         readiness: Readiness,
         hint: &str,
@@ -36,6 +40,10 @@ impl Listeners {
         } else {
             MetricsOn::Public
         };
+        let document = openapi::document(api, metrics_on);
+        let routes = routes.merge(
+            openapi::route(&document).context("rendering the OpenAPI document (internal error)")?,
+        );
         let app = http::edge_with(routes, keys, Arc::new(readiness.clone()), metrics_on);
         let api = TcpListener::bind(http.http_addr)
             .await

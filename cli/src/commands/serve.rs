@@ -75,6 +75,14 @@ async fn start(args: &ServeArgs) -> anyhow::Result<(ServiceContext, Listeners)> 
         args.settings.to_settings(),
     )
     .with_http_pool(http_pool);
-    let listeners = Listeners::bind(&args.http, (entry.router)(&ctx), keys, readiness, "").await?;
+    let listeners = Listeners::bind(
+        &args.http,
+        (entry.router)(&ctx),
+        vec![(entry.openapi)()],
+        keys,
+        readiness,
+        "",
+    )
+    .await?;
     Ok((ctx, listeners))
 }

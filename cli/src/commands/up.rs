@@ -100,6 +100,7 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
 
     let mut contexts = Vec::with_capacity(ServiceName::ALL.len());
     let mut routes = Router::new();
+    let mut api = Vec::with_capacity(ServiceName::ALL.len());
     for name in ServiceName::ALL {
         let entry = name.entry();
         let url = args
@@ -118,6 +119,7 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
         )
         .with_http_pool(http_pool);
         routes = routes.merge((entry.router)(&ctx));
+        api.push((entry.openapi)());
         contexts.push((name, ctx));
     }
 
@@ -129,6 +131,7 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
     let listeners = Listeners::bind(
         &args.http,
         routes,
+        api,
         keys.clone(),
         readiness,
         " (set JWL_HTTP_ADDR to use another address)",

@@ -18,6 +18,8 @@ use jwl_events::{CourierId, Delivered, Envelope, GeoError, GeoPoint, OrderId, Wa
 use jwl_service_kit::auth::Caller;
 use jwl_service_kit::extract::{Json, Path};
 use jwl_service_kit::http::{ListedRouter, RouteMethod};
+use jwl_service_kit::openapi::OpenApi;
+use jwl_service_kit::problem::Problem;
 use jwl_service_kit::{ApiError, ApiResult, Settings};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -53,17 +55,34 @@ pub fn routes(pool: PgPool, settings: Arc<Settings>, relay: RelaySignal) -> List
         })
 }
 
+/// The OpenAPI description of these routes (see [`jwl_service_kit::openapi`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(get_courier, put_location, post_delivery),
+    components(schemas(LocationBody, CourierView, LocationView, DeliveryView))
+)]
+struct Api;
+
+/// [`Api`] as a document part.
+pub fn openapi() -> OpenApi {
+    <Api as utoipa::OpenApi>::openapi()
+}
+
 /// The body of `PUT /v1/couriers/{id}/location`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 struct LocationBody {
+    #[schema(minimum = -90, maximum = 90)]
     lat: f64,
+    #[schema(minimum = -180, maximum = 180)]
     lon: f64,
 }
 
 /// A courier as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct CourierView {
+    #[schema(value_type = String)]
     courier_id: CourierId,
     lat: f64,
     lon: f64,
@@ -82,21 +101,30 @@ impl From<Courier> for CourierView {
 }
 
 /// The answer to a location update.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct LocationView {
     #[serde(flatten)]
     courier: CourierView,
+    /// The waybills assigned to the courier by this update.
+    #[schema(value_type = Vec<String>)]
     assigned: Vec<WaybillId>,
 }
 
 /// The answer to a delivery.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DeliveryView {
+    #[schema(value_type = String, format = "uuid")]
     waybill_id: WaybillId,
+    #[schema(value_type = String, format = "uuid")]
     order_id: OrderId,
+    #[schema(value_type = String)]
     courier_id: CourierId,
+    /// Always `delivered`.
+    #[schema(value_type = String)]
     status: &'static str,
     live_waybills: i32,
+    /// The waiting waybills the freed courier took.
+    #[schema(value_type = Vec<String>)]
     assigned: Vec<WaybillId>,
 }
 
@@ -121,6 +149,20 @@ fn position(body: &LocationBody) -> ApiResult<GeoPoint> {
     })
 }
 
+/// Reports a courier's position (that courier with `couriers:write`, or admin): it is available
+/// there and takes the nearest waiting waybills in range at once.
+#[utoipa::path(
+    put,
+    path = "/v1/couriers/{id}/location",
+    tag = "dispatch",
+    params(("id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The courier id")),
+    request_body = LocationBody,
+    responses(
+        (status = 200, description = "The courier, with what it was assigned", body = LocationView),
+        (status = 400, description = "Bad id or position (`field` names it)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn put_location(
     State(state): State<AppState>,
     caller: Caller,
@@ -154,6 +196,23 @@ async fn put_location(
     }))
 }
 
+/// Confirms a delivery (that courier with `couriers:write`, or admin); the courier's capacity is
+/// freed and offered the waiting waybills around it.
+#[utoipa::path(
+    post,
+    path = "/v1/couriers/{id}/deliveries/{waybill_id}",
+    tag = "dispatch",
+    params(
+        ("id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The courier id"),
+        ("waybill_id" = String, Path, format = "uuid", description = "The waybill id"),
+    ),
+    responses(
+        (status = 200, description = "Delivered", body = DeliveryView),
+        (status = 404, description = "No such waybill", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not this courier's live waybill", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn post_delivery(
     State(state): State<AppState>,
     caller: Caller,
@@ -221,6 +280,18 @@ async fn post_delivery(
     }))
 }
 
+/// A courier (that courier, or admin).
+#[utoipa::path(
+    get,
+    path = "/v1/couriers/{id}",
+    tag = "dispatch",
+    params(("id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The courier id")),
+    responses(
+        (status = 200, description = "The courier", body = CourierView),
+        (status = 404, description = "No such courier", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn get_courier(
     State(state): State<AppState>,
     caller: Caller,
@@ -236,4 +307,59 @@ async fn get_courier(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no courier {courier_id}")))?;
     Ok(Json(CourierView::from(courier)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jwl_service_kit::http::MetricsOn;
+    use jwl_service_kit::openapi::{document, field_mismatches};
+    use serde_json::Value;
+
+    fn json(value: impl Serialize) -> Value {
+        serde_json::to_value(value).unwrap()
+    }
+
+    fn courier() -> CourierView {
+        CourierView {
+            courier_id: CourierId::parse("courier-1").unwrap(),
+            lat: 31.23,
+            lon: 121.47,
+            live_waybills: 1,
+        }
+    }
+
+    #[test]
+    fn every_field_is_in_the_document() {
+        let doc = document([openapi()], MetricsOn::Public);
+        let samples = [
+            ("LocationBody", json(LocationBody { lat: 1.0, lon: 2.0 })),
+            ("CourierView", json(courier())),
+            (
+                "LocationView",
+                json(LocationView {
+                    courier: courier(),
+                    assigned: vec![WaybillId::new()],
+                }),
+            ),
+            (
+                "DeliveryView",
+                json(DeliveryView {
+                    waybill_id: WaybillId::new(),
+                    order_id: OrderId::new(),
+                    courier_id: CourierId::parse("courier-1").unwrap(),
+                    status: "delivered",
+                    live_waybills: 0,
+                    assigned: vec![WaybillId::new()],
+                }),
+            ),
+        ];
+        for (name, sample) in samples {
+            assert_eq!(
+                field_mismatches(&doc, name, &sample),
+                Vec::<String>::new(),
+                "{name}"
+            );
+        }
+    }
 }

@@ -5,6 +5,8 @@ use jwl_events::{OrderId, WaybillId};
 use jwl_service_kit::auth::Admin;
 use jwl_service_kit::extract::{Json, Path};
 use jwl_service_kit::http::{ListedRouter, RouteMethod};
+use jwl_service_kit::openapi::OpenApi;
+use jwl_service_kit::problem::Problem;
 use jwl_service_kit::{ApiError, ApiResult};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -18,15 +20,41 @@ pub fn routes(pool: PgPool) -> ListedRouter {
         .with_state(pool)
 }
 
+/// The OpenAPI description of these routes (see [`jwl_service_kit::openapi`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(get_waybill), components(schemas(WaybillView)))]
+struct Api;
+
+/// [`Api`] as a document part.
+pub fn openapi() -> OpenApi {
+    <Api as utoipa::OpenApi>::openapi()
+}
+
 /// The body of `GET /v1/waybills/{id}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct WaybillView {
+    #[schema(value_type = String, format = "uuid")]
     waybill_id: WaybillId,
+    #[schema(value_type = String, format = "uuid")]
     order_id: OrderId,
+    /// The waybill's status (`waiting`, `assigned`, `delivered`, `cancelled`, …).
+    #[schema(value_type = String)]
     status: &'static str,
     courier_id: Option<String>,
 }
 
+/// A waybill (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/waybills/{id}",
+    tag = "fulfillment",
+    params(("id" = String, Path, format = "uuid", description = "The waybill id")),
+    responses(
+        (status = 200, description = "The waybill", body = WaybillView),
+        (status = 404, description = "No such waybill", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn get_waybill(
     _admin: Admin,
     State(pool): State<PgPool>,
@@ -47,4 +75,27 @@ async fn get_waybill(
         status: waybill.status.as_str(),
         courier_id: waybill.courier_id,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jwl_service_kit::http::MetricsOn;
+    use jwl_service_kit::openapi::{document, field_mismatches};
+
+    #[test]
+    fn every_field_is_in_the_document() {
+        let doc = document([openapi()], MetricsOn::Public);
+        let sample = WaybillView {
+            waybill_id: WaybillId::new(),
+            order_id: OrderId::new(),
+            status: "assigned",
+            courier_id: Some("courier-1".to_owned()),
+        };
+        let sample = serde_json::to_value(sample).unwrap();
+        assert_eq!(
+            field_mismatches(&doc, "WaybillView", &sample),
+            Vec::<String>::new()
+        );
+    }
 }

@@ -6,6 +6,8 @@ use axum::http::request::Parts;
 use jwl_service_kit::auth::Admin;
 use jwl_service_kit::extract::{Json, Path};
 use jwl_service_kit::http::{ListedRouter, RouteMethod};
+use jwl_service_kit::openapi::OpenApi;
+use jwl_service_kit::problem::Problem;
 use jwl_service_kit::{ApiError, ApiResult};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -35,15 +37,29 @@ impl<S: Send + Sync> FromRequestParts<S> for Sku {
     }
 }
 
+/// The OpenAPI description of these routes (see [`jwl_service_kit::openapi`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(get_stock, put_stock), components(schemas(SetStock, StockView)))]
+struct Api;
+
+/// [`Api`] as a document part.
+pub fn openapi() -> OpenApi {
+    <Api as utoipa::OpenApi>::openapi()
+}
+
 /// The body of `PUT /v1/stock/{sku}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[cfg_attr(test, derive(Serialize))]
 #[serde(deny_unknown_fields)]
 struct SetStock {
+    /// The units in the warehouse, reserved and not yet shipped ones included; not below
+    /// `reserved`.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     on_hand: i64,
 }
 
 /// A SKU's stock as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct StockView {
     sku: String,
     on_hand: i64,
@@ -66,6 +82,19 @@ fn on_hand_error(error: domain::StockInputError) -> ApiError {
     ApiError::bad_field("on_hand", error.to_string())
 }
 
+/// Sets a SKU's stock on hand (admin).
+#[utoipa::path(
+    put,
+    path = "/v1/stock/{sku}",
+    tag = "inventory",
+    params(("sku" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "The SKU")),
+    request_body = SetStock,
+    responses(
+        (status = 200, description = "The SKU's stock now", body = StockView),
+        (status = 400, description = "Bad SKU or `on_hand` (`field` names it)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn put_stock(
     admin: Admin,
     Sku(sku): Sku,
@@ -82,6 +111,18 @@ async fn put_stock(
     Ok(Json(StockView::new(sku, updated)))
 }
 
+/// A SKU's stock (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/stock/{sku}",
+    tag = "inventory",
+    params(("sku" = String, Path, pattern = r"^[A-Za-z0-9._-]{1,64}$", description = "The SKU")),
+    responses(
+        (status = 200, description = "The SKU's stock", body = StockView),
+        (status = 404, description = "No stock for this SKU", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn get_stock(
     _admin: Admin,
     Sku(sku): Sku,
@@ -90,5 +131,35 @@ async fn get_stock(
     match store::find_stock(&pool, &sku).await? {
         Some(level) => Ok(Json(StockView::new(sku, level))),
         None => Err(ApiError::NotFound(format!("no stock for SKU {sku}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jwl_service_kit::http::MetricsOn;
+    use jwl_service_kit::openapi::{document, field_mismatches};
+
+    #[test]
+    fn every_field_is_in_the_document() {
+        let doc = document([openapi()], MetricsOn::Public);
+        let body = serde_json::to_value(SetStock { on_hand: 5 }).unwrap();
+        assert_eq!(
+            field_mismatches(&doc, "SetStock", &body),
+            Vec::<String>::new()
+        );
+        let view = StockView::new(
+            "sku-1".to_owned(),
+            StockLevel {
+                on_hand: 5,
+                reserved: 1,
+                shipped: 1,
+            },
+        );
+        let view = serde_json::to_value(view).unwrap();
+        assert_eq!(
+            field_mismatches(&doc, "StockView", &view),
+            Vec::<String>::new()
+        );
     }
 }

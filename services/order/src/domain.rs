@@ -31,29 +31,40 @@ const SWEEP_PERIOD_MAX: Duration = Duration::from_secs(1);
 const SWEEP_PERIOD_MIN: Duration = Duration::from_millis(10);
 
 /// The body of `POST /v1/orders`, as sent. Serialising it again gives its canonical form.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequest {
+    /// The lines, 1 to 50.
+    #[schema(min_items = 1, max_items = 50)]
     pub items: Vec<LineItemRequest>,
     pub pickup: PointRequest,
     pub dropoff: PointRequest,
+    /// The card token (the simulated processor declines `tok_decline`).
+    #[schema(min_length = 1, max_length = 128)]
     pub payment_token: String,
 }
 
 /// One line of an [`OrderRequest`], unchecked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LineItemRequest {
+    /// 1–64 characters of `[A-Za-z0-9._-]`.
+    #[schema(pattern = r"^[A-Za-z0-9._-]{1,64}$")]
     pub sku: String,
+    #[schema(minimum = 1, maximum = 1000)]
     pub qty: i64,
+    /// Integer cents.
+    #[schema(minimum = 1, maximum = 100_000_000)]
     pub unit_price_cents: i64,
 }
 
 /// A position of an [`OrderRequest`], unchecked.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PointRequest {
+    #[schema(minimum = -90, maximum = 90)]
     pub lat: f64,
+    #[schema(minimum = -180, maximum = 180)]
     pub lon: f64,
 }
 

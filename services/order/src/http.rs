@@ -21,6 +21,8 @@ use jwl_outbox::{OutboxError, RelaySignal};
 use jwl_service_kit::auth::{Caller, Scope};
 use jwl_service_kit::extract::{Json, Path};
 use jwl_service_kit::http::{IngestLimiter, ListedRouter, RouteMethod, limit_ingest};
+use jwl_service_kit::openapi::OpenApi;
+use jwl_service_kit::problem::Problem;
 use jwl_service_kit::{ApiError, ApiResult, ServiceContext, Settings};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -66,38 +68,69 @@ pub fn routes(ctx: &ServiceContext) -> ListedRouter {
         })
 }
 
+/// The OpenAPI description of these routes (see [`jwl_service_kit::openapi`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(create_order, get_order, cancel_order),
+    components(schemas(OrderRequest, OrderCreatedBody, CancelAcceptedBody, OrderBody))
+)]
+struct Api;
+
+/// [`Api`] as a document part.
+pub fn openapi() -> OpenApi {
+    <Api as utoipa::OpenApi>::openapi()
+}
+
 /// `201` body of `POST /v1/orders`, also recorded for idempotent replays.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct OrderCreatedBody {
+    #[schema(value_type = String, format = "uuid")]
     order_id: OrderId,
+    /// Always `pending`.
+    #[schema(value_type = String)]
     status: &'static str,
 }
 
 /// `202` body of `POST /v1/orders/{id}/cancel`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CancelAcceptedBody {
+    #[schema(value_type = String, format = "uuid")]
     order_id: OrderId,
+    /// The order's status when the cancel was asked for.
+    #[schema(value_type = String)]
     status: &'static str,
 }
 
 /// Body of `GET /v1/orders/{id}`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct OrderBody {
+    #[schema(value_type = String, format = "uuid")]
     order_id: OrderId,
+    /// `pending`, `paid`, `reserved`, `waybill_created`, `dispatched`, `delivered`,
+    /// `rejected` or `cancelled`.
+    #[schema(value_type = String)]
     status: &'static str,
+    /// Why it was cancelled: `out_of_stock`, `no_courier`, `customer` or `deadline`.
+    #[schema(value_type = Option<String>)]
     reason: Option<&'static str>,
     waybill_id: Option<String>,
     courier_id: Option<String>,
     amount_cents: i64,
+    #[schema(value_type = String, format = DateTime)]
     created_at: DateTime<Utc>,
+    /// The saga's events that reached the order, oldest first.
     timeline: Vec<TimelineBody>,
 }
 
-#[derive(Serialize)]
+/// One event of an order's timeline.
+#[derive(Serialize, utoipa::ToSchema)]
 struct TimelineBody {
+    /// The CloudEvent type (`jwl.payment.authorized`).
     #[serde(rename = "type")]
     event_type: String,
+    #[schema(value_type = String, format = DateTime)]
     time: DateTime<Utc>,
+    /// The emitting service (`/jwl/payment`).
     source: String,
 }
 
@@ -124,6 +157,30 @@ impl From<OrderRecord> for OrderBody {
     }
 }
 
+/// Places an order (scope `orders:write`); its saga starts at once.
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    tag = "order",
+    request_body = OrderRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "Makes the request idempotent per customer (1–255 characters): the same \
+                        key and body answer the first response again, with \
+                        `Idempotent-Replayed: true`; the same key with another body `422`"),
+    ),
+    responses(
+        (status = 201, description = "Placed", body = OrderCreatedBody, headers(
+            ("Location" = String, description = "`/v1/orders/{order_id}`"),
+        )),
+        (status = 400, description = "Bad body (`field` names it)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Idempotency key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the intake rate (with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Admission, in-flight cap or circuit breaker \
+                                      (with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn create_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -227,6 +284,19 @@ async fn create_order(
     created_response(StatusCode::CREATED, order_id, body)
 }
 
+/// An order with its status and timeline (scope `orders:read`, the customer who placed it, or
+/// admin; another customer's order is `404`).
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}",
+    tag = "order",
+    params(("id" = String, Path, format = "uuid", description = "The order id")),
+    responses(
+        (status = 200, description = "The order", body = OrderBody),
+        (status = 404, description = "No such order of this customer", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn get_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -244,6 +314,20 @@ async fn get_order(
     Ok(Json(record.into()))
 }
 
+/// Asks to cancel an order (scope `orders:write`, the customer who placed it, or admin);
+/// dispatch decides: a waybill still waiting for a courier is cancelled.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/cancel",
+    tag = "order",
+    params(("id" = String, Path, format = "uuid", description = "The order id")),
+    responses(
+        (status = 202, description = "Cancellation requested", body = CancelAcceptedBody),
+        (status = 404, description = "No such order of this customer", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The order is terminal", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn cancel_order(
     State(state): State<AppState>,
     caller: Caller,
@@ -362,5 +446,80 @@ fn outbox_error(error: OutboxError) -> ApiError {
     match error {
         OutboxError::Database(error) => error.into(),
         other => ApiError::internal(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{LineItemRequest, PointRequest};
+    use jwl_service_kit::http::MetricsOn;
+    use jwl_service_kit::openapi::{document, field_mismatches};
+    use serde_json::Value;
+
+    fn json(value: impl Serialize) -> Value {
+        serde_json::to_value(value).unwrap()
+    }
+
+    #[test]
+    fn every_field_is_in_the_document() {
+        let doc = document([openapi()], MetricsOn::Public);
+        let point = PointRequest {
+            lat: 31.23,
+            lon: 121.47,
+        };
+        let samples = [
+            (
+                "OrderRequest",
+                json(OrderRequest {
+                    items: vec![LineItemRequest {
+                        sku: "sku-1".to_owned(),
+                        qty: 2,
+                        unit_price_cents: 1299,
+                    }],
+                    pickup: point,
+                    dropoff: point,
+                    payment_token: "tok_ok".to_owned(),
+                }),
+            ),
+            (
+                "OrderCreatedBody",
+                json(OrderCreatedBody {
+                    order_id: OrderId::new(),
+                    status: "pending",
+                }),
+            ),
+            (
+                "CancelAcceptedBody",
+                json(CancelAcceptedBody {
+                    order_id: OrderId::new(),
+                    status: "reserved",
+                }),
+            ),
+            (
+                "OrderBody",
+                json(OrderBody {
+                    order_id: OrderId::new(),
+                    status: "cancelled",
+                    reason: Some("customer"),
+                    waybill_id: Some("w".to_owned()),
+                    courier_id: Some("c".to_owned()),
+                    amount_cents: 2598,
+                    created_at: Utc::now(),
+                    timeline: vec![TimelineBody {
+                        event_type: "jwl.order.created".to_owned(),
+                        time: Utc::now(),
+                        source: "/jwl/order".to_owned(),
+                    }],
+                }),
+            ),
+        ];
+        for (name, sample) in samples {
+            assert_eq!(
+                field_mismatches(&doc, name, &sample),
+                Vec::<String>::new(),
+                "{name}"
+            );
+        }
     }
 }

@@ -10,6 +10,8 @@ use jwl_service_kit::auth::Admin;
 use jwl_service_kit::breaker::BreakerSnapshot;
 use jwl_service_kit::extract::{Json, Path};
 use jwl_service_kit::http::{ListedRouter, RouteMethod};
+use jwl_service_kit::openapi::OpenApi;
+use jwl_service_kit::problem::Problem;
 use jwl_service_kit::{ApiError, ApiResult};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -33,14 +35,39 @@ pub fn routes(pool: PgPool, processor: Arc<Processor>) -> ListedRouter {
         .with_state(AppState { pool, processor })
 }
 
+/// The OpenAPI description of these routes (see [`jwl_service_kit::openapi`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(get_payment), components(schemas(PaymentView)))]
+struct Api;
+
+/// [`Api`] as a document part.
+pub fn openapi() -> OpenApi {
+    <Api as utoipa::OpenApi>::openapi()
+}
+
 /// The body of `GET /v1/payments/{order_id}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct PaymentView {
+    #[schema(format = "uuid")]
     order_id: String,
+    /// `authorized`, `declined`, `captured` or `voided`.
+    #[schema(value_type = String)]
     status: &'static str,
     amount_cents: i64,
 }
 
+/// The payment of an order (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/payments/{order_id}",
+    tag = "payment",
+    params(("order_id" = String, Path, format = "uuid", description = "The order id")),
+    responses(
+        (status = 200, description = "The payment", body = PaymentView),
+        (status = 404, description = "No payment for this order", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn get_payment(
     _admin: Admin,
     State(state): State<AppState>,
@@ -98,4 +125,26 @@ async fn put_processor(
     tracing::warn!(admin = %admin.0.subject, ?faults, "card processor faults staged by an admin");
     state.processor.simulator.set_faults(faults);
     Ok(Json(view(&state.processor)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jwl_service_kit::http::MetricsOn;
+    use jwl_service_kit::openapi::{document, field_mismatches};
+
+    #[test]
+    fn every_field_is_in_the_document() {
+        let doc = document([openapi()], MetricsOn::Public);
+        let sample = PaymentView {
+            order_id: OrderId::new().to_string(),
+            status: "authorized",
+            amount_cents: 1299,
+        };
+        let sample = serde_json::to_value(sample).unwrap();
+        assert_eq!(
+            field_mismatches(&doc, "PaymentView", &sample),
+            Vec::<String>::new()
+        );
+    }
 }

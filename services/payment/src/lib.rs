@@ -56,6 +56,11 @@ pub fn router(ctx: &ServiceContext) -> axum::Router {
     routes(ctx).into_router()
 }
 
+/// The OpenAPI description of [`routes`] (served in `/openapi.json`).
+pub fn openapi() -> jwl_service_kit::openapi::OpenApi {
+    http::openapi()
+}
+
 /// [`router`], with the list of its routes.
 pub fn routes(ctx: &ServiceContext) -> ListedRouter {
     http::routes(ctx.http_pool.clone(), processor(ctx))
