@@ -162,4 +162,14 @@ mod tests {
             Vec::<String>::new()
         );
     }
+
+    #[test]
+    fn the_documented_limit_is_the_validated_one() {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let on_hand = &doc["components"]["schemas"]["SetStock"]["properties"]["on_hand"];
+        assert_eq!(
+            on_hand["maximum"].as_f64(),
+            Some(domain::MAX_ON_HAND as f64)
+        );
+    }
 }

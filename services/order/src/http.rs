@@ -522,4 +522,28 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn the_documented_limits_are_the_validated_ones() {
+        use crate::domain::{
+            MAX_ITEMS, MAX_PAYMENT_TOKEN_CHARS, MAX_QTY, MAX_SKU_CHARS, MAX_UNIT_PRICE_CENTS,
+        };
+        let doc = json(openapi());
+        let schemas = &doc["components"]["schemas"];
+        let number = |value: &Value| value.as_f64().unwrap_or_else(|| panic!("{value}"));
+        let order = &schemas["OrderRequest"]["properties"];
+        assert_eq!(number(&order["items"]["maxItems"]), MAX_ITEMS as f64);
+        assert_eq!(
+            number(&order["payment_token"]["maxLength"]),
+            MAX_PAYMENT_TOKEN_CHARS as f64
+        );
+        let line = &schemas["LineItemRequest"]["properties"];
+        assert_eq!(number(&line["qty"]["maximum"]), MAX_QTY as f64);
+        assert_eq!(
+            number(&line["unit_price_cents"]["maximum"]),
+            MAX_UNIT_PRICE_CENTS as f64
+        );
+        let sku_pattern = line["sku"]["pattern"].as_str().unwrap();
+        assert!(sku_pattern.ends_with(&format!("{{1,{MAX_SKU_CHARS}}}$")));
+    }
 }

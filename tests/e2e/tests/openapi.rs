@@ -90,6 +90,18 @@ async fn the_document_describes_every_route_and_nothing_else() -> anyhow::Result
     Ok(())
 }
 
+#[test]
+fn operation_ids_are_unique() {
+    let doc = serde_json::to_value(document()).unwrap();
+    let mut ids = BTreeSet::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for operation in item.as_object().unwrap().values() {
+            let id = operation["operationId"].as_str().unwrap().to_owned();
+            assert!(ids.insert(id.clone()), "operationId {id} is used twice");
+        }
+    }
+}
+
 /// The `METHOD /path` pairs in the first column of the README's API table.
 fn readme_operations() -> BTreeSet<(String, String)> {
     let section = README
