@@ -91,7 +91,7 @@ impl Default for BreakerSettings {
 }
 
 /// The breaker's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BreakerState {
     Closed,
@@ -119,18 +119,21 @@ impl BreakerState {
 }
 
 /// The thresholds in force.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Thresholds {
     pub error_rate: f64,
+    /// In milliseconds.
     #[serde(serialize_with = "millis")]
+    #[schema(value_type = f64)]
     pub p99: Duration,
 }
 
 /// One state change, for the admin view and the logs.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Transition {
     pub to: BreakerState,
     /// When, as wall-clock time (RFC 3339).
+    #[schema(value_type = String, format = DateTime)]
     pub at: chrono::DateTime<chrono::Utc>,
     /// Why, for people.
     pub reason: String,
@@ -138,7 +141,7 @@ pub struct Transition {
 }
 
 /// What [`Breaker::snapshot`] shows.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BreakerSnapshot {
     pub name: String,
     pub state: BreakerState,
@@ -146,7 +149,9 @@ pub struct BreakerSnapshot {
     /// Calls in the current window, its error rate and p99.
     pub window_calls: usize,
     pub window_error_rate: f64,
+    /// In milliseconds.
     #[serde(serialize_with = "millis")]
+    #[schema(value_type = f64)]
     pub window_p99: Duration,
     /// Whether a healthy baseline has been learned (else the thresholds are the floors).
     pub baseline_learned: bool,

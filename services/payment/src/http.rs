@@ -37,7 +37,10 @@ pub fn routes(pool: PgPool, processor: Arc<Processor>) -> ListedRouter {
 
 /// The OpenAPI description of these routes (see [`jwl_service_kit::openapi`]).
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(get_payment), components(schemas(PaymentView)))]
+#[openapi(
+    paths(get_payment, get_processor, put_processor),
+    components(schemas(PaymentView, ProcessorView, Faults))
+)]
 struct Api;
 
 /// [`Api`] as a document part.
@@ -91,11 +94,12 @@ async fn get_payment(
 }
 
 /// The body of `GET`/`PUT /v1/payment-processor`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ProcessorView {
     /// What the simulator stages now.
     faults: Faults,
     /// How long a call may take, in milliseconds.
+    #[schema(value_type = u64)]
     timeout_ms: u128,
     /// The breaker: state, thresholds in force, window, last transitions.
     breaker: BreakerSnapshot,
@@ -109,11 +113,30 @@ fn view(processor: &Processor) -> ProcessorView {
     }
 }
 
+/// The card processor: staged faults, call timeout and breaker (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/payment-processor",
+    tag = "payment",
+    responses((status = 200, description = "The card processor and its breaker", body = ProcessorView)),
+    security(("bearer" = [])),
+)]
 async fn get_processor(_admin: Admin, State(state): State<AppState>) -> Json<ProcessorView> {
     Json(view(&state.processor))
 }
 
 /// Replaces the staged faults (a field left out is healthy: `{}` ends every fault).
+#[utoipa::path(
+    put,
+    path = "/v1/payment-processor",
+    tag = "payment",
+    request_body = Faults,
+    responses(
+        (status = 200, description = "The card processor with the new faults", body = ProcessorView),
+        (status = 400, description = "A rate out of 0..=1 or a slowdown below 1 (`field` names it)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
 async fn put_processor(
     admin: Admin,
     State(state): State<AppState>,
@@ -144,6 +167,17 @@ mod tests {
         let sample = serde_json::to_value(sample).unwrap();
         assert_eq!(
             field_mismatches(&doc, "PaymentView", &sample),
+            Vec::<String>::new()
+        );
+        let processor = Processor::new(&jwl_service_kit::config::ProcessorSettings::default());
+        let sample = serde_json::to_value(view(&processor)).unwrap();
+        assert_eq!(
+            field_mismatches(&doc, "ProcessorView", &sample),
+            Vec::<String>::new()
+        );
+        let sample = serde_json::to_value(Faults::default()).unwrap();
+        assert_eq!(
+            field_mismatches(&doc, "Faults", &sample),
             Vec::<String>::new()
         );
     }

@@ -109,7 +109,7 @@ pub trait CardProcessor: Send + Sync + 'static {
 }
 
 /// The failures the simulator stages, each call drawn at random.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Faults {
     /// Share of calls answered with an error (0..=1; 1 is an outage).
