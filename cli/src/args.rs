@@ -39,7 +39,8 @@ pub enum Command {
     /// Inspect sagas: one order's history and status, or the orders that stopped moving.
     #[command(subcommand)]
     Saga(SagaCommand),
-    /// Print a selection of events, or re-deliver it to one service (`--to`).
+    /// Print a selection of events, re-deliver it to one service (`--to`), or replay the orders
+    /// it touches against this build's handlers in a scratch database (`--sandbox`).
     Replay(ReplayArgs),
     /// The dead letters: list, show, discard, redrive.
     #[command(subcommand)]
@@ -125,6 +126,19 @@ pub struct ReplayArgs {
     /// Print what `--to` would send, and send nothing.
     #[arg(long, requires = "to")]
     pub dry_run: bool,
+    /// Feed the recorded events of every order the selection touches (whole orders) to this
+    /// build's handlers in a scratch database on the server of JWL_DATABASE_URL (dropped
+    /// afterwards), and print how their events differ from the recorded ones; exit status 1
+    /// when they differ.
+    #[arg(long, conflicts_with_all = ["to", "types"])]
+    pub sandbox: bool,
+    /// PostgreSQL URL of the server the sandbox creates its scratch database on (the user needs
+    /// CREATEDB).
+    #[arg(long, env = "JWL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// The services' settings the sandbox's handlers run with (dispatch's radius and capacity).
+    #[command(flatten, next_help_heading = "Sandbox settings")]
+    pub settings: SettingsArgs,
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]

@@ -32,7 +32,12 @@ fn main() -> ExitCode {
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "jwl failed");
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            // `jwl replay --sandbox` tells a difference (1) from a failure to judge (2)
+            if error.is::<commands::replay::SandboxFailed>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
-//! `jwl replay`: prints a selection of the events stream, or re-delivers it (the types the
+//! `jwl replay`: prints a selection of the events stream, re-delivers it (the types the
 //! service consumes) to one service's replay channel `jwl.replay.<service>.…` — never to
-//! `jwl.evt.>`.
+//! `jwl.evt.>` — or replays the orders it touches against this build's handlers in a scratch
+//! database (`--sandbox`, see `jwl_sandbox`).
 
 use anyhow::Context;
 use chrono::Utc;
@@ -27,6 +28,9 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
         limit: args.limit,
     };
     let jetstream = broker.jetstream();
+    if args.sandbox {
+        return sandbox(&args, jetstream, &settings, &selection).await;
+    }
     let Some(service) = args.to else {
         let entries = replay::read(jetstream, &settings, &selection)
             .await
@@ -102,4 +106,49 @@ struct ReplayReport {
     dry_run: bool,
     sent: usize,
     messages: Vec<jwl_ops::ReplayMessage>,
+}
+
+/// `jwl replay --sandbox` found that this build's handlers react differently (exit status 1).
+#[derive(Debug, thiserror::Error)]
+#[error("the sandbox's handlers differ from the recorded events in {0} place(s)")]
+pub struct SandboxDiffers(pub usize);
+
+/// `jwl replay --sandbox` could not run to the end (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct SandboxFailed(pub anyhow::Error);
+
+/// `jwl replay --sandbox`: reads whole orders, replays them, prints the differences.
+async fn sandbox(
+    args: &ReplayArgs,
+    jetstream: &async_nats::jetstream::Context,
+    settings: &jwl_outbox::MessagingSettings,
+    selection: &Selection,
+) -> anyhow::Result<()> {
+    let report = async {
+        let database_url = args.database_url.as_deref().context(
+            "--sandbox needs a PostgreSQL server for its scratch database: set JWL_DATABASE_URL \
+             or --database-url",
+        )?;
+        let entries = jwl_sandbox::read_orders(jetstream, settings, selection)
+            .await
+            .context("reading the selected orders")?;
+        let service_settings = args.settings.to_settings();
+        let handlers = jwl_sandbox::Handlers::current(service_settings.clone());
+        jwl_sandbox::replay(&entries, database_url, &service_settings, &handlers)
+            .await
+            .context("replaying in the sandbox")
+    }
+    .await
+    .map_err(SandboxFailed)?;
+    if args.output.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", jwl_sandbox::render(&report));
+    }
+    if report.same() {
+        Ok(())
+    } else {
+        Err(SandboxDiffers(report.differences.len()).into())
+    }
 }

@@ -1,0 +1,201 @@
+//! The scratch state a handler needs that no event carries, set from what was recorded just
+//! before the handler runs, and the dispatch state that changed outside the handler.
+//!
+//! - **Stock** (set over HTTP): before inventory handles `payment.authorized`, each SKU of the
+//!   order gets exactly the quantity it asks for available, or one less for the SKUs the
+//!   recorded `inventory.rejected` named. A build that reserves or rejects differently, or
+//!   names other SKUs, shows; whether yesterday's stock levels were right cannot.
+//! - **Couriers** (their positions come over HTTP): before dispatch handles `waybill_created`,
+//!   the courier of the recorded `courier_assigned` caused by it is placed due north of the
+//!   pickup at the recorded distance, alone (every courier is removed after each
+//!   `waybill_created`); with no recorded assignment there is no courier. A build that does
+//!   not assign a courier it should, assigns one too far, or assigns when it should wait
+//!   shows; the choice among several couriers cannot be judged.
+//! - **Orders** (accepted over HTTP): when the recorded `order.created` comes by, the order's
+//!   row is inserted as `POST /v1/orders` does (its read model needs it), and a recorded
+//!   `order.cancel_requested` marks it as the cancel route or the deadline timer did.
+//! - **Dispatch's own non-handler events** (the deadline timer's `dispatch.failed` with
+//!   `no_courier`, an assignment when a courier reports its position, a delivery): they are not
+//!   compared, but their effect on the waybill is applied to the scratch state when they come
+//!   by, so the later cancellations meet the waybill as it was.
+
+use std::collections::BTreeMap;
+
+use jwl_events::{
+    CourierAssigned, DispatchFailed, DispatchFailureReason, Envelope, EventData, GeoPoint, LineItem,
+};
+use jwl_service_kit::Settings;
+use sqlx::PgPool;
+use sqlx::types::Json;
+
+use crate::SandboxError;
+
+/// Earth's mean radius as `jwl_events::GeoPoint::distance_km` uses it.
+const EARTH_RADIUS_KM: f64 = 6371.0088;
+
+/// Before inventory handles `payment.authorized` for `items`: every SKU available exactly as
+/// needed, or one less for `short_skus`.
+pub(crate) async fn stock_for(
+    pool: &PgPool,
+    items: &[LineItem],
+    short_skus: &[String],
+) -> Result<(), SandboxError> {
+    let mut needed: BTreeMap<&str, i64> = BTreeMap::new();
+    for item in items {
+        *needed.entry(item.sku.as_str()).or_default() += i64::from(item.qty);
+    }
+    for (sku, qty) in needed {
+        let available = if short_skus.iter().any(|short| short == sku) {
+            qty - 1
+        } else {
+            qty
+        };
+        sqlx::query("INSERT INTO stock (sku, on_hand) VALUES ($1, 0) ON CONFLICT (sku) DO NOTHING")
+            .bind(sku)
+            .execute(pool)
+            .await
+            .map_err(SandboxError::Database)?;
+        sqlx::query("UPDATE stock SET on_hand = reserved + $2 WHERE sku = $1")
+            .bind(sku)
+            .bind(available)
+            .execute(pool)
+            .await
+            .map_err(SandboxError::Database)?;
+    }
+    Ok(())
+}
+
+/// Before dispatch handles a `waybill_created` picked up at `pickup`: the recorded assignment's
+/// courier, if any, at its recorded distance due north (south near the pole).
+pub(crate) async fn courier_for(
+    pool: &PgPool,
+    pickup: &GeoPoint,
+    assigned: Option<&CourierAssigned>,
+    settings: &Settings,
+) -> Result<(), SandboxError> {
+    let Some(assigned) = assigned else {
+        return Ok(());
+    };
+    let degrees = (assigned.distance_km / EARTH_RADIUS_KM).to_degrees();
+    let lat = if pickup.lat + degrees <= 90.0 {
+        pickup.lat + degrees
+    } else {
+        pickup.lat - degrees
+    };
+    let position = GeoPoint::new(lat, pickup.lon).map_err(|error| {
+        SandboxError::Seed(format!(
+            "courier {} cannot be placed {} km from {pickup:?}: {error}",
+            assigned.courier_id, assigned.distance_km
+        ))
+    })?;
+    jwl_dispatch::bench::put_couriers(pool, &[(assigned.courier_id.clone(), position)], settings)
+        .await
+        .map_err(|error| SandboxError::Seed(format!("placing a courier: {error:#}")))
+}
+
+/// After dispatch handled a `waybill_created`: no courier is left for the next one.
+pub(crate) async fn clear_couriers(pool: &PgPool) -> Result<(), SandboxError> {
+    sqlx::query("DELETE FROM couriers")
+        .execute(pool)
+        .await
+        .map_err(SandboxError::Database)?;
+    Ok(())
+}
+
+/// Whether a recorded dispatch event was born outside the handler (timer, HTTP).
+pub(crate) fn outside_dispatch_handler(data: &EventData, caused: bool) -> bool {
+    match data {
+        EventData::DispatchFailed(DispatchFailed { reason, .. }) => {
+            *reason == DispatchFailureReason::NoCourier
+        }
+        EventData::CourierAssigned(_) => !caused,
+        EventData::Delivered(_) => true,
+        _ => false,
+    }
+}
+
+/// Applies a dispatch event born outside the handler (`data` in the sandbox's ids) to the
+/// scratch waybill, as the timer or route that emitted it did.
+pub(crate) async fn apply_dispatch_event(
+    pool: &PgPool,
+    data: &EventData,
+) -> Result<(), SandboxError> {
+    let query = match data {
+        EventData::DispatchFailed(failed) => sqlx::query(
+            "UPDATE waybills SET status = 'failed', failure_reason = 'no_courier'
+             WHERE waybill_id = $1 AND status = 'waiting'",
+        )
+        .bind(failed.waybill_id.0),
+        EventData::CourierAssigned(assigned) => sqlx::query(
+            "UPDATE waybills SET status = 'assigned', courier_id = $2, distance_km = $3
+             WHERE waybill_id = $1 AND status = 'waiting'",
+        )
+        .bind(assigned.waybill_id.0)
+        .bind(assigned.courier_id.as_str())
+        .bind(assigned.distance_km),
+        EventData::Delivered(delivered) => sqlx::query(
+            "UPDATE waybills SET status = 'delivered' WHERE waybill_id = $1 AND status = 'assigned'",
+        )
+        .bind(delivered.waybill_id.0),
+        _ => return Ok(()),
+    };
+    query.execute(pool).await.map_err(SandboxError::Database)?;
+    Ok(())
+}
+
+/// Applies an order-service event (born from HTTP or the deadline timer, never from a
+/// handler) to the scratch order rows, as the route or timer that emitted it did.
+pub(crate) async fn apply_order_event(pool: &PgPool, event: &Envelope) -> Result<(), SandboxError> {
+    match &event.data {
+        EventData::OrderCreated(order) => {
+            sqlx::query(
+                "INSERT INTO orders (order_id, customer_id, status, amount_cents, items,
+                                     pickup_lat, pickup_lon, dropoff_lat, dropoff_lon,
+                                     deadline, created_at, updated_at)
+                 VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $10)
+                 ON CONFLICT (order_id) DO NOTHING",
+            )
+            .bind(order.order_id.0)
+            .bind(&order.customer_id)
+            .bind(order.amount_cents)
+            .bind(Json(&order.items))
+            .bind(order.pickup.lat)
+            .bind(order.pickup.lon)
+            .bind(order.dropoff.lat)
+            .bind(order.dropoff.lon)
+            .bind(order.deadline)
+            .bind(event.time)
+            .execute(pool)
+            .await
+            .map_err(SandboxError::Database)?;
+        }
+        EventData::OrderCancelRequested(cancel) => {
+            let reason = serde_json::to_value(cancel.reason)?;
+            sqlx::query(
+                "UPDATE orders SET cancel_requested_at = $2, cancel_reason = $3
+                 WHERE order_id = $1",
+            )
+            .bind(cancel.order_id.0)
+            .bind(event.time)
+            .bind(reason.as_str().unwrap_or_default())
+            .execute(pool)
+            .await
+            .map_err(SandboxError::Database)?;
+        }
+        _ => return Ok(()),
+    }
+    sqlx::query(
+        "INSERT INTO order_timeline (event_id, order_id, event_type, event_time, source)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(event.id.0)
+    .bind(event.order_id().0)
+    .bind(event.event_type().as_str())
+    .bind(event.time)
+    .bind(event.source.source())
+    .execute(pool)
+    .await
+    .map_err(SandboxError::Database)?;
+    Ok(())
+}
