@@ -136,13 +136,29 @@ pub struct ReplayArgs {
     /// CREATEDB).
     #[arg(long, env = "JWL_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// The services' settings the sandbox's handlers run with (dispatch's radius and capacity).
-    #[command(flatten, next_help_heading = "Sandbox settings")]
-    pub settings: SettingsArgs,
+    #[command(
+        flatten,
+        next_help_heading = "Sandbox settings (as `jwl serve` reads them)"
+    )]
+    pub sandbox_settings: SandboxSettingsArgs,
     #[command(flatten)]
     pub nats: NatsArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// The settings the sandbox's dispatch handler runs with (the other handlers have none).
+#[derive(Debug, Args)]
+pub struct SandboxSettingsArgs {
+    /// Time a waybill may wait for a courier.
+    #[arg(long, env = "JWL_DISPATCH_DEADLINE", default_value = "60s", value_parser = parse_positive_duration)]
+    pub dispatch_deadline: Duration,
+    /// Farthest distance (km) between a courier and the pickup point.
+    #[arg(long, env = "JWL_DISPATCH_RADIUS_KM", default_value = "5", value_parser = parse_radius_km)]
+    pub dispatch_radius_km: f64,
+    /// Live waybills per courier.
+    #[arg(long, env = "JWL_COURIER_CAPACITY", default_value = "1", value_parser = clap::value_parser!(u32).range(1..))]
+    pub courier_capacity: u32,
 }
 
 #[derive(Debug, Subcommand)]

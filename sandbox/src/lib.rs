@@ -300,19 +300,30 @@ async fn seed_for(
     }
 }
 
-/// The report as text: one block per difference, then a summary line.
+/// The report as text: for each recorded input a handler reacted to differently, a header
+/// (order, service, input) and one line per difference (`-` recorded only, `+` sandbox only,
+/// `~` changed fields, or the handler's failure), then a summary line.
 pub fn render(report: &SandboxReport) -> String {
     let mut out = String::new();
+    let mut last: Option<(OrderId, Service, u64)> = None;
     for difference in &report.differences {
-        let _ = writeln!(
-            out,
-            "order {} — {} on {} (seq {}, id {}):",
+        let key = (
             difference.order_id,
-            difference.service.as_str(),
-            difference.input_type.as_str(),
+            difference.service,
             difference.input_seq,
-            difference.input_id
         );
+        if last != Some(key) {
+            let _ = writeln!(
+                out,
+                "order {} — {} on {} (seq {}, id {}):",
+                difference.order_id,
+                difference.service.as_str(),
+                difference.input_type.as_str(),
+                difference.input_seq,
+                difference.input_id
+            );
+            last = Some(key);
+        }
         match &difference.what {
             DifferenceKind::Failed { error } => {
                 let _ = writeln!(out, "  handler failed: {error}");

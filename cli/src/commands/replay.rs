@@ -3,34 +3,24 @@
 //! `jwl.evt.>` — or replays the orders it touches against this build's handlers in a scratch
 //! database (`--sandbox`, see `jwl_sandbox`).
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use chrono::Utc;
 use jwl_ops::{ReplayMode, Selection, redelivery, render, replay};
+use jwl_service_kit::Settings;
 use serde::Serialize;
 
 use super::{connect_operator, print_json};
 use crate::args::ReplayArgs;
 
 pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
-    let (broker, settings) = connect_operator(&args.nats, "replay").await?;
-    let since_ago = args
-        .since_ago
-        .map(|age| chrono::Duration::from_std(age).map(|age| Utc::now() - age))
-        .transpose()
-        .context("--since-ago is too long")?;
-    let selection = Selection {
-        order: args.order,
-        types: args.types.clone(),
-        since: args.since.or(since_ago),
-        until: args.until,
-        from_seq: args.from_seq,
-        to_seq: args.to_seq,
-        limit: args.limit,
-    };
-    let jetstream = broker.jetstream();
     if args.sandbox {
-        return sandbox(&args, jetstream, &settings, &selection).await;
+        return sandbox(&args).await;
     }
+    let (broker, settings) = connect_operator(&args.nats, "replay").await?;
+    let selection = selection(&args)?;
+    let jetstream = broker.jetstream();
     let Some(service) = args.to else {
         let entries = replay::read(jetstream, &settings, &selection)
             .await
@@ -97,6 +87,24 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The events the flags select.
+fn selection(args: &ReplayArgs) -> anyhow::Result<Selection> {
+    let since_ago = args
+        .since_ago
+        .map(|age| chrono::Duration::from_std(age).map(|age| Utc::now() - age))
+        .transpose()
+        .context("--since-ago is too long")?;
+    Ok(Selection {
+        order: args.order,
+        types: args.types.clone(),
+        since: args.since.or(since_ago),
+        until: args.until,
+        from_seq: args.from_seq,
+        to_seq: args.to_seq,
+        limit: args.limit,
+    })
+}
+
 /// `jwl replay --to … --json`.
 #[derive(Debug, Serialize)]
 struct ReplayReport {
@@ -119,21 +127,24 @@ pub struct SandboxDiffers(pub usize);
 pub struct SandboxFailed(pub anyhow::Error);
 
 /// `jwl replay --sandbox`: reads whole orders, replays them, prints the differences.
-async fn sandbox(
-    args: &ReplayArgs,
-    jetstream: &async_nats::jetstream::Context,
-    settings: &jwl_outbox::MessagingSettings,
-    selection: &Selection,
-) -> anyhow::Result<()> {
+async fn sandbox(args: &ReplayArgs) -> anyhow::Result<()> {
     let report = async {
         let database_url = args.database_url.as_deref().context(
             "--sandbox needs a PostgreSQL server for its scratch database: set JWL_DATABASE_URL \
              or --database-url",
         )?;
-        let entries = jwl_sandbox::read_orders(jetstream, settings, selection)
+        let selection = selection(args)?;
+        let (broker, settings) = connect_operator(&args.nats, "replay").await?;
+        let entries = jwl_sandbox::read_orders(broker.jetstream(), &settings, &selection)
             .await
             .context("reading the selected orders")?;
-        let service_settings = args.settings.to_settings();
+        let sandbox_settings = &args.sandbox_settings;
+        let service_settings = Arc::new(Settings {
+            dispatch_deadline: sandbox_settings.dispatch_deadline,
+            dispatch_radius_km: sandbox_settings.dispatch_radius_km,
+            courier_capacity: sandbox_settings.courier_capacity,
+            ..Settings::default()
+        });
         let handlers = jwl_sandbox::Handlers::current(service_settings.clone());
         jwl_sandbox::replay(&entries, database_url, &service_settings, &handlers)
             .await
