@@ -56,6 +56,8 @@ pub enum SandboxError {
     Seed(String),
     #[error("re-encoding a recorded event: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// Every event of each order the selection touches, in stream order (undecodable ones left
@@ -97,8 +99,12 @@ pub async fn read_orders(
 pub struct SandboxReport {
     /// The scratch database (dropped by now).
     pub database: String,
+    /// Orders replayed.
     pub orders: usize,
-    /// Recorded events read (decoded).
+    /// Orders left out because their `order.created` is no longer in the stream (retention):
+    /// they cannot be replayed from their start.
+    pub incomplete: Vec<OrderId>,
+    /// Recorded events fed (decoded, of the orders replayed).
     pub events: usize,
     /// Recorded messages that do not decode (not fed).
     pub undecodable: usize,
@@ -149,8 +155,30 @@ pub async fn replay(
     settings: &Settings,
     handlers: &Handlers,
 ) -> Result<SandboxReport, SandboxError> {
+    replay_until(
+        entries,
+        database_url,
+        settings,
+        handlers,
+        std::future::pending(),
+    )
+    .await
+}
+
+/// [`replay`], given up with [`SandboxError::Interrupted`] when `stop` resolves first (e.g. on
+/// Ctrl-C); the scratch database is dropped either way.
+pub async fn replay_until(
+    entries: &[EventEntry],
+    database_url: &str,
+    settings: &Settings,
+    handlers: &Handlers,
+    stop: impl Future<Output = ()>,
+) -> Result<SandboxReport, SandboxError> {
     let scratch = Scratch::create(database_url).await?;
-    let result = replay_in(&scratch, entries, settings, handlers).await;
+    let result = tokio::select! {
+        result = replay_in(&scratch, entries, settings, handlers) => result,
+        () = stop => Err(SandboxError::Interrupted),
+    };
     let database = scratch.name.clone();
     scratch.drop_database().await;
     let mut report = result?;
@@ -164,12 +192,28 @@ async fn replay_in(
     settings: &Settings,
     handlers: &Handlers,
 ) -> Result<SandboxReport, SandboxError> {
-    let recorded: Vec<(u64, &DecodedEvent)> = entries
+    let decoded: Vec<(u64, &DecodedEvent)> = entries
         .iter()
         .filter_map(|entry| match &entry.event {
             EntryEvent::Decoded(event) => Some((entry.stream_seq, event)),
             EntryEvent::Undecodable(_) => None,
         })
+        .collect();
+    // an order whose order.created left the stream (retention) cannot be replayed from its start
+    let created: BTreeSet<OrderId> = decoded
+        .iter()
+        .filter(|(_, event)| event.event_type == EventType::OrderCreated)
+        .map(|(_, event)| event.data.order_id())
+        .collect();
+    let incomplete: BTreeSet<OrderId> = decoded
+        .iter()
+        .map(|(_, event)| event.data.order_id())
+        .filter(|order| !created.contains(order))
+        .collect();
+    let recorded: Vec<(u64, &DecodedEvent)> = decoded
+        .iter()
+        .filter(|(_, event)| created.contains(&event.data.order_id()))
+        .copied()
         .collect();
     let mut outputs: HashMap<(EventId, Service), Vec<&DecodedEvent>> = HashMap::new();
     for (_, event) in &recorded {
@@ -184,15 +228,32 @@ async fn replay_in(
             }
         }
     }
+    // Dispatch events that ended a waybill's wait outside the handler (the deadline timer's
+    // failure, a courier's assignment over HTTP), by order. Their place in the stream is when
+    // they were published, which may be after a cancellation dispatch handled later than them;
+    // but a waybill whose wait ended so was not failed by a cancellation while it waited, so
+    // they are applied as soon as dispatch has made the waybill wait.
+    let mut wait_ended: HashMap<OrderId, Vec<&DecodedEvent>> = HashMap::new();
+    for (_, event) in &recorded {
+        let ends_wait = match &event.data {
+            EventData::DispatchFailed(_) | EventData::CourierAssigned(_) => {
+                seed::outside_dispatch_handler(&event.data, event.causation_id.is_some())
+            }
+            _ => false,
+        };
+        if event.source == Service::Dispatch && ends_wait {
+            wait_ended
+                .entry(event.data.order_id())
+                .or_default()
+                .push(event);
+        }
+    }
     let mut report = SandboxReport {
         database: String::new(),
-        orders: recorded
-            .iter()
-            .map(|(_, event)| event.data.order_id())
-            .collect::<BTreeSet<_>>()
-            .len(),
+        orders: created.len(),
+        incomplete: incomplete.into_iter().collect(),
         events: recorded.len(),
-        undecodable: entries.len() - recorded.len(),
+        undecodable: entries.len() - decoded.len(),
         deliveries: 0,
         compared: 0,
         differences: Vec::new(),
@@ -232,6 +293,9 @@ async fn replay_in(
             if service == SandboxService::Dispatch && event.event_type == EventType::WaybillCreated
             {
                 seed::clear_couriers(pool).await?;
+                for ended in wait_ended.get(&event.data.order_id()).into_iter().flatten() {
+                    seed::apply_dispatch_event(pool, &ids.translate(&ended.data)?).await?;
+                }
             }
             report.deliveries += 1;
             report.compared += expected.len();
@@ -351,6 +415,19 @@ pub fn render(report: &SandboxReport) -> String {
     } else {
         format!("{} difference(s)", report.differences.len())
     };
+    if !report.incomplete.is_empty() {
+        let _ = writeln!(
+            out,
+            "left out {} order(s) whose order.created is no longer in the stream: {}",
+            report.incomplete.len(),
+            report
+                .incomplete
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let _ = writeln!(
         out,
         "sandbox: {} orders, {} events ({} undecodable), {} deliveries, {} recorded outputs \

@@ -16,8 +16,11 @@
 //!   `order.cancel_requested` marks it as the cancel route or the deadline timer did.
 //! - **Dispatch's own non-handler events** (the deadline timer's `dispatch.failed` with
 //!   `no_courier`, an assignment when a courier reports its position, a delivery): they are not
-//!   compared, but their effect on the waybill is applied to the scratch state when they come
-//!   by, so the later cancellations meet the waybill as it was.
+//!   compared, but their effect on the waybill is applied to the scratch state, so the later
+//!   cancellations meet the waybill as it was: a failure or an assignment that ended the wait
+//!   right after dispatch handled the `waybill_created` (the stream may hold them after a
+//!   cancellation dispatch handled later; a cancellation handled while the waybill waited
+//!   would have prevented them), a delivery when it comes by.
 
 use std::collections::BTreeMap;
 

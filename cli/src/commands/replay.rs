@@ -10,6 +10,7 @@ use chrono::Utc;
 use jwl_ops::{ReplayMode, Selection, redelivery, render, replay};
 use jwl_service_kit::Settings;
 use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
 
 use super::{connect_operator, print_json};
 use crate::args::ReplayArgs;
@@ -128,6 +129,10 @@ pub struct SandboxFailed(pub anyhow::Error);
 
 /// `jwl replay --sandbox`: reads whole orders, replays them, prints the differences.
 async fn sandbox(args: &ReplayArgs) -> anyhow::Result<()> {
+    // Ctrl-C or SIGTERM stops the replay, and its scratch database is still dropped. The
+    // listeners are registered now, so a signal while the database is being created is kept
+    // for then rather than killing the process.
+    let signals = [SignalKind::interrupt(), SignalKind::terminate()].map(signal);
     let report = async {
         let database_url = args.database_url.as_deref().context(
             "--sandbox needs a PostgreSQL server for its scratch database: set JWL_DATABASE_URL \
@@ -146,9 +151,26 @@ async fn sandbox(args: &ReplayArgs) -> anyhow::Result<()> {
             ..Settings::default()
         });
         let handlers = jwl_sandbox::Handlers::current(service_settings.clone());
-        jwl_sandbox::replay(&entries, database_url, &service_settings, &handlers)
-            .await
-            .context("replaying in the sandbox")
+        let [interrupt, terminate] = signals;
+        let (mut interrupt, mut terminate) = (
+            interrupt.context("listening for Ctrl-C")?,
+            terminate.context("listening for SIGTERM")?,
+        );
+        let interrupted = async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        };
+        jwl_sandbox::replay_until(
+            &entries,
+            database_url,
+            &service_settings,
+            &handlers,
+            interrupted,
+        )
+        .await
+        .context("replaying in the sandbox")
     }
     .await
     .map_err(SandboxFailed)?;

@@ -3,7 +3,7 @@
 //! shows no difference (exit 0); the same run replayed with a payment handler changed to
 //! decline large orders shows the diff catching it.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,9 @@ const ORDERS: usize = 200;
 /// Every this many orders, a dispatched order is large (5 units instead of 1).
 const LARGE_EVERY: usize = 40;
 const PRICE_CENTS: i64 = 1250;
+/// The sandbox's scratch databases on the server.
+const SCRATCH_DATABASES: &str =
+    "SELECT datname FROM pg_database WHERE datname LIKE 'jwl\\_sandbox\\_%'";
 /// Every this many orders, a no-courier order is cancelled by its customer.
 const CANCEL_EVERY: usize = 20;
 /// How long the whole run may take to finish on a busy machine.
@@ -158,6 +161,41 @@ async fn sandbox_replay_finds_no_difference_and_catches_a_changed_handler() -> a
             "{stdout}"
         );
         print!("{stdout}");
+        // interrupted (Ctrl-C) once its scratch database exists: exit 2, the database dropped
+        let db = system.database().pool().await?;
+        let mut running = Command::new(jwl_e2e::binary::jwl_binary()?)
+            .args(["replay", "--sandbox", "--since", &since_arg])
+            .env("JWL_NATS_URL", system.nats_urls())
+            .env("JWL_DATABASE_URL", system.database().url())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        jwl_e2e::eventually("the sandbox's scratch database", RUN_TIMEOUT, || async {
+            let scratch: Vec<(String,)> = sqlx::query_as(SCRATCH_DATABASES)
+                .fetch_all(&db)
+                .await
+                .map_err(|e| e.to_string())?;
+            if scratch.is_empty() {
+                Err("not created yet".to_owned())
+            } else {
+                Ok(())
+            }
+        })
+        .await?;
+        let signalled = Command::new("kill")
+            .args(["-INT", &running.id().to_string()])
+            .status()?;
+        assert!(signalled.success());
+        let status = running.wait()?;
+        let mut stderr = String::new();
+        if let Some(mut pipe) = running.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut stderr)?;
+        }
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("interrupted"), "{stderr}");
+        let left: Vec<(String,)> = sqlx::query_as(SCRATCH_DATABASES).fetch_all(&db).await?;
+        assert_eq!(left, Vec::new());
+
         // one order alone, too
         let (code, stdout, stderr) = jwl_sandbox(system, &["--order", &placed[3].order_id])?;
         assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -229,10 +267,7 @@ async fn sandbox_replay_finds_no_difference_and_catches_a_changed_handler() -> a
             );
         }
         // the scratch databases are gone
-        let scratch: Vec<(String,)> =
-            sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'jwl_sandbox_%'")
-                .fetch_all(&system.database().pool().await?)
-                .await?;
+        let scratch: Vec<(String,)> = sqlx::query_as(SCRATCH_DATABASES).fetch_all(&db).await?;
         assert_eq!(scratch, Vec::new());
         println!(
             "e2e sandbox: {ORDERS} orders (run {:.1}s), jwl replay --sandbox {:.1}s, changed \
