@@ -617,6 +617,9 @@ pub struct DeadLetterOutcome {
     pub at: DateTime<Utc>,
     /// The redrive run, if any.
     pub run_id: Option<String>,
+    /// Who resolved it, when known (the console's admin token subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
 }
 
 impl DeadLetterOutcome {
@@ -646,7 +649,14 @@ impl DeadLetterOutcome {
             error: detail.entry.error.clone(),
             at,
             run_id: run_id.map(str::to_owned),
+            operator: None,
         }
+    }
+
+    /// The same outcome, recorded as done by `operator`.
+    pub fn by(mut self, operator: Option<&str>) -> DeadLetterOutcome {
+        self.operator = operator.map(str::to_owned);
+        self
     }
 
     /// `jwl.dlqlog.<dlq seq>`.

@@ -6,13 +6,14 @@
 use async_nats::jetstream::Context;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use chrono::Utc;
 use jwl_events::{EventType, Service};
 use jwl_outbox::MessagingSettings;
 
 use crate::dead_letters;
 use crate::domain::{
-    DeadLetterOutcome, ReplayMessage, ReplayMode, ReplayOrigin, Selection, dead_letter_detail,
-    event_subject_parts, replay_message, replay_types,
+    DeadLetterAction, DeadLetterOutcome, ReplayMessage, ReplayMode, ReplayOrigin, Selection,
+    dead_letter_detail, event_subject_parts, replay_message, replay_types,
 };
 use crate::error::OpsError;
 use crate::model::DeadLetterDetail;
@@ -220,4 +221,86 @@ pub async fn delete_dead_letter(
             _ => Err(delete_error(error.into())),
         },
     }
+}
+
+/// What became of one dead letter a redrive picked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redriven {
+    /// Re-delivered, recorded and deleted now.
+    Done,
+    /// Its outcome was recorded before (e.g. a resumed run): not sent again, its deletion
+    /// finished.
+    AlreadyResolved,
+    /// Not in the dead-letter stream, and no outcome recorded for it.
+    Gone,
+    /// It cannot be re-delivered; it stays in the dead-letter stream.
+    Skipped(String),
+}
+
+/// Redrives dead letter `dlq_seq` (`jwl dlq redrive`, the console): re-delivers it to its
+/// consumer's service through the replay channel, records the outcome (with `operator`, when
+/// known) and deletes it. One whose outcome is already recorded, or that is gone, was handled
+/// before: it is not sent again (only its deletion is finished).
+pub async fn redrive_dead_letter(
+    jetstream: &Context,
+    settings: &MessagingSettings,
+    dlq_seq: u64,
+    mode: ReplayMode,
+    run_id: &str,
+    operator: Option<&str>,
+) -> Result<Redriven, OpsError> {
+    if outcome_recorded(jetstream, settings, dlq_seq).await? {
+        delete_dead_letter(jetstream, settings, dlq_seq).await?;
+        return Ok(Redriven::AlreadyResolved);
+    }
+    let replay = match plan_dead_letter(jetstream, settings, dlq_seq, mode, run_id).await {
+        Ok(replay) => replay,
+        Err(OpsError::DeadLetterNotFound { .. }) => return Ok(Redriven::Gone),
+        Err(error @ OpsError::NotReplayable { .. }) => {
+            return Ok(Redriven::Skipped(error.to_string()));
+        }
+        Err(error) => return Err(error),
+    };
+    publish(jetstream, &replay.message).await?;
+    let outcome = DeadLetterOutcome::of(
+        &replay.detail,
+        DeadLetterAction::Redriven,
+        None,
+        Some(run_id),
+        Utc::now(),
+    )
+    .by(operator);
+    resolve(jetstream, settings, &outcome).await?;
+    Ok(Redriven::Done)
+}
+
+/// Discards dead letter `dlq_seq` (`jwl dlq discard`, the console): releases the consumer's
+/// hold on the order (when the dead letter names both), records the outcome with `reason` and
+/// `operator`, and deletes the dead letter.
+pub async fn discard_dead_letter(
+    jetstream: &Context,
+    settings: &MessagingSettings,
+    dlq_seq: u64,
+    reason: &str,
+    operator: Option<&str>,
+) -> Result<(), OpsError> {
+    let detail = dead_letters::show(jetstream, settings, dlq_seq).await?;
+    let entry = &detail.entry;
+    if let (Some(service), Some(order_id)) = (
+        crate::domain::consumer_service(&entry.consumer),
+        entry.order_id,
+    ) {
+        let release =
+            crate::domain::release_message(service, &order_id, &entry.consumer, reason, dlq_seq);
+        publish(jetstream, &release).await?;
+    }
+    let outcome = DeadLetterOutcome::of(
+        &detail,
+        DeadLetterAction::Discarded,
+        Some(reason),
+        None,
+        Utc::now(),
+    )
+    .by(operator);
+    resolve(jetstream, settings, &outcome).await
 }

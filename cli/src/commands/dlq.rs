@@ -7,13 +7,10 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use async_nats::jetstream;
-use chrono::Utc;
 use governor::{Quota, RateLimiter};
 use indicatif::{ProgressBar, ProgressStyle};
-use jwl_ops::{
-    DeadLetterAction, DeadLetterFilter, DeadLetterOutcome, OpsError, ReplayMode, consumer_service,
-    dead_letters, redelivery, release_message, render,
-};
+use jwl_ops::redelivery::Redriven;
+use jwl_ops::{DeadLetterFilter, ReplayMode, dead_letters, redelivery, render};
 use jwl_outbox::MessagingSettings;
 use serde::{Deserialize, Serialize};
 
@@ -88,30 +85,14 @@ async fn discard(args: DlqDiscardArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Releases the consumer's hold on the order (when the dead letter names both), records the
-/// outcome with the reason, and deletes the dead letter.
+/// See [`redelivery::discard_dead_letter`] (the CLI records no operator).
 async fn discard_one(
     jetstream: &jetstream::Context,
     settings: &MessagingSettings,
     seq: u64,
     reason: &str,
 ) -> anyhow::Result<()> {
-    let detail = dead_letters::show(jetstream, settings, seq).await?;
-    let entry = &detail.entry;
-    if let (Some(service), Some(order_id)) = (consumer_service(&entry.consumer), entry.order_id) {
-        let release = release_message(service, &order_id, &entry.consumer, reason, seq);
-        redelivery::publish(jetstream, &release)
-            .await
-            .context("releasing the consumer's hold")?;
-    }
-    let outcome = DeadLetterOutcome::of(
-        &detail,
-        DeadLetterAction::Discarded,
-        Some(reason),
-        None,
-        Utc::now(),
-    );
-    redelivery::resolve(jetstream, settings, &outcome).await?;
+    redelivery::discard_dead_letter(jetstream, settings, seq, reason, None).await?;
     Ok(())
 }
 
@@ -210,7 +191,8 @@ async fn redrive(args: DlqRedriveArgs) -> anyhow::Result<()> {
     for seq in now_due {
         limiter.until_ready().await;
         match redrive_one(jetstream, &settings, &state, seq).await? {
-            Redriven::Done => state.done.push(seq),
+            // gone: handled before an interruption (its outcome may not have been recorded)
+            Redriven::Done | Redriven::AlreadyResolved | Redriven::Gone => state.done.push(seq),
             Redriven::Skipped(why) => {
                 progress.println(format!("dead letter {seq} skipped: {why}"));
                 state.skipped.push(SkippedDeadLetter { seq, why });
@@ -243,50 +225,16 @@ fn quota(rate: Rate) -> Quota {
     }
 }
 
-enum Redriven {
-    /// Re-delivered, recorded and deleted now, or resolved before (a resumed run).
-    Done,
-    /// It cannot be re-delivered; it stays in the dead-letter stream.
-    Skipped(String),
-}
-
-/// One dead letter of a run. A dead letter whose outcome is already recorded, or that is gone,
-/// was handled before an interruption: it is not sent again (only its deletion is finished).
+/// One dead letter of a run (see [`redelivery::redrive_dead_letter`]).
 async fn redrive_one(
     jetstream: &jetstream::Context,
     settings: &MessagingSettings,
     state: &RedriveState,
     seq: u64,
 ) -> anyhow::Result<Redriven> {
-    if redelivery::outcome_recorded(jetstream, settings, seq).await? {
-        redelivery::delete_dead_letter(jetstream, settings, seq).await?;
-        return Ok(Redriven::Done);
-    }
-    let replay =
-        match redelivery::plan_dead_letter(jetstream, settings, seq, state.mode, &state.run_id)
-            .await
-        {
-            Ok(replay) => replay,
-            Err(OpsError::DeadLetterNotFound { .. }) => return Ok(Redriven::Done),
-            Err(error @ OpsError::NotReplayable { .. }) => {
-                return Ok(Redriven::Skipped(error.to_string()));
-            }
-            Err(error) => return Err(error.into()),
-        };
-    redelivery::publish(jetstream, &replay.message)
+    redelivery::redrive_dead_letter(jetstream, settings, seq, state.mode, &state.run_id, None)
         .await
-        .with_context(|| format!("re-delivering dead letter {seq}"))?;
-    let outcome = DeadLetterOutcome::of(
-        &replay.detail,
-        DeadLetterAction::Redriven,
-        None,
-        Some(&state.run_id),
-        Utc::now(),
-    );
-    redelivery::resolve(jetstream, settings, &outcome)
-        .await
-        .with_context(|| format!("recording the outcome of dead letter {seq}"))?;
-    Ok(Redriven::Done)
+        .with_context(|| format!("redriving dead letter {seq}"))
 }
 
 #[cfg(test)]
