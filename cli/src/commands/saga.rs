@@ -1,16 +1,14 @@
 //! `jwl saga show|stuck`: one order's history from the broker with its status from the order
-//! service's database, and the orders that stopped moving with the service that should act next.
-
-use std::time::Duration;
+//! service's database, and the orders that stopped moving with the service that should act next
+//! ([`jwl_order::stuck_orders`], which the console's `/v1/console/stuck` shares).
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use jwl_events::{EventType, OrderId, Service};
-use jwl_ops::{OrderHistory, TERMINAL_STATUSES, next_services, render};
+use jwl_events::OrderId;
+use jwl_ops::{OrderHistory, render};
 use serde::Serialize;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::types::Uuid;
 
 use super::{connect_operator, print_json};
 use crate::args::{DatabaseArgs, SagaCommand, SagaShowArgs, SagaStuckArgs};
@@ -105,24 +103,11 @@ async fn order_status(pool: &PgPool, order_id: &OrderId) -> anyhow::Result<Optio
     .context("reading jwl_order.orders")
 }
 
-/// One order that has not reached a terminal status.
-#[derive(Debug, Serialize)]
-struct StuckOrder {
-    order_id: Uuid,
-    status: String,
-    created_at: DateTime<Utc>,
-    /// The last event of its timeline (by event time), if any.
-    last_event: Option<String>,
-    last_event_at: Option<DateTime<Utc>>,
-    /// The services that should act on the last event.
-    next: Vec<Service>,
-}
-
 async fn stuck(args: SagaStuckArgs) -> anyhow::Result<()> {
     let pool = order_pool(&args.databases).await?.context(
         "no database for the order service: set JWL_ORDER_DATABASE_URL or JWL_DATABASE_URL",
     )?;
-    let orders = stuck_orders(&pool, args.older_than).await?;
+    let orders = jwl_order::stuck_orders(&pool, args.older_than).await?;
     if args.output.json {
         return print_json(&orders);
     }
@@ -163,51 +148,4 @@ async fn stuck(args: SagaStuckArgs) -> anyhow::Result<()> {
         print!("{}", render::table(&header, &rows));
     }
     Ok(())
-}
-
-type StuckRow = (
-    Uuid,
-    String,
-    DateTime<Utc>,
-    Option<String>,
-    Option<DateTime<Utc>>,
-);
-
-/// Orders not in a terminal status created before now − `older_than`, oldest first, each with
-/// the last event of its timeline.
-async fn stuck_orders(pool: &PgPool, older_than: Duration) -> anyhow::Result<Vec<StuckOrder>> {
-    let cutoff = Utc::now() - chrono::Duration::from_std(older_than)?;
-    let rows: Vec<StuckRow> = sqlx::query_as(
-        "SELECT o.order_id, o.status, o.created_at, t.event_type, t.event_time \
-         FROM jwl_order.orders o \
-         LEFT JOIN LATERAL ( \
-             SELECT event_type, event_time FROM jwl_order.order_timeline \
-             WHERE order_id = o.order_id ORDER BY event_time DESC, event_id DESC LIMIT 1 \
-         ) t ON true \
-         WHERE NOT (o.status = ANY($2)) \
-           AND o.created_at < $1 \
-         ORDER BY o.created_at, o.order_id",
-    )
-    .bind(cutoff)
-    .bind(&TERMINAL_STATUSES[..])
-    .fetch_all(pool)
-    .await
-    .context("reading jwl_order.orders and order_timeline")?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(order_id, status, created_at, last_event, last_event_at)| StuckOrder {
-                next: last_event
-                    .as_deref()
-                    .and_then(EventType::parse)
-                    .map(|ty| next_services(ty).to_vec())
-                    .unwrap_or_default(),
-                order_id,
-                status,
-                created_at,
-                last_event,
-                last_event_at,
-            },
-        )
-        .collect())
 }

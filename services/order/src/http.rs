@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SubsecRound, Utc};
 use jwl_events::{CancelReason, Envelope, OrderCancelRequested, OrderCreated, OrderId};
 use jwl_outbox::trace_context::current_traceparent;
-use jwl_outbox::{OutboxError, RelaySignal};
+use jwl_outbox::{JetStreamBroker, MessagingSettings, OutboxError, RelaySignal};
 use jwl_service_kit::auth::{Caller, Scope};
 use jwl_service_kit::extract::{Json, Path};
 use jwl_service_kit::http::{IngestLimiter, ListedRouter, RouteMethod, limit_ingest};
@@ -29,6 +29,7 @@ use sqlx::PgPool;
 
 use crate::SERVICE;
 use crate::admission::OpenOrders;
+use crate::console;
 use crate::domain::{self, CancelDecision, FieldError, OrderRequest, OrderStatus};
 use crate::store::{self, IdempotentResponse, NewOrder, OrderRecord, StoreError};
 
@@ -38,10 +39,13 @@ const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 #[derive(Clone)]
-struct AppState {
-    pool: PgPool,
+pub(crate) struct AppState {
+    pub(crate) pool: PgPool,
     settings: Arc<Settings>,
     relay: RelaySignal,
+    /// For the console's reads of the broker (through `jwl-ops`).
+    pub(crate) broker: JetStreamBroker,
+    pub(crate) messaging: MessagingSettings,
 }
 
 /// The routes of the order service (no health, metrics or fallback: the edge adds those).
@@ -60,19 +64,57 @@ pub fn routes(ctx: &ServiceContext) -> ListedRouter {
         )
         .route(RouteMethod::Get, "/v1/orders/{id}", get_order)
         .route(RouteMethod::Post, "/v1/orders/{id}/cancel", cancel_order)
+        .route(RouteMethod::Get, "/v1/console/orders/{id}", console::order)
+        .route(
+            RouteMethod::Get,
+            "/v1/console/dead-letters",
+            console::list_dead_letters,
+        )
+        .route(
+            RouteMethod::Post,
+            "/v1/console/dead-letters/{seq}/redrive",
+            console::redrive,
+        )
+        .route(
+            RouteMethod::Post,
+            "/v1/console/dead-letters/{seq}/discard",
+            console::discard,
+        )
+        .route(RouteMethod::Get, "/v1/console/stuck", console::stuck)
         .with_state(AppState {
             // its own pool: requests never take the consumers' connections
             pool: ctx.http_pool.clone(),
             settings: ctx.settings.clone(),
             relay: ctx.relay.clone(),
+            broker: ctx.broker.clone(),
+            messaging: ctx.messaging.clone(),
         })
 }
 
 /// The OpenAPI description of these routes (see [`jwl_service_kit::openapi`]).
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(create_order, get_order, cancel_order),
-    components(schemas(OrderRequest, OrderCreatedBody, CancelAcceptedBody, OrderBody))
+    paths(
+        create_order,
+        get_order,
+        cancel_order,
+        console::order,
+        console::list_dead_letters,
+        console::redrive,
+        console::discard,
+        console::stuck
+    ),
+    components(schemas(
+        OrderRequest,
+        OrderCreatedBody,
+        CancelAcceptedBody,
+        OrderBody,
+        console::ConsoleOrderBody,
+        console::DeadLettersBody,
+        console::ResolvedBody,
+        console::DiscardRequest,
+        console::StuckBody
+    ))
 )]
 struct Api;
 
@@ -435,7 +477,7 @@ pub(crate) fn bad_field(error: FieldError) -> ApiError {
     ApiError::bad_field(error.field, detail)
 }
 
-fn store_error(error: StoreError) -> ApiError {
+pub(crate) fn store_error(error: StoreError) -> ApiError {
     match error {
         StoreError::Database(error) => error.into(),
         invalid @ StoreError::InvalidRow { .. } => ApiError::internal(invalid),

@@ -8,6 +8,7 @@
 //! event handler `run` feeds.
 
 mod admission;
+mod console;
 mod deadline;
 mod domain;
 mod handler;
@@ -25,6 +26,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
+pub use console::{StuckError, StuckOrder, stuck_orders};
 pub use handler::{OrderReadModel, SUBSCRIPTIONS};
 pub use retention::prune_expired_idempotency_keys;
 
@@ -53,9 +55,11 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `POST /v1/orders`, `GET /v1/orders/{id}` and `POST /v1/orders/{id}/cancel`.
+/// `POST /v1/orders`, `GET /v1/orders/{id}`, `POST /v1/orders/{id}/cancel`, the console's
+/// admin API (`/v1/console/…`) and its page (`GET /console`, outside [`routes`] and the OpenAPI
+/// document: static, no data, no token).
 pub fn router(ctx: &ServiceContext) -> axum::Router {
-    routes(ctx).into_router()
+    routes(ctx).into_router().merge(console::page())
 }
 
 /// The OpenAPI description of [`routes`] (served in `/openapi.json`).

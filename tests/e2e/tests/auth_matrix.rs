@@ -80,6 +80,8 @@ async fn start() -> anyhow::Result<Matrix> {
     let database = jwl_testkit::database().await?;
     let nats = jwl_testkit::nats().await?;
     let broker = JetStreamBroker::connect(nats.url()).await?;
+    // the streams a running system has (the console's routes read them)
+    broker.ensure_streams(&MessagingSettings::default()).await?;
     let settings = Arc::new(Settings::default());
     let mut pools = Vec::new();
     let mut routers: Vec<ListedRouter> = Vec::new();
@@ -262,6 +264,48 @@ fn rows(order: OrderId, waybill: WaybillId) -> Vec<Row> {
             rightful: (customer, StatusCode::ACCEPTED),
             wrong_role: As(CUSTOMER, &[Scope::OrdersRead, Scope::CouriersWrite]),
             other_owner: Some((other_customer, StatusCode::NOT_FOUND)),
+        },
+        Row {
+            route: route(Get, "/v1/console/orders/{id}"),
+            uri: format!("/v1/console/orders/{order}"),
+            body: None,
+            rightful: (ADMIN, StatusCode::OK),
+            wrong_role: EVERYTHING_BUT_ADMIN,
+            other_owner: None,
+        },
+        Row {
+            route: route(Get, "/v1/console/dead-letters"),
+            uri: "/v1/console/dead-letters".to_owned(),
+            body: None,
+            rightful: (ADMIN, StatusCode::OK),
+            wrong_role: EVERYTHING_BUT_ADMIN,
+            other_owner: None,
+        },
+        Row {
+            route: route(Post, "/v1/console/dead-letters/{seq}/redrive"),
+            uri: "/v1/console/dead-letters/1/redrive".to_owned(),
+            body: None,
+            // there is no dead letter 1
+            rightful: (ADMIN, StatusCode::NOT_FOUND),
+            wrong_role: EVERYTHING_BUT_ADMIN,
+            other_owner: None,
+        },
+        Row {
+            route: route(Post, "/v1/console/dead-letters/{seq}/discard"),
+            uri: "/v1/console/dead-letters/1/discard".to_owned(),
+            body: Some(json!({"reason": "auth matrix"})),
+            // there is no dead letter 1
+            rightful: (ADMIN, StatusCode::NOT_FOUND),
+            wrong_role: EVERYTHING_BUT_ADMIN,
+            other_owner: None,
+        },
+        Row {
+            route: route(Get, "/v1/console/stuck"),
+            uri: "/v1/console/stuck?older_than_secs=0".to_owned(),
+            body: None,
+            rightful: (ADMIN, StatusCode::OK),
+            wrong_role: EVERYTHING_BUT_ADMIN,
+            other_owner: None,
         },
         Row {
             route: route(Put, "/v1/stock/{sku}"),

@@ -1,0 +1,443 @@
+//! The operator's console: the page (`GET /console`, its script and style built into the
+//! binary, public because it holds no data) and its admin-only JSON API under `/v1/console/…`,
+//! which reads through the same `jwl-ops` functions as the `jwl` CLI:
+//!
+//! - `GET /v1/console/orders/{id}` — the order's status here and its saga from the broker
+//!   ([`jwl_ops::OrderHistory::read`], as `jwl saga show`): events with their causation, trace
+//!   id and data, and the order's dead letters;
+//! - `GET /v1/console/dead-letters` — the dead-letter stream ([`jwl_ops::dead_letters::list`],
+//!   as `jwl dlq ls`);
+//! - `POST /v1/console/dead-letters/{seq}/redrive|discard` — one dead letter resolved
+//!   ([`jwl_ops::redelivery::redrive_dead_letter`] / [`discard_dead_letter`](jwl_ops::redelivery::discard_dead_letter),
+//!   as `jwl dlq redrive|discard`), the outcome recorded with the admin token's subject;
+//! - `GET /v1/console/stuck?older_than_secs=N` — [`stuck_orders`] (as `jwl saga stuck`).
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use jwl_events::{EventType, OrderId, Service};
+use jwl_ops::redelivery::{self, Redriven};
+use jwl_ops::{
+    DeadLetterEntry, DeadLetterFilter, EventEntry, OpsError, OrderHistory, ReplayMode,
+    TERMINAL_STATUSES, dead_letters, next_services,
+};
+use jwl_service_kit::ApiError;
+use jwl_service_kit::ApiResult;
+use jwl_service_kit::auth::Admin;
+use jwl_service_kit::extract::{Json, Path};
+use jwl_service_kit::problem::Problem;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use sqlx::types::Uuid;
+
+use crate::http::AppState;
+use crate::store;
+
+const PAGE: &str = include_str!("../console/index.html");
+const SCRIPT: &str = include_str!("../console/console.js");
+const STYLE: &str = include_str!("../console/console.css");
+
+/// The most dead letters one listing returns (oldest first).
+const DEAD_LETTER_LIMIT: usize = 1000;
+/// The longest a discard reason may be.
+const MAX_REASON: usize = 500;
+
+/// `GET /console`, `/console/console.js` and `/console/console.css`: static, no data, so no
+/// token (every API call the page makes needs the admin token). Not part of the OpenAPI
+/// document, like the page assets of any web UI.
+pub fn page() -> Router {
+    Router::new()
+        .route(
+            "/console",
+            get(|| async { ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], PAGE) }),
+        )
+        .route(
+            "/console/console.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    SCRIPT,
+                )
+            }),
+        )
+        .route(
+            "/console/console.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }),
+        )
+}
+
+/// Body of `GET /v1/console/orders/{id}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ConsoleOrderBody {
+    #[schema(value_type = String, format = "uuid")]
+    order_id: OrderId,
+    /// The order service's view: `{"status","reason","waybill_id","courier_id","amount_cents","created_at"}`,
+    /// or null when it has no such order (the broker may still hold events of it).
+    #[schema(value_type = Option<Object>)]
+    order: Option<OrderState>,
+    /// Every event of the order in the events stream, in stream order (`jwl saga show --json`).
+    #[schema(value_type = Vec<Object>)]
+    events: Vec<EventEntry>,
+    /// The order's dead letters.
+    #[schema(value_type = Vec<Object>)]
+    dead_letters: Vec<DeadLetterEntry>,
+}
+
+#[derive(Serialize)]
+struct OrderState {
+    status: &'static str,
+    reason: Option<&'static str>,
+    waybill_id: Option<String>,
+    courier_id: Option<String>,
+    amount_cents: i64,
+    created_at: DateTime<Utc>,
+}
+
+/// One order as the operator sees it: its status here, its events and dead letters (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/console/orders/{id}",
+    tag = "console",
+    params(("id" = String, Path, format = "uuid", description = "The order id")),
+    responses(
+        (status = 200, description = "The order's saga", body = ConsoleOrderBody),
+        (status = 404, description = "Neither the order service nor the broker knows the order", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The broker cannot be read", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn order(
+    State(state): State<AppState>,
+    _admin: Admin,
+    path: Result<Path<OrderId>, ApiError>,
+) -> ApiResult<Json<ConsoleOrderBody>> {
+    let Path(order_id) = path?;
+    let record = store::find_order(&state.pool, order_id)
+        .await
+        .map_err(crate::http::store_error)?;
+    let history = OrderHistory::read(state.broker.jetstream(), &state.messaging, &order_id)
+        .await
+        .map_err(broker_error)?;
+    if record.is_none() && history.events.is_empty() && history.dead_letters.is_empty() {
+        return Err(ApiError::NotFound(format!("there is no order {order_id}")));
+    }
+    Ok(Json(ConsoleOrderBody {
+        order_id,
+        order: record.map(|record| OrderState {
+            status: record.status.as_str(),
+            reason: record.reason.map(|r| r.as_str()),
+            waybill_id: record.waybill_id.map(|id| id.to_string()),
+            courier_id: record.courier_id.map(String::from),
+            amount_cents: record.amount_cents,
+            created_at: record.created_at,
+        }),
+        events: history.events,
+        dead_letters: history.dead_letters,
+    }))
+}
+
+/// Body of `GET /v1/console/dead-letters`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DeadLettersBody {
+    /// Oldest first, at most 1000 (`jwl dlq ls --json`): `{"dlq_seq","stored_at","consumer",
+    /// "reason","error","original_type","original_subject","original_stream_seq","order_id"}`.
+    #[schema(value_type = Vec<Object>)]
+    dead_letters: Vec<DeadLetterEntry>,
+}
+
+/// The dead letters, oldest first (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/console/dead-letters",
+    tag = "console",
+    responses(
+        (status = 200, description = "The dead letters", body = DeadLettersBody),
+        (status = 503, description = "The broker cannot be read", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn list_dead_letters(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> ApiResult<Json<DeadLettersBody>> {
+    let filter = DeadLetterFilter {
+        limit: Some(DEAD_LETTER_LIMIT),
+        ..Default::default()
+    };
+    let dead_letters = dead_letters::list(state.broker.jetstream(), &state.messaging, &filter)
+        .await
+        .map_err(broker_error)?;
+    Ok(Json(DeadLettersBody { dead_letters }))
+}
+
+/// Body of the redrive and discard answers.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ResolvedBody {
+    dlq_seq: u64,
+    /// `redriven`, `already_resolved` (its outcome was recorded before), `skipped` (it cannot
+    /// be re-delivered and stays) or `discarded`.
+    #[schema(value_type = String)]
+    outcome: &'static str,
+    /// Why it was skipped.
+    why: Option<String>,
+    /// The admin token's subject, recorded with the outcome on `jwl.dlqlog.<seq>`.
+    operator: String,
+}
+
+/// Redrives one dead letter to its consumer's service (inbox mode: an event the service has
+/// handled is not handled twice), records who did it, and deletes it (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/console/dead-letters/{seq}/redrive",
+    tag = "console",
+    params(("seq" = u64, Path, description = "The dead letter's sequence in `JWL_DLQ`")),
+    responses(
+        (status = 200, description = "Redriven, already resolved, or skipped", body = ResolvedBody),
+        (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The broker cannot be reached", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn redrive(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    path: Result<Path<u64>, ApiError>,
+) -> ApiResult<Json<ResolvedBody>> {
+    let Path(seq) = path?;
+    let run_id = format!("console-{}", Uuid::now_v7().simple());
+    let outcome = redelivery::redrive_dead_letter(
+        state.broker.jetstream(),
+        &state.messaging,
+        seq,
+        ReplayMode::Inbox,
+        &run_id,
+        Some(&caller.subject),
+    )
+    .await
+    .map_err(broker_error)?;
+    tracing::info!(dlq_seq = seq, operator = %caller.subject, ?outcome, "console redrive");
+    let (outcome, why) = match outcome {
+        Redriven::Done => ("redriven", None),
+        Redriven::AlreadyResolved => ("already_resolved", None),
+        Redriven::Gone => {
+            return Err(ApiError::NotFound(format!("there is no dead letter {seq}")));
+        }
+        Redriven::Skipped(why) => ("skipped", Some(why)),
+    };
+    Ok(Json(ResolvedBody {
+        dlq_seq: seq,
+        outcome,
+        why,
+        operator: caller.subject,
+    }))
+}
+
+/// Body of `POST /v1/console/dead-letters/{seq}/discard`.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct DiscardRequest {
+    /// Why it is discarded (required, 1–500 characters); recorded with the outcome.
+    reason: String,
+}
+
+/// Discards one dead letter: releases its consumer's hold on the order, records the reason and
+/// who gave it, and deletes it (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/console/dead-letters/{seq}/discard",
+    tag = "console",
+    params(("seq" = u64, Path, description = "The dead letter's sequence in `JWL_DLQ`")),
+    request_body = DiscardRequest,
+    responses(
+        (status = 200, description = "Discarded", body = ResolvedBody),
+        (status = 400, description = "No reason", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The broker cannot be reached", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn discard(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    path: Result<Path<u64>, ApiError>,
+    body: Result<Json<DiscardRequest>, ApiError>,
+) -> ApiResult<Json<ResolvedBody>> {
+    let Path(seq) = path?;
+    let Json(request) = body?;
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON {
+        return Err(ApiError::bad_field(
+            "reason",
+            format!("a discard needs a reason of 1 to {MAX_REASON} characters"),
+        ));
+    }
+    redelivery::discard_dead_letter(
+        state.broker.jetstream(),
+        &state.messaging,
+        seq,
+        reason,
+        Some(&caller.subject),
+    )
+    .await
+    .map_err(broker_error)?;
+    tracing::info!(dlq_seq = seq, operator = %caller.subject, reason, "console discard");
+    Ok(Json(ResolvedBody {
+        dlq_seq: seq,
+        outcome: "discarded",
+        why: None,
+        operator: caller.subject,
+    }))
+}
+
+/// The query of `GET /v1/console/stuck`.
+#[derive(Deserialize, utoipa::IntoParams)]
+pub(crate) struct StuckQuery {
+    /// Orders created more than this many seconds ago (default 300).
+    older_than_secs: Option<u64>,
+}
+
+/// Body of `GET /v1/console/stuck`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct StuckBody {
+    older_than_secs: u64,
+    /// Oldest first: `{"order_id","status","created_at","last_event","last_event_at","next"}`.
+    #[schema(value_type = Vec<Object>)]
+    orders: Vec<StuckOrder>,
+}
+
+/// The orders not terminal that were created more than `older_than_secs` ago, each with the
+/// service that should act next (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/console/stuck",
+    tag = "console",
+    params(StuckQuery),
+    responses(
+        (status = 200, description = "The stuck orders", body = StuckBody),
+        (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn stuck(
+    State(state): State<AppState>,
+    _admin: Admin,
+    query: Result<Query<StuckQuery>, QueryRejection>,
+) -> ApiResult<Json<StuckBody>> {
+    let Query(query) = query.map_err(|rejection| ApiError::BadRequest {
+        field: Some("older_than_secs".to_owned()),
+        detail: rejection.body_text(),
+    })?;
+    let older_than_secs = query.older_than_secs.unwrap_or(300);
+    let orders = stuck_orders(&state.pool, Duration::from_secs(older_than_secs))
+        .await
+        .map_err(|error| match error {
+            StuckError::Database(error) => ApiError::from(error),
+            StuckError::OutOfRange => {
+                ApiError::bad_field("older_than_secs", "the age is out of range")
+            }
+        })?;
+    Ok(Json(StuckBody {
+        older_than_secs,
+        orders,
+    }))
+}
+
+/// An order that stopped moving (`jwl saga stuck`, the console).
+#[derive(Debug, Clone, Serialize)]
+pub struct StuckOrder {
+    pub order_id: Uuid,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    /// The last event of its timeline (by event time), if any.
+    pub last_event: Option<String>,
+    pub last_event_at: Option<DateTime<Utc>>,
+    /// The services that should act on the last event.
+    pub next: Vec<Service>,
+}
+
+/// Why [`stuck_orders`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StuckError {
+    #[error("reading jwl_order.orders and order_timeline: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("the age is out of range")]
+    OutOfRange,
+}
+
+type StuckRow = (
+    Uuid,
+    String,
+    DateTime<Utc>,
+    Option<String>,
+    Option<DateTime<Utc>>,
+);
+
+/// Orders not in a terminal status created before now − `older_than`, oldest first, each with
+/// the last event of its timeline and the services that should act on it. `pool` is the order
+/// service's database (any `search_path`: the tables are named with their schema).
+pub async fn stuck_orders(
+    pool: &PgPool,
+    older_than: Duration,
+) -> Result<Vec<StuckOrder>, StuckError> {
+    let age = chrono::Duration::from_std(older_than).map_err(|_| StuckError::OutOfRange)?;
+    let cutoff = Utc::now()
+        .checked_sub_signed(age)
+        .ok_or(StuckError::OutOfRange)?;
+    let rows: Vec<StuckRow> = sqlx::query_as(
+        "SELECT o.order_id, o.status, o.created_at, t.event_type, t.event_time \
+         FROM jwl_order.orders o \
+         LEFT JOIN LATERAL ( \
+             SELECT event_type, event_time FROM jwl_order.order_timeline \
+             WHERE order_id = o.order_id ORDER BY event_time DESC, event_id DESC LIMIT 1 \
+         ) t ON true \
+         WHERE NOT (o.status = ANY($2)) \
+           AND o.created_at < $1 \
+         ORDER BY o.created_at, o.order_id",
+    )
+    .bind(cutoff)
+    .bind(&TERMINAL_STATUSES[..])
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(order_id, status, created_at, last_event, last_event_at)| StuckOrder {
+                next: last_event
+                    .as_deref()
+                    .and_then(EventType::parse)
+                    .map(|ty| next_services(ty).to_vec())
+                    .unwrap_or_default(),
+                order_id,
+                status,
+                created_at,
+                last_event,
+                last_event_at,
+            },
+        )
+        .collect())
+}
+
+/// A failed broker read or write: `404` for a dead letter that is not there, `400` for a bad
+/// filter, `503` otherwise (the broker may be back in a moment).
+fn broker_error(error: OpsError) -> ApiError {
+    match error {
+        OpsError::DeadLetterNotFound { seq, .. } => {
+            ApiError::NotFound(format!("there is no dead letter {seq}"))
+        }
+        OpsError::InvalidFilter(detail) => ApiError::BadRequest {
+            field: None,
+            detail,
+        },
+        other => {
+            tracing::warn!(error = %other, "console: the broker");
+            ApiError::Unavailable {
+                retry_after_secs: 1,
+                detail: "the broker cannot be read right now".to_owned(),
+            }
+        }
+    }
+}
