@@ -1,0 +1,254 @@
+//! The operator's console in a browser: three orders with different outcomes (dispatched,
+//! payment declined, out of stock) and a dead letter of a real event, then a headless Chromium
+//! driven by `tests/e2e/console/drive.mjs` (playwright-core) against the order service's
+//! `/console`: the sign-in refuses a bad token, each order shows its status, swim lanes and
+//! events, the dead letter is inline on its order and grouped on the dead-letters view, is
+//! redriven through the page, and the stuck view answers. Screenshots go to `console-shots/`
+//! in the system's log directory (their paths are printed). After the page: the dead-letter
+//! stream is empty and the outcome is recorded with the admin token's subject.
+//!
+//! Chromium (Debian's `chromium`) and npm's `playwright-core` are optional tools
+//! (`scripts/install-deps` installs them): without them the test prints SKIPPED and passes.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use jwl_e2e::{LineItem, NewOrder, OrderStatus, Point, System, SystemOptions, with_system};
+use jwl_events::{EventType, HeaderStyle};
+use serde_json::json;
+
+const SAGA_TIMEOUT: Duration = Duration::from_secs(90);
+/// The consumer the crafted dead letter names (payment's handling of `order.created`).
+const CONSUMER: &str = "payment__order_created";
+
+/// Chromium, node and the playwright-core module directory, or why the test cannot run.
+struct Browser {
+    chromium: PathBuf,
+    modules: PathBuf,
+}
+
+fn browser() -> Result<Browser, String> {
+    let chromium = std::env::var_os("JWL_CHROMIUM")
+        .map(PathBuf::from)
+        .or_else(|| {
+            ["chromium", "chromium-browser"].iter().find_map(|name| {
+                let path = PathBuf::from("/usr/bin").join(name);
+                path.exists().then_some(path)
+            })
+        })
+        .ok_or("chromium is not installed")?;
+    Command::new("node")
+        .arg("--version")
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .ok_or("node is not installed")?;
+    let tools = std::env::var_os("JWL_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/jwl/tools"))
+        })
+        .ok_or("neither JWL_TOOLS_DIR nor HOME is set")?;
+    let modules = tools.join("node/node_modules");
+    if !modules.join("playwright-core/package.json").exists() {
+        return Err(format!("playwright-core is not in {}", modules.display()));
+    }
+    Ok(Browser { chromium, modules })
+}
+
+fn order(sku: &str, payment_token: &str) -> NewOrder {
+    NewOrder {
+        items: vec![LineItem {
+            sku: sku.to_owned(),
+            qty: 1,
+            unit_price_cents: 1250,
+        }],
+        pickup: Point::JIANGWAN,
+        dropoff: Point::JIANGWAN.offset_km(2.0, 0.0),
+        payment_token: payment_token.to_owned(),
+    }
+}
+
+/// Publishes a dead letter of `order_id`'s real `order.created` event, as payment's consumer
+/// writes one when it gives up (reason `permanent`); returns its sequence in `JWL_DLQ`.
+async fn dead_letter_of_order_created(system: &System, order_id: &str) -> anyhow::Result<u64> {
+    let events = system.broker().events().await?;
+    let created = events
+        .events
+        .iter()
+        .find(|event| {
+            event.envelope.order_id().to_string() == order_id
+                && event.envelope.event_type() == EventType::OrderCreated
+        })
+        .context("the order's order.created is in the events stream")?;
+    let wire = jwl_events::encode(&created.envelope, HeaderStyle::Nats);
+    let mut headers = wire.headers.clone();
+    headers.extend(
+        [
+            ("jwl-dlq-consumer", CONSUMER.to_owned()),
+            ("jwl-dlq-reason", "permanent".to_owned()),
+            (
+                "jwl-dlq-error",
+                "console test: the card processor refused the token".to_owned(),
+            ),
+            ("jwl-dlq-subject", created.subject.clone()),
+            ("jwl-dlq-stream-seq", created.sequence.to_string()),
+            ("jwl-dlq-order-id", order_id.to_owned()),
+        ]
+        .map(|(name, value)| (name.to_owned(), value)),
+    );
+    system
+        .broker()
+        .publish_raw(
+            &format!("jwl.dlq.{CONSUMER}.{order_id}"),
+            &headers,
+            wire.payload,
+            &format!("console-test-dlq-{order_id}"),
+        )
+        .await
+}
+
+/// The outcome records on `jwl.dlqlog.>` (JSON), read with an ordered consumer.
+async fn dead_letter_outcomes(system: &System) -> anyhow::Result<Vec<serde_json::Value>> {
+    let client = async_nats::connect(system.nats_urls()).await?;
+    let jetstream = async_nats::jetstream::new(client);
+    let mut stream = jetstream.get_stream("JWL_DLQ_LOG").await?;
+    let count = stream.info().await?.state.messages;
+    let mut outcomes = Vec::new();
+    if count == 0 {
+        return Ok(outcomes);
+    }
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: "jwl.dlqlog.>".to_owned(),
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    while (outcomes.len() as u64) < count {
+        let message = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .context("reading the dead-letter log")?
+            .context("the dead-letter log ended early")??;
+        outcomes.push(serde_json::from_slice(&message.payload)?);
+    }
+    Ok(outcomes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_reads_sagas_and_redrives_a_dead_letter_in_the_console() -> anyhow::Result<()> {
+    let browser = match browser() {
+        Ok(browser) => browser,
+        Err(why) => {
+            // straight to stderr, past the test harness's capture
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: {why}, so the console browser test did not run \
+                 (scripts/install-deps installs chromium and playwright-core)"
+            );
+            return Ok(());
+        }
+    };
+    let options = SystemOptions {
+        courier_capacity: 5,
+        ..SystemOptions::default()
+    };
+    with_system(options, async |system| {
+        system.set_stock("TEA", 10).await?;
+        system.set_stock("SCARCE", 0).await?;
+        system.line_up_couriers(2, 0.2).await?;
+        let placed = system
+            .place_orders(vec![
+                order("TEA", "tok_ok"),
+                order("TEA", "tok_decline"),
+                order("SCARCE", "tok_ok"),
+            ])
+            .await?;
+        let views = system.wait_all_terminal(&placed, SAGA_TIMEOUT).await?;
+        let statuses: Vec<OrderStatus> = views.iter().map(|view| view.status).collect();
+        assert_eq!(
+            statuses,
+            [
+                OrderStatus::Dispatched,
+                OrderStatus::Rejected,
+                OrderStatus::Cancelled
+            ],
+            "{views:?}"
+        );
+        let dispatched = &placed[0].order_id;
+        let seq = dead_letter_of_order_created(system, dispatched).await?;
+
+        let shots = system.log_dir().join("console-shots");
+        std::fs::create_dir_all(&shots)?;
+        let cases = json!({
+            "orders": [
+                {"id": placed[0].order_id, "status": "dispatched",
+                 "sees": ["order.created", "payment.authorized", "inventory.reserved",
+                          "fulfillment.waybill_created", "dispatch.courier_assigned"]},
+                {"id": placed[1].order_id, "status": "rejected",
+                 "sees": ["order.created", "payment.declined"]},
+                {"id": placed[2].order_id, "status": "cancelled",
+                 "sees": ["inventory.rejected", "payment.voided (compensation)", "out_of_stock"]},
+            ],
+            "dead_letter": {"seq": seq, "order_id": dispatched, "consumer": CONSUMER,
+                            "reason": "permanent"},
+        });
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("console/drive.mjs");
+        let output = tokio::task::spawn_blocking({
+            let url = system.api().base_url(jwl_e2e::Service::Order)?.to_owned();
+            let token = system.admin_token().to_owned();
+            let shots = shots.clone();
+            move || {
+                Command::new("node")
+                    .arg(script)
+                    .env("CONSOLE_URL", url)
+                    .env("ADMIN_TOKEN", token)
+                    .env("CHROMIUM", &browser.chromium)
+                    .env("PLAYWRIGHT_MODULES", &browser.modules)
+                    .env("SHOTS", shots)
+                    .env("CASES", cases.to_string())
+                    .output()
+            }
+        })
+        .await?
+        .context("running node")?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        println!("{stdout}");
+        anyhow::ensure!(
+            output.status.success() && stdout.lines().any(|line| line == "ok"),
+            "the console drive failed ({}):\n{stdout}\n{stderr}",
+            output.status
+        );
+        let screenshots: Vec<&str> = stdout
+            .lines()
+            .filter(|line| line.starts_with("screenshot "))
+            .collect();
+        assert!(screenshots.len() >= 7, "{stdout}");
+        for line in &screenshots {
+            let path = line.split(' ').nth(1).unwrap_or_default();
+            assert!(std::fs::metadata(path)?.len() > 0, "{path} is empty");
+        }
+
+        // what the page did is what the broker holds
+        assert_eq!(system.broker().dead_letter_count().await?, 0);
+        let outcomes = dead_letter_outcomes(system).await?;
+        let outcome = outcomes
+            .iter()
+            .find(|outcome| outcome["dlq_seq"] == json!(seq))
+            .with_context(|| format!("no outcome for dead letter {seq}: {outcomes:?}"))?;
+        assert_eq!(outcome["action"], "redriven", "{outcome}");
+        assert_eq!(outcome["operator"], "e2e-operator", "{outcome}");
+        println!(
+            "e2e console: 3 orders, dead letter {seq} redriven through the page, {} screenshots in {}",
+            screenshots.len(),
+            shots.display()
+        );
+        Ok(())
+    })
+    .await
+}
