@@ -1,10 +1,12 @@
-//! `jwl-ops`: the operator's tools over the broker, used by the `jwl` CLI.
+//! `jwl-ops`: the operator's tools over the broker, used by the `jwl` CLI and the console.
 //!
 //! - [`OrderHistory::read`] — every event of one order, read by subject from `JWL_EVENTS`
 //!   (`jwl saga show`), plus that order's dead letters from `JWL_DLQ`;
 //! - [`replay::read`] — the events a [`Selection`] picks (by order, type, time, sequence), read
 //!   with the narrowest subject filters and start position (`jwl replay`, printing only);
 //! - [`dead_letters::list`] / [`dead_letters::show`] — the dead-letter stream (`jwl dlq ls|show`);
+//! - [`backlog::consumers`] — every durable consumer's backlog on the events stream (the
+//!   console's live figures);
 //! - [`redelivery`] — replay messages to one service's replay channel and dead-letter
 //!   resolution (`jwl replay --to`, `jwl dlq redrive|discard`).
 //!
@@ -23,6 +25,7 @@ mod history;
 mod model;
 mod reader;
 
+pub mod backlog;
 pub mod dead_letters;
 pub mod redelivery;
 pub mod render;

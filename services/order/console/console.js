@@ -1,6 +1,7 @@
-// The jwl console's script: sign-in with an admin token (kept in sessionStorage), and the three
-// views (an order's saga as swim lanes, dead letters with redrive/discard, stuck orders), each
-// read from the admin-only JSON API under /v1/console/. Plain JS and SVG, no build step.
+// The jwl console's script: sign-in with an admin token (kept in sessionStorage), and the
+// views (an order's saga as swim lanes, dead letters with redrive/discard, stuck orders, live
+// figures), each read from the admin-only JSON API under /v1/console/. Plain JS and SVG, no
+// build step.
 "use strict";
 
 const LANES = ["order", "payment", "inventory", "fulfillment", "dispatch"];
@@ -9,7 +10,11 @@ const FAILURES = new Set(["payment.declined", "inventory.rejected", "dispatch.fa
 // Redrive of a group: at most this many dead letters a second.
 const REDRIVE_PER_SECOND = 5;
 
+// The live figures are read again this often while their view is open.
+const FIGURES_EVERY_MS = 5000;
+
 const $ = (id) => document.getElementById(id);
+let figuresTimer = null;
 let token = sessionStorage.getItem("jwl.console.token") || "";
 
 function el(tag, attrs = {}, ...children) {
@@ -72,6 +77,7 @@ function subjectOf(jwt) {
 
 function signOut(message) {
   token = "";
+  clearInterval(figuresTimer);
   sessionStorage.removeItem("jwl.console.token");
   $("nav").hidden = true;
   $("views").hidden = true;
@@ -103,6 +109,11 @@ function show(view) {
   for (const section of document.querySelectorAll(".view")) section.hidden = section.id !== `view-${view}`;
   for (const tab of document.querySelectorAll(".tab")) tab.classList.toggle("active", tab.dataset.view === view);
   if (view === "dead-letters") loadDeadLetters();
+  clearInterval(figuresTimer);
+  if (view === "figures") {
+    loadFigures();
+    figuresTimer = setInterval(loadFigures, FIGURES_EVERY_MS);
+  }
 }
 
 // ---- time helpers ---------------------------------------------------------------------------
@@ -425,6 +436,36 @@ async function loadStuck(minutes) {
         el("td", {}, order.next.length ? order.next.join(", ") : "—")))));
   } catch (error) {
     if (error.message !== "signed out") $("stuck-error").textContent = error.message;
+  }
+}
+
+// ---- live figures ---------------------------------------------------------------------------
+
+async function loadFigures() {
+  if (!token) return;
+  $("figures-error").textContent = "";
+  try {
+    const body = await api("GET", "/v1/console/figures");
+    const out = $("figures-result");
+    const table = (id, head, rows) => el("table", { id },
+      el("tr", {}, ...head.map((h) => el("th", {}, h))),
+      ...rows.map((cells) => el("tr", {}, ...cells.map((cell) => el("td", {}, String(cell))))));
+    out.replaceChildren(
+      el("p", { class: "status", id: "figures-intake" },
+        `Orders placed in the last minute: ${body.placed_last_minute} (${body.orders_per_second.toFixed(2)}/s) · open orders: ${body.open_orders}`),
+      el("h3", {}, "Sagas finished in the last minute, by outcome"),
+      body.finished_last_minute.length
+        ? table("figures-outcomes", ["status", "reason", "sagas"], body.finished_last_minute.map((o) => [o.status, o.reason || "", o.count]))
+        : el("p", {}, "None."),
+      el("h3", {}, "Consumer backlog (events stream)"),
+      table("figures-consumers", ["consumer", "pending", "unacknowledged", "redelivered"],
+        body.consumers.map((c) => [c.name, c.pending, c.ack_pending, c.redelivered])),
+      el("h3", {}, "Outbox backlog"),
+      table("figures-outboxes", ["service", "waiting for the relay", "parked"],
+        body.outboxes.map((o) => [o.service, o.pending, o.parked])));
+    $("figures-at").textContent = `As of ${stamp(body.at)}.`;
+  } catch (error) {
+    if (error.message !== "signed out") $("figures-error").textContent = error.message;
   }
 }
 

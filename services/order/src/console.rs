@@ -10,7 +10,11 @@
 //! - `POST /v1/console/dead-letters/{seq}/redrive|discard` — one dead letter resolved
 //!   ([`jwl_ops::redelivery::redrive_dead_letter`] / [`discard_dead_letter`](jwl_ops::redelivery::discard_dead_letter),
 //!   as `jwl dlq redrive|discard`), the outcome recorded with the admin token's subject;
-//! - `GET /v1/console/stuck?older_than_secs=N` — [`stuck_orders`] (as `jwl saga stuck`).
+//! - `GET /v1/console/stuck?older_than_secs=N` — [`stuck_orders`] (as `jwl saga stuck`);
+//! - `GET /v1/console/figures` — live figures: orders placed and sagas finished by outcome in
+//!   the last minute, open orders, every consumer's backlog
+//!   ([`jwl_ops::backlog::consumers`]) and the outbox backlog of each service whose tables
+//!   this database holds.
 
 use std::time::Duration;
 
@@ -21,6 +25,7 @@ use axum::http::header;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use jwl_events::{EventType, OrderId, Service};
+use jwl_ops::backlog::{self, ConsumerBacklog};
 use jwl_ops::redelivery::{self, Redriven};
 use jwl_ops::{
     DeadLetterEntry, DeadLetterFilter, EventEntry, OpsError, OrderHistory, ReplayMode,
@@ -440,4 +445,130 @@ fn broker_error(error: OpsError) -> ApiError {
             }
         }
     }
+}
+
+/// The services whose outbox tables the figures look for (`jwl_<service>.outbox`).
+const OUTBOX_SCHEMAS: [(&str, &str); 5] = [
+    ("order", "jwl_order"),
+    ("payment", "jwl_payment"),
+    ("inventory", "jwl_inventory"),
+    ("fulfillment", "jwl_fulfillment"),
+    ("dispatch", "jwl_dispatch"),
+];
+
+/// Body of `GET /v1/console/figures`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct FiguresBody {
+    #[schema(value_type = String, format = DateTime)]
+    at: DateTime<Utc>,
+    /// Orders placed in the last 60 s.
+    placed_last_minute: i64,
+    /// `placed_last_minute / 60`.
+    orders_per_second: f64,
+    /// Orders not in a terminal status.
+    open_orders: i64,
+    /// Sagas that reached a terminal status in the last 60 s, by outcome:
+    /// `[{"status","reason","count"}]`.
+    #[schema(value_type = Vec<Object>)]
+    finished_last_minute: Vec<Outcome>,
+    /// Every durable consumer of the events stream: `[{"name","pending","ack_pending","redelivered"}]`.
+    #[schema(value_type = Vec<Object>)]
+    consumers: Vec<ConsumerBacklog>,
+    /// Rows waiting for the relay (not published, not parked) and parked rows, per service
+    /// whose outbox is in this database (all five under `jwl up`; the order service's alone
+    /// when each service has a database of its own): `[{"service","pending","parked"}]`.
+    #[schema(value_type = Vec<Object>)]
+    outboxes: Vec<OutboxBacklog>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Outcome {
+    status: String,
+    reason: Option<String>,
+    count: i64,
+}
+
+#[derive(Serialize)]
+struct OutboxBacklog {
+    service: &'static str,
+    pending: i64,
+    parked: i64,
+}
+
+/// Live figures: intake, outcomes, consumer and outbox backlogs (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/console/figures",
+    tag = "console",
+    responses(
+        (status = 200, description = "The figures now", body = FiguresBody),
+        (status = 503, description = "The broker or the database cannot be read", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn figures(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> ApiResult<Json<FiguresBody>> {
+    let pool = &state.pool;
+    // through the partial indexes admission reads: open orders by created_at, finished ones by
+    // finished_at (terminal statuses are the complement of the open ones)
+    let (open_orders, placed_open): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE created_at > now() - interval '60 seconds') \
+         FROM jwl_order.orders WHERE status IN ('pending', 'paid', 'reserved', 'waybill_created')",
+    )
+    .fetch_one(pool)
+    .await?;
+    let finished: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(
+        "SELECT status, reason, count(*), \
+                count(*) FILTER (WHERE created_at > now() - interval '60 seconds') \
+         FROM jwl_order.orders \
+         WHERE finished_at IS NOT NULL AND finished_at > now() - interval '60 seconds' \
+         GROUP BY status, reason ORDER BY status, reason",
+    )
+    .fetch_all(pool)
+    .await?;
+    let placed_last_minute = placed_open + finished.iter().map(|row| row.3).sum::<i64>();
+    let mut outboxes = Vec::new();
+    for (service, schema) in OUTBOX_SCHEMAS {
+        let table = format!("{schema}.outbox");
+        let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(&table)
+            .fetch_one(pool)
+            .await?;
+        if exists.is_none() {
+            continue;
+        }
+        // the schema name is one of the constants above, never input
+        let (pending, parked): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FILTER (WHERE parked_at IS NULL), count(*) FILTER (WHERE parked_at IS NOT NULL) \
+             FROM {table} WHERE published_at IS NULL"
+        )))
+        .fetch_one(pool)
+        .await?;
+        outboxes.push(OutboxBacklog {
+            service,
+            pending,
+            parked,
+        });
+    }
+    let consumers = backlog::consumers(state.broker.jetstream(), &state.messaging)
+        .await
+        .map_err(broker_error)?;
+    Ok(Json(FiguresBody {
+        at: Utc::now(),
+        placed_last_minute,
+        orders_per_second: placed_last_minute as f64 / 60.0,
+        open_orders,
+        finished_last_minute: finished
+            .into_iter()
+            .map(|(status, reason, count, _)| Outcome {
+                status,
+                reason,
+                count,
+            })
+            .collect(),
+        consumers,
+        outboxes,
+    }))
 }

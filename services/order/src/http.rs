@@ -81,6 +81,7 @@ pub fn routes(ctx: &ServiceContext) -> ListedRouter {
             console::discard,
         )
         .route(RouteMethod::Get, "/v1/console/stuck", console::stuck)
+        .route(RouteMethod::Get, "/v1/console/figures", console::figures)
         .with_state(AppState {
             // its own pool: requests never take the consumers' connections
             pool: ctx.http_pool.clone(),
@@ -102,7 +103,8 @@ pub fn routes(ctx: &ServiceContext) -> ListedRouter {
         console::list_dead_letters,
         console::redrive,
         console::discard,
-        console::stuck
+        console::stuck,
+        console::figures
     ),
     components(schemas(
         OrderRequest,
@@ -113,7 +115,8 @@ pub fn routes(ctx: &ServiceContext) -> ListedRouter {
         console::DeadLettersBody,
         console::ResolvedBody,
         console::DiscardRequest,
-        console::StuckBody
+        console::StuckBody,
+        console::FiguresBody
     ))
 )]
 struct Api;

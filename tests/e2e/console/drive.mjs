@@ -1,7 +1,7 @@
 // Drives the operator's console (`/console`) in headless Chromium with playwright-core, as a
 // person would, for tests/e2e/tests/console.rs: signs in (after a refused token), looks up
 // each order and checks what the page shows, redrives a dead letter through the page, lists
-// stuck orders, and saves a screenshot of each step. Prints one `screenshot <path> <what>`
+// stuck orders, reads the live figures, and saves a screenshot of each step. Prints one `screenshot <path> <what>`
 // line per screenshot and `ok` at the end; any failed check throws (exit status 1).
 //
 // Input (environment): CONSOLE_URL, ADMIN_TOKEN, CHROMIUM (executable), PLAYWRIGHT_MODULES
@@ -104,6 +104,16 @@ try {
   const stuck = await page.locator("#stuck-count").innerText();
   check(/^\d+ order\(s\) not finished/.test(stuck), `stuck view answers: ${stuck}`);
   await screenshot("stuck", `stuck orders older than 0 min: '${stuck}'`);
+
+  await page.click("button.tab[data-view=figures]");
+  await page.locator("#figures-intake", { hasText: "open orders: 0" }).waitFor();
+  const consumers = await page.locator("#figures-consumers").innerText();
+  check(consumers.includes("payment__"), `the consumer backlog lists payment's consumers: ${consumers}`);
+  const outboxes = await page.locator("#figures-outboxes").innerText();
+  for (const service of ["order", "payment", "inventory", "fulfillment", "dispatch"]) {
+    check(outboxes.includes(service), `the outbox backlog lists ${service}: ${outboxes}`);
+  }
+  await screenshot("figures", `live figures: ${await page.locator("#figures-intake").innerText()}; consumer and outbox backlogs`);
 
   check(errors.length === 0, `no script errors on the page: ${errors.join("; ")}`);
   console.log("ok");

@@ -308,6 +308,14 @@ fn rows(order: OrderId, waybill: WaybillId) -> Vec<Row> {
             other_owner: None,
         },
         Row {
+            route: route(Get, "/v1/console/figures"),
+            uri: "/v1/console/figures".to_owned(),
+            body: None,
+            rightful: (ADMIN, StatusCode::OK),
+            wrong_role: EVERYTHING_BUT_ADMIN,
+            other_owner: None,
+        },
+        Row {
             route: route(Put, "/v1/stock/{sku}"),
             uri: format!("/v1/stock/{SKU}"),
             body: Some(json!({"on_hand": 100})),

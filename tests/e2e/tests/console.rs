@@ -3,7 +3,8 @@
 //! driven by `tests/e2e/console/drive.mjs` (playwright-core) against the order service's
 //! `/console`: the sign-in refuses a bad token, each order shows its status, swim lanes and
 //! events, the dead letter is inline on its order and grouped on the dead-letters view, is
-//! redriven through the page, and the stuck view answers. Screenshots go to `console-shots/`
+//! redriven through the page, the stuck view answers, and the live figures show no open order
+//! and every service's outbox. Screenshots go to `console-shots/`
 //! in the system's log directory (their paths are printed). After the page: the dead-letter
 //! stream is empty and the outcome is recorded with the admin token's subject.
 //!
@@ -228,7 +229,7 @@ async fn an_operator_reads_sagas_and_redrives_a_dead_letter_in_the_console() -> 
             .lines()
             .filter(|line| line.starts_with("screenshot "))
             .collect();
-        assert!(screenshots.len() >= 7, "{stdout}");
+        assert!(screenshots.len() >= 9, "{stdout}");
         for line in &screenshots {
             let path = line.split(' ').nth(1).unwrap_or_default();
             assert!(std::fs::metadata(path)?.len() > 0, "{path} is empty");
