@@ -377,7 +377,18 @@ async function redriveMany(seqs, note) {
     const started = performance.now();
     progress.textContent = `Redriving ${index + 1}/${seqs.length}…`;
     try {
-      const result = await api("POST", `/v1/console/dead-letters/${seq}/redrive`);
+      let result;
+      for (;;) {
+        try {
+          result = await api("POST", `/v1/console/dead-letters/${seq}/redrive`);
+          break;
+        } catch (error) {
+          if (error.status !== 429) throw error;
+          // over the service's redrive rate (other operators too): wait, then the same again
+          progress.textContent = `Redriving ${index + 1}/${seqs.length}… (waiting: over the redrive rate)`;
+          await new Promise((resolve) => setTimeout(resolve, 1000));
+        }
+      }
       if (result.outcome === "skipped") { skipped += 1; skips.push(`#${seq}: ${result.why}`); } else redriven += 1;
     } catch (error) {
       if (error.message === "signed out") return;

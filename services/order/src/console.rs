@@ -47,6 +47,18 @@ const PAGE: &str = include_str!("../console/index.html");
 const SCRIPT: &str = include_str!("../console/console.js");
 const STYLE: &str = include_str!("../console/console.css");
 
+/// The console's redrives a second, per order-service process (all operators together); the
+/// page paces itself to this and waits when answered `429`.
+pub(crate) const REDRIVES_PER_SECOND: u32 = 5;
+
+/// A limiter of [`REDRIVES_PER_SECOND`] (no burst beyond it).
+pub(crate) fn redrive_limiter() -> std::sync::Arc<governor::DefaultDirectRateLimiter> {
+    let rate = std::num::NonZeroU32::new(REDRIVES_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN);
+    std::sync::Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
+        rate,
+    )))
+}
+
 /// The most dead letters one listing returns (oldest first).
 const DEAD_LETTER_LIMIT: usize = 1000;
 /// The longest a discard reason may be.
@@ -204,6 +216,7 @@ pub(crate) struct ResolvedBody {
     responses(
         (status = 200, description = "Redriven, already resolved, or skipped", body = ResolvedBody),
         (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over 5 redrives a second (with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The broker cannot be reached", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = [])),
@@ -214,6 +227,12 @@ pub(crate) async fn redrive(
     path: Result<Path<u64>, ApiError>,
 ) -> ApiResult<Json<ResolvedBody>> {
     let Path(seq) = path?;
+    if state.redrive_limit.check().is_err() {
+        return Err(ApiError::TooManyRequests {
+            retry_after_secs: 1,
+            detail: format!("at most {REDRIVES_PER_SECOND} redrives a second"),
+        });
+    }
     let run_id = format!("console-{}", Uuid::now_v7().simple());
     let outcome = redelivery::redrive_dead_letter(
         state.broker.jetstream(),
@@ -571,4 +590,18 @@ pub(crate) async fn figures(
         consumers,
         outboxes,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_redrive_limiter_lets_a_second_s_worth_through_then_refuses() {
+        let limiter = redrive_limiter();
+        for n in 0..REDRIVES_PER_SECOND {
+            assert!(limiter.check().is_ok(), "redrive {n} refused");
+        }
+        assert!(limiter.check().is_err(), "one more than the rate went through");
+    }
 }

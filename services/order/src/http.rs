@@ -46,6 +46,8 @@ pub(crate) struct AppState {
     /// For the console's reads of the broker (through `jwl-ops`).
     pub(crate) broker: JetStreamBroker,
     pub(crate) messaging: MessagingSettings,
+    /// The console's redrives, at most [`console::REDRIVES_PER_SECOND`] for this process.
+    pub(crate) redrive_limit: Arc<governor::DefaultDirectRateLimiter>,
 }
 
 /// The routes of the order service (no health, metrics or fallback: the edge adds those).
@@ -89,6 +91,7 @@ pub fn routes(ctx: &ServiceContext) -> ListedRouter {
             relay: ctx.relay.clone(),
             broker: ctx.broker.clone(),
             messaging: ctx.messaging.clone(),
+            redrive_limit: console::redrive_limiter(),
         })
 }
 
