@@ -200,6 +200,7 @@ fn banner(
     format!(
         "\nJiangwanli is up at {url}\n\
          API description (OpenAPI 3.1): {url}/openapi.json\n\
+         Operator's console: {url}/console (sign in with the admin token below)\n\
          Metrics: {metrics_url}\n\
          \n\
          Dev admin token (valid 24h):\n\
@@ -234,6 +235,7 @@ mod tests {
         assert!(text.contains("http://127.0.0.1:8080"));
         assert!(text.contains("Metrics: http://127.0.0.1:9090/metrics"));
         assert!(text.contains("http://127.0.0.1:8080/openapi.json"));
+        assert!(text.contains("Operator's console: http://127.0.0.1:8080/console"));
         assert!(text.contains("export TOKEN=abc.def.ghi"));
         assert!(text.contains("curl -si -X POST http://127.0.0.1:8080/v1/orders"));
         assert!(text.contains("export JWL_NATS_URL=nats://127.0.0.1:4222"));
