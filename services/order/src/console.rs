@@ -602,6 +602,9 @@ mod tests {
         for n in 0..REDRIVES_PER_SECOND {
             assert!(limiter.check().is_ok(), "redrive {n} refused");
         }
-        assert!(limiter.check().is_err(), "one more than the rate went through");
+        assert!(
+            limiter.check().is_err(),
+            "one more than the rate went through"
+        );
     }
 }
