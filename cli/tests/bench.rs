@@ -4,6 +4,10 @@
 //! servers, Postgres commits and statements) and the baselines; a two-step sweep reports both
 //! steps and draws its plot as a PNG.
 
+mod support;
+
+use support::free_port;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -14,21 +18,13 @@ use jwl_testkit::eventually;
 use serde_json::Value;
 use sqlx::Connection;
 
-const JWL: &str = env!("CARGO_BIN_EXE_jwl");
 const SECRET: &str = "bench-test-secret-0123456789abcdef0123";
 const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
 
 /// `jwl` with a clean `JWL_*` environment and the test's secret.
 fn jwl() -> Command {
-    let mut command = Command::new(JWL);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("JWL_") && key != "JWL_TOOLS_DIR" {
-            command.env_remove(key);
-        }
-    }
-    command
-        .env("JWL_JWT_SECRET", SECRET)
-        .env("RUST_LOG", "warn");
+    let mut command = support::jwl_clean("warn");
+    command.env("JWL_JWT_SECRET", SECRET);
     command
 }
 
@@ -42,14 +38,6 @@ impl Drop for Running {
             let _ = self.0.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn number(value: &Value) -> f64 {

@@ -1,6 +1,10 @@
 //! The `jwl` binary as a user runs it: configuration precedence, `token`, `migrate`, `serve`
 //! and `up` (with its private servers and restart), against real PostgreSQL and NATS.
 
+mod support;
+
+use support::free_port;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -10,18 +14,9 @@ use std::time::Duration;
 use jwl_service_kit::auth::{JwtKeys, Scope};
 use jwl_testkit::eventually;
 
-const JWL: &str = env!("CARGO_BIN_EXE_jwl");
-
 /// `jwl` with a clean `JWL_*` environment (the developer's own settings must not leak in).
 fn jwl() -> Command {
-    let mut command = Command::new(JWL);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("JWL_") && key != "JWL_TOOLS_DIR" {
-            command.env_remove(key);
-        }
-    }
-    command.env("RUST_LOG", "info");
-    command
+    support::jwl_clean("info")
 }
 
 fn run(command: &mut Command) -> Output {
@@ -34,14 +29,6 @@ fn stdout(output: &Output) -> String {
 
 fn stderr(output: &Output) -> String {
     String::from_utf8(output.stderr.clone()).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

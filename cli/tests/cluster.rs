@@ -5,12 +5,13 @@
 //! back it provisions the R3 streams by itself and becomes ready. The credentials in the URL
 //! list are never printed.
 
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use jwl_testkit::{eventually, nats_cluster};
 
-const JWL: &str = env!("CARGO_BIN_EXE_jwl");
 /// The password of the (unreachable) first URL: it must never appear in the output.
 const PASSWORD: &str = "hunter2-never-printed";
 
@@ -51,15 +52,9 @@ async fn serve_starts_not_ready_without_a_stream_quorum_and_provisions_later() -
     let log_dir = tempfile::tempdir()?;
     let log_path = log_dir.path().join("serve.log");
     let log = std::fs::File::create(&log_path)?;
-    let mut command = Command::new(JWL);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("JWL_") && key != "JWL_TOOLS_DIR" {
-            command.env_remove(key);
-        }
-    }
+    let mut command = support::jwl_clean("info");
     let mut child = Running(
         command
-            .env("RUST_LOG", "info")
             .env("JWL_DATABASE_URL", database.url())
             .env("JWL_NATS_URL", &urls)
             .env("JWL_STREAM_REPLICAS", "3")

@@ -6,7 +6,7 @@ use futures::TryStreamExt;
 use jwl_outbox::MessagingSettings;
 use serde::Serialize;
 
-use crate::error::OpsError;
+use crate::error::{OpsError, open_stream};
 
 /// One durable consumer's backlog, as the broker reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -27,14 +27,8 @@ pub async fn consumers(
     settings: &MessagingSettings,
 ) -> Result<Vec<ConsumerBacklog>, OpsError> {
     let stream_name = settings.events_stream.as_str();
-    let stream_error = |source: async_nats::Error| OpsError::Stream {
-        stream: stream_name.to_owned(),
-        source,
-    };
-    let stream = jetstream
-        .get_stream_no_info(stream_name)
-        .await
-        .map_err(|error| stream_error(error.into()))?;
+    let stream_error = OpsError::on_stream(stream_name);
+    let stream = open_stream(jetstream, stream_name).await?;
     let infos: Vec<_> = stream
         .consumers()
         .try_collect()

@@ -8,7 +8,7 @@ use jwl_outbox::MessagingSettings;
 
 pub use crate::domain::{DeadLetterFilter, DeadLetterReason};
 use crate::domain::{StartAt, dead_letter_detail, dead_letter_entry};
-use crate::error::OpsError;
+use crate::error::{OpsError, open_stream};
 use crate::model::{DeadLetterDetail, DeadLetterEntry, StoredMessage};
 use crate::reader::{Range, ToChrono, header_pairs, read_range};
 
@@ -53,14 +53,8 @@ pub(crate) async fn fetch(
     dlq_seq: u64,
 ) -> Result<StoredMessage, OpsError> {
     let stream_name = settings.dlq_stream.as_str();
-    let stream_error = |source: async_nats::Error| OpsError::Stream {
-        stream: stream_name.to_owned(),
-        source,
-    };
-    let stream = jetstream
-        .get_stream_no_info(stream_name)
-        .await
-        .map_err(|error| stream_error(error.into()))?;
+    let stream_error = OpsError::on_stream(stream_name);
+    let stream = open_stream(jetstream, stream_name).await?;
     let message = stream
         .get_raw_message(dlq_seq)
         .await

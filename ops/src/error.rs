@@ -56,3 +56,24 @@ pub enum OpsError {
         source: async_nats::Error,
     },
 }
+
+impl OpsError {
+    /// For `map_err`: a failure reading `stream`.
+    pub(crate) fn on_stream(stream: &str) -> impl Fn(async_nats::Error) -> OpsError + '_ {
+        move |source| OpsError::Stream {
+            stream: stream.to_owned(),
+            source,
+        }
+    }
+}
+
+/// `stream` without fetching its info (one request fewer); a failure is [`OpsError::Stream`].
+pub(crate) async fn open_stream(
+    jetstream: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Result<async_nats::jetstream::stream::Stream<()>, OpsError> {
+    jetstream
+        .get_stream_no_info(stream)
+        .await
+        .map_err(|error| OpsError::on_stream(stream)(error.into()))
+}

@@ -15,7 +15,7 @@ use crate::domain::{
     DeadLetterAction, DeadLetterOutcome, ReplayMessage, ReplayMode, ReplayOrigin, Selection,
     dead_letter_detail, event_subject_parts, replay_message, replay_types,
 };
-use crate::error::OpsError;
+use crate::error::{OpsError, open_stream};
 use crate::model::DeadLetterDetail;
 use crate::reader::{Range, read_range};
 
@@ -140,14 +140,8 @@ pub async fn outcome_recorded(
     dlq_seq: u64,
 ) -> Result<bool, OpsError> {
     let stream_name = settings.dlq_log_stream.as_str();
-    let stream_error = |source: async_nats::Error| OpsError::Stream {
-        stream: stream_name.to_owned(),
-        source,
-    };
-    let stream = jetstream
-        .get_stream_no_info(stream_name)
-        .await
-        .map_err(|error| stream_error(error.into()))?;
+    let stream_error = OpsError::on_stream(stream_name);
+    let stream = open_stream(jetstream, stream_name).await?;
     let subject = format!("{}.{dlq_seq}", crate::domain::DLQ_LOG_PREFIX);
     match stream.get_last_raw_message_by_subject(&subject).await {
         Ok(_) => Ok(true),
