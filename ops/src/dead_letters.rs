@@ -53,6 +53,13 @@ pub(crate) async fn fetch(
     dlq_seq: u64,
 ) -> Result<StoredMessage, OpsError> {
     let stream_name = settings.dlq_stream.as_str();
+    // stream sequences start at 1: the server refuses 0 as a bad request, not as "no message"
+    if dlq_seq == 0 {
+        return Err(OpsError::DeadLetterNotFound {
+            stream: stream_name.to_owned(),
+            seq: dlq_seq,
+        });
+    }
     let stream_error = OpsError::on_stream(stream_name);
     let stream = open_stream(jetstream, stream_name).await?;
     let message = stream

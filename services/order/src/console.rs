@@ -212,7 +212,7 @@ pub(crate) struct ResolvedBody {
     post,
     path = "/v1/console/dead-letters/{seq}/redrive",
     tag = "console",
-    params(("seq" = u64, Path, description = "The dead letter's sequence in `JWL_DLQ`")),
+    params(("seq" = u64, Path, minimum = 1, description = "The dead letter's sequence in `JWL_DLQ`")),
     responses(
         (status = 200, description = "Redriven, already resolved, or skipped", body = ResolvedBody),
         (status = 404, description = "No such dead letter", body = Problem, content_type = "application/problem+json"),
@@ -274,7 +274,7 @@ pub(crate) struct DiscardRequest {
     post,
     path = "/v1/console/dead-letters/{seq}/discard",
     tag = "console",
-    params(("seq" = u64, Path, description = "The dead letter's sequence in `JWL_DLQ`")),
+    params(("seq" = u64, Path, minimum = 1, description = "The dead letter's sequence in `JWL_DLQ`")),
     request_body = DiscardRequest,
     responses(
         (status = 200, description = "Discarded", body = ResolvedBody),
