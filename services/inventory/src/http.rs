@@ -1,8 +1,10 @@
 //! The inventory service's HTTP routes (admin only): `PUT /v1/stock/{sku}` sets a SKU's
-//! `on_hand`, `GET /v1/stock/{sku}` shows its stock.
+//! `on_hand`, `GET /v1/stock/{sku}` shows its stock, `GET /v1/reservations/{order_id}` an
+//! order's reservation.
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
+use jwl_events::OrderId;
 use jwl_service_kit::auth::Admin;
 use jwl_service_kit::extract::{Json, Path};
 use jwl_service_kit::http::{ListedRouter, RouteMethod};
@@ -20,6 +22,11 @@ pub fn routes(pool: PgPool) -> ListedRouter {
     ListedRouter::new()
         .route(RouteMethod::Get, "/v1/stock/{sku}", get_stock)
         .route(RouteMethod::Put, "/v1/stock/{sku}", put_stock)
+        .route(
+            RouteMethod::Get,
+            "/v1/reservations/{order_id}",
+            get_reservation,
+        )
         .with_state(pool)
 }
 
@@ -39,7 +46,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Sku {
 
 /// The OpenAPI description of these routes (see [`jwl_service_kit::openapi`]).
 #[derive(utoipa::OpenApi)]
-#[openapi(paths(get_stock, put_stock), components(schemas(SetStock, StockView)))]
+#[openapi(
+    paths(get_stock, put_stock, get_reservation),
+    components(schemas(SetStock, StockView, ReservationView, ReservationLine))
+)]
 struct Api;
 
 /// [`Api`] as a document part.
@@ -76,6 +86,27 @@ impl StockView {
             shipped: level.shipped,
         }
     }
+}
+
+/// The body of `GET /v1/reservations/{order_id}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ReservationView {
+    #[schema(format = "uuid")]
+    order_id: String,
+    /// `reserved`, `rejected` (not enough stock), `released`, `committed` (shipped), or
+    /// `release_requested` (a release arrived before the reservation, which will be skipped).
+    state: String,
+    /// The quantity of each SKU reserved for the order, in SKU order (none when rejected).
+    lines: Vec<ReservationLine>,
+}
+
+/// One SKU of a reservation.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ReservationLine {
+    sku: String,
+    qty: i64,
+    /// `reserved`, `released` or `committed`.
+    state: String,
 }
 
 fn on_hand_error(error: domain::StockInputError) -> ApiError {
@@ -134,6 +165,48 @@ async fn get_stock(
     }
 }
 
+/// An order's reservation (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/reservations/{order_id}",
+    tag = "inventory",
+    params(("order_id" = String, Path, format = "uuid", description = "The order id")),
+    responses(
+        (status = 200, description = "The order's reservation", body = ReservationView),
+        (status = 400, description = "Bad order id (`field` names it)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Inventory has not heard of this order", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = [])),
+)]
+async fn get_reservation(
+    _admin: Admin,
+    State(pool): State<PgPool>,
+    Path(order_id): Path<String>,
+) -> ApiResult<Json<ReservationView>> {
+    let order_id = OrderId::parse(&order_id)
+        .map_err(|error| ApiError::bad_field("order_id", format!("invalid order id: {error}")))?;
+    // one snapshot of the order row and its lines
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let found = store::find_order(&mut tx, order_id).await?;
+    tx.commit().await?;
+    let Some((state, lines)) = found else {
+        return Err(ApiError::NotFound(format!(
+            "inventory has not heard of order {order_id}"
+        )));
+    };
+    Ok(Json(ReservationView {
+        order_id: order_id.to_string(),
+        state,
+        lines: lines
+            .into_iter()
+            .map(|(sku, qty, state)| ReservationLine { sku, qty, state })
+            .collect(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +232,20 @@ mod tests {
         let view = serde_json::to_value(view).unwrap();
         assert_eq!(
             field_mismatches(&doc, "StockView", &view),
+            Vec::<String>::new()
+        );
+        let reservation = ReservationView {
+            order_id: OrderId::new().to_string(),
+            state: "reserved".to_owned(),
+            lines: vec![ReservationLine {
+                sku: "sku-1".to_owned(),
+                qty: 2,
+                state: "reserved".to_owned(),
+            }],
+        };
+        let reservation = serde_json::to_value(reservation).unwrap();
+        assert_eq!(
+            field_mismatches(&doc, "ReservationView", &reservation),
             Vec::<String>::new()
         );
     }

@@ -238,6 +238,28 @@ pub async fn commit(conn: &mut PgConnection, order_id: OrderId) -> Result<bool, 
     Ok(true)
 }
 
+/// An order's reservation state as stored (any of the table's states) and its lines
+/// `(sku, qty, state)` in SKU order; `None` if inventory has not heard of the order.
+pub async fn find_order(
+    conn: &mut PgConnection,
+    order_id: OrderId,
+) -> Result<Option<(String, Vec<(String, i64, String)>)>, sqlx::Error> {
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM order_reservations WHERE order_id = $1")
+            .bind(order_id.0)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(state) = state else {
+        return Ok(None);
+    };
+    let lines =
+        sqlx::query_as("SELECT sku, qty, state FROM reservations WHERE order_id = $1 ORDER BY sku")
+            .bind(order_id.0)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(Some((state, lines)))
+}
+
 /// The SKU's stock; `None` if the SKU is unknown.
 pub async fn find_stock(
     db: impl PgExecutor<'_>,

@@ -211,3 +211,70 @@ async fn on_hand_may_not_drop_below_what_is_reserved() {
         json!({"sku": "TEA", "on_hand": 4, "reserved": 4, "shipped": 0})
     );
 }
+
+#[tokio::test]
+async fn admins_read_an_order_s_reservation() {
+    let app = App::start().await;
+    let admin = app.admin();
+    app.put("TEA", Some(&admin), json!({"on_hand": 10})).await;
+    app.put("CUP", Some(&admin), json!({"on_hand": 10})).await;
+    let event = payment_authorized(vec![line("TEA", 1), line("CUP", 2), line("TEA", 2)]);
+    deliver(&app.pool, &event).await.unwrap();
+    let order_id = event.order_id();
+    let uri = format!("/v1/reservations/{order_id}");
+
+    let (status, body) = app.send(Method::GET, &uri, Some(&admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({
+            "order_id": order_id.to_string(),
+            "state": "reserved",
+            "lines": [
+                {"sku": "CUP", "qty": 2, "state": "reserved"},
+                {"sku": "TEA", "qty": 3, "state": "reserved"},
+            ],
+        })
+    );
+
+    // rejected: inventory heard of it but reserved nothing
+    let short = payment_authorized(vec![line("TEA", 100)]);
+    deliver(&app.pool, &short).await.unwrap();
+    let (status, body) = app
+        .send(
+            Method::GET,
+            &format!("/v1/reservations/{}", short.order_id()),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "rejected");
+    assert_eq!(body["lines"], json!([]));
+
+    let unknown = format!("/v1/reservations/{}", jwl_events::OrderId::new());
+    let (status, body) = app.send(Method::GET, &unknown, Some(&admin), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["type"], "https://jiangwanli.dev/problems/not-found");
+
+    let (status, body) = app
+        .send(
+            Method::GET,
+            "/v1/reservations/not-a-uuid",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "order_id");
+
+    let customer = app.token(&[Scope::OrdersRead]);
+    assert_eq!(
+        app.send(Method::GET, &uri, None, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.send(Method::GET, &uri, Some(&customer), None).await.0,
+        StatusCode::FORBIDDEN
+    );
+}

@@ -332,6 +332,15 @@ fn rows(order: OrderId, waybill: WaybillId) -> Vec<Row> {
             other_owner: None,
         },
         Row {
+            route: route(Get, "/v1/reservations/{order_id}"),
+            uri: format!("/v1/reservations/{order}"),
+            body: None,
+            // no consumer runs here: inventory has not heard of the order
+            rightful: (ADMIN, StatusCode::NOT_FOUND),
+            wrong_role: EVERYTHING_BUT_ADMIN,
+            other_owner: None,
+        },
+        Row {
             route: route(Get, "/v1/payments/{order_id}"),
             uri: format!("/v1/payments/{order}"),
             body: None,
