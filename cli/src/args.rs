@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use jwl_events::{EventType, OrderId};
 use jwl_ops::DeadLetterReason;
 use jwl_outbox::{FaultPoints, MessagingSettings, TransientFault};
+use jwl_service_kit::ConsolePeers;
 use jwl_service_kit::auth::Scope;
 use jwl_service_kit::db::PoolSettings;
 use secrecy::SecretString;
@@ -713,6 +714,11 @@ pub struct SettingsArgs {
     /// p99, never below this).
     #[arg(long, env = "JWL_PROCESSOR_BREAKER_MIN_P99", default_value = "500ms", value_parser = parse_positive_duration)]
     pub processor_breaker_min_p99: Duration,
+    /// Base URLs of the other services, `service=url,…` (payment, inventory, fulfillment,
+    /// dispatch), whose admin read routes the order service's console calls to show an order's
+    /// state in each. Unset: the console says so (`jwl up`: its own listener for all four).
+    #[arg(long, env = "JWL_CONSOLE_PEERS", value_name = "SERVICE=URL,...", value_parser = ConsolePeers::parse)]
+    pub console_peers: Option<ConsolePeers>,
 }
 
 /// A positive duration, or `off`.
@@ -1073,5 +1079,31 @@ mod tests {
             *serve.settings.to_settings(),
             jwl_service_kit::Settings::default()
         );
+    }
+
+    #[test]
+    fn console_peers_are_read_and_checked() {
+        let argv = |peers: &'static str| {
+            [
+                "jwl",
+                "serve",
+                "order",
+                "--nats-url",
+                "nats://x:4222",
+                "--console-peers",
+                peers,
+            ]
+        };
+        let cli =
+            Cli::try_parse_from(argv("payment=http://pay:8080,dispatch=http://d:8080/")).unwrap();
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve: {:?}", cli.command);
+        };
+        let peers = serve.settings.to_settings().console_peers.clone();
+        assert_eq!(peers.payment.as_deref(), Some("http://pay:8080"));
+        assert_eq!(peers.dispatch.as_deref(), Some("http://d:8080"));
+        assert_eq!(peers.inventory, None);
+        assert!(Cli::try_parse_from(argv("order=http://o:8080")).is_err());
+        assert!(Cli::try_parse_from(argv("payment=pay:8080")).is_err());
     }
 }

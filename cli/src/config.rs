@@ -53,6 +53,7 @@ impl SettingsArgs {
                     min_p99: self.processor_breaker_min_p99,
                 },
             },
+            console_peers: self.console_peers.clone().unwrap_or_default(),
         })
     }
 }

@@ -1,5 +1,5 @@
 //! Business tunables shared by the services (deadlines, dispatch radius, courier capacity,
-//! ingest limits, the card processor and its circuit breaker).
+//! ingest limits, the card processor and its circuit breaker, the console's peers).
 //!
 //! The CLI fills these from flags / `JWL_*` variables; the defaults match the documented ones.
 
@@ -27,6 +27,71 @@ pub struct Settings {
     pub ingest: IngestLimits,
     /// The card processor payment calls (`JWL_PROCESSOR_*`).
     pub processor: ProcessorSettings,
+    /// Where the order service's console reads the other services' state of an order
+    /// (`JWL_CONSOLE_PEERS`).
+    pub console_peers: ConsolePeers,
+}
+
+/// The base URLs of the services whose admin read routes the console calls, each optional
+/// (unset: the console says so instead of showing that service's state).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsolePeers {
+    pub payment: Option<String>,
+    pub inventory: Option<String>,
+    pub fulfillment: Option<String>,
+    pub dispatch: Option<String>,
+}
+
+impl ConsolePeers {
+    /// All four at one base URL (`jwl up`, which serves every route on one listener).
+    pub fn all_at(base_url: &str) -> Self {
+        let url = || Some(base_url.trim_end_matches('/').to_owned());
+        Self {
+            payment: url(),
+            inventory: url(),
+            fulfillment: url(),
+            dispatch: url(),
+        }
+    }
+
+    /// Parses `service=base_url,…` (services `payment`, `inventory`, `fulfillment`,
+    /// `dispatch`, each at most once; URLs `http://` or `https://`). Empty: none.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut peers = Self::default();
+        for item in text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+        {
+            let (service, url) = item
+                .split_once('=')
+                .ok_or_else(|| format!("{item:?} is not service=base_url"))?;
+            let (service, url) = (service.trim(), url.trim().trim_end_matches('/'));
+            let host = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"));
+            if host.is_none_or(str::is_empty) {
+                return Err(format!(
+                    "{url:?} (for {service}) is not an http:// or https:// base URL"
+                ));
+            }
+            let slot = match service {
+                "payment" => &mut peers.payment,
+                "inventory" => &mut peers.inventory,
+                "fulfillment" => &mut peers.fulfillment,
+                "dispatch" => &mut peers.dispatch,
+                other => {
+                    return Err(format!(
+                        "unknown service {other:?} (payment, inventory, fulfillment or dispatch)"
+                    ));
+                }
+            };
+            if slot.replace(url.to_owned()).is_some() {
+                return Err(format!("{service} is given twice"));
+            }
+        }
+        Ok(peers)
+    }
 }
 
 /// The card processor: how long a call may take, the faults its simulator stages from the
@@ -70,6 +135,7 @@ impl Default for Settings {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             ingest: IngestLimits::default(),
             processor: ProcessorSettings::default(),
+            console_peers: ConsolePeers::default(),
         }
     }
 }
@@ -85,5 +151,28 @@ mod tests {
         assert_eq!(s.dispatch_deadline, Duration::from_secs(60));
         assert_eq!(s.dispatch_radius_km, 5.0);
         assert_eq!(s.courier_capacity, 1);
+        assert_eq!(s.console_peers, ConsolePeers::default());
+    }
+
+    #[test]
+    fn console_peers_parse_and_refuse_what_they_cannot_use() {
+        let peers = ConsolePeers::parse(
+            "payment=http://pay:8080/, inventory=https://inv,dispatch=http://d",
+        )
+        .unwrap();
+        assert_eq!(peers.payment.as_deref(), Some("http://pay:8080"));
+        assert_eq!(peers.inventory.as_deref(), Some("https://inv"));
+        assert_eq!(peers.fulfillment, None);
+        assert_eq!(peers.dispatch.as_deref(), Some("http://d"));
+        assert_eq!(ConsolePeers::parse("").unwrap(), ConsolePeers::default());
+        for bad in [
+            "payment",
+            "order=http://o",
+            "payment=pay:8080",
+            "payment=http://",
+            "payment=http://a,payment=http://b",
+        ] {
+            assert!(ConsolePeers::parse(bad).is_err(), "{bad}");
+        }
     }
 }

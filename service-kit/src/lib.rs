@@ -15,6 +15,6 @@ pub mod openapi;
 pub mod problem;
 pub mod telemetry;
 
-pub use config::Settings;
+pub use config::{ConsolePeers, Settings};
 pub use context::ServiceContext;
 pub use problem::{ApiError, ApiResult};

@@ -4,13 +4,14 @@
 //! admin token, and on Ctrl-C stops the services, then the private servers.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use jwl_service_kit::ServiceContext;
 use jwl_service_kit::auth::{JwtKeys, Scope};
 use jwl_service_kit::http::{self, Readiness};
+use jwl_service_kit::{ConsolePeers, ServiceContext};
 use tokio_util::sync::CancellationToken;
 
 use super::listeners::Listeners;
@@ -94,7 +95,15 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
         StreamsUnavailable::StartNotReady,
     )
     .await?;
-    let settings = args.settings.to_settings();
+    let mut settings = args.settings.to_settings();
+    if args.settings.console_peers.is_none() && args.http.http_addr.port() != 0 {
+        // every route is on this one listener: the console reads the others' state from it
+        let mut own = args.http.http_addr;
+        if own.ip().is_unspecified() {
+            own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Arc::make_mut(&mut settings).console_peers = ConsolePeers::all_at(&format!("http://{own}"));
+    }
     let pool_settings = args.messaging.to_pool_settings();
     let http_pool_settings = args.messaging.to_http_pool_settings();
 

@@ -148,6 +148,24 @@ async function loadOrder(orderId) {
   }
 }
 
+// One line for a service's state of an order, from the body of its admin read route.
+function describeState(service, state) {
+  switch (service) {
+    case "payment":
+      return `${state.status} ${state.amount_cents} ¢`;
+    case "inventory": {
+      const lines = (state.lines || []).map((line) => `${line.sku} ×${line.qty}`);
+      return lines.length ? `${state.state} (${lines.join(", ")})` : state.state;
+    }
+    case "fulfillment":
+      return `waybill ${state.status}${state.courier_id ? ` to ${state.courier_id}` : ""}`;
+    case "dispatch":
+      return `courier ${state.courier_id} at ${Number(state.lat).toFixed(5)}, ${Number(state.lon).toFixed(5)}, ${state.live_waybills} live waybills`;
+    default:
+      return JSON.stringify(state);
+  }
+}
+
 function renderOrder(saga) {
   const out = $("order-result");
   const order = saga.order;
@@ -181,6 +199,16 @@ function renderOrder(saga) {
   out.append(el("table", { id: "service-states" },
     el("tr", {}, el("th", {}, "service"), el("th", {}, "last event"), el("th", {}, "at"), el("th", {}, "dead letters")),
     ...lastRows));
+
+  // each other service's current state, read by the order service from that service's API
+  out.append(el("h3", {}, "Current state in each service"));
+  const services = saga.services || {};
+  out.append(el("ul", { id: "peer-states" }, ...LANES.slice(1).map((name) => {
+    const peer = services[name] || { unavailable: "not read" };
+    return peer.state
+      ? el("li", {}, `${name}: ${describeState(name, peer.state)}`)
+      : el("li", { class: "unavailable" }, `${name}: ${peer.unavailable}`);
+  })));
 
   out.append(el("h3", {}, "Timeline"));
   out.append(lanes(events, saga.dead_letters, byId));

@@ -4,7 +4,9 @@
 //!
 //! - `GET /v1/console/orders/{id}` — the order's status here and its saga from the broker
 //!   ([`jwl_ops::OrderHistory::read`], as `jwl saga show`): events with their causation, trace
-//!   id and data, and the order's dead letters;
+//!   id and data, and the order's dead letters; and its current state in each other service,
+//!   read from that service's admin route (`JWL_CONSOLE_PEERS`, see [`Peers`]) with the
+//!   operator's own token;
 //! - `GET /v1/console/dead-letters` — the dead-letter stream ([`jwl_ops::dead_letters::list`],
 //!   as `jwl dlq ls`);
 //! - `POST /v1/console/dead-letters/{seq}/redrive|discard` — one dead letter resolved
@@ -21,7 +23,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::header;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use jwl_events::{EventType, OrderId, Service};
@@ -33,6 +35,7 @@ use jwl_ops::{
 };
 use jwl_service_kit::ApiError;
 use jwl_service_kit::ApiResult;
+use jwl_service_kit::ConsolePeers;
 use jwl_service_kit::auth::Admin;
 use jwl_service_kit::extract::{Json, Path};
 use jwl_service_kit::problem::Problem;
@@ -103,6 +106,164 @@ pub(crate) struct ConsoleOrderBody {
     /// The order's dead letters.
     #[schema(value_type = Vec<Object>)]
     dead_letters: Vec<DeadLetterEntry>,
+    /// The order's current state in each other service, read from its admin route:
+    /// `{"payment","inventory","fulfillment","dispatch"}`, each `{"state": <that route's
+    /// answer>}` or `{"unavailable": "why not"}` (not configured, no waybill or courier yet,
+    /// unreachable, no answer within 1 s, or its error answer).
+    #[schema(value_type = Object)]
+    services: PeerStates,
+}
+
+/// [`ConsoleOrderBody::services`].
+#[derive(Serialize)]
+struct PeerStates {
+    payment: PeerState,
+    inventory: PeerState,
+    fulfillment: PeerState,
+    dispatch: PeerState,
+}
+
+/// One service's state of an order, or why it is not shown.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum PeerState {
+    State(serde_json::Value),
+    Unavailable(String),
+}
+
+/// How long the console waits for each peer's answer.
+const PEER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The other services the console reads an order's state from: their base URLs and one HTTP
+/// client for all requests.
+#[derive(Clone)]
+pub(crate) struct Peers {
+    urls: ConsolePeers,
+    client: Result<reqwest::Client, String>,
+}
+
+impl Peers {
+    pub(crate) fn new(urls: ConsolePeers) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(PEER_TIMEOUT)
+            .build()
+            .map_err(|error| format!("no HTTP client: {error}"));
+        Self { urls, client }
+    }
+
+    /// Every peer's state of the order at once, each within [`PEER_TIMEOUT`].
+    async fn read(
+        &self,
+        order_id: OrderId,
+        record: Option<&OrderState>,
+        authorization: Option<&header::HeaderValue>,
+    ) -> PeerStates {
+        let order = order_id.to_string();
+        let waybill = record.and_then(|record| record.waybill_id.clone());
+        let courier = record.and_then(|record| record.courier_id.clone());
+        let (payment, inventory, fulfillment, dispatch) = tokio::join!(
+            self.get(
+                "payment",
+                self.urls.payment.as_deref(),
+                Ok(["payments", order.as_str()]),
+                authorization
+            ),
+            self.get(
+                "inventory",
+                self.urls.inventory.as_deref(),
+                Ok(["reservations", order.as_str()]),
+                authorization
+            ),
+            self.get(
+                "fulfillment",
+                self.urls.fulfillment.as_deref(),
+                waybill
+                    .as_deref()
+                    .map(|id| ["waybills", id])
+                    .ok_or("the order has no waybill yet"),
+                authorization
+            ),
+            self.get(
+                "dispatch",
+                self.urls.dispatch.as_deref(),
+                courier
+                    .as_deref()
+                    .map(|id| ["couriers", id])
+                    .ok_or("the order has no courier yet"),
+                authorization
+            ),
+        );
+        PeerStates {
+            payment,
+            inventory,
+            fulfillment,
+            dispatch,
+        }
+    }
+
+    /// `GET {base}/v1/{path…}` with the operator's `Authorization`.
+    async fn get(
+        &self,
+        service: &str,
+        base: Option<&str>,
+        path: Result<[&str; 2], &str>,
+        authorization: Option<&header::HeaderValue>,
+    ) -> PeerState {
+        let unavailable = PeerState::Unavailable;
+        let Some(base) = base else {
+            return unavailable(format!(
+                "not configured (JWL_CONSOLE_PEERS has no {service})"
+            ));
+        };
+        let path = match path {
+            Ok(path) => path,
+            Err(why) => return unavailable(why.to_owned()),
+        };
+        let client = match &self.client {
+            Ok(client) => client,
+            Err(why) => return unavailable(why.clone()),
+        };
+        let Ok(mut url) = reqwest::Url::parse(base) else {
+            return unavailable(format!("{base} is not a URL"));
+        };
+        match url.path_segments_mut() {
+            Ok(mut segments) => {
+                segments.pop_if_empty().push("v1").extend(path);
+            }
+            Err(()) => return unavailable(format!("{base} cannot be a base URL")),
+        }
+        let mut request = client.get(url);
+        if let Some(authorization) = authorization {
+            request = request.header(header::AUTHORIZATION, authorization);
+        }
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) if error.is_timeout() => {
+                return unavailable(format!("{service} did not answer within 1 s"));
+            }
+            Err(error) => {
+                tracing::debug!(%service, error = %error, "console: a peer is unreachable");
+                return unavailable(format!("{service} is unreachable at {base}"));
+            }
+        };
+        let status = response.status();
+        let body = match response.json::<serde_json::Value>().await {
+            Ok(body) => body,
+            Err(error) if error.is_timeout() => {
+                return unavailable(format!("{service} did not answer within 1 s"));
+            }
+            Err(_) => return unavailable(format!("{service} answered {status} without JSON")),
+        };
+        if status == StatusCode::OK {
+            return PeerState::State(body);
+        }
+        let detail = body["detail"].as_str().unwrap_or("");
+        if status == StatusCode::NOT_FOUND {
+            unavailable(format!("{service} has no record of it ({detail})"))
+        } else {
+            unavailable(format!("{service} answered {status}: {detail}"))
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -131,30 +292,38 @@ struct OrderState {
 pub(crate) async fn order(
     State(state): State<AppState>,
     _admin: Admin,
+    headers: HeaderMap,
     path: Result<Path<OrderId>, ApiError>,
 ) -> ApiResult<Json<ConsoleOrderBody>> {
     let Path(order_id) = path?;
     let record = store::find_order(&state.pool, order_id)
         .await
         .map_err(crate::http::store_error)?;
-    let history = OrderHistory::read(state.broker.jetstream(), &state.messaging, &order_id)
-        .await
-        .map_err(broker_error)?;
-    if record.is_none() && history.events.is_empty() && history.dead_letters.is_empty() {
+    let order = record.map(|record| OrderState {
+        status: record.status.as_str(),
+        reason: record.reason.map(|r| r.as_str()),
+        waybill_id: record.waybill_id.map(|id| id.to_string()),
+        courier_id: record.courier_id.map(String::from),
+        amount_cents: record.amount_cents,
+        created_at: record.created_at,
+    });
+    // the broker and the peers at once: a slow peer costs at most its timeout
+    let (history, services) = tokio::join!(
+        OrderHistory::read(state.broker.jetstream(), &state.messaging, &order_id),
+        state
+            .peers
+            .read(order_id, order.as_ref(), headers.get(header::AUTHORIZATION)),
+    );
+    let history = history.map_err(broker_error)?;
+    if order.is_none() && history.events.is_empty() && history.dead_letters.is_empty() {
         return Err(ApiError::NotFound(format!("there is no order {order_id}")));
     }
     Ok(Json(ConsoleOrderBody {
         order_id,
-        order: record.map(|record| OrderState {
-            status: record.status.as_str(),
-            reason: record.reason.map(|r| r.as_str()),
-            waybill_id: record.waybill_id.map(|id| id.to_string()),
-            courier_id: record.courier_id.map(String::from),
-            amount_cents: record.amount_cents,
-            created_at: record.created_at,
-        }),
+        order,
         events: history.events,
         dead_letters: history.dead_letters,
+        services,
     }))
 }
 

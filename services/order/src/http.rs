@@ -48,6 +48,8 @@ pub(crate) struct AppState {
     pub(crate) messaging: MessagingSettings,
     /// The console's redrives, at most [`console::REDRIVES_PER_SECOND`] for this process.
     pub(crate) redrive_limit: Arc<governor::DefaultDirectRateLimiter>,
+    /// The services the console reads an order's state from.
+    pub(crate) peers: console::Peers,
 }
 
 /// The routes of the order service (no health, metrics or fallback: the edge adds those).
@@ -92,6 +94,7 @@ pub fn routes(ctx: &ServiceContext) -> ListedRouter {
             broker: ctx.broker.clone(),
             messaging: ctx.messaging.clone(),
             redrive_limit: console::redrive_limiter(),
+            peers: console::Peers::new(ctx.settings.console_peers.clone()),
         })
 }
 

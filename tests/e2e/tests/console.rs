@@ -4,7 +4,9 @@
 //! `/console`: the sign-in refuses a bad token, each order shows its status, swim lanes and
 //! events, the dead letter is inline on its order and grouped on the dead-letters view, is
 //! redriven through the page, the stuck view answers, and the live figures show no open order
-//! and every service's outbox. Screenshots go to `console-shots/`
+//! and every service's outbox. The order service runs with `JWL_CONSOLE_PEERS` naming the
+//! other services, so each order also shows its current state in each of them (payment
+//! captured or declined, inventory committed, the waybill, the courier). Screenshots go to `console-shots/`
 //! in the system's log directory (their paths are printed). After the page: the dead-letter
 //! stream is empty and the outcome is recorded with the admin token's subject.
 //!
@@ -18,7 +20,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
-use jwl_e2e::{LineItem, NewOrder, OrderStatus, Point, System, SystemOptions, with_system};
+use jwl_e2e::{
+    LineItem, NewOrder, OrderStatus, Point, Service, System, SystemOptions, with_system,
+};
 use jwl_events::{EventType, HeaderStyle};
 use serde_json::json;
 
@@ -183,15 +187,32 @@ async fn an_operator_reads_sagas_and_redrives_a_dead_letter_in_the_console() -> 
         let dispatched = &placed[0].order_id;
         let seq = dead_letter_of_order_created(system, dispatched).await?;
 
+        // the console reads each order's state in the other services from their own replicas
+        let peers = [
+            Service::Payment,
+            Service::Inventory,
+            Service::Fulfillment,
+            Service::Dispatch,
+        ]
+        .map(|service| format!("{service}={}", system.service(service).base_url()))
+        .join(",");
+        system
+            .service(Service::Order)
+            .restart_with(&[("JWL_CONSOLE_PEERS", &peers)])
+            .await?;
+
         let shots = system.log_dir().join("console-shots");
         std::fs::create_dir_all(&shots)?;
         let cases = json!({
             "orders": [
                 {"id": placed[0].order_id, "status": "dispatched",
                  "sees": ["order.created", "payment.authorized", "inventory.reserved",
-                          "fulfillment.waybill_created", "dispatch.courier_assigned"]},
+                          "fulfillment.waybill_created", "dispatch.courier_assigned",
+                          "payment: captured 1250 ¢", "inventory: committed (TEA ×1)",
+                          "fulfillment: waybill ", "dispatch: courier "]},
                 {"id": placed[1].order_id, "status": "rejected",
-                 "sees": ["order.created", "payment.declined"]},
+                 "sees": ["order.created", "payment.declined", "payment: declined",
+                          "fulfillment: the order has no waybill yet"]},
                 {"id": placed[2].order_id, "status": "cancelled",
                  "sees": ["inventory.rejected", "payment.voided (compensation)", "out_of_stock"]},
             ],
@@ -200,7 +221,7 @@ async fn an_operator_reads_sagas_and_redrives_a_dead_letter_in_the_console() -> 
         });
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("console/drive.mjs");
         let output = tokio::task::spawn_blocking({
-            let url = system.api().base_url(jwl_e2e::Service::Order)?.to_owned();
+            let url = system.api().base_url(Service::Order)?.to_owned();
             let token = system.admin_token().to_owned();
             let shots = shots.clone();
             move || {
