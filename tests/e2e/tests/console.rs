@@ -6,9 +6,10 @@
 //! redriven through the page, the stuck view answers, and the live figures show no open order
 //! and every service's outbox. The order service runs with `JWL_CONSOLE_PEERS` naming the
 //! other services, so each order also shows its current state in each of them (payment
-//! captured or declined, inventory committed, the waybill, the courier). Screenshots go to `console-shots/`
-//! in the system's log directory (their paths are printed). After the page: the dead-letter
-//! stream is empty and the outcome is recorded with the admin token's subject.
+//! captured or declined, inventory committed, the waybill, the courier). Screenshots go to
+//! `console-shots/` in the cargo target directory's `tmp/`, kept after the run (their paths are
+//! printed). After the page: the dead-letter stream is empty and the outcome is recorded with the
+//! admin token's subject.
 //!
 //! Chromium (Debian's `chromium`) and npm's `playwright-core` are optional tools
 //! (`scripts/install-deps` installs them): without them the test prints SKIPPED and passes.
@@ -201,7 +202,8 @@ async fn an_operator_reads_sagas_and_redrives_a_dead_letter_in_the_console() -> 
             .restart_with(&[("JWL_CONSOLE_PEERS", &peers)])
             .await?;
 
-        let shots = system.log_dir().join("console-shots");
+        // kept after the run (the log directory is swept by the next e2e test process)
+        let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-shots");
         std::fs::create_dir_all(&shots)?;
         let cases = json!({
             "orders": [
