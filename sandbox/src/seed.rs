@@ -29,7 +29,6 @@ use jwl_events::{
 };
 use jwl_service_kit::Settings;
 use sqlx::PgPool;
-use sqlx::types::Json;
 
 use crate::SandboxError;
 
@@ -147,58 +146,12 @@ pub(crate) async fn apply_dispatch_event(
 }
 
 /// Applies an order-service event (born from HTTP or the deadline timer, never from a
-/// handler) to the scratch order rows, as the route or timer that emitted it did.
+/// handler) to the scratch order rows, as the route or timer that emitted it did (through the
+/// order service's own code: [`jwl_order::record_emitted`]).
 pub(crate) async fn apply_order_event(pool: &PgPool, event: &Envelope) -> Result<(), SandboxError> {
-    match &event.data {
-        EventData::OrderCreated(order) => {
-            sqlx::query(
-                "INSERT INTO orders (order_id, customer_id, status, amount_cents, items,
-                                     pickup_lat, pickup_lon, dropoff_lat, dropoff_lon,
-                                     deadline, created_at, updated_at)
-                 VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $10)
-                 ON CONFLICT (order_id) DO NOTHING",
-            )
-            .bind(order.order_id.0)
-            .bind(&order.customer_id)
-            .bind(order.amount_cents)
-            .bind(Json(&order.items))
-            .bind(order.pickup.lat)
-            .bind(order.pickup.lon)
-            .bind(order.dropoff.lat)
-            .bind(order.dropoff.lon)
-            .bind(order.deadline)
-            .bind(event.time)
-            .execute(pool)
-            .await
-            .map_err(SandboxError::Database)?;
-        }
-        EventData::OrderCancelRequested(cancel) => {
-            let reason = serde_json::to_value(cancel.reason)?;
-            sqlx::query(
-                "UPDATE orders SET cancel_requested_at = $2, cancel_reason = $3
-                 WHERE order_id = $1",
-            )
-            .bind(cancel.order_id.0)
-            .bind(event.time)
-            .bind(reason.as_str().unwrap_or_default())
-            .execute(pool)
-            .await
-            .map_err(SandboxError::Database)?;
-        }
-        _ => return Ok(()),
-    }
-    sqlx::query(
-        "INSERT INTO order_timeline (event_id, order_id, event_type, event_time, source)
-         VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(event.id.0)
-    .bind(event.order_id().0)
-    .bind(event.event_type().as_str())
-    .bind(event.time)
-    .bind(event.source.source())
-    .execute(pool)
-    .await
-    .map_err(SandboxError::Database)?;
+    let mut conn = pool.acquire().await.map_err(SandboxError::Database)?;
+    jwl_order::record_emitted(&mut conn, event)
+        .await
+        .map_err(SandboxError::Database)?;
     Ok(())
 }

@@ -13,6 +13,7 @@ mod deadline;
 mod domain;
 mod handler;
 mod http;
+mod recorded;
 mod retention;
 mod store;
 
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use console::{StuckError, StuckOrder, stuck_orders};
 pub use handler::{OrderReadModel, SUBSCRIPTIONS};
+pub use recorded::record_emitted;
 pub use retention::prune_expired_idempotency_keys;
 
 /// Reads a `POST /v1/orders` body as order intake does before any database work — the JSON,

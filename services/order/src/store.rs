@@ -63,6 +63,14 @@ pub async fn insert_order(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result
     Ok(())
 }
 
+/// Whether `event` is in its order's timeline.
+pub async fn timeline_has(conn: &mut PgConnection, event: &Envelope) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM order_timeline WHERE event_id = $1)")
+        .bind(event.id.0)
+        .fetch_one(conn)
+        .await
+}
+
 /// Appends `event` to its order's timeline; `false` if it was already there.
 pub async fn insert_timeline(
     conn: &mut PgConnection,
