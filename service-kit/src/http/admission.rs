@@ -6,7 +6,9 @@
 //! service) and how many finished in a recent window; from those, every sample computes
 //!
 //! ```text
-//! limit = max(min_open, finish_rate × target)
+//! limit = max(min_open, held_rate × target)
+//! held_rate = max(finish_rate, recent peak finish rate decaying with a PEAK_HALF_LIFE half-life)
+//!             — or finish_rate alone once the oldest open unit is older than 2 × target
 //! ```
 //!
 //! and a request is admitted while `open + admitted since the sample < limit`. Under overload the
@@ -17,6 +19,16 @@
 //! accepted while something downstream is down. This is an adaptive concurrency limit on
 //! completions, measured end to end: one consumer's lag or one outbox's age would see only one
 //! hop, and the open-order count is exactly the work a new order queues behind.
+//!
+//! Why the limit holds the recent peak instead of following the finish rate down: this system
+//! finishes more per second with a deeper queue (its batches grow), so a limit that follows a
+//! dip down makes the queue shallower, which lowers the finish rate further — under overload
+//! the limit then spirals down well below what the system can do (measured: 70–119 sagas/s
+//! under load at 500/s offered, where the peak was ~115). Holding the peak keeps the queue at
+//! the depth that gave it. The guard keeps the promise the target makes: once the oldest open
+//! unit has waited more than twice the target, the system really finishes less (a slow or
+//! failed service, fewer cores), and the limit follows the measured rate again (the held peak
+//! is dropped).
 //!
 //! Sampling is driven by requests, so an idle service costs nothing: a request finding the sample
 //! older than [`SAMPLE_EVERY`] starts a refresh in the background and decides on the current one;
@@ -43,6 +55,10 @@ pub const STALE_AFTER: Duration = Duration::from_secs(1);
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest `Retry-After` a shed request is told.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// The held peak finish rate halves in this long without a sample reaching it again.
+pub const PEAK_HALF_LIFE: Duration = Duration::from_secs(60);
+/// The held peak is dropped once the oldest open unit is older than this many targets.
+const PEAK_GUARD_TARGETS: u32 = 2;
 
 /// Gauge: the current limit on open work.
 pub const ADMISSION_LIMIT_METRIC: &str = "jwl_admission_limit";
@@ -122,16 +138,58 @@ struct Window {
     admitted_since: u64,
 }
 
+/// The highest recent finish rate, decaying with [`PEAK_HALF_LIFE`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Peak {
+    rate: f64,
+    at: Instant,
+}
+
+impl Peak {
+    /// What the peak is worth at `now`.
+    fn decayed(&self, now: Instant) -> f64 {
+        let halves = now.duration_since(self.at).as_secs_f64() / PEAK_HALF_LIFE.as_secs_f64();
+        self.rate * 0.5f64.powf(halves)
+    }
+
+    /// The rate the limit is computed from, given the last peak (if any) and a new sample
+    /// taken at `now`; returns it and the peak to keep.
+    fn hold(
+        last: Option<Peak>,
+        sample: &BacklogSample,
+        target: Duration,
+        now: Instant,
+    ) -> (f64, Option<Peak>) {
+        let rate = sample.finish_rate();
+        let overdue = sample
+            .oldest_open_age
+            .is_some_and(|age| age > target * PEAK_GUARD_TARGETS);
+        if overdue {
+            return (rate, None);
+        }
+        match last {
+            Some(peak) if peak.decayed(now) > rate => (peak.decayed(now), Some(peak)),
+            _ => (rate, Some(Peak { rate, at: now })),
+        }
+    }
+}
+
 impl Window {
-    fn from_sample(sample: &BacklogSample, limits: &BacklogLimits, target: Duration) -> Self {
-        let finish_rate = sample.finish_rate();
-        let from_rate = (finish_rate * target.as_secs_f64()).ceil() as u64;
+    /// The window of one sample: `held_rate` is the finish rate the limit is computed from
+    /// (the sample's, or the held peak), `finish_rate` the sample's own.
+    fn new(sample: &BacklogSample, limits: &BacklogLimits, target: Duration, held_rate: f64) -> Self {
+        let from_rate = (held_rate * target.as_secs_f64()).ceil() as u64;
         Self {
             open: sample.open,
             limit: from_rate.max(u64::from(limits.min_open.get())),
-            finish_rate,
+            finish_rate: sample.finish_rate(),
             admitted_since: 0,
         }
+    }
+
+    #[cfg(test)]
+    fn from_sample(sample: &BacklogSample, limits: &BacklogLimits, target: Duration) -> Self {
+        Self::new(sample, limits, target, sample.finish_rate())
     }
 
     /// Admits (and counts) one more, or says how long the excess takes to drain.
@@ -156,6 +214,7 @@ impl Window {
 #[derive(Debug, Default)]
 struct State {
     window: Option<Window>,
+    peak: Option<Peak>,
     /// When the last sample was started (successful or not).
     attempted_at: Option<Instant>,
     refreshing: bool,
@@ -264,7 +323,10 @@ impl Admission {
         state.attempted_at = Some(started);
         match result {
             Ok(Ok(sample)) => {
-                let window = Window::from_sample(&sample, &self.inner.limits, self.inner.target);
+                let target = self.inner.target;
+                let (held_rate, peak) = Peak::hold(state.peak, &sample, target, Instant::now());
+                state.peak = peak;
+                let window = Window::new(&sample, &self.inner.limits, target, held_rate);
                 metrics::gauge!(ADMISSION_LIMIT_METRIC).set(window.limit as f64);
                 metrics::gauge!(ADMISSION_OPEN_METRIC).set(sample.open as f64);
                 metrics::gauge!(ADMISSION_FINISH_RATE_METRIC).set(window.finish_rate);
@@ -357,6 +419,61 @@ mod tests {
                 retry_after: MAX_RETRY_AFTER
             }
         );
+    }
+
+    fn aged(open: u64, finished: u64, oldest_secs: u64) -> BacklogSample {
+        BacklogSample {
+            oldest_open_age: Some(Duration::from_secs(oldest_secs)),
+            ..sample(open, finished, 2)
+        }
+    }
+
+    #[test]
+    fn a_dip_in_the_finish_rate_keeps_the_recent_peak_while_orders_finish_in_time() {
+        let target = Duration::from_secs(10);
+        let start = Instant::now();
+        // 120/s at the peak
+        let (rate, peak) = Peak::hold(None, &aged(1200, 240, 9), target, start);
+        assert_eq!(rate, 120.0);
+        // a dip to 80/s a second later: the limit still comes from ~120/s
+        let later = start + Duration::from_secs(1);
+        let (held, kept) = Peak::hold(peak, &aged(1200, 160, 10), target, later);
+        assert!(held > 118.0 && held <= 120.0, "held {held}");
+        assert_eq!(kept, peak);
+        let window = Window::new(&aged(1200, 160, 10), &limits(10, 200), target, held);
+        assert!(window.limit >= 1_180, "limit {}", window.limit);
+        // a higher rate becomes the new peak
+        let (rate, newer) = Peak::hold(kept, &aged(1200, 300, 10), target, later);
+        assert_eq!(rate, 150.0);
+        assert_eq!(newer.map(|p| p.rate), Some(150.0));
+    }
+
+    #[test]
+    fn the_held_peak_halves_every_half_life() {
+        let start = Instant::now();
+        let peak = Peak { rate: 100.0, at: start };
+        let after = peak.decayed(start + PEAK_HALF_LIFE);
+        assert!((after - 50.0).abs() < 1e-9, "{after}");
+        let (held, _) = Peak::hold(
+            Some(peak),
+            &aged(10, 20, 1),
+            Duration::from_secs(10),
+            start + PEAK_HALF_LIFE * 2,
+        );
+        assert!((held - 25.0).abs() < 1e-9, "{held}");
+    }
+
+    #[test]
+    fn orders_waiting_over_twice_the_target_drop_the_peak_and_the_limit_follows_the_rate() {
+        let target = Duration::from_secs(10);
+        let start = Instant::now();
+        let (_, peak) = Peak::hold(None, &aged(1200, 240, 9), target, start);
+        // payment slowed down: 10/s, and the oldest open order has waited 21 s
+        let (rate, dropped) = Peak::hold(peak, &aged(1200, 20, 21), target, start);
+        assert_eq!(rate, 10.0);
+        assert_eq!(dropped, None);
+        let window = Window::new(&aged(1200, 20, 21), &limits(10, 50), target, rate);
+        assert_eq!(window.limit, 100);
     }
 
     /// A probe whose open count the test sets, counting its samples.
