@@ -7,6 +7,8 @@
 //! - the relay publishes outbox rows to the broker in order, split into partitions by order (one
 //!   active relay per partition of a schema, shared out between a service's replicas);
 //!   a row the broker rejects for good is parked, counted, listed and un-parked by [`parked_rows`];
+//! - [`order_holds`] reads what a service holds back of one order (its dead-letter holds, the
+//!   messages parked behind them, its parked outbox rows) for the operator;
 //! - the consumer loop feeds events to a [`Handler`], deduplicated by the inbox, in batches of
 //!   one transaction (a few statements per batch in the common case, a savepoint per message
 //!   after a failure), with retries and dead letters; a dead letter
@@ -32,6 +34,7 @@ mod inbox;
 mod messaging;
 mod metrics;
 mod naming;
+pub mod order_holds;
 pub mod parked_rows;
 pub mod relay;
 mod schema;
