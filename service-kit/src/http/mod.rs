@@ -5,9 +5,13 @@
 //! `/metrics` is on the public listener unless the deployment gives it its own
 //! (`JWL_METRICS_ADDR`): then [`edge_with`] leaves it out ([`MetricsOn::Separate`]) and
 //! [`metrics_router`] serves it there, with a `/readyz` that says which check failed.
+//!
+//! [`holds`] is the one admin route every service mounts next to its own: what it holds back
+//! of an order.
 
 pub mod admission;
 mod health;
+pub mod holds;
 mod ingest;
 mod layers;
 mod metrics;

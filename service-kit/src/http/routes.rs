@@ -110,6 +110,13 @@ impl<S: Clone + Send + Sync + 'static> ListedRouter<S> {
         self
     }
 
+    /// These routes and `other`'s (their paths must differ).
+    pub fn merge(mut self, other: ListedRouter<S>) -> Self {
+        self.routes.extend(other.routes);
+        self.router = self.router.merge(other.router);
+        self
+    }
+
     /// The routes given with their state.
     pub fn with_state<S2>(self, state: S) -> ListedRouter<S2> {
         ListedRouter {

@@ -68,7 +68,9 @@ pub fn router(ctx: &ServiceContext) -> axum::Router {
 
 /// The OpenAPI description of [`routes`] (served in `/openapi.json`).
 pub fn openapi() -> jwl_service_kit::openapi::OpenApi {
-    http::openapi()
+    let mut doc = http::openapi();
+    doc.merge(jwl_service_kit::http::holds::openapi(SERVICE));
+    doc
 }
 
 /// [`router`], with the list of its routes.
@@ -78,6 +80,10 @@ pub fn routes(ctx: &ServiceContext) -> ListedRouter {
         ctx.settings.clone(),
         ctx.relay.clone(),
     )
+    .merge(jwl_service_kit::http::holds::routes(
+        SERVICE,
+        ctx.http_pool.clone(),
+    ))
 }
 
 /// Relay, consumers and the deadline timer until `shutdown`; if either stops on its own, the

@@ -42,12 +42,17 @@ pub fn router(ctx: &ServiceContext) -> axum::Router {
 
 /// The OpenAPI description of [`routes`] (served in `/openapi.json`).
 pub fn openapi() -> jwl_service_kit::openapi::OpenApi {
-    http::openapi()
+    let mut doc = http::openapi();
+    doc.merge(jwl_service_kit::http::holds::openapi(SERVICE));
+    doc
 }
 
 /// [`router`], with the list of its routes.
 pub fn routes(ctx: &ServiceContext) -> ListedRouter {
-    http::routes(ctx.http_pool.clone())
+    http::routes(ctx.http_pool.clone()).merge(jwl_service_kit::http::holds::routes(
+        SERVICE,
+        ctx.http_pool.clone(),
+    ))
 }
 
 /// Runs the outbox relay and the inventory handler's consumers until `shutdown`.

@@ -1,5 +1,6 @@
 //! `GET /v1/payments/{order_id}` through the real HTTP edge: auth (401/403), validation (400),
-//! unknown and tombstoned orders (404), and the payment's view (200).
+//! unknown and tombstoned orders (404), and the payment's view (200); and payment's
+//! `GET /v1/holds/payment/{order_id}` (the route every service mounts) over its real schema.
 
 mod common;
 
@@ -129,4 +130,102 @@ async fn a_declined_payment_shows_its_status() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "declined");
     assert_eq!(body["amount_cents"], 32200);
+}
+
+#[tokio::test]
+async fn admins_see_what_payment_holds_back_of_an_order() {
+    let app = App::start().await;
+    let admin = app.token(&[Scope::Admin]);
+    let order = jwl_events::OrderId::new();
+    let other = jwl_events::OrderId::new();
+    let uri = format!("/v1/holds/payment/{order}");
+
+    // nothing held back: empty lists
+    let (status, body) = app.get(&uri, Some(&admin)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"order_id": order.to_string(), "service": "payment", "held": false,
+               "holds": [], "parked_messages": [], "parked_rows": []})
+    );
+
+    // a hold, a message parked behind it and a parked outbox row, as the consumer and the
+    // relay write them; and the same for another order, which is not listed
+    let head = uuid::Uuid::now_v7();
+    let parked = uuid::Uuid::now_v7();
+    let unsent = uuid::Uuid::now_v7();
+    for (order_id, head, parked, unsent) in [
+        (order, head, parked, unsent),
+        (
+            other,
+            uuid::Uuid::now_v7(),
+            uuid::Uuid::now_v7(),
+            uuid::Uuid::now_v7(),
+        ),
+    ] {
+        sqlx::query(
+            "INSERT INTO dead_letter_holds (consumer, order_id, head_event_id)
+             VALUES ('payment__order_created', $1, $2)",
+        )
+        .bind(order_id.0)
+        .bind(head)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO parked_messages (consumer, order_id, event_id, stream_seq, subject, headers, payload)
+             VALUES ('payment__courier_assigned', $1, $2, 42, $3, '[]', '')",
+        )
+        .bind(order_id.0)
+        .bind(parked)
+        .bind(format!("jwl.evt.{order_id}.dispatch.courier_assigned"))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO outbox (event_id, subject, headers, payload, attempts, last_error, parked_at)
+             VALUES ($1, $2, '[]', '', 1, 'maximum payload exceeded', now())",
+        )
+        .bind(unsent)
+        .bind(format!("jwl.evt.{order_id}.payment.authorized"))
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+
+    let (status, body) = app.get(&uri, Some(&admin)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["held"], true, "{body}");
+    let holds = body["holds"].as_array().unwrap();
+    assert_eq!(holds.len(), 1, "{body}");
+    assert_eq!(holds[0]["consumer"], "payment__order_created");
+    assert_eq!(holds[0]["head_event_id"], head.to_string());
+    let messages = body["parked_messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "{body}");
+    assert_eq!(messages[0]["event_id"], parked.to_string());
+    assert_eq!(messages[0]["consumer"], "payment__courier_assigned");
+    assert_eq!(messages[0]["event_type"], "jwl.dispatch.courier_assigned");
+    assert_eq!(messages[0]["stream_seq"], 42);
+    assert_eq!(messages[0]["dead_letter_reason"], Value::Null);
+    let rows = body["parked_rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{body}");
+    assert_eq!(rows[0]["event_id"], unsent.to_string());
+    assert_eq!(rows[0]["event_type"], "jwl.payment.authorized");
+    assert_eq!(rows[0]["last_error"], "maximum payload exceeded");
+    assert_eq!(rows[0]["attempts"], 1);
+
+    // admin only, and the order id is checked
+    let (status, _) = app.get(&uri, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let customer = app.token(&[Scope::OrdersRead, Scope::OrdersWrite]);
+    let (status, _) = app.get(&uri, Some(&customer)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = app.get("/v1/holds/payment/not-a-uuid", Some(&admin)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], "order_id", "{body}");
+    // payment answers only for itself
+    let (status, _) = app
+        .get(&format!("/v1/holds/inventory/{order}"), Some(&admin))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -499,6 +499,26 @@ impl ApiClient {
         .expect(StatusCode::OK, "reading a payment")
     }
 
+    /// `GET /v1/holds/<service>/{order_id}`: what `service` holds back of the order (its
+    /// dead-letter holds, held messages and parked outbox rows), as JSON.
+    pub async fn holds(
+        &self,
+        admin_token: &str,
+        service: Service,
+        order_id: &str,
+    ) -> anyhow::Result<serde_json::Value> {
+        self.send(
+            Call::new(
+                service,
+                Method::GET,
+                format!("/v1/holds/{service}/{order_id}"),
+            )
+            .token(admin_token),
+        )
+        .await?
+        .expect(StatusCode::OK, "reading an order's holds")
+    }
+
     /// `GET /v1/waybills/{id}`.
     pub async fn waybill(
         &self,

@@ -239,7 +239,16 @@ fn rows(order: OrderId, waybill: WaybillId) -> Vec<Row> {
         "payment_token": "tok_ok"
     });
     let location = json!({"lat": 31.2304, "lon": 121.4737});
-    vec![
+    // every service's `GET /v1/holds/<service>/{order_id}`: nothing held, an empty answer
+    let holds = Service::ALL.map(|service| Row {
+        route: route(Get, jwl_service_kit::http::holds::path(service)),
+        uri: format!("/v1/holds/{service}/{order}"),
+        body: None,
+        rightful: (ADMIN, StatusCode::OK),
+        wrong_role: EVERYTHING_BUT_ADMIN,
+        other_owner: None,
+    });
+    let mut rows = vec![
         Row {
             route: route(Post, "/v1/orders"),
             uri: "/v1/orders".to_owned(),
@@ -401,7 +410,9 @@ fn rows(order: OrderId, waybill: WaybillId) -> Vec<Row> {
             wrong_role: As(COURIER, &[Scope::OrdersWrite, Scope::OrdersRead]),
             other_owner: Some((other_courier, StatusCode::FORBIDDEN)),
         },
-    ]
+    ];
+    rows.extend(holds);
+    rows
 }
 
 #[tokio::test]
