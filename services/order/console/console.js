@@ -1,7 +1,7 @@
 // The jwl console's script: sign-in with an admin token (kept in sessionStorage), and the
-// views (an order's saga as swim lanes, dead letters with redrive/discard, stuck orders, live
-// figures), each read from the admin-only JSON API under /v1/console/. Plain JS and SVG, no
-// build step.
+// views (an order's saga as swim lanes, with what each service holds back of it; dead letters
+// with redrive/discard, stuck orders, live figures), each read from the admin-only JSON API
+// under /v1/console/. Plain JS and SVG, no build step.
 "use strict";
 
 const LANES = ["order", "payment", "inventory", "fulfillment", "dispatch"];
@@ -129,6 +129,36 @@ const shortType = (type) => String(type || "?").replace(/^jwl\./, "");
 const laneOf = (source) => String(source || "").replace(/^\/jwl\//, "");
 const consumerLane = (consumer) => String(consumer || "").split("__")[0];
 
+// ---- what each service holds back of an order -----------------------------------------------
+
+// Each service's answer of GET /v1/holds/<service>/{order_id} (as the console API relays it),
+// or null where it could not be read: {service: {held, holds, parked_messages, parked_rows}}.
+function holdsByLane(saga) {
+  const out = {};
+  for (const lane of LANES) {
+    const answer = (saga.holds || {})[lane];
+    out[lane] = answer && answer.state ? answer.state : null;
+  }
+  return out;
+}
+
+// The dead letter a hold waits on: the one of its consumer whose original is the hold's head
+// event; its sequence and type, or what is known of it.
+function headOf(hold, saga, byId) {
+  const head = byId.get(hold.head_event_id);
+  const letter = saga.dead_letters.find((candidate) => candidate.consumer === hold.consumer
+    && (!head || candidate.original_stream_seq === head.stream_seq));
+  const type = letter ? letter.original_type : head ? head.event_type : null;
+  const name = letter ? `#${letter.dlq_seq}` : hold.head_event_id.slice(0, 8);
+  return { name, type: type ? shortType(type) : "?", text: `${name} (${type ? shortType(type) : "?"})` };
+}
+
+// "held behind dead letter #3 (order.created)": the heads of every hold of the service.
+function heldBehind(state, saga, byId) {
+  const heads = state.holds.map((hold) => headOf(hold, saga, byId));
+  return heads.length ? `held behind dead letter ${heads.map((head) => head.text).join(", ")}` : "held (its hold was just released)";
+}
+
 // ---- order view -----------------------------------------------------------------------------
 
 async function loadOrder(orderId) {
@@ -184,20 +214,40 @@ function renderOrder(saga) {
   } else {
     out.append(el("p", { class: "status" }, "The order service has no such order; the broker holds the events below."));
   }
+  const holds = holdsByLane(saga);
+  const heldIn = LANES.filter((lane) => holds[lane] && holds[lane].held);
+  if (heldIn.length) {
+    out.append(el("p", { class: "held-note", id: "held-in" },
+      `Held in ${heldIn.join(", ")}: later messages of this order wait there until the dead letter is redriven or discarded.`));
+  }
 
   out.append(el("h3", {}, "Each service's last word"));
   const lastRows = LANES.map((lane) => {
     const own = events.filter((entry) => laneOf(entry.source) === lane);
     const last = own[own.length - 1];
     const dead = saga.dead_letters.filter((letter) => consumerLane(letter.consumer) === lane);
-    return el("tr", {},
+    const held = holds[lane];
+    let heldText = "", heldClass = "";
+    if (!held) {
+      heldText = ((saga.holds || {})[lane] || {}).unavailable || "not read";
+      heldClass = "unavailable";
+    } else {
+      const parts = [];
+      if (held.held) parts.push(`HELD, ${held.parked_messages.length} message(s) parked`);
+      else if (held.parked_messages.length) parts.push(`${held.parked_messages.length} message(s) parked`);
+      if (held.parked_rows.length) parts.push(`${held.parked_rows.length} outbox row(s) parked`);
+      heldText = parts.join("; ");
+      heldClass = parts.length ? "held" : "";
+    }
+    return el("tr", { "data-lane": lane },
       el("td", {}, lane),
       el("td", {}, last ? shortType(last.event_type) : "—"),
       el("td", {}, last ? stamp(last.time) : ""),
-      el("td", { class: dead.length ? "dead" : "" }, dead.length ? `${dead.length} dead letter(s)` : ""));
+      el("td", { class: dead.length ? "dead" : "" }, dead.length ? `${dead.length} dead letter(s)` : ""),
+      el("td", { class: heldClass }, heldText));
   });
   out.append(el("table", { id: "service-states" },
-    el("tr", {}, el("th", {}, "service"), el("th", {}, "last event"), el("th", {}, "at"), el("th", {}, "dead letters")),
+    el("tr", {}, el("th", {}, "service"), el("th", {}, "last event"), el("th", {}, "at"), el("th", {}, "dead letters"), el("th", {}, "held back")),
     ...lastRows));
 
   // each other service's current state, read by the order service from that service's API
@@ -211,7 +261,12 @@ function renderOrder(saga) {
   })));
 
   out.append(el("h3", {}, "Timeline"));
-  out.append(lanes(events, saga.dead_letters, byId));
+  out.append(lanes(events, saga.dead_letters, byId, heldItems(saga, byId)));
+  const heldRows = heldTable(saga, byId);
+  if (heldRows) {
+    out.append(el("h3", {}, "Held back"));
+    out.append(heldRows);
+  }
 
   const traceTemplate = localStorage.getItem("jwl.console.traceUrl") || "";
   const rows = saga.events.map((entry) => {
@@ -251,15 +306,67 @@ function renderOrder(saga) {
     el("button", { onclick: () => { localStorage.setItem("jwl.console.traceUrl", traceInput.value.trim()); loadOrder(saga.order_id); } }, "Save")));
 }
 
+// What the services hold back, as items of the swim lanes: each message parked behind a dead
+// letter on the lane of the service holding it (grey), each outbox row the broker refused on
+// the lane of the service that emitted it (amber, dashed).
+function heldItems(saga, byId) {
+  const items = [];
+  const holds = holdsByLane(saga);
+  for (const lane of LANES) {
+    const state = holds[lane];
+    if (!state) continue;
+    const behind = heldBehind(state, saga, byId);
+    for (const message of state.parked_messages) {
+      items.push({ kind: "held", lane, at: Date.parse(message.parked_at), message, behind, heads: state.holds.map((hold) => headOf(hold, saga, byId)) });
+    }
+    for (const row of state.parked_rows) {
+      items.push({ kind: "parked-row", lane, at: Date.parse(row.parked_at), row });
+    }
+  }
+  return items;
+}
+
+// The same, as a table: every held message and parked outbox row with its details.
+function heldTable(saga, byId) {
+  const rows = [];
+  for (const item of heldItems(saga, byId)) {
+    if (item.kind === "held") {
+      const message = item.message;
+      rows.push(el("tr", { class: "held" },
+        el("td", {}, item.lane),
+        el("td", {}, "held message"),
+        el("td", {}, shortType(message.event_type)),
+        el("td", {}, stamp(message.parked_at)),
+        el("td", {}, `${item.behind}; consumer ${message.consumer}, stream seq ${message.stream_seq}`
+          + (message.dead_letter_reason ? `; it failed on release (${message.dead_letter_reason}) and heads a hold of its own` : ""))));
+    } else {
+      const row = item.row;
+      rows.push(el("tr", { class: "parked-row" },
+        el("td", {}, item.lane),
+        el("td", {}, "outbox row not published"),
+        el("td", {}, shortType(row.event_type)),
+        el("td", {}, stamp(row.parked_at)),
+        el("td", {}, `refused by the broker after ${row.attempts} attempt(s): ${row.last_error || "?"}; outbox seq ${row.seq} (jwl outbox retry)`)));
+    }
+  }
+  if (!rows.length) return null;
+  return el("table", { id: "held" },
+    el("tr", {}, ...["service", "what", "event", "parked", "why"].map((h) => el("th", {}, h))),
+    ...rows);
+}
+
 // The swim lanes: a lane per service, a box per event in time order, an arrow per causation
-// (labelled with the hop's time), dead letters as red boxes in the consumer's lane.
-function lanes(events, deadLetters, byId) {
-  const laneHeight = 64, labelWidth = 100, column = 175, boxWidth = 160, boxHeight = 40;
+// (labelled with the hop's time), dead letters as red boxes in the consumer's lane, messages
+// held behind a dead letter as grey boxes in the holding service's lane, and outbox rows the
+// broker refused as dashed amber boxes in the emitting service's lane.
+function lanes(events, deadLetters, byId, held) {
+  const laneHeight = 64, labelWidth = 100, column = 175, boxWidth = 160, boxHeight = 40, tallHeight = 54;
   const items = events.map((entry) => ({ kind: "event", entry, lane: laneOf(entry.source), at: Date.parse(entry.time) }));
   for (const letter of deadLetters) {
     const original = events.find((entry) => entry.stream_seq === letter.original_stream_seq);
     items.push({ kind: "dead", letter, lane: consumerLane(letter.consumer), at: Date.parse(letter.stored_at), original });
   }
+  items.push(...held);
   items.sort((a, b) => a.at - b.at);
   const extraLanes = [...new Set(items.map((item) => item.lane).filter((lane) => !LANES.includes(lane)))];
   const laneNames = [...LANES, ...extraLanes];
@@ -282,7 +389,8 @@ function lanes(events, deadLetters, byId) {
   items.forEach((item, index) => {
     const laneIndex = laneNames.indexOf(item.lane);
     const x = labelWidth + index * column + 7;
-    const y = laneIndex * laneHeight + 5 + (laneHeight - boxHeight) / 2;
+    const tall = item.kind === "held" || item.kind === "parked-row";
+    const y = laneIndex * laneHeight + 5 + (laneHeight - (tall ? tallHeight : boxHeight)) / 2;
     if (item.kind === "event") position.set(item.entry.event_id, { x, y });
     item.box = { x, y };
   });
@@ -297,6 +405,11 @@ function lanes(events, deadLetters, byId) {
       from = position.get(item.original.event_id);
       dead = true;
       label = hop(item.at - Date.parse(item.original.time));
+    } else if (item.kind === "held") {
+      // from the event itself, when the events stream shows it
+      from = position.get(item.message.event_id);
+      const original = byId.get(item.message.event_id);
+      if (original) label = hop(item.at - Date.parse(original.time));
     }
     if (!from) continue;
     const x1 = from.x + boxWidth, y1 = from.y + boxHeight / 2, x2 = item.box.x, y2 = item.box.y + boxHeight / 2;
@@ -309,8 +422,12 @@ function lanes(events, deadLetters, byId) {
     root.append(svg("text", { x: mid - 18, y: Math.min(y1, y2) + (Math.abs(y2 - y1) / 2) - 3, class: "hop" }, label));
   }
   for (const item of items) {
-    const group = svg("g", { class: "event" });
     const { x, y } = item.box;
+    if (item.kind === "held" || item.kind === "parked-row") {
+      root.append(heldBox(item, x, y, boxWidth, tallHeight));
+      continue;
+    }
+    const group = svg("g", { class: "event" });
     let fill = "#e3ecfa", stroke = "#1d4f91", title, subtitle;
     if (item.kind === "event") {
       const type = shortType(item.entry.event_type);
@@ -331,6 +448,30 @@ function lanes(events, deadLetters, byId) {
     root.append(group);
   }
   return root;
+}
+
+// A held message (grey: "held behind dead letter #3", its type, when parked) or a parked outbox
+// row (amber, dashed: its type, "not published", the broker's last error) as a box of 3 lines.
+function heldBox(item, x, y, width, height) {
+  let lines, title, attrs;
+  if (item.kind === "held") {
+    const heads = item.heads.map((head) => head.name).join(", ");
+    lines = [`HELD ${shortType(item.message.event_type)}`, heads ? `behind dead letter ${heads}` : "held", `parked ${clock(item.message.parked_at)}`];
+    title = `${item.behind}\n${item.message.event_type || item.message.subject}\nconsumer ${item.message.consumer}\nid ${item.message.event_id}`;
+    attrs = { class: "held", fill: "#e4e5e8", stroke: "#6b6f78" };
+  } else {
+    const error = item.row.last_error || "?";
+    lines = [`UNSENT ${shortType(item.row.event_type)}`, `parked ${clock(item.row.parked_at)}`, error.length > 28 ? `${error.slice(0, 27)}…` : error];
+    title = `${item.row.event_type || item.row.subject}: the broker refused it for good\n${error}\noutbox seq ${item.row.seq} (jwl outbox retry)`;
+    attrs = { class: "parked-row", fill: "#fff4dc", stroke: "#a65c00", "stroke-dasharray": "5 3" };
+  }
+  const group = svg("g", { class: attrs.class, "data-lane": item.lane });
+  group.append(svg("title", {}, title));
+  group.append(svg("rect", { x, y, width, height, rx: 5, fill: attrs.fill, stroke: attrs.stroke, "stroke-dasharray": attrs["stroke-dasharray"] || "" }));
+  lines.forEach((line, index) => {
+    group.append(svg("text", { x: x + 6, y: y + 15 + index * 15, fill: index ? "#445" : "#222" }, line));
+  });
+  return group;
 }
 
 // ---- dead letters ---------------------------------------------------------------------------

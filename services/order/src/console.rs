@@ -6,7 +6,9 @@
 //!   ([`jwl_ops::OrderHistory::read`], as `jwl saga show`): events with their causation, trace
 //!   id and data, and the order's dead letters; and its current state in each other service,
 //!   read from that service's admin route (`JWL_CONSOLE_PEERS`, see [`Peers`]) with the
-//!   operator's own token;
+//!   operator's own token; and what each service holds back of the order (its dead-letter
+//!   holds, the messages parked behind them, its parked outbox rows), from this service's own
+//!   schema for the order service and from each other service's `GET /v1/holds/<service>/{id}`;
 //! - `GET /v1/console/dead-letters` — the dead-letter stream ([`jwl_ops::dead_letters::list`],
 //!   as `jwl dlq ls`);
 //! - `POST /v1/console/dead-letters/{seq}/redrive|discard` — one dead letter resolved
@@ -38,6 +40,7 @@ use jwl_service_kit::ApiResult;
 use jwl_service_kit::ConsolePeers;
 use jwl_service_kit::auth::Admin;
 use jwl_service_kit::extract::{Json, Path};
+use jwl_service_kit::http::holds::HoldsView;
 use jwl_service_kit::problem::Problem;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -112,6 +115,22 @@ pub(crate) struct ConsoleOrderBody {
     /// unreachable, no answer within 1 s, or its error answer).
     #[schema(value_type = Object)]
     services: PeerStates,
+    /// What each service holds back of the order: `{"order","payment","inventory",
+    /// "fulfillment","dispatch"}`, each `{"state": <its GET /v1/holds/<service>/{order_id}
+    /// answer: "held", "holds", "parked_messages", "parked_rows">}` or `{"unavailable": "why
+    /// not"}` (as for `services`).
+    #[schema(value_type = Object)]
+    holds: HoldsByService,
+}
+
+/// [`ConsoleOrderBody::holds`].
+#[derive(Serialize)]
+struct HoldsByService {
+    order: PeerState,
+    payment: PeerState,
+    inventory: PeerState,
+    fulfillment: PeerState,
+    dispatch: PeerState,
 }
 
 /// [`ConsoleOrderBody::services`].
@@ -165,13 +184,13 @@ impl Peers {
             self.get(
                 "payment",
                 self.urls.payment.as_deref(),
-                Ok(["payments", order.as_str()]),
+                Ok(vec!["payments", order.as_str()]),
                 authorization
             ),
             self.get(
                 "inventory",
                 self.urls.inventory.as_deref(),
-                Ok(["reservations", order.as_str()]),
+                Ok(vec!["reservations", order.as_str()]),
                 authorization
             ),
             self.get(
@@ -179,7 +198,7 @@ impl Peers {
                 self.urls.fulfillment.as_deref(),
                 waybill
                     .as_deref()
-                    .map(|id| ["waybills", id])
+                    .map(|id| vec!["waybills", id])
                     .ok_or("the order has no waybill yet"),
                 authorization
             ),
@@ -188,7 +207,7 @@ impl Peers {
                 self.urls.dispatch.as_deref(),
                 courier
                     .as_deref()
-                    .map(|id| ["couriers", id])
+                    .map(|id| vec!["couriers", id])
                     .ok_or("the order has no courier yet"),
                 authorization
             ),
@@ -201,12 +220,69 @@ impl Peers {
         }
     }
 
+    /// What every peer holds back of the order (`GET /v1/holds/<service>/{order_id}`), at
+    /// once, each within [`PEER_TIMEOUT`]; `order` is this service's own, read from its schema.
+    async fn read_holds(
+        &self,
+        order_id: OrderId,
+        order: PeerState,
+        authorization: Option<&header::HeaderValue>,
+    ) -> HoldsByService {
+        let id = order_id.to_string();
+        let (payment, inventory, fulfillment, dispatch) = tokio::join!(
+            self.holds(
+                Service::Payment,
+                self.urls.payment.as_deref(),
+                &id,
+                authorization
+            ),
+            self.holds(
+                Service::Inventory,
+                self.urls.inventory.as_deref(),
+                &id,
+                authorization
+            ),
+            self.holds(
+                Service::Fulfillment,
+                self.urls.fulfillment.as_deref(),
+                &id,
+                authorization
+            ),
+            self.holds(
+                Service::Dispatch,
+                self.urls.dispatch.as_deref(),
+                &id,
+                authorization
+            ),
+        );
+        HoldsByService {
+            order,
+            payment,
+            inventory,
+            fulfillment,
+            dispatch,
+        }
+    }
+
+    /// `GET {base}/v1/holds/<service>/{order_id}`.
+    async fn holds(
+        &self,
+        service: Service,
+        base: Option<&str>,
+        order_id: &str,
+        authorization: Option<&header::HeaderValue>,
+    ) -> PeerState {
+        let path = vec!["holds", service.as_str(), order_id];
+        self.get(service.as_str(), base, Ok(path), authorization)
+            .await
+    }
+
     /// `GET {base}/v1/{path…}` with the operator's `Authorization`.
     async fn get(
         &self,
         service: &str,
         base: Option<&str>,
-        path: Result<[&str; 2], &str>,
+        path: Result<Vec<&str>, &str>,
         authorization: Option<&header::HeaderValue>,
     ) -> PeerState {
         let unavailable = PeerState::Unavailable;
@@ -307,12 +383,13 @@ pub(crate) async fn order(
         amount_cents: record.amount_cents,
         created_at: record.created_at,
     });
+    let own_holds = own_holds(&state.pool, order_id).await;
+    let authorization = headers.get(header::AUTHORIZATION);
     // the broker and the peers at once: a slow peer costs at most its timeout
-    let (history, services) = tokio::join!(
+    let (history, services, holds) = tokio::join!(
         OrderHistory::read(state.broker.jetstream(), &state.messaging, &order_id),
-        state
-            .peers
-            .read(order_id, order.as_ref(), headers.get(header::AUTHORIZATION)),
+        state.peers.read(order_id, order.as_ref(), authorization),
+        state.peers.read_holds(order_id, own_holds, authorization),
     );
     let history = history.map_err(broker_error)?;
     if order.is_none() && history.events.is_empty() && history.dead_letters.is_empty() {
@@ -324,7 +401,28 @@ pub(crate) async fn order(
         events: history.events,
         dead_letters: history.dead_letters,
         services,
+        holds,
     }))
+}
+
+/// What the order service holds back of the order, from its own schema (`pool`'s
+/// `search_path`), as its `GET /v1/holds/order/{order_id}` answers it.
+async fn own_holds(pool: &PgPool, order_id: OrderId) -> PeerState {
+    let read = async {
+        let mut conn = pool.acquire().await?;
+        jwl_outbox::order_holds::read(&mut conn, order_id.0).await
+    };
+    let view = match read.await {
+        Ok(holds) => HoldsView::new(crate::SERVICE, order_id.0, holds),
+        Err(error) => {
+            tracing::warn!(error = %error, "console: reading the order service's holds");
+            return PeerState::Unavailable("the order service's holds cannot be read".to_owned());
+        }
+    };
+    match serde_json::to_value(view) {
+        Ok(value) => PeerState::State(value),
+        Err(error) => PeerState::Unavailable(format!("the holds do not serialize: {error}")),
+    }
 }
 
 /// Body of `GET /v1/console/dead-letters`.

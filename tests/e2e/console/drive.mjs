@@ -1,12 +1,16 @@
 // Drives the operator's console (`/console`) in headless Chromium with playwright-core, as a
 // person would, for tests/e2e/tests/console.rs: signs in (after a refused token), looks up
-// each order and checks what the page shows, redrives a dead letter through the page, lists
-// stuck orders, reads the live figures, and saves a screenshot of each step. Prints one `screenshot <path> <what>`
+// each order and checks what the page shows, redrives a dead letter through the page, finds a
+// message held behind another dead letter as a grey box on the holding service's lane,
+// discards that dead letter through the page and sees the order released, lists stuck orders,
+// reads the live figures, and saves a screenshot of each step. Prints one `screenshot <path> <what>`
 // line per screenshot and `ok` at the end; any failed check throws (exit status 1).
 //
 // Input (environment): CONSOLE_URL, ADMIN_TOKEN, CHROMIUM (executable), PLAYWRIGHT_MODULES
 // (a node_modules directory holding playwright-core), SHOTS (directory), and CASES: JSON
-// {"orders":[{"id","status","sees":[text…]}],"dead_letter":{"seq","order_id","consumer","reason"}}.
+// {"orders":[{"id","status","sees":[text…]}],"dead_letter":{"seq","order_id","consumer","reason"},
+//  "held":{"order_id","service","consumer","reason","event","head"}} (the held message's type
+// and the type of the dead letter it waits behind, without the `jwl.` prefix).
 import { createRequire } from "node:module";
 import path from "node:path";
 
@@ -95,8 +99,61 @@ try {
   await screenshot("dead-letters", `dead letters grouped by consumer and reason: ${letter.consumer} · ${letter.reason} (1), discard refused without a reason`);
   await row.locator("button.redrive").click();
   await page.locator("#dlq-progress", { hasText: "Redriven 1 of 1" }).waitFor();
+  await page.locator(`#dlq-result tr[data-seq="${letter.seq}"]`).waitFor({ state: "detached" });
+  await screenshot("redriven", `after Redrive: 'Redriven 1 of 1.' and dead letter #${letter.seq} gone`);
+
+  // a message held behind a dead letter: a grey box on the holding service's lane, the order
+  // marked held there
+  const held = cases.held;
+  const showOrder = async (orderId) => {
+    await page.click("button.tab[data-view=order]");
+    await page.fill("#order-id", orderId);
+    await page.click("#order-form button[type=submit]");
+    await page.locator("#lanes").waitFor();
+  };
+  await showOrder(held.order_id);
+  const heldBox = page.locator("#lanes g.held", { hasText: `HELD ${held.event}` });
+  await heldBox.waitFor();
+  const boxText = await heldBox.textContent();
+  const behind = /behind dead letter #(\d+)/.exec(boxText);
+  check(behind, `the held box names the dead letter it waits behind: ${JSON.stringify(boxText)}`);
+  const heldSeq = behind[1];
+  check(/parked \d\d:\d\d:\d\d/.test(boxText), `the held box says when it was parked: ${JSON.stringify(boxText)}`);
+  // on the holding service's lane, as drawn: the box's middle is level with the lane's label
+  const label = await page.locator("#lanes text.lane-label", { hasText: new RegExp(`^${held.service}$`) }).boundingBox();
+  const drawn = await heldBox.locator("rect").boundingBox();
+  check(label && drawn && Math.abs((label.y + label.height / 2) - (drawn.y + drawn.height / 2)) < 20,
+    `the held box is on the ${held.service} lane (label ${JSON.stringify(label)}, box ${JSON.stringify(drawn)})`);
+  check((await text("#held-in")).includes(`Held in ${held.service}`), `the order is marked held in ${held.service}`);
+  const laneRow = await text(`#service-states tr[data-lane="${held.service}"]`);
+  check(laneRow.includes("HELD, 1 message(s) parked"), `${held.service}'s row says it holds the order: ${laneRow}`);
+  const heldTable = await text("#held");
+  check(heldTable.includes(`held behind dead letter #${heldSeq} (${held.head})`) && heldTable.includes(held.event),
+    `the held-back table explains the held message: ${heldTable}`);
+  await screenshot("order-held", `order ${held.order_id}: ${held.event} held behind dead letter #${heldSeq} (${held.head}) as a grey box on the ${held.service} lane, the order marked held in ${held.service}`);
+
+  // discarding that dead letter through the page releases the order
+  await page.click("button.tab[data-view=dead-letters]");
+  const heldGroup = page.locator(".group", { hasText: `${held.consumer} · ${held.reason} (1)` });
+  await heldGroup.waitFor();
+  const heldRow = heldGroup.locator(`tr[data-seq="${heldSeq}"]`);
+  check((await heldRow.innerText()).includes(held.order_id), "the holding dead letter's row names its order");
+  await heldRow.locator("input").fill("console test: the capture contradicts the rejection");
+  await heldRow.locator("button.discard").click();
+  await page.locator("#dlq-progress", { hasText: `Discarded dead letter ${heldSeq}.` }).waitFor();
   await page.locator("#dlq-empty", { hasText: "No dead letters." }).waitFor();
-  await screenshot("redriven", `after Redrive: 'Redriven 1 of 1.' and no dead letters left`);
+  await screenshot("discarded", `after Discard of #${heldSeq}: no dead letters left`);
+  const releasedBy = Date.now() + TIMEOUT;
+  for (;;) {
+    await showOrder(held.order_id);
+    const stillHeld = await page.locator("#lanes g.held").count();
+    const row = await text(`#service-states tr[data-lane="${held.service}"]`);
+    if (stillHeld === 0 && !row.includes("HELD")) break;
+    check(Date.now() < releasedBy, `the order is still held in ${held.service} after the discard: ${row}`);
+    await page.waitForTimeout(500);
+  }
+  check(await page.locator("#held-in").count() === 0, "the order is no longer marked held");
+  await screenshot("order-released", `order ${held.order_id} after the discard: nothing held back in ${held.service}`);
 
   await page.click("button.tab[data-view=stuck]");
   await page.fill("#stuck-minutes", "0");

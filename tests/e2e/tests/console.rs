@@ -1,15 +1,20 @@
 //! The operator's console in a browser: three orders with different outcomes (dispatched,
-//! payment declined, out of stock) and a dead letter of a real event, then a headless Chromium
-//! driven by `tests/e2e/console/drive.mjs` (playwright-core) against the order service's
-//! `/console`: the sign-in refuses a bad token, each order shows its status, swim lanes and
-//! events, the dead letter is inline on its order and grouped on the dead-letters view, is
-//! redriven through the page, the stuck view answers, and the live figures show no open order
-//! and every service's outbox. The order service runs with `JWL_CONSOLE_PEERS` naming the
+//! payment declined, out of stock), a dead letter of a real event, and a message held behind a
+//! real dead letter (a contradicting `payment.captured` of the out-of-stock order, which
+//! inventory refuses for good, holding the order there, then a second `payment.authorized` of
+//! it, which inventory parks); then a headless Chromium driven by `tests/e2e/console/drive.mjs`
+//! (playwright-core) against the order service's `/console`: the sign-in refuses a bad token,
+//! each order shows its status, swim lanes and events, the dead letter is inline on its order
+//! and grouped on the dead-letters view, is redriven through the page, the held message is a
+//! grey box on inventory's lane ("held behind dead letter #N") and the order is marked held in
+//! inventory, and once that dead letter is discarded through the page the order is held no
+//! more; the stuck view answers, and the live figures show no open order and every service's
+//! outbox. The order service runs with `JWL_CONSOLE_PEERS` naming the
 //! other services, so each order also shows its current state in each of them (payment
 //! captured or declined, inventory committed, the waybill, the courier). Screenshots go to
 //! `console-shots/` in the cargo target directory's `tmp/`, kept after the run (their paths are
-//! printed). After the page: the dead-letter stream is empty and the outcome is recorded with the
-//! admin token's subject.
+//! printed). After the page: the dead-letter stream is empty, both outcomes are recorded with the
+//! admin token's subject, and inventory holds nothing of the order any more.
 //!
 //! Chromium (Debian's `chromium`) and npm's `playwright-core` are optional tools
 //! (`scripts/install-deps` installs them): without them the test prints SKIPPED and passes.
@@ -22,14 +27,18 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use jwl_e2e::{
-    LineItem, NewOrder, OrderStatus, Point, Service, System, SystemOptions, with_system,
+    LineItem, NewOrder, OrderStatus, Point, Service, System, SystemOptions, eventually, with_system,
 };
-use jwl_events::{EventType, HeaderStyle};
+use jwl_events::{Envelope, EventData, EventType, HeaderStyle, PaymentCaptured};
 use serde_json::json;
 
 const SAGA_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a crafted event may take to be dead-lettered or parked.
+const HOLD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The consumer the crafted dead letter names (payment's handling of `order.created`).
 const CONSUMER: &str = "payment__order_created";
+/// The consumer that really dead-letters the contradicting `payment.captured`.
+const HOLDING_CONSUMER: &str = "inventory__payment_captured";
 
 /// Chromium, node and the playwright-core module directory, or why the test cannot run.
 struct Browser {
@@ -118,6 +127,84 @@ async fn dead_letter_of_order_created(system: &System, order_id: &str) -> anyhow
         .await
 }
 
+/// Publishes `envelope` to the events stream as its emitter would.
+async fn publish(system: &System, envelope: &Envelope) -> anyhow::Result<u64> {
+    let wire = jwl_events::encode(envelope, HeaderStyle::Nats);
+    system
+        .broker()
+        .publish_raw(
+            &wire.subject,
+            &wire.headers,
+            wire.payload,
+            &envelope.id.0.to_string(),
+        )
+        .await
+}
+
+/// Holds `order_id` (out of stock, so inventory rejected it) in inventory behind a real dead
+/// letter, and parks a message behind it: a `payment.captured` of the order contradicts
+/// inventory's rejection, so its handler refuses it for good (dead letter, hold); then a second
+/// `payment.authorized` of the order (the real one's data as a new event), which inventory would
+/// ignore, is parked. Returns the parked event's id once inventory's admin route lists it.
+async fn hold_in_inventory(system: &System, order_id: &str) -> anyhow::Result<String> {
+    let events = system.broker().events().await?;
+    let authorized = events
+        .events
+        .iter()
+        .find(|event| {
+            event.envelope.order_id().to_string() == order_id
+                && event.envelope.event_type() == EventType::PaymentAuthorized
+        })
+        .context("the order's payment.authorized is in the events stream")?
+        .envelope
+        .clone();
+    let EventData::PaymentAuthorized(payment) = &authorized.data else {
+        anyhow::bail!("a payment.authorized without its data: {authorized:?}");
+    };
+    let mut captured = Envelope::new(
+        Service::Payment,
+        EventData::PaymentCaptured(PaymentCaptured {
+            order_id: payment.order_id,
+            amount_cents: payment.amount_cents,
+        }),
+    );
+    captured.causation_id = authorized.causation_id;
+    publish(system, &captured).await?;
+    let api = system.api();
+    let token = system.admin_token();
+    eventually("inventory holds the order", HOLD_TIMEOUT, || async {
+        let holds = api.holds(token, Service::Inventory, order_id).await?;
+        anyhow::ensure!(holds["held"] == json!(true), "not held yet: {holds}");
+        anyhow::ensure!(
+            holds["holds"][0]["consumer"] == HOLDING_CONSUMER
+                && holds["holds"][0]["head_event_id"] == json!(captured.id.0.to_string()),
+            "held by another head: {holds}"
+        );
+        Ok(())
+    })
+    .await?;
+    // the same payment again, as a new event (a new id and time)
+    let mut again = Envelope::new(Service::Payment, authorized.data.clone());
+    again.causation_id = authorized.causation_id;
+    publish(system, &again).await?;
+    let parked = again.id.0.to_string();
+    eventually(
+        "inventory parks the second payment.authorized",
+        HOLD_TIMEOUT,
+        || async {
+            let holds = api.holds(token, Service::Inventory, order_id).await?;
+            anyhow::ensure!(
+                holds["parked_messages"][0]["event_id"] == json!(parked)
+                    && holds["parked_messages"][0]["event_type"] == "jwl.payment.authorized",
+                "not parked yet: {holds}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(parked)
+}
+
 /// The outcome records on `jwl.dlqlog.>` (JSON), read with an ordered consumer.
 async fn dead_letter_outcomes(system: &System) -> anyhow::Result<Vec<serde_json::Value>> {
     let client = async_nats::connect(system.nats_urls()).await?;
@@ -187,6 +274,8 @@ async fn an_operator_reads_sagas_and_redrives_a_dead_letter_in_the_console() -> 
         );
         let dispatched = &placed[0].order_id;
         let seq = dead_letter_of_order_created(system, dispatched).await?;
+        let out_of_stock = &placed[2].order_id;
+        let parked = hold_in_inventory(system, out_of_stock).await?;
 
         // the console reads each order's state in the other services from their own replicas
         let peers = [
@@ -220,6 +309,9 @@ async fn an_operator_reads_sagas_and_redrives_a_dead_letter_in_the_console() -> 
             ],
             "dead_letter": {"seq": seq, "order_id": dispatched, "consumer": CONSUMER,
                             "reason": "permanent"},
+            "held": {"order_id": out_of_stock, "service": "inventory",
+                     "consumer": HOLDING_CONSUMER, "reason": "permanent",
+                     "event": "payment.authorized", "head": "payment.captured"},
         });
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("console/drive.mjs");
         let output = tokio::task::spawn_blocking({
@@ -252,7 +344,7 @@ async fn an_operator_reads_sagas_and_redrives_a_dead_letter_in_the_console() -> 
             .lines()
             .filter(|line| line.starts_with("screenshot "))
             .collect();
-        assert!(screenshots.len() >= 9, "{stdout}");
+        assert!(screenshots.len() >= 12, "{stdout}");
         for line in &screenshots {
             let path = line.split(' ').nth(1).unwrap_or_default();
             assert!(std::fs::metadata(path)?.len() > 0, "{path} is empty");
@@ -267,8 +359,24 @@ async fn an_operator_reads_sagas_and_redrives_a_dead_letter_in_the_console() -> 
             .with_context(|| format!("no outcome for dead letter {seq}: {outcomes:?}"))?;
         assert_eq!(outcome["action"], "redriven", "{outcome}");
         assert_eq!(outcome["operator"], "e2e-operator", "{outcome}");
+        let discarded = outcomes
+            .iter()
+            .find(|outcome| outcome["action"] == "discarded")
+            .with_context(|| format!("no discard outcome: {outcomes:?}"))?;
+        assert_eq!(discarded["operator"], "e2e-operator", "{discarded}");
+        // the discard released the hold: the parked message was handled, nothing is held back
+        let holds = system
+            .api()
+            .holds(system.admin_token(), Service::Inventory, out_of_stock)
+            .await?;
+        assert_eq!(
+            (&holds["held"], &holds["parked_messages"]),
+            (&json!(false), &json!([])),
+            "{holds}"
+        );
         println!(
-            "e2e console: 3 orders, dead letter {seq} redriven through the page, {} screenshots in {}",
+            "e2e console: 3 orders, dead letter {seq} redriven through the page, {parked} held \
+             behind inventory's dead letter shown and released by a discard, {} screenshots in {}",
             screenshots.len(),
             shots.display()
         );
