@@ -2,15 +2,18 @@
 // person would, for tests/e2e/tests/console.rs: signs in (after a refused token), looks up
 // each order and checks what the page shows, redrives a dead letter through the page, finds a
 // message held behind another dead letter as a grey box on the holding service's lane,
-// discards that dead letter through the page and sees the order released, lists stuck orders,
+// discards that dead letter through the page and sees the order released, finds an event the
+// broker refused for good as a dashed box on the emitting service's lane, lists stuck orders,
 // reads the live figures, and saves a screenshot of each step. Prints one `screenshot <path> <what>`
 // line per screenshot and `ok` at the end; any failed check throws (exit status 1).
 //
 // Input (environment): CONSOLE_URL, ADMIN_TOKEN, CHROMIUM (executable), PLAYWRIGHT_MODULES
 // (a node_modules directory holding playwright-core), SHOTS (directory), and CASES: JSON
 // {"orders":[{"id","status","sees":[text…]}],"dead_letter":{"seq","order_id","consumer","reason"},
-//  "held":{"order_id","service","consumer","reason","event","head"}} (the held message's type
-// and the type of the dead letter it waits behind, without the `jwl.` prefix).
+//  "held":{"order_id","service","consumer","reason","event","head"},
+//  "parked_row":{"order_id","service","event","error"}} (event types without the `jwl.` prefix:
+// the held message's, the dead letter's it waits behind, the parked outbox row's; `error` is a
+// part of the broker's refusal).
 import { createRequire } from "node:module";
 import path from "node:path";
 
@@ -154,6 +157,25 @@ try {
   }
   check(await page.locator("#held-in").count() === 0, "the order is no longer marked held");
   await screenshot("order-released", `order ${held.order_id} after the discard: nothing held back in ${held.service}`);
+
+  // an event the service committed but the broker refused for good: a dashed box on its lane
+  const unsent = cases.parked_row;
+  await showOrder(unsent.order_id);
+  const unsentBox = page.locator("#lanes g.parked-row", { hasText: `UNSENT ${unsent.event}` });
+  await unsentBox.waitFor();
+  const unsentText = await unsentBox.textContent();
+  check(unsentText.includes(unsent.error), `the unsent box shows the broker's error: ${JSON.stringify(unsentText)}`);
+  const unsentLabel = await page.locator("#lanes text.lane-label", { hasText: new RegExp(`^${unsent.service}$`) }).boundingBox();
+  const unsentDrawn = await unsentBox.locator("rect").boundingBox();
+  check(unsentLabel && unsentDrawn && Math.abs((unsentLabel.y + unsentLabel.height / 2) - (unsentDrawn.y + unsentDrawn.height / 2)) < 20,
+    `the unsent box is on the ${unsent.service} lane`);
+  const unsentRow = await text(`#service-states tr[data-lane="${unsent.service}"]`);
+  check(unsentRow.includes("1 outbox row(s) parked"), `${unsent.service}'s row counts the parked row: ${unsentRow}`);
+  const unsentTable = await text("#held");
+  check(unsentTable.includes("outbox row not published") && unsentTable.includes("refused by the broker") && unsentTable.includes(unsent.error),
+    `the held-back table explains the parked row: ${unsentTable}`);
+  check(await page.locator("#held-in").count() === 0, "a parked outbox row does not hold the order");
+  await screenshot("order-unsent", `order ${unsent.order_id}: ${unsent.event} refused by the broker, a dashed box on the ${unsent.service} lane with the error`);
 
   await page.click("button.tab[data-view=stuck]");
   await page.fill("#stuck-minutes", "0");

@@ -8,7 +8,9 @@
 //! and grouped on the dead-letters view, is redriven through the page, the held message is a
 //! grey box on inventory's lane ("held behind dead letter #N") and the order is marked held in
 //! inventory, and once that dead letter is discarded through the page the order is held no
-//! more; the stuck view answers, and the live figures show no open order and every service's
+//! more; an event payment committed for the declined order but the broker refused for good
+//! (a header NATS cannot carry, so payment's relay parks the row) is a dashed box on payment's
+//! lane with the broker's error; the stuck view answers, and the live figures show no open order and every service's
 //! outbox. The order service runs with `JWL_CONSOLE_PEERS` naming the
 //! other services, so each order also shows its current state in each of them (payment
 //! captured or declined, inventory committed, the waybill, the courier). Screenshots go to
@@ -29,7 +31,7 @@ use futures::StreamExt;
 use jwl_e2e::{
     LineItem, NewOrder, OrderStatus, Point, Service, System, SystemOptions, eventually, with_system,
 };
-use jwl_events::{Envelope, EventData, EventType, HeaderStyle, PaymentCaptured};
+use jwl_events::{Envelope, EventData, EventType, HeaderStyle, PaymentCaptured, PaymentDeclined};
 use serde_json::json;
 
 const SAGA_TIMEOUT: Duration = Duration::from_secs(90);
@@ -205,6 +207,52 @@ async fn hold_in_inventory(system: &System, order_id: &str) -> anyhow::Result<St
     Ok(parked)
 }
 
+/// Commits a second `payment.declined` of `order_id` to payment's outbox with a header the
+/// broker cannot carry, so that payment's relay parks it for good; returns its event id once
+/// payment's admin route lists it as a parked row.
+async fn park_in_payments_outbox(system: &System, order_id: &str) -> anyhow::Result<String> {
+    let payment = system.api().payment(system.admin_token(), order_id).await?;
+    let declined = Envelope::new(
+        Service::Payment,
+        EventData::PaymentDeclined(PaymentDeclined {
+            order_id: order_id.parse()?,
+            amount_cents: payment.amount_cents,
+            reason: "console test: a header the broker refuses".to_owned(),
+        }),
+    );
+    let pool = system.database().pool().await?;
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL search_path = jwl_payment")
+        .execute(&mut *tx)
+        .await?;
+    jwl_outbox::enqueue(&mut tx, &declined).await?;
+    sqlx::query(
+        "UPDATE outbox SET headers = headers || '[[\"bad header\", \"x\"]]'::jsonb
+         WHERE event_id = $1",
+    )
+    .bind(declined.id.0)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    pool.close().await;
+    let event_id = declined.id.0.to_string();
+    let api = system.api();
+    let token = system.admin_token();
+    eventually("payment's relay parks the row", HOLD_TIMEOUT, || async {
+        let holds = api.holds(token, Service::Payment, order_id).await?;
+        anyhow::ensure!(
+            holds["parked_rows"][0]["event_id"] == json!(event_id)
+                && holds["parked_rows"][0]["last_error"]
+                    .as_str()
+                    .is_some_and(|error| error.contains("invalid header")),
+            "not parked yet: {holds}"
+        );
+        Ok(())
+    })
+    .await?;
+    Ok(event_id)
+}
+
 /// The outcome records on `jwl.dlqlog.>` (JSON), read with an ordered consumer.
 async fn dead_letter_outcomes(system: &System) -> anyhow::Result<Vec<serde_json::Value>> {
     let client = async_nats::connect(system.nats_urls()).await?;
@@ -276,6 +324,8 @@ async fn an_operator_reads_sagas_and_redrives_a_dead_letter_in_the_console() -> 
         let seq = dead_letter_of_order_created(system, dispatched).await?;
         let out_of_stock = &placed[2].order_id;
         let parked = hold_in_inventory(system, out_of_stock).await?;
+        let declined = &placed[1].order_id;
+        let unsent = park_in_payments_outbox(system, declined).await?;
 
         // the console reads each order's state in the other services from their own replicas
         let peers = [
@@ -312,6 +362,8 @@ async fn an_operator_reads_sagas_and_redrives_a_dead_letter_in_the_console() -> 
             "held": {"order_id": out_of_stock, "service": "inventory",
                      "consumer": HOLDING_CONSUMER, "reason": "permanent",
                      "event": "payment.authorized", "head": "payment.captured"},
+            "parked_row": {"order_id": declined, "service": "payment",
+                           "event": "payment.declined", "error": "invalid header"},
         });
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("console/drive.mjs");
         let output = tokio::task::spawn_blocking({
@@ -344,7 +396,7 @@ async fn an_operator_reads_sagas_and_redrives_a_dead_letter_in_the_console() -> 
             .lines()
             .filter(|line| line.starts_with("screenshot "))
             .collect();
-        assert!(screenshots.len() >= 12, "{stdout}");
+        assert!(screenshots.len() >= 13, "{stdout}");
         for line in &screenshots {
             let path = line.split(' ').nth(1).unwrap_or_default();
             assert!(std::fs::metadata(path)?.len() > 0, "{path} is empty");
@@ -376,7 +428,8 @@ async fn an_operator_reads_sagas_and_redrives_a_dead_letter_in_the_console() -> 
         );
         println!(
             "e2e console: 3 orders, dead letter {seq} redriven through the page, {parked} held \
-             behind inventory's dead letter shown and released by a discard, {} screenshots in {}",
+             behind inventory's dead letter shown and released by a discard, payment's unsent \
+             {unsent} shown, {} screenshots in {}",
             screenshots.len(),
             shots.display()
         );
