@@ -3,6 +3,7 @@
 mod data;
 mod kinds;
 mod payloads;
+mod subscriptions;
 mod validate;
 
 pub use data::EventData;

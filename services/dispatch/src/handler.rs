@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use jwl_events::{
-    CourierAssigned, DispatchFailed, Envelope, EventData, EventType, OrderCancelRequested,
+    CourierAssigned, DispatchFailed, Envelope, EventData, EventType, OrderCancelRequested, Service,
     WaybillCreated,
 };
 use jwl_outbox::{Handler, HandlerContext, HandlerError};
@@ -20,9 +20,9 @@ use crate::domain::{self, OnCancel, OnWaybillCreated};
 use crate::error::DispatchError;
 use crate::store::{self, NewWaybill, Placement};
 
-/// The event types dispatch consumes.
-pub const SUBSCRIPTIONS: &[EventType] =
-    &[EventType::WaybillCreated, EventType::OrderCancelRequested];
+/// The event types dispatch consumes: its row of the catalogue's table of who consumes what
+/// ([`Service::subscriptions`]).
+pub const SUBSCRIPTIONS: &[EventType] = Service::Dispatch.subscriptions();
 
 /// Dispatch's event handler.
 #[derive(Debug, Clone)]

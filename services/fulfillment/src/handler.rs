@@ -8,20 +8,16 @@
 use async_trait::async_trait;
 use jwl_events::{
     CourierAssigned, Delivered, DispatchFailed, Envelope, EventData, EventType, InventoryReserved,
-    OrderId, WaybillCancelled, WaybillCreated, WaybillId,
+    OrderId, Service, WaybillCancelled, WaybillCreated, WaybillId,
 };
 use jwl_outbox::{Handler, HandlerContext, HandlerError};
 
 use crate::domain::{self, OnDispatchFailed, OnReserved, Step, WaybillStatus};
 use crate::store::{self, StoreError, Waybill};
 
-/// The event types fulfillment consumes.
-pub const SUBSCRIPTIONS: &[EventType] = &[
-    EventType::InventoryReserved,
-    EventType::DispatchFailed,
-    EventType::CourierAssigned,
-    EventType::Delivered,
-];
+/// The event types fulfillment consumes: its row of the catalogue's table of who consumes what
+/// ([`Service::subscriptions`]).
+pub const SUBSCRIPTIONS: &[EventType] = Service::Fulfillment.subscriptions();
 
 /// Fulfillment's event handler (stateless: everything lives in the database).
 #[derive(Debug, Clone, Copy, Default)]

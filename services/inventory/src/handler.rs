@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 use jwl_events::{
     Envelope, EventData, EventType, InventoryRejected, InventoryReleased, InventoryReserved,
-    OrderId, PaymentAuthorized,
+    OrderId, PaymentAuthorized, Service,
 };
 use jwl_outbox::{Handler, HandlerContext, HandlerError};
 
@@ -16,12 +16,9 @@ use crate::domain::{
 };
 use crate::store;
 
-/// The event types inventory consumes.
-pub const SUBSCRIPTIONS: &[EventType] = &[
-    EventType::PaymentAuthorized,
-    EventType::DispatchFailed,
-    EventType::PaymentCaptured,
-];
+/// The event types inventory consumes: its row of the catalogue's table of who consumes what
+/// ([`Service::subscriptions`]).
+pub const SUBSCRIPTIONS: &[EventType] = Service::Inventory.subscriptions();
 
 /// Counter of reservation transitions, labelled `outcome`.
 const OUTCOMES_METRIC: &str = "jwl_inventory_outcomes_total";

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use jwl_events::{Envelope, EventType, OrderId};
+use jwl_events::{Envelope, EventType, OrderId, Service};
 use jwl_outbox::{BatchHandler, Handler, HandlerContext, HandlerError};
 use sqlx::PgConnection;
 
@@ -15,21 +15,9 @@ use crate::domain::{self, ReadModelState};
 use crate::store::{self, StoreError};
 
 /// Every event type except those the order service emits (`order.created`,
-/// `order.cancel_requested`), whose timeline rows it writes in its own transactions.
-pub const SUBSCRIPTIONS: &[EventType] = &[
-    EventType::PaymentAuthorized,
-    EventType::PaymentDeclined,
-    EventType::PaymentCaptured,
-    EventType::PaymentVoided,
-    EventType::InventoryReserved,
-    EventType::InventoryRejected,
-    EventType::InventoryReleased,
-    EventType::WaybillCreated,
-    EventType::WaybillCancelled,
-    EventType::CourierAssigned,
-    EventType::DispatchFailed,
-    EventType::Delivered,
-];
+/// `order.cancel_requested`), whose timeline rows it writes in its own transactions: its row of
+/// the catalogue's table of who consumes what ([`Service::subscriptions`]).
+pub const SUBSCRIPTIONS: &[EventType] = Service::Order.subscriptions();
 
 /// Histogram of the time from `order.created` to the order's first terminal status, by outcome.
 pub const SAGA_DURATION_METRIC: &str = "jwl_saga_duration_seconds";

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use jwl_events::{
     Envelope, EventData, EventType, OrderCreated, OrderId, PaymentAuthorized, PaymentCaptured,
-    PaymentDeclined, PaymentVoided,
+    PaymentDeclined, PaymentVoided, Service,
 };
 use jwl_outbox::{Handler, HandlerContext, HandlerError};
 
@@ -21,13 +21,9 @@ use crate::domain::{self, CaptureDecision, OrderCreatedDecision, VoidDecision};
 use crate::processor::{Authorization, CardProcessor, IdempotencyKey, ProcessorError};
 use crate::store;
 
-/// The event types payment consumes.
-pub const SUBSCRIPTIONS: &[EventType] = &[
-    EventType::OrderCreated,
-    EventType::CourierAssigned,
-    EventType::InventoryRejected,
-    EventType::DispatchFailed,
-];
+/// The event types payment consumes: its row of the catalogue's table of who consumes what
+/// ([`Service::subscriptions`]).
+pub const SUBSCRIPTIONS: &[EventType] = Service::Payment.subscriptions();
 
 /// Counter of payment transitions, labelled `outcome`.
 const OUTCOMES_METRIC: &str = "jwl_payment_outcomes_total";
