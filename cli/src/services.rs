@@ -148,4 +148,29 @@ mod tests {
                 .contains(&EventType::OrderCreated)
         );
     }
+
+    /// The operator tools say who should act on an order's last event (`jwl saga stuck`) from
+    /// the catalogue's table; every type a service's handler really consumes must name it
+    /// (dispatch acting on `order.cancel_requested` was once missed).
+    #[test]
+    fn every_event_type_a_service_handles_names_it_as_next() {
+        for name in ServiceName::ALL {
+            let service = name.entry().service;
+            assert_eq!(
+                name.subscriptions(),
+                service.subscriptions(),
+                "{name}'s handler declares other subscriptions than the catalogue's table"
+            );
+            if service == Service::Order {
+                // the read model records every event; it moves no saga on
+                continue;
+            }
+            for &ty in name.subscriptions() {
+                assert!(
+                    jwl_ops::next_services(ty).contains(&service),
+                    "{name} consumes {ty}, but `jwl saga stuck` would not name it"
+                );
+            }
+        }
+    }
 }

@@ -1,12 +1,11 @@
 //! [`consumers`]: every durable consumer of the events stream with what it has not yet handled
 //! (the console's live figures).
 
-use async_nats::jetstream::Context;
-use futures::TryStreamExt;
 use jwl_outbox::MessagingSettings;
+use jwl_outbox::transport::History;
 use serde::Serialize;
 
-use crate::error::{OpsError, open_stream};
+use crate::error::OpsError;
 
 /// One durable consumer's backlog, as the broker reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,29 +22,18 @@ pub struct ConsumerBacklog {
 
 /// Every durable consumer of the events stream, by name.
 pub async fn consumers(
-    jetstream: &Context,
+    history: &dyn History,
     settings: &MessagingSettings,
 ) -> Result<Vec<ConsumerBacklog>, OpsError> {
-    let stream_name = settings.events_stream.as_str();
-    let stream_error = OpsError::on_stream(stream_name);
-    let stream = open_stream(jetstream, stream_name).await?;
-    let infos: Vec<_> = stream
-        .consumers()
-        .try_collect()
-        .await
-        .map_err(|error| stream_error(error.into()))?;
-    let mut backlogs: Vec<ConsumerBacklog> = infos
+    Ok(history
+        .consumer_backlogs(settings)
+        .await?
         .into_iter()
-        .filter_map(|info| {
-            let name = info.config.durable_name.clone()?;
-            Some(ConsumerBacklog {
-                name,
-                pending: info.num_pending,
-                ack_pending: info.num_ack_pending as u64,
-                redelivered: info.num_redelivered as u64,
-            })
+        .map(|named| ConsumerBacklog {
+            name: named.name,
+            pending: named.backlog.pending,
+            ack_pending: named.backlog.ack_pending,
+            redelivered: named.backlog.redelivered,
         })
-        .collect();
-    backlogs.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(backlogs)
+        .collect())
 }

@@ -1,9 +1,8 @@
 //! The pure decisions of the operator tools, without I/O: how an event is summarised, how a
-//! stored message becomes an entry, and which subject filter, start position and end bound a
-//! read uses for a [`Selection`] or a [`DeadLetterFilter`].
+//! stored message becomes an entry, which broker query (start position, end bound) a
+//! [`Selection`] or a [`DeadLetterFilter`] makes, how a replay message is built, and who
+//! should act next on an order.
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::OpsError;
@@ -13,13 +12,19 @@ use crate::model::{
 };
 use chrono::{DateTime, Utc};
 use jwl_events::{
-    CancelReason, DispatchFailureReason, EVENTS_SUBJECTS, EventData, EventType, HeaderStyle,
-    OrderId, Service, subject, type_filter,
+    CancelReason, DispatchFailureReason, EventData, EventType, HeaderStyle, OrderId, Service,
 };
+use jwl_outbox::protocol::dead_letter::{
+    CONSUMER_HEADER, DeadLetterReason, ERROR_HEADER, ORDER_ID_HEADER, REASON_HEADER,
+    STREAM_SEQ_HEADER, SUBJECT_HEADER, dead_letter_log_id, dead_letter_log_subject,
+    is_annotation_header, parse_dead_letter_subject,
+};
+use jwl_outbox::protocol::replay::{
+    MODE_HEADER, ORIGIN_HEADER, RELEASE_CONSUMER_HEADER, RELEASE_REASON_HEADER, ReplayMode,
+    ReplayOrigin, release_subject, replay_subject,
+};
+use jwl_outbox::transport::{DeadLetterQuery, EventQuery, ReadEnd, ReadStart};
 use serde::{Deserialize, Serialize};
-
-/// Subject prefix of the dead-letter stream: `jwl.dlq.<consumer>.<order id or "unknown">`.
-const DLQ_PREFIX: &str = "jwl.dlq";
 /// Most SKUs named in a summary; the rest are counted.
 const SUMMARY_SKUS: usize = 3;
 
@@ -154,32 +159,28 @@ pub(crate) fn event_entry(message: StoredMessage) -> EventEntry {
 /// The entry for one message of the dead-letter stream. Consumer and order come from the
 /// `jwl-dlq-*` headers, or from the subject when a header is missing.
 pub(crate) fn dead_letter_entry(message: &StoredMessage) -> DeadLetterEntry {
-    let mut tokens = message
-        .subject
-        .strip_prefix(DLQ_PREFIX)
-        .and_then(|rest| rest.strip_prefix('.'))
-        .map(|rest| rest.splitn(2, '.'))
-        .into_iter()
-        .flatten();
-    let (subject_consumer, subject_order) = (tokens.next(), tokens.next());
+    let (subject_consumer, subject_order) = match parse_dead_letter_subject(&message.subject) {
+        Some((consumer, order)) => (Some(consumer), order),
+        None => (None, None),
+    };
     let text = |name: &str| message.header(name).map(str::to_owned);
     DeadLetterEntry {
         dlq_seq: message.stream_seq,
         stored_at: message.stored_at,
         consumer: message
-            .header("jwl-dlq-consumer")
+            .header(CONSUMER_HEADER)
             .or(subject_consumer)
             .unwrap_or_default()
             .to_owned(),
-        reason: text("jwl-dlq-reason").unwrap_or_default(),
-        error: text("jwl-dlq-error").unwrap_or_default(),
+        reason: text(REASON_HEADER).unwrap_or_default(),
+        error: text(ERROR_HEADER).unwrap_or_default(),
         original_type: text("ce-type"),
-        original_subject: text("jwl-dlq-subject"),
+        original_subject: text(SUBJECT_HEADER),
         original_stream_seq: message
-            .header("jwl-dlq-stream-seq")
+            .header(STREAM_SEQ_HEADER)
             .and_then(|seq| seq.trim().parse().ok()),
         order_id: message
-            .header("jwl-dlq-order-id")
+            .header(ORDER_ID_HEADER)
             .or(subject_order)
             .and_then(|id| OrderId::parse(id).ok()),
     }
@@ -201,45 +202,6 @@ pub(crate) fn dead_letter_detail(message: StoredMessage) -> DeadLetterDetail {
     }
 }
 
-/// Where a read starts in its stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StartAt {
-    /// The first message (`DeliverPolicy::All`).
-    First,
-    /// This stream sequence (`DeliverPolicy::ByStartSequence`).
-    Sequence(u64),
-    /// The first message stored at or after this time (`DeliverPolicy::ByStartTime`).
-    Time(DateTime<Utc>),
-}
-
-/// Where a read ends (inclusive). Messages are read in stream order, so the first message
-/// outside the bounds ends the read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Bounds {
-    pub last_seq: Option<u64>,
-    pub until: Option<DateTime<Utc>>,
-}
-
-impl Bounds {
-    /// Also ends at the stream's last sequence when the read started, so messages published
-    /// while reading do not prolong it.
-    pub fn capped_at(self, stream_last_seq: u64) -> Bounds {
-        Bounds {
-            last_seq: Some(
-                self.last_seq
-                    .map_or(stream_last_seq, |last| last.min(stream_last_seq)),
-            ),
-            ..self
-        }
-    }
-
-    /// Whether the message at `seq`, stored at `stored_at`, is inside; `false` ends the read.
-    pub fn admits(&self, seq: u64, stored_at: DateTime<Utc>) -> bool {
-        self.last_seq.is_none_or(|last| seq <= last)
-            && self.until.is_none_or(|until| stored_at <= until)
-    }
-}
-
 /// Which events `jwl replay` reads. Empty fields select everything; times are the broker's
 /// stored time (the order of the stream); sequence bounds are inclusive.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -256,42 +218,30 @@ pub struct Selection {
 }
 
 impl Selection {
-    /// The narrowest subject filters covering the selection, one consumer each (nats-server
-    /// 2.9 allows one filter per consumer):
-    /// - with an order: the literal subject `jwl.evt.<order>.<type>` of each wanted type, or of
-    ///   every catalogue type. Literal subjects are found through the server's per-subject
-    ///   index, so the cost does not grow with the stream, unlike the wildcard
-    ///   `jwl.evt.<order>.>` (which 2.9 answers by walking the whole stream). A message on a
-    ///   subject outside the catalogue (`jwl.evt.<order>.<unknown type>`) is therefore not
-    ///   read; a selection without an order includes it;
-    /// - without an order: `jwl.evt.*.<type>` per wanted type, or `jwl.evt.>`.
-    pub fn subject_filters(&self) -> Vec<String> {
-        let mut types = if self.types.is_empty() && self.order.is_some() {
-            EventType::ALL.to_vec()
-        } else {
-            self.types.clone()
-        };
-        types.sort_unstable();
-        types.dedup();
-        match (&self.order, types.is_empty()) {
-            (Some(order), _) => types.into_iter().map(|ty| subject(order, ty)).collect(),
-            (None, true) => vec![EVENTS_SUBJECTS.to_owned()],
-            (None, false) => types.into_iter().map(type_filter).collect(),
+    /// The broker query of the selection: its order, its types, where to start and end,
+    /// its limit.
+    pub fn query(&self) -> EventQuery {
+        EventQuery {
+            order: self.order,
+            types: self.types.clone(),
+            start: self.start(),
+            end: self.end(),
+            limit: self.limit,
         }
     }
 
     /// A start sequence is exact, so it wins over a start time (which is then checked per
     /// message by [`keeps`](Self::keeps)).
-    pub(crate) fn start(&self) -> StartAt {
+    fn start(&self) -> ReadStart {
         match (self.from_seq, self.since) {
-            (Some(seq), _) => StartAt::Sequence(seq),
-            (None, Some(since)) => StartAt::Time(since),
-            (None, None) => StartAt::First,
+            (Some(seq), _) => ReadStart::Sequence(seq),
+            (None, Some(since)) => ReadStart::Time(since),
+            (None, None) => ReadStart::First,
         }
     }
 
-    pub(crate) fn bounds(&self) -> Bounds {
-        Bounds {
+    fn end(&self) -> ReadEnd {
+        ReadEnd {
             last_seq: self.to_seq,
             until: self.until,
         }
@@ -300,67 +250,6 @@ impl Selection {
     /// Whether a message inside the read range belongs to the selection.
     pub(crate) fn keeps(&self, stored_at: DateTime<Utc>) -> bool {
         self.since.is_none_or(|since| stored_at >= since)
-    }
-}
-
-/// Merges reads of disjoint subjects into stream order, keeping the first `limit`.
-pub(crate) fn merge_by_sequence(
-    reads: Vec<Vec<StoredMessage>>,
-    limit: Option<usize>,
-) -> Vec<StoredMessage> {
-    let mut merged: Vec<StoredMessage> = reads.into_iter().flatten().collect();
-    merged.sort_by_key(|message| message.stream_seq);
-    if let Some(limit) = limit {
-        merged.truncate(limit);
-    }
-    merged
-}
-
-/// Why a message was dead-lettered (the `jwl-dlq-reason` header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DeadLetterReason {
-    /// Not a valid event.
-    Decode,
-    /// The handler failed permanently.
-    Permanent,
-    /// It failed transiently too many times.
-    MaxAttempts,
-}
-
-impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 3] = [
-        DeadLetterReason::Decode,
-        DeadLetterReason::Permanent,
-        DeadLetterReason::MaxAttempts,
-    ];
-
-    /// `"decode"`, `"permanent"` or `"max_attempts"`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            DeadLetterReason::Decode => "decode",
-            DeadLetterReason::Permanent => "permanent",
-            DeadLetterReason::MaxAttempts => "max_attempts",
-        }
-    }
-}
-
-impl fmt::Display for DeadLetterReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DeadLetterReason {
-    type Err = OpsError;
-    fn from_str(text: &str) -> Result<Self, OpsError> {
-        DeadLetterReason::ALL
-            .into_iter()
-            .find(|reason| reason.as_str() == text)
-            .ok_or_else(|| {
-                OpsError::InvalidFilter(format!(
-                    "unknown dead-letter reason {text:?} (decode, permanent or max_attempts)"
-                ))
-            })
     }
 }
 
@@ -380,8 +269,10 @@ pub struct DeadLetterFilter {
 }
 
 impl DeadLetterFilter {
-    /// `jwl.dlq.<consumer or *>.<order or *>`, or `jwl.dlq.>` for all.
-    pub fn subject_filter(&self) -> Result<String, OpsError> {
+    /// The broker query of the filter at `now`: its consumer (which must be one subject token)
+    /// and order, ending at the first dead letter stored after `now - older_than`, with its
+    /// limit.
+    pub fn query(&self, now: DateTime<Utc>) -> Result<DeadLetterQuery, OpsError> {
         if let Some(consumer) = &self.consumer {
             let valid = !consumer.is_empty()
                 && !consumer
@@ -393,19 +284,17 @@ impl DeadLetterFilter {
                 )));
             }
         }
-        Ok(match (&self.consumer, &self.order) {
-            (None, None) => format!("{DLQ_PREFIX}.>"),
-            (consumer, order) => format!(
-                "{DLQ_PREFIX}.{}.{}",
-                consumer.as_deref().unwrap_or("*"),
-                order.map_or_else(|| "*".to_owned(), |order| order.to_string())
-            ),
+        Ok(DeadLetterQuery {
+            consumer: self.consumer.clone(),
+            order: self.order,
+            end: self.end(now),
+            limit: self.limit,
         })
     }
 
     /// The read ends at the first dead letter stored after `now - older_than`.
-    pub(crate) fn bounds(&self, now: DateTime<Utc>) -> Bounds {
-        Bounds {
+    fn end(&self, now: DateTime<Utc>) -> ReadEnd {
+        ReadEnd {
             last_seq: None,
             until: self.older_than.map(|age| {
                 chrono::Duration::from_std(age)
@@ -423,44 +312,6 @@ impl DeadLetterFilter {
             && self
                 .reason
                 .is_none_or(|reason| entry.reason == reason.as_str())
-    }
-}
-
-/// How the receiving service handles a replayed message (the `jwl-replay-mode` header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ReplayMode {
-    /// The inbox deduplicates: a no-op for events the consumer already handled.
-    #[default]
-    Inbox,
-    /// The service forgets the inbox row of (consumer, event id) and runs the handler again.
-    Rerun,
-}
-
-impl ReplayMode {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ReplayMode::Inbox => "inbox",
-            ReplayMode::Rerun => "rerun",
-        }
-    }
-}
-
-/// Where a replayed message comes from (the `jwl-replay-origin` header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplayOrigin {
-    /// A message of the events stream, by its stream sequence.
-    Events(u64),
-    /// A dead letter, by its dead-letter stream sequence.
-    DeadLetter(u64),
-}
-
-impl fmt::Display for ReplayOrigin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReplayOrigin::Events(seq) => write!(f, "events:{seq}"),
-            ReplayOrigin::DeadLetter(seq) => write!(f, "dlq:{seq}"),
-        }
     }
 }
 
@@ -488,27 +339,6 @@ impl ReplayMessage {
     }
 }
 
-/// Prefix of every replay subject.
-pub const REPLAY_PREFIX: &str = "jwl.replay";
-/// Prefix of the dead-letter outcome records: `jwl.dlqlog.<dlq seq>`.
-pub const DLQ_LOG_PREFIX: &str = "jwl.dlqlog";
-
-/// Headers of a stored message that belong to the original event: everything except the
-/// dead-letter annotations (`jwl-dlq-*`), earlier replay annotations (`jwl-replay-*`,
-/// `jwl-release-*`) and the broker's own (`Nats-*`).
-fn original_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .filter(|(name, _)| {
-            let name = name.to_ascii_lowercase();
-            !["jwl-dlq-", "jwl-replay-", "jwl-release-", "nats-"]
-                .iter()
-                .any(|prefix| name.starts_with(prefix))
-        })
-        .cloned()
-        .collect()
-}
-
 /// The replay message re-delivering a stored event of `order_id` and type `event_type` to
 /// `service`: the original headers and payload, plus mode and origin, with
 /// `Nats-Msg-Id: replay:<run id>:<origin>`.
@@ -521,31 +351,21 @@ pub(crate) fn replay_message(
     mode: ReplayMode,
     run_id: &str,
 ) -> ReplayMessage {
-    let mut headers = original_headers(&message.headers);
-    headers.push(("jwl-replay-mode".to_owned(), mode.as_str().to_owned()));
-    headers.push(("jwl-replay-origin".to_owned(), origin.to_string()));
+    let mut headers: Vec<(String, String)> = message
+        .headers
+        .iter()
+        .filter(|(name, _)| !is_annotation_header(name))
+        .cloned()
+        .collect();
+    headers.push((MODE_HEADER.to_owned(), mode.as_str().to_owned()));
+    headers.push((ORIGIN_HEADER.to_owned(), origin.to_string()));
     ReplayMessage {
-        subject: format!(
-            "{REPLAY_PREFIX}.{}.{order_id}.{}",
-            service.as_str(),
-            event_type.subject_token()
-        ),
+        subject: replay_subject(service, order_id, event_type),
         message_id: format!("replay:{run_id}:{origin}"),
         headers,
         payload_bytes: message.payload.len(),
         payload: message.payload.clone(),
     }
-}
-
-/// The order and event type of a message of the events stream, from its subject
-/// `jwl.evt.<order id>.<type minus "jwl.">`.
-pub(crate) fn event_subject_parts(subject: &str) -> Option<(OrderId, EventType)> {
-    let rest = subject.strip_prefix("jwl.evt.")?;
-    let (order, token) = rest.split_once('.')?;
-    let event_type = EventType::ALL
-        .into_iter()
-        .find(|ty| ty.subject_token() == token)?;
-    Some((OrderId::parse(order).ok()?, event_type))
 }
 
 /// The event types a replay to a service consuming `consumed` sends: the selection's types
@@ -562,13 +382,6 @@ pub fn replay_types(selection: &[EventType], consumed: &[EventType]) -> Vec<Even
     }
 }
 
-/// The service that owns durable consumer `consumer` (`<service>__<type>`).
-pub fn consumer_service(consumer: &str) -> Option<Service> {
-    consumer
-        .split_once("__")
-        .and_then(|(service, _)| Service::parse(service))
-}
-
 /// The "release the hold" control message for `consumer`'s hold on `order_id`.
 pub fn release_message(
     service: Service,
@@ -578,15 +391,15 @@ pub fn release_message(
     dlq_seq: u64,
 ) -> ReplayMessage {
     ReplayMessage {
-        subject: format!(
-            "{REPLAY_PREFIX}.{}.{order_id}.control.release",
-            service.as_str()
-        ),
+        subject: release_subject(service, order_id),
         message_id: format!("release:dlq:{dlq_seq}"),
         headers: vec![
-            ("jwl-replay-mode".to_owned(), "release".to_owned()),
-            ("jwl-release-consumer".to_owned(), consumer.to_owned()),
-            ("jwl-release-reason".to_owned(), one_line(reason)),
+            (
+                MODE_HEADER.to_owned(),
+                ReplayMode::Release.as_str().to_owned(),
+            ),
+            (RELEASE_CONSUMER_HEADER.to_owned(), consumer.to_owned()),
+            (RELEASE_REASON_HEADER.to_owned(), one_line(reason)),
         ],
         payload: Vec::new(),
         payload_bytes: 0,
@@ -661,35 +474,25 @@ impl DeadLetterOutcome {
 
     /// `jwl.dlqlog.<dlq seq>`.
     pub fn subject(&self) -> String {
-        format!("{DLQ_LOG_PREFIX}.{}", self.dlq_seq)
+        dead_letter_log_subject(self.dlq_seq)
     }
 
     /// `dlqlog:<dlq seq>`.
     pub fn message_id(&self) -> String {
-        format!("dlqlog:{}", self.dlq_seq)
+        dead_letter_log_id(self.dlq_seq)
     }
 }
 
-/// The service that should act next on an order whose last event is `last`: the consumer of
-/// that event that moves the saga on (`jwl saga stuck`). Events that end a branch or that only
-/// the order read model consumes have none.
-pub fn next_services(last: EventType) -> &'static [Service] {
-    match last {
-        EventType::OrderCreated => &[Service::Payment],
-        EventType::PaymentAuthorized => &[Service::Inventory],
-        EventType::InventoryReserved => &[Service::Fulfillment],
-        EventType::WaybillCreated => &[Service::Dispatch],
-        EventType::CourierAssigned => &[Service::Payment],
-        EventType::InventoryRejected => &[Service::Payment],
-        EventType::DispatchFailed => &[Service::Fulfillment, Service::Inventory, Service::Payment],
-        EventType::OrderCancelRequested
-        | EventType::PaymentDeclined
-        | EventType::PaymentCaptured
-        | EventType::PaymentVoided
-        | EventType::InventoryReleased
-        | EventType::WaybillCancelled
-        | EventType::Delivered => &[],
-    }
+/// The services that should act next on an order whose last event is `last` (`jwl saga stuck`):
+/// every service whose handler consumes it ([`EventType::consumers`], the catalogue's one table
+/// of who consumes what), in saga order, except the order service, whose read model records
+/// every event but moves no saga on. An event nobody else consumes (the end of a branch) has
+/// none.
+pub fn next_services(last: EventType) -> Vec<Service> {
+    last.consumers()
+        .into_iter()
+        .filter(|service| *service != Service::Order)
+        .collect()
 }
 
 /// The order statuses (`jwl_order.orders.status`) a saga ends in.
@@ -932,121 +735,67 @@ mod tests {
     }
 
     #[test]
-    fn bounds_end_at_the_last_sequence_and_time() {
-        let bounds = Bounds {
-            last_seq: Some(10),
-            until: Some(at(5)),
-        };
-        assert!(bounds.admits(10, at(5)));
-        assert!(!bounds.admits(11, at(1)));
-        assert!(!bounds.admits(2, at(6)));
-        assert_eq!(bounds.capped_at(7).last_seq, Some(7));
-        assert_eq!(bounds.capped_at(70).last_seq, Some(10));
-        assert_eq!(Bounds::default().capped_at(70).last_seq, Some(70));
-        assert!(Bounds::default().admits(u64::MAX, at(1_000_000)));
-    }
-
-    #[test]
-    fn selection_uses_the_narrowest_subjects() {
-        let all = Selection::default();
-        assert_eq!(all.subject_filters(), ["jwl.evt.>"]);
-        let one_order = Selection {
-            order: Some(order()),
-            ..Default::default()
-        };
-        let every_type: Vec<String> = EventType::ALL
-            .into_iter()
-            .map(|ty| format!("jwl.evt.{ORDER}.{}", ty.subject_token()))
-            .collect();
-        assert_eq!(one_order.subject_filters(), every_type);
-        let order_types = Selection {
-            order: Some(order()),
-            types: vec![
-                EventType::PaymentCaptured,
-                EventType::OrderCreated,
-                EventType::PaymentCaptured,
-            ],
-            ..Default::default()
-        };
-        assert_eq!(
-            order_types.subject_filters(),
-            [
-                format!("jwl.evt.{ORDER}.order.created"),
-                format!("jwl.evt.{ORDER}.payment.captured")
-            ]
-        );
-        let types = Selection {
-            types: vec![EventType::DispatchFailed],
-            ..Default::default()
-        };
-        assert_eq!(types.subject_filters(), ["jwl.evt.*.dispatch.failed"]);
-    }
-
-    #[test]
     fn selection_starts_by_sequence_then_time_and_filters_the_rest() {
         let by_both = Selection {
+            order: Some(order()),
+            types: vec![EventType::OrderCreated],
             from_seq: Some(5),
             since: Some(at(3)),
             to_seq: Some(9),
             until: Some(at(8)),
-            ..Default::default()
+            limit: Some(4),
         };
-        assert_eq!(by_both.start(), StartAt::Sequence(5));
-        assert!(!by_both.keeps(at(2)));
-        assert!(by_both.keeps(at(3)));
         assert_eq!(
-            by_both.bounds(),
-            Bounds {
-                last_seq: Some(9),
-                until: Some(at(8))
+            by_both.query(),
+            EventQuery {
+                order: Some(order()),
+                types: vec![EventType::OrderCreated],
+                start: ReadStart::Sequence(5),
+                end: ReadEnd {
+                    last_seq: Some(9),
+                    until: Some(at(8))
+                },
+                limit: Some(4),
             }
         );
+        assert!(!by_both.keeps(at(2)));
+        assert!(by_both.keeps(at(3)));
         let by_time = Selection {
             since: Some(at(3)),
             ..Default::default()
         };
-        assert_eq!(by_time.start(), StartAt::Time(at(3)));
-        assert_eq!(Selection::default().start(), StartAt::First);
+        assert_eq!(by_time.query().start, ReadStart::Time(at(3)));
+        assert_eq!(Selection::default().query(), EventQuery::default());
         assert!(Selection::default().keeps(at(0)));
     }
 
     #[test]
-    fn merge_orders_by_sequence_and_applies_the_limit() {
-        let entry = |seq: u64| stored(seq, "s", &[], b"");
-        let merged = merge_by_sequence(
-            vec![vec![entry(2), entry(7)], vec![entry(1), entry(5)]],
-            Some(3),
+    fn dead_letter_filter_queries_and_matching() {
+        assert_eq!(
+            DeadLetterFilter::default().query(at(0)).unwrap(),
+            DeadLetterQuery::default()
         );
-        let seqs: Vec<u64> = merged.iter().map(|e| e.stream_seq).collect();
-        assert_eq!(seqs, [1, 2, 5]);
-    }
-
-    #[test]
-    fn dead_letter_filter_subjects_and_matching() {
-        let all = DeadLetterFilter::default();
-        assert_eq!(all.subject_filter().unwrap(), "jwl.dlq.>");
-        let by_consumer = DeadLetterFilter {
+        let by_consumer_and_order = DeadLetterFilter {
             consumer: Some("payment__order_created".to_owned()),
-            ..Default::default()
-        };
-        assert_eq!(
-            by_consumer.subject_filter().unwrap(),
-            "jwl.dlq.payment__order_created.*"
-        );
-        let by_order = DeadLetterFilter {
             order: Some(order()),
+            limit: Some(2),
             ..Default::default()
         };
         assert_eq!(
-            by_order.subject_filter().unwrap(),
-            format!("jwl.dlq.*.{ORDER}")
+            by_consumer_and_order.query(at(0)).unwrap(),
+            DeadLetterQuery {
+                consumer: Some("payment__order_created".to_owned()),
+                order: Some(order()),
+                end: ReadEnd::default(),
+                limit: Some(2),
+            }
         );
         for bad in ["a.b", "*", "", "a b"] {
             let filter = DeadLetterFilter {
                 consumer: Some(bad.to_owned()),
                 ..Default::default()
             };
-            assert!(filter.subject_filter().is_err(), "{bad:?}");
+            assert!(filter.query(at(0)).is_err(), "{bad:?}");
         }
 
         let entry = dead_letter_entry(&stored(
@@ -1081,50 +830,56 @@ mod tests {
             older_than: Some(Duration::from_secs(60)),
             ..Default::default()
         };
-        let bounds = filter.bounds(at(100));
-        assert_eq!(bounds.until, Some(at(40)));
-        assert!(bounds.admits(1, at(40)));
-        assert!(!bounds.admits(1, at(41)));
-        assert_eq!(DeadLetterFilter::default().bounds(at(0)), Bounds::default());
+        let end = filter.query(at(100)).unwrap().end;
+        assert_eq!(end.until, Some(at(40)));
+        assert!(end.admits(1, at(40)));
+        assert!(!end.admits(1, at(41)));
     }
 
     #[test]
-    fn reasons_parse_from_their_header_values() {
-        for reason in DeadLetterReason::ALL {
-            assert_eq!(reason.as_str().parse::<DeadLetterReason>().unwrap(), reason);
-        }
-        assert!("later".parse::<DeadLetterReason>().is_err());
-    }
-
-    #[test]
-    fn next_services_follow_the_saga() {
-        assert_eq!(next_services(EventType::OrderCreated), &[Service::Payment]);
+    fn next_services_are_the_consumers_but_the_read_model() {
+        assert_eq!(next_services(EventType::OrderCreated), [Service::Payment]);
+        assert_eq!(
+            next_services(EventType::OrderCancelRequested),
+            [Service::Dispatch]
+        );
         assert_eq!(
             next_services(EventType::PaymentAuthorized),
-            &[Service::Inventory]
+            [Service::Inventory]
         );
         assert_eq!(
             next_services(EventType::InventoryReserved),
-            &[Service::Fulfillment]
+            [Service::Fulfillment]
         );
         assert_eq!(
             next_services(EventType::WaybillCreated),
-            &[Service::Dispatch]
-        );
-        assert_eq!(
-            next_services(EventType::CourierAssigned),
-            &[Service::Payment]
+            [Service::Dispatch]
         );
         assert_eq!(
             next_services(EventType::InventoryRejected),
-            &[Service::Payment]
+            [Service::Payment]
         );
         assert_eq!(
             next_services(EventType::DispatchFailed),
-            &[Service::Fulfillment, Service::Inventory, Service::Payment]
+            [Service::Payment, Service::Inventory, Service::Fulfillment]
         );
-        assert!(next_services(EventType::Delivered).is_empty());
         assert!(next_services(EventType::PaymentDeclined).is_empty());
+        assert!(next_services(EventType::WaybillCancelled).is_empty());
+    }
+
+    #[test]
+    fn every_event_type_a_service_consumes_has_that_service_next() {
+        for service in Service::ALL {
+            if service == Service::Order {
+                continue;
+            }
+            for &ty in service.subscriptions() {
+                assert!(
+                    next_services(ty).contains(&service),
+                    "{service} consumes {ty}, but next_services({ty}) does not name it"
+                );
+            }
+        }
     }
 
     #[test]
@@ -1190,21 +945,7 @@ mod tests {
     }
 
     #[test]
-    fn event_subjects_and_consumers_name_their_parts() {
-        assert_eq!(
-            event_subject_parts(&format!("jwl.evt.{ORDER}.fulfillment.waybill_created")),
-            Some((order(), EventType::WaybillCreated))
-        );
-        assert_eq!(event_subject_parts("jwl.evt.nope.order.created"), None);
-        assert_eq!(
-            event_subject_parts(&format!("jwl.evt.{ORDER}.order.shipped")),
-            None
-        );
-        assert_eq!(
-            consumer_service("payment__order_created"),
-            Some(Service::Payment)
-        );
-        assert_eq!(consumer_service("nobody__order_created"), None);
+    fn a_release_message_names_the_consumer_and_reason() {
         let release = release_message(
             Service::Payment,
             &order(),

@@ -1,42 +1,17 @@
-//! [`OpsError`]: why an operator read failed.
+//! [`OpsError`]: why an operator read or write failed.
 
-use std::time::Duration;
+use jwl_outbox::{BoxError, TransportError};
 
-/// A failed read of the broker, or a filter that cannot be expressed as a subject.
+/// A failed read or write of the broker, or a filter or message the tools cannot act on.
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
-    /// The stream does not exist or its info could not be fetched.
-    #[error("stream {stream}: {source}")]
-    Stream {
-        stream: String,
-        source: async_nats::Error,
-    },
-    /// The ephemeral consumer reading `filter` could not be created.
-    #[error("creating a reader on {stream} for {filter}: {source}")]
-    Consumer {
-        stream: String,
-        filter: String,
-        source: async_nats::Error,
-    },
-    /// Receiving messages failed part way.
-    #[error("reading {stream} ({filter}): {source}")]
-    Read {
-        stream: String,
-        filter: String,
-        source: async_nats::Error,
-    },
-    /// Messages were still pending but none arrived for `idle` (e.g. they expired meanwhile).
-    #[error("reading {stream} ({filter}): no message for {idle:?} while {pending} were pending")]
-    Stalled {
-        stream: String,
-        filter: String,
-        idle: Duration,
-        pending: u64,
-    },
+    /// The broker could not be read (a stream missing or unavailable, a read failing part way).
+    #[error(transparent)]
+    Broker(#[from] TransportError),
     /// `jwl dlq show` of a sequence the dead-letter stream does not hold.
     #[error("no dead letter at sequence {seq} in {stream}")]
     DeadLetterNotFound { stream: String, seq: u64 },
-    /// A filter value that cannot be a subject token (e.g. a consumer name with a `.`).
+    /// A filter value that cannot be used (e.g. a consumer name with a `.`).
     #[error("invalid filter: {0}")]
     InvalidFilter(String),
     /// A stored message that cannot be re-delivered (no valid order or event type).
@@ -44,36 +19,5 @@ pub enum OpsError {
     NotReplayable { origin: String, why: String },
     /// Publishing to the broker failed.
     #[error("publishing to {subject}: {source}")]
-    Publish {
-        subject: String,
-        source: async_nats::Error,
-    },
-    /// Deleting a message from a stream failed.
-    #[error("deleting message {seq} from {stream}: {source}")]
-    Delete {
-        stream: String,
-        seq: u64,
-        source: async_nats::Error,
-    },
-}
-
-impl OpsError {
-    /// For `map_err`: a failure reading `stream`.
-    pub(crate) fn on_stream(stream: &str) -> impl Fn(async_nats::Error) -> OpsError + '_ {
-        move |source| OpsError::Stream {
-            stream: stream.to_owned(),
-            source,
-        }
-    }
-}
-
-/// `stream` without fetching its info (one request fewer); a failure is [`OpsError::Stream`].
-pub(crate) async fn open_stream(
-    jetstream: &async_nats::jetstream::Context,
-    stream: &str,
-) -> Result<async_nats::jetstream::stream::Stream<()>, OpsError> {
-    jetstream
-        .get_stream_no_info(stream)
-        .await
-        .map_err(|error| OpsError::on_stream(stream)(error.into()))
+    Publish { subject: String, source: BoxError },
 }

@@ -1,9 +1,9 @@
 //! [`OrderHistory`]: every event of one order, in stream order, and its dead letters
 //! (`jwl saga show`).
 
-use async_nats::jetstream::Context;
 use jwl_events::OrderId;
 use jwl_outbox::MessagingSettings;
+use jwl_outbox::transport::History;
 use serde::Serialize;
 
 use crate::domain::{DeadLetterFilter, Selection};
@@ -15,21 +15,21 @@ use crate::{dead_letters, replay};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OrderHistory {
     pub order_id: OrderId,
-    /// Every message on the order's event subjects (`jwl.evt.<order id>.<type>`), in stream
-    /// order; undecodable ones included.
+    /// Every message of the order's events (on JetStream: its subjects
+    /// `jwl.evt.<order id>.<type>`), in stream order; undecodable ones included.
     pub events: Vec<EventEntry>,
-    /// Every dead letter on `jwl.dlq.*.<order id>`, in dead-letter stream order.
+    /// Every dead letter of the order (`jwl.dlq.*.<order id>`), in dead-letter stream order.
     pub dead_letters: Vec<DeadLetterEntry>,
 }
 
 impl OrderHistory {
-    /// Reads the order's events from the events stream by subject — one ephemeral ordered
-    /// consumer per catalogue type on the literal subject `jwl.evt.<order id>.<type>`, from the
-    /// first message to the stream's last sequence, merged in stream order — and, at the same
-    /// time, its dead letters from the dead-letter stream. The time this takes follows the
-    /// order's own message count, not the events stream's size.
+    /// Reads the order's events from the events stream by order — on JetStream one ephemeral
+    /// ordered consumer per catalogue type on the literal subject `jwl.evt.<order id>.<type>`,
+    /// from the first message to the stream's last sequence, merged in stream order — and, at
+    /// the same time, its dead letters from the dead-letter stream. The time this takes follows
+    /// the order's own message count, not the events stream's size.
     pub async fn read(
-        jetstream: &Context,
+        history: &dyn History,
         settings: &MessagingSettings,
         order_id: &OrderId,
     ) -> Result<OrderHistory, OpsError> {
@@ -42,8 +42,8 @@ impl OrderHistory {
             ..Default::default()
         };
         let (events, dead_letters) = tokio::try_join!(
-            replay::read(jetstream, settings, &selection),
-            dead_letters::list(jetstream, settings, &dead_letter_filter)
+            replay::read(history, settings, &selection),
+            dead_letters::list(history, settings, &dead_letter_filter)
         )?;
         Ok(OrderHistory {
             order_id: *order_id,

@@ -1,29 +1,30 @@
 //! `jwl-ops`: the operator's tools over the broker, used by the `jwl` CLI and the console.
+//! They see the broker only through the broker-neutral read contract
+//! [`jwl_outbox::transport::History`] (and its [`Publisher`](jwl_outbox::transport::Publisher)),
+//! and speak the dead-letter and replay formats of [`jwl_outbox::protocol`]:
 //!
-//! - [`OrderHistory::read`] — every event of one order, read by subject from `JWL_EVENTS`
-//!   (`jwl saga show`), plus that order's dead letters from `JWL_DLQ`;
-//! - [`replay::read`] — the events a [`Selection`] picks (by order, type, time, sequence), read
-//!   with the narrowest subject filters and start position (`jwl replay`, printing only);
+//! - [`OrderHistory::read`] — every event of one order from the events stream (`jwl saga
+//!   show`), plus that order's dead letters from the dead-letter stream;
+//! - [`replay::read`] — the events a [`Selection`] picks (by order, type, time, sequence)
+//!   (`jwl replay`, printing only);
 //! - [`dead_letters::list`] / [`dead_letters::show`] — the dead-letter stream (`jwl dlq ls|show`);
 //! - [`backlog::consumers`] — every durable consumer's backlog on the events stream (the
 //!   console's live figures);
 //! - [`redelivery`] — replay messages to one service's replay channel and dead-letter
-//!   resolution (`jwl replay --to`, `jwl dlq redrive|discard`).
+//!   resolution (`jwl replay --to`, `jwl dlq redrive|discard`);
+//! - [`next_services`] — who should act on an order's last event (`jwl saga stuck`), from the
+//!   catalogue's table of who consumes what.
 //!
-//! Every read goes through ephemeral ordered consumers, one per subject filter, and stops at
-//! the stream's last sequence. An order's events are read on their literal subjects
-//! (`jwl.evt.<order>.<type>`, one consumer per catalogue type), which the server finds through
-//! its per-subject index: the time does not grow with the events stream (measured on
-//! nats-server 2.9.10: ~6 ms for one order at 10,000 and at 1,000,000 events, where a wildcard
-//! `jwl.evt.<order>.>` consumer took 0.6 s at 1,000,000). Results are plain data (serde
-//! `Serialize` for `--json`); [`render`] turns them into tables. Works on nats-server 2.9 and
-//! newer (one filter subject per consumer).
+//! Every read stops at the stream's last position when it started. How the broker finds an
+//! order's events fast is its own business (on JetStream: ephemeral ordered consumers on the
+//! literal subjects of the order's events, so the time follows the order's message count, not
+//! the events stream's size; see `jwl_outbox::transport::nats`). Results are plain data (serde
+//! `Serialize` for `--json`); [`render`] turns them into tables.
 
 mod domain;
 mod error;
 mod history;
 mod model;
-mod reader;
 
 pub mod backlog;
 pub mod dead_letters;
@@ -32,12 +33,14 @@ pub mod render;
 pub mod replay;
 
 pub use domain::{
-    DeadLetterAction, DeadLetterFilter, DeadLetterOutcome, DeadLetterReason, ReplayMessage,
-    ReplayMode, ReplayOrigin, Selection, TERMINAL_STATUSES, consumer_service, next_services,
-    release_message, replay_types, summarize,
+    DeadLetterAction, DeadLetterFilter, DeadLetterOutcome, ReplayMessage, Selection,
+    TERMINAL_STATUSES, next_services, release_message, replay_types, summarize,
 };
 pub use error::OpsError;
 pub use history::OrderHistory;
+pub use jwl_outbox::consumer_service;
+pub use jwl_outbox::protocol::dead_letter::DeadLetterReason;
+pub use jwl_outbox::protocol::replay::{ReplayMode, ReplayOrigin};
 pub use model::{
     DeadLetterDetail, DeadLetterEntry, DecodedEvent, EntryEvent, EventEntry, UndecodableMessage,
 };

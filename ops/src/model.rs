@@ -5,27 +5,7 @@ use chrono::{DateTime, Utc};
 use jwl_events::{EventData, EventId, EventType, OrderId, Service};
 use serde::Serialize;
 
-/// One message as the broker stored it (internal: the raw material of every entry).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct StoredMessage {
-    pub stream_seq: u64,
-    /// When the broker stored it (the stream's own timestamp).
-    pub stored_at: DateTime<Utc>,
-    pub subject: String,
-    /// Header name/value pairs (a name may repeat).
-    pub headers: Vec<(String, String)>,
-    pub payload: Vec<u8>,
-}
-
-impl StoredMessage {
-    /// The first header called `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
+pub(crate) use jwl_outbox::transport::StoredMessage;
 
 /// One message of `JWL_EVENTS`: where it is in the stream and what it says.
 #[derive(Debug, Clone, PartialEq, Serialize)]

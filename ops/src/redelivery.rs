@@ -3,26 +3,25 @@
 //! `jwl.replay.<service>.…`, and resolving dead letters (outcome record on `jwl.dlqlog.<seq>`,
 //! then deletion from the dead-letter stream). Never publishes to `jwl.evt.>`.
 
-use async_nats::jetstream::Context;
-use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use chrono::Utc;
 use jwl_events::{EventType, Service};
 use jwl_outbox::MessagingSettings;
+use jwl_outbox::transport::{History, OutboundMessage, StoredMessage};
 
 use crate::dead_letters;
 use crate::domain::{
-    DeadLetterAction, DeadLetterOutcome, ReplayMessage, ReplayMode, ReplayOrigin, Selection,
-    dead_letter_detail, event_subject_parts, replay_message, replay_types,
+    DeadLetterAction, DeadLetterOutcome, ReplayMessage, Selection, dead_letter_detail,
+    replay_message, replay_types,
 };
-use crate::error::{OpsError, open_stream};
+use crate::error::OpsError;
 use crate::model::DeadLetterDetail;
-use crate::reader::{Range, read_range};
+use jwl_outbox::consumer_service;
+use jwl_outbox::protocol::replay::{ReplayMode, ReplayOrigin};
 
 /// The replay messages re-delivering `selection` to `service`, which consumes `consumed`:
 /// only the selected events of types it consumes, in stream order.
 pub async fn plan_events(
-    jetstream: &Context,
+    history: &dyn History,
     settings: &MessagingSettings,
     selection: &Selection,
     service: Service,
@@ -38,25 +37,20 @@ pub async fn plan_events(
         types,
         ..selection.clone()
     };
-    let range = Range {
-        stream: &settings.events_stream,
-        filters: narrowed.subject_filters(),
-        start: narrowed.start(),
-        bounds: narrowed.bounds(),
-        limit: narrowed.limit,
-    };
-    let messages = read_range(jetstream, range, |message| {
-        narrowed.keeps(message.stored_at)
-    })
-    .await?;
+    let keep = |message: &StoredMessage| narrowed.keeps(message.stored_at);
+    let messages = history
+        .read_events(settings, &narrowed.query(), &keep)
+        .await?;
     messages
         .iter()
         .map(|message| {
             let origin = ReplayOrigin::Events(message.stream_seq);
             let (order_id, event_type) =
-                event_subject_parts(&message.subject).ok_or_else(|| OpsError::NotReplayable {
-                    origin: origin.to_string(),
-                    why: format!("subject {} names no order and event type", message.subject),
+                jwl_events::parse_subject(&message.subject).ok_or_else(|| {
+                    OpsError::NotReplayable {
+                        origin: origin.to_string(),
+                        why: format!("subject {} names no order and event type", message.subject),
+                    }
                 })?;
             Ok(replay_message(
                 service, &order_id, event_type, message, origin, mode, run_id,
@@ -75,20 +69,20 @@ pub struct DeadLetterReplay {
 /// Reads dead letter `dlq_seq` and rebuilds its replay message (original headers and payload,
 /// origin `dlq:<seq>`, `Nats-Msg-Id: replay:<run id>:dlq:<seq>`).
 pub async fn plan_dead_letter(
-    jetstream: &Context,
+    history: &dyn History,
     settings: &MessagingSettings,
     dlq_seq: u64,
     mode: ReplayMode,
     run_id: &str,
 ) -> Result<DeadLetterReplay, OpsError> {
-    let stored = dead_letters::fetch(jetstream, settings, dlq_seq).await?;
+    let stored = dead_letters::fetch(history, settings, dlq_seq).await?;
     let origin = ReplayOrigin::DeadLetter(dlq_seq);
     let not_replayable = |why: String| OpsError::NotReplayable {
         origin: origin.to_string(),
         why,
     };
     let detail = dead_letter_detail(stored.clone());
-    let service = crate::domain::consumer_service(&detail.entry.consumer).ok_or_else(|| {
+    let service = consumer_service(&detail.entry.consumer).ok_or_else(|| {
         not_replayable(format!(
             "consumer {:?} names no service",
             detail.entry.consumer
@@ -110,59 +104,44 @@ pub async fn plan_dead_letter(
     Ok(DeadLetterReplay { detail, message })
 }
 
-/// Publishes `message` (with its `Nats-Msg-Id`) and waits for the broker's ack.
-pub async fn publish(jetstream: &Context, message: &ReplayMessage) -> Result<(), OpsError> {
-    let publish_error = |source: async_nats::Error| OpsError::Publish {
+/// Publishes `message` (its message id the broker's dedup id, `Nats-Msg-Id` on JetStream) and
+/// waits for the broker's ack.
+pub async fn publish(history: &dyn History, message: &ReplayMessage) -> Result<(), OpsError> {
+    let outgoing = OutboundMessage {
+        dedup_id: message.message_id.clone(),
         subject: message.subject.clone(),
-        source,
+        headers: message.headers.clone(),
+        payload: message.payload.clone().into(),
     };
-    let mut headers = async_nats::HeaderMap::new();
-    for (name, value) in &message.headers {
-        headers.append(name.as_str(), value.as_str());
+    let acked = history.publish_batch(std::slice::from_ref(&outgoing)).await;
+    match acked.into_iter().next() {
+        Some(Ok(_receipt)) => Ok(()),
+        Some(Err(error)) => Err(OpsError::Publish {
+            subject: message.subject.clone(),
+            source: error.into(),
+        }),
+        None => Err(OpsError::Publish {
+            subject: message.subject.clone(),
+            source: "the broker returned no acknowledgement".into(),
+        }),
     }
-    let outgoing = PublishMessage::build()
-        .payload(message.payload.clone().into())
-        .headers(headers)
-        .message_id(message.message_id.as_str());
-    jetstream
-        .send_publish(message.subject.clone(), outgoing)
-        .await
-        .map_err(|error| publish_error(error.into()))?
-        .await
-        .map_err(|error| publish_error(error.into()))?;
-    Ok(())
 }
 
 /// Whether an outcome record for dead letter `dlq_seq` is already on `jwl.dlqlog.<seq>`.
 pub async fn outcome_recorded(
-    jetstream: &Context,
+    history: &dyn History,
     settings: &MessagingSettings,
     dlq_seq: u64,
 ) -> Result<bool, OpsError> {
-    let stream_name = settings.dlq_log_stream.as_str();
-    let stream_error = OpsError::on_stream(stream_name);
-    let stream = open_stream(jetstream, stream_name).await?;
-    let subject = format!("{}.{dlq_seq}", crate::domain::DLQ_LOG_PREFIX);
-    match stream.get_last_raw_message_by_subject(&subject).await {
-        Ok(_) => Ok(true),
-        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(false),
-        Err(error) => Err(stream_error(error.into())),
-    }
+    Ok(history.dead_letter_logged(settings, dlq_seq).await?)
 }
 
 /// Every outcome record on `jwl.dlqlog.>`, oldest first.
 pub async fn outcomes(
-    jetstream: &Context,
+    history: &dyn History,
     settings: &MessagingSettings,
 ) -> Result<Vec<DeadLetterOutcome>, OpsError> {
-    let range = Range {
-        stream: &settings.dlq_log_stream,
-        filters: vec![format!("{}.>", crate::domain::DLQ_LOG_PREFIX)],
-        start: crate::domain::StartAt::First,
-        bounds: crate::domain::Bounds::default(),
-        limit: None,
-    };
-    let messages = read_range(jetstream, range, |_| true).await?;
+    let messages = history.read_dead_letter_log(settings).await?;
     Ok(messages
         .iter()
         .filter_map(|message| serde_json::from_slice(&message.payload).ok())
@@ -172,7 +151,7 @@ pub async fn outcomes(
 /// Resolves a dead letter: publishes `outcome` to `jwl.dlqlog.<seq>` (`Nats-Msg-Id:
 /// dlqlog:<seq>`), then deletes the dead letter. A dead letter already deleted counts as done.
 pub async fn resolve(
-    jetstream: &Context,
+    history: &dyn History,
     settings: &MessagingSettings,
     outcome: &DeadLetterOutcome,
 ) -> Result<(), OpsError> {
@@ -188,33 +167,17 @@ pub async fn resolve(
         payload_bytes: record.len(),
         payload: record,
     };
-    publish(jetstream, &message).await?;
-    delete_dead_letter(jetstream, settings, outcome.dlq_seq).await
+    publish(history, &message).await?;
+    delete_dead_letter(history, settings, outcome.dlq_seq).await
 }
 
 /// Deletes dead letter `dlq_seq` from the dead-letter stream; one already gone counts as done.
 pub async fn delete_dead_letter(
-    jetstream: &Context,
+    history: &dyn History,
     settings: &MessagingSettings,
     dlq_seq: u64,
 ) -> Result<(), OpsError> {
-    let stream_name = settings.dlq_stream.as_str();
-    let delete_error = |source: async_nats::Error| OpsError::Delete {
-        stream: stream_name.to_owned(),
-        seq: dlq_seq,
-        source,
-    };
-    let stream = jetstream
-        .get_stream_no_info(stream_name)
-        .await
-        .map_err(|error| delete_error(error.into()))?;
-    match stream.delete_message(dlq_seq).await {
-        Ok(_) => Ok(()),
-        Err(error) => match dead_letters::fetch(jetstream, settings, dlq_seq).await {
-            Err(OpsError::DeadLetterNotFound { .. }) => Ok(()),
-            _ => Err(delete_error(error.into())),
-        },
-    }
+    Ok(history.delete_dead_letter(settings, dlq_seq).await?)
 }
 
 /// What became of one dead letter a redrive picked.
@@ -236,18 +199,18 @@ pub enum Redriven {
 /// known) and deletes it. One whose outcome is already recorded, or that is gone, was handled
 /// before: it is not sent again (only its deletion is finished).
 pub async fn redrive_dead_letter(
-    jetstream: &Context,
+    history: &dyn History,
     settings: &MessagingSettings,
     dlq_seq: u64,
     mode: ReplayMode,
     run_id: &str,
     operator: Option<&str>,
 ) -> Result<Redriven, OpsError> {
-    if outcome_recorded(jetstream, settings, dlq_seq).await? {
-        delete_dead_letter(jetstream, settings, dlq_seq).await?;
+    if outcome_recorded(history, settings, dlq_seq).await? {
+        delete_dead_letter(history, settings, dlq_seq).await?;
         return Ok(Redriven::AlreadyResolved);
     }
-    let replay = match plan_dead_letter(jetstream, settings, dlq_seq, mode, run_id).await {
+    let replay = match plan_dead_letter(history, settings, dlq_seq, mode, run_id).await {
         Ok(replay) => replay,
         Err(OpsError::DeadLetterNotFound { .. }) => return Ok(Redriven::Gone),
         Err(error @ OpsError::NotReplayable { .. }) => {
@@ -255,7 +218,7 @@ pub async fn redrive_dead_letter(
         }
         Err(error) => return Err(error),
     };
-    publish(jetstream, &replay.message).await?;
+    publish(history, &replay.message).await?;
     let outcome = DeadLetterOutcome::of(
         &replay.detail,
         DeadLetterAction::Redriven,
@@ -264,7 +227,7 @@ pub async fn redrive_dead_letter(
         Utc::now(),
     )
     .by(operator);
-    resolve(jetstream, settings, &outcome).await?;
+    resolve(history, settings, &outcome).await?;
     Ok(Redriven::Done)
 }
 
@@ -272,21 +235,18 @@ pub async fn redrive_dead_letter(
 /// hold on the order (when the dead letter names both), records the outcome with `reason` and
 /// `operator`, and deletes the dead letter.
 pub async fn discard_dead_letter(
-    jetstream: &Context,
+    history: &dyn History,
     settings: &MessagingSettings,
     dlq_seq: u64,
     reason: &str,
     operator: Option<&str>,
 ) -> Result<(), OpsError> {
-    let detail = dead_letters::show(jetstream, settings, dlq_seq).await?;
+    let detail = dead_letters::show(history, settings, dlq_seq).await?;
     let entry = &detail.entry;
-    if let (Some(service), Some(order_id)) = (
-        crate::domain::consumer_service(&entry.consumer),
-        entry.order_id,
-    ) {
+    if let (Some(service), Some(order_id)) = (consumer_service(&entry.consumer), entry.order_id) {
         let release =
             crate::domain::release_message(service, &order_id, &entry.consumer, reason, dlq_seq);
-        publish(jetstream, &release).await?;
+        publish(history, &release).await?;
     }
     let outcome = DeadLetterOutcome::of(
         &detail,
@@ -296,5 +256,5 @@ pub async fn discard_dead_letter(
         Utc::now(),
     )
     .by(operator);
-    resolve(jetstream, settings, &outcome).await
+    resolve(history, settings, &outcome).await
 }

@@ -101,7 +101,7 @@ async fn time_history(b: &Broker, order: OrderId) -> anyhow::Result<Duration> {
     let mut times = Vec::with_capacity(RUNS);
     for run in 0..=RUNS {
         let started = Instant::now();
-        let history = OrderHistory::read(b.js(), &b.settings, &order).await?;
+        let history = OrderHistory::read(&b.broker, &b.settings, &order).await?;
         let elapsed = started.elapsed();
         assert_eq!(history.events.len(), 6, "order {order}");
         assert!(

@@ -20,7 +20,7 @@ fn dlq_seqs(entries: &[DeadLetterEntry]) -> Vec<u64> {
 async fn list_filters_by_consumer_type_reason_order_and_age() -> anyhow::Result<()> {
     let b = Broker::start().await?;
     assert!(
-        dead_letters::list(b.js(), &b.settings, &DeadLetterFilter::default())
+        dead_letters::list(&b.broker, &b.settings, &DeadLetterFilter::default())
             .await?
             .is_empty()
     );
@@ -67,7 +67,7 @@ async fn list_filters_by_consumer_type_reason_order_and_age() -> anyhow::Result<
 
     let list = |filter: DeadLetterFilter| {
         let b = &b;
-        async move { dead_letters::list(b.js(), &b.settings, &filter).await }
+        async move { dead_letters::list(&b.broker, &b.settings, &filter).await }
     };
     let all = list(DeadLetterFilter::default()).await?;
     assert_eq!(dlq_seqs(&all), [d1, d2, d3, d4]);
@@ -154,7 +154,7 @@ async fn show_returns_headers_payload_and_metadata() -> anyhow::Result<()> {
     )
     .await?;
 
-    let detail = dead_letters::show(b.js(), &b.settings, dlq_seq).await?;
+    let detail = dead_letters::show(&b.broker, &b.settings, dlq_seq).await?;
     assert_eq!(detail.entry.dlq_seq, dlq_seq);
     assert_eq!(detail.entry.consumer, "payment__order_created");
     assert_eq!(detail.entry.reason, "permanent");
@@ -196,7 +196,7 @@ async fn show_returns_headers_payload_and_metadata() -> anyhow::Result<()> {
     assert_eq!(json["original"]["status"], "decoded");
 
     assert!(matches!(
-        dead_letters::show(b.js(), &b.settings, dlq_seq + 100).await,
+        dead_letters::show(&b.broker, &b.settings, dlq_seq + 100).await,
         Err(OpsError::DeadLetterNotFound { seq, .. }) if seq == dlq_seq + 100
     ));
     Ok(())

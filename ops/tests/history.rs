@@ -44,7 +44,7 @@ async fn history_of_one_order_among_many_is_complete_and_in_order() -> anyhow::R
         }
     }
 
-    let history = OrderHistory::read(b.js(), &b.settings, &orders[target]).await?;
+    let history = OrderHistory::read(&b.broker, &b.settings, &orders[target]).await?;
     assert_eq!(history.order_id, orders[target]);
     let seqs: Vec<u64> = history.events.iter().map(|e| e.stream_seq).collect();
     assert_eq!(
@@ -92,7 +92,7 @@ async fn history_of_one_order_among_many_is_complete_and_in_order() -> anyhow::R
     assert_eq!(table.lines().count(), 2 + expected.len(), "{table}");
     assert!(table.contains("courier courier-7 at 0.42 km"));
 
-    let nobody = OrderHistory::read(b.js(), &b.settings, &OrderId::new()).await?;
+    let nobody = OrderHistory::read(&b.broker, &b.settings, &OrderId::new()).await?;
     assert!(nobody.events.is_empty() && nobody.dead_letters.is_empty());
     Ok(())
 }
@@ -116,7 +116,7 @@ async fn undecodable_messages_are_listed_with_the_decode_error() -> anyhow::Resu
     .await?;
     publish(b.js(), &events[2..]).await?;
 
-    let history = OrderHistory::read(b.js(), &b.settings, &order).await?;
+    let history = OrderHistory::read(&b.broker, &b.settings, &order).await?;
     assert_eq!(history.events.len(), events.len() + 2);
     assert_eq!(decoded(&history).len(), events.len());
     let undecodable: Vec<(u64, &jwl_ops::UndecodableMessage)> = history
@@ -220,7 +220,7 @@ async fn dead_letters_of_the_order_are_listed_after_their_event() -> anyhow::Res
     running.await??;
     assert_eq!(all.iter().filter(|d| d.order_id == Some(other)).count(), 1);
 
-    let history = OrderHistory::read(b.js(), &b.settings, &order).await?;
+    let history = OrderHistory::read(&b.broker, &b.settings, &order).await?;
     assert_eq!(history.events.len(), events.len() + 1);
     let letters = &history.dead_letters;
     assert_eq!(letters.len(), 2, "{letters:?}");
@@ -272,7 +272,7 @@ async fn eventually_dead_letters(
         "the consumer dead-letters",
         Duration::from_secs(30),
         || async {
-            dead_letters::list(b.js(), &b.settings, &DeadLetterFilter::default())
+            dead_letters::list(&b.broker, &b.settings, &DeadLetterFilter::default())
                 .await
                 .ok()
                 .filter(|letters| letters.len() >= count)

@@ -52,14 +52,14 @@ async fn replay_selects_by_order_and_type() -> anyhow::Result<()> {
             .collect()
     };
 
-    let everything = replay::read(b.js(), &b.settings, &Selection::default()).await?;
+    let everything = replay::read(&b.broker, &b.settings, &Selection::default()).await?;
     assert_eq!(seqs(&everything), expect(&|_| true));
 
     let authorized = Selection {
         types: vec![EventType::PaymentAuthorized],
         ..Default::default()
     };
-    let entries = replay::read(b.js(), &b.settings, &authorized).await?;
+    let entries = replay::read(&b.broker, &b.settings, &authorized).await?;
     assert_eq!(
         seqs(&entries),
         expect(&|e| e.event_type() == EventType::PaymentAuthorized)
@@ -70,7 +70,7 @@ async fn replay_selects_by_order_and_type() -> anyhow::Result<()> {
         order: Some(orders[3]),
         ..Default::default()
     };
-    let entries = replay::read(b.js(), &b.settings, &one_order).await?;
+    let entries = replay::read(&b.broker, &b.settings, &one_order).await?;
     assert_eq!(seqs(&entries), expect(&|e| e.order_id() == orders[3]));
 
     let order_and_types = Selection {
@@ -78,7 +78,7 @@ async fn replay_selects_by_order_and_type() -> anyhow::Result<()> {
         types: vec![EventType::PaymentCaptured, EventType::OrderCreated],
         ..Default::default()
     };
-    let entries = replay::read(b.js(), &b.settings, &order_and_types).await?;
+    let entries = replay::read(&b.broker, &b.settings, &order_and_types).await?;
     assert_eq!(
         types(&entries),
         [EventType::OrderCreated, EventType::PaymentCaptured]
@@ -97,7 +97,7 @@ async fn replay_selects_by_order_and_type() -> anyhow::Result<()> {
         limit: Some(13),
         ..Default::default()
     };
-    let entries = replay::read(b.js(), &b.settings, &two_types_limited).await?;
+    let entries = replay::read(&b.broker, &b.settings, &two_types_limited).await?;
     let wanted = expect(&|e| {
         matches!(
             e.event_type(),
@@ -110,7 +110,11 @@ async fn replay_selects_by_order_and_type() -> anyhow::Result<()> {
         types: vec![EventType::DispatchFailed],
         ..Default::default()
     };
-    assert!(replay::read(b.js(), &b.settings, &none).await?.is_empty());
+    assert!(
+        replay::read(&b.broker, &b.settings, &none)
+            .await?
+            .is_empty()
+    );
 
     let table = render::events_table(&entries);
     assert_eq!(table.lines().count(), 14);
@@ -136,7 +140,7 @@ async fn replay_selects_by_time_and_sequence() -> anyhow::Result<()> {
         ..Default::default()
     };
     assert_eq!(
-        seqs(&replay::read(b.js(), &b.settings, &since).await?),
+        seqs(&replay::read(&b.broker, &b.settings, &since).await?),
         late_seqs
     );
 
@@ -145,7 +149,7 @@ async fn replay_selects_by_time_and_sequence() -> anyhow::Result<()> {
         ..Default::default()
     };
     assert_eq!(
-        seqs(&replay::read(b.js(), &b.settings, &until).await?),
+        seqs(&replay::read(&b.broker, &b.settings, &until).await?),
         early_seqs
     );
 
@@ -155,7 +159,7 @@ async fn replay_selects_by_time_and_sequence() -> anyhow::Result<()> {
         ..Default::default()
     };
     assert_eq!(
-        seqs(&replay::read(b.js(), &b.settings, &range).await?),
+        seqs(&replay::read(&b.broker, &b.settings, &range).await?),
         [5, 6, 7, 8, 9]
     );
 
@@ -166,7 +170,7 @@ async fn replay_selects_by_time_and_sequence() -> anyhow::Result<()> {
         types: vec![EventType::OrderCreated],
         ..Default::default()
     };
-    let entries = replay::read(b.js(), &b.settings, &seq_and_time).await?;
+    let entries = replay::read(&b.broker, &b.settings, &seq_and_time).await?;
     assert_eq!(
         seqs(&entries),
         late.iter()
@@ -181,7 +185,7 @@ async fn replay_selects_by_time_and_sequence() -> anyhow::Result<()> {
         ..Default::default()
     };
     assert_eq!(
-        seqs(&replay::read(b.js(), &b.settings, &limited).await?),
+        seqs(&replay::read(&b.broker, &b.settings, &limited).await?),
         late_seqs[..4]
     );
 
@@ -190,7 +194,7 @@ async fn replay_selects_by_time_and_sequence() -> anyhow::Result<()> {
         ..Default::default()
     };
     assert!(
-        replay::read(b.js(), &b.settings, &past_the_end)
+        replay::read(&b.broker, &b.settings, &past_the_end)
             .await?
             .is_empty()
     );

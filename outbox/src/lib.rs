@@ -21,6 +21,8 @@
 //!   `handle_event` spans of its consumers (and links the relay's publish spans to the rows);
 //! - [`stall`] bounds database work, so a connection that stopped answering (half-open) costs a
 //!   timeout, never a hang;
+//! - [`protocol`] defines the dead-letter and replay channel formats, which the operator tools
+//!   (`jwl-ops`) speak too;
 //! - [`transport`] holds the broker traits and their JetStream implementation.
 //!
 //! [`Messaging`] ties these together for a service process.
@@ -36,6 +38,7 @@ mod metrics;
 mod naming;
 pub mod order_holds;
 pub mod parked_rows;
+pub mod protocol;
 pub mod relay;
 mod schema;
 mod settings;
@@ -49,7 +52,7 @@ pub use faults::{FaultPoints, InvalidTransientFault, TransientFault};
 pub use handler::{BatchHandler, BoxError, Handler, HandlerContext, HandlerError};
 pub use inbox::{Processed, process_one};
 pub use messaging::Messaging;
-pub use naming::{durable_name, events_durable};
+pub use naming::{consumer_service, durable_name, events_durable};
 pub use relay::RelaySignal;
 pub use schema::{migrate, migrate_with};
 pub use settings::{MAX_OUTBOX_PARTITIONS, MessagingSettings};

@@ -17,6 +17,14 @@ pub fn durable_name(service: Service, ty: EventType) -> String {
     name
 }
 
+/// The service that owns the inbox consumer `consumer` (`<service>__<type>`, see
+/// [`durable_name`]), e.g. payment for `payment__order_created`.
+pub fn consumer_service(consumer: &str) -> Option<Service> {
+    consumer
+        .split_once("__")
+        .and_then(|(service, _)| Service::parse(service))
+}
+
 /// The durable broker consumer of `service` on the events stream, filtered to every event type
 /// it subscribes to: `<service>__events`.
 pub fn events_durable(service: Service) -> String {
@@ -37,6 +45,17 @@ mod tests {
             durable_name(Service::Dispatch, EventType::WaybillCreated),
             "dispatch__fulfillment_waybill_created"
         );
+    }
+
+    #[test]
+    fn consumer_names_name_their_service() {
+        for service in Service::ALL {
+            for ty in EventType::ALL {
+                assert_eq!(consumer_service(&durable_name(service, ty)), Some(service));
+            }
+        }
+        assert_eq!(consumer_service("nobody__order_created"), None);
+        assert_eq!(consumer_service("payment"), None);
     }
 
     #[test]

@@ -15,8 +15,8 @@ use jwl_events::{
     PaymentVoided, Service,
 };
 use jwl_outbox::transport::{
-    Broker, ConsumerBacklog, ConsumerSpec, Deliveries, OutboundMessage, PublishReceipt, Publisher,
-    Subscriber,
+    Broker, ConsumerBacklog, ConsumerSpec, DeadLetterQuery, Deliveries, EventQuery, History, Keep,
+    NamedBacklog, OutboundMessage, PublishReceipt, Publisher, StoredMessage, Subscriber,
 };
 use jwl_outbox::{JetStreamBroker, Messaging, MessagingSettings, TransportError};
 use jwl_testkit::eventually;
@@ -681,6 +681,73 @@ impl Broker for DeadLettersRefused {
 
     fn is_healthy(&self) -> bool {
         self.inner.is_healthy()
+    }
+
+    async fn stream_available(
+        &self,
+        stream: &str,
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        self.inner.stream_available(stream, timeout).await
+    }
+}
+
+#[async_trait]
+impl History for DeadLettersRefused {
+    async fn read_events(
+        &self,
+        settings: &MessagingSettings,
+        query: &EventQuery,
+        keep: Keep<'_>,
+    ) -> Result<Vec<StoredMessage>, TransportError> {
+        self.inner.read_events(settings, query, keep).await
+    }
+
+    async fn read_dead_letters(
+        &self,
+        settings: &MessagingSettings,
+        query: &DeadLetterQuery,
+        keep: Keep<'_>,
+    ) -> Result<Vec<StoredMessage>, TransportError> {
+        self.inner.read_dead_letters(settings, query, keep).await
+    }
+
+    async fn dead_letter(
+        &self,
+        settings: &MessagingSettings,
+        dlq_seq: u64,
+    ) -> Result<Option<StoredMessage>, TransportError> {
+        self.inner.dead_letter(settings, dlq_seq).await
+    }
+
+    async fn delete_dead_letter(
+        &self,
+        settings: &MessagingSettings,
+        dlq_seq: u64,
+    ) -> Result<(), TransportError> {
+        self.inner.delete_dead_letter(settings, dlq_seq).await
+    }
+
+    async fn read_dead_letter_log(
+        &self,
+        settings: &MessagingSettings,
+    ) -> Result<Vec<StoredMessage>, TransportError> {
+        self.inner.read_dead_letter_log(settings).await
+    }
+
+    async fn dead_letter_logged(
+        &self,
+        settings: &MessagingSettings,
+        dlq_seq: u64,
+    ) -> Result<bool, TransportError> {
+        self.inner.dead_letter_logged(settings, dlq_seq).await
+    }
+
+    async fn consumer_backlogs(
+        &self,
+        settings: &MessagingSettings,
+    ) -> Result<Vec<NamedBacklog>, TransportError> {
+        self.inner.consumer_backlogs(settings).await
     }
 }
 

@@ -23,10 +23,10 @@ pub mod seed;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 
-use async_nats::jetstream::Context;
 use futures::{StreamExt, TryStreamExt};
 use jwl_events::{Envelope, EventData, EventId, EventType, OrderId, Service};
 use jwl_ops::{DecodedEvent, EntryEvent, EventEntry, OpsError, Selection, replay as ops_replay};
+use jwl_outbox::transport::History;
 use jwl_outbox::{MessagingSettings, OutboxError, Processed};
 use jwl_service_kit::Settings;
 use serde::Serialize;
@@ -63,13 +63,13 @@ pub enum SandboxError {
 /// Every event of each order the selection touches, in stream order (undecodable ones left
 /// out; [`SandboxReport::undecodable`] counts them in [`replay`]).
 pub async fn read_orders(
-    jetstream: &Context,
+    history: &dyn History,
     settings: &MessagingSettings,
     selection: &Selection,
 ) -> Result<Vec<EventEntry>, SandboxError> {
     let orders: BTreeSet<OrderId> = match selection.order {
         Some(order) => BTreeSet::from([order]),
-        None => ops_replay::read(jetstream, settings, selection)
+        None => ops_replay::read(history, settings, selection)
             .await?
             .iter()
             .filter_map(|entry| match &entry.event {
@@ -84,7 +84,7 @@ pub async fn read_orders(
                 order: Some(order),
                 ..Default::default()
             };
-            ops_replay::read(jetstream, settings, &whole).await
+            ops_replay::read(history, settings, &whole).await
         })
         .buffer_unordered(READ_CONCURRENCY)
         .try_collect()

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use jwl_events::Service;
-use jwl_outbox::{JetStreamBroker, MessagingSettings, RelaySignal};
+use jwl_outbox::transport::Broker;
+use jwl_outbox::{MessagingSettings, RelaySignal};
 use sqlx::PgPool;
 
 use crate::config::Settings;
@@ -23,8 +24,9 @@ pub struct ServiceContext {
     /// flood of requests waits for its connections and never takes the consumers'; the same
     /// pool as [`pool`](Self::pool) until one is given.
     pub http_pool: PgPool,
-    /// The connection to NATS JetStream.
-    pub broker: JetStreamBroker,
+    /// The connection to the broker (NATS JetStream, or any other [`Broker`]): the process
+    /// connects to the one its configuration names and everything else sees only the trait.
+    pub broker: Arc<dyn Broker>,
     /// Stream names, batch sizes, retry policy of the reliable-messaging runtime.
     pub messaging: MessagingSettings,
     /// Business tunables.
@@ -41,7 +43,7 @@ impl ServiceContext {
     pub fn new(
         service: Service,
         pool: PgPool,
-        broker: JetStreamBroker,
+        broker: Arc<dyn Broker>,
         messaging: MessagingSettings,
         settings: Arc<Settings>,
     ) -> Self {

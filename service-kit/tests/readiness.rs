@@ -23,7 +23,7 @@ async fn ready_while_database_and_broker_answer_and_not_ready_without_the_broker
     let order_pool = db::connect(database.url(), "jwl_order").await.unwrap();
     let payment_pool = db::connect(database.url(), "jwl_payment").await.unwrap();
     let broker = JetStreamBroker::connect(nats.url()).await.unwrap();
-    let readiness = Readiness::new(vec![order_pool, payment_pool.clone()], broker);
+    let readiness = Readiness::new(vec![order_pool, payment_pool.clone()], Arc::new(broker));
     let app = edge(Router::new(), common::keys(), readiness.clone());
     // the listener that says which check failed (JWL_METRICS_ADDR)
     let admin = metrics_router(Arc::new(readiness));
@@ -82,7 +82,8 @@ async fn not_ready_while_the_events_stream_is_unavailable() -> anyhow::Result<()
     let pool = db::connect(database.url(), "jwl_order").await?;
     let broker = JetStreamBroker::connect(nats.url()).await?;
     let settings = MessagingSettings::default();
-    let readiness = Readiness::new(vec![pool], broker.clone()).with_stream(&settings.events_stream);
+    let readiness =
+        Readiness::new(vec![pool], Arc::new(broker.clone())).with_stream(&settings.events_stream);
     let app = edge(Router::new(), common::keys(), readiness.clone());
     let admin = metrics_router(Arc::new(readiness));
     eventually("connected", Duration::from_secs(20), || async {

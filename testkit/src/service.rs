@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::HeaderMap as NatsHeaders;
-use async_nats::jetstream::message::PublishMessage;
 use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode, header, request};
 use jwl_events::{Envelope, HeaderStyle, Service};
+use jwl_outbox::transport::{OutboundMessage, Publisher};
 use jwl_outbox::{Handler, JetStreamBroker, MessagingSettings, OutboxError, Processed};
 use jwl_service_kit::auth::{JwtKeys, Scope};
 use jwl_service_kit::db::{PoolSettings, connect_with};
@@ -53,7 +52,13 @@ pub async fn service_context(
 ) -> anyhow::Result<(ServiceContext, TestNats)> {
     let nats = crate::nats().await?;
     let broker = JetStreamBroker::connect(nats.url()).await?;
-    let ctx = ServiceContext::new(service, pool, broker, messaging, Arc::new(settings));
+    let ctx = ServiceContext::new(
+        service,
+        pool,
+        Arc::new(broker),
+        messaging,
+        Arc::new(settings),
+    );
     Ok((ctx, nats))
 }
 
@@ -179,23 +184,21 @@ pub async fn deliver(
 }
 
 /// Publishes `event` to the events stream as a producer's relay would (NATS headers, the event
-/// id as `Nats-Msg-Id`) and waits for JetStream's acknowledgement.
-pub async fn publish_event(broker: &JetStreamBroker, event: &Envelope) -> anyhow::Result<()> {
+/// id as the dedup id) and waits for the broker's acknowledgement.
+pub async fn publish_event(broker: &dyn Publisher, event: &Envelope) -> anyhow::Result<()> {
     let wire = jwl_events::encode(event, HeaderStyle::Nats);
-    let mut headers = NatsHeaders::new();
-    for (name, value) in &wire.headers {
-        headers.append(name.as_str(), value.as_str());
+    let message = OutboundMessage {
+        dedup_id: event.id.0.to_string(),
+        subject: wire.subject,
+        headers: wire.headers,
+        payload: wire.payload.into(),
+    };
+    let acked = broker.publish_batch(std::slice::from_ref(&message)).await;
+    match acked.into_iter().next() {
+        Some(Ok(_receipt)) => Ok(()),
+        Some(Err(error)) => Err(error).context("publishing an event"),
+        None => anyhow::bail!("publishing an event: no acknowledgement"),
     }
-    let publish = PublishMessage::build()
-        .headers(headers)
-        .payload(wire.payload.into())
-        .message_id(event.id.0.to_string());
-    broker
-        .jetstream()
-        .send_publish(wire.subject, publish)
-        .await?
-        .await?;
-    Ok(())
 }
 
 /// An outbox row's headers and payload.

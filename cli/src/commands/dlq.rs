@@ -6,12 +6,12 @@
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use async_nats::jetstream;
 use governor::{Quota, RateLimiter};
 use indicatif::{ProgressBar, ProgressStyle};
 use jwl_ops::redelivery::Redriven;
 use jwl_ops::{DeadLetterFilter, ReplayMode, dead_letters, redelivery, render};
 use jwl_outbox::MessagingSettings;
+use jwl_outbox::transport::History;
 use serde::{Deserialize, Serialize};
 
 use super::{connect_operator, print_json};
@@ -43,7 +43,7 @@ impl DeadLetterFilterArgs {
 
 async fn ls(args: DlqLsArgs) -> anyhow::Result<()> {
     let (broker, settings) = connect_operator(&args.nats, "dlq").await?;
-    let entries = dead_letters::list(broker.jetstream(), &settings, &args.filter.to_filter())
+    let entries = dead_letters::list(&*broker, &settings, &args.filter.to_filter())
         .await
         .context("listing dead letters")?;
     if args.output.json {
@@ -55,7 +55,7 @@ async fn ls(args: DlqLsArgs) -> anyhow::Result<()> {
 
 async fn show(args: DlqShowArgs) -> anyhow::Result<()> {
     let (broker, settings) = connect_operator(&args.nats, "dlq").await?;
-    let detail = dead_letters::show(broker.jetstream(), &settings, args.seq).await?;
+    let detail = dead_letters::show(&*broker, &settings, args.seq).await?;
     if args.output.json {
         return print_json(&detail);
     }
@@ -65,10 +65,10 @@ async fn show(args: DlqShowArgs) -> anyhow::Result<()> {
 
 async fn discard(args: DlqDiscardArgs) -> anyhow::Result<()> {
     let (broker, settings) = connect_operator(&args.nats, "dlq").await?;
-    let jetstream = broker.jetstream();
+    let history = &*broker;
     let mut failures = 0usize;
     for &seq in &args.seqs {
-        match discard_one(jetstream, &settings, seq, &args.reason).await {
+        match discard_one(history, &settings, seq, &args.reason).await {
             Ok(()) => println!("discarded dead letter {seq}"),
             Err(error) => {
                 failures += 1;
@@ -87,12 +87,12 @@ async fn discard(args: DlqDiscardArgs) -> anyhow::Result<()> {
 
 /// See [`redelivery::discard_dead_letter`] (the CLI records no operator).
 async fn discard_one(
-    jetstream: &jetstream::Context,
+    history: &dyn History,
     settings: &MessagingSettings,
     seq: u64,
     reason: &str,
 ) -> anyhow::Result<()> {
-    redelivery::discard_dead_letter(jetstream, settings, seq, reason, None).await?;
+    redelivery::discard_dead_letter(history, settings, seq, reason, None).await?;
     Ok(())
 }
 
@@ -144,11 +144,11 @@ impl RedriveState {
 
 async fn redrive(args: DlqRedriveArgs) -> anyhow::Result<()> {
     let (broker, settings) = connect_operator(&args.nats, "dlq").await?;
-    let jetstream = broker.jetstream();
+    let history = &*broker;
     let (mut state, path) = match &args.resume {
         Some(path) => (RedriveState::load(path)?, path.clone()),
         None => {
-            let selected = dead_letters::list(jetstream, &settings, &args.filter.to_filter())
+            let selected = dead_letters::list(history, &settings, &args.filter.to_filter())
                 .await
                 .context("selecting dead letters")?;
             let run_id = uuid::Uuid::now_v7().simple().to_string();
@@ -190,7 +190,7 @@ async fn redrive(args: DlqRedriveArgs) -> anyhow::Result<()> {
     );
     for seq in now_due {
         limiter.until_ready().await;
-        match redrive_one(jetstream, &settings, &state, seq).await? {
+        match redrive_one(history, &settings, &state, seq).await? {
             // gone: handled before an interruption (its outcome may not have been recorded)
             Redriven::Done | Redriven::AlreadyResolved | Redriven::Gone => state.done.push(seq),
             Redriven::Skipped(why) => {
@@ -227,12 +227,12 @@ fn quota(rate: Rate) -> Quota {
 
 /// One dead letter of a run (see [`redelivery::redrive_dead_letter`]).
 async fn redrive_one(
-    jetstream: &jetstream::Context,
+    history: &dyn History,
     settings: &MessagingSettings,
     state: &RedriveState,
     seq: u64,
 ) -> anyhow::Result<Redriven> {
-    redelivery::redrive_dead_letter(jetstream, settings, seq, state.mode, &state.run_id, None)
+    redelivery::redrive_dead_letter(history, settings, seq, state.mode, &state.run_id, None)
         .await
         .with_context(|| format!("redriving dead letter {seq}"))
 }

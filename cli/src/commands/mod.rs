@@ -12,9 +12,11 @@ pub mod serve;
 pub mod token;
 pub mod up;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use jwl_outbox::transport::Broker;
 use jwl_outbox::transport::nats::{NatsSecurity, redact_userinfo};
 use jwl_outbox::{JetStreamBroker, MessagingSettings, TransportError};
 use jwl_service_kit::db::PoolSettings;
@@ -90,14 +92,15 @@ enum StreamsUnavailable {
 /// credentials and TLS of `security`, waiting for the connection to come up, and makes sure the
 /// streams exist with their configured replicas. Fails when the broker can never serve (it
 /// refuses the credentials or the TLS handshake, it is too old, or it refuses the replica
-/// count).
+/// count). The rest of the process sees only the [`Broker`] trait: another broker plugs in
+/// here.
 async fn connect_broker(
     url: &str,
     security: &NatsSecurity,
     client_name: &str,
     messaging: &MessagingSettings,
     unavailable: StreamsUnavailable,
-) -> anyhow::Result<JetStreamBroker> {
+) -> anyhow::Result<Arc<dyn Broker>> {
     let shown = redact_userinfo(url);
     let broker = JetStreamBroker::connect_secured(url, client_name, security)
         .await
@@ -140,14 +143,14 @@ async fn connect_broker(
         Err(error) => tracing::warn!(%error, nats = %shown,
             "the JetStream streams are not available yet; starting not ready and retrying"),
     }
-    Ok(broker)
+    Ok(Arc::new(broker))
 }
 
 /// Connects an operator command to NATS (see [`connect_broker`]) with the default settings.
 async fn connect_operator(
     nats: &NatsArgs,
     command: &str,
-) -> anyhow::Result<(JetStreamBroker, MessagingSettings)> {
+) -> anyhow::Result<(Arc<dyn Broker>, MessagingSettings)> {
     // an operator tool creates missing streams but never changes a deployment's replica count
     let settings = MessagingSettings {
         stream_replicas: None,

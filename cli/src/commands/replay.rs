@@ -21,9 +21,9 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     }
     let (broker, settings) = connect_operator(&args.nats, "replay").await?;
     let selection = selection(&args)?;
-    let jetstream = broker.jetstream();
+    let history = &*broker;
     let Some(service) = args.to else {
-        let entries = replay::read(jetstream, &settings, &selection)
+        let entries = replay::read(history, &settings, &selection)
             .await
             .context("reading the selection")?;
         return if args.output.json {
@@ -40,7 +40,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     };
     let run_id = uuid::Uuid::now_v7().simple().to_string();
     let messages = redelivery::plan_events(
-        jetstream,
+        history,
         &settings,
         &selection,
         service.entry().service,
@@ -52,7 +52,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     .context("reading the selection")?;
     if !args.dry_run {
         for message in &messages {
-            redelivery::publish(jetstream, message)
+            redelivery::publish(history, message)
                 .await
                 .context("re-delivering the selection")?;
         }
@@ -140,7 +140,7 @@ async fn sandbox(args: &ReplayArgs) -> anyhow::Result<()> {
         )?;
         let selection = selection(args)?;
         let (broker, settings) = connect_operator(&args.nats, "replay").await?;
-        let entries = jwl_sandbox::read_orders(broker.jetstream(), &settings, &selection)
+        let entries = jwl_sandbox::read_orders(&*broker, &settings, &selection)
             .await
             .context("reading the selected orders")?;
         let sandbox_settings = &args.sandbox_settings;

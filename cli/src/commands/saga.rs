@@ -44,7 +44,7 @@ struct SagaView {
 
 async fn show(args: SagaShowArgs) -> anyhow::Result<()> {
     let (broker, settings) = connect_operator(&args.nats, "saga").await?;
-    let history = OrderHistory::read(broker.jetstream(), &settings, &args.order_id)
+    let history = OrderHistory::read(&*broker, &settings, &args.order_id)
         .await
         .with_context(|| format!("reading the history of order {}", args.order_id))?;
     let (status, status_source) = match order_pool(&args.databases).await? {

@@ -1,48 +1,17 @@
 //! Building dead letters: the original message, re-addressed to `jwl.dlq.<consumer>.<order id>`,
 //! with headers saying who gave up on it and why, deduplicated by consumer and event id.
 
-use std::fmt;
-
 use bytes::Bytes;
 
 use jwl_events::Envelope;
 use uuid::Uuid;
 
+pub(crate) use crate::protocol::dead_letter::DeadLetterReason;
+use crate::protocol::dead_letter::{
+    CONSUMER_HEADER, ERROR_HEADER, ORDER_ID_HEADER, REASON_HEADER, STREAM_SEQ_HEADER,
+    SUBJECT_HEADER, UNKNOWN_ORDER, dead_letter_subject, is_annotation_header,
+};
 use crate::transport::OutboundMessage;
-
-/// Why a message was dead-lettered (the `jwl-dlq-reason` header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DeadLetterReason {
-    /// Not a valid event (`jwl_events::decode` failed).
-    Decode,
-    /// The handler failed permanently.
-    Permanent,
-    /// It failed transiently `max_attempts` times, or arrived past that.
-    MaxAttempts,
-}
-
-impl DeadLetterReason {
-    pub const ALL: [Self; 3] = [Self::Decode, Self::Permanent, Self::MaxAttempts];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Decode => "decode",
-            Self::Permanent => "permanent",
-            Self::MaxAttempts => "max_attempts",
-        }
-    }
-
-    /// The reason [`Self::as_str`] names.
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|reason| reason.as_str() == name)
-    }
-}
-
-impl fmt::Display for DeadLetterReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A decision to dead-letter one message.
 #[derive(Debug, Clone)]
@@ -129,7 +98,6 @@ pub(crate) struct LetterSource<'m> {
 
 /// Longest `jwl-dlq-error` value kept.
 const MAX_ERROR_LEN: usize = 1024;
-const UNKNOWN_ORDER: &str = "unknown";
 
 /// The dead-letter message for `source`. Its dedup id is `dlq:<consumer>:<event id>` (with
 /// `:<replay origin>` appended for a replayed message, so that a redrive failing again is not
@@ -148,23 +116,20 @@ pub(crate) fn dead_letter_message(
     let mut headers: Vec<(String, String)> = source
         .headers
         .iter()
-        .filter(|(name, _)| !is_replaced_header(name))
+        .filter(|(name, _)| !is_annotation_header(name))
         .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
         .collect();
     let subject = letter.events_subject.as_deref().unwrap_or(source.subject);
     headers.extend([
-        ("jwl-dlq-consumer".to_owned(), consumer.clone()),
+        (CONSUMER_HEADER.to_owned(), consumer.clone()),
+        (REASON_HEADER.to_owned(), letter.reason.as_str().to_owned()),
+        (ERROR_HEADER.to_owned(), header_safe(&letter.error)),
+        (SUBJECT_HEADER.to_owned(), subject.to_owned()),
         (
-            "jwl-dlq-reason".to_owned(),
-            letter.reason.as_str().to_owned(),
-        ),
-        ("jwl-dlq-error".to_owned(), header_safe(&letter.error)),
-        ("jwl-dlq-subject".to_owned(), subject.to_owned()),
-        (
-            "jwl-dlq-stream-seq".to_owned(),
+            STREAM_SEQ_HEADER.to_owned(),
             source.stream_sequence.to_string(),
         ),
-        ("jwl-dlq-order-id".to_owned(), order_id.clone()),
+        (ORDER_ID_HEADER.to_owned(), order_id.clone()),
     ]);
     let dedup_id = match (letter.event_id, &letter.replay_origin) {
         (Some(event_id), None) => format!("dlq:{consumer}:{event_id}"),
@@ -173,19 +138,10 @@ pub(crate) fn dead_letter_message(
     };
     OutboundMessage {
         dedup_id,
-        subject: format!("jwl.dlq.{consumer}.{order_id}"),
+        subject: dead_letter_subject(consumer, &order_id),
         headers,
         payload: Bytes::copy_from_slice(source.payload),
     }
-}
-
-/// Broker headers (`Nats-*`, e.g. the original `Nats-Msg-Id`), earlier dead-letter headers and
-/// replay headers are not carried over.
-fn is_replaced_header(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    ["nats-", "jwl-dlq-", "jwl-replay-", "jwl-release-"]
-        .iter()
-        .any(|prefix| lower.starts_with(prefix))
 }
 
 /// Header `name` (case-insensitive) as a UUID, if it holds one.
@@ -223,21 +179,5 @@ mod tests {
         assert!(!safe.contains(['\r', '\n']));
         assert!(safe.len() <= MAX_ERROR_LEN);
         assert!(safe.starts_with("first  second"));
-    }
-
-    #[test]
-    fn reasons_parse_back_from_their_names() {
-        for reason in DeadLetterReason::ALL {
-            assert_eq!(DeadLetterReason::parse(reason.as_str()), Some(reason));
-        }
-        assert_eq!(DeadLetterReason::parse("expired"), None);
-    }
-
-    #[test]
-    fn broker_and_old_dead_letter_headers_are_dropped() {
-        assert!(is_replaced_header("Nats-Msg-Id"));
-        assert!(is_replaced_header("jwl-dlq-reason"));
-        assert!(is_replaced_header("jwl-replay-mode"));
-        assert!(!is_replaced_header("ce-id"));
     }
 }

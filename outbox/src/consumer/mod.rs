@@ -8,7 +8,6 @@ mod batch;
 mod dead_letter;
 mod fast_path;
 mod holds;
-mod replay;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -28,6 +27,7 @@ use crate::handler::Handler;
 use crate::handler::HandlerError;
 use crate::metrics::ConsumerMetrics;
 use crate::naming::{durable_name, events_durable};
+use crate::protocol::replay;
 use crate::relay::RelaySignal;
 use crate::settings::MessagingSettings;
 use crate::stall;

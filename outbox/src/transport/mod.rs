@@ -1,9 +1,17 @@
-//! The broker behind traits: the relay and the consumer loop only see these, so another broker
-//! (Kafka) can be added next to [`nats`]. The transport moves subjects, headers and bytes; it
-//! knows nothing of events or orders.
+//! The broker behind traits: the relay, the consumer loop, the services' health checks and the
+//! operator tools (`jwl-ops`, through [`History`]) only see these, so another broker (Kafka)
+//! can be added next to [`nats`] and chosen by configuration. The transport moves subjects,
+//! headers and bytes; only the operator tools' queries ([`EventQuery`], [`DeadLetterQuery`])
+//! name orders and event types, so that each broker picks its own way to find them.
 
+mod history;
 pub mod nats;
 
+pub use history::{
+    DeadLetterQuery, EventQuery, History, Keep, NamedBacklog, ReadEnd, ReadStart, StoredMessage,
+};
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -110,14 +118,120 @@ pub struct ConsumerBacklog {
     pub redelivered: u64,
 }
 
-/// A complete broker: publishing, subscribing, provisioning and health.
+/// A complete broker: publishing, subscribing, reading for the operator tools, provisioning
+/// and health. Services hold one as `Arc<dyn Broker>`.
 #[async_trait]
-pub trait Broker: Publisher + Subscriber + Send + Sync + 'static {
+pub trait Broker: Publisher + Subscriber + History + Send + Sync + 'static {
     /// Creates (or reconciles) the events, dead-letter, replay and dead-letter log streams.
     /// Idempotent.
     async fn ensure_streams(&self, settings: &MessagingSettings) -> Result<(), TransportError>;
     /// Whether the broker connection is currently up (for readiness).
     fn is_healthy(&self) -> bool;
+    /// Whether `stream` can be used now: it answers within `timeout` and (on a cluster) has a
+    /// leader. For readiness: a stream can be unavailable while the connection is fine.
+    async fn stream_available(&self, stream: &str, timeout: Duration)
+    -> Result<(), TransportError>;
+}
+
+// A shared broker is a broker: `Arc<dyn Broker>` can be handed to whatever takes one.
+
+#[async_trait]
+impl<T: Publisher + ?Sized> Publisher for Arc<T> {
+    async fn publish_batch(
+        &self,
+        batch: &[OutboundMessage],
+    ) -> Vec<Result<PublishReceipt, TransportError>> {
+        (**self).publish_batch(batch).await
+    }
+}
+
+#[async_trait]
+impl<T: Subscriber + ?Sized> Subscriber for Arc<T> {
+    async fn subscribe(&self, spec: &ConsumerSpec) -> Result<Deliveries, TransportError> {
+        (**self).subscribe(spec).await
+    }
+
+    async fn backlog(&self, spec: &ConsumerSpec) -> Result<ConsumerBacklog, TransportError> {
+        (**self).backlog(spec).await
+    }
+}
+
+#[async_trait]
+impl<T: History + ?Sized> History for Arc<T> {
+    async fn read_events(
+        &self,
+        settings: &MessagingSettings,
+        query: &EventQuery,
+        keep: Keep<'_>,
+    ) -> Result<Vec<StoredMessage>, TransportError> {
+        (**self).read_events(settings, query, keep).await
+    }
+
+    async fn read_dead_letters(
+        &self,
+        settings: &MessagingSettings,
+        query: &DeadLetterQuery,
+        keep: Keep<'_>,
+    ) -> Result<Vec<StoredMessage>, TransportError> {
+        (**self).read_dead_letters(settings, query, keep).await
+    }
+
+    async fn dead_letter(
+        &self,
+        settings: &MessagingSettings,
+        dlq_seq: u64,
+    ) -> Result<Option<StoredMessage>, TransportError> {
+        (**self).dead_letter(settings, dlq_seq).await
+    }
+
+    async fn delete_dead_letter(
+        &self,
+        settings: &MessagingSettings,
+        dlq_seq: u64,
+    ) -> Result<(), TransportError> {
+        (**self).delete_dead_letter(settings, dlq_seq).await
+    }
+
+    async fn read_dead_letter_log(
+        &self,
+        settings: &MessagingSettings,
+    ) -> Result<Vec<StoredMessage>, TransportError> {
+        (**self).read_dead_letter_log(settings).await
+    }
+
+    async fn dead_letter_logged(
+        &self,
+        settings: &MessagingSettings,
+        dlq_seq: u64,
+    ) -> Result<bool, TransportError> {
+        (**self).dead_letter_logged(settings, dlq_seq).await
+    }
+
+    async fn consumer_backlogs(
+        &self,
+        settings: &MessagingSettings,
+    ) -> Result<Vec<NamedBacklog>, TransportError> {
+        (**self).consumer_backlogs(settings).await
+    }
+}
+
+#[async_trait]
+impl<T: Broker + ?Sized> Broker for Arc<T> {
+    async fn ensure_streams(&self, settings: &MessagingSettings) -> Result<(), TransportError> {
+        (**self).ensure_streams(settings).await
+    }
+
+    fn is_healthy(&self) -> bool {
+        (**self).is_healthy()
+    }
+
+    async fn stream_available(
+        &self,
+        stream: &str,
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        (**self).stream_available(stream, timeout).await
+    }
 }
 
 /// Errors talking to the broker.
@@ -163,6 +277,38 @@ pub enum TransportError {
     Receive(BoxError),
     #[error("settling a message: {0}")]
     Settle(BoxError),
+    /// A stream does not exist, or asking about it failed.
+    #[error("stream {stream}: {source}")]
+    Stream { stream: String, source: BoxError },
+    /// A reader of `filter` on `stream` (the operator tools') could not be created.
+    #[error("creating a reader on {stream} for {filter}: {source}")]
+    Reader {
+        stream: String,
+        filter: String,
+        source: BoxError,
+    },
+    /// Receiving messages failed part way through a read.
+    #[error("reading {stream} ({filter}): {source}")]
+    Read {
+        stream: String,
+        filter: String,
+        source: BoxError,
+    },
+    /// Messages were still pending but none arrived for `idle` (e.g. they expired meanwhile).
+    #[error("reading {stream} ({filter}): no message for {idle:?} while {pending} were pending")]
+    Stalled {
+        stream: String,
+        filter: String,
+        idle: Duration,
+        pending: u64,
+    },
+    /// Deleting a message from a stream failed.
+    #[error("deleting message {seq} from {stream}: {source}")]
+    Delete {
+        stream: String,
+        seq: u64,
+        source: BoxError,
+    },
 }
 
 impl TransportError {

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use axum::response::{IntoResponse, Response};
 use futures::future::{BoxFuture, join_all};
-use jwl_outbox::JetStreamBroker;
+use jwl_outbox::transport::Broker;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -41,7 +41,7 @@ const STREAM_CHECK_TTL: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Readiness {
     pools: Vec<PgPool>,
-    broker: JetStreamBroker,
+    broker: Arc<dyn Broker>,
     stream: Option<StreamCheck>,
 }
 
@@ -57,7 +57,7 @@ struct StreamCheck {
 
 impl Readiness {
     /// Ready while every pool answers a ping and the broker connection is up.
-    pub fn new(pools: Vec<PgPool>, broker: JetStreamBroker) -> Self {
+    pub fn new(pools: Vec<PgPool>, broker: Arc<dyn Broker>) -> Self {
         Self {
             pools,
             broker,

@@ -387,7 +387,7 @@ pub(crate) async fn order(
     let authorization = headers.get(header::AUTHORIZATION);
     // the broker and the peers at once: a slow peer costs at most its timeout
     let (history, services, holds) = tokio::join!(
-        OrderHistory::read(state.broker.jetstream(), &state.messaging, &order_id),
+        OrderHistory::read(&*state.broker, &state.messaging, &order_id),
         state.peers.read(order_id, order.as_ref(), authorization),
         state.peers.read_holds(order_id, own_holds, authorization),
     );
@@ -453,7 +453,7 @@ pub(crate) async fn list_dead_letters(
         limit: Some(DEAD_LETTER_LIMIT),
         ..Default::default()
     };
-    let dead_letters = dead_letters::list(state.broker.jetstream(), &state.messaging, &filter)
+    let dead_letters = dead_letters::list(&*state.broker, &state.messaging, &filter)
         .await
         .map_err(broker_error)?;
     Ok(Json(DeadLettersBody { dead_letters }))
@@ -502,7 +502,7 @@ pub(crate) async fn redrive(
     }
     let run_id = format!("console-{}", Uuid::now_v7().simple());
     let outcome = redelivery::redrive_dead_letter(
-        state.broker.jetstream(),
+        &*state.broker,
         &state.messaging,
         seq,
         ReplayMode::Inbox,
@@ -567,7 +567,7 @@ pub(crate) async fn discard(
         ));
     }
     redelivery::discard_dead_letter(
-        state.broker.jetstream(),
+        &*state.broker,
         &state.messaging,
         seq,
         reason,
@@ -700,7 +700,7 @@ pub async fn stuck_orders(
                 next: last_event
                     .as_deref()
                     .and_then(EventType::parse)
-                    .map(|ty| next_services(ty).to_vec())
+                    .map(next_services)
                     .unwrap_or_default(),
                 order_id,
                 status,
@@ -838,7 +838,7 @@ pub(crate) async fn figures(
             parked,
         });
     }
-    let consumers = backlog::consumers(state.broker.jetstream(), &state.messaging)
+    let consumers = backlog::consumers(&*state.broker, &state.messaging)
         .await
         .map_err(broker_error)?;
     Ok(Json(FiguresBody {

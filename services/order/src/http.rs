@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SubsecRound, Utc};
 use jwl_events::{CancelReason, Envelope, OrderCancelRequested, OrderCreated, OrderId};
 use jwl_outbox::trace_context::current_traceparent;
-use jwl_outbox::{JetStreamBroker, MessagingSettings, OutboxError, RelaySignal};
+use jwl_outbox::transport::Broker;
+use jwl_outbox::{MessagingSettings, OutboxError, RelaySignal};
 use jwl_service_kit::auth::{Caller, Scope};
 use jwl_service_kit::extract::{Json, Path};
 use jwl_service_kit::http::{IngestLimiter, ListedRouter, RouteMethod, limit_ingest};
@@ -44,7 +45,7 @@ pub(crate) struct AppState {
     settings: Arc<Settings>,
     relay: RelaySignal,
     /// For the console's reads of the broker (through `jwl-ops`).
-    pub(crate) broker: JetStreamBroker,
+    pub(crate) broker: Arc<dyn Broker>,
     pub(crate) messaging: MessagingSettings,
     /// The console's redrives, at most [`console::REDRIVES_PER_SECOND`] for this process.
     pub(crate) redrive_limit: Arc<governor::DefaultDirectRateLimiter>,

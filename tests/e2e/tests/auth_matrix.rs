@@ -17,6 +17,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use jwl_events::{OrderId, Service, WaybillId};
+use jwl_outbox::transport::Broker;
 use jwl_outbox::{JetStreamBroker, MessagingSettings};
 use jwl_service_kit::auth::{JwtKeys, Scope};
 use jwl_service_kit::http::{ListedRoute, ListedRouter, Readiness, RouteMethod, edge};
@@ -82,6 +83,7 @@ async fn start() -> anyhow::Result<Matrix> {
     let broker = JetStreamBroker::connect(nats.url()).await?;
     // the streams a running system has (the console's routes read them)
     broker.ensure_streams(&MessagingSettings::default()).await?;
+    let broker: Arc<dyn Broker> = Arc::new(broker);
     let settings = Arc::new(Settings::default());
     let mut pools = Vec::new();
     let mut routers: Vec<ListedRouter> = Vec::new();

@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use jwl_events::Service;
+use jwl_outbox::transport::Broker;
 use jwl_outbox::{JetStreamBroker, MessagingSettings};
 use jwl_service_kit::http::{ListedRouter, MetricsOn};
 use jwl_service_kit::openapi::{self, OpenApi};
@@ -53,7 +54,7 @@ fn pairs<'a>(items: impl IntoIterator<Item = (&'a str, &'a str)>) -> BTreeSet<(S
 async fn the_document_describes_every_route_and_nothing_else() -> anyhow::Result<()> {
     let database = jwl_testkit::database().await?;
     let nats = jwl_testkit::nats().await?;
-    let broker = JetStreamBroker::connect(nats.url()).await?;
+    let broker: Arc<dyn Broker> = Arc::new(JetStreamBroker::connect(nats.url()).await?);
     let settings = Arc::new(Settings::default());
     let mut routed = BTreeSet::new();
     for service in Service::ALL {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use jwl_e2e::{LineItem, NewOrder, OrderStatus, Point, System, SystemOptions, with_system};
 use jwl_events::{Envelope, EventData, EventType};
-use jwl_outbox::{Handler, HandlerContext, HandlerError, MessagingSettings};
+use jwl_outbox::{Handler, HandlerContext, HandlerError, JetStreamBroker, MessagingSettings};
 use jwl_sandbox::{DifferenceKind, Handlers, OutputDiff};
 use jwl_service_kit::Settings;
 
@@ -201,14 +201,13 @@ async fn sandbox_replay_finds_no_difference_and_catches_a_changed_handler() -> a
         assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
 
         // a changed payment handler: the library, with the changed handler in place
-        let client = async_nats::connect(system.nats_urls()).await?;
-        let jetstream = async_nats::jetstream::new(client);
+        let broker = JetStreamBroker::connect(system.nats_urls()).await?;
         let selection = jwl_ops::Selection {
             since: Some(since),
             ..Default::default()
         };
         let entries =
-            jwl_sandbox::read_orders(&jetstream, &MessagingSettings::default(), &selection).await?;
+            jwl_sandbox::read_orders(&broker, &MessagingSettings::default(), &selection).await?;
         let settings = Settings {
             dispatch_radius_km: system.options().dispatch_radius_km,
             courier_capacity: system.options().courier_capacity,

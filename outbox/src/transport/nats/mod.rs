@@ -1,8 +1,9 @@
 //! The NATS JetStream broker ([`JetStreamBroker`]): connection, health, and the transport traits
-//! implemented over async-nats.
+//! implemented over async-nats, the operator tools' reads ([`super::History`]) included.
 
 mod delivery;
 mod denials;
+mod history;
 mod provision;
 mod publish;
 mod security;
@@ -318,6 +319,14 @@ impl Broker for JetStreamBroker {
 
     fn is_healthy(&self) -> bool {
         JetStreamBroker::is_healthy(self)
+    }
+
+    async fn stream_available(
+        &self,
+        stream: &str,
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        JetStreamBroker::stream_available(self, stream, timeout).await
     }
 }
 

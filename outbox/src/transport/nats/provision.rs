@@ -13,15 +13,10 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pu
 use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
 use async_nats::jetstream::stream::{self, StorageType};
 
+use crate::protocol::dead_letter::{DLQ_LOG_SUBJECTS, DLQ_SUBJECTS};
+use crate::protocol::replay::REPLAY_SUBJECTS;
 use crate::settings::MessagingSettings;
 use crate::transport::{ConsumerSpec, TransportError};
-
-/// Subjects of the dead-letter stream.
-pub(crate) const DLQ_SUBJECTS: &str = "jwl.dlq.>";
-/// Subjects of the replay stream.
-pub(crate) const REPLAY_SUBJECTS: &str = "jwl.replay.>";
-/// Subjects of the dead-letter log stream.
-pub(crate) const DLQ_LOG_SUBJECTS: &str = "jwl.dlqlog.>";
 
 pub(super) async fn ensure_streams(
     jetstream: &jetstream::Context,
