@@ -164,7 +164,7 @@ impl JetStreamBroker {
         self.client.connection_state() == State::Connected
     }
 
-    /// The underlying JetStream context (for tests and operator tools).
+    /// The underlying JetStream context (for tests that publish or inspect streams directly).
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.jetstream
     }
