@@ -1,10 +1,11 @@
 //! The broker behind traits: the relay, the consumer loop, the services' health checks and the
 //! operator tools (`jwl-ops`, through [`History`]) only see these, so another broker (Kafka)
-//! can be added next to [`nats`] and chosen by configuration. The transport moves subjects,
+//! can be used: NATS JetStream ([`nats`]) or Kafka ([`kafka`]). The transport moves subjects,
 //! headers and bytes; only the operator tools' queries ([`EventQuery`], [`DeadLetterQuery`])
 //! name orders and event types, so that each broker picks its own way to find them.
 
 mod history;
+pub mod kafka;
 pub mod nats;
 
 pub use history::{
@@ -19,6 +20,8 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 use crate::handler::BoxError;
+use crate::protocol::dead_letter::{DLQ_LOG_SUBJECTS, DLQ_SUBJECTS};
+use crate::protocol::replay::REPLAY_SUBJECTS;
 use crate::settings::MessagingSettings;
 
 /// A message to publish. `dedup_id` lets the broker drop a re-publication (`Nats-Msg-Id`).
@@ -232,6 +235,47 @@ impl<T: Broker + ?Sized> Broker for Arc<T> {
     ) -> Result<(), TransportError> {
         (**self).stream_available(stream, timeout).await
     }
+}
+
+/// A stream `max_age` of zero: messages never expire.
+pub(crate) const UNLIMITED_AGE: Duration = Duration::ZERO;
+
+/// One of the deployment's streams as `settings` name it: its name, the subjects it holds and
+/// how long it keeps a message ([`UNLIMITED_AGE`]: until it is removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamShape<'s> {
+    pub name: &'s str,
+    pub subjects: &'static str,
+    pub max_age: Duration,
+}
+
+/// The events, dead-letter, replay and dead-letter log streams, in that order.
+pub(crate) fn stream_shapes(settings: &MessagingSettings) -> [StreamShape<'_>; 4] {
+    [
+        StreamShape {
+            name: &settings.events_stream,
+            subjects: jwl_events::EVENTS_SUBJECTS,
+            max_age: settings.events_max_age,
+        },
+        // no age limit: a dead letter stays until it is redriven or discarded, which is what
+        // releases the hold it may have on its order (one that expired would leave the order
+        // held, with nothing for an operator to act on)
+        StreamShape {
+            name: &settings.dlq_stream,
+            subjects: DLQ_SUBJECTS,
+            max_age: UNLIMITED_AGE,
+        },
+        StreamShape {
+            name: &settings.replay_stream,
+            subjects: REPLAY_SUBJECTS,
+            max_age: settings.replay_max_age,
+        },
+        StreamShape {
+            name: &settings.dlq_log_stream,
+            subjects: DLQ_LOG_SUBJECTS,
+            max_age: settings.dlq_log_max_age,
+        },
+    ]
 }
 
 /// Errors talking to the broker.

@@ -13,43 +13,20 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pu
 use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
 use async_nats::jetstream::stream::{self, StorageType};
 
-use crate::protocol::dead_letter::{DLQ_LOG_SUBJECTS, DLQ_SUBJECTS};
-use crate::protocol::replay::REPLAY_SUBJECTS;
 use crate::settings::MessagingSettings;
-use crate::transport::{ConsumerSpec, TransportError};
+use crate::transport::{ConsumerSpec, TransportError, UNLIMITED_AGE, stream_shapes};
 
 pub(super) async fn ensure_streams(
     jetstream: &jetstream::Context,
     settings: &MessagingSettings,
 ) -> Result<(), TransportError> {
-    let wanted = [
-        (
-            &settings.events_stream,
-            jwl_events::EVENTS_SUBJECTS,
-            settings.events_max_age,
-        ),
-        // no age limit: a dead letter stays until it is redriven or discarded, which is what
-        // releases the hold it may have on its order (one that expired would leave the order
-        // held, with nothing for an operator to act on)
-        (&settings.dlq_stream, DLQ_SUBJECTS, UNLIMITED_AGE),
-        (
-            &settings.replay_stream,
-            REPLAY_SUBJECTS,
-            settings.replay_max_age,
-        ),
-        (
-            &settings.dlq_log_stream,
-            DLQ_LOG_SUBJECTS,
-            settings.dlq_log_max_age,
-        ),
-    ];
-    for (name, subjects, max_age) in wanted {
+    for shape in stream_shapes(settings) {
         let config = stream::Config {
-            name: name.clone(),
-            subjects: vec![subjects.to_owned()],
+            name: shape.name.to_owned(),
+            subjects: vec![shape.subjects.to_owned()],
             storage: StorageType::File,
-            max_age,
-            duplicate_window: duplicate_window(settings.duplicate_window, max_age),
+            max_age: shape.max_age,
+            duplicate_window: duplicate_window(settings.duplicate_window, shape.max_age),
             num_replicas: settings.stream_replicas.unwrap_or(1),
             ..Default::default()
         };
@@ -57,9 +34,6 @@ pub(super) async fn ensure_streams(
     }
     Ok(())
 }
-
-/// A stream `max_age` of zero: messages never expire.
-const UNLIMITED_AGE: Duration = Duration::ZERO;
 
 /// The duplicate window of a stream that keeps messages `max_age`: nats-server refuses one
 /// longer than a (non-zero) max age.
