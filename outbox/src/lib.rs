@@ -23,7 +23,8 @@
 //!   timeout, never a hang;
 //! - [`protocol`] defines the dead-letter and replay channel formats, which the operator tools
 //!   (`jwl-ops`) speak too;
-//! - [`transport`] holds the broker traits and their JetStream implementation.
+//! - [`transport`] holds the broker traits and their implementations over NATS JetStream and
+//!   Kafka.
 //!
 //! [`Messaging`] ties these together for a service process.
 
@@ -57,4 +58,5 @@ pub use relay::RelaySignal;
 pub use schema::{migrate, migrate_with};
 pub use settings::{MAX_OUTBOX_PARTITIONS, MessagingSettings};
 pub use transport::TransportError;
+pub use transport::kafka::{KafkaBroker, KafkaSettings};
 pub use transport::nats::JetStreamBroker;
