@@ -1,4 +1,4 @@
-//! Locating the executables of the servers (`nats-server`, `initdb`, `postgres`, …).
+//! Locating the executables of the servers (`nats-server`, `initdb`, `postgres`, `tansu`, …).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -112,6 +112,11 @@ fn is_executable(path: &Path) -> bool {
 }
 
 fn install_hint(name: &str) -> String {
+    if name == "tansu" {
+        return "install it with `scripts/install-deps` (it builds it with `cargo install tansu \
+                --features dynostore,libsql`)"
+            .to_owned();
+    }
     let apt_package = match name {
         "nats-server" => "nats-server",
         _ => "postgresql",
@@ -154,5 +159,6 @@ mod tests {
             hint: install_hint("nats-server"),
         };
         assert!(nats.to_string().contains("apt-get install -y nats-server"));
+        assert!(install_hint("tansu").contains("cargo install tansu"));
     }
 }

@@ -36,6 +36,10 @@ pub enum InfraError {
         output: String,
     },
 
+    /// The installed server cannot do what was asked (it was built without a feature).
+    #[error("{server} does not support {what}")]
+    Unsupported { server: &'static str, what: String },
+
     /// The server process exited while starting.
     #[error("{server} exited while starting ({status}); last lines of {log}:\n{log_tail}")]
     ExitedDuringStart {

@@ -1,5 +1,6 @@
-//! Private infrastructure processes for Jiangwanli: a PostgreSQL cluster and a `nats-server -js`,
-//! each started on a loopback port with its own data directory and stopped by its owner.
+//! Private infrastructure processes for Jiangwanli: a PostgreSQL cluster, a `nats-server -js` and
+//! a tansu Kafka-protocol broker, each started on a loopback port with its own data directory and
+//! stopped by its owner.
 //!
 //! Used by `jwl up` (durable servers under `./.jwl/`) and by `jwl-testkit` (throw-away servers).
 //!
@@ -31,6 +32,7 @@ mod port;
 mod postgres;
 mod process;
 mod service_user;
+mod tansu;
 
 pub use binary::{MIN_NATS_SERVER, find_binary, find_nats_server, tools_dir};
 pub use error::InfraError;
@@ -38,3 +40,4 @@ pub use nats::{NatsClusterNode, NatsOptions, NatsServer};
 pub use port::free_port;
 pub use postgres::{PgTuning, PostgresOptions, PostgresServer, StopMode};
 pub use process::{OwnerExitSignal, spawn_tied_to_process};
+pub use tansu::{TansuOptions, TansuServer, TansuStorage};

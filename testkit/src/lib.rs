@@ -15,6 +15,9 @@
 //! * [`secure_nats()`] — a private `nats-server` requiring TLS (certificates made by the test)
 //!   and client certificates, with the deployment's users and permissions
 //!   (`deploy/nats/jwl-auth.conf`), each with a random password.
+//! * [`tansu()`] — a private tansu (Kafka-protocol broker) per call (free port, temporary SQLite
+//!   storage, or memory when the installed tansu has no SQLite), restartable; `None` when tansu
+//!   is not installed (it is optional), so that Kafka tests can skip.
 //! * [`service`] — helpers for the service crates' integration tests: a pool in a service's
 //!   schema, a `ServiceContext` on a private nats-server, requests through the real HTTP edge,
 //!   delivering and publishing events, reading the outbox.
@@ -36,6 +39,7 @@ mod nats_cluster;
 mod scratch;
 mod secure_nats;
 pub mod service;
+mod tansu;
 
 pub use cluster::{TestCluster, cluster};
 pub use database::{TestDatabase, database};
@@ -44,6 +48,7 @@ pub use jwl_local_infra::StopMode;
 pub use nats::{TestNats, nats};
 pub use nats_cluster::{TestNatsCluster, nats_cluster};
 pub use secure_nats::{AUTH_CONF, Pki, SecureNats, USERS, password_variable, secure_nats};
+pub use tansu::{TestTansu, tansu};
 
 /// Environment variable naming an existing PostgreSQL server to create test databases in.
 pub const TEST_DATABASE_URL_ENV: &str = "JWL_TEST_DATABASE_URL";
