@@ -82,6 +82,7 @@ macro_rules! contract_tests {
             acked_and_termed_messages_are_never_redelivered,
             backlog_counts_what_is_left,
             filters_select_subjects,
+            an_oversized_message_is_rejected_for_good,
             consuming_resumes_after_a_broker_restart,
         );
     };
@@ -224,8 +225,11 @@ async fn drained(fixture: &Fixture, spec: &ConsumerSpec) -> anyhow::Result<()> {
 /// Subject, payload and every header (repeated names in order) arrive as published; a
 /// re-publication with the same dedup id is dropped where the broker deduplicates.
 pub async fn a_published_batch_arrives_intact(fixture: Fixture) -> anyhow::Result<()> {
-    let batch: Vec<OutboundMessage> = (0..3)
-        .map(|n| event(&order(), "intact", "intact", n))
+    let orders: Vec<String> = (0..3).map(|_| order()).collect();
+    let batch: Vec<OutboundMessage> = orders
+        .iter()
+        .enumerate()
+        .map(|(n, order)| event(order, "intact", "intact", n))
         .collect();
     let sequences = publish(&fixture, &batch).await?;
     ensure!(sequences.len() == 3);
@@ -262,7 +266,8 @@ pub async fn a_published_batch_arrives_intact(fixture: Fixture) -> anyhow::Resul
     let again = fixture.broker.publish_batch(&batch[..1]).await;
     let duplicate = again.into_iter().next().context("no receipt")??.duplicate;
     assert_eq!(duplicate, fixture.differences.dedups_by_id);
-    publish(&fixture, &[event(&order(), "intact", "marker", 0)]).await?;
+    // of the same order, so that it comes after the copy (Kafka orders only within a partition)
+    publish(&fixture, &[event(&orders[0], "intact", "marker", 0)]).await?;
     let (_, before_marker) = receive_tagged(&mut deliveries, "marker", 1).await?;
     let first = String::from_utf8_lossy(&batch[0].payload).into_owned();
     let redelivered = before_marker.contains(&first);
@@ -589,6 +594,32 @@ pub async fn filters_select_subjects(fixture: Fixture) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A message larger than the broker takes (1 MB by default on both) fails alone and for good;
+/// the rest of its batch is published.
+pub async fn an_oversized_message_is_rejected_for_good(fixture: Fixture) -> anyhow::Result<()> {
+    let mut huge = event(&order(), "size", "huge", 1);
+    huge.payload = Bytes::from(vec![b'x'; 2 * 1024 * 1024]);
+    let batch = [
+        event(&order(), "size", "small", 0),
+        huge,
+        event(&order(), "size", "small", 2),
+    ];
+    let results = fixture.broker.publish_batch(&batch).await;
+    assert_eq!(results.len(), 3);
+    let rejected = results[1]
+        .as_ref()
+        .err()
+        .context("the huge message was accepted")?;
+    assert!(rejected.is_permanent(), "not permanent: {rejected}");
+    ensure!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    let spec = spec(&fixture, &durable("size"), &["jwl.evt.>"]);
+    let mut deliveries = fixture.broker.subscribe(&spec).await?;
+    let (small, others) = receive_tagged(&mut deliveries, "small", 2).await?;
+    assert_eq!(small.len(), 2);
+    assert!(others.is_empty(), "{others:?}");
+    Ok(())
+}
+
 /// After the broker restarts, publishing and consuming go on (re-subscribing where the
 /// subscription reports an error, as the consumer loop does).
 pub async fn consuming_resumes_after_a_broker_restart(fixture: Fixture) -> anyhow::Result<()> {
@@ -598,6 +629,10 @@ pub async fn consuming_resumes_after_a_broker_restart(fixture: Fixture) -> anyho
         );
         return Ok(());
     };
+    eventually("the broker to be healthy", SOON, || async {
+        fixture.broker.is_healthy()
+    })
+    .await?;
     let spec = spec(&fixture, &durable("restart"), &["jwl.evt.>"]);
     let mut deliveries = fixture.broker.subscribe(&spec).await?;
     publish(&fixture, &[event(&order(), "restart", "before", 0)]).await?;
@@ -605,6 +640,10 @@ pub async fn consuming_resumes_after_a_broker_restart(fixture: Fixture) -> anyho
     drained(&fixture, &spec).await?;
 
     restart().await?;
+    eventually("the broker to be healthy again", SOON, || async {
+        fixture.broker.is_healthy()
+    })
+    .await?;
     let after = event(&order(), "restart", "after", 0);
     eventually("publishing to succeed again", SOON, || async {
         publish(&fixture, std::slice::from_ref(&after))
