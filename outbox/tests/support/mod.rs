@@ -98,18 +98,7 @@ impl Harness {
     pub async fn start_in(db: TestDatabase, service: Service) -> anyhow::Result<Self> {
         init_observability();
         let nats = jwl_testkit::nats().await?;
-        let pool = service_pool(&db, SCHEMA).await?;
-        jwl_outbox::migrate(&pool).await?;
-        sqlx::raw_sql(
-            "CREATE TABLE effects (event_id uuid NOT NULL, txid bigint NOT NULL);
-             CREATE TABLE attempts (event_id uuid NOT NULL, attempt int NOT NULL, txid bigint NOT NULL,
-                                    at timestamptz NOT NULL DEFAULT clock_timestamp());
-             CREATE TABLE checked_at_commit (id int UNIQUE DEFERRABLE INITIALLY DEFERRED);
-             CREATE TABLE fixed (event_id uuid PRIMARY KEY);
-             CREATE TABLE batches (events int NOT NULL, refused bool NOT NULL);",
-        )
-        .execute(&pool)
-        .await?;
+        let pool = test_pool(&db).await?;
         let broker = JetStreamBroker::connect_named(nats.url(), "jwl-outbox-test").await?;
         let settings = test_settings();
         broker.ensure_streams(&settings).await?;
@@ -447,6 +436,23 @@ pub async fn stream_messages(
     Ok(messages)
 }
 
+/// A pool in the test schema, migrated, with the test handler's tables.
+pub async fn test_pool(db: &TestDatabase) -> anyhow::Result<PgPool> {
+    let pool = service_pool(db, SCHEMA).await?;
+    jwl_outbox::migrate(&pool).await?;
+    sqlx::raw_sql(
+            "CREATE TABLE effects (event_id uuid NOT NULL, txid bigint NOT NULL);
+             CREATE TABLE attempts (event_id uuid NOT NULL, attempt int NOT NULL, txid bigint NOT NULL,
+                                    at timestamptz NOT NULL DEFAULT clock_timestamp());
+             CREATE TABLE checked_at_commit (id int UNIQUE DEFERRABLE INITIALLY DEFERRED);
+             CREATE TABLE fixed (event_id uuid PRIMARY KEY);
+             CREATE TABLE batches (events int NOT NULL, refused bool NOT NULL);",
+        )
+        .execute(&pool)
+        .await?;
+    Ok(pool)
+}
+
 /// A pool whose connections use `schema` as search_path, like a service's pool.
 pub async fn service_pool(db: &TestDatabase, schema: &str) -> anyhow::Result<PgPool> {
     let admin = db.pool().await?;
@@ -469,6 +475,13 @@ pub async fn service_pool(db: &TestDatabase, schema: &str) -> anyhow::Result<PgP
 /// success, an effect inside the transaction. Steered by `amount_cents`.
 pub struct RecordingHandler {
     log: PgPool,
+}
+
+impl RecordingHandler {
+    /// Recording its attempts and effects in `log`'s database (see [`test_pool`]).
+    pub fn new(log: PgPool) -> Self {
+        Self { log }
+    }
 }
 
 #[async_trait]
