@@ -1,5 +1,5 @@
 //! A private [tansu](https://github.com/tansu-io/tansu) broker (a Kafka-protocol broker in one
-//! process) on 127.0.0.1:<port>, with its storage in a given directory: SQLite (persistent
+//! process) on `127.0.0.1:<port>`, with its storage in a given directory: SQLite (persistent
 //! across restarts, needs a tansu built with the `libsql` feature) or memory.
 
 use std::fs::OpenOptions;

@@ -23,7 +23,10 @@
 //! - **Consumers.** A durable consumer is a consumer group named `durable_name`, reading the
 //!   stream's topic and its own retry topic (`<topic>.retry.<group>`). Filter subjects are matched
 //!   on the client (NATS rules, `*` and `>`); a message that matches none is settled at once.
-//!   See [`subscription`] for settling, retries and redelivery.
+//!   See `subscription.rs` for settling, retries and redelivery. [`ConsumerSpec::replaces`] does
+//!   not apply: a new group starts at the beginning of its topics (`auto.offset.reset=earliest`),
+//!   as a new JetStream consumer does, and no Kafka deployment has superseded groups to take over
+//!   from.
 //! - **Settling.** Kafka commits a position per partition, not per message: a message is settled
 //!   by `ack` or `term`, and the committed position of a partition advances only up to its lowest
 //!   unsettled offset (the consumer loop settles out of order). `nak(delay)` produces a copy to
