@@ -46,6 +46,7 @@
 //! - **Health.** From librdkafka's statistics (every second): healthy while a broker connection
 //!   is up, unhealthy on `AllBrokersDown`.
 
+mod history;
 mod publish;
 mod subscription;
 mod wire;
@@ -406,6 +407,46 @@ impl Broker for KafkaBroker {
 
     fn is_healthy(&self) -> bool {
         self.inner.context.health.get()
+    }
+
+    async fn stream_available(
+        &self,
+        stream: &str,
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
+        let topic = wire::topic_of(stream)?.to_owned();
+        let probe = self.clone();
+        let unavailable = |why: String| TransportError::Unavailable {
+            stream: stream.to_owned(),
+            why,
+        };
+        let metadata = tokio::task::spawn_blocking(move || {
+            let metadata = probe
+                .inner
+                .producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)?;
+            // every partition of the topic has a leader
+            Ok::<_, KafkaError>(
+                metadata
+                    .topics()
+                    .iter()
+                    .find(|found| found.name() == topic)
+                    .map(|found| {
+                        found.error().is_none()
+                            && !found.partitions().is_empty()
+                            && found.partitions().iter().all(|p| p.leader() >= 0)
+                    }),
+            )
+        })
+        .await
+        .map_err(|error| unavailable(error.to_string()))?
+        .map_err(|error| unavailable(error.to_string()))?;
+        match metadata {
+            Some(true) => Ok(()),
+            Some(false) => Err(unavailable("a partition has no leader".to_owned())),
+            None => Err(unavailable("the topic does not exist".to_owned())),
+        }
     }
 }
 
