@@ -14,9 +14,14 @@ use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use jwl_events::{EventType, OrderId};
 use jwl_outbox::MessagingSettings;
+use jwl_outbox::protocol::dead_letter::{
+    CONSUMER_HEADER, ORDER_ID_HEADER, REASON_HEADER, dead_letter_log_subject, dead_letter_subject,
+};
 use jwl_outbox::transport::{
-    Broker, ConsumerBacklog, ConsumerSpec, Deliveries, Delivery, OutboundMessage,
+    Broker, ConsumerBacklog, ConsumerSpec, DeadLetterQuery, Deliveries, Delivery, EventQuery,
+    OutboundMessage, ReadStart, StoredMessage,
 };
 use jwl_testkit::eventually;
 use tokio::time::Instant;
@@ -84,6 +89,10 @@ macro_rules! contract_tests {
             filters_select_subjects,
             an_oversized_message_is_rejected_for_good,
             consuming_resumes_after_a_broker_restart,
+            history_reads_one_orders_events_in_order,
+            history_reads_a_range_up_to_its_limit,
+            history_lists_reads_and_deletes_dead_letters,
+            history_lists_the_consumers_backlogs,
         );
     };
     (@cases $start:path; $($case:ident),* $(,)?) => {
@@ -678,4 +687,288 @@ pub async fn consuming_resumes_after_a_broker_restart(fixture: Fixture) -> anyho
             Err(_) => bail!("the message published after the restart never arrived"),
         }
     }
+}
+
+// --- History: the operator tools' reads ------------------------------------------------------
+
+/// A catalogue event of `order` (the operator tools read catalogue types), its payload
+/// `history:<order>:<n>`.
+fn catalogue_event(order: &OrderId, ty: EventType, n: usize) -> OutboundMessage {
+    let id = uuid::Uuid::new_v4().to_string();
+    OutboundMessage {
+        dedup_id: id.clone(),
+        subject: jwl_events::subject(order, ty),
+        headers: vec![
+            ("ce-id".to_owned(), id),
+            ("ce-subject".to_owned(), order.to_string()),
+            ("content-type".to_owned(), "application/json".to_owned()),
+        ],
+        payload: Bytes::from(format!("history:{order}:{n}")),
+    }
+}
+
+fn payloads(messages: &[StoredMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|message| String::from_utf8_lossy(&message.payload).into_owned())
+        .collect()
+}
+
+/// One order's events come back in publication order, with their subjects and headers, among
+/// other orders' events; a type filter narrows them, and a read from a sequence starts there.
+pub async fn history_reads_one_orders_events_in_order(fixture: Fixture) -> anyhow::Result<()> {
+    let orders: Vec<OrderId> = (0..4).map(|_| OrderId::new()).collect();
+    let types = [
+        EventType::OrderCreated,
+        EventType::PaymentAuthorized,
+        EventType::InventoryReserved,
+        EventType::PaymentCaptured,
+    ];
+    let mut batch = Vec::new();
+    for (n, ty) in types.into_iter().enumerate() {
+        for order in &orders {
+            batch.push(catalogue_event(order, ty, n));
+        }
+    }
+    publish(&fixture, &batch).await?;
+    let settings = &fixture.settings;
+    for order in &orders {
+        let query = EventQuery {
+            order: Some(*order),
+            ..Default::default()
+        };
+        let read = fixture
+            .broker
+            .read_events(settings, &query, &|_| true)
+            .await?;
+        let expected: Vec<String> = (0..types.len())
+            .map(|n| format!("history:{order}:{n}"))
+            .collect();
+        assert_eq!(payloads(&read), expected, "order {order}");
+        let subjects: Vec<String> = read.iter().map(|m| m.subject.clone()).collect();
+        let expected: Vec<String> = types
+            .iter()
+            .map(|ty| jwl_events::subject(order, *ty))
+            .collect();
+        assert_eq!(subjects, expected);
+        assert_eq!(
+            read[0].header("ce-subject"),
+            Some(order.to_string().as_str())
+        );
+        ensure!(
+            read.windows(2).all(|w| w[0].stream_seq < w[1].stream_seq),
+            "not in stream order: {read:?}"
+        );
+
+        let typed = EventQuery {
+            order: Some(*order),
+            types: vec![EventType::PaymentCaptured, EventType::OrderCreated],
+            ..Default::default()
+        };
+        let read_typed = fixture
+            .broker
+            .read_events(settings, &typed, &|_| true)
+            .await?;
+        assert_eq!(
+            payloads(&read_typed),
+            [format!("history:{order}:0"), format!("history:{order}:3")]
+        );
+
+        let from = EventQuery {
+            order: Some(*order),
+            start: ReadStart::Sequence(read[2].stream_seq),
+            ..Default::default()
+        };
+        let read_from = fixture
+            .broker
+            .read_events(settings, &from, &|_| true)
+            .await?;
+        assert_eq!(payloads(&read_from), payloads(&read[2..]));
+
+        let kept = fixture
+            .broker
+            .read_events(settings, &query, &|m| m.payload.ends_with(b":1"))
+            .await?;
+        assert_eq!(payloads(&kept), [format!("history:{order}:1")]);
+    }
+    Ok(())
+}
+
+/// A read of the whole stream holds every event; with a limit it is the first ones of that
+/// read; a time start after everything reads nothing.
+pub async fn history_reads_a_range_up_to_its_limit(fixture: Fixture) -> anyhow::Result<()> {
+    let started = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let batch: Vec<OutboundMessage> = (0..8)
+        .map(|n| catalogue_event(&OrderId::new(), EventType::OrderCreated, n))
+        .collect();
+    publish(&fixture, &batch).await?;
+    let settings = &fixture.settings;
+    let all = fixture
+        .broker
+        .read_events(settings, &EventQuery::default(), &|_| true)
+        .await?;
+    let mut read = payloads(&all);
+    read.sort();
+    let mut published: Vec<String> = batch
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    published.sort();
+    assert_eq!(read, published);
+
+    let limited = EventQuery {
+        limit: Some(3),
+        ..Default::default()
+    };
+    let first = fixture
+        .broker
+        .read_events(settings, &limited, &|_| true)
+        .await?;
+    assert_eq!(payloads(&first), payloads(&all[..3]));
+
+    let since = EventQuery {
+        start: ReadStart::Time(started),
+        types: vec![EventType::OrderCreated],
+        ..Default::default()
+    };
+    let since_start = fixture
+        .broker
+        .read_events(settings, &since, &|_| true)
+        .await?;
+    assert_eq!(payloads(&since_start), payloads(&all));
+    let later = EventQuery {
+        start: ReadStart::Time(chrono::Utc::now() + chrono::Duration::hours(1)),
+        ..Default::default()
+    };
+    let none = fixture
+        .broker
+        .read_events(settings, &later, &|_| true)
+        .await?;
+    ensure!(none.is_empty(), "read after the end: {none:?}");
+    Ok(())
+}
+
+/// A dead letter is listed (by consumer and order), read by its sequence, logged, deleted and
+/// then gone; deleting it again is fine; another dead letter stays.
+pub async fn history_lists_reads_and_deletes_dead_letters(fixture: Fixture) -> anyhow::Result<()> {
+    let settings = &fixture.settings;
+    let dead_letter = |consumer: &str, order: &OrderId, n: usize| {
+        let mut message = catalogue_event(order, EventType::PaymentCaptured, n);
+        message.subject = dead_letter_subject(consumer, &order.to_string());
+        message.headers.extend([
+            (CONSUMER_HEADER.to_owned(), consumer.to_owned()),
+            (REASON_HEADER.to_owned(), "permanent".to_owned()),
+            (ORDER_ID_HEADER.to_owned(), order.to_string()),
+        ]);
+        message
+    };
+    let (order, other) = (OrderId::new(), OrderId::new());
+    publish(
+        &fixture,
+        &[
+            dead_letter("payment__events", &order, 0),
+            dead_letter("inventory__events", &other, 1),
+        ],
+    )
+    .await?;
+    let query = DeadLetterQuery {
+        consumer: Some("payment__events".to_owned()),
+        ..Default::default()
+    };
+    let listed = fixture
+        .broker
+        .read_dead_letters(settings, &query, &|_| true)
+        .await?;
+    assert_eq!(payloads(&listed), [format!("history:{order}:0")]);
+    assert_eq!(listed[0].header(REASON_HEADER), Some("permanent"));
+    let by_order = DeadLetterQuery {
+        order: Some(other),
+        ..Default::default()
+    };
+    let other_listed = fixture
+        .broker
+        .read_dead_letters(settings, &by_order, &|_| true)
+        .await?;
+    assert_eq!(payloads(&other_listed), [format!("history:{other}:1")]);
+    let seq = listed[0].stream_seq;
+    ensure!(
+        seq != other_listed[0].stream_seq,
+        "two dead letters share {seq}"
+    );
+
+    // the same message (NATS headers come back in no particular order)
+    let sorted = |message: &StoredMessage| {
+        let mut message = message.clone();
+        message.headers.sort();
+        message
+    };
+    let read = fixture.broker.dead_letter(settings, seq).await?;
+    assert_eq!(read.as_ref().map(sorted), Some(sorted(&listed[0])));
+
+    ensure!(!fixture.broker.dead_letter_logged(settings, seq).await?);
+    let record = OutboundMessage {
+        dedup_id: format!("dlqlog:{seq}"),
+        subject: dead_letter_log_subject(seq),
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+        payload: Bytes::from_static(b"{}"),
+    };
+    publish(&fixture, &[record]).await?;
+    ensure!(fixture.broker.dead_letter_logged(settings, seq).await?);
+    let log = fixture.broker.read_dead_letter_log(settings).await?;
+    let subjects: Vec<&str> = log.iter().map(|m| m.subject.as_str()).collect();
+    assert_eq!(subjects, [dead_letter_log_subject(seq)]);
+
+    fixture.broker.delete_dead_letter(settings, seq).await?;
+    assert_eq!(fixture.broker.dead_letter(settings, seq).await?, None);
+    let listed = fixture
+        .broker
+        .read_dead_letters(settings, &query, &|_| true)
+        .await?;
+    ensure!(listed.is_empty(), "deleted, still listed: {listed:?}");
+    fixture.broker.delete_dead_letter(settings, seq).await?;
+    let everything = fixture
+        .broker
+        .read_dead_letters(settings, &DeadLetterQuery::default(), &|_| true)
+        .await?;
+    assert_eq!(payloads(&everything), [format!("history:{other}:1")]);
+    assert_eq!(
+        fixture.broker.read_dead_letter_log(settings).await?.len(),
+        1
+    );
+    Ok(())
+}
+
+/// A durable consumer of the events stream is listed with its backlog once it has settled
+/// what it read.
+pub async fn history_lists_the_consumers_backlogs(fixture: Fixture) -> anyhow::Result<()> {
+    let name = durable("listed");
+    let spec = spec(&fixture, &name, &["jwl.evt.>"]);
+    let mut deliveries = fixture.broker.subscribe(&spec).await?;
+    let batch: Vec<OutboundMessage> = (0..3)
+        .map(|n| event(&order(), "listed", "listed", n))
+        .collect();
+    publish(&fixture, &batch).await?;
+    let (received, _) = receive_tagged(&mut deliveries, "listed", 3).await?;
+    drop(received);
+    drained(&fixture, &spec).await?;
+    let settings = &fixture.settings;
+    let listed = eventually(
+        "the consumer to be listed with an empty backlog",
+        SOON,
+        || async {
+            let backlogs = fixture
+                .broker
+                .consumer_backlogs(settings)
+                .await
+                .map_err(|error| error.to_string())?;
+            match backlogs.iter().find(|b| b.name == name) {
+                Some(listed) if listed.backlog.pending == 0 => Ok(()),
+                _ => Err(format!("{backlogs:?}")),
+            }
+        },
+    )
+    .await;
+    // closed while the broker runs (closing a Kafka consumer without its broker hangs)
+    drop(deliveries);
+    listed
 }

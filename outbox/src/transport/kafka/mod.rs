@@ -43,6 +43,9 @@
 //!   offset), which includes messages delivered and not settled and messages outside the filter
 //!   not read yet; `ack_pending` and `redelivered` count what this process has been given and
 //!   not settled.
+//! - **Operator reads** ([`History`](crate::transport::History)): assigned, group-less readers up
+//!   to the high watermarks; an event's `stream_seq` is its offset, a dead letter's is partition
+//!   and offset packed; a deleted dead letter is a marker record. See `history.rs`.
 //! - **Health.** From librdkafka's statistics (every second): healthy while a broker connection
 //!   is up, unhealthy on `AllBrokersDown`.
 
@@ -175,6 +178,8 @@ impl KafkaBroker {
             .client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            // librdkafka's default, named: history.rs computes a key's partition the same way
+            .set("partitioner", "consistent_random")
             .set("linger.ms", "2")
             .set("statistics.interval.ms", "1000")
             .create_with_context(context.clone())
