@@ -146,7 +146,8 @@ impl History for KafkaBroker {
     }
 
     /// Every dead letter is read (the dead-letter topic stays small next to the events), then
-    /// those deleted, outside the query or refused by `keep` are left out.
+    /// those deleted, outside the query or refused by `keep` are left out. `end.last_seq`
+    /// compares packed sequences (partition first), so only `end.until` is meaningful here.
     async fn read_dead_letters(
         &self,
         settings: &MessagingSettings,
@@ -341,6 +342,9 @@ impl KafkaBroker {
             .create_with_context(self.inner.context.clone())
     }
 
+    /// Reads `scan` (blocking): the partitions' watermarks and start offsets, then one assigned
+    /// reader polled until every partition reached its end; each partition's records in offset
+    /// order, partitions in id order.
     fn scan_blocking(&self, scan: &Scan) -> Result<PerPartition, TransportError> {
         let failed = |error: KafkaError| on_stream(&scan.topic, error.into());
         let timeout = self.inner.settings.request_timeout;
