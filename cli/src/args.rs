@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use jwl_events::{EventType, OrderId};
 use jwl_ops::DeadLetterReason;
 use jwl_outbox::{FaultPoints, MessagingSettings, TransientFault};
@@ -73,7 +73,7 @@ pub struct SagaShowArgs {
     #[arg(value_parser = parse_order_id)]
     pub order_id: OrderId,
     #[command(flatten)]
-    pub nats: NatsArgs,
+    pub broker: BrokerArgs,
     #[command(flatten)]
     pub databases: DatabaseArgs,
     #[command(flatten)]
@@ -143,7 +143,7 @@ pub struct ReplayArgs {
     )]
     pub sandbox_settings: SandboxSettingsArgs,
     #[command(flatten)]
-    pub nats: NatsArgs,
+    pub broker: BrokerArgs,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -235,7 +235,7 @@ pub struct DlqLsArgs {
     #[command(flatten)]
     pub filter: DeadLetterFilterArgs,
     #[command(flatten)]
-    pub nats: NatsArgs,
+    pub broker: BrokerArgs,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -245,7 +245,7 @@ pub struct DlqShowArgs {
     /// The dead letter's sequence in the dead-letter stream (see `jwl dlq ls`).
     pub seq: u64,
     #[command(flatten)]
-    pub nats: NatsArgs,
+    pub broker: BrokerArgs,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -259,7 +259,7 @@ pub struct DlqDiscardArgs {
     #[arg(long)]
     pub reason: String,
     #[command(flatten)]
-    pub nats: NatsArgs,
+    pub broker: BrokerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -286,7 +286,7 @@ pub struct DlqRedriveArgs {
     #[command(flatten)]
     pub data_dir: DataDirArgs,
     #[command(flatten)]
-    pub nats: NatsArgs,
+    pub broker: BrokerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -380,6 +380,10 @@ pub struct BenchArgs {
     pub nats_url: Option<String>,
     #[command(flatten)]
     pub nats_security: NatsSecurityArgs,
+    /// The system's broker: with `kafka` the bench polls every order and skips the JetStream
+    /// baseline (both need NATS).
+    #[arg(long, env = "JWL_BROKER", value_enum, default_value_t)]
+    pub broker: BrokerKind,
     #[command(flatten)]
     pub jwt: JwtArgs,
     /// Only used to find the JWT secret file when JWL_JWT_SECRET is unset.
@@ -387,13 +391,40 @@ pub struct BenchArgs {
     pub data_dir: DataDirArgs,
 }
 
+/// Which broker carries the events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum BrokerKind {
+    /// NATS JetStream (`JWL_NATS_URL`).
+    #[default]
+    Nats,
+    /// Kafka, or a Kafka-protocol broker such as tansu (`JWL_KAFKA_BROKERS`).
+    Kafka,
+}
+
+/// The broker and how to reach it. With `kafka`, the NATS settings are ignored (a warning is
+/// logged when `JWL_NATS_URL` is set).
 #[derive(Debug, Args)]
-pub struct NatsArgs {
-    /// The NATS server (JetStream enabled), or a comma-separated list of the nodes of a cluster.
+pub struct BrokerArgs {
+    /// The broker: `nats` (JetStream) or `kafka`.
+    #[arg(
+        long = "broker",
+        id = "broker",
+        env = "JWL_BROKER",
+        value_enum,
+        default_value_t
+    )]
+    pub kind: BrokerKind,
+    /// Kafka bootstrap brokers, `host:port` separated by commas (with `--broker kafka`; `jwl
+    /// up` starts a private tansu under the data dir when unset).
+    #[arg(long, env = "JWL_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// The NATS server (JetStream enabled), or a comma-separated list of the nodes of a
+    /// cluster (with `--broker nats`; `jwl up` starts a private `nats-server -js` under the data
+    /// dir when unset).
     #[arg(long, env = "JWL_NATS_URL", hide_env_values = true)]
-    pub nats_url: String,
+    pub nats_url: Option<String>,
     #[command(flatten)]
-    pub security: NatsSecurityArgs,
+    pub nats_security: NatsSecurityArgs,
 }
 
 /// Credentials and TLS for NATS (see "Securing the bus" in the README). At most one kind of
@@ -466,12 +497,8 @@ pub struct UpArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub data_dir: DataDirArgs,
-    /// External NATS server, or a comma-separated list of cluster nodes; when unset a private
-    /// `nats-server -js` is started under the data dir.
-    #[arg(long, env = "JWL_NATS_URL", hide_env_values = true)]
-    pub nats_url: Option<String>,
     #[command(flatten)]
-    pub nats_security: NatsSecurityArgs,
+    pub broker: BrokerArgs,
     #[command(flatten)]
     pub databases: DatabaseArgs,
     #[command(flatten)]
@@ -489,11 +516,8 @@ pub struct ServeArgs {
     pub service: ServiceName,
     #[command(flatten)]
     pub http: HttpArgs,
-    /// The NATS server (JetStream enabled), or a comma-separated list of the nodes of a cluster.
-    #[arg(long, env = "JWL_NATS_URL", hide_env_values = true)]
-    pub nats_url: String,
     #[command(flatten)]
-    pub nats_security: NatsSecurityArgs,
+    pub broker: BrokerArgs,
     #[command(flatten)]
     pub databases: DatabaseArgs,
     #[command(flatten)]

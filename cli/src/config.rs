@@ -16,7 +16,7 @@ use jwl_service_kit::http::admission::BacklogLimits;
 use jwl_outbox::transport::nats::{CredentialSettings, NatsCredentials, NatsSecurity, NatsTls};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::args::{DatabaseArgs, JwtArgs, NatsSecurityArgs, SettingsArgs};
+use crate::args::{BrokerArgs, BrokerKind, DatabaseArgs, JwtArgs, NatsSecurityArgs, SettingsArgs};
 use crate::secret;
 use crate::services::ServiceName;
 
@@ -80,6 +80,90 @@ impl DatabaseArgs {
                 upper = service.as_str().to_ascii_uppercase()
             )
         })
+    }
+}
+
+/// The broker a process connects to, resolved from [`BrokerArgs`].
+#[derive(Debug, Clone)]
+pub enum BrokerTarget {
+    /// NATS JetStream at `url` (one URL or a comma-separated list of cluster nodes).
+    Nats { url: String, security: NatsSecurity },
+    /// Kafka at `brokers` (`host:port` separated by commas).
+    Kafka { brokers: String },
+}
+
+impl BrokerTarget {
+    /// The variables an operator tool needs to reach this broker (credentials of a NATS URL
+    /// are never shown).
+    pub fn operator_env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Nats { url, .. } => vec![(
+                "JWL_NATS_URL",
+                jwl_outbox::transport::nats::redact_userinfo(url),
+            )],
+            Self::Kafka { brokers } => vec![
+                ("JWL_BROKER", "kafka".to_owned()),
+                ("JWL_KAFKA_BROKERS", brokers.clone()),
+            ],
+        }
+    }
+}
+
+impl BrokerArgs {
+    /// `JWL_NATS_URL`, trimmed; an empty value counts as unset.
+    pub fn nats_url(&self) -> Option<&str> {
+        non_empty(&self.nats_url).map(str::trim)
+    }
+
+    /// `JWL_KAFKA_BROKERS`, trimmed; an empty value counts as unset.
+    pub fn kafka_brokers(&self) -> Option<&str> {
+        non_empty(&self.kafka_brokers).map(str::trim)
+    }
+
+    /// The broker to connect to, with `nats_url` / `kafka_brokers` standing in for the
+    /// missing address of the chosen broker (`jwl up`'s private servers). Fails when the chosen
+    /// broker has no address, or its NATS security settings are invalid.
+    pub fn target_or(
+        &self,
+        nats_url: Option<String>,
+        kafka_brokers: Option<String>,
+    ) -> anyhow::Result<BrokerTarget> {
+        match self.kind {
+            BrokerKind::Nats => {
+                if self.kafka_brokers().is_some() {
+                    tracing::warn!(
+                        "JWL_KAFKA_BROKERS is ignored: the broker is NATS (set JWL_BROKER=kafka to use Kafka)"
+                    );
+                }
+                let url = self
+                    .nats_url()
+                    .map(str::to_owned)
+                    .or(nats_url)
+                    .context("no NATS server: set JWL_NATS_URL (or --nats-url), or JWL_BROKER=kafka with JWL_KAFKA_BROKERS")?;
+                Ok(BrokerTarget::Nats {
+                    url,
+                    security: self.nats_security.to_security()?,
+                })
+            }
+            BrokerKind::Kafka => {
+                if self.nats_url().is_some() {
+                    tracing::warn!(
+                        "JWL_NATS_URL and the other NATS settings are ignored: the broker is Kafka (JWL_BROKER=kafka)"
+                    );
+                }
+                let brokers = self
+                    .kafka_brokers()
+                    .map(str::to_owned)
+                    .or(kafka_brokers)
+                    .context("JWL_BROKER=kafka needs the Kafka bootstrap brokers: set JWL_KAFKA_BROKERS (or --kafka-brokers), e.g. 127.0.0.1:9092")?;
+                Ok(BrokerTarget::Kafka { brokers })
+            }
+        }
+    }
+
+    /// The configured broker (see [`Self::target_or`]).
+    pub fn target(&self) -> anyhow::Result<BrokerTarget> {
+        self.target_or(None, None)
     }
 }
 
@@ -207,21 +291,119 @@ mod tests {
     }
 
     fn serve_args(extra: &[&str]) -> crate::args::ServeArgs {
-        use clap::Parser;
-        let mut args = vec![
-            "jwl",
-            "serve",
-            "payment",
-            "--nats-url",
-            "nats://127.0.0.1:4222",
-        ];
+        let mut args = vec!["--nats-url", "nats://127.0.0.1:4222"];
         args.extend_from_slice(extra);
-        match crate::args::Cli::try_parse_from(args) {
+        parse_serve(&args).unwrap()
+    }
+
+    /// `jwl serve payment <args>` (no environment involved: the flags only).
+    fn parse_serve(args: &[&str]) -> Result<crate::args::ServeArgs, String> {
+        use clap::Parser;
+        let mut all = vec!["jwl", "serve", "payment"];
+        all.extend_from_slice(args);
+        match crate::args::Cli::try_parse_from(all) {
             Ok(crate::args::Cli {
                 command: crate::args::Command::Serve(args),
-            }) => args,
+            }) => Ok(args),
+            Ok(other) => panic!("{other:?}"),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_broker_is_nats_by_default_and_needs_its_url() {
+        let args = serve_args(&[]);
+        assert_eq!(args.broker.kind, BrokerKind::Nats);
+        match args.broker.target().unwrap() {
+            BrokerTarget::Nats { url, .. } => assert_eq!(url, "nats://127.0.0.1:4222"),
             other => panic!("{other:?}"),
         }
+        let message = parse_serve(&[])
+            .unwrap()
+            .broker
+            .target()
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("JWL_NATS_URL"), "{message}");
+        // an empty URL counts as unset; `jwl up`'s private server stands in for it
+        let empty = parse_serve(&["--nats-url", " "]).unwrap();
+        assert!(empty.broker.target().is_err());
+        let private = empty
+            .broker
+            .target_or(Some("nats://127.0.0.1:4999".to_owned()), None)
+            .unwrap();
+        assert!(
+            matches!(private, BrokerTarget::Nats { url, .. } if url == "nats://127.0.0.1:4999")
+        );
+    }
+
+    #[test]
+    fn kafka_is_chosen_with_its_bootstrap_brokers_and_ignores_the_nats_url() {
+        let args = serve_args(&[
+            "--broker",
+            "kafka",
+            "--kafka-brokers",
+            " 10.0.0.1:9092,10.0.0.2:9092 ",
+        ]);
+        assert_eq!(args.broker.kind, BrokerKind::Kafka);
+        let target = args.broker.target().unwrap();
+        assert!(
+            matches!(&target, BrokerTarget::Kafka { brokers } if brokers == "10.0.0.1:9092,10.0.0.2:9092"),
+            "{target:?}"
+        );
+        assert_eq!(
+            target.operator_env(),
+            [
+                ("JWL_BROKER", "kafka".to_owned()),
+                (
+                    "JWL_KAFKA_BROKERS",
+                    "10.0.0.1:9092,10.0.0.2:9092".to_owned()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn kafka_without_bootstrap_brokers_is_a_clear_error() {
+        for args in [
+            &["--broker", "kafka"][..],
+            &["--broker", "kafka", "--kafka-brokers", ""][..],
+        ] {
+            let message = parse_serve(args)
+                .unwrap()
+                .broker
+                .target()
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains("JWL_KAFKA_BROKERS"), "{message}");
+        }
+        let private = parse_serve(&["--broker", "kafka"])
+            .unwrap()
+            .broker
+            .target_or(None, Some("127.0.0.1:9999".to_owned()))
+            .unwrap();
+        assert!(matches!(private, BrokerTarget::Kafka { brokers } if brokers == "127.0.0.1:9999"));
+    }
+
+    #[test]
+    fn an_unknown_broker_is_refused_with_the_choices() {
+        let message = parse_serve(&["--broker", "rabbitmq"]).unwrap_err();
+        assert!(
+            message.contains("nats") && message.contains("kafka"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_nats_operator_env_hides_credentials() {
+        let target = BrokerTarget::Nats {
+            url: "nats://jwl:s3cret@127.0.0.1:4222".to_owned(),
+            security: NatsSecurity::default(),
+        };
+        let env = target.operator_env();
+        assert_eq!(env.len(), 1);
+        assert_eq!(env[0].0, "JWL_NATS_URL");
+        assert!(!env[0].1.contains("s3cret"), "{env:?}");
     }
 
     #[test]
@@ -232,21 +414,22 @@ mod tests {
         let shown = format!("{args:?}");
         assert!(shown.contains("jwl-payment"), "{shown}");
         assert!(!shown.contains(password), "{shown}");
-        let security = args.nats_security.to_security().unwrap();
+        let security = args.broker.nats_security.to_security().unwrap();
         assert!(!format!("{security:?}").contains(password));
 
         let args = serve_args(&["--nats-token", token]);
         assert!(!format!("{args:?}").contains(token));
-        assert!(!format!("{:?}", args.nats_security.to_security().unwrap()).contains(token));
+        assert!(!format!("{:?}", args.broker.nats_security.to_security().unwrap()).contains(token));
     }
 
     #[test]
     fn nats_settings_name_one_credential_and_empty_values_count_as_unset() {
-        let none = serve_args(&[]).nats_security.to_security().unwrap();
+        let none = serve_args(&[]).broker.nats_security.to_security().unwrap();
         assert!(matches!(none.credentials, NatsCredentials::None));
         assert!(!none.tls.is_required());
 
         let empty = serve_args(&["--nats-user", "", "--nats-tls-ca-file", ""])
+            .broker
             .nats_security
             .to_security()
             .unwrap();
@@ -254,6 +437,7 @@ mod tests {
         assert_eq!(empty.tls, NatsTls::default());
 
         let both = serve_args(&["--nats-token", "t", "--nats-creds-file", "/x.creds"])
+            .broker
             .nats_security
             .to_security()
             .unwrap_err()
@@ -262,6 +446,7 @@ mod tests {
         assert!(both.contains("JWL_NATS_CREDS_FILE"), "{both}");
 
         let tls = serve_args(&["--nats-tls-required"])
+            .broker
             .nats_security
             .to_security()
             .unwrap();

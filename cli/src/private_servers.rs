@@ -1,5 +1,5 @@
-//! The private `nats-server` and PostgreSQL that `jwl up` runs under the data dir when no
-//! external ones are configured: started on remembered (or new free) loopback ports, reusing
+//! The private broker (`nats-server`, or tansu for `--broker kafka`) and PostgreSQL that `jwl
+//! up` runs under the data dir when no external ones are configured: started on remembered (or new free) loopback ports, reusing
 //! their data across restarts, and stopped cleanly at the end. PostgreSQL preloads
 //! `pg_stat_statements` when its installation ships it (for `jwl bench`'s statements per saga).
 
@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use jwl_local_infra::{
     InfraError, NatsOptions, NatsServer, PgTuning, PostgresOptions, PostgresServer, StopMode,
+    TansuOptions, TansuServer, TansuStorage,
 };
 use sqlx::{Connection, PgConnection};
 
@@ -19,6 +20,7 @@ pub const DATABASE: &str = "jwl";
 #[derive(Default)]
 pub struct PrivateServers {
     nats: Option<NatsServer>,
+    tansu: Option<TansuServer>,
     postgres: Option<PostgresServer>,
 }
 
@@ -41,6 +43,41 @@ impl PrivateServers {
         tracing::info!(%url, store = %server.store_dir().display(), "private nats-server started");
         self.nats = Some(server);
         Ok(url)
+    }
+
+    /// Starts tansu (a Kafka-protocol broker) under `<data_dir>/tansu`, its topics in SQLite
+    /// there; with a tansu built without SQLite, in memory (lost when `jwl up` stops). Returns
+    /// its bootstrap servers.
+    pub async fn start_tansu(&mut self, data_dir: &Path) -> anyhow::Result<String> {
+        let tansu_dir = data_dir.join("tansu");
+        let port_file = data_dir.join("tansu.port");
+        let start = |storage: TansuStorage| {
+            let (tansu_dir, port_file) = (tansu_dir.clone(), port_file.clone());
+            start_on_remembered_port(port_file, move |port| {
+                TansuServer::start(TansuOptions {
+                    data_dir: tansu_dir.clone(),
+                    port,
+                    storage,
+                })
+            })
+        };
+        let server = match start(TansuStorage::Sqlite).await {
+            Err(error)
+                if matches!(
+                    error.downcast_ref::<InfraError>(),
+                    Some(InfraError::Unsupported { .. })
+                ) =>
+            {
+                tracing::warn!(%error, "this tansu has no SQLite storage: the topics are kept in memory and lost when jwl up stops");
+                start(TansuStorage::Memory).await
+            }
+            started => started,
+        }
+        .context("starting the private tansu (Kafka) broker")?;
+        let brokers = server.bootstrap_servers();
+        tracing::info!(%brokers, data = %server.data_dir().display(), "private tansu started");
+        self.tansu = Some(server);
+        Ok(brokers)
     }
 
     /// Starts PostgreSQL (durable settings, `pg_stat_statements` if available) under
@@ -67,9 +104,13 @@ impl PrivateServers {
         Ok(url)
     }
 
-    /// Stops PostgreSQL (fast mode: clean checkpoint) and NATS, waiting for both to exit.
+    /// Stops PostgreSQL (fast mode: clean checkpoint) and the broker, waiting for them to exit.
     pub async fn stop(self) -> anyhow::Result<()> {
-        let Self { nats, postgres } = self;
+        let Self {
+            nats,
+            tansu,
+            postgres,
+        } = self;
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             if let Some(mut postgres) = postgres {
                 postgres
@@ -78,6 +119,9 @@ impl PrivateServers {
             }
             if let Some(mut nats) = nats {
                 nats.stop().context("stopping the private nats-server")?;
+            }
+            if let Some(mut tansu) = tansu {
+                tansu.stop().context("stopping the private tansu")?;
             }
             Ok(())
         })

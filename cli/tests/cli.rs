@@ -161,6 +161,44 @@ fn serve_without_a_database_names_the_variables() {
     );
 }
 
+#[test]
+fn kafka_without_its_bootstrap_brokers_names_the_variable() {
+    let serve = run(jwl()
+        .env("JWL_JWT_SECRET", "x-0123456789abcdef0123456789abcdef")
+        .env("JWL_DATABASE_URL", "postgres://127.0.0.1:1/jwl")
+        .env("JWL_BROKER", "kafka")
+        .args(["serve", "payment"]));
+    let saga = run(jwl().env("JWL_BROKER", "kafka").args([
+        "saga",
+        "show",
+        "0193a7a4-8b48-7d41-8b4f-1e0c3e6a9f00",
+    ]));
+    for output in [serve, saga] {
+        assert!(!output.status.success());
+        let message = stderr(&output);
+        assert!(message.contains("JWL_KAFKA_BROKERS"), "{message}");
+    }
+    let unknown = run(jwl().env("JWL_BROKER", "rabbitmq").args([
+        "saga",
+        "show",
+        "0193a7a4-8b48-7d41-8b4f-1e0c3e6a9f00",
+    ]));
+    assert!(!unknown.status.success());
+    let message = stderr(&unknown);
+    assert!(
+        message.contains("rabbitmq") && message.contains("kafka"),
+        "{message}"
+    );
+}
+
+#[test]
+fn nats_without_its_url_names_the_variable() {
+    let output = run(jwl().args(["dlq", "ls"]));
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(message.contains("JWL_NATS_URL"), "{message}");
+}
+
 #[tokio::test]
 async fn migrate_creates_each_named_service_schema() {
     let database = jwl_testkit::database().await.unwrap();

@@ -42,7 +42,7 @@ use self::figures::{
 };
 use self::observe::Watcher;
 use super::redact_userinfo;
-use crate::args::BenchArgs;
+use crate::args::{BenchArgs, BrokerKind};
 use jwl_outbox::transport::nats::NatsSecurity;
 
 /// Pause between two polling rounds of the orders not yet terminal (without NATS).
@@ -255,7 +255,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
     };
     let nats_security = args.nats_security.to_security()?;
-    let (watcher, polling_reason) = match non_empty(args.nats_url.as_deref()) {
+    // the watcher and the JetStream baseline read NATS: on Kafka the bench polls instead
+    let nats_url = match args.broker {
+        BrokerKind::Nats => non_empty(args.nats_url.as_deref()),
+        BrokerKind::Kafka => None,
+    };
+    let (watcher, polling_reason) = match nats_url {
+        None if args.broker == BrokerKind::Kafka => (
+            None,
+            Some(
+                "the broker is Kafka (JWL_BROKER=kafka): the watcher needs the NATS broker"
+                    .to_owned(),
+            ),
+        ),
         None => (
             None,
             Some("no NATS URL (--nats-url / JWL_NATS_URL)".to_owned()),
@@ -309,13 +321,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.baseline_duration,
         )
         .await,
-        jetstream_acked_publishes: jetstream_baseline(
-            args.nats_url.as_deref(),
-            &nats_security,
-            &run.run_id,
-            args.baseline_duration,
-        )
-        .await,
+        jetstream_acked_publishes: match args.broker {
+            BrokerKind::Kafka => Baseline::Skipped {
+                reason:
+                    "the broker is Kafka (JWL_BROKER=kafka): this baseline needs the NATS broker"
+                        .to_owned(),
+            },
+            BrokerKind::Nats => {
+                jetstream_baseline(
+                    nats_url,
+                    &nats_security,
+                    &run.run_id,
+                    args.baseline_duration,
+                )
+                .await
+            }
+        },
     };
     for step in &mut steps {
         step.ratios = Ratios::of(&step.ingest, &step.saga, &baselines);

@@ -42,7 +42,7 @@ impl DeadLetterFilterArgs {
 }
 
 async fn ls(args: DlqLsArgs) -> anyhow::Result<()> {
-    let (broker, settings) = connect_operator(&args.nats, "dlq").await?;
+    let (broker, settings) = connect_operator(&args.broker, "dlq").await?;
     let entries = dead_letters::list(&*broker, &settings, &args.filter.to_filter())
         .await
         .context("listing dead letters")?;
@@ -54,7 +54,7 @@ async fn ls(args: DlqLsArgs) -> anyhow::Result<()> {
 }
 
 async fn show(args: DlqShowArgs) -> anyhow::Result<()> {
-    let (broker, settings) = connect_operator(&args.nats, "dlq").await?;
+    let (broker, settings) = connect_operator(&args.broker, "dlq").await?;
     let detail = dead_letters::show(&*broker, &settings, args.seq).await?;
     if args.output.json {
         return print_json(&detail);
@@ -64,7 +64,7 @@ async fn show(args: DlqShowArgs) -> anyhow::Result<()> {
 }
 
 async fn discard(args: DlqDiscardArgs) -> anyhow::Result<()> {
-    let (broker, settings) = connect_operator(&args.nats, "dlq").await?;
+    let (broker, settings) = connect_operator(&args.broker, "dlq").await?;
     let history = &*broker;
     let mut failures = 0usize;
     for &seq in &args.seqs {
@@ -143,7 +143,7 @@ impl RedriveState {
 }
 
 async fn redrive(args: DlqRedriveArgs) -> anyhow::Result<()> {
-    let (broker, settings) = connect_operator(&args.nats, "dlq").await?;
+    let (broker, settings) = connect_operator(&args.broker, "dlq").await?;
     let history = &*broker;
     let (mut state, path) = match &args.resume {
         Some(path) => (RedriveState::load(path)?, path.clone()),

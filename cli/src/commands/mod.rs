@@ -18,12 +18,13 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use jwl_outbox::transport::Broker;
 use jwl_outbox::transport::nats::{NatsSecurity, redact_userinfo};
-use jwl_outbox::{JetStreamBroker, MessagingSettings, TransportError};
+use jwl_outbox::{JetStreamBroker, KafkaBroker, KafkaSettings, MessagingSettings, TransportError};
 use jwl_service_kit::db::PoolSettings;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
-use crate::args::NatsArgs;
+use crate::args::BrokerArgs;
+use crate::config::BrokerTarget;
 use crate::services::ServiceEntry;
 
 /// A pool on `url` in the service's schema (created if missing).
@@ -72,8 +73,8 @@ async fn connect_http_pool(
         })
 }
 
-/// How long start-up waits for the first connection to NATS.
-const NATS_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long start-up waits for the first connection to the broker.
+const BROKER_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long start-up tries to provision the streams before a service goes on without them.
 const STREAMS_START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -88,26 +89,73 @@ enum StreamsUnavailable {
     Fail,
 }
 
-/// Connects to NATS (`url`: one URL or a comma-separated list of cluster nodes) with the
-/// credentials and TLS of `security`, waiting for the connection to come up, and makes sure the
-/// streams exist with their configured replicas. Fails when the broker can never serve (it
-/// refuses the credentials or the TLS handshake, it is too old, or it refuses the replica
-/// count). The rest of the process sees only the [`Broker`] trait: another broker plugs in
-/// here.
+/// Connects to the broker of `target`, waiting for the connection to come up, and makes sure
+/// the streams exist (with their configured replicas on NATS; as topics on Kafka). Fails when
+/// the broker can never serve (it refuses the credentials or the TLS handshake, it is too old,
+/// or it refuses the replica count). The rest of the process sees only the [`Broker`] trait.
 async fn connect_broker(
-    url: &str,
-    security: &NatsSecurity,
+    target: &BrokerTarget,
     client_name: &str,
     messaging: &MessagingSettings,
     unavailable: StreamsUnavailable,
 ) -> anyhow::Result<Arc<dyn Broker>> {
-    let shown = redact_userinfo(url);
+    match target {
+        BrokerTarget::Nats { url, security } => {
+            let shown = redact_userinfo(url);
+            let broker = connect_nats(url, &shown, security, client_name).await?;
+            provision(&broker, messaging, unavailable, &format!("NATS at {shown}"))
+                .await
+                .with_context(|| {
+                    format!("creating the JetStream streams on {shown} (is JetStream enabled?)")
+                })?;
+            Ok(Arc::new(broker))
+        }
+        BrokerTarget::Kafka { brokers } => {
+            let kafka = KafkaSettings {
+                client_id: client_name.to_owned(),
+                ..KafkaSettings::new(brokers.clone())
+            };
+            let broker = KafkaBroker::connect(kafka, messaging)
+                .await
+                .with_context(|| format!("connecting to Kafka at {brokers}"))?;
+            let deadline = Instant::now() + BROKER_CONNECT_TIMEOUT;
+            while !broker.is_healthy() {
+                if Instant::now() >= deadline {
+                    bail!(
+                        "Kafka at {brokers} is not reachable (waited {BROKER_CONNECT_TIMEOUT:?}; \
+                         check JWL_KAFKA_BROKERS)"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            provision(
+                &broker,
+                messaging,
+                unavailable,
+                &format!("Kafka at {brokers}"),
+            )
+            .await
+            .with_context(|| format!("creating the topics on Kafka at {brokers}"))?;
+            Ok(Arc::new(broker))
+        }
+    }
+}
+
+/// Connects to NATS (`url`: one URL or a comma-separated list of cluster nodes, `shown`
+/// without its credentials) with the credentials and TLS of `security`, waiting for the
+/// connection to come up.
+async fn connect_nats(
+    url: &str,
+    shown: &str,
+    security: &NatsSecurity,
+    client_name: &str,
+) -> anyhow::Result<JetStreamBroker> {
     let broker = JetStreamBroker::connect_secured(url, client_name, security)
         .await
         .with_context(|| format!("connecting to NATS at {shown}"))?;
     // The client connects in the background when the server was not up at first; say clearly
     // when it is not there, or when it came up and refuses the credentials.
-    let deadline = Instant::now() + NATS_CONNECT_TIMEOUT;
+    let deadline = Instant::now() + BROKER_CONNECT_TIMEOUT;
     while !broker.is_healthy() {
         let last_error = broker.last_connect_error();
         if let Some(error) = last_error
@@ -121,10 +169,21 @@ async fn connect_broker(
         }
         if Instant::now() >= deadline {
             let last = last_error.map_or(String::new(), |error| format!("; last error: {error}"));
-            bail!("NATS at {shown} is not reachable (waited {NATS_CONNECT_TIMEOUT:?}{last})");
+            bail!("NATS at {shown} is not reachable (waited {BROKER_CONNECT_TIMEOUT:?}{last})");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(broker)
+}
+
+/// Makes sure the streams exist; when they cannot be provisioned yet, fails or (with
+/// [`StreamsUnavailable::StartNotReady`]) logs and goes on (`shown` names the broker).
+async fn provision(
+    broker: &dyn Broker,
+    messaging: &MessagingSettings,
+    unavailable: StreamsUnavailable,
+    shown: &str,
+) -> Result<(), TransportError> {
     let provisioned = tokio::time::timeout(STREAMS_START_TIMEOUT, broker.ensure_streams(messaging))
         .await
         .unwrap_or_else(|_| {
@@ -134,21 +193,20 @@ async fn connect_broker(
             })
         });
     match provisioned {
-        Ok(()) => {}
-        Err(error) if error.is_fatal() || unavailable == StreamsUnavailable::Fail => {
-            return Err(error).with_context(|| {
-                format!("creating the JetStream streams on {shown} (is JetStream enabled?)")
-            });
+        Ok(()) => Ok(()),
+        Err(error) if error.is_fatal() || unavailable == StreamsUnavailable::Fail => Err(error),
+        Err(error) => {
+            tracing::warn!(%error, broker = %shown,
+                "the streams are not available yet; starting not ready and retrying");
+            Ok(())
         }
-        Err(error) => tracing::warn!(%error, nats = %shown,
-            "the JetStream streams are not available yet; starting not ready and retrying"),
     }
-    Ok(Arc::new(broker))
 }
 
-/// Connects an operator command to NATS (see [`connect_broker`]) with the default settings.
+/// Connects an operator command to the configured broker (see [`connect_broker`]) with the
+/// default settings.
 async fn connect_operator(
-    nats: &NatsArgs,
+    broker: &BrokerArgs,
     command: &str,
 ) -> anyhow::Result<(Arc<dyn Broker>, MessagingSettings)> {
     // an operator tool creates missing streams but never changes a deployment's replica count
@@ -157,8 +215,7 @@ async fn connect_operator(
         ..MessagingSettings::default()
     };
     let broker = connect_broker(
-        &nats.nats_url,
-        &nats.security.to_security()?,
+        &broker.target()?,
         &format!("jwl-{command}"),
         &settings,
         StreamsUnavailable::Fail,

@@ -19,7 +19,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     if args.sandbox {
         return sandbox(&args).await;
     }
-    let (broker, settings) = connect_operator(&args.nats, "replay").await?;
+    let (broker, settings) = connect_operator(&args.broker, "replay").await?;
     let selection = selection(&args)?;
     let history = &*broker;
     let Some(service) = args.to else {
@@ -139,7 +139,7 @@ async fn sandbox(args: &ReplayArgs) -> anyhow::Result<()> {
              or --database-url",
         )?;
         let selection = selection(args)?;
-        let (broker, settings) = connect_operator(&args.nats, "replay").await?;
+        let (broker, settings) = connect_operator(&args.broker, "replay").await?;
         let entries = jwl_sandbox::read_orders(&*broker, &settings, &selection)
             .await
             .context("reading the selected orders")?;

@@ -43,7 +43,7 @@ struct SagaView {
 }
 
 async fn show(args: SagaShowArgs) -> anyhow::Result<()> {
-    let (broker, settings) = connect_operator(&args.nats, "saga").await?;
+    let (broker, settings) = connect_operator(&args.broker, "saga").await?;
     let history = OrderHistory::read(&*broker, &settings, &args.order_id)
         .await
         .with_context(|| format!("reading the history of order {}", args.order_id))?;

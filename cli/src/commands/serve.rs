@@ -55,8 +55,7 @@ async fn start(args: &ServeArgs) -> anyhow::Result<(ServiceContext, Listeners)> 
     }
     let messaging = args.messaging.to_settings(faults);
     let broker = connect_broker(
-        &args.nats_url,
-        &args.nats_security.to_security()?,
+        &args.broker.target()?,
         &format!("jwl-{}", entry.name),
         &messaging,
         StreamsUnavailable::StartNotReady,

@@ -1,5 +1,6 @@
-//! `jwl up`: the whole system in one process for a laptop. Starts private NATS / PostgreSQL
-//! under the data dir unless external ones are configured, runs all five services (one pool and
+//! `jwl up`: the whole system in one process for a laptop. Starts a private broker (NATS, or
+//! tansu with `--broker kafka`) and PostgreSQL under the data dir unless external ones are
+//! configured, runs all five services (one pool and
 //! schema each, one shared broker connection) behind ONE HTTP listener, prints the URL and a dev
 //! admin token, and on Ctrl-C stops the services, then the private servers.
 
@@ -15,10 +16,8 @@ use jwl_service_kit::{ConsolePeers, ServiceContext};
 use tokio_util::sync::CancellationToken;
 
 use super::listeners::Listeners;
-use super::{
-    StreamsUnavailable, connect_and_migrate, connect_broker, connect_http_pool, redact_userinfo,
-};
-use crate::args::UpArgs;
+use super::{StreamsUnavailable, connect_and_migrate, connect_broker, connect_http_pool};
+use crate::args::{BrokerKind, UpArgs};
 use crate::private_servers::PrivateServers;
 use crate::services::ServiceName;
 use crate::supervise::{Supervisor, cancel_on_signal};
@@ -61,16 +60,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<Started> {
     let data_dir = &args.data_dir.data_dir;
     let keys = args.jwt.load_or_generate_keys(data_dir)?;
-    let nats_security = args.nats_security.to_security()?;
 
-    let nats_url = match args
-        .nats_url
-        .as_deref()
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-    {
-        Some(url) => url.to_owned(),
-        None => servers.start_nats(data_dir).await?,
+    // the chosen broker, a private one under the data dir when none is configured
+    let target = match (
+        args.broker.kind,
+        args.broker.nats_url(),
+        args.broker.kafka_brokers(),
+    ) {
+        (BrokerKind::Nats, None, _) => {
+            let url = servers.start_nats(data_dir).await?;
+            args.broker.target_or(Some(url), None)?
+        }
+        (BrokerKind::Kafka, _, None) => {
+            let brokers = servers.start_tansu(data_dir).await?;
+            args.broker.target_or(None, Some(brokers))?
+        }
+        _ => args.broker.target()?,
     };
     let needs_private_postgres = ServiceName::ALL
         .iter()
@@ -82,14 +87,13 @@ async fn start(args: &UpArgs, servers: &mut PrivateServers) -> anyhow::Result<St
     };
 
     // printed in the banner: credentials of an external server are never shown
-    let mut operator_env = vec![("JWL_NATS_URL", redact_userinfo(&nats_url))];
+    let mut operator_env = target.operator_env();
     if let Some(url) = &private_database_url {
         operator_env.push(("JWL_DATABASE_URL", url.clone()));
     }
     let messaging = args.messaging.to_settings(None);
     let broker = connect_broker(
-        &nats_url,
-        &nats_security,
+        &target,
         "jwl-up",
         &messaging,
         StreamsUnavailable::StartNotReady,
