@@ -1,7 +1,8 @@
 //! `jwl up --broker kafka` from the outside: the whole system on a private tansu (a
 //! Kafka-protocol broker) instead of nats-server. One order goes through the whole saga over
 //! HTTP to `dispatched`, and `jwl saga show`, with the variables the banner printed, reads its
-//! events back from Kafka.
+//! events back from Kafka; `jwl bench` with the same variables polls the orders to their end
+//! (its NATS watcher and JetStream baseline do not apply).
 //!
 //! tansu is optional (`scripts/install-deps` builds it): without it the test says so on stderr
 //! and passes.
@@ -32,7 +33,7 @@ struct Up {
     base: String,
     /// The `export …` line of the banner: what the operator tools need.
     operator_env: Vec<(String, String)>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Up {
@@ -81,7 +82,7 @@ async fn up_on_kafka() -> Up {
         child,
         base: format!("http://127.0.0.1:{port}"),
         operator_env,
-        _dir: dir,
+        dir,
     };
     let readyz = format!("{}/readyz", up.base);
     eventually("jwl up is ready", Duration::from_secs(90), || async {
@@ -233,4 +234,53 @@ async fn an_order_is_dispatched_on_kafka_and_saga_show_reads_its_events() {
         assert!(types.contains(&expected), "{expected} missing: {types:?}");
     }
     assert_eq!(view["status"]["status"], "dispatched", "{stdout}");
+
+    // `jwl bench` on Kafka: the sagas' ends are polled, the JetStream baseline is skipped
+    let report_path = up.dir.path().join("bench.json");
+    let output = tokio::task::spawn_blocking({
+        let mut command = jwl();
+        command
+            .envs(
+                up.operator_env
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_str())),
+            )
+            .args(["bench", "--url", &up.base, "--orders", "3", "--rate", "10"])
+            .args(["--skus", "3", "--settle-timeout", "60s"])
+            .args([
+                "--baseline-duration",
+                "1s",
+                "--pg-stats-wait",
+                "0s",
+                "--json",
+            ])
+            .arg(&report_path);
+        move || command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    assert_eq!(report["saga"]["terminal"], 3, "{report:#}");
+    assert_eq!(report["saga"]["outcomes"]["dispatched"], 3, "{report:#}");
+    let observed_by = report["saga"]["observed_by"].as_str().unwrap();
+    assert!(
+        observed_by.starts_with("polling") && observed_by.contains("Kafka"),
+        "{observed_by}"
+    );
+    let jetstream = &report["baselines"]["jetstream_acked_publishes"];
+    assert_eq!(jetstream["status"], "skipped", "{report:#}");
+    assert!(
+        jetstream["reason"]
+            .as_str()
+            .unwrap()
+            .contains("NATS broker"),
+        "{report:#}"
+    );
 }
