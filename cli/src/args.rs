@@ -382,7 +382,7 @@ pub struct BenchArgs {
     pub nats_security: NatsSecurityArgs,
     /// The system's broker: with `kafka` the bench polls every order and skips the JetStream
     /// baseline (both need NATS).
-    #[arg(long, env = "JWL_BROKER", value_enum, default_value_t)]
+    #[arg(long, env = "JWL_BROKER", default_value = "nats", value_parser = parse_broker)]
     pub broker: BrokerKind,
     #[command(flatten)]
     pub jwt: JwtArgs,
@@ -410,8 +410,8 @@ pub struct BrokerArgs {
         long = "broker",
         id = "broker",
         env = "JWL_BROKER",
-        value_enum,
-        default_value_t
+        default_value = "nats",
+        value_parser = parse_broker
     )]
     pub kind: BrokerKind,
     /// Kafka bootstrap brokers, `host:port` separated by commas (with `--broker kafka`; `jwl
@@ -465,6 +465,15 @@ pub struct NatsSecurityArgs {
     #[arg(long, env = "JWL_NATS_TLS_REQUIRED",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub nats_tls_required: bool,
+}
+
+/// `nats` or `kafka`, in any case; empty (an empty `JWL_BROKER`) counts as unset: `nats`.
+fn parse_broker(value: &str) -> Result<BrokerKind, String> {
+    match value.trim() {
+        "" => Ok(BrokerKind::Nats),
+        value => BrokerKind::from_str(value, true)
+            .map_err(|_| format!("unknown broker {value:?}: use nats or kafka")),
+    }
 }
 
 /// A file path; an empty one (an empty variable) counts as unset.

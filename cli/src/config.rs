@@ -386,6 +386,14 @@ mod tests {
     }
 
     #[test]
+    fn the_broker_name_ignores_case_and_an_empty_one_is_nats() {
+        let kind = |value: &str| parse_serve(&["--broker", value]).unwrap().broker.kind;
+        assert_eq!(kind("KAFKA"), BrokerKind::Kafka);
+        assert_eq!(kind(" nats "), BrokerKind::Nats);
+        assert_eq!(kind(""), BrokerKind::Nats);
+    }
+
+    #[test]
     fn an_unknown_broker_is_refused_with_the_choices() {
         let message = parse_serve(&["--broker", "rabbitmq"]).unwrap_err();
         assert!(
