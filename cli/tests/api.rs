@@ -91,20 +91,6 @@ async fn up(env: &[(&str, &str)]) -> Up {
     up
 }
 
-/// A token from `jwl token`, as the README says to mint one.
-fn token(sub: &str, scopes: &str) -> String {
-    let output = jwl()
-        .args(["token", "--sub", sub, "--scope", scopes, "--ttl", "1h"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
 /// `name` from the tools venv (`$JWL_TOOLS_DIR`, default `~/.cache/jwl/tools`) or `$PATH`; or
 /// `None`, after saying on stderr that the test is skipped.
 fn api_tool(name: &str, for_what: &str) -> Option<PathBuf> {
@@ -199,7 +185,10 @@ async fn jwl_up_serves_the_document_of_every_service_and_the_k6_scenario_passes(
         .args(["run", "--quiet", "--no-color", "--summary-export"])
         .arg(&summary_path)
         .env("JWL_URL", &up.base)
-        .env("TOKEN", token("k6-customer", "orders:write"))
+        .env(
+            "TOKEN",
+            support::token(SECRET, "k6-customer", "orders:write"),
+        )
         .env("RATE", "10")
         .env("DURATION", "5s")
         // no timed assertion in a test: the threshold's wiring is checked, not this machine
@@ -251,7 +240,7 @@ async fn schemathesis_finds_no_server_error_and_no_contradiction_of_the_document
         .args(["--header"])
         .arg(format!(
             "Authorization: Bearer {}",
-            token("admin-1", "admin")
+            support::token(SECRET, "admin-1", "admin")
         ))
         .args([
             "--checks",

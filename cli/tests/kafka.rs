@@ -95,20 +95,6 @@ async fn up_on_kafka() -> Up {
     up
 }
 
-/// A token from `jwl token`, as the README says to mint one.
-fn token(sub: &str, scopes: &str) -> String {
-    let output = jwl()
-        .args(["token", "--sub", sub, "--scope", scopes, "--ttl", "1h"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap().trim().to_owned()
-}
-
 async fn put(client: &reqwest::Client, url: String, token: &str, body: Value) {
     let response = client
         .put(&url)
@@ -144,9 +130,9 @@ async fn an_order_is_dispatched_on_kafka_and_saga_show_reads_its_events() {
     );
 
     let client = reqwest::Client::new();
-    let admin = token("admin-1", "admin");
-    let courier = token("courier-1", "couriers:write");
-    let customer = token("customer-1", "orders:write,orders:read");
+    let admin = support::token(SECRET, "admin-1", "admin");
+    let courier = support::token(SECRET, "courier-1", "couriers:write");
+    let customer = support::token(SECRET, "customer-1", "orders:write,orders:read");
     put(
         &client,
         format!("{}/v1/stock/sku-1", up.base),

@@ -26,3 +26,22 @@ pub fn free_port() -> u16 {
         .map(|addr| addr.port())
         .expect("a free loopback port")
 }
+
+/// A token from `jwl token` signed with `secret`, as the README says to mint one.
+#[allow(dead_code)] // not every test binary that includes this module needs it
+pub fn token(secret: &str, sub: &str, scopes: &str) -> String {
+    let output = jwl_clean("warn")
+        .env("JWL_JWT_SECRET", secret)
+        .args(["token", "--sub", sub, "--scope", scopes, "--ttl", "1h"])
+        .output()
+        .expect("running jwl token");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("jwl token prints UTF-8")
+        .trim()
+        .to_owned()
+}
