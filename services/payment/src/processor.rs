@@ -180,9 +180,11 @@ impl Faults {
         Ok(self)
     }
 
-    /// The time a call takes: `latency_ms` × `slowdown`.
+    /// The time a call takes: `latency_ms` × `slowdown`, saturating at [`Duration::MAX`] (any
+    /// `u64` of milliseconds times a large factor is representable in `f64`, not in `Duration`).
     pub fn latency(&self) -> Duration {
-        Duration::from_millis(self.latency_ms).mul_f64(self.slowdown.clamp(1.0, 1e6))
+        let seconds = self.latency_ms as f64 / 1000.0 * self.slowdown.clamp(1.0, 1e6);
+        Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
     }
 }
 
@@ -563,6 +565,13 @@ mod tests {
             Faults {
                 latency_ms: 10_000,
                 slowdown: 10.0,
+                ..Faults::default()
+            },
+            // Found by schemathesis: the product overflows `Duration` and must be refused, not
+            // panic.
+            Faults {
+                latency_ms: u64::MAX,
+                slowdown: 1e6,
                 ..Faults::default()
             },
         ];
