@@ -1,16 +1,15 @@
 //! A private `nats-server` with JetStream on 127.0.0.1:<port>, its store in a given directory;
 //! or several of them clustered over loopback routes ([`NatsServer::start_cluster`]).
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::binary::find_nats_server;
 use crate::error::InfraError;
 use crate::nats_probe;
-use crate::process::{self, OwnerExitSignal, spawn_tied_to_process};
+use crate::process::{self, OwnerExitSignal, ServerChild};
 
 const SERVER: &str = "nats-server";
 const LOG_FILE: &str = "nats-server.log";
@@ -56,7 +55,7 @@ pub struct NatsServer {
     /// Unique server name, checked by the readiness probe so that a foreign server on the port
     /// is never mistaken for ours.
     server_name: String,
-    child: Option<Child>,
+    child: ServerChild,
 }
 
 impl NatsServer {
@@ -117,7 +116,7 @@ impl NatsServer {
             cluster,
             binary,
             server_name,
-            child: None,
+            child: ServerChild::new(SERVER),
         })
     }
 
@@ -139,26 +138,24 @@ impl NatsServer {
         self.options.store_dir.join(LOG_FILE)
     }
 
-    /// Process id of the running server (the postmaster for PostgreSQL), if started.
+    /// Process id of the running server, if started.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.pid()
     }
 
     /// Whether the server process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+        self.child.is_running()
     }
 
     /// SIGKILL: the server dies at once, as in a crash. No-op when not running.
     pub fn kill(&mut self) -> Result<(), InfraError> {
-        self.terminate(libc::SIGKILL)
+        self.child.stop(libc::SIGKILL, STOP_TIMEOUT)
     }
 
     /// SIGTERM, waiting for the server to exit (SIGKILL if it hangs). No-op when not running.
     pub fn stop(&mut self) -> Result<(), InfraError> {
-        self.terminate(libc::SIGTERM)
+        self.child.stop(libc::SIGTERM, STOP_TIMEOUT)
     }
 
     /// Stops the server (SIGTERM) and starts it again on the same port and store.
@@ -175,15 +172,6 @@ impl NatsServer {
         self.launch()
     }
 
-    fn terminate(&mut self, signal: libc::c_int) -> Result<(), InfraError> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        process::stop_child(&mut child, signal, STOP_TIMEOUT)
-            .map_err(|e| InfraError::io(format!("stopping nats-server (pid {})", child.id()), e))?;
-        Ok(())
-    }
-
     fn launch(&mut self) -> Result<(), InfraError> {
         self.spawn()?;
         let log_path = self.log_file();
@@ -197,15 +185,7 @@ impl NatsServer {
 
     /// Starts the process without waiting for it to be ready.
     fn spawn(&mut self) -> Result<(), InfraError> {
-        let log_path = self.log_file();
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| InfraError::io(format!("opening {}", log_path.display()), e))?;
-        let log_for_stderr = log
-            .try_clone()
-            .map_err(|e| InfraError::io("duplicating the log handle", e))?;
+        let (stdout, stderr) = process::log_output(&self.log_file())?;
         let mut command = Command::new(&self.binary);
         if let Some(config_file) = &self.options.config_file {
             command.arg("-c").arg(config_file);
@@ -232,63 +212,26 @@ impl NatsServer {
                 .arg("--routes")
                 .arg(routes.join(","));
         }
-        command
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_for_stderr);
-        let child = spawn_tied_to_process(command, OwnerExitSignal::Kill)
-            .map_err(|e| InfraError::io(format!("starting {}", self.binary.display()), e))?;
-        self.child = Some(child);
-        Ok(())
+        command.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
+        self.child.spawn(command, OwnerExitSignal::Kill)
     }
 
     fn wait_until_ready(&mut self, log_path: &Path) -> Result<(), InfraError> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let child = self
-                .child
-                .as_mut()
-                .ok_or_else(|| InfraError::io("nats-server", std::io::Error::other("no child")))?;
-            if let Some(status) = child
-                .try_wait()
-                .map_err(|e| InfraError::io("waiting for nats-server", e))?
-            {
-                return Err(process::start_failure(
-                    SERVER,
-                    self.options.port,
-                    status,
-                    log_path,
-                ));
-            }
-            let probe = if self.options.config_file.is_some() {
-                nats_probe::configured_server_ready(
-                    self.options.port,
-                    &self.server_name,
-                    log_path,
-                    Duration::from_secs(1),
-                )
-            } else {
-                nats_probe::jetstream_ready(
-                    self.options.port,
-                    &self.server_name,
-                    Duration::from_secs(1),
-                )
-            };
-            let last_problem = match probe {
-                Ok(()) => return Ok(()),
-                Err(problem) => problem,
-            };
-            if Instant::now() >= deadline {
-                return Err(InfraError::StartTimeout {
-                    server: SERVER,
-                    timeout: START_TIMEOUT,
-                    last_problem,
-                    log: log_path.to_owned(),
-                    log_tail: process::log_tail(log_path, 30),
-                });
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+        let (port, name) = (self.options.port, &self.server_name);
+        let configured = self.options.config_file.is_some();
+        self.child
+            .wait_until_ready(port, log_path, START_TIMEOUT, POLL_INTERVAL, |_| {
+                if configured {
+                    nats_probe::configured_server_ready(
+                        port,
+                        name,
+                        log_path,
+                        Duration::from_secs(1),
+                    )
+                } else {
+                    nats_probe::jetstream_ready(port, name, Duration::from_secs(1))
+                }
+            })
     }
 }
 

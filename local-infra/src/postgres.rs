@@ -2,16 +2,15 @@
 //! Unix sockets, logging to `postgres.log` in the data directory; on request with
 //! `pg_stat_statements` preloaded when the installation ships it.
 
-use std::fs::OpenOptions;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::binary::find_binary;
 use crate::error::InfraError;
 use crate::pg_probe;
-use crate::process::{self, OwnerExitSignal, spawn_tied_to_process};
+use crate::process::{self, OwnerExitSignal, ServerChild, spawn_tied_to_process};
 use crate::service_user::ServiceUser;
 
 const SERVER: &str = "postgres";
@@ -73,7 +72,7 @@ pub struct PostgresServer {
     options: PostgresOptions,
     postgres_binary: PathBuf,
     run_as: Option<ServiceUser>,
-    child: Option<Child>,
+    child: ServerChild,
     /// `pg_stat_statements` is in `shared_preload_libraries`.
     stat_statements: bool,
 }
@@ -121,7 +120,7 @@ impl PostgresServer {
             options,
             postgres_binary,
             run_as,
-            child: None,
+            child: ServerChild::new(SERVER),
             stat_statements,
         };
         server.launch()?;
@@ -149,34 +148,24 @@ impl PostgresServer {
         self.options.data_dir.join(LOG_FILE)
     }
 
-    /// Process id of the running server (the postmaster for PostgreSQL), if started.
+    /// Process id of the running server (the postmaster), if started.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.pid()
     }
 
     /// Whether the server process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+        self.child.is_running()
     }
 
     /// Stops the server and waits for it to exit (escalating to SIGKILL if it hangs). No-op when
     /// it is not running.
     pub fn stop(&mut self, mode: StopMode) -> Result<(), InfraError> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
         let (signal, grace) = match mode {
             StopMode::Fast => (libc::SIGINT, Duration::from_secs(60)),
             StopMode::Immediate => (libc::SIGQUIT, Duration::from_secs(15)),
         };
-        let stopped = process::stop_child(&mut child, signal, grace)
-            .map_err(|e| InfraError::io(format!("stopping postgres (pid {})", child.id()), e))?;
-        if !stopped {
-            tracing::warn!(pid = child.id(), "postgres did not exit even after SIGKILL");
-        }
-        Ok(())
+        self.child.stop(signal, grace)
     }
 
     /// Starts the stopped server again on the same directory and port. No-op when running.
@@ -190,14 +179,7 @@ impl PostgresServer {
     fn launch(&mut self) -> Result<(), InfraError> {
         let data_dir = &self.options.data_dir;
         let log_path = data_dir.join(LOG_FILE);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| InfraError::io(format!("opening {}", log_path.display()), e))?;
-        let log_for_stderr = log
-            .try_clone()
-            .map_err(|e| InfraError::io("duplicating the log handle", e))?;
+        let (stdout, stderr) = process::log_output(&log_path)?;
 
         let mut command = Command::new(&self.postgres_binary);
         command
@@ -224,19 +206,14 @@ impl PostgresServer {
             )
             .current_dir(data_dir)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_for_stderr);
+            .stdout(stdout)
+            .stderr(stderr);
         if let Some(user) = &self.run_as {
             user.apply(&mut command);
         }
-        let child = spawn_tied_to_process(command, OwnerExitSignal::Quit).map_err(|e| {
-            InfraError::io(format!("starting {}", self.postgres_binary.display()), e)
-        })?;
-        self.child = Some(child);
+        self.child.spawn(command, OwnerExitSignal::Quit)?;
         if let Err(error) = self.wait_until_ready(&log_path) {
-            if let Some(mut child) = self.child.take() {
-                let _ = process::stop_child(&mut child, libc::SIGQUIT, Duration::from_secs(5));
-            }
+            let _ = self.child.stop(libc::SIGQUIT, Duration::from_secs(5));
             return Err(error);
         }
         tracing::debug!(port = self.options.port, data_dir = %self.options.data_dir.display(), "postgres is ready");
@@ -245,56 +222,23 @@ impl PostgresServer {
 
     /// Ready = our postmaster wrote "ready" in `postmaster.pid` and answers on the port.
     fn wait_until_ready(&mut self, log_path: &Path) -> Result<(), InfraError> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let child = self
-                .child
-                .as_mut()
-                .ok_or_else(|| InfraError::io("postgres", std::io::Error::other("no child")))?;
-            if let Some(status) = child
-                .try_wait()
-                .map_err(|e| InfraError::io("waiting for postgres", e))?
-            {
-                return Err(process::start_failure(
-                    SERVER,
-                    self.options.port,
-                    status,
-                    log_path,
-                ));
-            }
-            let last_problem = match postmaster_status(&self.options.data_dir, child.id()) {
-                Some(status) if status == "ready" => {
-                    match pg_probe::accepts_connections(
-                        self.options.port,
-                        SUPERUSER,
-                        Duration::from_secs(2),
-                    ) {
-                        Ok(()) => return Ok(()),
-                        Err(problem) => problem,
+        let (port, data_dir) = (self.options.port, &self.options.data_dir);
+        self.child
+            .wait_until_ready(port, log_path, START_TIMEOUT, POLL_INTERVAL, |pid| {
+                match postmaster_status(data_dir, pid) {
+                    Some(status) if status == "ready" => {
+                        pg_probe::accepts_connections(port, SUPERUSER, Duration::from_secs(2))
                     }
+                    Some(status) => Err(format!("postmaster status {status:?}")),
+                    None => Err("postmaster.pid not written yet".to_owned()),
                 }
-                Some(status) => format!("postmaster status {status:?}"),
-                None => "postmaster.pid not written yet".to_owned(),
-            };
-            if Instant::now() >= deadline {
-                return Err(InfraError::StartTimeout {
-                    server: SERVER,
-                    timeout: START_TIMEOUT,
-                    last_problem,
-                    log: log_path.to_owned(),
-                    log_tail: process::log_tail(log_path, 30),
-                });
-            }
-            std::thread::sleep(POLL_INTERVAL);
-        }
+            })
     }
 }
 
 impl Drop for PostgresServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take()
-            && let Err(e) = process::stop_child(&mut child, libc::SIGQUIT, Duration::from_secs(5))
-        {
+        if let Err(e) = self.child.stop(libc::SIGQUIT, Duration::from_secs(5)) {
             tracing::warn!(error = %e, "could not stop postgres");
         }
     }

@@ -4,10 +4,11 @@
 //! All spawns therefore go through one launcher thread that lives until the process exits, so
 //! children die with the process, not with whichever (possibly short-lived) thread asked.
 
+use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc::{self, Sender, SyncSender};
 use std::time::{Duration, Instant};
@@ -206,6 +207,118 @@ pub(crate) fn start_failure(
         status: status.to_string(),
         log: log_path.to_owned(),
         log_tail,
+    }
+}
+
+/// A server's log file (created if missing, appended to) as the child's stdout and stderr.
+pub(crate) fn log_output(path: &Path) -> Result<(Stdio, Stdio), InfraError> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| InfraError::io(format!("opening {}", path.display()), e))?;
+    let log_for_stderr = log
+        .try_clone()
+        .map_err(|e| InfraError::io("duplicating the log handle", e))?;
+    Ok((log.into(), log_for_stderr.into()))
+}
+
+/// The process of a private server, while it runs: what every server wrapper does with it.
+#[derive(Debug)]
+pub(crate) struct ServerChild {
+    server: &'static str,
+    child: Option<Child>,
+}
+
+impl ServerChild {
+    /// No process yet.
+    pub(crate) fn new(server: &'static str) -> Self {
+        Self {
+            server,
+            child: None,
+        }
+    }
+
+    /// Spawns `command` tied to this process (see [`spawn_tied_to_process`]) as the server's
+    /// process.
+    pub(crate) fn spawn(
+        &mut self,
+        command: Command,
+        signal: OwnerExitSignal,
+    ) -> Result<(), InfraError> {
+        let program = command.get_program().to_string_lossy().into_owned();
+        let child = spawn_tied_to_process(command, signal)
+            .map_err(|e| InfraError::io(format!("starting {program}"), e))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Process id, if started.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still running.
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
+    /// Sends `signal` and waits up to `grace` for the process to exit, SIGKILLing it after
+    /// that; the process is forgotten either way. No-op when there is none.
+    pub(crate) fn stop(&mut self, signal: libc::c_int, grace: Duration) -> Result<(), InfraError> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let server = self.server;
+        let exited = stop_child(&mut child, signal, grace)
+            .map_err(|e| InfraError::io(format!("stopping {server} (pid {})", child.id()), e))?;
+        if !exited {
+            tracing::warn!(pid = child.id(), server, "did not exit even after SIGKILL");
+        }
+        Ok(())
+    }
+
+    /// Polls `probe` (given the pid) every `poll` until it answers `Ok`. Fails at once when the
+    /// process exits ([`start_failure`]) and with [`InfraError::StartTimeout`] after `timeout`,
+    /// naming the probe's last problem and the log's tail.
+    pub(crate) fn wait_until_ready(
+        &mut self,
+        port: u16,
+        log_path: &Path,
+        timeout: Duration,
+        poll: Duration,
+        mut probe: impl FnMut(u32) -> Result<(), String>,
+    ) -> Result<(), InfraError> {
+        let server = self.server;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self
+                .child
+                .as_mut()
+                .ok_or_else(|| InfraError::io(server, io::Error::other("no process")))?;
+            if let Some(status) = child
+                .try_wait()
+                .map_err(|e| InfraError::io(format!("waiting for {server}"), e))?
+            {
+                return Err(start_failure(server, port, status, log_path));
+            }
+            let last_problem = match probe(child.id()) {
+                Ok(()) => return Ok(()),
+                Err(problem) => problem,
+            };
+            if Instant::now() >= deadline {
+                return Err(InfraError::StartTimeout {
+                    server,
+                    timeout,
+                    last_problem,
+                    log: log_path.to_owned(),
+                    log_tail: log_tail(log_path, 30),
+                });
+            }
+            std::thread::sleep(poll);
+        }
     }
 }
 

@@ -2,17 +2,16 @@
 //! process) on `127.0.0.1:<port>`, with its storage in a given directory: SQLite (persistent
 //! across restarts, needs a tansu built with the `libsql` feature) or memory.
 
-use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::binary::find_binary;
 use crate::error::InfraError;
-use crate::process::{self, OwnerExitSignal, spawn_tied_to_process};
+use crate::process::{self, OwnerExitSignal, ServerChild};
 
 const SERVER: &str = "tansu";
 const LOG_FILE: &str = "tansu.log";
@@ -52,7 +51,7 @@ pub struct TansuServer {
     options: TansuOptions,
     binary: PathBuf,
     cluster_id: String,
-    child: Option<Child>,
+    child: ServerChild,
 }
 
 impl TansuServer {
@@ -74,7 +73,7 @@ impl TansuServer {
             options,
             binary,
             cluster_id,
-            child: None,
+            child: ServerChild::new(SERVER),
         };
         server.launch()?;
         Ok(server)
@@ -104,24 +103,22 @@ impl TansuServer {
 
     /// Process id of the running broker, if started.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.pid()
     }
 
     /// Whether the broker process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+        self.child.is_running()
     }
 
     /// SIGKILL: the broker dies at once, as in a crash. No-op when not running.
     pub fn kill(&mut self) -> Result<(), InfraError> {
-        self.terminate(libc::SIGKILL)
+        self.child.stop(libc::SIGKILL, STOP_TIMEOUT)
     }
 
     /// SIGTERM, waiting for the broker to exit (SIGKILL if it hangs). No-op when not running.
     pub fn stop(&mut self) -> Result<(), InfraError> {
-        self.terminate(libc::SIGTERM)
+        self.child.stop(libc::SIGTERM, STOP_TIMEOUT)
     }
 
     /// Stops the broker (SIGTERM) and starts it again on the same port and storage (with
@@ -139,25 +136,9 @@ impl TansuServer {
         self.launch()
     }
 
-    fn terminate(&mut self, signal: libc::c_int) -> Result<(), InfraError> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        process::stop_child(&mut child, signal, STOP_TIMEOUT)
-            .map_err(|e| InfraError::io(format!("stopping tansu (pid {})", child.id()), e))?;
-        Ok(())
-    }
-
     fn launch(&mut self) -> Result<(), InfraError> {
         let log_path = self.log_file();
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| InfraError::io(format!("opening {}", log_path.display()), e))?;
-        let log_for_stderr = log
-            .try_clone()
-            .map_err(|e| InfraError::io("duplicating the log handle", e))?;
+        let (stdout, stderr) = process::log_output(&log_path)?;
         let url = format!("tcp://127.0.0.1:{}", self.options.port);
         let storage = match self.options.storage {
             TansuStorage::Sqlite => format!("sqlite://{SQLITE_FILE}"),
@@ -176,62 +157,33 @@ impl TansuServer {
             .arg(&storage)
             .current_dir(&self.options.data_dir)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_for_stderr);
-        let child = spawn_tied_to_process(command, OwnerExitSignal::Kill)
-            .map_err(|e| InfraError::io(format!("starting {}", self.binary.display()), e))?;
-        self.child = Some(child);
-        if let Err(error) = self.wait_until_ready(&log_path) {
-            let _ = self.kill();
-            return Err(error);
-        }
-        tracing::debug!(port = self.options.port, data = %self.options.data_dir.display(),
-            "tansu is ready");
-        Ok(())
-    }
-
-    fn wait_until_ready(&mut self, log_path: &Path) -> Result<(), InfraError> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let child = self
-                .child
-                .as_mut()
-                .ok_or_else(|| InfraError::io("tansu", std::io::Error::other("no child")))?;
-            if let Some(status) = child
-                .try_wait()
-                .map_err(|e| InfraError::io("waiting for tansu", e))?
-            {
-                let tail = process::log_tail(log_path, 30);
-                if self.options.storage == TansuStorage::Sqlite && tail.contains("libsql") {
-                    return Err(InfraError::Unsupported {
-                        server: SERVER,
-                        what: "SQLite storage: this tansu was built without the `libsql` \
-                               feature (scripts/install-deps builds it with it)"
-                            .to_owned(),
-                    });
-                }
-                return Err(process::start_failure(
-                    SERVER,
-                    self.options.port,
-                    status,
-                    log_path,
-                ));
-            }
-            let last_problem = match metadata_answers(self.options.port, Duration::from_secs(2)) {
-                Ok(()) => return Ok(()),
-                Err(problem) => problem,
-            };
-            if Instant::now() >= deadline {
-                return Err(InfraError::StartTimeout {
-                    server: SERVER,
-                    timeout: START_TIMEOUT,
-                    last_problem,
-                    log: log_path.to_owned(),
-                    log_tail: process::log_tail(log_path, 30),
+            .stdout(stdout)
+            .stderr(stderr);
+        self.child.spawn(command, OwnerExitSignal::Kill)?;
+        let port = self.options.port;
+        let ready =
+            self.child
+                .wait_until_ready(port, &log_path, START_TIMEOUT, POLL_INTERVAL, |_| {
+                    metadata_answers(port, Duration::from_secs(2))
                 });
-            }
-            std::thread::sleep(POLL_INTERVAL);
+        if let Err(error) = ready {
+            let _ = self.kill();
+            let without_libsql = self.options.storage == TansuStorage::Sqlite
+                && matches!(error, InfraError::ExitedDuringStart { ref log_tail, .. }
+                    if log_tail.contains("libsql"));
+            return Err(if without_libsql {
+                InfraError::Unsupported {
+                    server: SERVER,
+                    what: "SQLite storage: this tansu was built without the `libsql` feature \
+                           (scripts/install-deps builds it with it)"
+                        .to_owned(),
+                }
+            } else {
+                error
+            });
         }
+        tracing::debug!(port, data = %self.options.data_dir.display(), "tansu is ready");
+        Ok(())
     }
 }
 
