@@ -114,7 +114,7 @@ pub(crate) fn trace_id(traceparent: &str) -> Option<&str> {
 /// Decodes a message's headers and payload into an event, or says why it is not one.
 pub(crate) fn decode_event(headers: &[(String, String)], payload: &[u8]) -> EntryEvent {
     let pairs = headers.iter().map(|(n, v)| (n.as_str(), v.as_str()));
-    match jwl_events::decode(HeaderStyle::Nats, pairs, payload) {
+    match jwl_events::decode(HeaderStyle::NEUTRAL, pairs, payload) {
         Ok(envelope) => EntryEvent::Decoded(DecodedEvent {
             time: envelope.time,
             event_type: envelope.event_type(),
@@ -646,7 +646,7 @@ mod tests {
         )
         .with_traceparent(tp)
         .caused_by(&cause);
-        let wire = encode(&env, HeaderStyle::Nats);
+        let wire = encode(&env, HeaderStyle::NEUTRAL);
         let headers: Vec<(&str, &str)> = wire.header_pairs().collect();
         let entry = event_entry(stored(3, &wire.subject, &headers, &wire.payload));
         assert_eq!(entry.stream_seq, 3);

@@ -31,11 +31,11 @@ pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), Outb
         trace_context::current_traceparent(),
     );
     let wire = if traceparent == env.traceparent {
-        jwl_events::encode(env, HeaderStyle::Nats)
+        jwl_events::encode(env, HeaderStyle::NEUTRAL)
     } else {
         let mut env = env.clone();
         env.traceparent = traceparent;
-        jwl_events::encode(&env, HeaderStyle::Nats)
+        jwl_events::encode(&env, HeaderStyle::NEUTRAL)
     };
     // the relay partition of the row is `order_hash % partitions`: the same hash as migration
     // 0004 computes for older rows, of the same key as the relay's ordering key

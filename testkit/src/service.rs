@@ -186,7 +186,7 @@ pub async fn deliver(
 /// Publishes `event` to the events stream as a producer's relay would (NATS headers, the event
 /// id as the dedup id) and waits for the broker's acknowledgement.
 pub async fn publish_event(broker: &dyn Publisher, event: &Envelope) -> anyhow::Result<()> {
-    let wire = jwl_events::encode(event, HeaderStyle::Nats);
+    let wire = jwl_events::encode(event, HeaderStyle::NEUTRAL);
     let message = OutboundMessage {
         dedup_id: event.id.0.to_string(),
         subject: wire.subject,
@@ -212,7 +212,7 @@ pub async fn outbox_events(pool: &PgPool) -> anyhow::Result<Vec<Envelope>> {
     rows.into_iter()
         .map(|(Json(headers), payload)| {
             let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-            Ok(jwl_events::decode(HeaderStyle::Nats, pairs, &payload)?)
+            Ok(jwl_events::decode(HeaderStyle::NEUTRAL, pairs, &payload)?)
         })
         .collect()
 }

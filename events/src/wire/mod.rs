@@ -18,6 +18,12 @@ pub enum HeaderStyle {
 }
 
 impl HeaderStyle {
+    /// The form messages take between the outbox, the transports and the operator tools (and
+    /// the form outbox rows store): the `ce-` names. A transport whose binding names them
+    /// otherwise (Kafka's `ce_`) maps them on the wire and back, so nothing above the transport
+    /// depends on the broker.
+    pub const NEUTRAL: Self = Self::Nats;
+
     /// The attribute header prefix: `"ce-"` or `"ce_"`.
     pub const fn prefix(self) -> &'static str {
         match self {

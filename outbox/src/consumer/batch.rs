@@ -254,7 +254,7 @@ impl ConsumerLoop {
         };
         let consumer = durable_name(self.service, subject_type);
         match jwl_events::decode(
-            HeaderStyle::Nats,
+            HeaderStyle::NEUTRAL,
             headers.iter().copied(),
             delivery.payload(),
         ) {
@@ -295,7 +295,7 @@ impl ConsumerLoop {
             return self.screen_release(delivery.subject(), &headers);
         }
         let envelope = match jwl_events::decode(
-            HeaderStyle::Nats,
+            HeaderStyle::NEUTRAL,
             headers.iter().copied(),
             delivery.payload(),
         ) {
@@ -615,7 +615,7 @@ impl ConsumerLoop {
                 .collect();
             let replay_origin = replay::header_value(&headers, replay::ORIGIN_HEADER);
             let letter = match jwl_events::decode(
-                HeaderStyle::Nats,
+                HeaderStyle::NEUTRAL,
                 headers.iter().copied(),
                 &parked.payload,
             ) {
@@ -950,7 +950,11 @@ fn owed_letter(parked: &ParkedMessage, reason: DeadLetterReason, error: String) 
         .iter()
         .map(|(name, value)| (name.as_str(), value.as_str()))
         .collect();
-    match jwl_events::decode(HeaderStyle::Nats, headers.iter().copied(), &parked.payload) {
+    match jwl_events::decode(
+        HeaderStyle::NEUTRAL,
+        headers.iter().copied(),
+        &parked.payload,
+    ) {
         Ok(envelope) => DeadLetter::of_event(
             &parked.consumer,
             reason,

@@ -177,7 +177,12 @@ impl Peak {
 impl Window {
     /// The window of one sample: `held_rate` is the finish rate the limit is computed from
     /// (the sample's, or the held peak), `finish_rate` the sample's own.
-    fn new(sample: &BacklogSample, limits: &BacklogLimits, target: Duration, held_rate: f64) -> Self {
+    fn new(
+        sample: &BacklogSample,
+        limits: &BacklogLimits,
+        target: Duration,
+        held_rate: f64,
+    ) -> Self {
         let from_rate = (held_rate * target.as_secs_f64()).ceil() as u64;
         Self {
             open: sample.open,
@@ -451,7 +456,10 @@ mod tests {
     #[test]
     fn the_held_peak_halves_every_half_life() {
         let start = Instant::now();
-        let peak = Peak { rate: 100.0, at: start };
+        let peak = Peak {
+            rate: 100.0,
+            at: start,
+        };
         let after = peak.decayed(start + PEAK_HALF_LIFE);
         assert!((after - 50.0).abs() < 1e-9, "{after}");
         let (held, _) = Peak::hold(

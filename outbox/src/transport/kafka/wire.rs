@@ -64,12 +64,12 @@ pub(crate) fn key_of<'m>(subject: &'m str, headers: &'m [(String, String)]) -> &
     }
 }
 
-/// A header name as written to Kafka: the NATS binding's `ce-` prefix becomes the Kafka
+/// A header name as written to Kafka: the neutral `ce-` prefix becomes the Kafka
 /// binding's `ce_`; every other name is kept.
 pub(crate) fn to_wire_name(name: &str) -> String {
     map_prefix(
         name,
-        HeaderStyle::Nats.prefix(),
+        HeaderStyle::NEUTRAL.prefix(),
         HeaderStyle::Kafka.prefix(),
     )
 }
@@ -83,7 +83,7 @@ pub(crate) fn from_wire_name(name: &str) -> Option<String> {
     Some(map_prefix(
         name,
         HeaderStyle::Kafka.prefix(),
-        HeaderStyle::Nats.prefix(),
+        HeaderStyle::NEUTRAL.prefix(),
     ))
 }
 
