@@ -11,7 +11,7 @@ use jwl_testkit::eventually;
 use crate::invariants::{
     self, Evidence, Injected, OrderEvidence, Outcomes, PlacedOrder, StockEvidence, Verdict,
 };
-use crate::system::System;
+use crate::system::{BrokerKind, System};
 
 /// How long the system may take to go quiet once the orders are terminal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -26,7 +26,7 @@ impl System {
     /// (Timers may still fire later: deadlines are the test's to choose.)
     pub async fn drain(&self) -> anyhow::Result<()> {
         eventually("the system to drain", DRAIN_TIMEOUT, || async {
-            let before = self.events_last_sequence().await?;
+            let before = self.events_in_stream().await?;
             self.consumers_drained().await?;
             for service in Service::ALL {
                 let unpublished = self.store.unpublished_count(service).await?;
@@ -36,7 +36,7 @@ impl System {
                 );
             }
             self.consumers_drained().await?;
-            let after = self.events_last_sequence().await?;
+            let after = self.events_in_stream().await?;
             anyhow::ensure!(before == after, "the stream grew from {before} to {after}");
             anyhow::Ok(())
         })
@@ -148,6 +148,7 @@ impl System {
             couriers: self.store.couriers().await?,
             dispatch_waybills: self.store.dispatch_waybills().await?,
             courier_capacity: self.options().courier_capacity,
+            republished_copies: self.options().broker == BrokerKind::Kafka,
         })
     }
 
@@ -155,11 +156,11 @@ impl System {
         let backlogs = self.broker.consumer_backlogs().await?;
         let busy: Vec<String> = backlogs
             .iter()
-            .filter(|b| !b.is_drained())
+            .filter(|b| b.backlog.pending > 0 || b.backlog.ack_pending > 0)
             .map(|b| {
                 format!(
                     "{} (pending {}, unacked {})",
-                    b.name, b.pending, b.ack_pending
+                    b.name, b.backlog.pending, b.backlog.ack_pending
                 )
             })
             .collect();
@@ -167,7 +168,8 @@ impl System {
         Ok(())
     }
 
-    async fn events_last_sequence(&self) -> anyhow::Result<u64> {
-        self.broker.last_sequence().await
+    /// How many messages the events stream holds (what tells whether it grew).
+    async fn events_in_stream(&self) -> anyhow::Result<u64> {
+        self.broker.event_count().await
     }
 }

@@ -1,38 +1,52 @@
-//! What the broker holds: every event in the `JWL_EVENTS` stream (decoded), the dead letters in
-//! `JWL_DLQ`, and how far behind each durable consumer is.
+//! What the broker holds, read through the broker-neutral [`History`] contract of the transport
+//! (so that the same checks run on NATS JetStream and on Kafka): every event of the events
+//! stream (decoded), the dead letters, and how far behind each durable consumer is.
+//! [`NatsStreams`] adds what only JetStream can tell or do (cluster leaders, delivery counts,
+//! publishing with a broker dedup id), for the NATS-only tests.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::jetstream::{self, consumer, stream};
-use futures::{StreamExt, TryStreamExt};
-use jwl_events::{EVENTS_SUBJECTS, Envelope, HeaderStyle};
-use jwl_outbox::transport::nats::NatsSecurity;
+use async_nats::jetstream::{self, stream};
+use futures::TryStreamExt;
+use jwl_events::{Envelope, HeaderStyle};
+use jwl_outbox::MessagingSettings;
+use jwl_outbox::protocol::dead_letter::{
+    CONSUMER_HEADER, ERROR_HEADER, REASON_HEADER, STREAM_SEQ_HEADER,
+};
+use jwl_outbox::transport::kafka::{KafkaBroker, KafkaSettings};
+use jwl_outbox::transport::nats::{JetStreamBroker, NatsSecurity};
+use jwl_outbox::transport::{
+    DeadLetterQuery, EventQuery, History, Keep, NamedBacklog, StoredMessage,
+};
 
-/// The stream holding every event (`jwl.evt.>`).
-pub const EVENTS_STREAM: &str = "JWL_EVENTS";
-/// The dead-letter stream (`jwl.dlq.>`).
-pub const DLQ_STREAM: &str = "JWL_DLQ";
 /// How long reading the whole events stream may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// The name the test's broker clients connect with.
+const CLIENT_NAME: &str = "jwl-e2e";
 
 /// An event as stored in the stream.
 #[derive(Debug, Clone)]
 pub struct StreamEvent {
+    /// Its position: the stream sequence on NATS, the offset in its partition on Kafka (so
+    /// only unique within one order's events there).
     pub sequence: u64,
     pub subject: String,
     pub envelope: Envelope,
 }
 
-/// Everything in the events stream, in stream order.
+/// Everything in the events stream, in stream order (on Kafka: each order's events in their
+/// partition's order, the partitions merged by time).
 #[derive(Debug, Clone, Default)]
 pub struct StreamContents {
     pub events: Vec<StreamEvent>,
-    /// Messages that are not valid events: `(stream sequence, subject, error)`.
+    /// Messages that are not valid events: `(sequence, subject, error)`.
     pub undecodable: Vec<(u64, String, String)>,
 }
 
-/// One message of the dead-letter stream, by its `jwl-dlq-*` headers.
+/// One dead letter, by its `jwl-dlq-*` headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterRecord {
     pub subject: String,
@@ -45,6 +59,19 @@ pub struct DeadLetterRecord {
     pub stream_sequence: Option<u64>,
 }
 
+impl DeadLetterRecord {
+    fn of(message: &StoredMessage) -> Self {
+        let header = |name: &str| message.header(name).unwrap_or_default().to_owned();
+        Self {
+            subject: message.subject.clone(),
+            consumer: header(CONSUMER_HEADER),
+            reason: header(REASON_HEADER),
+            error: header(ERROR_HEADER),
+            stream_sequence: header(STREAM_SEQ_HEADER).parse().ok(),
+        }
+    }
+}
+
 impl std::fmt::Display for DeadLetterRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -55,202 +82,168 @@ impl std::fmt::Display for DeadLetterRecord {
     }
 }
 
-/// A durable consumer's backlog.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsumerBacklog {
-    pub name: String,
-    /// Messages not yet delivered to it.
-    pub pending: u64,
-    /// Messages delivered but not yet acknowledged.
-    pub ack_pending: usize,
-    /// Deliveries so far, redeliveries included.
-    pub deliveries: u64,
-}
-
-impl ConsumerBacklog {
-    pub fn is_drained(&self) -> bool {
-        self.pending == 0 && self.ack_pending == 0
-    }
-}
-
-/// A JetStream view of one system's broker.
-#[derive(Debug, Clone)]
+/// One system's broker as the tests see it, on either transport.
+#[derive(Clone)]
 pub struct Broker {
-    jetstream: jetstream::Context,
+    history: Arc<dyn History>,
+    /// The stream (topic) names the services use: the defaults.
+    settings: MessagingSettings,
+    /// JetStream itself, when the broker is NATS.
+    nats: Option<NatsStreams>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("nats", &self.nats.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Broker {
-    /// Connects to the NATS server at `url` (or a comma-separated list of cluster nodes).
-    /// Connects with the credentials and TLS of `security` (the operator's, on a secured bus).
-    pub async fn connect_secured(url: &str, security: &NatsSecurity) -> anyhow::Result<Self> {
-        let (options, servers) =
-            security.client_options(url, async_nats::ConnectOptions::new().name("jwl-e2e"))?;
-        let client = options
-            .connect(servers)
+    /// Connects to the NATS server at `url` (or a comma-separated list of cluster nodes), with
+    /// the credentials and TLS of `security` (the operator's, on a secured bus).
+    pub async fn connect_nats(url: &str, security: &NatsSecurity) -> anyhow::Result<Self> {
+        let broker = JetStreamBroker::connect_secured(url, CLIENT_NAME, security)
             .await
             .with_context(|| format!("connecting to NATS at {url}"))?;
-        Ok(Self {
-            jetstream: jetstream::new(client),
-        })
-    }
-
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let servers: Vec<&str> = url.split(',').map(str::trim).collect();
-        let client = async_nats::ConnectOptions::new()
-            .name("jwl-e2e")
-            .connect(servers)
-            .await
-            .with_context(|| format!("connecting to NATS at {url}"))?;
-        Ok(Self {
-            jetstream: jetstream::new(client),
-        })
-    }
-
-    /// The server name of the events stream's cluster leader, and its replica count (`None`
-    /// as leader on a single server, or while no leader is elected).
-    pub async fn events_leader(&self) -> anyhow::Result<(Option<String>, usize)> {
-        let mut stream = self.stream(EVENTS_STREAM).await?;
-        let info = stream
-            .info()
-            .await
-            .with_context(|| format!("reading the {EVENTS_STREAM} stream info"))?;
-        let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
-        Ok((leader, info.config.num_replicas))
-    }
-
-    /// Reads every message of the events stream (as of now) with an ordered consumer, decoding each.
-    pub async fn events(&self) -> anyhow::Result<StreamContents> {
-        let mut stream = self.stream(EVENTS_STREAM).await?;
-        let expected = stream
-            .info()
-            .await
-            .with_context(|| format!("reading the {EVENTS_STREAM} stream info"))?
-            .state
-            .messages;
-        let mut contents = StreamContents::default();
-        if expected == 0 {
-            return Ok(contents);
-        }
-        let reader = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: EVENTS_SUBJECTS.to_owned(),
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .context("creating an ordered consumer on the events stream")?;
-        let mut messages = reader
-            .messages()
-            .await
-            .context("reading the events stream")?;
-        let read_all = async {
-            let mut read = 0u64;
-            while read < expected {
-                let message = messages
-                    .next()
-                    .await
-                    .context("the events stream ended early")?
-                    .context("reading an event from the stream")?;
-                read += 1;
-                let sequence = message.info().map(|i| i.stream_sequence).unwrap_or(read);
-                let subject = message.subject.to_string();
-                let headers: Vec<(&str, &str)> = message
-                    .headers
-                    .iter()
-                    .flat_map(|headers| headers.iter())
-                    .flat_map(|(name, values)| {
-                        let name: &str = name.as_ref();
-                        values.iter().map(move |value| (name, value.as_str()))
-                    })
-                    .collect();
-                match jwl_events::decode(HeaderStyle::Nats, headers, &message.payload) {
-                    Ok(envelope) => contents.events.push(StreamEvent {
-                        sequence,
-                        subject,
-                        envelope,
-                    }),
-                    Err(error) => contents
-                        .undecodable
-                        .push((sequence, subject, error.to_string())),
-                }
-            }
-            anyhow::Ok(())
+        let nats = NatsStreams {
+            jetstream: broker.jetstream().clone(),
         };
-        tokio::time::timeout(READ_TIMEOUT, read_all)
+        Ok(Self {
+            history: Arc::new(broker),
+            settings: reader_settings(),
+            nats: Some(nats),
+        })
+    }
+
+    /// Connects to the Kafka bootstrap brokers `brokers` (`host:port`, comma-separated).
+    pub async fn connect_kafka(brokers: &str) -> anyhow::Result<Self> {
+        let settings = reader_settings();
+        let kafka = KafkaSettings {
+            client_id: CLIENT_NAME.to_owned(),
+            ..KafkaSettings::new(brokers)
+        };
+        let broker = KafkaBroker::connect(kafka, &settings)
             .await
-            .with_context(|| {
-                format!("reading {expected} events took longer than {READ_TIMEOUT:?}")
-            })??;
+            .with_context(|| format!("connecting to Kafka at {brokers}"))?;
+        Ok(Self {
+            history: Arc::new(broker),
+            settings,
+            nats: None,
+        })
+    }
+
+    /// JetStream itself, for a test that needs what only NATS has; an error on Kafka.
+    pub fn nats(&self) -> anyhow::Result<&NatsStreams> {
+        self.nats
+            .as_ref()
+            .context("this needs NATS JetStream, and the system runs on Kafka")
+    }
+
+    /// Reads every message of the events stream (as of now), decoding each.
+    pub async fn events(&self) -> anyhow::Result<StreamContents> {
+        let messages = self.read_events(&|_| true).await?;
+        let mut contents = StreamContents::default();
+        for message in messages {
+            let headers = message
+                .headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str()));
+            match jwl_events::decode(HeaderStyle::Nats, headers, &message.payload) {
+                Ok(envelope) => contents.events.push(StreamEvent {
+                    sequence: message.stream_seq,
+                    subject: message.subject,
+                    envelope,
+                }),
+                Err(error) => contents.undecodable.push((
+                    message.stream_seq,
+                    message.subject,
+                    error.to_string(),
+                )),
+            }
+        }
         Ok(contents)
     }
 
-    /// The sequence of the last message in the events stream (0 when empty).
-    pub async fn last_sequence(&self) -> anyhow::Result<u64> {
-        let mut stream = self.stream(EVENTS_STREAM).await?;
-        Ok(stream
-            .info()
-            .await
-            .with_context(|| format!("reading the {EVENTS_STREAM} stream info"))?
-            .state
-            .last_sequence)
+    /// How many messages the events stream holds now (reads them, keeping none).
+    pub async fn event_count(&self) -> anyhow::Result<u64> {
+        let count = AtomicU64::new(0);
+        self.read_events(&|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+            false
+        })
+        .await?;
+        Ok(count.into_inner())
     }
 
-    /// How many dead letters the DLQ stream holds.
+    async fn read_events(&self, keep: Keep<'_>) -> anyhow::Result<Vec<StoredMessage>> {
+        tokio::time::timeout(
+            READ_TIMEOUT,
+            self.history
+                .read_events(&self.settings, &EventQuery::default(), keep),
+        )
+        .await
+        .with_context(|| format!("reading the events stream took longer than {READ_TIMEOUT:?}"))?
+        .context("reading the events stream")
+    }
+
+    /// How many dead letters the broker holds.
     pub async fn dead_letter_count(&self) -> anyhow::Result<u64> {
-        let mut stream = self.stream(DLQ_STREAM).await?;
-        Ok(stream
-            .info()
-            .await
-            .with_context(|| format!("reading the {DLQ_STREAM} stream info"))?
-            .state
-            .messages)
+        Ok(self.dead_letters().await?.len() as u64)
     }
 
-    /// Every dead letter in the DLQ stream, in stream order.
+    /// Every dead letter, oldest first.
     pub async fn dead_letters(&self) -> anyhow::Result<Vec<DeadLetterRecord>> {
-        let count = self.dead_letter_count().await?;
-        if count == 0 {
-            return Ok(Vec::new());
-        }
-        let stream = self.stream(DLQ_STREAM).await?;
-        let reader = stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::All,
-                ..Default::default()
-            })
+        let letters = tokio::time::timeout(
+            READ_TIMEOUT,
+            self.history
+                .read_dead_letters(&self.settings, &DeadLetterQuery::default(), &|_| true),
+        )
+        .await
+        .context("reading the dead letters took too long")?
+        .context("reading the dead letters")?;
+        Ok(letters.iter().map(DeadLetterRecord::of).collect())
+    }
+
+    /// The backlog of every durable consumer of the events stream, by name. On Kafka
+    /// `pending` counts what a consumer group has not committed yet (delivered or not), and
+    /// `ack_pending` is always 0 (it counts what this process holds).
+    pub async fn consumer_backlogs(&self) -> anyhow::Result<Vec<NamedBacklog>> {
+        self.history
+            .consumer_backlogs(&self.settings)
             .await
-            .context("creating an ordered consumer on the DLQ")?;
-        let mut messages = reader.messages().await.context("reading the DLQ")?;
-        let mut letters = Vec::new();
-        let read_all = async {
-            while (letters.len() as u64) < count {
-                let message = messages
-                    .next()
-                    .await
-                    .context("the DLQ stream ended early")?
-                    .context("reading a dead letter")?;
-                let header = |name: &str| {
-                    message
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get(name))
-                        .map(|v| v.as_str().to_owned())
-                        .unwrap_or_default()
-                };
-                letters.push(DeadLetterRecord {
-                    subject: message.subject.to_string(),
-                    consumer: header("jwl-dlq-consumer"),
-                    reason: header("jwl-dlq-reason"),
-                    error: header("jwl-dlq-error"),
-                    stream_sequence: header("jwl-dlq-stream-seq").parse().ok(),
-                });
-            }
-            anyhow::Ok(())
-        };
-        tokio::time::timeout(READ_TIMEOUT, read_all)
+            .context("reading the consumers' backlogs")
+    }
+}
+
+/// The services' stream names; `stream_replicas: None`, as the operator tools (a reader
+/// never reshapes a stream).
+fn reader_settings() -> MessagingSettings {
+    MessagingSettings {
+        stream_replicas: None,
+        ..MessagingSettings::default()
+    }
+}
+
+/// What only JetStream can tell or do (the NATS-only tests): the events stream's cluster
+/// leader, a consumer's delivery count, publishing straight to the stream with a dedup id.
+#[derive(Debug, Clone)]
+pub struct NatsStreams {
+    jetstream: jetstream::Context,
+}
+
+impl NatsStreams {
+    /// The server name of the events stream's cluster leader, and its replica count (`None`
+    /// as leader on a single server, or while no leader is elected).
+    pub async fn events_leader(&self) -> anyhow::Result<(Option<String>, usize)> {
+        let mut stream = self.events_stream().await?;
+        let info = stream
+            .info()
             .await
-            .context("reading the DLQ took too long")??;
-        Ok(letters)
+            .context("reading the events stream info")?;
+        let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
+        Ok((leader, info.config.num_replicas))
     }
 
     /// Publishes a raw message straight to the events stream (not through any outbox), with
@@ -284,39 +277,26 @@ impl Broker {
         Ok(ack.sequence)
     }
 
-    /// The backlog of every durable consumer on the events stream.
-    pub async fn consumer_backlogs(&self) -> anyhow::Result<Vec<ConsumerBacklog>> {
-        let stream = self.stream(EVENTS_STREAM).await?;
-        let infos: Vec<consumer::Info> = stream
+    /// How many deliveries durable consumer `name` of the events stream has made so far,
+    /// redeliveries included.
+    pub async fn deliveries(&self, name: &str) -> anyhow::Result<u64> {
+        let stream = self.events_stream().await?;
+        let infos: Vec<_> = stream
             .consumers()
             .try_collect()
             .await
             .context("listing the consumers of the events stream")?;
-        Ok(infos
+        infos
             .into_iter()
-            .filter(|info| info.config.durable_name.is_some())
-            .map(|info| ConsumerBacklog {
-                name: info.name,
-                pending: info.num_pending,
-                ack_pending: info.num_ack_pending,
-                deliveries: info.delivered.consumer_sequence,
-            })
-            .collect())
-    }
-
-    /// How many deliveries durable consumer `name` of the events stream has made so far.
-    pub async fn deliveries(&self, name: &str) -> anyhow::Result<u64> {
-        self.consumer_backlogs()
-            .await?
-            .into_iter()
-            .find(|backlog| backlog.name == name)
-            .map(|backlog| backlog.deliveries)
+            .find(|info| info.config.durable_name.as_deref() == Some(name))
+            .map(|info| info.delivered.consumer_sequence)
             .with_context(|| format!("no durable consumer {name} on the events stream"))
     }
 
-    async fn stream(&self, name: &str) -> anyhow::Result<stream::Stream> {
+    async fn events_stream(&self) -> anyhow::Result<stream::Stream> {
+        let name = reader_settings().events_stream;
         self.jetstream
-            .get_stream(name)
+            .get_stream(&name)
             .await
             .with_context(|| format!("opening the {name} stream"))
     }

@@ -1,6 +1,6 @@
-//! [`System`]: a private NATS server (or a private JetStream cluster of several), a fresh
-//! database and the five services, each a `jwl serve <name>` child process, plus the clients a
-//! test drives them with.
+//! [`System`]: a private NATS server (or a private JetStream cluster of several, or a private
+//! tansu for Kafka), a fresh database and the five services, each a `jwl serve <name>` child
+//! process, plus the clients a test drives them with.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use jwl_events::Service;
-use jwl_testkit::{SecureNats, TestCluster, TestDatabase, TestNats, TestNatsCluster, eventually};
+use jwl_testkit::{
+    SecureNats, TestCluster, TestDatabase, TestNats, TestNatsCluster, TestTansu, eventually,
+};
 
 use crate::api::{ApiClient, NewOrder, OrderView};
 use crate::binary::jwl_binary;
@@ -21,15 +23,57 @@ use crate::process::ServiceProcess;
 use crate::proxy::{Link, Proxy, address_of, reroute};
 use crate::store::Store;
 use crate::tokens::Tokens;
+use jwl_outbox::transport::nats::NatsSecurity;
 
 /// Lines of each service log shown by [`System::dump_logs_tail`] and on a failing test.
 const TAIL_LINES: usize = 40;
 /// Orders placed at once by [`System::place_orders`].
 const PLACE_CONCURRENCY: usize = 64;
 
+/// Which broker the system runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BrokerKind {
+    /// NATS JetStream: a private `nats-server -js` (or a cluster, or a secured server).
+    #[default]
+    Nats,
+    /// Kafka: a private tansu with SQLite storage (so that a restart keeps the topics, offsets
+    /// and groups); the services get `JWL_BROKER=kafka` and `JWL_KAFKA_BROKERS`. tansu is
+    /// optional (`scripts/install-deps` builds it): without it [`with_system`] skips the test.
+    Kafka,
+}
+
+impl BrokerKind {
+    /// Whether this broker can be started here: NATS always, Kafka when tansu is installed
+    /// (else says why on stderr).
+    pub fn available(self) -> bool {
+        match self {
+            Self::Nats => true,
+            Self::Kafka => match jwl_local_infra::find_binary("tansu") {
+                Ok(_) => true,
+                Err(error) => {
+                    eprintln!("skipping: {error} (scripts/install-deps builds tansu)");
+                    false
+                }
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for BrokerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Nats => "nats",
+            Self::Kafka => "kafka",
+        })
+    }
+}
+
 /// The business settings the services are started with (`JWL_*` variables).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SystemOptions {
+    /// The broker: NATS (the default) or Kafka. The NATS-only options ([`Self::nats_nodes`],
+    /// [`Self::secure_bus`], a proxied [`Link::Nats`]) need NATS.
+    pub broker: BrokerKind,
     /// `JWL_DISPATCH_DEADLINE`: how long a waybill waits for a courier.
     pub dispatch_deadline: Duration,
     /// `JWL_ORDER_DEADLINE`: how long an order may take before it is cancelled.
@@ -40,6 +84,7 @@ pub struct SystemOptions {
     pub courier_capacity: u32,
     /// `JWL_ACK_WAIT`: how long the broker waits for an ack before redelivering (what a
     /// message handled by a killed service waits; keep it above the longest batch handling).
+    /// NATS only: on Kafka a killed consumer's partitions move on when its session times out.
     pub ack_wait: Duration,
     /// `JWL_DB_STALL_TIMEOUT`: how long a service waits on a database connection that stopped
     /// answering before giving it up (and PostgreSQL a silent session holding locks or the
@@ -84,6 +129,7 @@ impl Default for SystemOptions {
     /// cluster.
     fn default() -> Self {
         Self {
+            broker: BrokerKind::Nats,
             dispatch_deadline: Duration::from_secs(60),
             order_deadline: Duration::from_secs(300),
             dispatch_radius_km: 5.0,
@@ -105,7 +151,7 @@ impl Default for SystemOptions {
     }
 }
 
-/// A running system. Dropping it kills the services (SIGKILL) and the NATS server; the
+/// A running system. Dropping it kills the services (SIGKILL) and the broker; the
 /// database is thrown away with the test cluster. The service logs stay in [`System::log_dir`];
 /// if the test is panicking, their tails are printed.
 pub struct System {
@@ -118,28 +164,43 @@ pub struct System {
     admin_token: String,
     /// `JWL_JWT_SECRET` of the services.
     jwt_secret: String,
-    /// `JWL_NATS_URL` of the services.
-    nats_urls: String,
     pub(crate) broker: Broker,
     pub(crate) store: Store,
     /// `on_hand` of every SKU set through [`System::set_stock`], for the stock invariant.
     pub(crate) stocked: Mutex<BTreeMap<String, i64>>,
     log_dir: PathBuf,
     database: TestDatabase,
-    nats: Nats,
+    server: Server,
     /// The system's own cluster with [`SystemOptions::private_cluster`]; dropped last.
     cluster: Option<TestCluster>,
 }
 
-/// The system's broker: one server, or a cluster, or one secured server.
-enum Nats {
+/// The system's broker: one NATS server, or a cluster, or one secured server, or tansu.
+enum Server {
     Single(TestNats),
     Cluster(TestNatsCluster),
     Secure(SecureNats),
+    Tansu(TestTansu),
 }
 
-impl Nats {
+impl Server {
     async fn start(options: &SystemOptions) -> anyhow::Result<Self> {
+        if options.broker == BrokerKind::Kafka {
+            anyhow::ensure!(
+                options.nats_nodes <= 1
+                    && !options.secure_bus
+                    && !options.proxied.iter().any(|(_, link)| *link == Link::Nats),
+                "a cluster, a secured bus and a proxied NATS link need BrokerKind::Nats"
+            );
+            let tansu = jwl_testkit::tansu()
+                .await?
+                .context("tansu is not installed (scripts/install-deps builds it)")?;
+            anyhow::ensure!(
+                tansu.is_persistent(),
+                "the installed tansu has no SQLite storage: a restart would lose the topics"
+            );
+            return Ok(Self::Tansu(tansu));
+        }
         Ok(if options.secure_bus {
             anyhow::ensure!(
                 options.nats_nodes == 1,
@@ -153,21 +214,39 @@ impl Nats {
         })
     }
 
-    /// What `JWL_NATS_URL` gets: the server's URL, or every node's, comma-separated.
-    fn urls(&self) -> String {
+    /// What `JWL_NATS_URL` gets: the server's URL, or every node's, comma-separated; `None`
+    /// on Kafka.
+    fn nats_urls(&self) -> Option<String> {
         match self {
-            Self::Single(nats) => nats.url().to_owned(),
-            Self::Cluster(cluster) => cluster.urls(),
-            Self::Secure(nats) => nats.url().to_owned(),
+            Self::Single(nats) => Some(nats.url().to_owned()),
+            Self::Cluster(cluster) => Some(cluster.urls()),
+            Self::Secure(nats) => Some(nats.url().to_owned()),
+            Self::Tansu(_) => None,
         }
     }
 
-    /// The server, or the first node of the cluster.
-    fn first(&self) -> &TestNats {
+    /// The NATS server, or the first node of the cluster.
+    fn first_nats(&self) -> anyhow::Result<&TestNats> {
         match self {
-            Self::Single(nats) => nats,
-            Self::Cluster(cluster) => &cluster.nodes()[0],
-            Self::Secure(nats) => nats.server(),
+            Self::Single(nats) => Ok(nats),
+            Self::Cluster(cluster) => Ok(&cluster.nodes()[0]),
+            Self::Secure(nats) => Ok(nats.server()),
+            Self::Tansu(_) => anyhow::bail!("the system runs on Kafka, not NATS"),
+        }
+    }
+
+    /// How the services reach the broker: `JWL_NATS_URL`, or `JWL_BROKER=kafka` and
+    /// `JWL_KAFKA_BROKERS`.
+    fn env(&self) -> Vec<(String, String)> {
+        match (self, self.nats_urls()) {
+            (Self::Tansu(tansu), _) => vec![
+                ("JWL_BROKER".to_owned(), "kafka".to_owned()),
+                (
+                    "JWL_KAFKA_BROKERS".to_owned(),
+                    tansu.bootstrap_servers().to_owned(),
+                ),
+            ],
+            (_, urls) => vec![("JWL_NATS_URL".to_owned(), urls.unwrap_or_default())],
         }
     }
 
@@ -175,7 +254,21 @@ impl Nats {
     fn security_env(&self, service: Service) -> anyhow::Result<Vec<(String, String)>> {
         match self {
             Self::Secure(nats) => nats.env(service.as_str()),
-            Self::Single(_) | Self::Cluster(_) => Ok(Vec::new()),
+            Self::Single(_) | Self::Cluster(_) | Self::Tansu(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// The test's view of the broker.
+    async fn connect(&self) -> anyhow::Result<Broker> {
+        match self {
+            Self::Secure(secure) => {
+                Broker::connect_nats(secure.url(), &secure.security("operator")?).await
+            }
+            Self::Single(_) | Self::Cluster(_) => {
+                let urls = self.nats_urls().unwrap_or_default();
+                Broker::connect_nats(&urls, &NatsSecurity::default()).await
+            }
+            Self::Tansu(tansu) => Broker::connect_kafka(tansu.bootstrap_servers()).await,
         }
     }
 }
@@ -185,8 +278,7 @@ impl System {
     /// service answers `200` on `/readyz`. Prints where the service logs are.
     pub async fn start(options: SystemOptions) -> anyhow::Result<System> {
         let binary = jwl_binary()?;
-        let nats = Nats::start(&options).await?;
-        let nats_urls = nats.urls();
+        let server = Server::start(&options).await?;
         let (cluster, database) = if options.private_cluster {
             let cluster = TestCluster::start().await?;
             let database = cluster.database().await?;
@@ -214,7 +306,7 @@ impl System {
             uuid::Uuid::new_v4().simple(),
             uuid::Uuid::new_v4().simple()
         );
-        let env = service_env(&options, &nats_urls, database.url(), &secret, &log_dir);
+        let env = service_env(&options, server.env(), database.url(), &secret, &log_dir);
         let mut proxies = Vec::with_capacity(options.proxied.len());
         // what one service's processes get in place of the common environment (a later entry
         // wins): a database of its own, a proxied link
@@ -227,7 +319,7 @@ impl System {
         }
         for &(service, link) in &options.proxied {
             let (url, variable) = match link {
-                Link::Nats => (nats.first().url(), "JWL_NATS_URL".to_owned()),
+                Link::Nats => (server.first_nats()?.url(), "JWL_NATS_URL".to_owned()),
                 Link::Postgres => (
                     service_databases.get(&service).unwrap_or(&database).url(),
                     database_url_variable(service),
@@ -241,7 +333,7 @@ impl System {
         let replicas = options.replicas.max(1);
         let mut security_env = BTreeMap::new();
         for service in Service::ALL {
-            security_env.insert(service, nats.security_env(service)?);
+            security_env.insert(service, server.security_env(service)?);
         }
         let security_env = &security_env;
         let started = futures::future::join_all(
@@ -294,12 +386,7 @@ impl System {
         }))?;
         let tokens = Tokens::new(&secret);
         let admin_token = tokens.admin()?;
-        let broker = match &nats {
-            Nats::Secure(secure) => {
-                Broker::connect_secured(&nats_urls, &secure.security("operator")?).await?
-            }
-            Nats::Single(_) | Nats::Cluster(_) => Broker::connect(&nats_urls).await?,
-        };
+        let broker = server.connect().await?;
         let mut pools = BTreeMap::new();
         for service in Service::ALL {
             let own = service_databases.get(&service).unwrap_or(&database);
@@ -314,13 +401,12 @@ impl System {
             tokens,
             admin_token,
             jwt_secret: secret,
-            nats_urls,
             broker,
             store,
             stocked: Mutex::new(BTreeMap::new()),
             log_dir,
             database,
-            nats,
+            server,
             cluster,
         })
     }
@@ -345,9 +431,12 @@ impl System {
         &self.jwt_secret
     }
 
-    /// The services' `JWL_NATS_URL`: the server, or every node of the cluster, comma-separated.
-    pub fn nats_urls(&self) -> &str {
-        &self.nats_urls
+    /// The services' `JWL_NATS_URL`: the server, or every node of the cluster, comma-separated
+    /// (an error on Kafka).
+    pub fn nats_urls(&self) -> anyhow::Result<String> {
+        self.server
+            .nats_urls()
+            .context("the system runs on Kafka, not NATS")
     }
 
     /// A token with the `admin` scope.
@@ -381,24 +470,50 @@ impl System {
             .with_context(|| format!("{service}'s {link} is not proxied (SystemOptions::proxied)"))
     }
 
-    /// The private NATS server (for broker fault injection).
-    pub fn nats(&self) -> &TestNats {
-        self.nats.first()
+    /// The private NATS server, or the cluster's first node (an error on Kafka).
+    pub fn nats(&self) -> anyhow::Result<&TestNats> {
+        self.server.first_nats()
     }
 
     /// The secured server, when the system runs on one ([`SystemOptions::secure_bus`]).
     pub fn secure_nats(&self) -> Option<&SecureNats> {
-        match &self.nats {
-            Nats::Secure(nats) => Some(nats),
-            Nats::Single(_) | Nats::Cluster(_) => None,
+        match &self.server {
+            Server::Secure(nats) => Some(nats),
+            Server::Single(_) | Server::Cluster(_) | Server::Tansu(_) => None,
         }
     }
 
     /// The JetStream cluster, when the system runs on one ([`SystemOptions::nats_nodes`] > 1).
     pub fn nats_cluster(&self) -> Option<&TestNatsCluster> {
-        match &self.nats {
-            Nats::Single(_) | Nats::Secure(_) => None,
-            Nats::Cluster(cluster) => Some(cluster),
+        match &self.server {
+            Server::Cluster(cluster) => Some(cluster),
+            Server::Single(_) | Server::Secure(_) | Server::Tansu(_) => None,
+        }
+    }
+
+    /// Stops the broker (SIGTERM) and starts it again on the same port and storage (the NATS
+    /// server, the cluster's first node, or tansu); returns once it answers.
+    pub async fn restart_broker(&self) -> anyhow::Result<()> {
+        match &self.server {
+            Server::Tansu(tansu) => tansu.restart().await,
+            _ => self.server.first_nats()?.restart().await,
+        }
+    }
+
+    /// SIGKILLs the broker (the NATS server, the cluster's first node, or tansu); bring it
+    /// back with [`System::start_broker_again`].
+    pub async fn kill_broker(&self) -> anyhow::Result<()> {
+        match &self.server {
+            Server::Tansu(tansu) => tansu.kill().await,
+            _ => self.server.first_nats()?.kill().await,
+        }
+    }
+
+    /// Starts a killed broker again, on the same port and storage.
+    pub async fn start_broker_again(&self) -> anyhow::Result<()> {
+        match &self.server {
+            Server::Tansu(tansu) => tansu.start_again().await,
+            _ => self.server.first_nats()?.start_again().await,
         }
     }
 
@@ -568,11 +683,16 @@ impl Drop for System {
 }
 
 /// Starts a system with `options`, runs `body` against it and, if `body` fails, prints the
-/// tails of the service logs before returning the error.
+/// tails of the service logs before returning the error. On a broker that cannot be started
+/// here (Kafka without tansu installed, [`BrokerKind::available`]) it says so on stderr and
+/// returns `Ok` without running `body`: the test is skipped.
 pub async fn with_system<F>(options: SystemOptions, body: F) -> anyhow::Result<()>
 where
     F: AsyncFnOnce(&System) -> anyhow::Result<()>,
 {
+    if !options.broker.available() {
+        return Ok(());
+    }
     let system = System::start(options).await?;
     let outcome = body(&system).await;
     if outcome.is_err() {
@@ -619,14 +739,13 @@ fn sweep_stale_log_dirs(root: &Path) {
 /// The environment of every service process.
 fn service_env(
     options: &SystemOptions,
-    nats_url: &str,
+    broker_env: Vec<(String, String)>,
     database_url: &str,
     jwt_secret: &str,
     data_dir: &Path,
 ) -> Vec<(String, String)> {
     let data_dir: PathBuf = data_dir.join("data");
     [
-        ("JWL_NATS_URL", nats_url.to_owned()),
         ("JWL_STREAM_REPLICAS", options.stream_replicas.to_string()),
         (
             "JWL_OUTBOX_PARTITIONS",
@@ -655,6 +774,7 @@ fn service_env(
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
+    .chain(broker_env)
     .filter(|(k, _)| !options.env.iter().any(|(own, _)| own == k))
     .chain(options.env.iter().cloned())
     .collect()

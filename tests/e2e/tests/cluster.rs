@@ -132,7 +132,7 @@ async fn new_leader(system: &System, old: &str, since: Instant) -> anyhow::Resul
     loop {
         // the stream info request itself waits while no leader answers: bound it
         if let Ok(Ok((Some(leader), _))) =
-            tokio::time::timeout(POLL * 5, system.broker().events_leader()).await
+            tokio::time::timeout(POLL * 5, system.broker().nats()?.events_leader()).await
             && leader != old
         {
             return Ok(since.elapsed());
@@ -252,7 +252,7 @@ async fn the_cluster_survives_a_stream_leader_kill_and_a_replica_of_every_servic
         let orders = WARM_UP + EXTRA_ORDERS + LEADER_DOWN + LEADER_BACK + AFTER_REPLICA_KILL;
         system.set_stock("TEA", orders as i64 + 10).await?;
         system.line_up_couriers(COURIERS, 0.2).await?;
-        let (_, replicas) = system.broker().events_leader().await?;
+        let (_, replicas) = system.broker().nats()?.events_leader().await?;
         assert_eq!(replicas, 3, "JWL_EVENTS should be R3");
         for service in Service::ALL {
             eventually(
@@ -281,6 +281,7 @@ async fn the_cluster_survives_a_stream_leader_kill_and_a_replica_of_every_servic
         let leader = eventually("the events leader", Duration::from_secs(20), || async {
             system
                 .broker()
+                .nats()?
                 .events_leader()
                 .await?
                 .0

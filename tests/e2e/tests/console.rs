@@ -120,6 +120,7 @@ async fn dead_letter_of_order_created(system: &System, order_id: &str) -> anyhow
     );
     system
         .broker()
+        .nats()?
         .publish_raw(
             &format!("jwl.dlq.{CONSUMER}.{order_id}"),
             &headers,
@@ -134,6 +135,7 @@ async fn publish(system: &System, envelope: &Envelope) -> anyhow::Result<u64> {
     let wire = jwl_events::encode(envelope, HeaderStyle::Nats);
     system
         .broker()
+        .nats()?
         .publish_raw(
             &wire.subject,
             &wire.headers,
@@ -255,7 +257,7 @@ async fn park_in_payments_outbox(system: &System, order_id: &str) -> anyhow::Res
 
 /// The outcome records on `jwl.dlqlog.>` (JSON), read with an ordered consumer.
 async fn dead_letter_outcomes(system: &System) -> anyhow::Result<Vec<serde_json::Value>> {
-    let client = async_nats::connect(system.nats_urls()).await?;
+    let client = async_nats::connect(system.nats_urls()?).await?;
     let jetstream = async_nats::jetstream::new(client);
     let mut stream = jetstream.get_stream("JWL_DLQ_LOG").await?;
     let count = stream.info().await?.state.messages;

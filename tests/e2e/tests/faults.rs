@@ -2,15 +2,17 @@
 //! commit, crash in the relay after publishing, transient handler failures), a broker restart
 //! under load, and poison messages published straight to the events stream. Each test starts
 //! its own system, waits with `eventually` (never sleeps), ends with the invariants of DESIGN.md
-//! §5 and prints one summary line.
+//! §5 and prints one summary line. The broker restart also runs on Kafka
+//! (`broker_restarted_mid_load_on_kafka`, skipped when tansu is not installed), with the same
+//! scenario code.
 
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use jwl_e2e::{
-    Injected, NewOrder, OrderStatus, Outcomes, PlacedOrder, Point, Service, System, SystemOptions,
-    with_system,
+    BrokerKind, Injected, NewOrder, OrderStatus, Outcomes, PlacedOrder, Point, Service, System,
+    SystemOptions, with_system,
 };
 use jwl_events::{
     Envelope, EventData, GeoPoint, HeaderStyle, LineItem as EventLine, OrderCreated, OrderId,
@@ -90,7 +92,7 @@ async fn crash_after_commit_before_ack_has_no_second_effect() -> anyhow::Result<
         let outcomes = system.check_invariants(&placed).await?;
         // the committed but unacked order.created came back (after ack_wait) as a duplicate
         // (payment's consumer also delivered the courier_assigned)
-        let deliveries = system.broker().deliveries(PAYMENT_EVENTS).await?;
+        let deliveries = system.broker().nats()?.deliveries(PAYMENT_EVENTS).await?;
         assert!(
             deliveries >= 3,
             "order.created was delivered {deliveries} time(s)"
@@ -134,25 +136,44 @@ async fn relay_crash_after_publish_has_no_duplicate_effect() -> anyhow::Result<(
 /// and nothing is lost or doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restarted_mid_load() -> anyhow::Result<()> {
+    broker_restarted(BrokerKind::Nats, SAGA_TIMEOUT).await
+}
+
+/// Scenario 4 on tansu (SQLite storage: the topics, offsets and groups survive). Every client
+/// reconnects and the consumer groups rebalance after the restart, on a slower transport: the
+/// orders get twice as long to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restarted_mid_load_on_kafka() -> anyhow::Result<()> {
+    broker_restarted(BrokerKind::Kafka, 2 * SAGA_TIMEOUT).await
+}
+
+async fn broker_restarted(broker: BrokerKind, saga_timeout: Duration) -> anyhow::Result<()> {
     const ORDERS: usize = 20;
     let started = Instant::now();
-    with_system(options(), async |system| {
+    let options = SystemOptions {
+        broker,
+        ..options()
+    };
+    with_system(options, async |system| {
         prepare(system).await?;
         let mut placed = system
             .place_orders((0..ORDERS / 2).map(|_| order()).collect())
             .await?;
         // the other half is placed while the broker goes down and comes back
         let (restarted, more) = tokio::join!(
-            system.nats().restart(),
+            system.restart_broker(),
             system.place_orders((0..ORDERS / 2).map(|_| order()).collect())
         );
         restarted?;
         placed.extend(more?);
-        system.wait_all_terminal(&placed, SAGA_TIMEOUT).await?;
+        system.wait_all_terminal(&placed, saga_timeout).await?;
         let outcomes = system.check_invariants(&placed).await?;
         assert_eq!(outcomes.total(), ORDERS, "{outcomes}");
         summary(
-            "broker_restarted_mid_load",
+            &match broker {
+                BrokerKind::Nats => "broker_restarted_mid_load".to_owned(),
+                BrokerKind::Kafka => format!("broker_restarted_mid_load on {broker}"),
+            },
             placed.len(),
             &outcomes,
             started,
@@ -192,7 +213,7 @@ async fn transient_handler_errors_are_retried_then_succeed() -> anyhow::Result<(
         );
         let outcomes = system.check_invariants(&placed).await?;
         // each order.created 1 + FAILED_DELIVERIES times, each courier_assigned once
-        let deliveries = system.broker().deliveries(PAYMENT_EVENTS).await?;
+        let deliveries = system.broker().nats()?.deliveries(PAYMENT_EVENTS).await?;
         assert_eq!(
             deliveries,
             (ORDERS * (FAILED_DELIVERIES + 1) + ORDERS) as u64
@@ -297,6 +318,7 @@ async fn poison_messages_are_dead_lettered_and_good_orders_go_on() -> anyhow::Re
             let message = &poison.message;
             let sequence = system
                 .broker()
+                .nats()?
                 .publish_raw(
                     &message.subject,
                     &message.headers,

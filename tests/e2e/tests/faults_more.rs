@@ -182,6 +182,7 @@ async fn duplicates_after_the_dedup_window_have_no_second_effect() -> anyhow::Re
             let wire = jwl_events::encode(&event.envelope, HeaderStyle::Nats);
             let sequence = system
                 .broker()
+                .nats()?
                 .publish_raw(
                     &wire.subject,
                     &wire.headers,

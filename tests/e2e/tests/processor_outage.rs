@@ -108,8 +108,10 @@ async fn sample(system: &System, since: Instant) -> anyhow::Result<Sample> {
     Ok(Sample {
         at: since.elapsed(),
         state: view["breaker"]["state"].as_str().unwrap_or("?").to_owned(),
-        held: backlog.as_ref().map_or(0, |b| b.ack_pending),
-        pending: backlog.map_or(0, |b| b.pending),
+        held: backlog.as_ref().map_or(0, |b| {
+            usize::try_from(b.backlog.ack_pending).unwrap_or(usize::MAX)
+        }),
+        pending: backlog.map_or(0, |b| b.backlog.pending),
     })
 }
 
@@ -220,7 +222,7 @@ async fn a_processor_outage_is_ridden_out_without_failed_sagas() -> anyhow::Resu
             anyhow::bail!("the breaker did not open and close: {view}");
         };
         let open_for = (closed - opened).as_seconds_f64();
-        let deliveries = system.broker().deliveries(PAYMENT_EVENTS).await?;
+        let deliveries = system.broker().nats()?.deliveries(PAYMENT_EVENTS).await?;
 
         println!(
             "e2e processor outage: {} orders, outcomes [{outcomes}], outage {:.1}s, breaker open {:.1}s \

@@ -1,13 +1,17 @@
 //! The saga end to end: the five services as separate `jwl serve` processes, driven over HTTP.
 //! Each test starts its own system, waits with `eventually` (never sleeps), checks the
 //! invariants of DESIGN.md §5 and prints one summary line.
+//!
+//! The happy path, the three failures, the 200 mixed orders and the killed services run on both
+//! brokers: each scenario is one function of the [`BrokerKind`], called by a NATS test and by a
+//! `…_on_kafka` test (skipped when tansu is not installed).
 
 use std::time::{Duration, Instant};
 
 use jwl_e2e::api::PaymentStatus;
 use jwl_e2e::{
-    Call, LineItem, NewOrder, OrderStatus, Outcomes, PlacedOrder, Point, Service, System,
-    SystemOptions, with_system,
+    BrokerKind, Call, LineItem, NewOrder, OrderStatus, Outcomes, PlacedOrder, Point, Service,
+    System, SystemOptions, with_system,
 };
 use jwl_service_kit::auth::Scope;
 use reqwest::{Method, StatusCode};
@@ -15,6 +19,24 @@ use serde_json::json;
 
 /// How long one saga may take on a busy 2-core machine.
 const SAGA_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// [`SAGA_TIMEOUT`] on `broker`: the Kafka transport is slower (a saga takes seconds), and a
+/// consumer killed on Kafka hands its partitions over only when its session times out (10 s),
+/// so give it twice as long.
+fn saga_timeout(broker: BrokerKind) -> Duration {
+    match broker {
+        BrokerKind::Nats => SAGA_TIMEOUT,
+        BrokerKind::Kafka => 2 * SAGA_TIMEOUT,
+    }
+}
+
+/// The default settings on `broker`.
+fn on(broker: BrokerKind) -> SystemOptions {
+    SystemOptions {
+        broker,
+        ..SystemOptions::default()
+    }
+}
 const PRICE_CENTS: i64 = 1250;
 
 fn line(sku: &str, qty: u32) -> LineItem {
@@ -42,6 +64,14 @@ fn summary(test: &str, orders: usize, outcomes: &Outcomes, started: Instant) {
     );
 }
 
+/// `test`, with the broker when it is not the default (`happy_path on kafka`).
+fn named(test: &str, broker: BrokerKind) -> String {
+    match broker {
+        BrokerKind::Nats => test.to_owned(),
+        BrokerKind::Kafka => format!("{test} on {broker}"),
+    }
+}
+
 /// The stock level of `sku` as (on_hand, reserved, shipped).
 async fn stock(system: &System, sku: &str) -> anyhow::Result<(i64, i64, Option<i64>)> {
     let level = system.api().stock(system.admin_token(), sku).await?;
@@ -50,8 +80,18 @@ async fn stock(system: &System, sku: &str) -> anyhow::Result<(i64, i64, Option<i
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_dispatches_captures_and_delivers() -> anyhow::Result<()> {
+    happy_path(BrokerKind::Nats).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn happy_path_dispatches_captures_and_delivers_on_kafka() -> anyhow::Result<()> {
+    happy_path(BrokerKind::Kafka).await
+}
+
+async fn happy_path(broker: BrokerKind) -> anyhow::Result<()> {
     let started = Instant::now();
-    with_system(SystemOptions::default(), async |system| {
+    let saga_timeout = saga_timeout(broker);
+    with_system(on(broker), async |system| {
         system.set_stock("TEA", 10).await?;
         let pickup = Point::JIANGWAN;
         system
@@ -64,7 +104,7 @@ async fn happy_path_dispatches_captures_and_delivers() -> anyhow::Result<()> {
             )
             .await?;
 
-        let view = system.wait_terminal(&placed.order_id, SAGA_TIMEOUT).await?;
+        let view = system.wait_terminal(&placed.order_id, saga_timeout).await?;
         assert_eq!(view.status, OrderStatus::Dispatched, "{view:?}");
         assert_eq!(view.reason, None);
         assert_eq!(view.courier_id.as_deref(), Some("courier-1"));
@@ -142,7 +182,7 @@ async fn happy_path_dispatches_captures_and_delivers() -> anyhow::Result<()> {
             .await?;
         assert!(confirmed.status.is_success(), "{confirmed:?}");
         let delivered = system
-            .wait_for_order(&placed.order_id, "delivered", SAGA_TIMEOUT, |v| {
+            .wait_for_order(&placed.order_id, "delivered", saga_timeout, |v| {
                 v.status == OrderStatus::Delivered
             })
             .await?;
@@ -168,7 +208,7 @@ async fn happy_path_dispatches_captures_and_delivers() -> anyhow::Result<()> {
             .waybill(system.admin_token(), &waybill_id)
             .await?;
         assert_eq!(waybill.status, "delivered");
-        summary("happy_path", 1, &outcomes, started);
+        summary(&named("happy_path", broker), 1, &outcomes, started);
         Ok(())
     })
     .await
@@ -176,8 +216,17 @@ async fn happy_path_dispatches_captures_and_delivers() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn declined_card_rejects_the_order_and_leaves_stock_alone() -> anyhow::Result<()> {
+    declined_card(BrokerKind::Nats).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declined_card_rejects_the_order_and_leaves_stock_alone_on_kafka() -> anyhow::Result<()> {
+    declined_card(BrokerKind::Kafka).await
+}
+
+async fn declined_card(broker: BrokerKind) -> anyhow::Result<()> {
     let started = Instant::now();
-    with_system(SystemOptions::default(), async |system| {
+    with_system(on(broker), async |system| {
         system.set_stock("TEA", 10).await?;
         system.move_courier("courier-1", Point::JIANGWAN).await?;
         let placed = system
@@ -186,7 +235,9 @@ async fn declined_card_rejects_the_order_and_leaves_stock_alone() -> anyhow::Res
                 order(vec![line("TEA", 2)], Point::JIANGWAN, "tok_decline"),
             )
             .await?;
-        let view = system.wait_terminal(&placed.order_id, SAGA_TIMEOUT).await?;
+        let view = system
+            .wait_terminal(&placed.order_id, saga_timeout(broker))
+            .await?;
         assert_eq!(
             (view.status, view.reason.as_deref()),
             (OrderStatus::Rejected, None),
@@ -204,7 +255,7 @@ async fn declined_card_rejects_the_order_and_leaves_stock_alone() -> anyhow::Res
             .await?;
         assert_eq!(outcomes.count("rejected"), 1, "{outcomes}");
         assert_eq!(stock(system, "TEA").await?, (10, 0, Some(0)));
-        summary("declined", 1, &outcomes, started);
+        summary(&named("declined", broker), 1, &outcomes, started);
         Ok(())
     })
     .await
@@ -212,8 +263,17 @@ async fn declined_card_rejects_the_order_and_leaves_stock_alone() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_stock_cancels_the_order_and_voids_the_payment() -> anyhow::Result<()> {
+    out_of_stock(BrokerKind::Nats).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_stock_cancels_the_order_and_voids_the_payment_on_kafka() -> anyhow::Result<()> {
+    out_of_stock(BrokerKind::Kafka).await
+}
+
+async fn out_of_stock(broker: BrokerKind) -> anyhow::Result<()> {
     let started = Instant::now();
-    with_system(SystemOptions::default(), async |system| {
+    with_system(on(broker), async |system| {
         system.set_stock("TEA", 1).await?;
         system.move_courier("courier-1", Point::JIANGWAN).await?;
         // Two lines: one available, one unknown SKU — all or nothing.
@@ -227,7 +287,9 @@ async fn out_of_stock_cancels_the_order_and_voids_the_payment() -> anyhow::Resul
                 ),
             )
             .await?;
-        let view = system.wait_terminal(&placed.order_id, SAGA_TIMEOUT).await?;
+        let view = system
+            .wait_terminal(&placed.order_id, saga_timeout(broker))
+            .await?;
         assert_eq!(
             (view.status, view.reason.as_deref()),
             (OrderStatus::Cancelled, Some("out_of_stock")),
@@ -243,7 +305,7 @@ async fn out_of_stock_cancels_the_order_and_voids_the_payment() -> anyhow::Resul
             .await?;
         assert_eq!(outcomes.count("cancelled/out_of_stock"), 1, "{outcomes}");
         assert_eq!(stock(system, "TEA").await?, (1, 0, Some(0)));
-        summary("out_of_stock", 1, &outcomes, started);
+        summary(&named("out_of_stock", broker), 1, &outcomes, started);
         Ok(())
     })
     .await
@@ -251,10 +313,19 @@ async fn out_of_stock_cancels_the_order_and_voids_the_payment() -> anyhow::Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_courier_in_range_cancels_and_compensates_everything() -> anyhow::Result<()> {
+    no_courier_in_range(BrokerKind::Nats).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_courier_in_range_cancels_and_compensates_everything_on_kafka() -> anyhow::Result<()> {
+    no_courier_in_range(BrokerKind::Kafka).await
+}
+
+async fn no_courier_in_range(broker: BrokerKind) -> anyhow::Result<()> {
     let started = Instant::now();
     let options = SystemOptions {
         dispatch_deadline: Duration::from_secs(2),
-        ..SystemOptions::default()
+        ..on(broker)
     };
     with_system(options, async |system| {
         system.set_stock("TEA", 5).await?;
@@ -267,7 +338,9 @@ async fn no_courier_in_range_cancels_and_compensates_everything() -> anyhow::Res
                 order(vec![line("TEA", 3)], Point::JIANGWAN, "tok_ok"),
             )
             .await?;
-        let view = system.wait_terminal(&placed.order_id, SAGA_TIMEOUT).await?;
+        let view = system
+            .wait_terminal(&placed.order_id, saga_timeout(broker))
+            .await?;
         assert_eq!(
             (view.status, view.reason.as_deref()),
             (OrderStatus::Cancelled, Some("no_courier")),
@@ -306,7 +379,7 @@ async fn no_courier_in_range_cancels_and_compensates_everything() -> anyhow::Res
                 "timeline {types:?} lacks {expected}"
             );
         }
-        summary("no_courier", 1, &outcomes, started);
+        summary(&named("no_courier", broker), 1, &outcomes, started);
         Ok(())
     })
     .await
@@ -437,6 +510,19 @@ enum Kind {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_orders_with_mixed_outcomes_keep_every_invariant()
 -> anyhow::Result<()> {
+    two_hundred_mixed_orders(BrokerKind::Nats, Duration::from_secs(180)).await
+}
+
+/// The settle deadline is longer on Kafka: its transport is slower (a saga takes seconds at
+/// 50 orders/s, docs/performance.md), and 200 orders at once queue behind each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_orders_with_mixed_outcomes_keep_every_invariant_on_kafka()
+-> anyhow::Result<()> {
+    two_hundred_mixed_orders(BrokerKind::Kafka, Duration::from_secs(420)).await
+}
+
+/// 200 orders placed at once, every kind of outcome; all must be terminal within `settle`.
+async fn two_hundred_mixed_orders(broker: BrokerKind, settle: Duration) -> anyhow::Result<()> {
     const ORDERS: usize = 200;
     const COURIERS: usize = 30;
     const SCARCE_STOCK: i64 = 10;
@@ -444,7 +530,7 @@ async fn two_hundred_concurrent_orders_with_mixed_outcomes_keep_every_invariant(
     let options = SystemOptions {
         dispatch_deadline: Duration::from_secs(3),
         courier_capacity: 5,
-        ..SystemOptions::default()
+        ..on(broker)
     };
     with_system(options, async |system| {
         system.set_stock("TEA", 10_000).await?;
@@ -490,9 +576,7 @@ async fn two_hundred_concurrent_orders_with_mixed_outcomes_keep_every_invariant(
             .collect();
         let placed = system.place_orders(orders).await?;
         let placed_in = started.elapsed();
-        let views = system
-            .wait_all_terminal(&placed, Duration::from_secs(180))
-            .await?;
+        let views = system.wait_all_terminal(&placed, settle).await?;
         let outcomes = system.check_invariants(&placed).await?;
 
         let count = |kind: Kind| kinds.iter().filter(|k| **k == kind).count();
@@ -539,11 +623,12 @@ async fn two_hundred_concurrent_orders_with_mixed_outcomes_keep_every_invariant(
         );
         assert_eq!(outcomes.total(), ORDERS);
         assert_eq!(stock(system, "SCARCE").await?, (0, 0, Some(SCARCE_STOCK)));
+        let name = named("mixed_200", broker);
         println!(
-            "e2e mixed_200: all {ORDERS} placed after {:.1}s",
+            "e2e {name}: all {ORDERS} placed after {:.1}s",
             placed_in.as_secs_f64()
         );
-        summary("mixed_200", ORDERS, &outcomes, started);
+        summary(&name, ORDERS, &outcomes, started);
         Ok(())
     })
     .await
@@ -698,13 +783,24 @@ async fn the_api_validates_authenticates_and_echoes_request_ids() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_services_catch_up_after_restart() -> anyhow::Result<()> {
+    killed_services_catch_up(BrokerKind::Nats).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_services_catch_up_after_restart_on_kafka() -> anyhow::Result<()> {
+    killed_services_catch_up(BrokerKind::Kafka).await
+}
+
+async fn killed_services_catch_up(broker: BrokerKind) -> anyhow::Result<()> {
     const IN_FLIGHT: usize = 20;
     let started = Instant::now();
+    let saga_timeout = saga_timeout(broker);
     let options = SystemOptions {
         courier_capacity: 5,
-        // what a killed service had received but not acked comes back after this
+        // what a killed service had received but not acked comes back after this (on NATS; on
+        // Kafka when the killed consumer's session times out)
         ack_wait: Duration::from_secs(3),
-        ..SystemOptions::default()
+        ..on(broker)
     };
     with_system(options, async |system| {
         system.set_stock("TEA", 100).await?;
@@ -732,7 +828,7 @@ async fn killed_services_catch_up_after_restart() -> anyhow::Result<()> {
             OrderStatus::Pending
         );
         payment.restart().await?;
-        let view = system.wait_terminal(&first.order_id, SAGA_TIMEOUT).await?;
+        let view = system.wait_terminal(&first.order_id, saga_timeout).await?;
         assert_eq!(view.status, OrderStatus::Dispatched, "{view:?}");
 
         // SIGKILL inventory and dispatch while orders are in flight, whatever they are doing.
@@ -746,12 +842,12 @@ async fn killed_services_catch_up_after_restart() -> anyhow::Result<()> {
         for service in [Service::Inventory, Service::Dispatch] {
             system.service(service).restart().await?;
         }
-        system.wait_all_terminal(&placed, SAGA_TIMEOUT).await?;
+        system.wait_all_terminal(&placed, saga_timeout).await?;
         placed.push(first);
         let outcomes = system.check_invariants(&placed).await?;
         assert_eq!(outcomes.count("dispatched"), IN_FLIGHT + 1, "{outcomes}");
         summary(
-            "services_killed_and_restarted",
+            &named("services_killed_and_restarted", broker),
             placed.len(),
             &outcomes,
             started,

@@ -102,7 +102,7 @@ fn jwl_sandbox(system: &System, args: &[&str]) -> anyhow::Result<(i32, String, S
     let output = Command::new(jwl_e2e::binary::jwl_binary()?)
         .args(["replay", "--sandbox"])
         .args(args)
-        .env("JWL_NATS_URL", system.nats_urls())
+        .env("JWL_NATS_URL", system.nats_urls()?)
         .env("JWL_DATABASE_URL", system.database().url())
         .output()?;
     Ok((
@@ -165,7 +165,7 @@ async fn sandbox_replay_finds_no_difference_and_catches_a_changed_handler() -> a
         let db = system.database().pool().await?;
         let mut running = Command::new(jwl_e2e::binary::jwl_binary()?)
             .args(["replay", "--sandbox", "--since", &since_arg])
-            .env("JWL_NATS_URL", system.nats_urls())
+            .env("JWL_NATS_URL", system.nats_urls()?)
             .env("JWL_DATABASE_URL", system.database().url())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -201,7 +201,7 @@ async fn sandbox_replay_finds_no_difference_and_catches_a_changed_handler() -> a
         assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
 
         // a changed payment handler: the library, with the changed handler in place
-        let broker = JetStreamBroker::connect(system.nats_urls()).await?;
+        let broker = JetStreamBroker::connect(&system.nats_urls()?).await?;
         let selection = jwl_ops::Selection {
             since: Some(since),
             ..Default::default()

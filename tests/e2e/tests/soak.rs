@@ -265,6 +265,7 @@ async fn publish_poison(system: &System) -> anyhow::Result<u64> {
     message.payload = b"{\"order_id\": not json".to_vec();
     system
         .broker()
+        .nats()?
         .publish_raw(
             &message.subject,
             &message.headers,
@@ -295,7 +296,7 @@ async fn inject(
             process.kill().await?;
             process.restart().await
         }
-        Fault::BrokerRestart => system.nats().restart().await,
+        Fault::BrokerRestart => system.restart_broker().await,
         Fault::NatsCut => {
             let proxy = system.proxy(service, Link::Nats)?;
             proxy.cut_for(Cut::Closing, CUT_FOR).await;

@@ -96,7 +96,7 @@ async fn run(args: &Args, stat_statements: bool) -> anyhow::Result<()> {
     println!("inventory_url={}", urls(Service::Inventory)[0]);
     println!("dispatch_url={}", urls(Service::Dispatch)[0]);
     println!("database_url={}", system.database().url());
-    println!("nats_url={}", system.nats_urls());
+    println!("nats_url={}", system.nats_urls()?);
     println!("jwt_secret={}", system.jwt_secret());
     println!("ready");
 

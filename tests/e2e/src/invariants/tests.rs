@@ -306,6 +306,25 @@ fn replayed_events_are_left_out_only_when_declared() {
 }
 
 #[test]
+fn republished_copies_are_accepted_only_where_the_broker_keeps_them() {
+    let mut world = World::dispatched("courier-1");
+    let mut copy = world.evidence.events[0].clone();
+    copy.sequence = 700;
+    world.evidence.events.push(copy.clone());
+    world.evidence.republished_copies = true;
+    let verdict = check(&world.evidence);
+    assert!(verdict.violations.is_empty(), "{:#?}", verdict.violations);
+    // a copy that differs is still a second event under the same id
+    copy.subject.push_str(".other");
+    world.evidence.events.push(copy);
+    let violations = check(&world.evidence).violations;
+    assert!(
+        violations.iter().any(|v| v.contains("in the stream twice")),
+        "{violations:#?}"
+    );
+}
+
+#[test]
 fn a_courier_over_capacity_is_reported() {
     let mut world = World::dispatched("courier-1");
     let other_order = OrderId::new();
