@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use jwl_events::Service;
+use jwl_outbox::transport::nats::NatsSecurity;
 use jwl_testkit::{
     SecureNats, TestCluster, TestDatabase, TestNats, TestNatsCluster, TestTansu, eventually,
 };
@@ -23,7 +24,6 @@ use crate::process::ServiceProcess;
 use crate::proxy::{Link, Proxy, address_of, reroute};
 use crate::store::Store;
 use crate::tokens::Tokens;
-use jwl_outbox::transport::nats::NatsSecurity;
 
 /// Lines of each service log shown by [`System::dump_logs_tail`] and on a failing test.
 const TAIL_LINES: usize = 40;
