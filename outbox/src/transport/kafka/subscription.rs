@@ -17,6 +17,14 @@
 //!   rebalance.
 //! - **Flow control.** At most `max_ack_pending` messages are read and not settled at once, and
 //!   at most `prefetch` wait to be taken by the consumer loop.
+//! - **No partitions.** A consumer that the group leaves without any partition for
+//!   [`STARVED_REJOIN`] leaves the group and joins it again (then after twice as long, up to
+//!   [`MAX_REJOIN_BACKOFF`]). tansu 0.6.0 can hand a consumer that joins while a killed member
+//!   of its group is still within its session an empty assignment, and never rebalances once
+//!   that member expires: a service restarted right after a crash would read nothing, forever.
+//!   Joining again after the session has expired makes it the group's only member. (A consumer
+//!   that has no partition because the group has more members than partitions rejoins rarely,
+//!   with the backoff.)
 //! - **Errors.** librdkafka recovers from broker errors by itself (reconnecting, rejoining the
 //!   group); the task logs them and the subscription stays open, so the stream never yields an
 //!   `Err`. Dropping the stream closes the consumer (leaving the group: its partitions go to the
@@ -25,7 +33,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -44,6 +52,13 @@ use crate::transport::{ConsumerSpec, Deliveries, Delivery, TransportError};
 const AUTO_COMMIT_INTERVAL: &str = "200";
 /// A member that stops heartbeating loses its partitions after this long.
 const SESSION_TIMEOUT: &str = "10000";
+/// How often a subscription checks that the group gave it partitions.
+const ASSIGNMENT_CHECK: Duration = Duration::from_secs(5);
+/// How long a subscription without any partition waits before joining its group again: twice
+/// the session timeout, so that a killed member it might be waiting for has expired.
+const STARVED_REJOIN: Duration = Duration::from_secs(20);
+/// Longest wait between two rejoins of a subscription that keeps getting no partition.
+const MAX_REJOIN_BACKOFF: Duration = Duration::from_secs(600);
 
 /// Opens the consumer and starts its reading task. Returns the deliveries and the counts of
 /// what the subscription holds unsettled.
@@ -85,6 +100,8 @@ pub(super) fn open(
     let max_ack_pending = usize::try_from(spec.max_ack_pending.max(1)).unwrap_or(usize::MAX);
     let reader = Reader {
         consumer,
+        topic,
+        starved: None,
         tracker,
         filters: spec.filter_subjects.clone(),
         retry_topic: retry_topic.clone(),
@@ -283,6 +300,11 @@ type Item = Box<dyn Delivery>;
 /// The reading task's state.
 struct Reader {
     consumer: StreamConsumer<SubscriptionCtx>,
+    /// The stream's topic (the other subscribed topic is `retry_topic`).
+    topic: String,
+    /// Since when the group has given this consumer no partition, and how long it waits from
+    /// then before joining again.
+    starved: Option<(Instant, Duration)>,
     tracker: Arc<Mutex<Tracker>>,
     filters: Vec<String>,
     retry_topic: String,
@@ -298,6 +320,7 @@ enum Event {
     Closed,
     Settled(Position),
     Due,
+    CheckAssignment,
     Read(OwnedSemaphorePermit, KafkaResult<OwnedMessage>),
 }
 
@@ -307,6 +330,8 @@ impl Reader {
         deliveries: mpsc::Sender<Item>,
         mut settlements: mpsc::UnboundedReceiver<Position>,
     ) {
+        let mut check = tokio::time::interval(ASSIGNMENT_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_due = self
                 .delayed
@@ -318,6 +343,7 @@ impl Reader {
                 () = deliveries.closed() => Event::Closed,
                 Some(position) = settlements.recv() => Event::Settled(position),
                 () = due(next_due) => Event::Due,
+                _ = check.tick() => Event::CheckAssignment,
                 Some((permit, read)) = read(&self.consumer, &self.permits) => Event::Read(permit, read),
             };
             let ready = match event {
@@ -327,6 +353,10 @@ impl Reader {
                     None
                 }
                 Event::Due => self.delayed.pop_first().map(|(_, delivery)| delivery),
+                Event::CheckAssignment => {
+                    self.rejoin_if_starved();
+                    None
+                }
                 Event::Read(permit, Ok(message)) => self.accept(permit, message),
                 Event::Read(_, Err(error)) => {
                     tracing::warn!(group = %self.group, %error, "Kafka consumer error");
@@ -347,6 +377,35 @@ impl Reader {
             drop(consumer);
             tracing::debug!(%group, "Kafka consumer closed");
         });
+    }
+
+    /// Leaves the group and joins it again when it has given this consumer no partition for
+    /// the current wait (see the module doc), doubling the wait each time.
+    fn rejoin_if_starved(&mut self) {
+        let assigned = self
+            .consumer
+            .assignment()
+            .map_or(1, |assignment| assignment.count());
+        if assigned > 0 {
+            self.starved = None;
+            return;
+        }
+        let now = Instant::now();
+        let (since, wait) = self.starved.get_or_insert((now, STARVED_REJOIN));
+        if now.duration_since(*since) < *wait {
+            return;
+        }
+        tracing::warn!(group = %self.group, without_partitions = ?*wait,
+            "the Kafka group gives this consumer no partition: joining it again");
+        *since = now;
+        *wait = (*wait * 2).min(MAX_REJOIN_BACKOFF);
+        self.consumer.unsubscribe();
+        if let Err(error) = self
+            .consumer
+            .subscribe(&[self.topic.as_str(), self.retry_topic.as_str()])
+        {
+            tracing::warn!(group = %self.group, %error, "joining the Kafka group again failed");
+        }
     }
 
     /// Tracks a message just read; returns it if it is to be delivered now. One outside the
