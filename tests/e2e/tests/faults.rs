@@ -160,8 +160,21 @@ async fn broker_restarted(broker: BrokerKind, saga_timeout: Duration) -> anyhow:
             .place_orders((0..ORDERS / 2).map(|_| order()).collect())
             .await?;
         // the other half is placed while the broker goes down and comes back
+        let bounce = async {
+            match broker {
+                BrokerKind::Nats => system.restart_broker().await,
+                // tansu 0.6.0 stopped (SIGTERM) under load panics in its storage layer
+                // (`unreachable!()` on a failed group update) and answers nothing after that:
+                // on Kafka the broker crashes instead (SIGKILL) and starts again on its SQLite
+                // storage, which keeps what it had committed
+                BrokerKind::Kafka => {
+                    system.kill_broker().await?;
+                    system.start_broker_again().await
+                }
+            }
+        };
         let (restarted, more) = tokio::join!(
-            system.restart_broker(),
+            bounce,
             system.place_orders((0..ORDERS / 2).map(|_| order()).collect())
         );
         restarted?;
