@@ -51,7 +51,7 @@ impl BrokerKind {
             Self::Kafka => match jwl_local_infra::find_binary("tansu") {
                 Ok(_) => true,
                 Err(error) => {
-                    eprintln!("skipping: {error} (scripts/install-deps builds tansu)");
+                    eprintln!("skipping: {error}");
                     false
                 }
             },

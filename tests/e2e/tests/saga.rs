@@ -295,15 +295,16 @@ async fn out_of_stock(broker: BrokerKind) -> anyhow::Result<()> {
             (OrderStatus::Cancelled, Some("out_of_stock")),
             "{view:?}"
         );
+        let outcomes = system
+            .check_invariants(std::slice::from_ref(&placed))
+            .await?;
+        assert_eq!(outcomes.count("cancelled/out_of_stock"), 1, "{outcomes}");
+        // the void follows the cancellation: read it once the system has drained
         let payment = system
             .api()
             .payment(system.admin_token(), &placed.order_id)
             .await?;
         assert_eq!(payment.status, PaymentStatus::Voided);
-        let outcomes = system
-            .check_invariants(std::slice::from_ref(&placed))
-            .await?;
-        assert_eq!(outcomes.count("cancelled/out_of_stock"), 1, "{outcomes}");
         assert_eq!(stock(system, "TEA").await?, (1, 0, Some(0)));
         summary(&named("out_of_stock", broker), 1, &outcomes, started);
         Ok(())
