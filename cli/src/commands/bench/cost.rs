@@ -28,8 +28,8 @@ pub struct SystemProcesses {
 
 impl SystemProcesses {
     /// `explicit` pids (with all their descendants), or the `jwl up` / `jwl serve` processes
-    /// (with the `postgres` and `nats-server` processes below them). An error says why CPU
-    /// time cannot be measured.
+    /// (with the `postgres`, `nats-server` and `tansu` processes below them). An error says why
+    /// CPU time cannot be measured.
     pub fn resolve(explicit: &[u32]) -> Result<Self, String> {
         let ticks_per_second = clock_ticks()?;
         let processes = scan_proc()?;
@@ -63,7 +63,7 @@ impl SystemProcesses {
             roots,
             servers_only: true,
             selection: format!(
-                "automatic: jwl up/serve {} and the postgres and nats-server processes below them",
+                "automatic: jwl up/serve {} and the postgres, nats-server and tansu processes below them",
                 list.join(", ")
             ),
             ticks_per_second,

@@ -494,6 +494,8 @@ pub struct ProcInfo {
 pub const JWL: &str = "jwl";
 pub const POSTGRES: &str = "postgres";
 pub const NATS_SERVER: &str = "nats-server";
+/// The Kafka-protocol broker `jwl up --broker kafka` runs.
+pub const TANSU: &str = "tansu";
 pub const OTHER: &str = "other";
 
 /// The kind of a process by its executable's name.
@@ -502,6 +504,7 @@ pub fn process_kind(comm: &str) -> &'static str {
         "jwl" => JWL,
         "postgres" | "postmaster" => POSTGRES,
         "nats-server" => NATS_SERVER,
+        "tansu" => TANSU,
         _ => OTHER,
     }
 }
@@ -530,8 +533,8 @@ pub fn auto_roots(processes: &[ProcInfo], own_pid: u32) -> Vec<u32> {
 }
 
 /// The processes counted for `roots`: the roots and all their descendants; with
-/// `servers_only` (the automatic selection) only the `postgres` and `nats-server` processes
-/// among the roots' children, with everything below those.
+/// `servers_only` (the automatic selection) only the `postgres`, `nats-server` and `tansu`
+/// processes among the roots' children, with everything below those.
 pub fn counted_processes<'a>(
     processes: &'a [ProcInfo],
     roots: &[u32],
@@ -1428,6 +1431,7 @@ mod tests {
             process(102, 101, "postgres", &["postgres: jwl idle"], 70),
             process(103, 100, "nats-server", &["nats-server", "-js"], 30),
             process(104, 100, "initdb", &["initdb"], 9),
+            process(106, 100, "tansu", &["tansu", "broker"], 20),
             process(
                 200,
                 10,
@@ -1456,7 +1460,7 @@ mod tests {
             .collect();
         assert_eq!(
             counted,
-            [100, 101, 102, 103, 300],
+            [100, 101, 102, 103, 106, 300],
             "initdb and unrelated postgres left out"
         );
 
@@ -1465,7 +1469,7 @@ mod tests {
             .iter()
             .map(|p| p.pid)
             .collect();
-        assert_eq!(counted, [100, 101, 102, 103, 104, 400, 401]);
+        assert_eq!(counted, [100, 101, 102, 103, 104, 106, 400, 401]);
     }
 
     #[test]
@@ -1485,8 +1489,9 @@ mod tests {
                     process.stat.stime += 20;
                     process.stat.cutime += 60;
                 }
-                // …nats 0.5 s.
+                // …nats 0.5 s, tansu 0.3 s.
                 103 => process.stat.stime += 50,
+                106 => process.stat.utime += 30,
                 _ => {}
             }
         }
@@ -1509,9 +1514,10 @@ mod tests {
         // postgres: 20 + 60 - 70 (backend 102 no longer counted) + 0 = 10 ticks.
         assert_eq!(by_kind[JWL].seconds, 2.0);
         assert_eq!(by_kind[NATS_SERVER].seconds, 0.5);
+        assert!((by_kind[TANSU].seconds - 0.3).abs() < 1e-9);
         assert!((by_kind[POSTGRES].seconds - 0.1).abs() < 1e-9);
-        assert!((seconds - 2.6).abs() < 1e-9);
-        assert!((ms_per_saga.unwrap() - 260.0).abs() < 1e-9);
+        assert!((seconds - 2.9).abs() < 1e-9);
+        assert!((ms_per_saga.unwrap() - 290.0).abs() < 1e-9);
         assert_eq!(by_kind[JWL].ms_per_saga, Some(200.0));
         assert_eq!(pids[POSTGRES], [101, 102, 105]);
         assert_eq!(pids[JWL], [100]);
