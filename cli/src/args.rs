@@ -356,7 +356,7 @@ pub struct BenchArgs {
     pub seed: u64,
     /// A process of the system under test whose CPU time (with all its descendants') counts in
     /// the cost per saga (repeat for each). Default: every `jwl up` / `jwl serve` process and
-    /// the `postgres` and `nats-server` processes below them.
+    /// the `postgres`, `nats-server` and `tansu` processes below them.
     #[arg(long = "system-pid", value_name = "PID")]
     pub system_pids: Vec<u32>,
     /// Wait before and after the measured window so that PostgreSQL's cumulative statistics
@@ -418,6 +418,10 @@ pub struct BrokerArgs {
     /// up` starts a private tansu under the data dir when unset).
     #[arg(long, env = "JWL_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
+    /// Partitions of the Kafka topics this process creates (the streams' topics and each
+    /// consumer group's retry topic; a topic that exists keeps its own). Default: 8.
+    #[arg(long, env = "JWL_KAFKA_PARTITIONS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub kafka_partitions: Option<i32>,
     /// The NATS server (JetStream enabled), or a comma-separated list of the nodes of a
     /// cluster (with `--broker nats`; `jwl up` starts a private `nats-server -js` under the data
     /// dir when unset).

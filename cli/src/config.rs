@@ -88,8 +88,12 @@ impl DatabaseArgs {
 pub enum BrokerTarget {
     /// NATS JetStream at `url` (one URL or a comma-separated list of cluster nodes).
     Nats { url: String, security: NatsSecurity },
-    /// Kafka at `brokers` (`host:port` separated by commas).
-    Kafka { brokers: String },
+    /// Kafka at `brokers` (`host:port` separated by commas), creating topics with `partitions`
+    /// partitions (`None`: the transport's default).
+    Kafka {
+        brokers: String,
+        partitions: Option<i32>,
+    },
 }
 
 impl BrokerTarget {
@@ -101,7 +105,7 @@ impl BrokerTarget {
                 "JWL_NATS_URL",
                 jwl_outbox::transport::nats::redact_userinfo(url),
             )],
-            Self::Kafka { brokers } => vec![
+            Self::Kafka { brokers, .. } => vec![
                 ("JWL_BROKER", "kafka".to_owned()),
                 ("JWL_KAFKA_BROKERS", brokers.clone()),
             ],
@@ -156,7 +160,10 @@ impl BrokerArgs {
                     .map(str::to_owned)
                     .or(kafka_brokers)
                     .context("JWL_BROKER=kafka needs the Kafka bootstrap brokers: set JWL_KAFKA_BROKERS (or --kafka-brokers), e.g. 127.0.0.1:9092")?;
-                Ok(BrokerTarget::Kafka { brokers })
+                Ok(BrokerTarget::Kafka {
+                    brokers,
+                    partitions: self.kafka_partitions,
+                })
             }
         }
     }
@@ -348,7 +355,7 @@ mod tests {
         assert_eq!(args.broker.kind, BrokerKind::Kafka);
         let target = args.broker.target().unwrap();
         assert!(
-            matches!(&target, BrokerTarget::Kafka { brokers } if brokers == "10.0.0.1:9092,10.0.0.2:9092"),
+            matches!(&target, BrokerTarget::Kafka { brokers, partitions: None } if brokers == "10.0.0.1:9092,10.0.0.2:9092"),
             "{target:?}"
         );
         assert_eq!(
@@ -382,7 +389,22 @@ mod tests {
             .broker
             .target_or(None, Some("127.0.0.1:9999".to_owned()))
             .unwrap();
-        assert!(matches!(private, BrokerTarget::Kafka { brokers } if brokers == "127.0.0.1:9999"));
+        assert!(
+            matches!(&private, BrokerTarget::Kafka { brokers, partitions: None } if brokers == "127.0.0.1:9999")
+        );
+        let configured = parse_serve(&["--broker", "kafka", "--kafka-partitions", "3"])
+            .unwrap()
+            .broker
+            .target_or(None, Some("127.0.0.1:9999".to_owned()))
+            .unwrap();
+        assert!(matches!(
+            configured,
+            BrokerTarget::Kafka {
+                partitions: Some(3),
+                ..
+            }
+        ));
+        assert!(parse_serve(&["--broker", "kafka", "--kafka-partitions", "0"]).is_err());
     }
 
     #[test]

@@ -110,10 +110,15 @@ async fn connect_broker(
                 })?;
             Ok(Arc::new(broker))
         }
-        BrokerTarget::Kafka { brokers } => {
+        BrokerTarget::Kafka {
+            brokers,
+            partitions,
+        } => {
+            let defaults = KafkaSettings::new(brokers.clone());
             let kafka = KafkaSettings {
                 client_id: client_name.to_owned(),
-                ..KafkaSettings::new(brokers.clone())
+                partitions: partitions.unwrap_or(defaults.partitions),
+                ..defaults
             };
             let broker = KafkaBroker::connect(kafka, messaging)
                 .await
