@@ -1,4 +1,4 @@
-//! A typed client for the services' HTTP APIs (DESIGN.md §4). Every response is checked for an
+//! A typed client for the services' HTTP APIs (the README's HTTP API). Every response is checked for an
 //! `X-Request-ID` header (and that it echoes the one sent, if any); typed calls check the status
 //! code and decode the body, [`ApiClient::send`] returns the raw [`Reply`] for negative tests.
 

@@ -44,7 +44,7 @@ impl System {
         .with_context(|| format!("logs in {}", self.log_dir().display()))
     }
 
-    /// Drains the system, then checks DESIGN.md §5 for `orders` (every order placed in this
+    /// Drains the system, then checks the README's invariants (How delivery is guaranteed) for `orders` (every order placed in this
     /// system) and the SKUs set with [`System::set_stock`]; also requires an empty DLQ.
     /// Returns how the orders ended; fails listing every violation.
     pub async fn check_invariants(&self, orders: &[PlacedOrder]) -> anyhow::Result<Outcomes> {

@@ -1,4 +1,4 @@
-//! The invariants of DESIGN.md §5 as pure functions over collected [`Evidence`] (no I/O here:
+//! The invariants of the README (How delivery is guaranteed) as pure functions over collected [`Evidence`] (no I/O here:
 //! `audit.rs` gathers the evidence from the API, the database and the broker).
 //!
 //! 1. every order is terminal, its read model consistent with its events;

@@ -13,7 +13,7 @@
 //! * [`Tokens`] — HS256 bearer tokens for customers, couriers and an admin.
 //! * [`ApiClient`] — typed calls (orders, stock, payments, waybills, couriers); every reply is
 //!   checked for `X-Request-ID`.
-//! * [`System::check_invariants`] — waits until the system is quiet, then checks DESIGN.md §5
+//! * [`System::check_invariants`] — waits until the system is quiet, then checks the README's invariants (How delivery is guaranteed)
 //!   (terminal orders, money, stock, courier capacity, outboxes vs the stream, empty DLQ) and
 //!   returns the [`Outcomes`]. What it reads from the broker goes through the transport's
 //!   broker-neutral `History` ([`broker::Broker`]), so the same checks hold on both brokers.

@@ -1,8 +1,8 @@
 //! Failure injection end to end (issue 3): the services' fault points (crash after a consumer's
 //! commit, crash in the relay after publishing, transient handler failures), a broker restart
 //! under load, and poison messages published straight to the events stream. Each test starts
-//! its own system, waits with `eventually` (never sleeps), ends with the invariants of DESIGN.md
-//! §5 and prints one summary line. The broker restart also runs on Kafka
+//! its own system, waits with `eventually` (never sleeps), ends with the invariants of the
+//! README (How delivery is guaranteed) and prints one summary line. The broker restart also runs on Kafka
 //! (`broker_restarted_mid_load_on_kafka`, skipped when tansu is not installed), with the same
 //! scenario code.
 

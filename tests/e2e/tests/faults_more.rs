@@ -2,7 +2,7 @@
 //! stopped (`-m immediate`) mid-load, events replayed after the broker's dedup window and a
 //! cancel reaching dispatch before the order's forward events, customer cancels at random steps
 //! and the order deadline for orders stuck behind a stopped service. Each test starts its own
-//! system, waits with `eventually`, ends with the invariants of DESIGN.md §5 and prints one
+//! system, waits with `eventually`, ends with the invariants of the README (How delivery is guaranteed) and prints one
 //! summary line.
 
 use std::collections::BTreeMap;

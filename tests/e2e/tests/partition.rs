@@ -1,7 +1,7 @@
 //! Scenario 6 of issue 3: one service (inventory) cut off from NATS for 5 s under load and
 //! restored, then cut off from PostgreSQL for 5 s and restored, each through a TCP proxy of the
 //! harness ([`jwl_e2e::Proxy`]). Every order must end, the service must come back by itself
-//! (no hang on a dead connection) and the invariants of DESIGN.md §5 must hold.
+//! (no hang on a dead connection) and the invariants of the README (How delivery is guaranteed) must hold.
 //!
 //! The second test cuts the database path *silently*: the service's live connections (its
 //! consumers' open transactions, the relay's lease session) are black-holed for good, neither
@@ -45,7 +45,7 @@ async fn prepare(system: &System) -> anyhow::Result<()> {
     system.line_up_couriers(COURIERS, 0.2).await
 }
 
-/// Every order of `placed` ended well and DESIGN.md §5 holds; prints the figures.
+/// Every order of `placed` ended well and the README's invariants hold; prints the figures.
 async fn assert_all_delivered(
     system: &System,
     placed: &[PlacedOrder],

@@ -1,6 +1,6 @@
 //! The saga end to end: the five services as separate `jwl serve` processes, driven over HTTP.
 //! Each test starts its own system, waits with `eventually` (never sleeps), checks the
-//! invariants of DESIGN.md §5 and prints one summary line.
+//! invariants of the README (How delivery is guaranteed) and prints one summary line.
 //!
 //! The happy path, the three failures, the 200 mixed orders and the killed services run on both
 //! brokers: each scenario is one function of the [`BrokerKind`], called by a NATS test and by a

@@ -6,7 +6,7 @@
 //! after a partition that closed nothing), a service restarted with a transient fault point, a
 //! poison message. At the end it
 //! prints one line of figures and fails if any order is lost, charged wrongly, leaks stock or is
-//! stuck (or any other invariant of DESIGN.md §5 is broken). `JWL_SOAK_SEED` replays a run.
+//! stuck (or any other invariant of the README (How delivery is guaranteed) is broken). `JWL_SOAK_SEED` replays a run.
 //!
 //! The 10,000-order run by hand (see README.md, Tests):
 //! `JWL_SOAK_ORDERS=10000 cargo test -p jwl-e2e --test soak -- --nocapture`.
