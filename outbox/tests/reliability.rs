@@ -1058,13 +1058,11 @@ async fn a_handler_with_a_batch_way_gets_the_fresh_events_of_a_batch_together() 
         h.consumer_settled().await.ok() == Some(true)
     })
     .await?;
-    // all five by the batch way (one or more batches of two or more), none one by one
+    // the batch way took every batch of two or more, and only those: a worker batches what
+    // has reached it, so the broker's deliveries may split the five (say 4 + 1), and an event
+    // alone in its batch is handled one by one
     let batches = h.batches().await?;
-    assert_eq!(
-        batches.iter().map(|(n, _)| n).sum::<i32>(),
-        5,
-        "{batches:?}"
-    );
+    assert!(!batches.is_empty(), "the batch way was never used");
     assert!(
         batches.iter().all(|(n, refused)| *n >= 2 && !refused),
         "{batches:?}"
@@ -1072,7 +1070,11 @@ async fn a_handler_with_a_batch_way_gets_the_fresh_events_of_a_batch_together() 
     let one_by_one: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts")
         .fetch_one(&h.pool)
         .await?;
-    assert_eq!(one_by_one, 0);
+    assert_eq!(
+        i64::from(batches.iter().map(|(n, _)| n).sum::<i32>()) + one_by_one,
+        5,
+        "each event handled once: {batches:?}, {one_by_one} one by one"
+    );
     // a redelivery is absorbed by the inbox, not handled again
     h.publish_event(&events[0], "redelivered").await?;
     eventually("the redelivery is settled", SOON, || async {
@@ -1107,9 +1109,12 @@ async fn a_batch_the_batch_way_refuses_is_handled_one_by_one() -> anyhow::Result
         Some("amount refused by the test handler")
     );
     assert_eq!(h.effects_of(&events[2]).await?, 0);
-    // the batch way saw the bad event and refused; the one-by-one way then judged each
+    // a batch way given the bad event refused it, and the one-by-one way then judged each (the
+    // broker's deliveries may also leave it alone in its batch, handled one by one at once)
+    let holding = h.batches_holding(&events[2]).await?;
+    assert!(holding.iter().all(|refused| *refused), "{holding:?}");
     let batches = h.batches().await?;
-    assert!(batches.iter().any(|(_, refused)| *refused), "{batches:?}");
+    assert!(!batches.is_empty(), "the batch way was never used");
     running.stop().await
 }
 

@@ -183,6 +183,16 @@ impl Harness {
             .await?)
     }
 
+    /// Whether the batch way refused each batch it was given that held `event`.
+    pub async fn batches_holding(&self, event: &Envelope) -> anyhow::Result<Vec<bool>> {
+        Ok(
+            sqlx::query_scalar("SELECT refused FROM batches WHERE $1 = ANY(ids)")
+                .bind(event.id.0)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     pub fn run_relay_only(&self) -> Running {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(self.messaging().relay_only(shutdown.clone()));
@@ -446,7 +456,7 @@ pub async fn test_pool(db: &TestDatabase) -> anyhow::Result<PgPool> {
                                     at timestamptz NOT NULL DEFAULT clock_timestamp());
              CREATE TABLE checked_at_commit (id int UNIQUE DEFERRABLE INITIALLY DEFERRED);
              CREATE TABLE fixed (event_id uuid PRIMARY KEY);
-             CREATE TABLE batches (events int NOT NULL, refused bool NOT NULL);",
+             CREATE TABLE batches (events int NOT NULL, refused bool NOT NULL, ids uuid[] NOT NULL);",
         )
         .execute(&pool)
         .await?;
@@ -608,15 +618,16 @@ impl BatchHandler for BatchingHandler {
         let refused = events.iter().any(|event| {
             matches!(&event.data, EventData::PaymentCaptured(c) if c.amount_cents == PERMANENT)
         });
-        sqlx::query("INSERT INTO batches (events, refused) VALUES ($1, $2)")
+        let ids: Vec<Uuid> = events.iter().map(|event| event.id.0).collect();
+        sqlx::query("INSERT INTO batches (events, refused, ids) VALUES ($1, $2, $3)")
             .bind(events.len() as i32)
             .bind(refused)
+            .bind(&ids)
             .execute(&self.log)
             .await?;
         if refused {
             return Err(HandlerError::permanent("the batch way refuses PERMANENT"));
         }
-        let ids: Vec<Uuid> = events.iter().map(|event| event.id.0).collect();
         sqlx::query("INSERT INTO effects (event_id, txid) SELECT id, txid_current() FROM unnest($1::uuid[]) AS id")
             .bind(&ids)
             .execute(conn)
