@@ -105,6 +105,8 @@ struct Accepted {
     end_to_end: Option<Duration>,
     /// Waybill created → courier assigned, by event times (seen on the broker only).
     assignment_hop: Option<Duration>,
+    /// Each cause → effect hop of the saga, by event times (seen on the broker only).
+    hops: Vec<Duration>,
 }
 
 /// The sending phase: each POST's latency and outcome, when it started and how long it took.
@@ -701,6 +703,7 @@ async fn classify(
             ended_offset: None,
             end_to_end: None,
             assignment_hop: None,
+            hops: Vec::new(),
         }),
         Err(_) => PostOutcome::Refused("201 with an unreadable body".to_owned()),
     }
@@ -729,11 +732,14 @@ async fn settle_by_events(
         let scanned = Instant::now();
         let mut pending = 0;
         for order in orders.iter_mut().filter(|o| o.ended_offset.is_none()) {
-            let Some((ended, hop)) = order.key.as_ref().and_then(|key| watcher.ended(key)) else {
+            let Some((ended, assignment_hop, hops)) =
+                order.key.as_ref().and_then(|key| watcher.ended(key))
+            else {
                 pending += 1;
                 continue;
             };
-            order.assignment_hop = hop;
+            order.assignment_hop = assignment_hop;
+            order.hops = hops;
             order.ended_offset = Some(
                 ended
                     .last
@@ -936,6 +942,12 @@ fn saga_report(
             orders
                 .iter()
                 .filter_map(|order| order.assignment_hop)
+                .collect(),
+        ),
+        event_hop_latency: LatencySummary::of(
+            orders
+                .iter()
+                .flat_map(|order| order.hops.iter().copied())
                 .collect(),
         ),
         dispatch_time_source: format!(

@@ -331,6 +331,9 @@ pub struct SagaReport {
     /// `fulfillment.waybill_created` → `dispatch.courier_assigned`, by event times (absent
     /// when the ends were polled).
     pub assignment_hop_latency: Option<LatencySummary>,
+    /// Every cause → effect hop of the sagas (an event's time → the time of the event a
+    /// consumer emitted in reaction), absent when the ends were polled.
+    pub event_hop_latency: Option<LatencySummary>,
     /// What marks "dispatched" in the latency.
     pub dispatch_time_source: String,
     /// How the ends of the sagas were observed.
@@ -918,6 +921,11 @@ impl StepReport {
             out,
             "    waybill_created → courier_assigned, by the events' times"
         )?;
+        latency_line(out, "event hop", g.event_hop_latency.as_ref())?;
+        writeln!(
+            out,
+            "    an event's time → its effect's (causationid): commit, relay, broker, consumer, handler"
+        )?;
         writeln!(
             out,
             "  completed              {:.1} sagas/s over {:.1} s (first POST → last saga's end)",
@@ -1110,13 +1118,14 @@ impl SweepReport {
         writeln!(out, "\nSweep")?;
         writeln!(
             out,
-            "  {:>9} {:>11} {:>8} {:>11} {:>9} {:>9} {:>12} {:>13} {:>16} {:>12}",
+            "  {:>9} {:>11} {:>8} {:>11} {:>9} {:>9} {:>11} {:>12} {:>13} {:>16} {:>12}",
             "offered/s",
             "accepted/s",
             "sagas/s",
             "under load",
             "p50 ms",
             "p99 ms",
+            "hop p50 ms",
             "CPU ms/saga",
             "commits/saga",
             "statements/saga",
@@ -1126,13 +1135,14 @@ impl SweepReport {
             let latency = step.saga.end_to_end_latency.as_ref();
             writeln!(
                 out,
-                "  {:>9} {:>11.1} {:>8.1} {:>11.1} {:>9} {:>9} {:>12} {:>13} {:>16} {:>12}",
+                "  {:>9} {:>11.1} {:>8.1} {:>11.1} {:>9} {:>9} {:>11} {:>12} {:>13} {:>16} {:>12}",
                 step.setup.rate_per_second,
                 step.ingest.accepted_per_second,
                 step.saga.completed_per_second,
                 step.saga.completed_under_load_per_second,
                 number_text(latency.map(|l| l.p50_ms), 1),
                 number_text(latency.map(|l| l.p99_ms), 1),
+                number_text(step.saga.event_hop_latency.as_ref().map(|l| l.p50_ms), 1),
                 number_text(step.cost.cpu.ms_per_saga(), 2),
                 number_text(step.cost.postgres.commits_per_saga(), 1),
                 number_text(step.cost.postgres.statements_per_saga(), 1),
@@ -1555,6 +1565,7 @@ mod tests {
             outcomes: BTreeMap::from([("dispatched".to_owned(), 15), ("rejected".to_owned(), 4)]),
             end_to_end_latency: LatencySummary::of(vec![ms(100)]),
             assignment_hop_latency: LatencySummary::of(vec![ms(7)]),
+            event_hop_latency: LatencySummary::of(vec![ms(2), ms(3)]),
             dispatch_time_source: "timeline".to_owned(),
             observed_by: "nats".to_owned(),
             completed_per_second: 10.0,

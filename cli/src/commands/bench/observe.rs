@@ -2,8 +2,10 @@
 //! (`jwl.evt.*.payment.captured`, `…payment.declined`, `…payment.voided`, and the failures and
 //! compensations before a void), JetStream-published messages being delivered to core
 //! subscribers too, so no order is polled. [`SagaEvents::ended`] decides from an order's events
-//! whether and how its saga ended; `fulfillment.waybill_created` and `dispatch.courier_assigned`
-//! are watched too, for the courier-assignment hop ([`SagaEvents::assignment_hop`]).
+//! whether and how its saga ended; the happy path's earlier events are watched too, for the
+//! latency of each hop (an event's time → the time of the event its consumer emitted in
+//! reaction, by `causationid`: [`SagaEvents::hops`]) and the courier-assignment hop
+//! ([`SagaEvents::assignment_hop`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use jwl_events::{EventType, OrderId, parse_subject, type_filter};
+use uuid::Uuid;
 use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -26,7 +29,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const SUBSCRIPTION_CAPACITY: usize = 1 << 17;
 
 /// The event types the watcher subscribes to.
-const WATCHED: [EventType; 9] = [
+const WATCHED: [EventType; 12] = [
+    EventType::OrderCreated,
+    EventType::PaymentAuthorized,
+    EventType::InventoryReserved,
     EventType::WaybillCreated,
     EventType::CourierAssigned,
     EventType::PaymentCaptured,
@@ -45,9 +51,18 @@ pub struct Seen {
     pub arrived: Instant,
 }
 
-/// The ending events of one order seen so far.
+/// An event's id and cause (CloudEvents `id` and `causationid`), as the hops need them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Causation {
+    pub id: Uuid,
+    pub cause: Option<Uuid>,
+}
+
+/// The ending events of one order seen so far, and when each event seen happened.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SagaEvents {
+    /// Every event seen once (by id), with its cause and time.
+    timeline: Vec<(Causation, DateTime<Utc>)>,
     captured: Option<Seen>,
     declined: Option<Seen>,
     voided: Option<Seen>,
@@ -82,8 +97,20 @@ fn latest(events: &[Option<Seen>]) -> Option<Seen> {
 }
 
 impl SagaEvents {
-    /// Records one event (`reason` is the `dispatch.failed` payload's).
-    pub fn record(&mut self, event_type: EventType, seen: Seen, reason: Option<String>) {
+    /// Records one event (`reason` is the `dispatch.failed` payload's; `causation` absent when
+    /// the headers did not carry a readable id).
+    pub fn record(
+        &mut self,
+        event_type: EventType,
+        seen: Seen,
+        causation: Option<Causation>,
+        reason: Option<String>,
+    ) {
+        if let Some(causation) = causation
+            && !self.timeline.iter().any(|(c, _)| c.id == causation.id)
+        {
+            self.timeline.push((causation, seen.time));
+        }
         let slot = match event_type {
             EventType::PaymentCaptured => &mut self.captured,
             EventType::PaymentDeclined => &mut self.declined,
@@ -109,6 +136,20 @@ impl SagaEvents {
         let created = self.waybill_created?;
         let assigned = self.courier_assigned?;
         (assigned.time - created.time).to_std().ok()
+    }
+
+    /// Each hop seen: from an event's time to the time of an event emitted in reaction to it
+    /// (its `causationid`), i.e. the cause's commit, the relay, the broker, the consumer and
+    /// the handler up to the effect, all by the services' clocks.
+    pub fn hops(&self) -> Vec<Duration> {
+        self.timeline
+            .iter()
+            .filter_map(|(effect, time)| {
+                let cause = effect.cause?;
+                let (_, cause_time) = self.timeline.iter().find(|(c, _)| c.id == cause)?;
+                (*time - *cause_time).to_std().ok()
+            })
+            .collect()
     }
 
     /// Whether the saga has ended: captured (dispatched); declined (rejected); out of stock
@@ -206,12 +247,23 @@ impl Watcher {
                     else {
                         continue;
                     };
-                    let time = message
-                        .headers
-                        .as_ref()
-                        .and_then(|headers| headers.get("ce-time"))
-                        .and_then(|value| DateTime::parse_from_rfc3339(value.as_str()).ok())
+                    let header = |name: &str| {
+                        message
+                            .headers
+                            .as_ref()
+                            .and_then(|headers| headers.get(name))
+                            .map(|value| value.as_str().to_owned())
+                    };
+                    let time = header("ce-time")
+                        .and_then(|value| DateTime::parse_from_rfc3339(&value).ok())
                         .map_or_else(Utc::now, |time| time.with_timezone(&Utc));
+                    let causation = header("ce-id")
+                        .and_then(|id| Uuid::parse_str(&id).ok())
+                        .map(|id| Causation {
+                            id,
+                            cause: header("ce-causationid")
+                                .and_then(|cause| Uuid::parse_str(&cause).ok()),
+                        });
                     let reason = (event_type == EventType::DispatchFailed)
                         .then(|| serde_json::from_slice::<FailurePayload>(&message.payload).ok())
                         .flatten()
@@ -220,6 +272,7 @@ impl Watcher {
                         seen.entry(order_id).or_default().record(
                             event_type,
                             Seen { time, arrived },
+                            causation,
                             reason,
                         );
                     }
@@ -235,11 +288,12 @@ impl Watcher {
         })
     }
 
-    /// How `order_id`'s saga ended, if it has, and its courier-assignment hop.
-    pub fn ended(&self, order_id: &OrderId) -> Option<(Ended, Option<Duration>)> {
+    /// How `order_id`'s saga ended, if it has, with its courier-assignment hop and every
+    /// hop seen.
+    pub fn ended(&self, order_id: &OrderId) -> Option<(Ended, Option<Duration>, Vec<Duration>)> {
         let seen = self.seen.lock().ok()?;
         let events = seen.get(order_id)?;
-        Some((events.ended()?, events.assignment_hop()))
+        Some((events.ended()?, events.assignment_hop(), events.hops()))
     }
 
     /// Forgets the orders of earlier steps.
@@ -276,19 +330,19 @@ mod tests {
         let base = Instant::now();
         let mut dispatched = SagaEvents::default();
         assert_eq!(dispatched.ended(), None);
-        dispatched.record(EventType::PaymentCaptured, seen(base, 40), None);
+        dispatched.record(EventType::PaymentCaptured, seen(base, 40), None, None);
         let ended = dispatched.ended().unwrap();
         assert_eq!(ended.outcome, "dispatched");
         assert_eq!(ended.captured, Some(seen(base, 40)));
 
         let mut rejected = SagaEvents::default();
-        rejected.record(EventType::PaymentDeclined, seen(base, 5), None);
+        rejected.record(EventType::PaymentDeclined, seen(base, 5), None, None);
         assert_eq!(rejected.ended().unwrap().outcome, "rejected");
 
         let mut out_of_stock = SagaEvents::default();
-        out_of_stock.record(EventType::InventoryRejected, seen(base, 10), None);
+        out_of_stock.record(EventType::InventoryRejected, seen(base, 10), None, None);
         assert_eq!(out_of_stock.ended(), None, "not before the void");
-        out_of_stock.record(EventType::PaymentVoided, seen(base, 15), None);
+        out_of_stock.record(EventType::PaymentVoided, seen(base, 15), None, None);
         let ended = out_of_stock.ended().unwrap();
         assert_eq!(ended.outcome, "cancelled/out_of_stock");
         assert_eq!(ended.last, seen(base, 15));
@@ -297,17 +351,18 @@ mod tests {
         no_courier.record(
             EventType::DispatchFailed,
             seen(base, 60_000),
+            None,
             Some("no_courier".to_owned()),
         );
-        no_courier.record(EventType::PaymentVoided, seen(base, 60_020), None);
-        no_courier.record(EventType::WaybillCancelled, seen(base, 60_010), None);
+        no_courier.record(EventType::PaymentVoided, seen(base, 60_020), None, None);
+        no_courier.record(EventType::WaybillCancelled, seen(base, 60_010), None, None);
         assert_eq!(no_courier.ended(), None, "stock not released yet");
-        no_courier.record(EventType::InventoryReleased, seen(base, 60_030), None);
+        no_courier.record(EventType::InventoryReleased, seen(base, 60_030), None, None);
         let ended = no_courier.ended().unwrap();
         assert_eq!(ended.outcome, "cancelled/no_courier");
         assert_eq!(ended.last, seen(base, 60_030));
         // A redelivered event keeps the first sighting.
-        no_courier.record(EventType::InventoryReleased, seen(base, 61_000), None);
+        no_courier.record(EventType::InventoryReleased, seen(base, 61_000), None, None);
         assert_eq!(no_courier.ended().unwrap().last, seen(base, 60_030));
     }
 
@@ -315,10 +370,43 @@ mod tests {
     fn the_assignment_hop_runs_from_the_waybill_to_the_courier_by_event_time() {
         let base = Instant::now();
         let mut events = SagaEvents::default();
-        events.record(EventType::WaybillCreated, seen(base, 100), None);
+        events.record(EventType::WaybillCreated, seen(base, 100), None, None);
         assert_eq!(events.assignment_hop(), None);
-        events.record(EventType::CourierAssigned, seen(base, 112), None);
+        events.record(EventType::CourierAssigned, seen(base, 112), None, None);
         assert_eq!(events.assignment_hop(), Some(Duration::from_millis(12)));
         assert_eq!(events.ended(), None, "not ended before the capture");
+    }
+
+    #[test]
+    fn a_hop_runs_from_a_cause_to_its_effect_by_event_time() {
+        let base = Instant::now();
+        let (created, authorized, reserved) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let of = |id, cause| Some(Causation { id, cause });
+        let mut events = SagaEvents::default();
+        events.record(EventType::OrderCreated, seen(base, 0), of(created, None), None);
+        assert!(events.hops().is_empty(), "no cause, no hop");
+        events.record(
+            EventType::InventoryReserved,
+            seen(base, 9),
+            of(reserved, Some(authorized)),
+            None,
+        );
+        assert!(events.hops().is_empty(), "its cause not seen yet");
+        events.record(
+            EventType::PaymentAuthorized,
+            seen(base, 4),
+            of(authorized, Some(created)),
+            None,
+        );
+        // a redelivered copy is the same event, not another hop
+        events.record(
+            EventType::PaymentAuthorized,
+            seen(base, 4),
+            of(authorized, Some(created)),
+            None,
+        );
+        let mut hops = events.hops();
+        hops.sort();
+        assert_eq!(hops, vec![Duration::from_millis(4), Duration::from_millis(5)]);
     }
 }
