@@ -50,18 +50,12 @@ impl InventoryHandler {
                 let stock = store::lock_stock(ctx.db(), &skus).await?;
                 match domain::decide_reservation(lines, &stock) {
                     ReservationDecision::Reserve(lines) => {
-                        let inserted = store::insert_order(
-                            ctx.db(),
-                            order_id,
-                            OrderState::Reserved,
-                            Some(&payment.items),
-                        )
-                        .await?;
+                        let inserted =
+                            store::reserve(ctx.db(), order_id, &payment.items, &lines).await?;
                         HandlerError::unless_inserted(
                             inserted,
                             format_args!("the reservation of order {order_id}"),
                         )?;
-                        store::reserve(ctx.db(), order_id, &lines).await?;
                         ctx.emit(InventoryReserved {
                             order_id,
                             items: payment.items.clone(),

@@ -68,8 +68,9 @@ pub async fn lock_for_batch(
     Ok(())
 }
 
-/// Records the order's first state (`reserved`, `rejected` with its `items`, or the
-/// `release_requested` tombstone without); `false` if the order already has a row.
+/// Records the order's first state when nothing is reserved (`rejected` with its `items`, or
+/// the `release_requested` tombstone without; [`reserve`] records `reserved`); `false` if the
+/// order already has a row.
 pub async fn insert_order(
     conn: &mut PgConnection,
     order_id: OrderId,
@@ -115,127 +116,102 @@ pub async fn lock_stock(
         .collect())
 }
 
-/// Reserves `lines` for the order: adds them to `stock.reserved` and records them. The stock
-/// rows must be locked ([`lock_stock`]) and the lines must fit.
+/// Records the order as `reserved` with its `items`, adds `lines` to `stock.reserved` and
+/// records them, in one statement; `false` (and nothing changed) if the order already has a
+/// row. The stock rows must be locked ([`lock_stock`]) and the lines must fit.
 pub async fn reserve(
     conn: &mut PgConnection,
     order_id: OrderId,
+    items: &[LineItem],
     lines: &[Line],
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let skus: Vec<&str> = lines.iter().map(|line| line.sku.as_str()).collect();
     let quantities: Vec<i64> = lines.iter().map(|line| line.qty).collect();
-    sqlx::query(
-        "UPDATE stock SET reserved = stock.reserved + line.qty, updated_at = now()
-         FROM unnest($1::text[], $2::bigint[]) AS line (sku, qty)
-         WHERE stock.sku = line.sku",
-    )
-    .bind(&skus)
-    .bind(&quantities)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "INSERT INTO reservations (order_id, sku, qty, state)
-         SELECT $1, line.sku, line.qty, 'reserved'
-         FROM unnest($2::text[], $3::bigint[]) AS line (sku, qty)",
-    )
-    .bind(order_id.0)
-    .bind(&skus)
-    .bind(&quantities)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Locks the stock rows of the order's still reserved lines, in SKU order.
-async fn lock_reserved_stock(
-    conn: &mut PgConnection,
-    order_id: OrderId,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "SELECT stock.sku FROM stock
-         JOIN reservations ON reservations.sku = stock.sku
-         WHERE reservations.order_id = $1 AND reservations.state = 'reserved'
-         ORDER BY stock.sku FOR UPDATE OF stock",
+    let recorded: i64 = sqlx::query_scalar(
+        "WITH recorded AS (
+             INSERT INTO order_reservations (order_id, state, items)
+             VALUES ($1, 'reserved', $4)
+             ON CONFLICT (order_id) DO NOTHING
+             RETURNING order_id),
+         line AS (SELECT * FROM unnest($2::text[], $3::bigint[]) AS line (sku, qty)),
+         held AS (
+             UPDATE stock SET reserved = stock.reserved + line.qty, updated_at = now()
+             FROM line, recorded
+             WHERE stock.sku = line.sku
+             RETURNING 1),
+         noted AS (
+             INSERT INTO reservations (order_id, sku, qty, state)
+             SELECT recorded.order_id, line.sku, line.qty, 'reserved' FROM recorded, line
+             RETURNING 1)
+         SELECT count(*) FROM recorded",
     )
     .bind(order_id.0)
-    .execute(conn)
+    .bind(&skus)
+    .bind(&quantities)
+    .bind(Json(items))
+    .fetch_one(conn)
     .await?;
-    Ok(())
+    Ok(recorded == 1)
 }
 
-/// Gives a reserved order's stock back and returns its lines; `None` unless it was reserved.
+/// Gives a reserved order's stock back and returns its lines; `None` (and nothing changed)
+/// unless it was reserved. One statement; the stock rows are locked by the batch
+/// ([`lock_for_batch`], which every consumer batch takes first, in SKU order).
 pub async fn release(
     conn: &mut PgConnection,
     order_id: OrderId,
 ) -> Result<Option<Vec<LineItem>>, sqlx::Error> {
     let items: Option<Json<Vec<LineItem>>> = sqlx::query_scalar(
-        "UPDATE order_reservations SET state = 'released', updated_at = now()
-         WHERE order_id = $1 AND state = 'reserved'
-         RETURNING items",
+        "WITH released AS (
+             UPDATE order_reservations SET state = 'released', updated_at = now()
+             WHERE order_id = $1 AND state = 'reserved'
+             RETURNING order_id, items),
+         line AS (
+             UPDATE reservations SET state = 'released', updated_at = now()
+             FROM released
+             WHERE reservations.order_id = released.order_id AND reservations.state = 'reserved'
+             RETURNING reservations.sku, reservations.qty),
+         given_back AS (
+             UPDATE stock SET reserved = stock.reserved - line.qty, updated_at = now()
+             FROM line WHERE stock.sku = line.sku
+             RETURNING 1)
+         SELECT items FROM released",
     )
     .bind(order_id.0)
-    .fetch_optional(&mut *conn)
+    .fetch_optional(conn)
     .await?;
-    let Some(Json(items)) = items else {
-        return Ok(None);
-    };
-    lock_reserved_stock(conn, order_id).await?;
-    sqlx::query(
-        "UPDATE stock SET reserved = stock.reserved - reservations.qty, updated_at = now()
-         FROM reservations
-         WHERE reservations.order_id = $1 AND reservations.state = 'reserved'
-           AND stock.sku = reservations.sku",
-    )
-    .bind(order_id.0)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "UPDATE reservations SET state = 'released', updated_at = now()
-         WHERE order_id = $1 AND state = 'reserved'",
-    )
-    .bind(order_id.0)
-    .execute(conn)
-    .await?;
-    Ok(Some(items))
+    Ok(items.map(|Json(items)| items))
 }
 
-/// Ships a reserved order's stock (on_hand and reserved go down, shipped up); `false` unless
-/// it was reserved.
+/// Ships a reserved order's stock (on_hand and reserved go down, shipped up); `false` (and
+/// nothing changed) unless it was reserved. One statement; the stock rows are locked by the
+/// batch ([`lock_for_batch`]).
 pub async fn commit(conn: &mut PgConnection, order_id: OrderId) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
-        "UPDATE order_reservations SET state = 'committed', updated_at = now()
-         WHERE order_id = $1 AND state = 'reserved'",
+    let committed: i64 = sqlx::query_scalar(
+        "WITH committed AS (
+             UPDATE order_reservations SET state = 'committed', updated_at = now()
+             WHERE order_id = $1 AND state = 'reserved'
+             RETURNING order_id),
+         line AS (
+             UPDATE reservations SET state = 'committed', updated_at = now()
+             FROM committed
+             WHERE reservations.order_id = committed.order_id
+               AND reservations.state = 'reserved'
+             RETURNING reservations.sku, reservations.qty),
+         shipped AS (
+             UPDATE stock
+             SET on_hand = stock.on_hand - line.qty,
+                 reserved = stock.reserved - line.qty,
+                 shipped = stock.shipped + line.qty,
+                 updated_at = now()
+             FROM line WHERE stock.sku = line.sku
+             RETURNING 1)
+         SELECT count(*) FROM committed",
     )
     .bind(order_id.0)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if !updated {
-        return Ok(false);
-    }
-    lock_reserved_stock(conn, order_id).await?;
-    sqlx::query(
-        "UPDATE stock
-         SET on_hand = stock.on_hand - reservations.qty,
-             reserved = stock.reserved - reservations.qty,
-             shipped = stock.shipped + reservations.qty,
-             updated_at = now()
-         FROM reservations
-         WHERE reservations.order_id = $1 AND reservations.state = 'reserved'
-           AND stock.sku = reservations.sku",
-    )
-    .bind(order_id.0)
-    .execute(&mut *conn)
+    .fetch_one(conn)
     .await?;
-    sqlx::query(
-        "UPDATE reservations SET state = 'committed', updated_at = now()
-         WHERE order_id = $1 AND state = 'reserved'",
-    )
-    .bind(order_id.0)
-    .execute(conn)
-    .await?;
-    Ok(true)
+    Ok(committed == 1)
 }
 
 /// An order's reservation state as stored (any of the table's states) and its lines
