@@ -22,7 +22,7 @@ use anyhow::{Context, bail};
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use jwl_events::OrderId;
+use jwl_events::{EventType, OrderId};
 use jwl_service_kit::auth::{JwtKeys, Scope};
 use reqwest::StatusCode;
 use serde::Deserialize;
@@ -105,8 +105,9 @@ struct Accepted {
     end_to_end: Option<Duration>,
     /// Waybill created → courier assigned, by event times (seen on the broker only).
     assignment_hop: Option<Duration>,
-    /// Each cause → effect hop of the saga, by event times (seen on the broker only).
-    hops: Vec<Duration>,
+    /// Each cause → effect hop of the saga with the effect's type, by event times (seen on the
+    /// broker only).
+    hops: Vec<(EventType, Duration)>,
 }
 
 /// The sending phase: each POST's latency and outcome, when it started and how long it took.
@@ -720,6 +721,21 @@ fn transport_error(error: &reqwest::Error) -> String {
     }
 }
 
+/// The hops of `orders` by the effect's event type (its CloudEvents `type`).
+fn hops_by_type(orders: &[Accepted]) -> BTreeMap<String, LatencySummary> {
+    let mut by_type: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    for (effect, hop) in orders.iter().flat_map(|order| order.hops.iter()) {
+        by_type
+            .entry(effect.as_str().to_owned())
+            .or_default()
+            .push(*hop);
+    }
+    by_type
+        .into_iter()
+        .filter_map(|(effect, hops)| Some((effect, LatencySummary::of(hops)?)))
+        .collect()
+}
+
 /// Waits until the watcher has seen every order's saga end, or `timeout` passes.
 async fn settle_by_events(
     watcher: &Watcher,
@@ -947,9 +963,10 @@ fn saga_report(
         event_hop_latency: LatencySummary::of(
             orders
                 .iter()
-                .flat_map(|order| order.hops.iter().copied())
+                .flat_map(|order| order.hops.iter().map(|(_, hop)| *hop))
                 .collect(),
         ),
+        event_hops_by_type: hops_by_type(orders),
         dispatch_time_source: format!(
             "the CloudEvents time of the order's `{DISPATCH_EVENT}` event, which makes it \
              dispatched (else when it was seen)"

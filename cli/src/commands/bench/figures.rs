@@ -334,6 +334,8 @@ pub struct SagaReport {
     /// Every cause → effect hop of the sagas (an event's time → the time of the event a
     /// consumer emitted in reaction), absent when the ends were polled.
     pub event_hop_latency: Option<LatencySummary>,
+    /// The same by the effect's event type: the hop into the service that emits it.
+    pub event_hops_by_type: BTreeMap<String, LatencySummary>,
     /// What marks "dispatched" in the latency.
     pub dispatch_time_source: String,
     /// How the ends of the sagas were observed.
@@ -926,6 +928,9 @@ impl StepReport {
             out,
             "    an event's time → its effect's (causationid): commit, relay, broker, consumer, handler"
         )?;
+        for (effect, hops) in &g.event_hops_by_type {
+            latency_line(out, &format!("  → {effect}"), Some(hops))?;
+        }
         writeln!(
             out,
             "  completed              {:.1} sagas/s over {:.1} s (first POST → last saga's end)",
@@ -1566,6 +1571,7 @@ mod tests {
             end_to_end_latency: LatencySummary::of(vec![ms(100)]),
             assignment_hop_latency: LatencySummary::of(vec![ms(7)]),
             event_hop_latency: LatencySummary::of(vec![ms(2), ms(3)]),
+            event_hops_by_type: BTreeMap::new(),
             dispatch_time_source: "timeline".to_owned(),
             observed_by: "nats".to_owned(),
             completed_per_second: 10.0,

@@ -15,10 +15,10 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use jwl_events::{EventType, OrderId, parse_subject, type_filter};
-use uuid::Uuid;
 use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use uuid::Uuid;
 
 use crate::commands::redact_userinfo;
 use jwl_outbox::transport::nats::NatsSecurity;
@@ -61,8 +61,8 @@ pub struct Causation {
 /// The ending events of one order seen so far, and when each event seen happened.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SagaEvents {
-    /// Every event seen once (by id), with its cause and time.
-    timeline: Vec<(Causation, DateTime<Utc>)>,
+    /// Every event seen once (by id), with its type, cause and time.
+    timeline: Vec<(Causation, EventType, DateTime<Utc>)>,
     captured: Option<Seen>,
     declined: Option<Seen>,
     voided: Option<Seen>,
@@ -107,9 +107,9 @@ impl SagaEvents {
         reason: Option<String>,
     ) {
         if let Some(causation) = causation
-            && !self.timeline.iter().any(|(c, _)| c.id == causation.id)
+            && !self.timeline.iter().any(|(c, ..)| c.id == causation.id)
         {
-            self.timeline.push((causation, seen.time));
+            self.timeline.push((causation, event_type, seen.time));
         }
         let slot = match event_type {
             EventType::PaymentCaptured => &mut self.captured,
@@ -140,14 +140,14 @@ impl SagaEvents {
 
     /// Each hop seen: from an event's time to the time of an event emitted in reaction to it
     /// (its `causationid`), i.e. the cause's commit, the relay, the broker, the consumer and
-    /// the handler up to the effect, all by the services' clocks.
-    pub fn hops(&self) -> Vec<Duration> {
+    /// the handler up to the effect, all by the services' clocks; each with the effect's type.
+    pub fn hops(&self) -> Vec<(EventType, Duration)> {
         self.timeline
             .iter()
-            .filter_map(|(effect, time)| {
+            .filter_map(|(effect, effect_type, time)| {
                 let cause = effect.cause?;
-                let (_, cause_time) = self.timeline.iter().find(|(c, _)| c.id == cause)?;
-                (*time - *cause_time).to_std().ok()
+                let (.., cause_time) = self.timeline.iter().find(|(c, ..)| c.id == cause)?;
+                Some((*effect_type, (*time - *cause_time).to_std().ok()?))
             })
             .collect()
     }
@@ -290,7 +290,10 @@ impl Watcher {
 
     /// How `order_id`'s saga ended, if it has, with its courier-assignment hop and every
     /// hop seen.
-    pub fn ended(&self, order_id: &OrderId) -> Option<(Ended, Option<Duration>, Vec<Duration>)> {
+    pub fn ended(
+        &self,
+        order_id: &OrderId,
+    ) -> Option<(Ended, Option<Duration>, Vec<(EventType, Duration)>)> {
         let seen = self.seen.lock().ok()?;
         let events = seen.get(order_id)?;
         Some((events.ended()?, events.assignment_hop(), events.hops()))
@@ -383,7 +386,12 @@ mod tests {
         let (created, authorized, reserved) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let of = |id, cause| Some(Causation { id, cause });
         let mut events = SagaEvents::default();
-        events.record(EventType::OrderCreated, seen(base, 0), of(created, None), None);
+        events.record(
+            EventType::OrderCreated,
+            seen(base, 0),
+            of(created, None),
+            None,
+        );
         assert!(events.hops().is_empty(), "no cause, no hop");
         events.record(
             EventType::InventoryReserved,
@@ -407,6 +415,12 @@ mod tests {
         );
         let mut hops = events.hops();
         hops.sort();
-        assert_eq!(hops, vec![Duration::from_millis(4), Duration::from_millis(5)]);
+        assert_eq!(
+            hops,
+            vec![
+                (EventType::PaymentAuthorized, Duration::from_millis(4)),
+                (EventType::InventoryReserved, Duration::from_millis(5)),
+            ]
+        );
     }
 }
