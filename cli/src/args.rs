@@ -576,6 +576,18 @@ pub struct MessagingArgs {
     #[arg(long, env = "JWL_OUTBOX_PARTITIONS", default_value = "1",
           value_parser = clap::value_parser!(u8).range(1..=64))]
     pub outbox_partitions: u8,
+    /// Workers of each consumer: its messages are split among them by order, each worker
+    /// handles its share in batches, one transaction each, in parallel with the others (a
+    /// handler may allow fewer). Fewer workers make bigger batches and fewer commits; more let
+    /// one slow batch hold up fewer orders.
+    #[arg(long, env = "JWL_CONSUMER_WORKERS", default_value = "4",
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub consumer_workers: u16,
+    /// The most messages one consumer batch (one transaction) holds, and how many the
+    /// consumer asks the broker for ahead.
+    #[arg(long, env = "JWL_CONSUMER_BATCH_SIZE", default_value = "64",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub consumer_batch_size: u16,
 }
 
 /// Fault points for failure-injection tests (hidden; all off by default). Read once at start.
@@ -778,6 +790,8 @@ impl MessagingArgs {
             db_stall_timeout: self.db_stall_timeout,
             stream_replicas: Some(usize::from(self.stream_replicas)),
             outbox_partitions: usize::from(self.outbox_partitions),
+            consumer_workers: usize::from(self.consumer_workers),
+            consumer_batch_size: usize::from(self.consumer_batch_size),
             faults,
             ..MessagingSettings::default()
         }
@@ -988,6 +1002,8 @@ mod tests {
             "nats://127.0.0.1:4222",
             "--ack-wait",
             "3s",
+            "--consumer-workers",
+            "2",
             "--fault-crash-after-publish",
             "--fault-transient-first",
             "payment__order_created:2",
@@ -1005,6 +1021,10 @@ mod tests {
         );
         let settings = serve.messaging.to_settings(None);
         assert_eq!(settings.ack_wait, Duration::from_secs(3));
+        assert_eq!(
+            (settings.consumer_workers, settings.consumer_batch_size),
+            (2, 64)
+        );
         assert_eq!(settings.faults, None);
         assert_eq!(
             serve.messaging.to_pool_settings().stall_timeout,
