@@ -1,8 +1,11 @@
 //! The inventory service's event handler: reserve on `payment.authorized`, release on
 //! `dispatch.failed`, commit on `payment.captured`.
 //!
-//! Each event locks the order's reservation row, asks [`crate::domain`] which transition is
-//! allowed, and applies it; the emitted event commits with the stock change.
+//! Each event tries its common transition first, in one conditional statement (reserve an order
+//! inventory has not heard of, ship a reserved one); when that does not apply, it locks the
+//! order's reservation row, asks [`crate::domain`] which transition is allowed, and applies it.
+//! Every consumer batch has locked its stock and order rows first ([`Handler::lock_batch`]), so
+//! the state cannot change in between. The emitted event commits with the stock change.
 
 use async_trait::async_trait;
 use jwl_events::{
@@ -36,56 +39,65 @@ pub enum InventoryHandlingError {
 pub struct InventoryHandler;
 
 impl InventoryHandler {
+    /// The common case first: inventory has not heard of the order, so its stock is locked,
+    /// the reservation decided and recorded in one statement that inserts the order's row.
+    /// Only if that row already exists (a redelivery the inbox did not see, or the tombstone
+    /// of a dispatch failure that came first) is the order's state read and the domain asked.
     async fn on_payment_authorized(
         &self,
         ctx: &mut HandlerContext<'_>,
         payment: &PaymentAuthorized,
     ) -> Result<(), HandlerError> {
         let order_id = payment.order_id;
+        let lines = domain::merge_lines(&payment.items);
+        let skus: Vec<String> = lines.iter().map(|line| line.sku.clone()).collect();
+        let stock = store::lock_stock(ctx.db(), &skus).await?;
+        let recorded = match domain::decide_reservation(lines, &stock) {
+            ReservationDecision::Reserve(lines) => {
+                if store::reserve(ctx.db(), order_id, &payment.items, &lines).await? {
+                    ctx.emit(InventoryReserved {
+                        order_id,
+                        items: payment.items.clone(),
+                        pickup: payment.pickup,
+                        dropoff: payment.dropoff,
+                    })
+                    .await?;
+                    count("reserved");
+                    true
+                } else {
+                    false
+                }
+            }
+            ReservationDecision::Reject { unavailable_skus } => {
+                let inserted = store::insert_order(
+                    ctx.db(),
+                    order_id,
+                    OrderState::Rejected,
+                    Some(&payment.items),
+                )
+                .await?;
+                if inserted {
+                    tracing::info!(%order_id, ?unavailable_skus, "out of stock; rejected");
+                    ctx.emit(InventoryRejected {
+                        order_id,
+                        unavailable_skus,
+                    })
+                    .await?;
+                    count("rejected");
+                }
+                inserted
+            }
+        };
+        if recorded {
+            return Ok(());
+        }
         let current = store::lock_order(ctx.db(), order_id).await?;
         match domain::on_payment_authorized(current) {
             AuthorizedDecision::Reserve => {
-                let lines = domain::merge_lines(&payment.items);
-                let skus: Vec<String> = lines.iter().map(|line| line.sku.clone()).collect();
-                let stock = store::lock_stock(ctx.db(), &skus).await?;
-                match domain::decide_reservation(lines, &stock) {
-                    ReservationDecision::Reserve(lines) => {
-                        let inserted =
-                            store::reserve(ctx.db(), order_id, &payment.items, &lines).await?;
-                        HandlerError::unless_inserted(
-                            inserted,
-                            format_args!("the reservation of order {order_id}"),
-                        )?;
-                        ctx.emit(InventoryReserved {
-                            order_id,
-                            items: payment.items.clone(),
-                            pickup: payment.pickup,
-                            dropoff: payment.dropoff,
-                        })
-                        .await?;
-                        count("reserved");
-                    }
-                    ReservationDecision::Reject { unavailable_skus } => {
-                        let inserted = store::insert_order(
-                            ctx.db(),
-                            order_id,
-                            OrderState::Rejected,
-                            Some(&payment.items),
-                        )
-                        .await?;
-                        HandlerError::unless_inserted(
-                            inserted,
-                            format_args!("the reservation of order {order_id}"),
-                        )?;
-                        tracing::info!(%order_id, ?unavailable_skus, "out of stock; rejected");
-                        ctx.emit(InventoryRejected {
-                            order_id,
-                            unavailable_skus,
-                        })
-                        .await?;
-                        count("rejected");
-                    }
-                }
+                // the insert found a row that the read does not: it cannot vanish in between
+                return Err(HandlerError::transient(format!(
+                    "the reservation of order {order_id} conflicted with a row that is gone"
+                )));
             }
             AuthorizedDecision::SkipReleased => {
                 tracing::info!(%order_id,
@@ -136,17 +148,24 @@ impl InventoryHandler {
         Ok(())
     }
 
+    /// The common case first: the order is reserved, and one statement ships it. Only if it
+    /// was not is its state read and the domain asked why.
     async fn on_payment_captured(
         &self,
         ctx: &mut HandlerContext<'_>,
         order_id: OrderId,
     ) -> Result<(), HandlerError> {
+        if store::commit(ctx.db(), order_id).await? {
+            count("committed");
+            return Ok(());
+        }
         let current = store::lock_order(ctx.db(), order_id).await?;
         match domain::on_payment_captured(current) {
             CommitDecision::Commit => {
-                if store::commit(ctx.db(), order_id).await? {
-                    count("committed");
-                }
+                // the commit found it not reserved, under the batch's lock on its row
+                return Err(HandlerError::transient(format!(
+                    "order {order_id} was not reserved when committed but is now"
+                )));
             }
             CommitDecision::AlreadyCommitted => {
                 tracing::debug!(%order_id, "already committed; ignoring");
