@@ -400,19 +400,15 @@ mod tests {
             None,
         );
         assert!(events.hops().is_empty(), "its cause not seen yet");
-        events.record(
-            EventType::PaymentAuthorized,
-            seen(base, 4),
-            of(authorized, Some(created)),
-            None,
-        );
-        // a redelivered copy is the same event, not another hop
-        events.record(
-            EventType::PaymentAuthorized,
-            seen(base, 4),
-            of(authorized, Some(created)),
-            None,
-        );
+        // twice: a redelivered copy is the same event, not another hop
+        for _ in 0..2 {
+            events.record(
+                EventType::PaymentAuthorized,
+                seen(base, 4),
+                of(authorized, Some(created)),
+                None,
+            );
+        }
         let mut hops = events.hops();
         hops.sort();
         assert_eq!(
