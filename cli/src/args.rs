@@ -578,9 +578,10 @@ pub struct MessagingArgs {
     pub outbox_partitions: u8,
     /// Workers of each consumer: its messages are split among them by order, each worker
     /// handles its share in batches, one transaction each, in parallel with the others (a
-    /// handler may allow fewer). Fewer workers make bigger batches and fewer commits; more let
-    /// one slow batch hold up fewer orders.
-    #[arg(long, env = "JWL_CONSUMER_WORKERS", default_value = "4",
+    /// handler may allow fewer). One makes the biggest batches and the fewest commits (measured
+    /// best on 2 cores, docs/performance.md); raise it for a service whose handler waits on
+    /// something outside the database (a slow payment processor) or on a host with many cores.
+    #[arg(long, env = "JWL_CONSUMER_WORKERS", default_value = "1",
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub consumer_workers: u16,
     /// The most messages one consumer batch (one transaction) holds, and how many the

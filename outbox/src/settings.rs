@@ -107,7 +107,7 @@ impl Default for MessagingSettings {
             duplicate_window: Duration::from_secs(120),
             stream_replicas: Some(1),
             consumer_batch_size: 64,
-            consumer_workers: 4,
+            consumer_workers: 1,
             max_ack_pending: 1024,
             ack_wait: Duration::from_secs(30),
             max_attempts: 8,
