@@ -103,8 +103,6 @@ struct Accepted {
     ended_offset: Option<Duration>,
     /// POST sent → dispatched (dispatched orders only).
     end_to_end: Option<Duration>,
-    /// Waybill created → courier assigned, by event times (seen on the broker only).
-    assignment_hop: Option<Duration>,
     /// Each cause → effect hop of the saga with the effect's type, by event times (seen on the
     /// broker only).
     hops: Vec<(EventType, Duration)>,
@@ -703,7 +701,6 @@ async fn classify(
             outcome: "pending".to_owned(),
             ended_offset: None,
             end_to_end: None,
-            assignment_hop: None,
             hops: Vec::new(),
         }),
         Err(_) => PostOutcome::Refused("201 with an unreadable body".to_owned()),
@@ -748,13 +745,10 @@ async fn settle_by_events(
         let scanned = Instant::now();
         let mut pending = 0;
         for order in orders.iter_mut().filter(|o| o.ended_offset.is_none()) {
-            let Some((ended, assignment_hop, hops)) =
-                order.key.as_ref().and_then(|key| watcher.ended(key))
-            else {
+            let Some((ended, hops)) = order.key.as_ref().and_then(|key| watcher.ended(key)) else {
                 pending += 1;
                 continue;
             };
-            order.assignment_hop = assignment_hop;
             order.hops = hops;
             order.ended_offset = Some(
                 ended
@@ -957,7 +951,9 @@ fn saga_report(
         assignment_hop_latency: LatencySummary::of(
             orders
                 .iter()
-                .filter_map(|order| order.assignment_hop)
+                .flat_map(|order| order.hops.iter())
+                .filter(|(effect, _)| *effect == EventType::CourierAssigned)
+                .map(|(_, hop)| *hop)
                 .collect(),
         ),
         event_hop_latency: LatencySummary::of(

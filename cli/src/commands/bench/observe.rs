@@ -4,8 +4,9 @@
 //! subscribers too, so no order is polled. [`SagaEvents::ended`] decides from an order's events
 //! whether and how its saga ended; the happy path's earlier events are watched too, for the
 //! latency of each hop (an event's time → the time of the event its consumer emitted in
-//! reaction, by `causationid`: [`SagaEvents::hops`]) and the courier-assignment hop
-//! ([`SagaEvents::assignment_hop`]).
+//! reaction, by `causationid`: [`SagaEvents::hops`]; the courier-assignment hop is the one into
+//! `dispatch.courier_assigned`). Only the three headers these need are read, not the whole
+//! event through `jwl_events::decode`: the watcher shares the cores with the system it measures.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -70,8 +71,6 @@ pub struct SagaEvents {
     dispatch_failed: Option<(Seen, String)>,
     released: Option<Seen>,
     waybill_cancelled: Option<Seen>,
-    waybill_created: Option<Seen>,
-    courier_assigned: Option<Seen>,
 }
 
 /// How and when a saga ended.
@@ -118,8 +117,6 @@ impl SagaEvents {
             EventType::InventoryRejected => &mut self.inventory_rejected,
             EventType::InventoryReleased => &mut self.released,
             EventType::WaybillCancelled => &mut self.waybill_cancelled,
-            EventType::WaybillCreated => &mut self.waybill_created,
-            EventType::CourierAssigned => &mut self.courier_assigned,
             EventType::DispatchFailed => {
                 self.dispatch_failed
                     .get_or_insert((seen, reason.unwrap_or_else(|| "unknown".to_owned())));
@@ -128,14 +125,6 @@ impl SagaEvents {
             _ => return,
         };
         slot.get_or_insert(seen);
-    }
-
-    /// Waybill created → courier assigned, by the events' CloudEvents times (both written by
-    /// the services' clocks), if both were seen.
-    pub fn assignment_hop(&self) -> Option<Duration> {
-        let created = self.waybill_created?;
-        let assigned = self.courier_assigned?;
-        (assigned.time - created.time).to_std().ok()
     }
 
     /// Each hop seen: from an event's time to the time of an event emitted in reaction to it
@@ -288,15 +277,11 @@ impl Watcher {
         })
     }
 
-    /// How `order_id`'s saga ended, if it has, with its courier-assignment hop and every
-    /// hop seen.
-    pub fn ended(
-        &self,
-        order_id: &OrderId,
-    ) -> Option<(Ended, Option<Duration>, Vec<(EventType, Duration)>)> {
+    /// How `order_id`'s saga ended, if it has, and every hop seen.
+    pub fn ended(&self, order_id: &OrderId) -> Option<(Ended, Vec<(EventType, Duration)>)> {
         let seen = self.seen.lock().ok()?;
         let events = seen.get(order_id)?;
-        Some((events.ended()?, events.assignment_hop(), events.hops()))
+        Some((events.ended()?, events.hops()))
     }
 
     /// Forgets the orders of earlier steps.
@@ -372,11 +357,31 @@ mod tests {
     #[test]
     fn the_assignment_hop_runs_from_the_waybill_to_the_courier_by_event_time() {
         let base = Instant::now();
+        let (waybill, assignment) = (Uuid::now_v7(), Uuid::now_v7());
+        let cause = Uuid::now_v7();
         let mut events = SagaEvents::default();
-        events.record(EventType::WaybillCreated, seen(base, 100), None, None);
-        assert_eq!(events.assignment_hop(), None);
-        events.record(EventType::CourierAssigned, seen(base, 112), None, None);
-        assert_eq!(events.assignment_hop(), Some(Duration::from_millis(12)));
+        events.record(
+            EventType::WaybillCreated,
+            seen(base, 100),
+            Some(Causation {
+                id: waybill,
+                cause: Some(cause),
+            }),
+            None,
+        );
+        events.record(
+            EventType::CourierAssigned,
+            seen(base, 112),
+            Some(Causation {
+                id: assignment,
+                cause: Some(waybill),
+            }),
+            None,
+        );
+        assert_eq!(
+            events.hops(),
+            vec![(EventType::CourierAssigned, Duration::from_millis(12))]
+        );
         assert_eq!(events.ended(), None, "not ended before the capture");
     }
 
