@@ -1,9 +1,12 @@
-//! Writing an event to the outbox inside the caller's transaction ([`enqueue`]). The relay is
-//! told afterwards, by [`RelaySignal::committed`](crate::RelaySignal::committed).
+//! Writing events to the outbox inside the caller's transaction: [`enqueue`] for one, and
+//! [`OutboxRow`]s written together by [`insert_rows`] for the events a consumer's handlers emit
+//! during a batch (one statement for all of them). The relay is told afterwards, by
+//! [`RelaySignal::committed`](crate::RelaySignal::committed).
 
-use jwl_events::{Envelope, HeaderStyle};
+use jwl_events::{Envelope, HeaderStyle, WireMessage};
 use sqlx::PgConnection;
 use sqlx::types::Json;
+use uuid::Uuid;
 
 use crate::error::OutboxError;
 use crate::trace_context;
@@ -22,33 +25,81 @@ pub fn notify_channel(schema: &str) -> String {
 /// (without it the relay finds the row at its next poll). No `NOTIFY` here: see
 /// [`RelaySignal`](crate::RelaySignal) for why.
 ///
-/// The W3C `traceparent` is captured here, with the row: enqueued inside a span of the event's
-/// own trace (or of any trace, when the event has none), the event is parented by that span
-/// rather than by an earlier one it was given (see [`trace_context::traceparent_to_store`]).
+/// The W3C `traceparent` is captured here, with the row (see [`OutboxRow::encode`]).
 pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), OutboxError> {
-    let traceparent = trace_context::traceparent_to_store(
-        env.traceparent.as_deref(),
-        trace_context::current_traceparent(),
-    );
-    let wire = if traceparent == env.traceparent {
-        jwl_events::encode(env, HeaderStyle::NEUTRAL)
-    } else {
-        let mut env = env.clone();
-        env.traceparent = traceparent;
-        jwl_events::encode(&env, HeaderStyle::NEUTRAL)
-    };
-    // the relay partition of the row is `order_hash % partitions`: the same hash as migration
-    // 0004 computes for older rows, of the same key as the relay's ordering key
-    let order_key = crate::relay::steps::ordering_key_of(&wire.subject, &wire.headers);
+    insert_rows(conn, &[OutboxRow::encode(env)]).await?;
+    Ok(())
+}
+
+/// An event encoded for the outbox, not written yet.
+pub(crate) struct OutboxRow {
+    event_id: Uuid,
+    wire: WireMessage,
+}
+
+impl OutboxRow {
+    /// Encodes `env` as the outbox stores it. The W3C `traceparent` is captured now: encoded
+    /// inside a span of the event's own trace (or of any trace, when the event has none), the
+    /// event is parented by that span rather than by an earlier one it was given (see
+    /// [`trace_context::traceparent_to_store`]).
+    pub(crate) fn encode(env: &Envelope) -> Self {
+        let traceparent = trace_context::traceparent_to_store(
+            env.traceparent.as_deref(),
+            trace_context::current_traceparent(),
+        );
+        let wire = if traceparent == env.traceparent {
+            jwl_events::encode(env, HeaderStyle::NEUTRAL)
+        } else {
+            let mut env = env.clone();
+            env.traceparent = traceparent;
+            jwl_events::encode(&env, HeaderStyle::NEUTRAL)
+        };
+        Self {
+            event_id: env.id.0,
+            wire,
+        }
+    }
+}
+
+/// Inserts `rows` into the outbox of the connection's current schema in one statement, in their
+/// order (their `seq`s follow it). Nothing is sent for no rows.
+///
+/// The relay partition of a row is `order_hash % partitions`: the same hash as migration 0004
+/// computes for older rows, of the same key as the relay's ordering key.
+pub(crate) async fn insert_rows(
+    conn: &mut PgConnection,
+    rows: &[OutboxRow],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut subjects = Vec::with_capacity(rows.len());
+    let mut headers = Vec::with_capacity(rows.len());
+    let mut payloads = Vec::with_capacity(rows.len());
+    let mut keys = Vec::with_capacity(rows.len());
+    for row in rows {
+        ids.push(row.event_id);
+        subjects.push(row.wire.subject.as_str());
+        headers.push(Json(&row.wire.headers));
+        payloads.push(row.wire.payload.as_slice());
+        keys.push(crate::relay::steps::ordering_key_of(
+            &row.wire.subject,
+            &row.wire.headers,
+        ));
+    }
     sqlx::query(
         "INSERT INTO outbox (event_id, subject, headers, payload, order_hash)
-         VALUES ($1, $2, $3, $4, hashtext($5) & 2147483647)",
+         SELECT id, subject, headers, payload, hashtext(key) & 2147483647
+         FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::bytea[], $5::text[])
+              WITH ORDINALITY AS row (id, subject, headers, payload, key, n)
+         ORDER BY n",
     )
-    .bind(env.id.0)
-    .bind(&wire.subject)
-    .bind(Json(&wire.headers))
-    .bind(&wire.payload)
-    .bind(order_key)
+    .bind(&ids)
+    .bind(&subjects)
+    .bind(&headers)
+    .bind(&payloads)
+    .bind(&keys)
     .execute(conn)
     .await?;
     Ok(())

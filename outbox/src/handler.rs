@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use jwl_events::{Envelope, EventData, EventType, Service};
 use sqlx::PgConnection;
 
-use crate::enqueue::enqueue;
+use crate::enqueue::OutboxRow;
 use crate::trace_context::current_traceparent;
 
 /// A boxed error for [`HandlerError::Transient`].
@@ -43,7 +43,9 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// Handles one event. Everything done through `ctx` commits together with the inbox row, or
-    /// not at all. Events emitted with [`HandlerContext::emit`] are published after commit.
+    /// not at all. Events emitted with [`HandlerContext::emit`] are written to the outbox after
+    /// the handler returns `Ok` (with those of the batch's other events, in one statement), and
+    /// published after commit.
     async fn handle(
         &self,
         ctx: &mut HandlerContext<'_>,
@@ -144,7 +146,15 @@ pub struct HandlerContext<'a> {
     service: Service,
     incoming: &'a Envelope,
     attempt: u32,
-    emitted: Vec<Envelope>,
+    emitted: Emitted,
+}
+
+/// The events a handler emitted: the envelopes, and the same encoded for the outbox (encoded at
+/// [`HandlerContext::emit`], so each captures the `traceparent` of the span it was emitted in).
+#[derive(Default)]
+pub(crate) struct Emitted {
+    pub envelopes: Vec<Envelope>,
+    pub rows: Vec<OutboxRow>,
 }
 
 impl<'a> HandlerContext<'a> {
@@ -159,7 +169,7 @@ impl<'a> HandlerContext<'a> {
             service,
             incoming,
             attempt,
-            emitted: Vec::new(),
+            emitted: Emitted::default(),
         }
     }
 
@@ -168,19 +178,16 @@ impl<'a> HandlerContext<'a> {
         self.conn
     }
 
-    /// Enqueues a new event of this service, caused by the incoming one. It is published only if
-    /// the handler succeeds and the batch commits. Its `traceparent` is the current span's (the
-    /// `handle_event` span, so its consumers' spans are children of this handler's), else the
-    /// incoming event's.
-    pub async fn emit(&mut self, data: impl Into<EventData>) -> Result<(), HandlerError> {
+    /// Emits a new event of this service, caused by the incoming one. It goes to the outbox once
+    /// the handler has returned `Ok`, in the same transaction, and is published only if the batch
+    /// commits. Its `traceparent` is the current span's (the `handle_event` span, so its
+    /// consumers' spans are children of this handler's), else the incoming event's.
+    pub fn emit(&mut self, data: impl Into<EventData>) {
         let mut env = Envelope::new(self.service, data.into());
         env.traceparent = current_traceparent();
         let env = env.caused_by(self.incoming);
-        enqueue(self.conn, &env)
-            .await
-            .map_err(HandlerError::transient)?;
-        self.emitted.push(env);
-        Ok(())
+        self.emitted.rows.push(OutboxRow::encode(&env));
+        self.emitted.envelopes.push(env);
     }
 
     /// Which delivery this is: 1 for the first.
@@ -193,12 +200,8 @@ impl<'a> HandlerContext<'a> {
         self.service
     }
 
-    /// Whether the handler emitted any event so far.
-    pub(crate) fn emitted_any(&self) -> bool {
-        !self.emitted.is_empty()
-    }
-
-    pub(crate) fn into_emitted(self) -> Vec<Envelope> {
+    /// What the handler emitted, still to be written to the outbox.
+    pub(crate) fn into_emitted(self) -> Emitted {
         self.emitted
     }
 }

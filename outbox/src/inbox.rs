@@ -1,5 +1,6 @@
 //! The inbox path shared by the consumer loop and [`process_one`]: under a savepoint, record
-//! `(consumer, event_id)` in the inbox, skip duplicates, run the handler, keep or undo its work.
+//! `(consumer, event_id)` in the inbox, skip duplicates, run the handler, write the events it
+//! emitted to the outbox, keep or undo its work.
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
@@ -9,6 +10,7 @@ use jwl_events::{Envelope, Service};
 use sqlx::{Acquire, PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::enqueue::insert_rows;
 use crate::error::OutboxError;
 use crate::handler::{Handler, HandlerContext, HandlerError};
 
@@ -79,10 +81,20 @@ pub(crate) async fn handle_in_savepoint(
         .await;
     let emitted = ctx.into_emitted();
     let failure = match result {
-        Ok(Ok(())) => match savepoint.commit().await {
-            Ok(()) => return Ok(SavepointOutcome::Handled { emitted }),
+        Ok(Ok(())) => match async {
+            insert_rows(&mut savepoint, &emitted.rows).await?;
+            savepoint.commit().await
+        }
+        .await
+        {
+            Ok(()) => {
+                return Ok(SavepointOutcome::Handled {
+                    emitted: emitted.envelopes,
+                });
+            }
             // The handler reported success over an aborted transaction (it swallowed an SQL
-            // error). The failed RELEASE leaves the savepoint open; dropping it rolls it back.
+            // error), or the outbox refused its events. The failed RELEASE leaves the savepoint
+            // open; dropping it rolls it back.
             Err(sqlx::Error::Database(error)) => {
                 return Ok(SavepointOutcome::Failed(HandlerError::transient(format!(
                     "handler returned Ok but its transaction was aborted: {error}"

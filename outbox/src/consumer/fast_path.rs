@@ -1,7 +1,8 @@
 //! The common case of a batch, in a handful of statements whatever its size: one transaction, one
 //! statement that looks up the holds on all its orders and, unless one is held, inserts the
 //! inbox rows of the whole batch (finding the duplicates), then each handler in delivery order
-//! directly in the transaction — no savepoint per message.
+//! directly in the transaction — no savepoint per message — and one outbox insert of all the
+//! events they emitted.
 //!
 //! It only takes batches that need none of the careful path's machinery (no release, no rerun, no
 //! dead letter that would hold its order, no order already held), and it gives up at the first
@@ -26,6 +27,7 @@ use uuid::Uuid;
 
 use super::ConsumerLoop;
 use super::batch::{Screened, Verdict, Work, WorkKind, handle_event_span};
+use crate::enqueue::{OutboxRow, insert_rows};
 use crate::handler::{BatchHandler, HandlerContext, HandlerError};
 use crate::inbox::panic_text;
 use crate::inbox::{self, BatchClaim};
@@ -161,8 +163,14 @@ impl ConsumerLoop {
                 verdicts[index] = Some(Verdict::Handled);
             }
             // A handler that swallowed an SQL error leaves the transaction aborted, and COMMIT
-            // of an aborted transaction rolls back without an error: this statement fails instead.
-            sqlx::query("SELECT 1").execute(&mut *tx).await?;
+            // of an aborted transaction rolls back without an error: the next statement fails
+            // instead, the outbox insert of the batch's events if it emitted any.
+            if emitted.is_empty() {
+                sqlx::query("SELECT 1").execute(&mut *tx).await?;
+            } else {
+                insert_rows(&mut tx, &emitted).await?;
+            }
+            let emitted = !emitted.is_empty();
             // refused at commit (e.g. a deferred constraint): no savepoint could isolate that, so
             // this is the batch's failure, as it would be on the careful path
             if let Err(error) = tx.commit().await {
@@ -185,15 +193,16 @@ impl ConsumerLoop {
         }
     }
 
-    /// Runs the handler on each of `todo` in turn; `Ok(emitted)` if all succeeded, else the
-    /// first failure (the transaction must then be rolled back).
+    /// Runs the handler on each of `todo` in turn; `Ok` with the events they emitted (still to be
+    /// written to the outbox) if all succeeded, else the first failure (the transaction must then
+    /// be rolled back).
     async fn run_one_by_one(
         &self,
         tx: &mut PgConnection,
         batch: &[Box<dyn Delivery>],
         todo: &[(usize, &str, &Envelope)],
-    ) -> Result<bool, Option<KnownFailure>> {
-        let mut emitted = false;
+    ) -> Result<Vec<OutboxRow>, Option<KnownFailure>> {
+        let mut emitted = Vec::new();
         for &(index, consumer, envelope) in todo {
             let attempt = batch[index].attempt();
             let span = handle_event_span(consumer, envelope, attempt);
@@ -203,7 +212,7 @@ impl ConsumerLoop {
                 .catch_unwind()
                 .instrument(span.clone())
                 .await;
-            emitted |= ctx.emitted_any();
+            emitted.extend(ctx.into_emitted().rows);
             self.metrics
                 .of(consumer)
                 .handler_duration
@@ -218,15 +227,15 @@ impl ConsumerLoop {
 
     /// Runs the handler's batch way on all of `todo` at once, under one `handle_batch` span, and
     /// records a `handle_event` span per event (children of their events' traces, as one by
-    /// one). `Ok(false)` (a batch emits nothing) if it succeeded; `Err(None)` if not: which event
-    /// failed is not known, the careful path finds out.
+    /// one). `Ok` with no events (a batch emits nothing) if it succeeded; `Err(None)` if not:
+    /// which event failed is not known, the careful path finds out.
     async fn run_together(
         &self,
         tx: &mut PgConnection,
         batch_handler: &dyn BatchHandler,
         batch: &[Box<dyn Delivery>],
         todo: &[(usize, &str, &Envelope)],
-    ) -> Result<bool, Option<KnownFailure>> {
+    ) -> Result<Vec<OutboxRow>, Option<KnownFailure>> {
         let span = tracing::info_span!(
             "handle_batch",
             consumer = %self.consumer,
@@ -252,7 +261,7 @@ impl ConsumerLoop {
             event_span.record("outcome", Verdict::Handled.outcome());
             self.metrics.of(consumer).handler_duration.record(per_event);
         }
-        Ok(false)
+        Ok(Vec::new())
     }
 }
 

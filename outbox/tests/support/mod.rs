@@ -574,8 +574,7 @@ impl Handler for RecordingHandler {
             ctx.emit(EventData::PaymentVoided(PaymentVoided {
                 order_id: event.order_id(),
                 amount_cents: 1,
-            }))
-            .await?;
+            }));
         }
         Ok(())
     }

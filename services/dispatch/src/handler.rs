@@ -98,8 +98,8 @@ impl DispatchHandler {
                     order_id,
                     waybill_id: created.waybill_id,
                     reason,
-                })
-                .await
+                });
+                Ok(())
             }
             OnWaybillCreated::Dispatch => {
                 match dispatcher::reserve_nearest(ctx.db(), &created.pickup, &self.settings).await?
@@ -113,7 +113,8 @@ impl DispatchHandler {
                         };
                         store::insert_waybill(ctx.db(), &new, &Placement::Assigned(courier))
                             .await?;
-                        ctx.emit(assigned).await
+                        ctx.emit(assigned);
+                        Ok(())
                     }
                     None => {
                         store::insert_waybill(ctx.db(), &new, &Placement::Waiting).await?;
@@ -142,8 +143,7 @@ async fn on_cancel(
                     order_id,
                     waybill_id,
                     reason,
-                })
-                .await?;
+                });
             }
             Ok(())
         }

@@ -87,8 +87,8 @@ async fn on_reserved(
                 waybill_id,
                 pickup: reserved.pickup,
                 dropoff: reserved.dropoff,
-            })
-            .await
+            });
+            Ok(())
         }
         OnReserved::CompleteTombstone => {
             if let Some(tombstone) = existing {
@@ -130,7 +130,8 @@ async fn on_failed(
                 None,
             )
             .await?;
-            ctx.emit(cancelled).await
+            ctx.emit(cancelled);
+            Ok(())
         }
         OnDispatchFailed::Tombstone => {
             if !store::insert_tombstone(ctx.db(), failed.waybill_id, failed.order_id).await? {
@@ -141,7 +142,8 @@ async fn on_failed(
             }
             tracing::info!(order_id = %failed.order_id, waybill_id = %failed.waybill_id,
                 "dispatch failed before the waybill exists; recorded a cancelled tombstone");
-            ctx.emit(cancelled).await
+            ctx.emit(cancelled);
+            Ok(())
         }
         OnDispatchFailed::AlreadyCancelled => Ok(()),
         OnDispatchFailed::Ignore => Err(HandlerError::permanent(format!(

@@ -60,8 +60,7 @@ impl InventoryHandler {
                         items: payment.items.clone(),
                         pickup: payment.pickup,
                         dropoff: payment.dropoff,
-                    })
-                    .await?;
+                    });
                     count("reserved");
                     true
                 } else {
@@ -81,8 +80,7 @@ impl InventoryHandler {
                     ctx.emit(InventoryRejected {
                         order_id,
                         unavailable_skus,
-                    })
-                    .await?;
+                    });
                     count("rejected");
                 }
                 inserted
@@ -119,7 +117,7 @@ impl InventoryHandler {
         match domain::on_dispatch_failed(current) {
             ReleaseDecision::Release => {
                 if let Some(items) = store::release(ctx.db(), order_id).await? {
-                    ctx.emit(InventoryReleased { order_id, items }).await?;
+                    ctx.emit(InventoryReleased { order_id, items });
                     count("released");
                 }
             }

@@ -82,8 +82,7 @@ impl PaymentHandler {
                             items: order.items.clone(),
                             pickup: order.pickup,
                             dropoff: order.dropoff,
-                        })
-                        .await?;
+                        });
                         count("authorized");
                     }
                     Authorization::Declined { reason } => {
@@ -98,8 +97,7 @@ impl PaymentHandler {
                             order_id,
                             amount_cents: order.amount_cents,
                             reason,
-                        })
-                        .await?;
+                        });
                         count("declined");
                     }
                 }
@@ -115,8 +113,7 @@ impl PaymentHandler {
                         order_id,
                         amount_cents: order.amount_cents,
                         reason: reason.to_owned(),
-                    })
-                    .await?;
+                    });
                     count("declined");
                 }
             }
@@ -144,8 +141,7 @@ impl PaymentHandler {
                     ctx.emit(PaymentCaptured {
                         order_id,
                         amount_cents,
-                    })
-                    .await?;
+                    });
                     count("captured");
                 }
             }
@@ -187,8 +183,7 @@ impl PaymentHandler {
                     ctx.emit(PaymentVoided {
                         order_id,
                         amount_cents,
-                    })
-                    .await?;
+                    });
                     count("voided");
                 }
             }
