@@ -43,10 +43,12 @@ impl OutboxRow {
     /// event is parented by that span rather than by an earlier one it was given (see
     /// [`trace_context::traceparent_to_store`]).
     pub(crate) fn encode(env: &Envelope) -> Self {
-        let traceparent = trace_context::traceparent_to_store(
-            env.traceparent.as_deref(),
-            trace_context::current_traceparent(),
-        );
+        Self::encode_under(env, trace_context::current_traceparent())
+    }
+
+    /// [`OutboxRow::encode`] as if inside the span whose `traceparent` is `current`.
+    pub(crate) fn encode_under(env: &Envelope, current: Option<String>) -> Self {
+        let traceparent = trace_context::traceparent_to_store(env.traceparent.as_deref(), current);
         let wire = if traceparent == env.traceparent {
             jwl_events::encode(env, HeaderStyle::NEUTRAL)
         } else {

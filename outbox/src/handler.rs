@@ -1,8 +1,11 @@
-//! What a service implements to consume events ([`Handler`]) and what it gets while handling one
-//! ([`HandlerContext`], [`HandlerError`]).
+//! What a service implements to consume events ([`Handler`], and [`BatchHandler`] to take a
+//! batch's events together) and what it gets while handling them ([`HandlerContext`],
+//! [`BatchContext`], [`HandlerError`]).
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
-use jwl_events::{Envelope, EventData, EventType, Service};
+use jwl_events::{Envelope, EventData, EventId, EventType, Service};
 use sqlx::PgConnection;
 
 use crate::enqueue::OutboxRow;
@@ -71,14 +74,22 @@ pub trait Handler: Send + Sync + 'static {
 /// batch holds two or more events not handled before.
 #[async_trait]
 pub trait BatchHandler: Send + Sync {
-    /// Handles `events` (fresh events of one batch, in delivery order) on `conn`, inside the
-    /// batch transaction, with the same effect as [`Handler::handle`] on each in turn. It cannot
-    /// emit events. An error rolls the whole batch back, and the consumer then handles each
+    /// Whether the batch way covers `events` (fresh events of one batch, in delivery order);
+    /// if not, the consumer handles them one by one in the same transaction instead (default:
+    /// it covers every batch). Cheaper than an error from [`BatchHandler::handle_batch`], which
+    /// rolls the batch back and runs it again.
+    fn takes(&self, _events: &[&Envelope]) -> bool {
+        true
+    }
+
+    /// Handles `events` (fresh events of one batch, in delivery order) through `ctx`, inside the
+    /// batch transaction, with the same effect as [`Handler::handle`] on each in turn, events
+    /// emitted included. An error rolls the whole batch back, and the consumer then handles each
     /// event on its own with [`Handler::handle`], which judges the failure: so returning an error
     /// is always safe, e.g. for an event the batch way does not cover.
     async fn handle_batch(
         &self,
-        conn: &mut PgConnection,
+        ctx: &mut BatchContext<'_>,
         events: &[&Envelope],
     ) -> Result<(), HandlerError>;
 }
@@ -201,6 +212,55 @@ impl<'a> HandlerContext<'a> {
     }
 
     /// What the handler emitted, still to be written to the outbox.
+    pub(crate) fn into_emitted(self) -> Emitted {
+        self.emitted
+    }
+}
+
+/// Handed to [`BatchHandler::handle_batch`] for the events of a batch.
+pub struct BatchContext<'a> {
+    conn: &'a mut PgConnection,
+    service: Service,
+    /// The `traceparent` of each event's `handle_event` span, by event id.
+    spans: HashMap<EventId, Option<String>>,
+    emitted: Emitted,
+}
+
+impl<'a> BatchContext<'a> {
+    pub(crate) fn new(
+        conn: &'a mut PgConnection,
+        service: Service,
+        spans: HashMap<EventId, Option<String>>,
+    ) -> Self {
+        Self {
+            conn,
+            service,
+            spans,
+            emitted: Emitted::default(),
+        }
+    }
+
+    /// The connection inside the batch transaction.
+    pub fn db(&mut self) -> &mut PgConnection {
+        self.conn
+    }
+
+    /// Emits a new event of this service, caused by `cause` (one of the batch's events), as
+    /// [`HandlerContext::emit`] does for one: written to the outbox once the batch way has
+    /// returned `Ok`, published only if the batch commits, its `traceparent` that of the
+    /// cause's `handle_event` span.
+    pub fn emit(&mut self, cause: &Envelope, data: impl Into<EventData>) {
+        let mut env = Envelope::new(self.service, data.into());
+        env.traceparent = self.spans.get(&cause.id).cloned().flatten();
+        let env = env.caused_by(cause);
+        let current = env.traceparent.clone();
+        self.emitted
+            .rows
+            .push(OutboxRow::encode_under(&env, current));
+        self.emitted.envelopes.push(env);
+    }
+
+    /// What the batch way emitted, still to be written to the outbox.
     pub(crate) fn into_emitted(self) -> Emitted {
         self.emitted
     }

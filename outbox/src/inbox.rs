@@ -1,4 +1,5 @@
-//! The inbox path shared by the consumer loop and [`process_one`]: under a savepoint, record
+//! The inbox path shared by the consumer loop and [`process_one`] (and [`process_batch`] for a
+//! handler's batch way): under a savepoint, record
 //! `(consumer, event_id)` in the inbox, skip duplicates, run the handler, write the events it
 //! emitted to the outbox, keep or undo its work.
 
@@ -12,7 +13,7 @@ use uuid::Uuid;
 
 use crate::enqueue::insert_rows;
 use crate::error::OutboxError;
-use crate::handler::{Handler, HandlerContext, HandlerError};
+use crate::handler::{BatchContext, Handler, HandlerContext, HandlerError};
 
 /// Result of [`process_one`].
 #[derive(Debug)]
@@ -194,4 +195,56 @@ pub async fn process_one(
     };
     tx.commit().await?;
     Ok(processed)
+}
+
+/// Handles the fresh ones of `events` together with `handler`'s batch way
+/// ([`Handler::batch`]) exactly as the consumer's fast path would (inbox, batch way, outbox, in
+/// one transaction), without a broker, each event as the durable consumer of its type in
+/// `service`. Events the inbox has already seen are skipped. For tests of a batch way against a
+/// real database. Returns the events emitted; a handler without a batch way, a batch it does not
+/// take, an order held behind a dead letter or a failure of the batch way is an
+/// [`OutboxError::Handler`], and nothing is committed then.
+pub async fn process_batch(
+    pool: &PgPool,
+    service: Service,
+    handler: &dyn Handler,
+    events: &[&Envelope],
+) -> Result<Vec<Envelope>, OutboxError> {
+    let Some(batch_way) = handler.batch() else {
+        return Err(HandlerError::permanent("the handler has no batch way").into());
+    };
+    let consumers: Vec<String> = events
+        .iter()
+        .map(|event| crate::durable_name(service, event.event_type()))
+        .collect();
+    let keys: Vec<(&str, Uuid)> = consumers
+        .iter()
+        .zip(events)
+        .map(|(consumer, event)| (consumer.as_str(), event.id.0))
+        .collect();
+    let orders: Vec<Uuid> = events.iter().map(|event| event.order_id().0).collect();
+    let mut tx = pool.begin().await?;
+    let mut fresh = match claim_unless_held(&mut tx, &keys, &orders).await? {
+        BatchClaim::Fresh(fresh) => fresh,
+        BatchClaim::Held => {
+            return Err(HandlerError::permanent("an order of the batch is held").into());
+        }
+    };
+    let events: Vec<&Envelope> = keys
+        .iter()
+        .zip(events)
+        .filter(|((consumer, id), _)| fresh.remove(&((*consumer).to_owned(), *id)))
+        .map(|(_, event)| *event)
+        .collect();
+    if !batch_way.takes(&events) {
+        return Err(HandlerError::permanent("the batch way does not take these events").into());
+    }
+    handler.lock_batch(&mut tx, &events).await?;
+    let spans = events.iter().map(|event| (event.id, None)).collect();
+    let mut ctx = BatchContext::new(&mut tx, service, spans);
+    batch_way.handle_batch(&mut ctx, &events).await?;
+    let emitted = ctx.into_emitted();
+    insert_rows(&mut tx, &emitted.rows).await?;
+    tx.commit().await?;
+    Ok(emitted.envelopes)
 }

@@ -15,7 +15,8 @@
 //!   holds its (consumer, order), whose later events are parked until the hold is released;
 //! - each service also consumes its replay channel (`jwl.replay.<service>.>`): replayed events
 //!   (inbox or rerun mode), redriven dead letters and `release` control messages;
-//! - [`process_one`] runs the exact inbox + handler + outbox path without a broker;
+//! - [`process_one`] runs the exact inbox + handler + outbox path without a broker, and
+//!   [`process_batch`] the same for a handler's batch way;
 //! - [`FaultPoints`] (off by default) inject crashes and transient failures for tests;
 //! - [`trace_context`] carries the W3C `traceparent` from the span that emits an event to the
 //!   `handle_event` spans of its consumers (and links the relay's publish spans to the rows);
@@ -50,8 +51,8 @@ pub mod transport;
 pub use enqueue::{enqueue, notify_channel};
 pub use error::OutboxError;
 pub use faults::{FaultPoints, InvalidTransientFault, TransientFault};
-pub use handler::{BatchHandler, BoxError, Handler, HandlerContext, HandlerError};
-pub use inbox::{Processed, process_one};
+pub use handler::{BatchContext, BatchHandler, BoxError, Handler, HandlerContext, HandlerError};
+pub use inbox::{Processed, process_batch, process_one};
 pub use messaging::Messaging;
 pub use naming::{consumer_service, durable_name, events_durable};
 pub use relay::RelaySignal;

@@ -1045,13 +1045,24 @@ async fn a_handler_with_a_batch_way_gets_the_fresh_events_of_a_batch_together() 
     let mut h = Harness::start_as(Service::Dispatch).await?;
     // the five orders in one batch, not split between workers
     h.settings.consumer_workers = 1;
-    let events: Vec<Envelope> = [1, 2, 3, 4, 5].into_iter().map(captured).collect();
+    let events: Vec<Envelope> = [1, 2, EMITS, 4, 5].into_iter().map(captured).collect();
     for event in &events {
         h.publish_event(event, &event.id.0.to_string()).await?;
     }
     let running = h.run_with(h.batching_handler());
+    // the five, and the event emitted in reaction to one of them (the handler consumes its type)
     eventually("the events are handled", SOON, || async {
-        h.effects_total().await.ok() == Some(5)
+        h.effects_total().await.ok() == Some(6)
+    })
+    .await?;
+    // what a handler emits in reaction to an event is published once, whichever way took it
+    let emitter = events[2].id.0.to_string();
+    eventually("the emitted event is published", SOON, || async {
+        h.events_in_stream().await.is_ok_and(|stream| {
+            stream
+                .iter()
+                .any(|m| header(m, "ce-causationid") == Some(emitter.as_str()))
+        })
     })
     .await?;
     eventually("the consumer is settled", SOON, || async {
@@ -1072,16 +1083,23 @@ async fn a_handler_with_a_batch_way_gets_the_fresh_events_of_a_batch_together() 
         .await?;
     assert_eq!(
         i64::from(batches.iter().map(|(n, _)| n).sum::<i32>()) + one_by_one,
-        5,
+        6,
         "each event handled once: {batches:?}, {one_by_one} one by one"
     );
+    let reactions = h
+        .events_in_stream()
+        .await?
+        .iter()
+        .filter(|m| header(m, "ce-causationid") == Some(emitter.as_str()))
+        .count();
+    assert_eq!(reactions, 1, "one event emitted in reaction");
     // a redelivery is absorbed by the inbox, not handled again
     h.publish_event(&events[0], "redelivered").await?;
     eventually("the redelivery is settled", SOON, || async {
         h.consumer_settled().await.ok() == Some(true)
     })
     .await?;
-    assert_eq!(h.effects_total().await?, 5);
+    assert_eq!(h.effects_total().await?, 6);
     running.stop().await
 }
 

@@ -28,10 +28,11 @@ use uuid::Uuid;
 use super::ConsumerLoop;
 use super::batch::{Screened, Verdict, Work, WorkKind, handle_event_span};
 use crate::enqueue::{OutboxRow, insert_rows};
-use crate::handler::{BatchHandler, HandlerContext, HandlerError};
+use crate::handler::{BatchContext, BatchHandler, HandlerContext, HandlerError};
 use crate::inbox::panic_text;
 use crate::inbox::{self, BatchClaim};
 use crate::stall;
+use crate::trace_context::traceparent_of;
 use crate::transport::Delivery;
 
 /// What the fast path did with a batch.
@@ -146,7 +147,7 @@ impl ConsumerLoop {
                 todo.iter().map(|&(_, _, envelope)| envelope).collect();
             self.handler.lock_batch(&mut tx, &fresh_events).await?;
             let handled = match self.handler.batch() {
-                Some(batch_handler) if todo.len() >= 2 => {
+                Some(batch_handler) if todo.len() >= 2 && batch_handler.takes(&fresh_events) => {
                     self.run_together(&mut tx, batch_handler, batch, &todo)
                         .await
                 }
@@ -225,9 +226,10 @@ impl ConsumerLoop {
         Ok(emitted)
     }
 
-    /// Runs the handler's batch way on all of `todo` at once, under one `handle_batch` span, and
-    /// records a `handle_event` span per event (children of their events' traces, as one by
-    /// one). `Ok` with no events (a batch emits nothing) if it succeeded; `Err(None)` if not:
+    /// Runs the handler's batch way on all of `todo` at once, under one `handle_batch` span, with
+    /// a `handle_event` span per event (children of their events' traces, as one by one; the
+    /// events emitted in reaction to one are its span's children). `Ok` with the events the
+    /// batch way emitted (still to be written to the outbox) if it succeeded; `Err(None)` if not:
     /// which event failed is not known, the careful path finds out.
     async fn run_together(
         &self,
@@ -242,9 +244,23 @@ impl ConsumerLoop {
             events = todo.len(),
             outcome = tracing::field::Empty,
         );
+        let event_spans: Vec<tracing::Span> = todo
+            .iter()
+            .map(|&(index, consumer, envelope)| {
+                let event_span = handle_event_span(consumer, envelope, batch[index].attempt());
+                event_span.follows_from(&span);
+                event_span
+            })
+            .collect();
+        let traceparents = todo
+            .iter()
+            .zip(&event_spans)
+            .map(|(&(_, _, envelope), event_span)| (envelope.id, traceparent_of(event_span)))
+            .collect();
         let envelopes: Vec<&Envelope> = todo.iter().map(|&(_, _, envelope)| envelope).collect();
         let started = Instant::now();
-        let result = AssertUnwindSafe(batch_handler.handle_batch(tx, &envelopes))
+        let mut ctx = BatchContext::new(tx, self.service, traceparents);
+        let result = AssertUnwindSafe(batch_handler.handle_batch(&mut ctx, &envelopes))
             .catch_unwind()
             .instrument(span.clone())
             .await;
@@ -255,13 +271,11 @@ impl ConsumerLoop {
             return Err(None);
         }
         span.record("outcome", Verdict::Handled.outcome());
-        for &(index, consumer, envelope) in todo {
-            let event_span = handle_event_span(consumer, envelope, batch[index].attempt());
-            event_span.follows_from(&span);
+        for (&(_, consumer, _), event_span) in todo.iter().zip(&event_spans) {
             event_span.record("outcome", Verdict::Handled.outcome());
             self.metrics.of(consumer).handler_duration.record(per_event);
         }
-        Ok(Vec::new())
+        Ok(ctx.into_emitted().rows)
     }
 }
 

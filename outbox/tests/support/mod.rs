@@ -18,7 +18,7 @@ use jwl_events::{
 };
 use jwl_outbox::transport::ConsumerSpec;
 use jwl_outbox::{
-    BatchHandler, Handler, HandlerContext, HandlerError, JetStreamBroker, Messaging,
+    BatchContext, BatchHandler, Handler, HandlerContext, HandlerError, JetStreamBroker, Messaging,
     MessagingSettings, OutboxError, RelaySignal,
 };
 use jwl_testkit::{TestDatabase, TestNats};
@@ -581,8 +581,9 @@ impl Handler for RecordingHandler {
 }
 
 /// [`RecordingHandler`] one by one, plus a batch way that records each batch it is given
-/// (outside the transaction) and the effects of all its events in one statement; it refuses a
-/// batch holding a `PERMANENT` amount, so the consumer handles that batch one by one.
+/// (outside the transaction) and the effects of all its events in one statement, and emits what
+/// the one-by-one way emits; it refuses a batch holding a `PERMANENT` amount, so the consumer
+/// handles that batch one by one.
 pub struct BatchingHandler {
     one_by_one: RecordingHandler,
     log: PgPool,
@@ -611,7 +612,7 @@ impl Handler for BatchingHandler {
 impl BatchHandler for BatchingHandler {
     async fn handle_batch(
         &self,
-        conn: &mut sqlx::PgConnection,
+        ctx: &mut BatchContext<'_>,
         events: &[&Envelope],
     ) -> Result<(), HandlerError> {
         let refused = events.iter().any(|event| {
@@ -629,8 +630,19 @@ impl BatchHandler for BatchingHandler {
         }
         sqlx::query("INSERT INTO effects (event_id, txid) SELECT id, txid_current() FROM unnest($1::uuid[]) AS id")
             .bind(&ids)
-            .execute(conn)
+            .execute(ctx.db())
             .await?;
+        for event in events {
+            if matches!(&event.data, EventData::PaymentCaptured(c) if c.amount_cents == EMITS) {
+                ctx.emit(
+                    event,
+                    EventData::PaymentVoided(PaymentVoided {
+                        order_id: event.order_id(),
+                        amount_cents: 1,
+                    }),
+                );
+            }
+        }
         Ok(())
     }
 }

@@ -207,6 +207,29 @@ pub fn decide_reservation(
     }
 }
 
+/// [`decide_reservation`] for several orders in turn, as if each were handled on its own after
+/// the ones before it: every reservation is taken out of `stock` before the next order is
+/// decided.
+pub fn decide_reservations(
+    orders: impl IntoIterator<Item = Vec<Line>>,
+    stock: &mut BTreeMap<String, StockLevel>,
+) -> Vec<ReservationDecision> {
+    orders
+        .into_iter()
+        .map(|lines| {
+            let decision = decide_reservation(lines, stock);
+            if let ReservationDecision::Reserve(lines) = &decision {
+                for line in lines {
+                    if let Some(level) = stock.get_mut(&line.sku) {
+                        level.reserved += line.qty;
+                    }
+                }
+            }
+            decision
+        })
+        .collect()
+}
+
 /// Why a SKU or an `on_hand` value is refused by the stock API.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StockInputError {
@@ -458,6 +481,37 @@ mod tests {
                 unavailable_skus: vec!["a".to_owned()]
             }
         );
+    }
+
+    #[test]
+    fn orders_decided_in_turn_take_stock_from_the_ones_after_them() {
+        let mut levels = stock(&[("a", 5, 1), ("b", 2, 0)]);
+        let decisions = decide_reservations(
+            [
+                vec![line("a", 3)],
+                vec![line("a", 1), line("b", 2)],
+                vec![line("a", 1)],
+                vec![line("b", 1)],
+            ],
+            &mut levels,
+        );
+        assert_eq!(
+            decisions,
+            [
+                ReservationDecision::Reserve(vec![line("a", 3)]),
+                ReservationDecision::Reserve(vec![line("a", 1), line("b", 2)]),
+                // a: 5 on hand, 1 + 3 + 1 reserved
+                ReservationDecision::Reject {
+                    unavailable_skus: vec!["a".to_owned()]
+                },
+                ReservationDecision::Reject {
+                    unavailable_skus: vec!["b".to_owned()]
+                },
+            ]
+        );
+        // a rejection takes nothing
+        assert_eq!(levels["a"].reserved, 5);
+        assert_eq!(levels["b"].reserved, 2);
     }
 
     #[test]

@@ -6,18 +6,24 @@
 //! order's reservation row, asks [`crate::domain`] which transition is allowed, and applies it.
 //! Every consumer batch has locked its stock and order rows first ([`Handler::lock_batch`]), so
 //! the state cannot change in between. The emitted event commits with the stock change.
+//!
+//! A batch of reservations and captures only ([`BatchHandler`]) is handled together: its orders
+//! decided in delivery order against the stock, then recorded in one statement and shipped in
+//! another, whatever the batch's size.
+
+use std::collections::{BTreeSet, HashSet};
 
 use async_trait::async_trait;
 use jwl_events::{
     Envelope, EventData, EventType, InventoryRejected, InventoryReleased, InventoryReserved,
     OrderId, PaymentAuthorized, Service,
 };
-use jwl_outbox::{Handler, HandlerContext, HandlerError};
+use jwl_outbox::{BatchContext, BatchHandler, Handler, HandlerContext, HandlerError};
 
 use crate::domain::{
-    self, AuthorizedDecision, CommitDecision, OrderState, ReleaseDecision, ReservationDecision,
+    self, AuthorizedDecision, CommitDecision, Line, ReleaseDecision, ReservationDecision,
 };
-use crate::store;
+use crate::store::{self, NewOrder};
 
 /// The event types inventory consumes: its row of the catalogue's table of who consumes what
 /// ([`Service::subscriptions`]).
@@ -52,41 +58,14 @@ impl InventoryHandler {
         let lines = domain::merge_lines(&payment.items);
         let skus: Vec<String> = lines.iter().map(|line| line.sku.clone()).collect();
         let stock = store::lock_stock(ctx.db(), &skus).await?;
-        let recorded = match domain::decide_reservation(lines, &stock) {
-            ReservationDecision::Reserve(lines) => {
-                if store::reserve(ctx.db(), order_id, &payment.items, &lines).await? {
-                    ctx.emit(InventoryReserved {
-                        order_id,
-                        items: payment.items.clone(),
-                        pickup: payment.pickup,
-                        dropoff: payment.dropoff,
-                    });
-                    count("reserved");
-                    true
-                } else {
-                    false
-                }
-            }
-            ReservationDecision::Reject { unavailable_skus } => {
-                let inserted = store::insert_order(
-                    ctx.db(),
-                    order_id,
-                    OrderState::Rejected,
-                    Some(&payment.items),
-                )
-                .await?;
-                if inserted {
-                    tracing::info!(%order_id, ?unavailable_skus, "out of stock; rejected");
-                    ctx.emit(InventoryRejected {
-                        order_id,
-                        unavailable_skus,
-                    });
-                    count("rejected");
-                }
-                inserted
-            }
+        let decision = domain::decide_reservation(lines, &stock);
+        let new = NewOrder {
+            order_id,
+            items: &payment.items,
+            decision: &decision,
         };
-        if recorded {
+        if store::record_orders(ctx.db(), &[new]).await? == 1 {
+            emit_decision(payment, decision, |data| ctx.emit(data));
             return Ok(());
         }
         let current = store::lock_order(ctx.db(), order_id).await?;
@@ -122,9 +101,7 @@ impl InventoryHandler {
                 }
             }
             ReleaseDecision::RecordTombstone => {
-                let inserted =
-                    store::insert_order(ctx.db(), order_id, OrderState::ReleaseRequested, None)
-                        .await?;
+                let inserted = store::insert_release_requested(ctx.db(), order_id).await?;
                 HandlerError::unless_inserted(
                     inserted,
                     format_args!("the reservation of order {order_id}"),
@@ -153,7 +130,7 @@ impl InventoryHandler {
         ctx: &mut HandlerContext<'_>,
         order_id: OrderId,
     ) -> Result<(), HandlerError> {
-        if store::commit(ctx.db(), order_id).await? {
+        if store::commit(ctx.db(), &[order_id]).await? == 1 {
             count("committed");
             return Ok(());
         }
@@ -185,8 +162,130 @@ impl InventoryHandler {
     }
 }
 
+/// Emits (through `emit`) what inventory tells of `decision`, recorded for `payment`'s order.
+fn emit_decision(
+    payment: &PaymentAuthorized,
+    decision: ReservationDecision,
+    mut emit: impl FnMut(EventData),
+) {
+    let order_id = payment.order_id;
+    match decision {
+        ReservationDecision::Reserve(_) => {
+            emit(
+                InventoryReserved {
+                    order_id,
+                    items: payment.items.clone(),
+                    pickup: payment.pickup,
+                    dropoff: payment.dropoff,
+                }
+                .into(),
+            );
+            count("reserved");
+        }
+        ReservationDecision::Reject { unavailable_skus } => {
+            tracing::info!(%order_id, ?unavailable_skus, "out of stock; rejected");
+            emit(
+                InventoryRejected {
+                    order_id,
+                    unavailable_skus,
+                }
+                .into(),
+            );
+            count("rejected");
+        }
+    }
+}
+
 fn count(outcome: &'static str) {
-    metrics::counter!(OUTCOMES_METRIC, "outcome" => outcome).increment(1);
+    count_many(outcome, 1);
+}
+
+fn count_many(outcome: &'static str, n: u64) {
+    metrics::counter!(OUTCOMES_METRIC, "outcome" => outcome).increment(n);
+}
+
+/// The common case of a batch in a few statements, whatever its size: reserve (or reject) the
+/// orders inventory has not heard of, and ship the reserved ones whose payment was captured.
+#[async_trait]
+impl BatchHandler for InventoryHandler {
+    /// Batches of `payment.authorized` and `payment.captured` only, each order at most once
+    /// (a `dispatch.failed`, rare, sends the batch one by one).
+    fn takes(&self, events: &[&Envelope]) -> bool {
+        let mut orders = HashSet::with_capacity(events.len());
+        events.iter().all(|event| {
+            matches!(
+                event.data,
+                EventData::PaymentAuthorized(_) | EventData::PaymentCaptured(_)
+            ) && orders.insert(event.order_id())
+        })
+    }
+
+    /// Decides the reservations in delivery order against the batch's stock, each taking its
+    /// stock before the next is decided (as one by one), records them all, then ships the
+    /// captured orders. If any order already had a reservation row, or a captured one was not
+    /// reserved, this fails and the batch is handled one by one, which knows what to do.
+    async fn handle_batch(
+        &self,
+        ctx: &mut BatchContext<'_>,
+        events: &[&Envelope],
+    ) -> Result<(), HandlerError> {
+        let mut authorized = Vec::new();
+        let mut captured = Vec::new();
+        for event in events {
+            match &event.data {
+                EventData::PaymentAuthorized(payment) => authorized.push((*event, payment)),
+                EventData::PaymentCaptured(capture) => captured.push(capture.order_id),
+                other => {
+                    return Err(HandlerError::permanent(format!(
+                        "the batch way does not take {}",
+                        other.event_type()
+                    )));
+                }
+            }
+        }
+        if !authorized.is_empty() {
+            let lines: Vec<Vec<Line>> = authorized
+                .iter()
+                .map(|(_, payment)| domain::merge_lines(&payment.items))
+                .collect();
+            let skus: BTreeSet<String> = lines.iter().flatten().map(|l| l.sku.clone()).collect();
+            let skus: Vec<String> = skus.into_iter().collect();
+            let mut stock = store::lock_stock(ctx.db(), &skus).await?;
+            let decisions = domain::decide_reservations(lines, &mut stock);
+            let new: Vec<NewOrder<'_>> = authorized
+                .iter()
+                .zip(&decisions)
+                .map(|((_, payment), decision)| NewOrder {
+                    order_id: payment.order_id,
+                    items: &payment.items,
+                    decision,
+                })
+                .collect();
+            let recorded = store::record_orders(ctx.db(), &new).await?;
+            if recorded != new.len() as u64 {
+                return Err(HandlerError::transient(format!(
+                    "{} of {} orders already had a reservation row",
+                    new.len() as u64 - recorded,
+                    new.len()
+                )));
+            }
+            for ((cause, payment), decision) in authorized.iter().zip(decisions) {
+                emit_decision(payment, decision, |data| ctx.emit(cause, data));
+            }
+        }
+        if !captured.is_empty() {
+            let committed = store::commit(ctx.db(), &captured).await?;
+            if committed != captured.len() as u64 {
+                return Err(HandlerError::transient(format!(
+                    "{} of {} captured orders were not reserved",
+                    captured.len() as u64 - committed,
+                    captured.len()
+                )));
+            }
+            count_many("committed", committed);
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -237,6 +336,10 @@ impl Handler for InventoryHandler {
             return Ok(());
         }
         store::lock_for_batch(conn, &reserving, &settling, &orders).await
+    }
+
+    fn batch(&self) -> Option<&dyn BatchHandler> {
+        Some(self)
     }
 
     async fn handle(

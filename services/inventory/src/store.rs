@@ -8,7 +8,7 @@ use jwl_events::{LineItem, OrderId};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 
-use crate::domain::{Line, OrderState, StockLevel};
+use crate::domain::{OrderState, ReservationDecision, StockLevel};
 
 /// A stored order state that is not an [`OrderState`] (the table's CHECK makes this a bug).
 #[derive(Debug, thiserror::Error)]
@@ -68,22 +68,18 @@ pub async fn lock_for_batch(
     Ok(())
 }
 
-/// Records the order's first state when nothing is reserved (`rejected` with its `items`, or
-/// the `release_requested` tombstone without; [`reserve`] records `reserved`); `false` if the
-/// order already has a row.
-pub async fn insert_order(
+/// Records the `release_requested` tombstone of an order inventory has not heard of (a release
+/// that came before the reservation); `false` if the order already has a row.
+pub async fn insert_release_requested(
     conn: &mut PgConnection,
     order_id: OrderId,
-    state: OrderState,
-    items: Option<&[LineItem]>,
 ) -> Result<bool, sqlx::Error> {
     let result = sqlx::query(
-        "INSERT INTO order_reservations (order_id, state, items) VALUES ($1, $2, $3)
+        "INSERT INTO order_reservations (order_id, state) VALUES ($1, $2)
          ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(order_id.0)
-    .bind(state.as_str())
-    .bind(items.map(Json))
+    .bind(OrderState::ReleaseRequested.as_str())
     .execute(conn)
     .await?;
     Ok(result.rows_affected() == 1)
@@ -116,42 +112,73 @@ pub async fn lock_stock(
         .collect())
 }
 
-/// Records the order as `reserved` with its `items`, adds `lines` to `stock.reserved` and
-/// records them, in one statement; `false` (and nothing changed) if the order already has a
-/// row. The stock rows must be locked ([`lock_stock`]) and the lines must fit.
-pub async fn reserve(
+/// An order inventory has not heard of, and what was decided for it.
+pub struct NewOrder<'a> {
+    pub order_id: OrderId,
+    pub items: &'a [LineItem],
+    pub decision: &'a ReservationDecision,
+}
+
+/// Records each of `orders` as decided, in one statement: `reserved` with its items, its
+/// lines added to `stock.reserved` and recorded; or `rejected` with its items. An order that
+/// already has a row is left as it is, and nothing of it changes. Returns how many were
+/// recorded. The stock rows must be locked ([`lock_stock`] or [`lock_for_batch`]) and the
+/// decisions taken against them in turn ([`crate::domain::decide_reservations`]).
+pub async fn record_orders(
     conn: &mut PgConnection,
-    order_id: OrderId,
-    items: &[LineItem],
-    lines: &[Line],
-) -> Result<bool, sqlx::Error> {
-    let skus: Vec<&str> = lines.iter().map(|line| line.sku.as_str()).collect();
-    let quantities: Vec<i64> = lines.iter().map(|line| line.qty).collect();
+    orders: &[NewOrder<'_>],
+) -> Result<u64, sqlx::Error> {
+    let mut ids = Vec::with_capacity(orders.len());
+    let mut states = Vec::with_capacity(orders.len());
+    let mut items = Vec::with_capacity(orders.len());
+    let (mut line_orders, mut skus, mut quantities) = (Vec::new(), Vec::new(), Vec::new());
+    for order in orders {
+        ids.push(order.order_id.0);
+        items.push(Json(order.items));
+        match order.decision {
+            ReservationDecision::Reserve(lines) => {
+                states.push(OrderState::Reserved.as_str());
+                for line in lines {
+                    line_orders.push(order.order_id.0);
+                    skus.push(line.sku.as_str());
+                    quantities.push(line.qty);
+                }
+            }
+            ReservationDecision::Reject { .. } => states.push(OrderState::Rejected.as_str()),
+        }
+    }
     let recorded: i64 = sqlx::query_scalar(
         "WITH recorded AS (
              INSERT INTO order_reservations (order_id, state, items)
-             VALUES ($1, 'reserved', $4)
+             SELECT order_id, state, items
+             FROM unnest($1::uuid[], $2::text[], $3::jsonb[]) AS new (order_id, state, items)
+             ORDER BY order_id
              ON CONFLICT (order_id) DO NOTHING
              RETURNING order_id),
-         line AS (SELECT * FROM unnest($2::text[], $3::bigint[]) AS line (sku, qty)),
-         held AS (
-             UPDATE stock SET reserved = stock.reserved + line.qty, updated_at = now()
-             FROM line, recorded
-             WHERE stock.sku = line.sku
-             RETURNING 1),
+         line AS (
+             SELECT line.order_id, line.sku, line.qty
+             FROM unnest($4::uuid[], $5::text[], $6::bigint[]) AS line (order_id, sku, qty)
+             JOIN recorded USING (order_id)),
          noted AS (
              INSERT INTO reservations (order_id, sku, qty, state)
-             SELECT recorded.order_id, line.sku, line.qty, 'reserved' FROM recorded, line
+             SELECT order_id, sku, qty, 'reserved' FROM line
+             RETURNING 1),
+         held AS (
+             UPDATE stock SET reserved = stock.reserved + total.qty, updated_at = now()
+             FROM (SELECT sku, sum(qty)::bigint AS qty FROM line GROUP BY sku) AS total
+             WHERE stock.sku = total.sku
              RETURNING 1)
          SELECT count(*) FROM recorded",
     )
-    .bind(order_id.0)
+    .bind(&ids)
+    .bind(&states)
+    .bind(&items)
+    .bind(&line_orders)
     .bind(&skus)
     .bind(&quantities)
-    .bind(Json(items))
     .fetch_one(conn)
     .await?;
-    Ok(recorded == 1)
+    Ok(u64::try_from(recorded).unwrap_or(0))
 }
 
 /// Gives a reserved order's stock back and returns its lines; `None` (and nothing changed)
@@ -183,14 +210,15 @@ pub async fn release(
     Ok(items.map(|Json(items)| items))
 }
 
-/// Ships a reserved order's stock (on_hand and reserved go down, shipped up); `false` (and
-/// nothing changed) unless it was reserved. One statement; the stock rows are locked by the
-/// batch ([`lock_for_batch`]).
-pub async fn commit(conn: &mut PgConnection, order_id: OrderId) -> Result<bool, sqlx::Error> {
+/// Ships the stock of those of `orders` that are reserved (on_hand and reserved go down,
+/// shipped up) and returns how many were; the others are left as they are. One statement; the
+/// stock rows are locked by the batch ([`lock_for_batch`]).
+pub async fn commit(conn: &mut PgConnection, orders: &[OrderId]) -> Result<u64, sqlx::Error> {
+    let orders: Vec<uuid::Uuid> = orders.iter().map(|order| order.0).collect();
     let committed: i64 = sqlx::query_scalar(
         "WITH committed AS (
              UPDATE order_reservations SET state = 'committed', updated_at = now()
-             WHERE order_id = $1 AND state = 'reserved'
+             WHERE order_id = ANY($1) AND state = 'reserved'
              RETURNING order_id),
          line AS (
              UPDATE reservations SET state = 'committed', updated_at = now()
@@ -200,18 +228,19 @@ pub async fn commit(conn: &mut PgConnection, order_id: OrderId) -> Result<bool, 
              RETURNING reservations.sku, reservations.qty),
          shipped AS (
              UPDATE stock
-             SET on_hand = stock.on_hand - line.qty,
-                 reserved = stock.reserved - line.qty,
-                 shipped = stock.shipped + line.qty,
+             SET on_hand = stock.on_hand - total.qty,
+                 reserved = stock.reserved - total.qty,
+                 shipped = stock.shipped + total.qty,
                  updated_at = now()
-             FROM line WHERE stock.sku = line.sku
+             FROM (SELECT sku, sum(qty)::bigint AS qty FROM line GROUP BY sku) AS total
+             WHERE stock.sku = total.sku
              RETURNING 1)
          SELECT count(*) FROM committed",
     )
-    .bind(order_id.0)
+    .bind(&orders)
     .fetch_one(conn)
     .await?;
-    Ok(committed == 1)
+    Ok(u64::try_from(committed).unwrap_or(0))
 }
 
 /// An order's reservation state as stored (any of the table's states) and its lines

@@ -9,6 +9,7 @@ use jwl_events::{
     DispatchFailed, DispatchFailureReason, Envelope, EventData, EventType, InventoryRejected,
     InventoryReleased, OrderId, PaymentCaptured, Service, WaybillId,
 };
+use jwl_inventory::{InventoryHandler, SERVICE};
 use jwl_outbox::{Handler, HandlerError, OutboxError, Processed};
 use jwl_testkit::service::outbox_events;
 use sqlx::PgPool;
@@ -551,4 +552,152 @@ async fn batches_that_share_popular_skus_queue_instead_of_deadlocking() {
     // the batch's locks taken first, in one order: the second batch waits for the first
     let (one, two) = two_crossing_batches(&pool, true).await;
     assert!(one.is_ok() && two.is_ok(), "{one:?} / {two:?}");
+}
+
+/// What a database shows of `orders` and `skus` after handling: each order's state and lines,
+/// each SKU's stock, and the outbox as (cause, data) in enqueue order (event ids and times are
+/// new in every run).
+async fn outcome(
+    pool: &PgPool,
+    orders: &[OrderId],
+    skus: &[&str],
+) -> (
+    Vec<(Option<String>, Vec<(String, i64, String)>)>,
+    Vec<(i64, i64, i64)>,
+    Vec<(Option<jwl_events::EventId>, EventData)>,
+) {
+    let mut states = Vec::new();
+    for order_id in orders {
+        states.push((
+            order_state(pool, *order_id).await,
+            reservations(pool, *order_id).await,
+        ));
+    }
+    let mut levels = Vec::new();
+    for sku in skus {
+        levels.push(stock(pool, sku).await);
+    }
+    let emitted = outbox(pool)
+        .await
+        .into_iter()
+        .map(|event| (event.causation_id, event.data))
+        .collect();
+    (states, levels, emitted)
+}
+
+#[tokio::test]
+async fn a_batch_handled_together_ends_where_one_by_one_ends() {
+    let (alone, together) = (
+        migrated_pool().await.unwrap(),
+        migrated_pool().await.unwrap(),
+    );
+    let skus = ["TEA", "CAKE", "BUN"];
+    for pool in [&alone, &together] {
+        seed_stock(pool, "TEA", 6).await;
+        seed_stock(pool, "CAKE", 2).await;
+        seed_stock(pool, "BUN", 9).await;
+    }
+    // contended stock: the fourth order finds TEA short after the first three, the fifth CAKE
+    // after the second; an unknown SKU is short for everyone
+    let first: Vec<Envelope> = vec![
+        payment_authorized(vec![line("TEA", 2), line("CAKE", 1)]),
+        payment_authorized(vec![line("TEA", 1), line("CAKE", 1), line("TEA", 1)]),
+        payment_authorized(vec![line("TEA", 2), line("BUN", 4)]),
+        payment_authorized(vec![line("TEA", 1)]),
+        payment_authorized(vec![line("CAKE", 1), line("BUN", 1)]),
+        payment_authorized(vec![line("BUN", 1), line("NONE", 1)]),
+        payment_authorized(vec![line("BUN", 3)]),
+    ];
+    let orders: Vec<OrderId> = first.iter().map(Envelope::order_id).collect();
+    // then captures of three reserved orders, with two new reservations in the same batch
+    let second: Vec<Envelope> = vec![
+        payment_captured(orders[0]),
+        payment_authorized(vec![line("BUN", 1)]),
+        payment_captured(orders[2]),
+        payment_authorized(vec![line("TEA", 1)]),
+        payment_captured(orders[6]),
+    ];
+    let mut all_orders = orders.clone();
+    all_orders.extend(
+        second
+            .iter()
+            .map(Envelope::order_id)
+            .filter(|o| !orders.contains(o)),
+    );
+
+    for event in first.iter().chain(&second) {
+        handled(deliver(&alone, event).await.unwrap());
+    }
+    for batch in [&first, &second] {
+        let events: Vec<&Envelope> = batch.iter().collect();
+        jwl_outbox::process_batch(&together, SERVICE, &InventoryHandler, &events)
+            .await
+            .unwrap();
+    }
+
+    let (one_by_one, batched) = (
+        outcome(&alone, &all_orders, &skus).await,
+        outcome(&together, &all_orders, &skus).await,
+    );
+    assert_eq!(batched, one_by_one);
+    // and the case is what it says: rejections among the reservations, stock shipped
+    let states: Vec<Option<&str>> = batched.0.iter().map(|(s, _)| s.as_deref()).collect();
+    assert_eq!(
+        states,
+        [
+            Some("committed"),
+            Some("reserved"),
+            Some("committed"),
+            Some("rejected"),
+            Some("rejected"),
+            Some("rejected"),
+            Some("committed"),
+            Some("reserved"),
+            Some("rejected"),
+        ]
+    );
+    assert_eq!(batched.1, [(2, 2, 4), (1, 1, 1), (2, 1, 7)]);
+}
+
+#[tokio::test]
+async fn a_batch_the_batch_way_cannot_take_is_refused_and_nothing_changes() {
+    let pool = migrated_pool().await.unwrap();
+    seed_stock(&pool, "TEA", 5).await;
+    let known = payment_authorized(vec![line("TEA", 1)]);
+    handled(deliver(&pool, &known).await.unwrap());
+    let before = outcome(&pool, &[known.order_id()], &["TEA"]).await;
+
+    // the batch way takes reservations and captures, each order once
+    let fresh = payment_authorized(vec![line("TEA", 1)]);
+    for refused in [
+        vec![&fresh, &dispatch_failed(known.order_id())],
+        vec![&fresh, &payment_captured(fresh.order_id())],
+    ] {
+        let result = jwl_outbox::process_batch(&pool, SERVICE, &InventoryHandler, &refused).await;
+        assert!(
+            matches!(
+                result,
+                Err(OutboxError::Handler(HandlerError::Permanent(_)))
+            ),
+            "{result:?}"
+        );
+    }
+    // an order it already has a row for (redelivered past the inbox), or a capture of an order
+    // not reserved: the batch fails whole, and one by one decides each
+    let redelivered = Envelope::new(Service::Payment, known.data.clone()).caused_by(&known);
+    for failing in [
+        vec![&fresh, &redelivered],
+        vec![&fresh, &payment_captured(OrderId::new())],
+    ] {
+        let result = jwl_outbox::process_batch(&pool, SERVICE, &InventoryHandler, &failing).await;
+        assert!(
+            matches!(
+                result,
+                Err(OutboxError::Handler(HandlerError::Transient(_)))
+            ),
+            "{result:?}"
+        );
+    }
+    assert_eq!(outcome(&pool, &[known.order_id()], &["TEA"]).await, before);
+    assert_eq!(order_state(&pool, fresh.order_id()).await, None);
 }

@@ -8,8 +8,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use jwl_events::{Envelope, EventType, OrderId, Service};
-use jwl_outbox::{BatchHandler, Handler, HandlerContext, HandlerError};
-use sqlx::PgConnection;
+use jwl_outbox::{BatchContext, BatchHandler, Handler, HandlerContext, HandlerError};
 
 use crate::domain::{self, ReadModelState};
 use crate::store::{self, StoreError};
@@ -75,10 +74,10 @@ impl Handler for OrderReadModel {
 impl BatchHandler for OrderReadModel {
     async fn handle_batch(
         &self,
-        conn: &mut PgConnection,
+        ctx: &mut BatchContext<'_>,
         events: &[&Envelope],
     ) -> Result<(), HandlerError> {
-        let orders = store::lock_and_record_all(conn, events)
+        let orders = store::lock_and_record_all(ctx.db(), events)
             .await
             .map_err(store_error)?;
         let mut states: HashMap<OrderId, ReadModelState> = HashMap::new();
@@ -100,7 +99,7 @@ impl BatchHandler for OrderReadModel {
             .into_iter()
             .filter(|(order_id, state)| orders.get(order_id).is_some_and(|o| o.state != *state))
             .collect();
-        store::update_read_models(conn, &updates).await?;
+        store::update_read_models(ctx.db(), &updates).await?;
         Ok(())
     }
 }

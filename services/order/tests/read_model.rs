@@ -460,8 +460,6 @@ fn shown(view: &Value) -> Value {
 
 #[tokio::test]
 async fn a_batch_handled_together_ends_where_one_by_one_ends() -> anyhow::Result<()> {
-    use jwl_outbox::Handler;
-
     let app = TestApp::start().await?;
     let one_by_one = [
         app.place_order().await?,
@@ -481,11 +479,13 @@ async fn a_batch_handled_together_ends_where_one_by_one_ends() -> anyhow::Result
     }
     let batch = interleaved_sagas(together, base);
     let events: Vec<&jwl_events::Envelope> = batch.iter().collect();
-    let model = jwl_order::OrderReadModel;
-    let batch_way = model.batch().expect("the read model takes batches");
-    let mut tx = app.pool.begin().await?;
-    batch_way.handle_batch(&mut tx, &events).await?;
-    tx.commit().await?;
+    jwl_outbox::process_batch(
+        &app.pool,
+        Service::Order,
+        &jwl_order::OrderReadModel,
+        &events,
+    )
+    .await?;
 
     for (alone, batched) in one_by_one.into_iter().zip(together) {
         let (alone, batched) = (view(&app, alone).await?, view(&app, batched).await?);
@@ -504,8 +504,6 @@ async fn a_batch_handled_together_ends_where_one_by_one_ends() -> anyhow::Result
 
 #[tokio::test]
 async fn a_batch_with_an_unknown_order_is_refused_whole() -> anyhow::Result<()> {
-    use jwl_outbox::Handler;
-
     let app = TestApp::start().await?;
     let known = app.place_order().await?;
     let batch = [
@@ -513,15 +511,20 @@ async fn a_batch_with_an_unknown_order_is_refused_whole() -> anyhow::Result<()> 
         event_at(Service::Payment, authorized(OrderId::new()), Utc::now(), 2),
     ];
     let events: Vec<&jwl_events::Envelope> = batch.iter().collect();
-    let model = jwl_order::OrderReadModel;
-    let mut tx = app.pool.begin().await?;
-    let result = model
-        .batch()
-        .expect("the read model takes batches")
-        .handle_batch(&mut tx, &events)
-        .await;
+    let result = jwl_outbox::process_batch(
+        &app.pool,
+        Service::Order,
+        &jwl_order::OrderReadModel,
+        &events,
+    )
+    .await;
     assert!(
-        matches!(result, Err(jwl_outbox::HandlerError::Permanent(_))),
+        matches!(
+            result,
+            Err(jwl_outbox::OutboxError::Handler(
+                jwl_outbox::HandlerError::Permanent(_)
+            ))
+        ),
         "{result:?}"
     );
     Ok(())
