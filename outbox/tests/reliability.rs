@@ -1050,12 +1050,12 @@ async fn a_handler_with_a_batch_way_gets_the_fresh_events_of_a_batch_together() 
         h.publish_event(event, &event.id.0.to_string()).await?;
     }
     let running = h.run_with(h.batching_handler());
-    // the five, and the event emitted in reaction to one of them (the handler consumes its type)
     eventually("the events are handled", SOON, || async {
-        h.effects_total().await.ok() == Some(6)
+        h.effects_total().await.ok() == Some(5)
     })
     .await?;
     // what a handler emits in reaction to an event is published once, whichever way took it
+    // (this one, a payment event from the dispatch service, its consumer then dead-letters)
     let emitter = events[2].id.0.to_string();
     eventually("the emitted event is published", SOON, || async {
         h.events_in_stream().await.is_ok_and(|stream| {
@@ -1083,7 +1083,7 @@ async fn a_handler_with_a_batch_way_gets_the_fresh_events_of_a_batch_together() 
         .await?;
     assert_eq!(
         i64::from(batches.iter().map(|(n, _)| n).sum::<i32>()) + one_by_one,
-        6,
+        5,
         "each event handled once: {batches:?}, {one_by_one} one by one"
     );
     let reactions = h
@@ -1099,7 +1099,7 @@ async fn a_handler_with_a_batch_way_gets_the_fresh_events_of_a_batch_together() 
         h.consumer_settled().await.ok() == Some(true)
     })
     .await?;
-    assert_eq!(h.effects_total().await?, 6);
+    assert_eq!(h.effects_total().await?, 5);
     running.stop().await
 }
 
