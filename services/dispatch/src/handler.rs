@@ -68,8 +68,7 @@ impl DispatchHandler {
     ) -> Result<(), HandlerError> {
         let order_id = created.order_id;
         store::lock_order(ctx.db(), order_id).await?;
-        let known = store::order_waybill(ctx.db(), order_id).await?;
-        let tombstone = store::tombstone(ctx.db(), order_id).await?;
+        let (known, tombstone) = store::order_on_arrival(ctx.db(), order_id).await?;
         let decision =
             domain::on_waybill_created(created.waybill_id, known.map(|(id, _)| id), tombstone);
         let new = NewWaybill {

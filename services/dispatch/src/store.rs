@@ -83,22 +83,43 @@ pub async fn order_waybill(
         .transpose()
 }
 
-/// The reason of the order's cancel tombstone, if a cancellation came before its waybill.
-pub async fn tombstone(
+/// What dispatch knows of an order when its waybill arrives, in one statement: its waybill id
+/// and status (row locked) and the reason of its cancel tombstone, if a cancellation came
+/// before the waybill. Take the order's lock ([`lock_order`]) first, in a statement of its
+/// own: a statement reads what was committed when it started, so a read in the statement that
+/// waited for the lock could miss the tombstone of the cancellation that held it.
+pub async fn order_on_arrival(
     conn: &mut PgConnection,
     order_id: OrderId,
-) -> Result<Option<DispatchFailureReason>> {
-    let reason: Option<String> =
-        sqlx::query_scalar("SELECT reason FROM cancel_tombstones WHERE order_id = $1")
-            .bind(order_id.0)
-            .fetch_optional(conn)
-            .await?;
-    reason
+) -> Result<(
+    Option<(WaybillId, WaybillStatus)>,
+    Option<DispatchFailureReason>,
+)> {
+    let (waybill_id, waybill_status, reason): (Option<Uuid>, Option<String>, Option<String>) =
+        sqlx::query_as(
+            "SELECT waybill.waybill_id, waybill.status, tombstone.reason
+             FROM (SELECT 1) AS one
+             LEFT JOIN LATERAL (
+                 SELECT waybill_id, status FROM waybills WHERE order_id = $1 FOR UPDATE
+             ) AS waybill ON true
+             LEFT JOIN LATERAL (
+                 SELECT reason FROM cancel_tombstones WHERE order_id = $1
+             ) AS tombstone ON true",
+        )
+        .bind(order_id.0)
+        .fetch_one(conn)
+        .await?;
+    let waybill = match (waybill_id, waybill_status) {
+        (Some(id), Some(text)) => Some((WaybillId(id), status(&text)?)),
+        _ => None,
+    };
+    let reason = reason
         .map(|text| {
             domain::parse_failure_reason(&text)
                 .ok_or_else(|| DispatchError::Corrupt(format!("unknown reason {text:?}")))
         })
-        .transpose()
+        .transpose()?;
+    Ok((waybill, reason))
 }
 
 /// Records a cancellation that arrived before the order's waybill (the first one wins).
