@@ -196,6 +196,19 @@ fn emit_decision(
     }
 }
 
+/// `Ok` if a set-based statement applied to all `wanted` orders; otherwise the batch way fails
+/// (and the batch is handled one by one), saying how many of them `were_not`.
+fn all_applied(applied: u64, wanted: usize, were_not: &str) -> Result<(), HandlerError> {
+    let wanted = u64::try_from(wanted).unwrap_or(u64::MAX);
+    if applied == wanted {
+        return Ok(());
+    }
+    Err(HandlerError::transient(format!(
+        "{} of {wanted} {were_not}",
+        wanted.saturating_sub(applied)
+    )))
+}
+
 fn count(outcome: &'static str) {
     count_many(outcome, 1);
 }
@@ -262,26 +275,18 @@ impl BatchHandler for InventoryHandler {
                 })
                 .collect();
             let recorded = store::record_orders(ctx.db(), &new).await?;
-            if recorded != new.len() as u64 {
-                return Err(HandlerError::transient(format!(
-                    "{} of {} orders already had a reservation row",
-                    new.len() as u64 - recorded,
-                    new.len()
-                )));
-            }
+            all_applied(recorded, new.len(), "orders already had a reservation row")?;
             for ((cause, payment), decision) in authorized.iter().zip(decisions) {
                 emit_decision(payment, decision, |data| ctx.emit(cause, data));
             }
         }
         if !captured.is_empty() {
             let committed = store::commit(ctx.db(), &captured).await?;
-            if committed != captured.len() as u64 {
-                return Err(HandlerError::transient(format!(
-                    "{} of {} captured orders were not reserved",
-                    captured.len() as u64 - committed,
-                    captured.len()
-                )));
-            }
+            all_applied(
+                committed,
+                captured.len(),
+                "captured orders were not reserved",
+            )?;
             count_many("committed", committed);
         }
         Ok(())
