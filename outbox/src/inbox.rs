@@ -1,7 +1,6 @@
 //! The inbox path shared by the consumer loop and [`process_one`] (and [`process_batch`] for a
-//! handler's batch way): under a savepoint, record
-//! `(consumer, event_id)` in the inbox, skip duplicates, run the handler, write the events it
-//! emitted to the outbox, keep or undo its work.
+//! handler's batch way): under a savepoint, record `(consumer, event_id)` in the inbox, skip
+//! duplicates, run the handler, write the events it emitted to the outbox, keep or undo its work.
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
@@ -98,7 +97,7 @@ pub(crate) async fn handle_in_savepoint(
             // open; dropping it rolls it back.
             Err(sqlx::Error::Database(error)) => {
                 return Ok(SavepointOutcome::Failed(HandlerError::transient(format!(
-                    "handler returned Ok but its transaction was aborted: {error}"
+                    "handler returned Ok but its transaction was aborted or its events refused: {error}"
                 ))));
             }
             Err(other) => return Err(other),

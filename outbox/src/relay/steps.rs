@@ -87,8 +87,7 @@ pub async fn claim_pending_in(
            AND ($2 = 1 OR coalesce(order_hash, 0) % $2 = $3)
          ORDER BY seq LIMIT $1",
     )
-    // planned for each call, not once when the table was small (docs/performance.md, *Plans
-    // of a fresh system*)
+    // planned per call (docs/performance.md, *Plans of a fresh system*)
     .persistent(false)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .bind(partitions)
@@ -231,8 +230,7 @@ fn round_end(keys: &[&str], start: usize) -> usize {
 pub async fn mark(conn: &mut PgConnection, outcome: &PublishOutcome) -> Result<(), sqlx::Error> {
     if !outcome.published.is_empty() {
         sqlx::query("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)")
-            // planned for each call's rows, not once when the table was small
-            // (docs/performance.md, *Plans of a fresh system*)
+            // planned per call (docs/performance.md, *Plans of a fresh system*)
             .persistent(false)
             .bind(&outcome.published)
             .execute(&mut *conn)

@@ -54,8 +54,7 @@ pub async fn lock_for_batch(
              SELECT sku FROM reservations WHERE order_id = ANY($2) AND state = 'reserved'))
          ORDER BY sku FOR UPDATE",
     )
-    // planned for each batch, not once when the table was small (docs/performance.md, *Plans of
-    // a fresh system*)
+    // planned per call (docs/performance.md, *Plans of a fresh system*)
     .persistent(false)
     .bind(reserving)
     .bind(&settling)
@@ -65,8 +64,7 @@ pub async fn lock_for_batch(
         "SELECT order_id FROM order_reservations WHERE order_id = ANY($1)
          ORDER BY order_id FOR UPDATE",
     )
-    // planned for each batch, not once when the table was small (docs/performance.md, *Plans of
-    // a fresh system*)
+    // planned per call (docs/performance.md, *Plans of a fresh system*)
     .persistent(false)
     .bind(&orders)
     .execute(conn)
@@ -100,8 +98,7 @@ pub async fn lock_stock(
         "SELECT sku, on_hand, reserved, shipped FROM stock
          WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
     )
-    // planned for each batch, not once when the table was small (docs/performance.md, *Plans of
-    // a fresh system*)
+    // planned per call (docs/performance.md, *Plans of a fresh system*)
     .persistent(false)
     .bind(skus)
     .fetch_all(conn)
@@ -179,8 +176,7 @@ pub async fn record_orders(
              RETURNING 1)
          SELECT count(*) FROM recorded",
     )
-    // planned for each batch, not once when the table was small (docs/performance.md, *Plans of
-    // a fresh system*)
+    // planned per call (docs/performance.md, *Plans of a fresh system*)
     .persistent(false)
     .bind(&ids)
     .bind(&states)
@@ -249,8 +245,7 @@ pub async fn commit(conn: &mut PgConnection, orders: &[OrderId]) -> Result<u64, 
              RETURNING 1)
          SELECT count(*) FROM committed",
     )
-    // planned for each batch, not once when the table was small (docs/performance.md, *Plans of
-    // a fresh system*)
+    // planned per call (docs/performance.md, *Plans of a fresh system*)
     .persistent(false)
     .bind(&orders)
     .fetch_one(conn)

@@ -310,8 +310,7 @@ pub async fn lock_and_record_all(
          )
          SELECT * FROM locked",
     )
-    // planned for each batch, not once when the table was small (docs/performance.md, *Plans of
-    // a fresh system*)
+    // planned per call (docs/performance.md, *Plans of a fresh system*)
     .persistent(false)
     .bind(&order_ids)
     .bind(events.iter().map(|e| e.id.0).collect::<Vec<Uuid>>())
@@ -368,8 +367,7 @@ pub async fn update_read_models(
               AS u (order_id, status, reason, waybill_id, courier_id, terminal)
          WHERE orders.order_id = u.order_id",
     )
-    // planned for each batch, not once when the table was small (docs/performance.md, *Plans of
-    // a fresh system*)
+    // planned per call (docs/performance.md, *Plans of a fresh system*)
     .persistent(false)
     .bind(updates.iter().map(|(id, _)| id.0).collect::<Vec<Uuid>>())
     .bind(
