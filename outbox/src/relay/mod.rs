@@ -238,8 +238,17 @@ impl PartitionRelay {
         let mut wakeup = Wakeup::new(&shared.signal, settings.relay_poll_interval);
         let mut retry: Option<ExponentialBackoff> = None;
         let mut next_housekeeping = Instant::now();
+        // Rows the broker acknowledged in the last round, marked published by the next claim.
+        let mut published: Vec<i64> = Vec::new();
         loop {
             if shutdown.is_cancelled() || self.board.giving_up(partition.index) {
+                if !published.is_empty() {
+                    let outcome = PublishOutcome {
+                        published,
+                        ..PublishOutcome::default()
+                    };
+                    lease.run(async |conn| mark(conn, &outcome).await).await?;
+                }
                 lease.release().await;
                 return Ok(());
             }
@@ -252,9 +261,16 @@ impl PartitionRelay {
             wakeup.reset();
             let batch = lease
                 .run(async |conn| {
-                    steps::claim_pending_in(conn, partition.sql(), settings.relay_batch_size).await
+                    steps::claim_pending_in(
+                        conn,
+                        partition.sql(),
+                        settings.relay_batch_size,
+                        &published,
+                    )
+                    .await
                 })
                 .await?;
+            published.clear();
             if batch.is_empty() {
                 self.metrics.pending.set(0.0);
                 self.metrics.oldest_pending_age.set(0.0);
@@ -273,16 +289,22 @@ impl PartitionRelay {
             {
                 crash("crash_after_publish (published, not marked)");
             }
-            lease.run(async |conn| mark(conn, &outcome).await).await?;
             self.record(&outcome);
-            if outcome.failed.iter().any(|(_, error)| error.is_permanent()) {
-                self.count_parked(&mut lease).await?;
+            if outcome.failed.is_empty() {
+                // marked by the next claim, which follows at once
+                published.clone_from(&outcome.published);
+            } else {
+                lease.run(async |conn| mark(conn, &outcome).await).await?;
+                if outcome.failed.iter().any(|(_, error)| error.is_permanent()) {
+                    self.count_parked(&mut lease).await?;
+                }
             }
 
-            let full = batch.len() >= settings.relay_batch_size;
-            if full || !outcome.failed.is_empty() {
+            if batch.len() >= settings.relay_batch_size || !outcome.failed.is_empty() {
                 let backlog = lease
-                    .run(async |conn| steps::pending_backlog(conn, partition.sql()).await)
+                    .run(async |conn| {
+                        steps::pending_backlog(conn, partition.sql(), &published).await
+                    })
                     .await?;
                 self.metrics.pending.set(backlog.rows as f64);
                 self.metrics
@@ -294,9 +316,6 @@ impl PartitionRelay {
             }
             if outcome.failed.is_empty() {
                 retry = None;
-                if !full {
-                    wakeup.wait(shutdown).await;
-                }
             } else {
                 let delay = retry
                     .get_or_insert_with(|| self.retry_backoff())
