@@ -260,6 +260,12 @@ impl<'a> BatchContext<'a> {
         self.emitted.envelopes.push(env);
     }
 
+    /// The `traceparent` of `cause`'s `handle_event` span (the one [`BatchContext::emit`] gives
+    /// the events `cause` causes), for a handler that stores it to continue the trace later.
+    pub fn traceparent(&self, cause: &Envelope) -> Option<&str> {
+        self.spans.get(&cause.id).and_then(Option::as_deref)
+    }
+
     /// What the batch way emitted, still to be written to the outbox.
     pub(crate) fn into_emitted(self) -> Emitted {
         self.emitted

@@ -9,7 +9,9 @@ use jwl_service_kit::Settings;
 use sqlx::PgConnection;
 
 use crate::SERVICE;
-use crate::domain::{self, CourierPosition, PlanarSearch, RankedCourier, SearchArea};
+use crate::domain::{
+    self, CourierPosition, CourierSearch, PlanarSearch, RankedCourier, SearchArea,
+};
 use crate::error::DispatchError;
 use crate::store::{self, Courier};
 
@@ -44,10 +46,20 @@ pub async fn reserve_nearest(
     pickup: &GeoPoint,
     settings: &Settings,
 ) -> Result<Option<RankedCourier>, DispatchError> {
-    let radius_km = settings.dispatch_radius_km;
-    let search = domain::courier_search(pickup, radius_km)?;
+    let search = domain::courier_search(pickup, settings.dispatch_radius_km)?;
     store::lock_areas_for_waybill(conn, &search.matching_areas).await?;
-    match domain::planar_search(pickup, radius_km) {
+    reserve_nearest_locked(conn, pickup, &search, settings).await
+}
+
+/// [`reserve_nearest`] for a caller that already holds the matching areas of `search` (the
+/// search of `pickup`), as a batch of waybills takes them all at once.
+pub async fn reserve_nearest_locked(
+    conn: &mut PgConnection,
+    pickup: &GeoPoint,
+    search: &CourierSearch,
+    settings: &Settings,
+) -> Result<Option<RankedCourier>, DispatchError> {
+    match domain::planar_search(pickup, settings.dispatch_radius_km) {
         Some(planar) => reserve_by_plane(conn, pickup, &planar, settings).await,
         None => reserve_by_cells(conn, pickup, &search.area, settings).await,
     }

@@ -4,19 +4,26 @@
 //! Both handlers take the order's advisory lock first ([`store::lock_order`]), so a
 //! cancellation and the waybill it targets are decided one after the other: a cancellation
 //! that finds no waybill leaves a tombstone, and the waybill that arrives later sees it.
+//!
+//! A batch of `waybill_created` (each order once) is taken together ([`BatchHandler`]): one
+//! statement locks all its orders, one reads their state, one locks the matching areas of all
+//! their searches, one inserts all the waybills; only the courier search and the taking of a
+//! courier's capacity stay per waybill, in delivery order, as one by one.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use jwl_events::{
-    CourierAssigned, DispatchFailed, Envelope, EventData, EventType, OrderCancelRequested, Service,
-    WaybillCreated,
+    CourierAssigned, DispatchFailed, DispatchFailureReason, Envelope, EventData, EventType,
+    OrderCancelRequested, OrderId, Service, WaybillCreated,
 };
-use jwl_outbox::{Handler, HandlerContext, HandlerError};
+use jwl_outbox::{BatchContext, BatchHandler, Handler, HandlerContext, HandlerError};
 use jwl_service_kit::Settings;
+use sqlx::PgConnection;
 
 use crate::dispatcher;
-use crate::domain::{self, OnCancel, OnWaybillCreated};
+use crate::domain::{self, CourierSearch, MatchingArea, OnCancel, OnWaybillCreated};
 use crate::error::DispatchError;
 use crate::store::{self, NewWaybill, Placement};
 
@@ -49,7 +56,25 @@ impl Handler for DispatchHandler {
         event: &Envelope,
     ) -> Result<(), HandlerError> {
         match &event.data {
-            EventData::WaybillCreated(created) => self.on_created(ctx, event, created).await,
+            EventData::WaybillCreated(created) => {
+                let arriving = Arriving {
+                    event,
+                    created,
+                    // this handler's span (a child of the event's), so later assignments and
+                    // the deadline timer's failure hang under dispatch in the order's trace
+                    traceparent: jwl_outbox::trace_context::current_traceparent()
+                        .or_else(|| event.traceparent.clone()),
+                };
+                for data in self
+                    .on_arrivals(ctx.db(), &[arriving])
+                    .await?
+                    .into_iter()
+                    .flatten()
+                {
+                    ctx.emit(data);
+                }
+                Ok(())
+            }
             EventData::OrderCancelRequested(cancel) => on_cancel(ctx, event, cancel).await,
             other => Err(HandlerError::permanent(format!(
                 "dispatch does not consume {}",
@@ -57,73 +82,191 @@ impl Handler for DispatchHandler {
             ))),
         }
     }
+
+    fn batch(&self) -> Option<&dyn BatchHandler> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl BatchHandler for DispatchHandler {
+    /// Batches of `waybill_created` only, each order at most once (a cancellation, rare, sends
+    /// the batch one by one).
+    fn takes(&self, events: &[&Envelope]) -> bool {
+        let mut orders = HashSet::with_capacity(events.len());
+        events.iter().all(|event| {
+            matches!(event.data, EventData::WaybillCreated(_)) && orders.insert(event.order_id())
+        })
+    }
+
+    /// The same as one by one, in fewer statements: see [`DispatchHandler::on_arrivals`].
+    async fn handle_batch(
+        &self,
+        ctx: &mut BatchContext<'_>,
+        events: &[&Envelope],
+    ) -> Result<(), HandlerError> {
+        let mut arrivals = Vec::with_capacity(events.len());
+        for event in events {
+            let EventData::WaybillCreated(created) = &event.data else {
+                return Err(HandlerError::permanent(format!(
+                    "the batch way does not take {}",
+                    event.event_type()
+                )));
+            };
+            arrivals.push(Arriving {
+                event,
+                created,
+                traceparent: ctx
+                    .traceparent(event)
+                    .map(str::to_owned)
+                    .or_else(|| event.traceparent.clone()),
+            });
+        }
+        let emitted = self.on_arrivals(ctx.db(), &arrivals).await?;
+        for (arriving, data) in arrivals.iter().zip(emitted) {
+            if let Some(data) = data {
+                ctx.emit(arriving.event, data);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A `waybill_created` being handled, and the trace context its waybill's later events
+/// continue (the span of the handler that took it).
+struct Arriving<'e> {
+    event: &'e Envelope,
+    created: &'e WaybillCreated,
+    traceparent: Option<String>,
+}
+
+/// What to do with an arriving waybill, once its order's state is known.
+enum Plan {
+    /// Already known (a repeated event): nothing.
+    Skip,
+    /// Record it failed: the order was cancelled before it arrived.
+    Fail(DispatchFailureReason),
+    /// Find it a courier in this search's area.
+    Dispatch(CourierSearch),
 }
 
 impl DispatchHandler {
-    async fn on_created(
+    /// Handles arriving waybills in delivery order, in a few statements whatever their number:
+    /// locks their orders and reads what dispatch knows of them (two statements), locks the
+    /// matching areas of those to dispatch (one), finds each its courier in turn (each search
+    /// sees the capacity the ones before it took, as one by one), and inserts the waybills (one).
+    /// Returns the event each one emits. An order that already has another waybill fails it
+    /// all, permanently (one by one, that waybill alone is dead-lettered).
+    async fn on_arrivals(
         &self,
-        ctx: &mut HandlerContext<'_>,
-        event: &Envelope,
-        created: &WaybillCreated,
-    ) -> Result<(), HandlerError> {
-        let order_id = created.order_id;
-        store::lock_order(ctx.db(), order_id).await?;
-        let (known, tombstone) = store::order_on_arrival(ctx.db(), order_id).await?;
-        let decision =
-            domain::on_waybill_created(created.waybill_id, known.map(|(id, _)| id), tombstone);
-        let new = NewWaybill {
-            waybill_id: created.waybill_id,
-            order_id,
-            pickup: created.pickup,
-            pickup_cell: domain::cell_of(&created.pickup).map_err(DispatchError::from)?,
-            deadline: domain::waiting_deadline(event.time, self.settings.dispatch_deadline),
-            cause_event_id: event.id,
-            // this handler's span (a child of the event's), so later assignments and the
-            // deadline timer's failure hang under dispatch in the order's trace
-            cause_traceparent: jwl_outbox::trace_context::current_traceparent()
-                .or_else(|| event.traceparent.clone()),
-        };
-        match decision {
-            OnWaybillCreated::AlreadyKnown => Ok(()),
-            OnWaybillCreated::Conflict(known) => Err(HandlerError::permanent(format!(
-                "order {order_id} already has waybill {known}, not {}",
-                created.waybill_id
-            ))),
-            OnWaybillCreated::FailAtOnce(reason) => {
-                store::insert_waybill(ctx.db(), &new, &Placement::Failed(reason)).await?;
-                tracing::info!(%order_id, waybill_id = %created.waybill_id, ?reason,
-                    "order was cancelled before its waybill arrived; failing it");
-                ctx.emit(DispatchFailed {
-                    order_id,
-                    waybill_id: created.waybill_id,
-                    reason,
-                });
-                Ok(())
-            }
-            OnWaybillCreated::Dispatch => {
-                match dispatcher::reserve_nearest(ctx.db(), &created.pickup, &self.settings).await?
-                {
-                    Some(courier) => {
-                        let assigned = CourierAssigned {
-                            order_id,
-                            waybill_id: created.waybill_id,
-                            courier_id: courier.courier_id.clone(),
-                            distance_km: courier.distance_km,
-                        };
-                        store::insert_waybill(ctx.db(), &new, &Placement::Assigned(courier))
-                            .await?;
-                        ctx.emit(assigned);
-                        Ok(())
+        conn: &mut PgConnection,
+        arrivals: &[Arriving<'_>],
+    ) -> Result<Vec<Option<EventData>>, HandlerError> {
+        let orders: Vec<OrderId> = arrivals.iter().map(|a| a.created.order_id).collect();
+        store::lock_orders(conn, &orders).await?;
+        let states = store::orders_on_arrival(conn, &orders).await?;
+        let mut plans = Vec::with_capacity(arrivals.len());
+        for (arriving, (known, tombstone)) in arrivals.iter().zip(states) {
+            let created = arriving.created;
+            plans.push(
+                match domain::on_waybill_created(
+                    created.waybill_id,
+                    known.map(|(id, _)| id),
+                    tombstone,
+                ) {
+                    OnWaybillCreated::AlreadyKnown => Plan::Skip,
+                    OnWaybillCreated::Conflict(known) => {
+                        return Err(HandlerError::permanent(format!(
+                            "order {} already has waybill {known}, not {}",
+                            created.order_id, created.waybill_id
+                        )));
                     }
-                    None => {
-                        store::insert_waybill(ctx.db(), &new, &Placement::Waiting).await?;
-                        tracing::info!(%order_id, waybill_id = %created.waybill_id,
-                            deadline = %new.deadline, "no courier available; waiting");
-                        Ok(())
+                    OnWaybillCreated::FailAtOnce(reason) => Plan::Fail(reason),
+                    OnWaybillCreated::Dispatch => Plan::Dispatch(
+                        domain::courier_search(&created.pickup, self.settings.dispatch_radius_km)
+                            .map_err(DispatchError::from)?,
+                    ),
+                },
+            );
+        }
+        let areas: Vec<MatchingArea> = plans
+            .iter()
+            .filter_map(|plan| match plan {
+                Plan::Dispatch(search) => Some(search.matching_areas.iter().copied()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        if !areas.is_empty() {
+            store::lock_areas_for_waybill(conn, &areas).await?;
+        }
+
+        let mut waybills = Vec::with_capacity(arrivals.len());
+        let mut emitted = Vec::with_capacity(arrivals.len());
+        for (arriving, plan) in arrivals.iter().zip(plans) {
+            let created = arriving.created;
+            let order_id = created.order_id;
+            let waybill_id = created.waybill_id;
+            let (placement, event) = match plan {
+                Plan::Skip => {
+                    emitted.push(None);
+                    continue;
+                }
+                Plan::Fail(reason) => {
+                    tracing::info!(%order_id, %waybill_id, ?reason,
+                        "order was cancelled before its waybill arrived; failing it");
+                    let failed = DispatchFailed {
+                        order_id,
+                        waybill_id,
+                        reason,
+                    };
+                    (Placement::Failed(reason), Some(failed.into()))
+                }
+                Plan::Dispatch(search) => {
+                    match dispatcher::reserve_nearest_locked(
+                        conn,
+                        &created.pickup,
+                        &search,
+                        &self.settings,
+                    )
+                    .await?
+                    {
+                        Some(courier) => {
+                            let assigned = CourierAssigned {
+                                order_id,
+                                waybill_id,
+                                courier_id: courier.courier_id.clone(),
+                                distance_km: courier.distance_km,
+                            };
+                            (Placement::Assigned(courier), Some(assigned.into()))
+                        }
+                        None => {
+                            tracing::info!(%order_id, %waybill_id,
+                                "no courier available; waiting");
+                            (Placement::Waiting, None)
+                        }
                     }
                 }
-            }
+            };
+            let new = NewWaybill {
+                waybill_id,
+                order_id,
+                pickup: created.pickup,
+                pickup_cell: domain::cell_of(&created.pickup).map_err(DispatchError::from)?,
+                deadline: domain::waiting_deadline(
+                    arriving.event.time,
+                    self.settings.dispatch_deadline,
+                ),
+                cause_event_id: arriving.event.id,
+                cause_traceparent: arriving.traceparent.clone(),
+            };
+            waybills.push((new, placement));
+            emitted.push(event);
         }
+        if !waybills.is_empty() {
+            store::insert_waybills(conn, &waybills).await?;
+        }
+        Ok(emitted)
     }
 }
 

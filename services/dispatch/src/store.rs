@@ -31,10 +31,22 @@ fn status(text: &str) -> Result<WaybillStatus> {
 /// until the transaction ends, so a cancellation and the waybill it targets cannot miss each
 /// other. A transaction-scoped advisory lock in a key space of dispatch's own.
 pub async fn lock_order(conn: &mut PgConnection, order_id: OrderId) -> Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('jwl_dispatch.order'), hashtext($1::text))")
-        .bind(order_id.0)
-        .execute(conn)
-        .await?;
+    lock_orders(conn, &[order_id]).await
+}
+
+/// [`lock_order`] for several orders in one statement, in the order of their keys, so two
+/// transactions locking several orders never wait for each other in a cycle.
+pub async fn lock_orders(conn: &mut PgConnection, orders: &[OrderId]) -> Result<()> {
+    let orders: Vec<Uuid> = orders.iter().map(|order| order.0).collect();
+    // output expressions are evaluated after the sort (volatile functions are)
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtext('jwl_dispatch.order'), key)
+         FROM (SELECT DISTINCT hashtext(o::text) AS key FROM unnest($1::uuid[]) AS o) AS keys
+         ORDER BY key",
+    )
+    .bind(orders)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -45,6 +57,7 @@ pub async fn lock_order(conn: &mut PgConnection, order_id: OrderId) -> Result<()
 pub async fn lock_areas_for_waybill(conn: &mut PgConnection, areas: &[MatchingArea]) -> Result<()> {
     let mut keys: Vec<i64> = areas.iter().flat_map(|area| area.stripe_keys()).collect();
     keys.sort_unstable();
+    keys.dedup();
     sqlx::query(
         "SELECT pg_advisory_xact_lock_shared(key) FROM unnest($1::bigint[]) AS key ORDER BY key",
     )
@@ -83,43 +96,60 @@ pub async fn order_waybill(
         .transpose()
 }
 
-/// What dispatch knows of an order when its waybill arrives, in one statement: its waybill id
-/// and status (row locked) and the reason of its cancel tombstone, if a cancellation came
-/// before the waybill. Take the order's lock ([`lock_order`]) first, in a statement of its
-/// own: a statement reads what was committed when it started, so a read in the statement that
-/// waited for the lock could miss the tombstone of the cancellation that held it.
-pub async fn order_on_arrival(
-    conn: &mut PgConnection,
-    order_id: OrderId,
-) -> Result<(
+/// What dispatch knows of an order when its waybill arrives: its waybill id and status (row
+/// locked), and the reason of its cancel tombstone if a cancellation came before the waybill.
+pub type OnArrival = (
     Option<(WaybillId, WaybillStatus)>,
     Option<DispatchFailureReason>,
-)> {
-    let (waybill_id, waybill_status, reason): (Option<Uuid>, Option<String>, Option<String>) =
-        sqlx::query_as(
-            "SELECT waybill.waybill_id, waybill.status, tombstone.reason
-             FROM (SELECT 1) AS one
-             LEFT JOIN LATERAL (
-                 SELECT waybill_id, status FROM waybills WHERE order_id = $1 FOR UPDATE
-             ) AS waybill ON true
-             LEFT JOIN LATERAL (
-                 SELECT reason FROM cancel_tombstones WHERE order_id = $1
-             ) AS tombstone ON true",
-        )
-        .bind(order_id.0)
-        .fetch_one(conn)
-        .await?;
-    let waybill = match (waybill_id, waybill_status) {
-        (Some(id), Some(text)) => Some((WaybillId(id), status(&text)?)),
-        _ => None,
-    };
-    let reason = reason
-        .map(|text| {
-            domain::parse_failure_reason(&text)
-                .ok_or_else(|| DispatchError::Corrupt(format!("unknown reason {text:?}")))
+);
+
+/// The [`OnArrival`] of each of `orders`, in their order, in one statement. Take the orders'
+/// locks ([`lock_orders`]) first, in a statement of its own: a statement reads what was
+/// committed when it started, so a read in the statement that waited for a lock could miss the
+/// tombstone of the cancellation that held it.
+pub async fn orders_on_arrival(
+    conn: &mut PgConnection,
+    orders: &[OrderId],
+) -> Result<Vec<OnArrival>> {
+    let ids: Vec<Uuid> = orders.iter().map(|order| order.0).collect();
+    let rows: Vec<(Option<Uuid>, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT waybill.waybill_id, waybill.status, tombstone.reason
+         FROM unnest($1::uuid[]) WITH ORDINALITY AS o(order_id, n)
+         LEFT JOIN LATERAL (
+             SELECT waybill_id, status FROM waybills WHERE order_id = o.order_id FOR UPDATE
+         ) AS waybill ON true
+         LEFT JOIN LATERAL (
+             SELECT reason FROM cancel_tombstones WHERE order_id = o.order_id
+         ) AS tombstone ON true
+         ORDER BY o.n",
+    )
+    // planned per call: a generic plan costed on a fresh system's empty tables scans them
+    .persistent(false)
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    if rows.len() != orders.len() {
+        return Err(DispatchError::Corrupt(format!(
+            "{} arrival states for {} orders",
+            rows.len(),
+            orders.len()
+        )));
+    }
+    rows.into_iter()
+        .map(|(waybill_id, waybill_status, reason)| {
+            let waybill = match (waybill_id, waybill_status) {
+                (Some(id), Some(text)) => Some((WaybillId(id), status(&text)?)),
+                _ => None,
+            };
+            let reason = reason
+                .map(|text| {
+                    domain::parse_failure_reason(&text)
+                        .ok_or_else(|| DispatchError::Corrupt(format!("unknown reason {text:?}")))
+                })
+                .transpose()?;
+            Ok((waybill, reason))
         })
-        .transpose()?;
-    Ok((waybill, reason))
+        .collect()
 }
 
 /// Records a cancellation that arrived before the order's waybill (the first one wins).
@@ -162,48 +192,81 @@ pub enum Placement {
     Failed(DispatchFailureReason),
 }
 
-/// Inserts a new waybill in its first state.
-pub async fn insert_waybill(
+/// Inserts new waybills, each in its first state, in one statement.
+pub async fn insert_waybills(
     conn: &mut PgConnection,
-    waybill: &NewWaybill,
-    placement: &Placement,
+    waybills: &[(NewWaybill, Placement)],
 ) -> Result<()> {
-    let (status, courier, distance, reason) = match placement {
-        Placement::Waiting => (WaybillStatus::Waiting, None, None, None),
-        Placement::Assigned(courier) => (
-            WaybillStatus::Assigned,
-            Some(courier.courier_id.as_str()),
-            Some(courier.distance_km),
-            None,
-        ),
-        Placement::Failed(reason) => (
-            WaybillStatus::Failed,
-            None,
-            None,
-            Some(domain::failure_reason_name(*reason)),
-        ),
-    };
+    let mut columns = WaybillColumns::default();
+    for (waybill, placement) in waybills {
+        let (status, courier, distance, reason) = match placement {
+            Placement::Waiting => (WaybillStatus::Waiting, None, None, None),
+            Placement::Assigned(courier) => (
+                WaybillStatus::Assigned,
+                Some(courier.courier_id.as_str().to_owned()),
+                Some(courier.distance_km),
+                None,
+            ),
+            Placement::Failed(reason) => (
+                WaybillStatus::Failed,
+                None,
+                None,
+                Some(domain::failure_reason_name(*reason)),
+            ),
+        };
+        columns.waybill_id.push(waybill.waybill_id.0);
+        columns.order_id.push(waybill.order_id.0);
+        columns.lat.push(waybill.pickup.lat);
+        columns.lon.push(waybill.pickup.lon);
+        columns.cell.push(waybill.pickup_cell);
+        columns.status.push(status.as_str());
+        columns.courier.push(courier);
+        columns.distance.push(distance);
+        columns.deadline.push(waybill.deadline);
+        columns.reason.push(reason);
+        columns.cause.push(waybill.cause_event_id.0);
+        columns.traceparent.push(waybill.cause_traceparent.clone());
+    }
     sqlx::query(
         "INSERT INTO waybills (waybill_id, order_id, pickup_lat, pickup_lon, pickup_cell, status,
                                courier_id, distance_km, deadline, failure_reason,
                                cause_event_id, cause_traceparent)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::float8[], $4::float8[], $5::bigint[],
+                              $6::text[], $7::text[], $8::float8[], $9::timestamptz[],
+                              $10::text[], $11::uuid[], $12::text[])",
     )
-    .bind(waybill.waybill_id.0)
-    .bind(waybill.order_id.0)
-    .bind(waybill.pickup.lat)
-    .bind(waybill.pickup.lon)
-    .bind(waybill.pickup_cell)
-    .bind(status.as_str())
-    .bind(courier)
-    .bind(distance)
-    .bind(waybill.deadline)
-    .bind(reason)
-    .bind(waybill.cause_event_id.0)
-    .bind(waybill.cause_traceparent.as_deref())
+    .bind(columns.waybill_id)
+    .bind(columns.order_id)
+    .bind(columns.lat)
+    .bind(columns.lon)
+    .bind(columns.cell)
+    .bind(columns.status)
+    .bind(columns.courier)
+    .bind(columns.distance)
+    .bind(columns.deadline)
+    .bind(columns.reason)
+    .bind(columns.cause)
+    .bind(columns.traceparent)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The columns of [`insert_waybills`], one array each.
+#[derive(Default)]
+struct WaybillColumns {
+    waybill_id: Vec<Uuid>,
+    order_id: Vec<Uuid>,
+    lat: Vec<f64>,
+    lon: Vec<f64>,
+    cell: Vec<i64>,
+    status: Vec<&'static str>,
+    courier: Vec<Option<String>>,
+    distance: Vec<Option<f64>>,
+    deadline: Vec<DateTime<Utc>>,
+    reason: Vec<Option<&'static str>>,
+    cause: Vec<Uuid>,
+    traceparent: Vec<Option<String>>,
 }
 
 /// Couriers in `area` with fewer than `capacity` live waybills (not locked: assignment takes
