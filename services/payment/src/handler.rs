@@ -7,7 +7,12 @@
 //! processor behind an open circuit breaker makes the handler report its dependency unavailable
 //! (the consumer holds its messages, no attempt spent) and not ready until the breaker lets a
 //! call through again.
+//!
+//! A batch of `order.created` and `dispatch.courier_assigned` (each order once) is taken
+//! together ([`BatchHandler`]): one statement locks all its payments, one records the
+//! authorisations' answers, one captures; the processor is still asked once per order.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -15,7 +20,7 @@ use jwl_events::{
     Envelope, EventData, EventType, OrderCreated, OrderId, PaymentAuthorized, PaymentCaptured,
     PaymentDeclined, PaymentVoided, Service,
 };
-use jwl_outbox::{Handler, HandlerContext, HandlerError};
+use jwl_outbox::{BatchContext, BatchHandler, Handler, HandlerContext, HandlerError};
 
 use crate::domain::{self, CaptureDecision, OrderCreatedDecision, VoidDecision};
 use crate::processor::{Authorization, CardProcessor, IdempotencyKey, ProcessorError};
@@ -34,6 +39,9 @@ pub enum PaymentHandlingError {
     /// `dispatch.courier_assigned` arrived but the order has no payment yet.
     #[error("order {0} has no payment yet; the capture waits for its authorisation")]
     NotAuthorizedYet(OrderId),
+    /// The batch way met a case it leaves to one by one (which then decides it).
+    #[error("the batch way does not cover {0}")]
+    NotCovered(String),
 }
 
 /// Handles the saga events payment consumes, with the given card processor.
@@ -67,40 +75,15 @@ impl PaymentHandler {
                     )
                     .await
                     .map_err(processor_failure)?;
-                match authorization {
-                    Authorization::Approved => {
-                        let inserted =
-                            store::insert_authorized(ctx.db(), order_id, order.amount_cents)
-                                .await?;
-                        HandlerError::unless_inserted(
-                            inserted,
-                            format_args!("the payment of order {order_id}"),
-                        )?;
-                        ctx.emit(PaymentAuthorized {
-                            order_id,
-                            amount_cents: order.amount_cents,
-                            items: order.items.clone(),
-                            pickup: order.pickup,
-                            dropoff: order.dropoff,
-                        });
-                        count("authorized");
-                    }
-                    Authorization::Declined { reason } => {
-                        let inserted =
-                            store::insert_declined(ctx.db(), order_id, order.amount_cents, &reason)
-                                .await?;
-                        HandlerError::unless_inserted(
-                            inserted,
-                            format_args!("the payment of order {order_id}"),
-                        )?;
-                        ctx.emit(PaymentDeclined {
-                            order_id,
-                            amount_cents: order.amount_cents,
-                            reason,
-                        });
-                        count("declined");
-                    }
-                }
+                let data = answer_event(order, authorization);
+                let answered: Vec<store::Answered<'_>> = answered_of(&data).into_iter().collect();
+                let recorded = store::insert_answered(ctx.db(), &answered).await?;
+                HandlerError::unless_inserted(
+                    recorded == 1,
+                    format_args!("the payment of order {order_id}"),
+                )?;
+                count(outcome_of(&data));
+                ctx.emit(data);
             }
             OrderCreatedDecision::DeclineCancelled => {
                 let reason = domain::CANCELLED_BEFORE_AUTHORIZATION;
@@ -260,5 +243,215 @@ impl Handler for PaymentHandler {
                 other.event_type()
             ))),
         }
+    }
+
+    fn batch(&self) -> Option<&dyn BatchHandler> {
+        Some(self)
+    }
+}
+
+/// What the batch way does with one event of its batch.
+enum Step<'e> {
+    Authorize(&'e OrderCreated),
+    Capture(OrderId),
+    /// Already handled (a duplicate): nothing.
+    Skip,
+}
+
+#[async_trait]
+impl BatchHandler for PaymentHandler {
+    /// Batches of `order.created` and `dispatch.courier_assigned` only, each order at most
+    /// once (a void request, rare, sends the batch one by one).
+    fn takes(&self, events: &[&Envelope]) -> bool {
+        let mut orders = HashSet::with_capacity(events.len());
+        events.iter().all(|event| {
+            matches!(
+                event.data,
+                EventData::OrderCreated(_) | EventData::CourierAssigned(_)
+            ) && orders.insert(event.order_id())
+        })
+    }
+
+    /// Locks the batch's payments and decides every event first; then asks the processor for
+    /// each new order's authorisation in delivery order and records the answers, and captures
+    /// the assigned orders and asks the processor for each capture, as one by one. An order in a
+    /// state the common case does not cover (a void requested before its authorisation, a
+    /// capture to refuse or to wait for) fails the batch before the processor is asked, and one
+    /// by one then decides each event.
+    async fn handle_batch(
+        &self,
+        ctx: &mut BatchContext<'_>,
+        events: &[&Envelope],
+    ) -> Result<(), HandlerError> {
+        let orders: Vec<OrderId> = events.iter().map(|event| event.order_id()).collect();
+        let states = store::lock_states(ctx.db(), &orders).await?;
+        let mut steps = Vec::with_capacity(events.len());
+        for (event, current) in events.iter().zip(states) {
+            let not_covered = |what: &str| {
+                Err(HandlerError::transient(PaymentHandlingError::NotCovered(
+                    format!(
+                        "{what} (order {}, payment {})",
+                        event.order_id(),
+                        state_name(current)
+                    ),
+                )))
+            };
+            steps.push(match &event.data {
+                EventData::OrderCreated(order) => match domain::on_order_created(current) {
+                    OrderCreatedDecision::Authorize => Step::Authorize(order),
+                    OrderCreatedDecision::AlreadyHandled => Step::Skip,
+                    OrderCreatedDecision::DeclineCancelled => {
+                        return not_covered("an order.created after its void");
+                    }
+                },
+                EventData::CourierAssigned(assigned) => {
+                    match domain::on_capture_requested(current) {
+                        CaptureDecision::Capture => Step::Capture(assigned.order_id),
+                        CaptureDecision::AlreadyCaptured => Step::Skip,
+                        CaptureDecision::Refuse | CaptureDecision::AwaitAuthorization => {
+                            return not_covered("a capture that cannot happen now");
+                        }
+                    }
+                }
+                other => {
+                    return Err(HandlerError::permanent(format!(
+                        "the batch way does not take {}",
+                        other.event_type()
+                    )));
+                }
+            });
+        }
+
+        // the events to emit, in delivery order
+        let mut emitted: Vec<Option<EventData>> = Vec::with_capacity(events.len());
+        for step in &steps {
+            let Step::Authorize(order) = step else {
+                emitted.push(None);
+                continue;
+            };
+            let authorization = self
+                .processor
+                .authorize(
+                    &IdempotencyKey::authorization(order.order_id),
+                    &order.payment_token,
+                    order.amount_cents,
+                )
+                .await
+                .map_err(processor_failure)?;
+            emitted.push(Some(answer_event(order, authorization)));
+        }
+        let answered: Vec<store::Answered<'_>> =
+            emitted.iter().flatten().filter_map(answered_of).collect();
+        if !answered.is_empty() {
+            let recorded = store::insert_answered(ctx.db(), &answered).await?;
+            all_applied(
+                recorded,
+                answered.len(),
+                "payments were recorded concurrently",
+            )?;
+        }
+
+        let to_capture: Vec<OrderId> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Capture(order_id) => Some(*order_id),
+                _ => None,
+            })
+            .collect();
+        if !to_capture.is_empty() {
+            let captured = store::capture_many(ctx.db(), &to_capture).await?;
+            all_applied(
+                captured.len() as u64,
+                to_capture.len(),
+                "payments changed concurrently",
+            )?;
+            for (order_id, amount_cents) in captured {
+                // undone with the batch if the processor does not answer
+                self.processor
+                    .capture(&IdempotencyKey::capture(order_id), amount_cents)
+                    .await
+                    .map_err(processor_failure)?;
+                if let Some(slot) = steps
+                    .iter()
+                    .position(|step| matches!(step, Step::Capture(id) if *id == order_id))
+                    .and_then(|index| emitted.get_mut(index))
+                {
+                    *slot = Some(
+                        PaymentCaptured {
+                            order_id,
+                            amount_cents,
+                        }
+                        .into(),
+                    );
+                }
+            }
+        }
+
+        for (event, data) in events.iter().zip(emitted) {
+            if let Some(data) = data {
+                count(outcome_of(&data));
+                ctx.emit(event, data);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The event that records the processor's answer to `order`'s authorisation.
+fn answer_event(order: &OrderCreated, authorization: Authorization) -> EventData {
+    match authorization {
+        Authorization::Approved => PaymentAuthorized {
+            order_id: order.order_id,
+            amount_cents: order.amount_cents,
+            items: order.items.clone(),
+            pickup: order.pickup,
+            dropoff: order.dropoff,
+        }
+        .into(),
+        Authorization::Declined { reason } => PaymentDeclined {
+            order_id: order.order_id,
+            amount_cents: order.amount_cents,
+            reason,
+        }
+        .into(),
+    }
+}
+
+/// The payment to record for an answer event of [`answer_event`]; `None` for another event.
+fn answered_of(data: &EventData) -> Option<store::Answered<'_>> {
+    match data {
+        EventData::PaymentAuthorized(paid) => Some(store::Answered {
+            order_id: paid.order_id,
+            amount_cents: paid.amount_cents,
+            decline_reason: None,
+        }),
+        EventData::PaymentDeclined(declined) => Some(store::Answered {
+            order_id: declined.order_id,
+            amount_cents: declined.amount_cents,
+            decline_reason: Some(&declined.reason),
+        }),
+        _ => None,
+    }
+}
+
+/// The `outcome` label of an emitted payment event.
+fn outcome_of(data: &EventData) -> &'static str {
+    match data {
+        EventData::PaymentAuthorized(_) => "authorized",
+        EventData::PaymentDeclined(_) => "declined",
+        EventData::PaymentVoided(_) => "voided",
+        _ => "captured",
+    }
+}
+
+/// `Ok` if a set-based statement applied to all `expected` orders; otherwise another
+/// transaction got there first, and the batch is handled again one by one.
+fn all_applied(applied: u64, expected: usize, what: &str) -> Result<(), HandlerError> {
+    if usize::try_from(applied).is_ok_and(|applied| applied == expected) {
+        Ok(())
+    } else {
+        Err(HandlerError::transient(PaymentHandlingError::NotCovered(
+            format!("{what}: {applied} of {expected}"),
+        )))
     }
 }

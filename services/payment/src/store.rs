@@ -4,6 +4,7 @@
 
 use jwl_events::OrderId;
 use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
 
 use crate::domain::PaymentState;
 
@@ -36,44 +37,6 @@ pub async fn lock_state(
             .fetch_optional(conn)
             .await?;
     status.map(parse_state).transpose()
-}
-
-/// Records an authorised payment; `false` if the order already has a row.
-pub async fn insert_authorized(
-    conn: &mut PgConnection,
-    order_id: OrderId,
-    amount_cents: i64,
-) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(
-        "INSERT INTO payments (order_id, status, amount_cents, authorized_at)
-         VALUES ($1, 'authorized', $2, now())
-         ON CONFLICT (order_id) DO NOTHING",
-    )
-    .bind(order_id.0)
-    .bind(amount_cents)
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected() == 1)
-}
-
-/// Records a declined payment; `false` if the order already has a row.
-pub async fn insert_declined(
-    conn: &mut PgConnection,
-    order_id: OrderId,
-    amount_cents: i64,
-    reason: &str,
-) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(
-        "INSERT INTO payments (order_id, status, amount_cents, decline_reason, declined_at)
-         VALUES ($1, 'declined', $2, $3, now())
-         ON CONFLICT (order_id) DO NOTHING",
-    )
-    .bind(order_id.0)
-    .bind(amount_cents)
-    .bind(reason)
-    .execute(conn)
-    .await?;
-    Ok(result.rows_affected() == 1)
 }
 
 /// Records the tombstone of a void requested before the authorisation; `false` if the order
@@ -129,6 +92,90 @@ pub async fn capture(
     .bind(order_id.0)
     .fetch_optional(conn)
     .await
+}
+
+/// The payment state of each of `orders`, in their order, locking the rows (in order of their
+/// keys) until the transaction ends: [`lock_state`] for a batch, in one statement.
+pub async fn lock_states(
+    conn: &mut PgConnection,
+    orders: &[OrderId],
+) -> Result<Vec<Option<PaymentState>>, sqlx::Error> {
+    let ids: Vec<Uuid> = orders.iter().map(|order| order.0).collect();
+    let statuses: Vec<Option<String>> = sqlx::query_scalar(
+        "WITH locked AS (
+             SELECT order_id, status FROM payments WHERE order_id = ANY($1)
+             ORDER BY order_id FOR UPDATE
+         )
+         SELECT locked.status FROM unnest($1::uuid[]) WITH ORDINALITY AS o(order_id, n)
+         LEFT JOIN locked USING (order_id)
+         ORDER BY o.n",
+    )
+    // planned per call: a generic plan costed on a fresh system's empty table scans it
+    .persistent(false)
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    statuses
+        .into_iter()
+        .map(|status| status.map(parse_state).transpose())
+        .collect()
+}
+
+/// A processor's answer to an order's authorisation, to record.
+#[derive(Debug, Clone)]
+pub struct Answered<'a> {
+    pub order_id: OrderId,
+    pub amount_cents: i64,
+    /// `None` if approved, else why it was declined.
+    pub decline_reason: Option<&'a str>,
+}
+
+/// Records authorised and declined payments in one statement; how many were recorded (an order that already has a row is not).
+pub async fn insert_answered(
+    conn: &mut PgConnection,
+    answered: &[Answered<'_>],
+) -> Result<u64, sqlx::Error> {
+    let ids: Vec<Uuid> = answered.iter().map(|a| a.order_id.0).collect();
+    let amounts: Vec<i64> = answered.iter().map(|a| a.amount_cents).collect();
+    let reasons: Vec<Option<&str>> = answered.iter().map(|a| a.decline_reason).collect();
+    let result = sqlx::query(
+        "INSERT INTO payments (order_id, status, amount_cents, decline_reason, authorized_at,
+                               declined_at)
+         SELECT order_id, CASE WHEN reason IS NULL THEN 'authorized' ELSE 'declined' END,
+                amount, reason, CASE WHEN reason IS NULL THEN now() END,
+                CASE WHEN reason IS NOT NULL THEN now() END
+         FROM unnest($1::uuid[], $2::bigint[], $3::text[]) AS a(order_id, amount, reason)
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(ids)
+    .bind(amounts)
+    .bind(reasons)
+    .execute(conn)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// [`capture`] for several orders in one statement: the orders captured, with their amounts.
+pub async fn capture_many(
+    conn: &mut PgConnection,
+    orders: &[OrderId],
+) -> Result<Vec<(OrderId, i64)>, sqlx::Error> {
+    let ids: Vec<Uuid> = orders.iter().map(|order| order.0).collect();
+    let captured: Vec<(Uuid, i64)> = sqlx::query_as(
+        "UPDATE payments
+         SET status = 'captured', captured_at = now(), updated_at = now()
+         WHERE order_id = ANY($1) AND status = 'authorized'
+         RETURNING order_id, amount_cents",
+    )
+    // planned per call: a generic plan costed on a fresh system's empty table scans it
+    .persistent(false)
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(captured
+        .into_iter()
+        .map(|(id, amount)| (OrderId(id), amount))
+        .collect())
 }
 
 /// Voids an authorised payment and returns its amount; `None` unless it was authorised.
