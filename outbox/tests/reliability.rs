@@ -139,6 +139,33 @@ async fn crash_between_publish_and_mark_only_duplicates_the_publish() -> anyhow:
 }
 
 #[tokio::test]
+async fn a_claim_marks_the_last_rounds_rows_published_and_skips_them() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    h.enqueue(&[1; 5]).await?;
+    let mut conn = h.pool.acquire().await?;
+
+    let first = relay::claim_pending_in(&mut conn, (1, 0), 3, &[]).await?;
+    assert_eq!(first.len(), 3);
+    assert_eq!(h.pending_in_outbox().await?, 5, "claiming marks nothing");
+    // the next claim marks the first round's rows and does not hand them out again, although
+    // its snapshot still sees them pending
+    let second = relay::claim_pending_in(&mut conn, (1, 0), 100, &first.seqs).await?;
+    assert_eq!(second.len(), 2);
+    assert!(second.seqs.iter().all(|seq| !first.seqs.contains(seq)));
+    assert!(
+        second
+            .seqs
+            .iter()
+            .all(|seq| seq > first.seqs.last().unwrap_or(&0))
+    );
+    assert_eq!(h.pending_in_outbox().await?, 2);
+    let third = relay::claim_pending_in(&mut conn, (1, 0), 100, &second.seqs).await?;
+    assert!(third.is_empty());
+    assert_eq!(h.pending_in_outbox().await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
 async fn inbox_absorbs_a_redelivered_event() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     let handler = h.handler();
