@@ -2,7 +2,7 @@
 //! batch's events together) and what it gets while handling them ([`HandlerContext`],
 //! [`BatchContext`], [`HandlerError`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use jwl_events::{Envelope, EventData, EventId, EventType, Service};
@@ -94,6 +94,15 @@ pub trait BatchHandler: Send + Sync {
     ) -> Result<(), HandlerError>;
 }
 
+/// Whether every one of `events` is of a kind `kind` accepts and no two are of one order: the
+/// common [`BatchHandler::takes`] of a batch way that handles each order once.
+pub fn each_order_once(events: &[&Envelope], kind: impl Fn(&EventData) -> bool) -> bool {
+    let mut orders = HashSet::with_capacity(events.len());
+    events
+        .iter()
+        .all(|event| kind(&event.data) && orders.insert(event.order_id()))
+}
+
 /// Why a handler did not handle an event.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
@@ -126,6 +135,20 @@ impl HandlerError {
     /// A permanent error with this reason.
     pub fn permanent(reason: impl Into<String>) -> Self {
         Self::Permanent(reason.into())
+    }
+
+    /// `Ok` if a set-based statement of a batch way applied to all `wanted` rows; otherwise
+    /// another transaction got to some first (or the batch way met a case it does not cover),
+    /// and the batch fails transiently, to be handled one by one, which decides each event.
+    pub fn unless_all_applied(applied: u64, wanted: usize, were_not: &str) -> Result<(), Self> {
+        let wanted = u64::try_from(wanted).unwrap_or(u64::MAX);
+        if applied == wanted {
+            return Ok(());
+        }
+        Err(Self::transient(format!(
+            "{} of {wanted} {were_not}",
+            wanted.saturating_sub(applied)
+        )))
     }
 
     /// `Ok` if the handler inserted the first row of `what`; otherwise a concurrent handler

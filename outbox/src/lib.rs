@@ -51,7 +51,9 @@ pub mod transport;
 pub use enqueue::{enqueue, notify_channel};
 pub use error::OutboxError;
 pub use faults::{FaultPoints, InvalidTransientFault, TransientFault};
-pub use handler::{BatchContext, BatchHandler, BoxError, Handler, HandlerContext, HandlerError};
+pub use handler::{
+    BatchContext, BatchHandler, BoxError, Handler, HandlerContext, HandlerError, each_order_once,
+};
 pub use inbox::{Processed, process_batch, process_one};
 pub use messaging::Messaging;
 pub use naming::{consumer_service, durable_name, events_durable};

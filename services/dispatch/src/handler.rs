@@ -10,7 +10,6 @@
 //! their searches, one inserts all the waybills; only the courier search and the taking of a
 //! courier's capacity stay per waybill, in delivery order, as one by one.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -93,10 +92,7 @@ impl BatchHandler for DispatchHandler {
     /// Batches of `waybill_created` only, each order at most once (a cancellation, rare, sends
     /// the batch one by one).
     fn takes(&self, events: &[&Envelope]) -> bool {
-        let mut orders = HashSet::with_capacity(events.len());
-        events.iter().all(|event| {
-            matches!(event.data, EventData::WaybillCreated(_)) && orders.insert(event.order_id())
-        })
+        jwl_outbox::each_order_once(events, |data| matches!(data, EventData::WaybillCreated(_)))
     }
 
     /// The same as one by one, in fewer statements: see [`DispatchHandler::on_arrivals`].

@@ -11,7 +11,7 @@
 //! decided in delivery order against the stock, then recorded in one statement and shipped in
 //! another, whatever the batch's size.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use jwl_events::{
@@ -196,19 +196,6 @@ fn emit_decision(
     }
 }
 
-/// `Ok` if a set-based statement applied to all `wanted` orders; otherwise the batch way fails
-/// (and the batch is handled one by one), saying how many of them `were_not`.
-fn all_applied(applied: u64, wanted: usize, were_not: &str) -> Result<(), HandlerError> {
-    let wanted = u64::try_from(wanted).unwrap_or(u64::MAX);
-    if applied == wanted {
-        return Ok(());
-    }
-    Err(HandlerError::transient(format!(
-        "{} of {wanted} {were_not}",
-        wanted.saturating_sub(applied)
-    )))
-}
-
 fn count(outcome: &'static str) {
     count_many(outcome, 1);
 }
@@ -224,12 +211,11 @@ impl BatchHandler for InventoryHandler {
     /// Batches of `payment.authorized` and `payment.captured` only, each order at most once
     /// (a `dispatch.failed`, rare, sends the batch one by one).
     fn takes(&self, events: &[&Envelope]) -> bool {
-        let mut orders = HashSet::with_capacity(events.len());
-        events.iter().all(|event| {
+        jwl_outbox::each_order_once(events, |data| {
             matches!(
-                event.data,
+                data,
                 EventData::PaymentAuthorized(_) | EventData::PaymentCaptured(_)
-            ) && orders.insert(event.order_id())
+            )
         })
     }
 
@@ -275,14 +261,18 @@ impl BatchHandler for InventoryHandler {
                 })
                 .collect();
             let recorded = store::record_orders(ctx.db(), &new).await?;
-            all_applied(recorded, new.len(), "orders already had a reservation row")?;
+            HandlerError::unless_all_applied(
+                recorded,
+                new.len(),
+                "orders already had a reservation row",
+            )?;
             for ((cause, payment), decision) in authorized.iter().zip(decisions) {
                 emit_decision(payment, decision, |data| ctx.emit(cause, data));
             }
         }
         if !captured.is_empty() {
             let committed = store::commit(ctx.db(), &captured).await?;
-            all_applied(
+            HandlerError::unless_all_applied(
                 committed,
                 captured.len(),
                 "captured orders were not reserved",

@@ -12,7 +12,6 @@
 //! together ([`BatchHandler`]): one statement locks all its payments, one records the
 //! authorisations' answers, one captures; the processor is still asked once per order.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -263,12 +262,11 @@ impl BatchHandler for PaymentHandler {
     /// Batches of `order.created` and `dispatch.courier_assigned` only, each order at most
     /// once (a void request, rare, sends the batch one by one).
     fn takes(&self, events: &[&Envelope]) -> bool {
-        let mut orders = HashSet::with_capacity(events.len());
-        events.iter().all(|event| {
+        jwl_outbox::each_order_once(events, |data| {
             matches!(
-                event.data,
+                data,
                 EventData::OrderCreated(_) | EventData::CourierAssigned(_)
-            ) && orders.insert(event.order_id())
+            )
         })
     }
 
@@ -344,7 +342,7 @@ impl BatchHandler for PaymentHandler {
             emitted.iter().flatten().filter_map(answered_of).collect();
         if !answered.is_empty() {
             let recorded = store::insert_answered(ctx.db(), &answered).await?;
-            all_applied(
+            HandlerError::unless_all_applied(
                 recorded,
                 answered.len(),
                 "payments were recorded concurrently",
@@ -360,7 +358,7 @@ impl BatchHandler for PaymentHandler {
             .collect();
         if !to_capture.is_empty() {
             let captured = store::capture_many(ctx.db(), &to_capture).await?;
-            all_applied(
+            HandlerError::unless_all_applied(
                 captured.len() as u64,
                 to_capture.len(),
                 "payments changed concurrently",
@@ -441,17 +439,5 @@ fn outcome_of(data: &EventData) -> &'static str {
         EventData::PaymentDeclined(_) => "declined",
         EventData::PaymentVoided(_) => "voided",
         _ => "captured",
-    }
-}
-
-/// `Ok` if a set-based statement applied to all `expected` orders; otherwise another
-/// transaction got there first, and the batch is handled again one by one.
-fn all_applied(applied: u64, expected: usize, what: &str) -> Result<(), HandlerError> {
-    if usize::try_from(applied).is_ok_and(|applied| applied == expected) {
-        Ok(())
-    } else {
-        Err(HandlerError::transient(PaymentHandlingError::NotCovered(
-            format!("{what}: {applied} of {expected}"),
-        )))
     }
 }

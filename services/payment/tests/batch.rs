@@ -7,38 +7,12 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{deliver, migrated_pool, order_created};
-use jwl_events::{
-    CourierAssigned, CourierId, Envelope, EventData, InventoryRejected, OrderId, Service, WaybillId,
-};
+use common::{courier_assigned, deliver, inventory_rejected, migrated_pool, order_created};
+use jwl_events::{Envelope, EventData, OrderId};
 use jwl_outbox::{HandlerError, OutboxError};
 use jwl_payment::{PaymentHandler, SERVICE, SimulatedProcessor};
 use jwl_testkit::service::outbox_events;
 use sqlx::PgPool;
-
-fn courier_assigned(order_id: OrderId) -> Envelope {
-    Envelope::new(
-        Service::Dispatch,
-        CourierAssigned {
-            order_id,
-            waybill_id: WaybillId::new(),
-            courier_id: CourierId::parse("courier-07").unwrap(),
-            distance_km: 1.25,
-        }
-        .into(),
-    )
-}
-
-fn inventory_rejected(order_id: OrderId) -> Envelope {
-    Envelope::new(
-        Service::Inventory,
-        InventoryRejected {
-            order_id,
-            unavailable_skus: vec!["MOONCAKE-6".to_owned()],
-        }
-        .into(),
-    )
-}
 
 /// A new delivery of the same event (a new id, past the inbox).
 fn again(event: &Envelope) -> Envelope {

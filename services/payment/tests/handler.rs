@@ -4,27 +4,14 @@
 
 mod common;
 
-use common::{deliver, migrated_pool, order_created};
+use common::{courier_assigned, deliver, inventory_rejected, migrated_pool, order_created};
 use jwl_events::{
-    CourierAssigned, CourierId, DispatchFailed, DispatchFailureReason, Envelope, EventData,
-    EventType, InventoryRejected, OrderId, Service, WaybillId,
+    DispatchFailed, DispatchFailureReason, Envelope, EventData, EventType, OrderId, Service,
+    WaybillId,
 };
 use jwl_outbox::{HandlerError, OutboxError, Processed};
 use jwl_testkit::service::outbox_events;
 use sqlx::PgPool;
-
-fn courier_assigned(order_id: OrderId) -> Envelope {
-    Envelope::new(
-        Service::Dispatch,
-        CourierAssigned {
-            order_id,
-            waybill_id: WaybillId::new(),
-            courier_id: CourierId::parse("courier-07").unwrap(),
-            distance_km: 1.25,
-        }
-        .into(),
-    )
-}
 
 fn dispatch_failed(order_id: OrderId) -> Envelope {
     Envelope::new(
@@ -33,17 +20,6 @@ fn dispatch_failed(order_id: OrderId) -> Envelope {
             order_id,
             waybill_id: WaybillId::new(),
             reason: DispatchFailureReason::NoCourier,
-        }
-        .into(),
-    )
-}
-
-fn inventory_rejected(order_id: OrderId) -> Envelope {
-    Envelope::new(
-        Service::Inventory,
-        InventoryRejected {
-            order_id,
-            unavailable_skus: vec!["MOONCAKE-6".to_owned()],
         }
         .into(),
     )

@@ -1,8 +1,13 @@
 //! Shared by the payment integration tests: a migrated `jwl_payment` schema in a fresh test
 //! database, saga events to feed the handler, and delivery through the real inbox path.
 
+#![allow(dead_code)]
+
 use chrono::Utc;
-use jwl_events::{Envelope, GeoPoint, LineItem, OrderCreated, OrderId, Service};
+use jwl_events::{
+    CourierAssigned, CourierId, Envelope, GeoPoint, InventoryRejected, LineItem, OrderCreated,
+    OrderId, Service, WaybillId,
+};
 use jwl_outbox::Processed;
 use jwl_payment::{PaymentHandler, SCHEMA, SERVICE, SimulatedProcessor};
 use sqlx::PgPool;
@@ -51,4 +56,30 @@ pub async fn deliver(
 ) -> Result<Processed, jwl_outbox::OutboxError> {
     let handler = PaymentHandler::new(std::sync::Arc::new(SimulatedProcessor::new()));
     jwl_testkit::service::deliver(pool, SERVICE, &handler, event).await
+}
+
+/// `dispatch.courier_assigned` of `order_id` (courier-07, 1.25 km away).
+pub fn courier_assigned(order_id: OrderId) -> Envelope {
+    Envelope::new(
+        Service::Dispatch,
+        CourierAssigned {
+            order_id,
+            waybill_id: WaybillId::new(),
+            courier_id: CourierId::parse("courier-07").unwrap(),
+            distance_km: 1.25,
+        }
+        .into(),
+    )
+}
+
+/// `inventory.rejected` of `order_id` (the mooncakes are out of stock).
+pub fn inventory_rejected(order_id: OrderId) -> Envelope {
+    Envelope::new(
+        Service::Inventory,
+        InventoryRejected {
+            order_id,
+            unavailable_skus: vec!["MOONCAKE-6".to_owned()],
+        }
+        .into(),
+    )
 }
