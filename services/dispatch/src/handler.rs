@@ -165,11 +165,7 @@ impl DispatchHandler {
         for (arriving, (known, tombstone)) in arrivals.iter().zip(states) {
             let created = arriving.created;
             plans.push(
-                match domain::on_waybill_created(
-                    created.waybill_id,
-                    known.map(|(id, _)| id),
-                    tombstone,
-                ) {
+                match domain::on_waybill_created(created.waybill_id, known, tombstone) {
                     OnWaybillCreated::AlreadyKnown => Plan::Skip,
                     OnWaybillCreated::Conflict(known) => {
                         return Err(HandlerError::permanent(format!(

@@ -96,12 +96,9 @@ pub async fn order_waybill(
         .transpose()
 }
 
-/// What dispatch knows of an order when its waybill arrives: its waybill id and status (row
-/// locked), and the reason of its cancel tombstone if a cancellation came before the waybill.
-pub type OnArrival = (
-    Option<(WaybillId, WaybillStatus)>,
-    Option<DispatchFailureReason>,
-);
+/// What dispatch knows of an order when its waybill arrives: its waybill's id (row locked), and
+/// the reason of its cancel tombstone if a cancellation came before the waybill.
+pub type OnArrival = (Option<WaybillId>, Option<DispatchFailureReason>);
 
 /// The [`OnArrival`] of each of `orders`, in their order, in one statement. Take the orders'
 /// locks ([`lock_orders`]) first, in a statement of its own: a statement reads what was
@@ -112,11 +109,11 @@ pub async fn orders_on_arrival(
     orders: &[OrderId],
 ) -> Result<Vec<OnArrival>> {
     let ids: Vec<Uuid> = orders.iter().map(|order| order.0).collect();
-    let rows: Vec<(Option<Uuid>, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT waybill.waybill_id, waybill.status, tombstone.reason
+    let rows: Vec<(Option<Uuid>, Option<String>)> = sqlx::query_as(
+        "SELECT waybill.waybill_id, tombstone.reason
          FROM unnest($1::uuid[]) WITH ORDINALITY AS o(order_id, n)
          LEFT JOIN LATERAL (
-             SELECT waybill_id, status FROM waybills WHERE order_id = o.order_id FOR UPDATE
+             SELECT waybill_id FROM waybills WHERE order_id = o.order_id FOR UPDATE
          ) AS waybill ON true
          LEFT JOIN LATERAL (
              SELECT reason FROM cancel_tombstones WHERE order_id = o.order_id
@@ -136,18 +133,14 @@ pub async fn orders_on_arrival(
         )));
     }
     rows.into_iter()
-        .map(|(waybill_id, waybill_status, reason)| {
-            let waybill = match (waybill_id, waybill_status) {
-                (Some(id), Some(text)) => Some((WaybillId(id), status(&text)?)),
-                _ => None,
-            };
+        .map(|(waybill_id, reason)| {
             let reason = reason
                 .map(|text| {
                     domain::parse_failure_reason(&text)
                         .ok_or_else(|| DispatchError::Corrupt(format!("unknown reason {text:?}")))
                 })
                 .transpose()?;
-            Ok((waybill, reason))
+            Ok((waybill_id.map(WaybillId), reason))
         })
         .collect()
 }

@@ -12,6 +12,7 @@
 //! together ([`BatchHandler`]): one statement locks all its payments, one records the
 //! authorisations' answers, one captures; the processor is still asked once per order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -357,31 +358,37 @@ impl BatchHandler for PaymentHandler {
             })
             .collect();
         if !to_capture.is_empty() {
-            let captured = store::capture_many(ctx.db(), &to_capture).await?;
+            let captured: HashMap<OrderId, i64> = store::capture_many(ctx.db(), &to_capture)
+                .await?
+                .into_iter()
+                .collect();
             HandlerError::unless_all_applied(
                 captured.len() as u64,
                 to_capture.len(),
                 "payments changed concurrently",
             )?;
-            for (order_id, amount_cents) in captured {
+            // in delivery order, as one by one
+            for (step, slot) in steps.iter().zip(emitted.iter_mut()) {
+                let Step::Capture(order_id) = step else {
+                    continue;
+                };
+                let amount_cents = captured.get(order_id).copied().ok_or_else(|| {
+                    HandlerError::transient(PaymentHandlingError::NotCovered(format!(
+                        "order {order_id} was not captured"
+                    )))
+                })?;
                 // undone with the batch if the processor does not answer
                 self.processor
-                    .capture(&IdempotencyKey::capture(order_id), amount_cents)
+                    .capture(&IdempotencyKey::capture(*order_id), amount_cents)
                     .await
                     .map_err(processor_failure)?;
-                if let Some(slot) = steps
-                    .iter()
-                    .position(|step| matches!(step, Step::Capture(id) if *id == order_id))
-                    .and_then(|index| emitted.get_mut(index))
-                {
-                    *slot = Some(
-                        PaymentCaptured {
-                            order_id,
-                            amount_cents,
-                        }
-                        .into(),
-                    );
-                }
+                *slot = Some(
+                    PaymentCaptured {
+                        order_id: *order_id,
+                        amount_cents,
+                    }
+                    .into(),
+                );
             }
         }
 
