@@ -28,7 +28,7 @@
 //! - **Errors.** librdkafka recovers from broker errors by itself (reconnecting, rejoining the
 //!   group); the task logs them and the subscription stays open, so the stream never yields an
 //!   `Err`. Dropping the stream closes the consumer (leaving the group: its partitions go to the
-//!   other members at once).
+//!   other members at once) on a thread of its own ([`ClosedApart`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,6 +94,7 @@ pub(super) fn open(
     consumer
         .subscribe(&[topic.as_str(), retry_topic.as_str()])
         .map_err(failed)?;
+    let consumer = ClosedApart(Some(consumer));
     let counts = Arc::new(Counts::default());
     let (deliveries, receiver) = mpsc::channel(spec.prefetch.max(1));
     let (settled, settlements) = mpsc::unbounded_channel();
@@ -286,6 +287,43 @@ impl ConsumerContext for SubscriptionCtx {
     }
 }
 
+/// The subscription's consumer, closed on a thread of its own when dropped (whether the reading
+/// task ended or was cancelled by a runtime shutting down). Closing leaves the group and commits
+/// the stored positions, and rdkafka's `Drop` polls until librdkafka says it is closed, with no
+/// deadline: against a broker that is gone or never answers, it never returns. Dropped on a
+/// runtime worker it would stall that worker; dropped on the blocking pool it would make the
+/// runtime's shutdown wait for it forever. A detached thread blocks nobody, and the process can
+/// exit while it waits.
+struct ClosedApart(Option<StreamConsumer<SubscriptionCtx>>);
+
+impl std::ops::Deref for ClosedApart {
+    type Target = StreamConsumer<SubscriptionCtx>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0
+            .as_ref()
+            .expect("the consumer is only taken by drop")
+    }
+}
+
+impl Drop for ClosedApart {
+    fn drop(&mut self) {
+        let Some(consumer) = self.0.take() else {
+            return;
+        };
+        let closing = std::thread::Builder::new()
+            .name("jwl-kafka-close".into())
+            .spawn(move || {
+                drop(consumer);
+                tracing::debug!("Kafka consumer closed");
+            });
+        if let Err(error) = closing {
+            // the consumer went down with the closure: it was closed on this thread
+            tracing::warn!(%error, "no thread to close a Kafka consumer on");
+        }
+    }
+}
+
 /// What a delivery needs to settle itself: the reading task's settlement queue, and the producer
 /// and retry topic for `nak`.
 struct Link {
@@ -299,7 +337,7 @@ type Item = Box<dyn Delivery>;
 
 /// The reading task's state.
 struct Reader {
-    consumer: StreamConsumer<SubscriptionCtx>,
+    consumer: ClosedApart,
     /// The stream's topic (the other subscribed topic is `retry_topic`).
     topic: String,
     /// Since when the group has given this consumer no partition, and how long it waits from
@@ -369,14 +407,7 @@ impl Reader {
                 break;
             }
         }
-        // closing leaves the group and commits the stored positions: it blocks for a while
-        self.delayed.clear();
-        let consumer = self.consumer;
-        let group = self.group;
-        tokio::task::spawn_blocking(move || {
-            drop(consumer);
-            tracing::debug!(%group, "Kafka consumer closed");
-        });
+        // dropping `self` closes the consumer, apart
     }
 
     /// Leaves the group and joins it again when it has given this consumer no partition for
