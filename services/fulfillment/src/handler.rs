@@ -4,16 +4,22 @@
 //! Every handler locks the order's waybill row first (`SELECT … FOR UPDATE`), lets
 //! [`crate::domain`] decide, and then changes the row conditionally, so redeliveries, repeated
 //! events and events handled out of order change nothing twice.
+//!
+//! A batch of `inventory.reserved`, `courier_assigned` and `delivered` (each order once) is taken
+//! together ([`BatchHandler`]): one statement locks the batch's waybills, one inserts the new
+//! ones, one applies the moves. A case the batch way does not cover (a tombstone, a waybill that
+//! is missing, another or cancelled) fails the batch before anything is written, and one by one
+//! then decides each event.
 
 use async_trait::async_trait;
 use jwl_events::{
-    CourierAssigned, Delivered, DispatchFailed, Envelope, EventData, EventType, InventoryReserved,
-    OrderId, Service, WaybillCancelled, WaybillCreated, WaybillId,
+    CourierAssigned, CourierId, Delivered, DispatchFailed, Envelope, EventData, EventType,
+    InventoryReserved, OrderId, Service, WaybillCancelled, WaybillCreated, WaybillId,
 };
-use jwl_outbox::{Handler, HandlerContext, HandlerError};
+use jwl_outbox::{BatchContext, BatchHandler, Handler, HandlerContext, HandlerError};
 
 use crate::domain::{self, OnDispatchFailed, OnReserved, Step, WaybillStatus};
-use crate::store::{self, StoreError, Waybill};
+use crate::store::{self, Move, NewWaybill, StoreError, Waybill};
 
 /// The event types fulfillment consumes: its row of the catalogue's table of who consumes what
 /// ([`Service::subscriptions`]).
@@ -56,6 +62,125 @@ impl Handler for FulfillmentHandler {
             ))),
         }
     }
+
+    fn batch(&self) -> Option<&dyn BatchHandler> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl BatchHandler for FulfillmentHandler {
+    /// Batches of `inventory.reserved`, `courier_assigned` and `delivered` only, each order at
+    /// most once (a `dispatch.failed`, rare, sends the batch one by one).
+    fn takes(&self, events: &[&Envelope]) -> bool {
+        jwl_outbox::each_order_once(events, |data| {
+            matches!(
+                data,
+                EventData::InventoryReserved(_)
+                    | EventData::CourierAssigned(_)
+                    | EventData::Delivered(_)
+            )
+        })
+    }
+
+    /// Locks the batch's waybills and decides every event; then inserts the new waybills and
+    /// applies the moves, and emits `waybill_created` in delivery order, as one by one.
+    async fn handle_batch(
+        &self,
+        ctx: &mut BatchContext<'_>,
+        events: &[&Envelope],
+    ) -> Result<(), HandlerError> {
+        let orders: Vec<OrderId> = events.iter().map(|event| event.order_id()).collect();
+        let waybills = store::lock_by_orders(ctx.db(), &orders).await?;
+        let mut created: Vec<(&Envelope, NewWaybill)> = Vec::new();
+        let mut moves: Vec<Move<'_>> = Vec::new();
+        for event in events {
+            let existing = waybills.get(&event.order_id());
+            let not_covered = |what: &str| {
+                Err(HandlerError::transient(format!(
+                    "the batch way does not cover {what} (order {})",
+                    event.order_id()
+                )))
+            };
+            let forward = match &event.data {
+                EventData::InventoryReserved(reserved) => {
+                    match domain::on_inventory_reserved(existing.map(|w| w.status)) {
+                        OnReserved::Create => created.push((
+                            event,
+                            NewWaybill {
+                                waybill_id: WaybillId::new(),
+                                order_id: reserved.order_id,
+                                pickup: reserved.pickup,
+                                dropoff: reserved.dropoff,
+                            },
+                        )),
+                        OnReserved::AlreadyCreated => {}
+                        OnReserved::CompleteTombstone => {
+                            return not_covered("a reservation after its tombstone");
+                        }
+                    }
+                    continue;
+                }
+                EventData::CourierAssigned(assigned) => (
+                    assigned.waybill_id,
+                    &assigned.courier_id,
+                    domain::on_courier_assigned as fn(WaybillStatus) -> Step,
+                ),
+                EventData::Delivered(delivered) => (
+                    delivered.waybill_id,
+                    &delivered.courier_id,
+                    domain::on_delivered as fn(WaybillStatus) -> Step,
+                ),
+                other => {
+                    return Err(HandlerError::permanent(format!(
+                        "the batch way does not take {}",
+                        other.event_type()
+                    )));
+                }
+            };
+            let (waybill_id, courier_id, decide) = forward;
+            let Some(waybill) = existing.filter(|w| w.waybill_id == waybill_id) else {
+                return not_covered("an event of a waybill it does not hold");
+            };
+            match decide(waybill.status) {
+                Step::MoveTo(to) => moves.push(Move {
+                    waybill_id,
+                    from: waybill.status,
+                    to,
+                    courier_id: Some(courier_id),
+                }),
+                Step::Stay => {}
+                Step::Refuse => return not_covered("an event that contradicts its waybill"),
+            }
+        }
+
+        if !created.is_empty() {
+            let new: Vec<NewWaybill> = created.iter().map(|(_, waybill)| *waybill).collect();
+            let inserted = store::insert_open(ctx.db(), &new).await?;
+            HandlerError::unless_all_applied(
+                inserted,
+                new.len(),
+                "waybills were created concurrently",
+            )?;
+        }
+        if !moves.is_empty() {
+            let moved = store::transition(ctx.db(), &moves).await?;
+            HandlerError::unless_all_applied(moved, moves.len(), "waybills changed concurrently")?;
+        }
+        for (event, waybill) in created {
+            ctx.emit(event, waybill_created(&waybill));
+        }
+        Ok(())
+    }
+}
+
+fn waybill_created(waybill: &NewWaybill) -> WaybillCreated {
+    WaybillCreated {
+        order_id: waybill.order_id,
+        waybill_id: waybill.waybill_id,
+        pickup: waybill.pickup,
+        dropoff: waybill.dropoff,
+    }
 }
 
 async fn on_reserved(
@@ -65,29 +190,19 @@ async fn on_reserved(
     let existing = store::lock_by_order(ctx.db(), reserved.order_id).await?;
     match domain::on_inventory_reserved(existing.as_ref().map(|w| w.status)) {
         OnReserved::Create => {
-            let waybill_id = WaybillId::new();
-            let inserted = store::insert_open(
-                ctx.db(),
-                waybill_id,
-                reserved.order_id,
-                reserved.pickup,
-                reserved.dropoff,
-            )
-            .await?;
-            if !inserted {
-                // Another transaction created this order's waybill (or its tombstone) since we
-                // looked; decide again once it is visible.
-                return Err(HandlerError::transient(format!(
-                    "order {} got a waybill concurrently",
-                    reserved.order_id
-                )));
-            }
-            ctx.emit(WaybillCreated {
+            let waybill = NewWaybill {
+                waybill_id: WaybillId::new(),
                 order_id: reserved.order_id,
-                waybill_id,
                 pickup: reserved.pickup,
                 dropoff: reserved.dropoff,
-            });
+            };
+            // Not inserted: another transaction created this order's waybill (or its
+            // tombstone) since we looked; decide again once it is visible.
+            HandlerError::unless_inserted(
+                store::insert_open(ctx.db(), &[waybill]).await? == 1,
+                format_args!("the waybill of order {}", reserved.order_id),
+            )?;
+            ctx.emit(waybill_created(&waybill));
             Ok(())
         }
         OnReserved::CompleteTombstone => {
@@ -124,10 +239,12 @@ async fn on_failed(
         OnDispatchFailed::Cancel => {
             store::transition(
                 ctx.db(),
-                failed.waybill_id,
-                WaybillStatus::Open,
-                WaybillStatus::Cancelled,
-                None,
+                &[Move {
+                    waybill_id: failed.waybill_id,
+                    from: WaybillStatus::Open,
+                    to: WaybillStatus::Cancelled,
+                    courier_id: None,
+                }],
             )
             .await?;
             ctx.emit(cancelled);
@@ -182,17 +299,19 @@ async fn apply_step(
     ctx: &mut HandlerContext<'_>,
     waybill: &Waybill,
     step: Step,
-    courier_id: &jwl_events::CourierId,
+    courier_id: &CourierId,
     event_name: &str,
 ) -> Result<(), HandlerError> {
     match step {
         Step::MoveTo(to) => {
             store::transition(
                 ctx.db(),
-                waybill.waybill_id,
-                waybill.status,
-                to,
-                Some(courier_id),
+                &[Move {
+                    waybill_id: waybill.waybill_id,
+                    from: waybill.status,
+                    to,
+                    courier_id: Some(courier_id),
+                }],
             )
             .await?;
         }

@@ -1,5 +1,7 @@
 //! Fulfillment's SQL: reading, locking, creating and updating waybills.
 
+use std::collections::HashMap;
+
 use jwl_events::{CourierId, GeoPoint, OrderId, WaybillId};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
@@ -54,14 +56,29 @@ pub async fn lock_by_order(
     conn: &mut PgConnection,
     order_id: OrderId,
 ) -> Result<Option<Waybill>, StoreError> {
-    let row: Option<WaybillRow> = sqlx::query_as(
+    Ok(lock_by_orders(conn, &[order_id]).await?.remove(&order_id))
+}
+
+/// The waybills of `orders` that exist, by order, locked for the rest of the transaction (in
+/// order id order, so two transactions locking overlapping sets never wait on each other in a
+/// cycle).
+pub async fn lock_by_orders(
+    conn: &mut PgConnection,
+    orders: &[OrderId],
+) -> Result<HashMap<OrderId, Waybill>, StoreError> {
+    let ids: Vec<Uuid> = orders.iter().map(|order| order.0).collect();
+    let rows: Vec<WaybillRow> = sqlx::query_as(
         "SELECT waybill_id, order_id, status, courier_id FROM waybills
-         WHERE order_id = $1 FOR UPDATE",
+         WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE",
     )
-    .bind(order_id.0)
-    .fetch_optional(conn)
+    // planned per call: a generic plan costed on a fresh system's empty table scans it
+    .persistent(false)
+    .bind(ids)
+    .fetch_all(conn)
     .await?;
-    row.map(Waybill::try_from).transpose()
+    rows.into_iter()
+        .map(|row| Waybill::try_from(row).map(|waybill| (waybill.order_id, waybill)))
+        .collect()
 }
 
 /// The waybill `waybill_id` (for the API).
@@ -78,30 +95,41 @@ pub async fn find(
     row.map(Waybill::try_from).transpose()
 }
 
-/// Inserts a new `open` waybill unless the order already has one; true if it was inserted.
+/// A waybill to create, `open`.
+#[derive(Debug, Clone, Copy)]
+pub struct NewWaybill {
+    pub waybill_id: WaybillId,
+    pub order_id: OrderId,
+    pub pickup: GeoPoint,
+    pub dropoff: GeoPoint,
+}
+
+/// Inserts new `open` waybills in one statement, each unless its order already has one; how
+/// many were inserted.
 pub async fn insert_open(
     conn: &mut PgConnection,
-    waybill_id: WaybillId,
-    order_id: OrderId,
-    pickup: GeoPoint,
-    dropoff: GeoPoint,
-) -> Result<bool, StoreError> {
+    waybills: &[NewWaybill],
+) -> Result<u64, StoreError> {
+    let column = |f: fn(&NewWaybill) -> f64| waybills.iter().map(f).collect::<Vec<f64>>();
     let inserted = sqlx::query(
         "INSERT INTO waybills
              (waybill_id, order_id, status, pickup_lat, pickup_lon, dropoff_lat, dropoff_lon)
-         VALUES ($1, $2, 'open', $3, $4, $5, $6)
+         SELECT waybill_id, order_id, 'open', pickup_lat, pickup_lon, dropoff_lat, dropoff_lon
+         FROM unnest($1::uuid[], $2::uuid[], $3::float8[], $4::float8[], $5::float8[],
+                     $6::float8[])
+              AS w(waybill_id, order_id, pickup_lat, pickup_lon, dropoff_lat, dropoff_lon)
          ON CONFLICT DO NOTHING",
     )
-    .bind(waybill_id.0)
-    .bind(order_id.0)
-    .bind(pickup.lat)
-    .bind(pickup.lon)
-    .bind(dropoff.lat)
-    .bind(dropoff.lon)
+    .bind(waybills.iter().map(|w| w.waybill_id.0).collect::<Vec<Uuid>>())
+    .bind(waybills.iter().map(|w| w.order_id.0).collect::<Vec<Uuid>>())
+    .bind(column(|w| w.pickup.lat))
+    .bind(column(|w| w.pickup.lon))
+    .bind(column(|w| w.dropoff.lat))
+    .bind(column(|w| w.dropoff.lon))
     .execute(conn)
     .await?
     .rows_affected();
-    Ok(inserted == 1)
+    Ok(inserted)
 }
 
 /// Inserts a `cancelled` tombstone without addresses unless the order or id already has a
@@ -147,26 +175,40 @@ pub async fn complete_tombstone(
     Ok(())
 }
 
-/// Moves a locked waybill from `from` to `to`, recording `courier_id` when given (an existing
-/// courier id is kept otherwise). True if the row was in `from`.
-pub async fn transition(
-    conn: &mut PgConnection,
-    waybill_id: WaybillId,
-    from: WaybillStatus,
-    to: WaybillStatus,
-    courier_id: Option<&CourierId>,
-) -> Result<bool, StoreError> {
+/// A locked waybill's move from `from` to `to`, recording `courier_id` when given (an
+/// existing courier id is kept otherwise).
+#[derive(Debug, Clone, Copy)]
+pub struct Move<'a> {
+    pub waybill_id: WaybillId,
+    pub from: WaybillStatus,
+    pub to: WaybillStatus,
+    pub courier_id: Option<&'a CourierId>,
+}
+
+/// Applies `moves` in one statement, each only if its waybill is still in `from`; how many
+/// were applied.
+pub async fn transition(conn: &mut PgConnection, moves: &[Move<'_>]) -> Result<u64, StoreError> {
     let updated = sqlx::query(
         "UPDATE waybills
-         SET status = $3, courier_id = COALESCE($4, courier_id), updated_at = now()
-         WHERE waybill_id = $1 AND status = $2",
+         SET status = m.to_status, courier_id = COALESCE(m.courier_id, waybills.courier_id),
+             updated_at = now()
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])
+              AS m(waybill_id, from_status, to_status, courier_id)
+         WHERE waybills.waybill_id = m.waybill_id AND waybills.status = m.from_status",
     )
-    .bind(waybill_id.0)
-    .bind(from.as_str())
-    .bind(to.as_str())
-    .bind(courier_id.map(CourierId::as_str))
+    // planned per call: a generic plan costed on a fresh system's empty table scans it
+    .persistent(false)
+    .bind(moves.iter().map(|m| m.waybill_id.0).collect::<Vec<Uuid>>())
+    .bind(moves.iter().map(|m| m.from.as_str()).collect::<Vec<&str>>())
+    .bind(moves.iter().map(|m| m.to.as_str()).collect::<Vec<&str>>())
+    .bind(
+        moves
+            .iter()
+            .map(|m| m.courier_id.map(CourierId::as_str))
+            .collect::<Vec<Option<&str>>>(),
+    )
     .execute(conn)
     .await?
     .rows_affected();
-    Ok(updated == 1)
+    Ok(updated)
 }

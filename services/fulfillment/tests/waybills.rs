@@ -2,99 +2,20 @@
 //! events, duplicates and out-of-order events, the tombstone for an early `dispatch.failed`,
 //! and `GET /v1/waybills/{id}` through the real HTTP edge.
 
+mod common;
+
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::StatusCode;
-use jwl_events::{
-    CourierAssigned, CourierId, Delivered, DispatchFailed, DispatchFailureReason, Envelope,
-    EventData, GeoPoint, InventoryReserved, LineItem, OrderId, Service, WaybillCreated, WaybillId,
-};
-use jwl_fulfillment::{FulfillmentHandler, SCHEMA, SERVICE};
+use common::{assigned, create, delivered, emitted, failed, handle, point, pool, reserved};
+use jwl_events::{EventData, OrderId, Service, WaybillId};
 use jwl_outbox::{MessagingSettings, OutboxError, Processed};
 use jwl_service_kit::Settings;
 use jwl_service_kit::auth::Scope;
 use jwl_testkit::service::EdgeApp;
 use serde_json::Value;
 use sqlx::PgPool;
-
-async fn pool() -> anyhow::Result<PgPool> {
-    let pool = jwl_testkit::service::schema_pool(SCHEMA).await?;
-    jwl_fulfillment::migrate(&pool).await?;
-    Ok(pool)
-}
-
-/// Handles `env` exactly as the consumer loop would (inbox, handler, outbox).
-async fn handle(pool: &PgPool, env: &Envelope) -> Result<Processed, OutboxError> {
-    jwl_testkit::service::deliver(pool, SERVICE, &FulfillmentHandler, env).await
-}
-
-async fn emitted(pool: &PgPool, env: &Envelope) -> anyhow::Result<Vec<EventData>> {
-    match handle(pool, env).await? {
-        Processed::Handled { emitted } => Ok(emitted.into_iter().map(|e| e.data).collect()),
-        Processed::Duplicate => anyhow::bail!("unexpected duplicate"),
-    }
-}
-
-fn event(data: impl Into<EventData>) -> Envelope {
-    let data = data.into();
-    Envelope::new(data.event_type().emitter(), data)
-}
-
-fn point(lat: f64, lon: f64) -> GeoPoint {
-    GeoPoint::new(lat, lon).unwrap()
-}
-
-fn reserved(order_id: OrderId) -> Envelope {
-    event(InventoryReserved {
-        order_id,
-        items: vec![LineItem {
-            sku: "TEA".into(),
-            qty: 1,
-            unit_price_cents: 100,
-        }],
-        pickup: point(31.2304, 121.4737),
-        dropoff: point(31.2243, 121.4768),
-    })
-}
-
-fn courier() -> CourierId {
-    CourierId::parse("courier-07").unwrap()
-}
-
-fn assigned(order_id: OrderId, waybill_id: WaybillId) -> Envelope {
-    event(CourierAssigned {
-        order_id,
-        waybill_id,
-        courier_id: courier(),
-        distance_km: 1.0,
-    })
-}
-
-fn delivered(order_id: OrderId, waybill_id: WaybillId) -> Envelope {
-    event(Delivered {
-        order_id,
-        waybill_id,
-        courier_id: courier(),
-    })
-}
-
-fn failed(order_id: OrderId, waybill_id: WaybillId) -> Envelope {
-    event(DispatchFailed {
-        order_id,
-        waybill_id,
-        reason: DispatchFailureReason::NoCourier,
-    })
-}
-
-/// Creates the order's waybill and returns its id.
-async fn create(pool: &PgPool, order_id: OrderId) -> anyhow::Result<WaybillId> {
-    let events = emitted(pool, &reserved(order_id)).await?;
-    match events.as_slice() {
-        [EventData::WaybillCreated(WaybillCreated { waybill_id, .. })] => Ok(*waybill_id),
-        other => anyhow::bail!("expected one waybill_created, got {other:?}"),
-    }
-}
 
 async fn status(pool: &PgPool, order_id: OrderId) -> anyhow::Result<(String, Option<String>)> {
     Ok(
