@@ -27,7 +27,13 @@ pub fn notify_channel(schema: &str) -> String {
 ///
 /// The W3C `traceparent` is captured here, with the row (see [`OutboxRow::encode`]).
 pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), OutboxError> {
-    insert_rows(conn, &[OutboxRow::encode(env)]).await?;
+    enqueue_all(conn, &[env]).await
+}
+
+/// [`enqueue`] for several events in one statement, in their order.
+pub async fn enqueue_all(conn: &mut PgConnection, envs: &[&Envelope]) -> Result<(), OutboxError> {
+    let rows: Vec<OutboxRow> = envs.iter().map(|env| OutboxRow::encode(env)).collect();
+    insert_rows(conn, &rows).await?;
     Ok(())
 }
 

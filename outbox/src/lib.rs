@@ -48,7 +48,7 @@ pub mod stall;
 pub mod trace_context;
 pub mod transport;
 
-pub use enqueue::{enqueue, notify_channel};
+pub use enqueue::{enqueue, enqueue_all, notify_channel};
 pub use error::OutboxError;
 pub use faults::{FaultPoints, InvalidTransientFault, TransientFault};
 pub use handler::{

@@ -31,8 +31,9 @@ use sqlx::PgPool;
 use crate::SERVICE;
 use crate::admission::OpenOrders;
 use crate::console;
+use crate::intake::{Idempotency, Intake, Placed, Placement};
 use crate::domain::{self, CancelDecision, FieldError, OrderRequest, OrderStatus};
-use crate::store::{self, IdempotentResponse, NewOrder, OrderRecord, StoreError};
+use crate::store::{self, OrderRecord, StoreError};
 
 /// The request header that makes `POST /v1/orders` idempotent.
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -42,6 +43,8 @@ const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-repl
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) pool: PgPool,
+    /// Writes the placed orders, several per transaction under load.
+    intake: Intake,
     settings: Arc<Settings>,
     relay: RelaySignal,
     /// For the console's reads of the broker (through `jwl-ops`).
@@ -90,6 +93,11 @@ pub fn routes(ctx: &ServiceContext) -> ListedRouter {
         .with_state(AppState {
             // its own pool: requests never take the consumers' connections
             pool: ctx.http_pool.clone(),
+            intake: Intake::start(
+                ctx.http_pool.clone(),
+                ctx.relay.clone(),
+                ctx.settings.idempotency_ttl,
+            ),
             settings: ctx.settings.clone(),
             relay: ctx.relay.clone(),
             broker: ctx.broker.clone(),
@@ -275,64 +283,37 @@ async fn create_order(
         status: OrderStatus::Pending.as_str(),
     })?;
 
-    let mut tx = state.pool.begin().await?;
-    if let Some(key) = &idempotency_key {
-        let canonical_request = domain::canonical_request(&request);
-        let claimed = store::claim_idempotency_key(
-            &mut tx,
-            &IdempotentResponse {
-                customer_id: &caller.subject,
-                key,
-                canonical_request: &canonical_request,
-                order_id,
-                status: StatusCode::CREATED.as_u16(),
-                body: &body,
-            },
-            state.settings.idempotency_ttl,
-        )
-        .await?;
-        if !claimed {
-            let recorded =
-                store::recorded_response(&mut tx, &caller.subject, key, &canonical_request)
-                    .await
-                    .map_err(store_error)?
-                    .ok_or_else(|| ApiError::internal("an idempotency key vanished"))?;
-            tx.rollback().await?;
-            if !recorded.same_request {
-                return Err(ApiError::Unprocessable(
-                    "this Idempotency-Key was already used with a different request body"
-                        .to_owned(),
-                ));
-            }
-            let status = StatusCode::from_u16(recorded.status).map_err(ApiError::internal)?;
-            let mut response = created_response(status, recorded.order_id, recorded.body)?;
-            response
-                .headers_mut()
-                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-            return Ok(response);
+    let idempotency = idempotency_key.map(|key| Idempotency {
+        key,
+        canonical_request: domain::canonical_request(&request),
+    });
+    let placement = Placement {
+        order_id,
+        customer_id: caller.subject.clone(),
+        order,
+        deadline,
+        created_at,
+        event,
+        body: body.clone(),
+        idempotency,
+    };
+    let amount_cents = placement.order.amount_cents;
+    if let Placed::Recorded(recorded) = state.intake.place(placement).await? {
+        if !recorded.same_request {
+            return Err(ApiError::Unprocessable(
+                "this Idempotency-Key was already used with a different request body".to_owned(),
+            ));
         }
+        let status = StatusCode::from_u16(recorded.status).map_err(ApiError::internal)?;
+        let mut response = created_response(status, recorded.order_id, recorded.body)?;
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        return Ok(response);
     }
-    store::insert_order(
-        &mut tx,
-        &NewOrder {
-            order_id,
-            customer_id: &caller.subject,
-            order: &order,
-            deadline,
-            created_at,
-            traceparent: event.traceparent.as_deref(),
-        },
-    )
-    .await?;
-    store::insert_timeline(&mut tx, &event).await?;
-    jwl_outbox::enqueue(&mut tx, &event)
-        .await
-        .map_err(outbox_error)?;
-    tx.commit().await?;
-    state.relay.committed(&state.pool).await;
 
     metrics::counter!("jwl_orders_created_total").increment(1);
-    tracing::info!(%order_id, amount_cents = order.amount_cents, "order created");
+    tracing::info!(%order_id, amount_cents, "order created");
     created_response(StatusCode::CREATED, order_id, body)
 }
 
@@ -494,7 +475,7 @@ pub(crate) fn store_error(error: StoreError) -> ApiError {
     }
 }
 
-fn outbox_error(error: OutboxError) -> ApiError {
+pub(crate) fn outbox_error(error: OutboxError) -> ApiError {
     match error {
         OutboxError::Database(error) => error.into(),
         other => ApiError::internal(other),

@@ -13,6 +13,7 @@ mod deadline;
 mod domain;
 mod handler;
 mod http;
+mod intake;
 mod recorded;
 mod retention;
 mod store;

@@ -40,24 +40,41 @@ pub struct NewOrder<'a> {
 
 /// Inserts a `pending` order.
 pub async fn insert_order(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<(), sqlx::Error> {
+    insert_orders(conn, &[new]).await
+}
+
+/// Inserts `pending` orders in one statement.
+pub async fn insert_orders(
+    conn: &mut PgConnection,
+    orders: &[&NewOrder<'_>],
+) -> Result<(), sqlx::Error> {
+    fn column<'o, T>(orders: &[&NewOrder<'o>], f: impl Fn(&NewOrder<'o>) -> T) -> Vec<T> {
+        orders.iter().map(|order| f(order)).collect()
+    }
     sqlx::query(
         "INSERT INTO orders (order_id, customer_id, status, amount_cents, items,
                              pickup_lat, pickup_lon, dropoff_lat, dropoff_lon,
                              deadline, created_at, updated_at, traceparent)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)",
+         SELECT order_id, customer_id, $3, amount_cents, items, pickup_lat, pickup_lon,
+                dropoff_lat, dropoff_lon, deadline, created_at, created_at, traceparent
+         FROM unnest($1::uuid[], $2::text[], $4::bigint[], $5::jsonb[], $6::float8[],
+                     $7::float8[], $8::float8[], $9::float8[], $10::timestamptz[],
+                     $11::timestamptz[], $12::text[])
+              AS o(order_id, customer_id, amount_cents, items, pickup_lat, pickup_lon,
+                   dropoff_lat, dropoff_lon, deadline, created_at, traceparent)",
     )
-    .bind(new.order_id.0)
-    .bind(new.customer_id)
+    .bind(column(orders, |o| o.order_id.0))
+    .bind(column(orders, |o| o.customer_id))
     .bind(OrderStatus::Pending.as_str())
-    .bind(new.order.amount_cents)
-    .bind(Json::<&[LineItem]>(&new.order.items))
-    .bind(new.order.pickup.lat)
-    .bind(new.order.pickup.lon)
-    .bind(new.order.dropoff.lat)
-    .bind(new.order.dropoff.lon)
-    .bind(new.deadline)
-    .bind(new.created_at)
-    .bind(new.traceparent)
+    .bind(column(orders, |o| o.order.amount_cents))
+    .bind(column(orders, |o| Json::<&[LineItem]>(&o.order.items)))
+    .bind(column(orders, |o| o.order.pickup.lat))
+    .bind(column(orders, |o| o.order.pickup.lon))
+    .bind(column(orders, |o| o.order.dropoff.lat))
+    .bind(column(orders, |o| o.order.dropoff.lon))
+    .bind(column(orders, |o| o.deadline))
+    .bind(column(orders, |o| o.created_at))
+    .bind(column(orders, |o| o.traceparent))
     .execute(conn)
     .await?;
     Ok(())
@@ -76,20 +93,39 @@ pub async fn insert_timeline(
     conn: &mut PgConnection,
     event: &Envelope,
 ) -> Result<bool, sqlx::Error> {
+    Ok(insert_timelines(conn, &[event]).await? == 1)
+}
+
+/// Appends `events` to their orders' timelines in one statement (each once, by event id);
+/// how many were not there yet.
+pub async fn insert_timelines(
+    conn: &mut PgConnection,
+    events: &[&Envelope],
+) -> Result<u64, sqlx::Error> {
     let inserted = sqlx::query(
         "INSERT INTO order_timeline (event_id, order_id, event_type, event_time, source)
-         VALUES ($1, $2, $3, $4, $5)
+         SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[])
          ON CONFLICT (event_id) DO NOTHING",
     )
-    .bind(event.id.0)
-    .bind(event.order_id().0)
-    .bind(event.event_type().as_str())
-    .bind(event.time)
-    .bind(event.source.source())
+    .bind(events.iter().map(|e| e.id.0).collect::<Vec<Uuid>>())
+    .bind(events.iter().map(|e| e.order_id().0).collect::<Vec<Uuid>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.event_type().as_str())
+            .collect::<Vec<&str>>(),
+    )
+    .bind(events.iter().map(|e| e.time).collect::<Vec<DateTime<Utc>>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.source.source())
+            .collect::<Vec<&str>>(),
+    )
     .execute(conn)
     .await?
     .rows_affected();
-    Ok(inserted == 1)
+    Ok(inserted)
 }
 
 /// The response recorded for an idempotency key.
