@@ -120,7 +120,12 @@ pub async fn insert_open(
               AS w(waybill_id, order_id, pickup_lat, pickup_lon, dropoff_lat, dropoff_lon)
          ON CONFLICT DO NOTHING",
     )
-    .bind(waybills.iter().map(|w| w.waybill_id.0).collect::<Vec<Uuid>>())
+    .bind(
+        waybills
+            .iter()
+            .map(|w| w.waybill_id.0)
+            .collect::<Vec<Uuid>>(),
+    )
     .bind(waybills.iter().map(|w| w.order_id.0).collect::<Vec<Uuid>>())
     .bind(column(|w| w.pickup.lat))
     .bind(column(|w| w.pickup.lon))

@@ -134,11 +134,23 @@ async fn a_batch_the_batch_way_cannot_take_is_refused_and_nothing_changes() {
     let fresh = OrderId::new();
     for (batch, permanent) in [
         (vec![reserved(fresh), failed(open, open_waybill)], true),
-        (vec![reserved(fresh), assigned(fresh, WaybillId::new())], true),
+        (
+            vec![reserved(fresh), assigned(fresh, WaybillId::new())],
+            true,
+        ),
         (vec![reserved(fresh), reserved(tombstoned)], false),
-        (vec![reserved(fresh), assigned(OrderId::new(), WaybillId::new())], false),
-        (vec![reserved(fresh), assigned(open, WaybillId::new())], false),
-        (vec![reserved(fresh), delivered(cancelled, cancelled_waybill)], false),
+        (
+            vec![reserved(fresh), assigned(OrderId::new(), WaybillId::new())],
+            false,
+        ),
+        (
+            vec![reserved(fresh), assigned(open, WaybillId::new())],
+            false,
+        ),
+        (
+            vec![reserved(fresh), delivered(cancelled, cancelled_waybill)],
+            false,
+        ),
     ] {
         let result = process_batch(&pool, &batch).await;
         let refused = match &result {

@@ -31,8 +31,8 @@ use sqlx::PgPool;
 use crate::SERVICE;
 use crate::admission::OpenOrders;
 use crate::console;
-use crate::intake::{Idempotency, Intake, Placed, Placement};
 use crate::domain::{self, CancelDecision, FieldError, OrderRequest, OrderStatus};
+use crate::intake::{Idempotency, Intake, Placed, Placement};
 use crate::store::{self, OrderRecord, StoreError};
 
 /// The request header that makes `POST /v1/orders` idempotent.

@@ -121,7 +121,8 @@ struct Writer {
 impl Writer {
     async fn run(self: Arc<Self>) {
         while let Some(batch) = self.next_batch().await {
-            let placements: Vec<&Placement> = batch.iter().map(|(placement, _)| placement).collect();
+            let placements: Vec<&Placement> =
+                batch.iter().map(|(placement, _)| placement).collect();
             match self.write(&placements).await {
                 Ok(placed) => {
                     for ((_, reply), placed) in batch.into_iter().zip(placed) {
@@ -315,14 +316,12 @@ mod tests {
     async fn orders_placed_together_share_one_transaction_and_a_repeated_key_is_answered_once() {
         let (intake, pool) = intake().await;
         let keyed = OrderId::new();
-        let placements = (0..10)
-            .map(|_| placement(OrderId::new(), None, 1))
-            .chain([
-                placement(keyed, Some("k-1"), 1),
-                // the same key and body again, then with another body
-                placement(OrderId::new(), Some("k-1"), 1),
-                placement(OrderId::new(), Some("k-1"), 2),
-            ]);
+        let placements = (0..10).map(|_| placement(OrderId::new(), None, 1)).chain([
+            placement(keyed, Some("k-1"), 1),
+            // the same key and body again, then with another body
+            placement(OrderId::new(), Some("k-1"), 1),
+            placement(OrderId::new(), Some("k-1"), 2),
+        ]);
         let answers =
             futures::future::join_all(placements.map(|placement| intake.place(placement))).await;
         let mut created = 0;

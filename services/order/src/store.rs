@@ -115,7 +115,12 @@ pub async fn insert_timelines(
             .map(|e| e.event_type().as_str())
             .collect::<Vec<&str>>(),
     )
-    .bind(events.iter().map(|e| e.time).collect::<Vec<DateTime<Utc>>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.time)
+            .collect::<Vec<DateTime<Utc>>>(),
+    )
     .bind(
         events
             .iter()

@@ -300,9 +300,7 @@ impl std::ops::Deref for ClosedApart {
     type Target = StreamConsumer<SubscriptionCtx>;
 
     fn deref(&self) -> &Self::Target {
-        self.0
-            .as_ref()
-            .expect("the consumer is only taken by drop")
+        self.0.as_ref().expect("the consumer is only taken by drop")
     }
 }
 
