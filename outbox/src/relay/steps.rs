@@ -67,7 +67,7 @@ struct PendingRow {
 
 /// The claim of [`claim_pending_in`]: `$1` limit, `$2` partitions, `$3` partition, `$4` the
 /// rows to mark published.
-pub(crate) const CLAIM: &str = "WITH marked AS (
+const CLAIM: &str = "WITH marked AS (
        UPDATE outbox SET published_at = now() WHERE seq = ANY($4)
      )
      SELECT seq, event_id, subject, headers, payload FROM outbox
