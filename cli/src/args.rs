@@ -589,10 +589,6 @@ pub struct MessagingArgs {
     #[arg(long, env = "JWL_CONSUMER_BATCH_SIZE", default_value = "64",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub consumer_batch_size: u16,
-    /// How long a consumer worker whose last batch held more than one message waits for more
-    /// before it starts the next transaction ("0s": never).
-    #[arg(long, env = "JWL_CONSUMER_LINGER", default_value = "0s", value_parser = parse_duration_or_zero)]
-    pub consumer_linger: Duration,
 }
 
 /// Fault points for failure-injection tests (hidden; all off by default). Read once at start.
@@ -797,7 +793,6 @@ impl MessagingArgs {
             outbox_partitions: usize::from(self.outbox_partitions),
             consumer_workers: usize::from(self.consumer_workers),
             consumer_batch_size: usize::from(self.consumer_batch_size),
-            consumer_linger: self.consumer_linger,
             faults,
             ..MessagingSettings::default()
         }

@@ -44,10 +44,6 @@ pub struct MessagingSettings {
     /// split between them by order id, so one order's messages are still handled one after the
     /// other, in stream order.
     pub consumer_workers: usize,
-    /// How long a worker whose last batch held more than one message waits for more before it
-    /// starts the next transaction (zero: never). Under load it makes batches bigger and
-    /// transactions fewer; at low load, one message per batch, nothing waits.
-    pub consumer_linger: Duration,
     /// Unacknowledged messages the broker lets one durable consumer have at once.
     pub max_ack_pending: u32,
     /// How long the broker waits for an ack before redelivering.
@@ -112,7 +108,6 @@ impl Default for MessagingSettings {
             stream_replicas: Some(1),
             consumer_batch_size: 64,
             consumer_workers: 1,
-            consumer_linger: Duration::ZERO,
             max_ack_pending: 1024,
             ack_wait: Duration::from_secs(30),
             max_attempts: 8,

@@ -437,8 +437,6 @@ impl ConsumerLoop {
         committed: &AtomicBool,
     ) -> Vec<Box<dyn Delivery>> {
         let mut handle_alone = 0usize;
-        let mut last_size = 0usize;
-        let linger = self.settings.consumer_linger;
         let mut unhandled = Vec::new();
         while let Some(first) = receiver.recv().await {
             if paused.is_paused() {
@@ -461,18 +459,7 @@ impl ConsumerLoop {
                     Err(_empty_or_closed) => break,
                 }
             }
-            if last_size > 1 && !linger.is_zero() {
-                // busy: a moment more makes the batch bigger
-                let until = tokio::time::Instant::now() + linger;
-                while batch.len() < limit {
-                    match tokio::time::timeout_at(until, receiver.recv()).await {
-                        Ok(Some(delivery)) => batch.push(delivery),
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-            }
             let size = batch.len();
-            last_size = size;
             match self.handle_batch(batch).await {
                 BatchResult::Committed => {
                     handle_alone = handle_alone.saturating_sub(size);
