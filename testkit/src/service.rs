@@ -15,7 +15,9 @@ use axum::body::{Body, to_bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode, header, request};
 use jwl_events::{Envelope, HeaderStyle, Service};
 use jwl_outbox::transport::{OutboundMessage, Publisher};
-use jwl_outbox::{Handler, JetStreamBroker, MessagingSettings, OutboxError, Processed};
+use jwl_outbox::{
+    Handler, HandlerError, JetStreamBroker, MessagingSettings, OutboxError, Processed,
+};
 use jwl_service_kit::auth::{JwtKeys, Scope};
 use jwl_service_kit::db::{PoolSettings, connect_with};
 use jwl_service_kit::http::{Readiness, edge};
@@ -181,6 +183,19 @@ pub async fn deliver(
 ) -> Result<Processed, OutboxError> {
     let consumer = jwl_outbox::durable_name(service, event.event_type());
     jwl_outbox::process_one(pool, service, handler, &consumer, event).await
+}
+
+/// Asserts that a batch way refused a batch ([`jwl_outbox::process_batch`]'s `result`): for good
+/// (`permanent`: a batch it does not take) or transiently (a case it does not cover, which one
+/// by one then decides).
+#[track_caller]
+pub fn assert_batch_refused<T: std::fmt::Debug>(result: &Result<T, OutboxError>, permanent: bool) {
+    let refused = match result {
+        Err(OutboxError::Handler(HandlerError::Permanent(_))) => Some(true),
+        Err(OutboxError::Handler(HandlerError::Transient(_))) => Some(false),
+        _ => None,
+    };
+    assert_eq!(refused, Some(permanent), "{result:?}");
 }
 
 /// Publishes `event` to the events stream as a producer's relay would (NATS headers, the event

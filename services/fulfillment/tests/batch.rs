@@ -8,7 +8,7 @@ mod common;
 use common::{assigned, delivered, failed, handle, pool, reserved};
 use jwl_events::{Envelope, EventData, OrderId, WaybillId};
 use jwl_fulfillment::{FulfillmentHandler, SERVICE};
-use jwl_outbox::{HandlerError, OutboxError};
+use jwl_outbox::OutboxError;
 use jwl_testkit::service::outbox_events;
 use sqlx::PgPool;
 
@@ -153,12 +153,7 @@ async fn a_batch_the_batch_way_cannot_take_is_refused_and_nothing_changes() {
         ),
     ] {
         let result = process_batch(&pool, &batch).await;
-        let refused = match &result {
-            Err(OutboxError::Handler(HandlerError::Permanent(_))) => Some(true),
-            Err(OutboxError::Handler(HandlerError::Transient(_))) => Some(false),
-            _ => None,
-        };
-        assert_eq!(refused, Some(permanent), "{result:?}");
+        jwl_testkit::service::assert_batch_refused(&result, permanent);
     }
     assert_eq!(outcome(&pool).await, before);
 }

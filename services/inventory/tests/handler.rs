@@ -679,12 +679,7 @@ async fn a_batch_the_batch_way_cannot_take_is_refused_and_nothing_changes() {
         (vec![&fresh, &payment_captured(OrderId::new())], false),
     ] {
         let result = jwl_outbox::process_batch(&pool, SERVICE, &InventoryHandler, &batch).await;
-        let refused = match &result {
-            Err(OutboxError::Handler(HandlerError::Permanent(_))) => Some(true),
-            Err(OutboxError::Handler(HandlerError::Transient(_))) => Some(false),
-            _ => None,
-        };
-        assert_eq!(refused, Some(permanent), "{result:?}");
+        jwl_testkit::service::assert_batch_refused(&result, permanent);
     }
     assert_eq!(outcome(&pool, &[known.order_id()], &["TEA"]).await, before);
     assert_eq!(order_state(&pool, fresh.order_id()).await, None);

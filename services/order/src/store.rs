@@ -102,35 +102,43 @@ pub async fn insert_timelines(
     conn: &mut PgConnection,
     events: &[&Envelope],
 ) -> Result<u64, sqlx::Error> {
-    let inserted = sqlx::query(
+    let query = sqlx::query(
         "INSERT INTO order_timeline (event_id, order_id, event_type, event_time, source)
          SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[])
          ON CONFLICT (event_id) DO NOTHING",
-    )
-    .bind(events.iter().map(|e| e.id.0).collect::<Vec<Uuid>>())
-    .bind(events.iter().map(|e| e.order_id().0).collect::<Vec<Uuid>>())
-    .bind(
-        events
-            .iter()
-            .map(|e| e.event_type().as_str())
-            .collect::<Vec<&str>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.time)
-            .collect::<Vec<DateTime<Utc>>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.source.source())
-            .collect::<Vec<&str>>(),
-    )
-    .execute(conn)
-    .await?
-    .rows_affected();
+    );
+    let timeline = TimelineColumns::of(events);
+    let inserted = query
+        .bind(timeline.event_id)
+        .bind(timeline.order_id)
+        .bind(timeline.event_type)
+        .bind(timeline.event_time)
+        .bind(timeline.source)
+        .execute(conn)
+        .await?
+        .rows_affected();
     Ok(inserted)
+}
+
+/// Timeline entries as the columns of an `unnest`, one array each.
+struct TimelineColumns<'e> {
+    event_id: Vec<Uuid>,
+    order_id: Vec<Uuid>,
+    event_type: Vec<&'e str>,
+    event_time: Vec<DateTime<Utc>>,
+    source: Vec<&'e str>,
+}
+
+impl<'e> TimelineColumns<'e> {
+    fn of(events: &[&'e Envelope]) -> Self {
+        Self {
+            event_id: events.iter().map(|e| e.id.0).collect(),
+            order_id: events.iter().map(|e| e.order_id().0).collect(),
+            event_type: events.iter().map(|e| e.event_type().as_str()).collect(),
+            event_time: events.iter().map(|e| e.time).collect(),
+            source: events.iter().map(|e| e.source.source()).collect(),
+        }
+    }
 }
 
 /// The response recorded for an idempotency key.
@@ -335,6 +343,7 @@ pub async fn lock_and_record_all(
     let mut order_ids: Vec<Uuid> = events.iter().map(|event| event.order_id().0).collect();
     order_ids.sort_unstable();
     order_ids.dedup();
+    let timeline = TimelineColumns::of(events);
     let rows: Vec<LockedRowWithId> = sqlx::query_as(
         "WITH locked AS (
              SELECT order_id, customer_id, created_at, traceparent, status, reason, waybill_id,
@@ -354,26 +363,11 @@ pub async fn lock_and_record_all(
     // planned per call (docs/performance.md, *Plans of a fresh system*)
     .persistent(false)
     .bind(&order_ids)
-    .bind(events.iter().map(|e| e.id.0).collect::<Vec<Uuid>>())
-    .bind(events.iter().map(|e| e.order_id().0).collect::<Vec<Uuid>>())
-    .bind(
-        events
-            .iter()
-            .map(|e| e.event_type().as_str())
-            .collect::<Vec<&str>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.time)
-            .collect::<Vec<DateTime<Utc>>>(),
-    )
-    .bind(
-        events
-            .iter()
-            .map(|e| e.source.source())
-            .collect::<Vec<&str>>(),
-    )
+    .bind(timeline.event_id)
+    .bind(timeline.order_id)
+    .bind(timeline.event_type)
+    .bind(timeline.event_time)
+    .bind(timeline.source)
     .fetch_all(conn)
     .await?;
     rows.into_iter()

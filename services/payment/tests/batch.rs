@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::{courier_assigned, deliver, inventory_rejected, migrated_pool, order_created};
 use jwl_events::{Envelope, EventData, OrderId};
-use jwl_outbox::{HandlerError, OutboxError};
+use jwl_outbox::OutboxError;
 use jwl_payment::{PaymentHandler, SERVICE, SimulatedProcessor};
 use jwl_testkit::service::outbox_events;
 use sqlx::PgPool;
@@ -130,12 +130,7 @@ async fn a_batch_the_batch_way_cannot_take_is_refused_and_nothing_changes() {
         (vec![&fresh, &courier_assigned(declined.order_id())], false),
     ] {
         let result = process_batch(&pool, &batch).await;
-        let refused = match &result {
-            Err(OutboxError::Handler(HandlerError::Permanent(_))) => Some(true),
-            Err(OutboxError::Handler(HandlerError::Transient(_))) => Some(false),
-            _ => None,
-        };
-        assert_eq!(refused, Some(permanent), "{result:?}");
+        jwl_testkit::service::assert_batch_refused(&result, permanent);
     }
     assert_eq!(outcome(&pool).await, before);
 }
