@@ -291,7 +291,7 @@ impl PartitionRelay {
             }
             self.record(&outcome);
             if outcome.failed.is_empty() {
-                // marked by the next claim, which follows at once
+                // marked by the next claim (see the end of the round)
                 published.clone_from(&outcome.published);
             } else {
                 lease.run(async |conn| mark(conn, &outcome).await).await?;
@@ -316,6 +316,14 @@ impl PartitionRelay {
             }
             if outcome.failed.is_empty() {
                 retry = None;
+                // the next claim marks this round: at once when the batch was full or rows were
+                // committed meanwhile; else at the next wake-up or poll, so that a relay that
+                // keeps up pays one claim (one commit) per round, not a second one that finds
+                // nothing (the claim skips the rows it marks; a crash meanwhile re-publishes
+                // them, which the duplicate window and the inboxes absorb)
+                if batch.len() < settings.relay_batch_size && !wakeup.woken() {
+                    wakeup.wait(shutdown).await;
+                }
             } else {
                 let delay = retry
                     .get_or_insert_with(|| self.retry_backoff())

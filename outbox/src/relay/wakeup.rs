@@ -33,6 +33,11 @@ impl Wakeup {
         self.wakeups.mark_unchanged();
     }
 
+    /// Whether a wake-up came since the last reset or wait (more rows may be pending).
+    pub fn woken(&self) -> bool {
+        self.wakeups.has_changed().unwrap_or(true)
+    }
+
     /// Returns when woken (a wake-up since the last wait counts), after the poll interval, or
     /// at shutdown.
     pub async fn wait(&mut self, shutdown: &CancellationToken) {
