@@ -65,17 +65,6 @@ struct PendingRow {
     payload: Vec<u8>,
 }
 
-/// The claim of [`claim_pending_in`]: `$1` limit, `$2` partitions, `$3` partition, `$4` the
-/// rows to mark published.
-const CLAIM: &str = "WITH marked AS (
-       UPDATE outbox SET published_at = now() WHERE seq = ANY($4)
-     )
-     SELECT seq, event_id, subject, headers, payload FROM outbox
-     WHERE published_at IS NULL AND parked_at IS NULL
-       AND ($2 = 1 OR coalesce(order_hash, 0) % $2 = $3)
-       AND seq <> ALL($4)
-     ORDER BY seq LIMIT $1";
-
 /// Up to `limit` unpublished (and not parked) rows, oldest `seq` first.
 pub async fn claim_pending(
     conn: &mut PgConnection,
@@ -97,15 +86,24 @@ pub async fn claim_pending_in(
 ) -> Result<OutboxBatch, sqlx::Error> {
     // The SELECT reads the snapshot taken before the UPDATE ran, where the rows it marks are
     // still pending: it skips them by `seq`.
-    let rows: Vec<PendingRow> = sqlx::query_as(CLAIM)
-        // planned per call (docs/performance.md, *Plans of a fresh system*)
-        .persistent(false)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(partitions)
-        .bind(partition)
-        .bind(published)
-        .fetch_all(conn)
-        .await?;
+    let rows: Vec<PendingRow> = sqlx::query_as(
+        "WITH marked AS (
+           UPDATE outbox SET published_at = now() WHERE seq = ANY($4)
+         )
+         SELECT seq, event_id, subject, headers, payload FROM outbox
+         WHERE published_at IS NULL AND parked_at IS NULL
+           AND ($2 = 1 OR coalesce(order_hash, 0) % $2 = $3)
+           AND seq <> ALL($4)
+         ORDER BY seq LIMIT $1",
+    )
+    // planned per call (docs/performance.md, *Plans of a fresh system*)
+    .persistent(false)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .bind(partitions)
+    .bind(partition)
+    .bind(published)
+    .fetch_all(conn)
+    .await?;
     let mut batch = OutboxBatch {
         seqs: Vec::with_capacity(rows.len()),
         messages: Vec::with_capacity(rows.len()),

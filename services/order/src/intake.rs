@@ -35,7 +35,7 @@ use crate::domain::ValidOrder;
 use crate::store::{self, IdempotentResponse, NewOrder, RecordedResponse};
 
 /// Most orders written in one transaction.
-pub(crate) const MAX_BATCH: usize = 64;
+const MAX_BATCH: usize = 64;
 /// Writers, each with at most one transaction open: while one commits, the next batch builds
 /// up for another.
 const WRITERS: usize = 2;
@@ -220,7 +220,7 @@ impl Writer {
                 })
                 .collect();
             let events: Vec<&Envelope> = created.iter().map(|placement| &placement.event).collect();
-            store::insert_orders(&mut tx, &orders.iter().collect::<Vec<_>>()).await?;
+            store::insert_orders(&mut tx, &orders).await?;
             store::insert_timelines(&mut tx, &events).await?;
             jwl_outbox::enqueue_all(&mut tx, &events)
                 .await

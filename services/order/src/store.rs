@@ -40,16 +40,16 @@ pub struct NewOrder<'a> {
 
 /// Inserts a `pending` order.
 pub async fn insert_order(conn: &mut PgConnection, new: &NewOrder<'_>) -> Result<(), sqlx::Error> {
-    insert_orders(conn, &[new]).await
+    insert_orders(conn, std::slice::from_ref(new)).await
 }
 
 /// Inserts `pending` orders in one statement.
 pub async fn insert_orders(
     conn: &mut PgConnection,
-    orders: &[&NewOrder<'_>],
+    orders: &[NewOrder<'_>],
 ) -> Result<(), sqlx::Error> {
-    fn column<'o, T>(orders: &[&NewOrder<'o>], f: impl Fn(&NewOrder<'o>) -> T) -> Vec<T> {
-        orders.iter().map(|order| f(order)).collect()
+    fn column<'o, T>(orders: &[NewOrder<'o>], f: impl Fn(&NewOrder<'o>) -> T) -> Vec<T> {
+        orders.iter().map(f).collect()
     }
     sqlx::query(
         "INSERT INTO orders (order_id, customer_id, status, amount_cents, items,
