@@ -10,7 +10,8 @@ use sqlx::PgConnection;
 
 use crate::SERVICE;
 use crate::domain::{
-    self, CourierPosition, CourierSearch, PlanarSearch, RankedCourier, SearchArea,
+    self, BatchPicker, CourierPosition, CourierSearch, Pick, PlanarSearch, PlanePoint,
+    RankedCourier, SearchArea,
 };
 use crate::error::DispatchError;
 use crate::store::{self, Courier};
@@ -65,6 +66,74 @@ pub async fn reserve_nearest_locked(
     }
 }
 
+/// [`reserve_nearest_locked`] for the pickups of a batch, in their order, with the same outcome
+/// as one after the other (each pickup the nearest courier with capacity left after the ones
+/// before it took theirs) in two statements for the usual batch: one asks the planar index for
+/// the nearest few available couriers of every pickup ([`store::nearest_available_to_each`]),
+/// [`BatchPicker`] picks from them in turn, and one takes all the picked capacity
+/// ([`store::take_capacities`]). A pickup those few couriers do not decide (a nearer courier
+/// may not have been fetched, or the plane cannot serve it), or whose courier was taken or moved
+/// by another transaction meanwhile, is then searched on its own, as if it came after the batch.
+/// The caller holds the matching areas of every search.
+pub async fn reserve_all_locked(
+    conn: &mut PgConnection,
+    pickups: &[(&GeoPoint, &CourierSearch)],
+    settings: &Settings,
+) -> Result<Vec<Option<RankedCourier>>, DispatchError> {
+    let radius_km = settings.dispatch_radius_km;
+    let capacity = capacity(settings);
+    let planar: Vec<Option<PlanarSearch>> = pickups
+        .iter()
+        .map(|(pickup, _)| domain::planar_search(pickup, radius_km))
+        .collect();
+    let origins: Vec<PlanePoint> = planar
+        .iter()
+        .flatten()
+        .map(|search| search.origin)
+        .collect();
+    let mut fetched = store::nearest_available_to_each(conn, &origins, capacity, FIRST_BATCH)
+        .await?
+        .into_iter();
+    let mut picker = BatchPicker::default();
+    let mut picks = Vec::with_capacity(pickups.len());
+    for ((pickup, _), search) in pickups.iter().zip(&planar) {
+        picks.push(match search {
+            Some(search) => {
+                let candidates = fetched.next().unwrap_or_default();
+                let complete = i64::try_from(candidates.len()).unwrap_or(i64::MAX) < FIRST_BATCH;
+                picker.pick(pickup, search, radius_km, &candidates, complete)
+            }
+            None => Pick::Unknown,
+        });
+    }
+    let takes: Vec<(&RankedCourier, i32)> = picker
+        .takes()
+        .into_iter()
+        .filter_map(|(courier_id, count)| {
+            picks.iter().find_map(|pick| match pick {
+                Pick::Courier(courier) if courier.courier_id == courier_id => {
+                    Some((courier, count))
+                }
+                _ => None,
+            })
+        })
+        .collect();
+    let taken = store::take_capacities(conn, &takes, capacity).await?;
+    let mut reserved = Vec::with_capacity(pickups.len());
+    for ((pickup, search), pick) in pickups.iter().zip(picks) {
+        reserved.push(match pick {
+            Pick::Courier(courier) if taken.contains(&courier.courier_id) => Some(courier),
+            Pick::Nobody => None,
+            Pick::Courier(courier) => {
+                tracing::debug!(courier_id = %courier.courier_id, "courier taken concurrently; searching again");
+                reserve_nearest_locked(conn, pickup, search, settings).await?
+            }
+            Pick::Unknown => reserve_nearest_locked(conn, pickup, search, settings).await?,
+        });
+    }
+    Ok(reserved)
+}
+
 /// [`reserve_nearest`] with the planar index: asks for the nearest few available couriers,
 /// ranks them by exact distance, and tries them nearest first as long as
 /// [`PlanarSearch::covers`] guarantees that no courier not yet fetched is nearer; otherwise
@@ -83,12 +152,14 @@ async fn reserve_by_plane(
         let batch = store::nearest_available(conn, planar.origin, capacity, limit).await?;
         let last_batch = i64::try_from(batch.len()).unwrap_or(i64::MAX) < limit;
         let horizon = match batch.last() {
-            Some((_, planar_distance)) if !last_batch => *planar_distance,
+            Some(candidate) if !last_batch => candidate.planar_distance,
             _ => f64::INFINITY,
         };
         let final_batch = last_batch || limit >= MAX_BATCH;
-        let couriers: Vec<CourierPosition> =
-            batch.into_iter().map(|(courier, _)| courier).collect();
+        let couriers: Vec<CourierPosition> = batch
+            .into_iter()
+            .map(|candidate| candidate.courier)
+            .collect();
         let mut covered = true;
         for courier in domain::rank_couriers(pickup, &couriers, radius_km) {
             if tried.contains(&courier.courier_id) {

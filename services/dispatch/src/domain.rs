@@ -8,6 +8,7 @@
 //! exact great-circle distance ([`GeoPoint::distance_km`]) then decides. Because the cells are
 //! in the database, every replica sees the same candidates.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -366,6 +367,96 @@ pub fn rank_couriers(
             .then_with(|| a.courier_id.cmp(&b.courier_id))
     });
     ranked
+}
+
+/// A courier a planar search fetched for a pickup: where it is, how far it is on the plane, and
+/// how many waybills it could still take when it was read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub courier: CourierPosition,
+    pub planar_distance: f64,
+    pub free_slots: i32,
+}
+
+/// What the couriers fetched for a pickup decide.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pick {
+    /// This courier, the nearest with capacity.
+    Courier(RankedCourier),
+    /// Nobody within the radius has capacity.
+    Nobody,
+    /// The fetched couriers do not say: a nearer courier may not have been fetched (the search
+    /// must go on, one pickup at a time).
+    Unknown,
+}
+
+/// Picks couriers for the pickups of a batch in turn from what one planar search per pickup
+/// fetched, as one by one would: each pickup the nearest courier with capacity left after the
+/// pickups before it took theirs. Takes nothing: the caller takes [`takes`](Self::takes)
+/// afterwards, all together.
+#[derive(Debug, Default)]
+pub struct BatchPicker {
+    /// Slots picked so far, by courier.
+    picked: HashMap<CourierId, i32>,
+}
+
+impl BatchPicker {
+    /// The courier `pickup` takes among `candidates` (fetched nearest first on the plane; all
+    /// the index had if `complete`): the nearest one within `radius_km` with a slot the pickups
+    /// before it did not take. [`Pick::Unknown`] when a courier not fetched could be nearer
+    /// than every fetched one left.
+    pub fn pick(
+        &mut self,
+        pickup: &GeoPoint,
+        planar: &PlanarSearch,
+        radius_km: f64,
+        candidates: &[Candidate],
+        complete: bool,
+    ) -> Pick {
+        let horizon = if complete {
+            f64::INFINITY
+        } else {
+            candidates
+                .iter()
+                .map(|candidate| candidate.planar_distance)
+                .fold(f64::NEG_INFINITY, f64::max)
+        };
+        let positions: Vec<CourierPosition> = candidates
+            .iter()
+            .map(|candidate| candidate.courier.clone())
+            .collect();
+        for courier in rank_couriers(pickup, &positions, radius_km) {
+            let free = candidates
+                .iter()
+                .find(|candidate| candidate.courier.courier_id == courier.courier_id)
+                .map_or(0, |candidate| candidate.free_slots);
+            let picked = self.picked.get(&courier.courier_id).copied().unwrap_or(0);
+            if free <= picked {
+                continue;
+            }
+            if !planar.covers(courier.distance_km, horizon) {
+                return Pick::Unknown;
+            }
+            *self.picked.entry(courier.courier_id.clone()).or_insert(0) += 1;
+            return Pick::Courier(courier);
+        }
+        if planar.covers(radius_km, horizon) {
+            Pick::Nobody
+        } else {
+            Pick::Unknown
+        }
+    }
+
+    /// The slots picked, by courier, sorted by courier id.
+    pub fn takes(&self) -> Vec<(CourierId, i32)> {
+        let mut takes: Vec<(CourierId, i32)> = self
+            .picked
+            .iter()
+            .map(|(courier, count)| (courier.clone(), *count))
+            .collect();
+        takes.sort_unstable();
+        takes
+    }
 }
 
 /// A waybill waiting for a courier.
@@ -908,6 +999,91 @@ mod tests {
         // beyond the radius nothing is vouched for
         assert_eq!(search.reach(5.001), f64::INFINITY);
         assert!(!search.covers(5.001, f64::INFINITY));
+    }
+
+    /// Candidates as a planar search fetches them for `pickup`: nearest first on the plane.
+    fn fetched(pickup: &GeoPoint, couriers: &[(CourierPosition, i32)]) -> Vec<Candidate> {
+        let origin = plane_of(pickup);
+        let mut candidates: Vec<Candidate> = couriers
+            .iter()
+            .map(|(courier, free_slots)| Candidate {
+                courier: courier.clone(),
+                planar_distance: planar_distance(origin, plane_of(&courier.position)),
+                free_slots: *free_slots,
+            })
+            .collect();
+        candidates.sort_by(|a, b| a.planar_distance.total_cmp(&b.planar_distance));
+        candidates
+    }
+
+    fn picked(pick: &Pick) -> Option<&str> {
+        match pick {
+            Pick::Courier(courier) => Some(courier.courier_id.as_str()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_batch_picks_in_turn_from_the_slots_the_earlier_pickups_left() {
+        let pickup = point(31.2304, 121.4737);
+        let search = planar_search(&pickup, 5.0).unwrap();
+        let candidates = fetched(
+            &pickup,
+            &[
+                (courier("near", 31.2310, 121.474), 2), // ≈ 0.07 km, two slots
+                (courier("mid", 31.2304, 121.49), 1),   // ≈ 1.6 km
+                (courier("far", 31.2304, 121.60), 1),   // ≈ 12 km: outside the radius
+            ],
+        );
+        let mut picker = BatchPicker::default();
+        let picks: Vec<Pick> = (0..4)
+            .map(|_| picker.pick(&pickup, &search, 5.0, &candidates, true))
+            .collect();
+        let names: Vec<Option<&str>> = picks.iter().map(picked).collect();
+        assert_eq!(names, [Some("near"), Some("near"), Some("mid"), None]);
+        // everything there was was fetched: nobody, for sure
+        assert_eq!(picks[3], Pick::Nobody);
+        let takes: Vec<(String, i32)> = picker
+            .takes()
+            .into_iter()
+            .map(|(courier, count)| (courier.as_str().to_owned(), count))
+            .collect();
+        assert_eq!(takes, [("mid".to_owned(), 1), ("near".to_owned(), 2)]);
+    }
+
+    #[test]
+    fn a_batch_pick_the_fetched_couriers_cannot_vouch_for_is_unknown() {
+        let pickup = point(31.2304, 121.4737);
+        let search = planar_search(&pickup, 5.0).unwrap();
+        let candidates = fetched(
+            &pickup,
+            &[
+                (courier("near", 31.2310, 121.474), 1),
+                (courier("mid", 31.2304, 121.49), 1),
+            ],
+        );
+        // the index had more than these: one not fetched may be nearer than `mid` itself
+        let mut picker = BatchPicker::default();
+        assert_eq!(
+            picked(&picker.pick(&pickup, &search, 5.0, &candidates, false)),
+            Some("near")
+        );
+        assert_eq!(
+            picker.pick(&pickup, &search, 5.0, &candidates, false),
+            Pick::Unknown
+        );
+        // slots nobody has: skipped like taken ones
+        let full = fetched(&pickup, &[(courier("near", 31.2310, 121.474), 0)]);
+        let mut picker = BatchPicker::default();
+        assert_eq!(
+            picker.pick(&pickup, &search, 5.0, &full, true),
+            Pick::Nobody
+        );
+        assert_eq!(
+            picker.pick(&pickup, &search, 5.0, &full, false),
+            Pick::Unknown
+        );
+        assert!(picker.takes().is_empty());
     }
 
     #[test]

@@ -7,15 +7,16 @@
 //!
 //! A batch of `waybill_created` (each order once) is taken together ([`BatchHandler`]): one
 //! statement locks all its orders, one reads their state, one locks the matching areas of all
-//! their searches, one inserts all the waybills; only the courier search and the taking of a
-//! courier's capacity stay per waybill, in delivery order, as one by one.
+//! their searches, one finds the nearest available couriers of every pickup, one takes the
+//! capacity picked from them (in delivery order, as one by one would), one inserts all the
+//! waybills.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use jwl_events::{
     CourierAssigned, DispatchFailed, DispatchFailureReason, Envelope, EventData, EventType,
-    OrderCancelRequested, OrderId, Service, WaybillCreated,
+    GeoPoint, OrderCancelRequested, OrderId, Service, WaybillCreated,
 };
 use jwl_outbox::{BatchContext, BatchHandler, Handler, HandlerContext, HandlerError};
 use jwl_service_kit::Settings;
@@ -150,7 +151,8 @@ impl DispatchHandler {
     /// Handles arriving waybills in delivery order, in a few statements whatever their number:
     /// locks their orders and reads what dispatch knows of them (two statements), locks the
     /// matching areas of those to dispatch (one), finds each its courier in turn (each search
-    /// sees the capacity the ones before it took, as one by one), and inserts the waybills (one).
+    /// sees the capacity the ones before it took, as one by one: two statements for all,
+    /// [`dispatcher::reserve_all_locked`]), and inserts the waybills (one).
     /// Returns the event each one emits. An order that already has another waybill fails it
     /// all, permanently (one by one, that waybill alone is dead-lettered).
     async fn on_arrivals(
@@ -193,6 +195,18 @@ impl DispatchHandler {
             store::lock_areas_for_waybill(conn, &areas).await?;
         }
 
+        let searches: Vec<(&GeoPoint, &CourierSearch)> = arrivals
+            .iter()
+            .zip(&plans)
+            .filter_map(|(arriving, plan)| match plan {
+                Plan::Dispatch(search) => Some((&arriving.created.pickup, search)),
+                _ => None,
+            })
+            .collect();
+        let mut reserved = dispatcher::reserve_all_locked(conn, &searches, &self.settings)
+            .await?
+            .into_iter();
+
         let mut waybills = Vec::with_capacity(arrivals.len());
         let mut emitted = Vec::with_capacity(arrivals.len());
         for (arriving, plan) in arrivals.iter().zip(plans) {
@@ -214,31 +228,22 @@ impl DispatchHandler {
                     };
                     (Placement::Failed(reason), Some(failed.into()))
                 }
-                Plan::Dispatch(search) => {
-                    match dispatcher::reserve_nearest_locked(
-                        conn,
-                        &created.pickup,
-                        &search,
-                        &self.settings,
-                    )
-                    .await?
-                    {
-                        Some(courier) => {
-                            let assigned = CourierAssigned {
-                                order_id,
-                                waybill_id,
-                                courier_id: courier.courier_id.clone(),
-                                distance_km: courier.distance_km,
-                            };
-                            (Placement::Assigned(courier), Some(assigned.into()))
-                        }
-                        None => {
-                            tracing::info!(%order_id, %waybill_id,
-                                "no courier available; waiting");
-                            (Placement::Waiting, None)
-                        }
+                Plan::Dispatch(_) => match reserved.next().flatten() {
+                    Some(courier) => {
+                        let assigned = CourierAssigned {
+                            order_id,
+                            waybill_id,
+                            courier_id: courier.courier_id.clone(),
+                            distance_km: courier.distance_km,
+                        };
+                        (Placement::Assigned(courier), Some(assigned.into()))
                     }
-                }
+                    None => {
+                        tracing::info!(%order_id, %waybill_id,
+                                "no courier available; waiting");
+                        (Placement::Waiting, None)
+                    }
+                },
             };
             let new = NewWaybill {
                 waybill_id,

@@ -7,8 +7,8 @@ use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::domain::{
-    self, CourierPosition, MatchingArea, PlanePoint, RankedCourier, SearchArea, WaitingWaybill,
-    WaybillStatus,
+    self, Candidate, CourierPosition, MatchingArea, PlanePoint, RankedCourier, SearchArea,
+    WaitingWaybill, WaybillStatus,
 };
 use crate::error::DispatchError;
 
@@ -298,40 +298,67 @@ pub async fn available_couriers(
 }
 
 /// Up to `limit` couriers with fewer than `capacity` live waybills, nearest to `origin` on the
-/// plane first, each with its planar distance (not locked, like [`available_couriers`]). The
-/// KNN scan of the partial GiST index `couriers_available_nearest` walks only couriers with
-/// spare capacity and stops after `limit` rows, however many couriers there are.
+/// plane first (not locked, like [`available_couriers`]): [`nearest_available_to_each`] for one
+/// origin.
 pub async fn nearest_available(
     conn: &mut PgConnection,
     origin: PlanePoint,
     capacity: i32,
     limit: i64,
-) -> Result<Vec<(CourierPosition, f64)>> {
+) -> Result<Vec<Candidate>> {
+    let mut found = nearest_available_to_each(conn, &[origin], capacity, limit).await?;
+    Ok(found.pop().unwrap_or_default())
+}
+
+/// For each of `origins`, in their order, up to `limit` couriers with fewer than `capacity`
+/// live waybills, nearest to it on the plane first, in one statement (not locked, like
+/// [`available_couriers`]). One KNN scan of the partial GiST index `couriers_available_nearest`
+/// per origin: it walks only couriers with spare capacity and stops after `limit` rows, however
+/// many couriers there are.
+pub async fn nearest_available_to_each(
+    conn: &mut PgConnection,
+    origins: &[PlanePoint],
+    capacity: i32,
+    limit: i64,
+) -> Result<Vec<Vec<Candidate>>> {
+    let xs: Vec<f64> = origins.iter().map(|origin| origin.x).collect();
+    let ys: Vec<f64> = origins.iter().map(|origin| origin.y).collect();
     // `live_waybills < capacity` (the column) is the index's predicate, spelled out so that
     // the planner can use it; `< $3` applies the configured capacity exactly.
-    let rows: Vec<(String, f64, f64, f64)> = sqlx::query_as(
-        "SELECT courier_id, lat, lon, plane <-> point($1, $2) FROM couriers
-         WHERE live_waybills < capacity AND live_waybills < $3
-         ORDER BY plane <-> point($1, $2)
-         LIMIT $4",
+    let rows: Vec<(i64, String, f64, f64, f64, i32)> = sqlx::query_as(
+        "SELECT o.n, c.courier_id, c.lat, c.lon, c.planar, c.live_waybills
+         FROM unnest($1::float8[], $2::float8[]) WITH ORDINALITY AS o(x, y, n)
+         CROSS JOIN LATERAL (
+             SELECT courier_id, lat, lon, live_waybills, plane <-> point(o.x, o.y) AS planar
+             FROM couriers
+             WHERE live_waybills < capacity AND live_waybills < $3
+             ORDER BY plane <-> point(o.x, o.y)
+             LIMIT $4
+         ) AS c
+         ORDER BY o.n, c.planar",
     )
-    .bind(origin.x)
-    .bind(origin.y)
+    .bind(xs)
+    .bind(ys)
     .bind(capacity)
     .bind(limit)
     .fetch_all(conn)
     .await?;
-    rows.into_iter()
-        .map(|(id, lat, lon, planar)| {
-            Ok((
-                CourierPosition {
-                    courier_id: courier_id(&id)?,
-                    position: point(lat, lon)?,
-                },
-                planar,
-            ))
-        })
-        .collect()
+    let mut found: Vec<Vec<Candidate>> = vec![Vec::new(); origins.len()];
+    for (n, id, lat, lon, planar_distance, live) in rows {
+        let slot = usize::try_from(n - 1)
+            .ok()
+            .and_then(|index| found.get_mut(index))
+            .ok_or_else(|| DispatchError::Corrupt(format!("search {n} of {}", origins.len())))?;
+        slot.push(Candidate {
+            courier: CourierPosition {
+                courier_id: courier_id(&id)?,
+                position: point(lat, lon)?,
+            },
+            planar_distance,
+            free_slots: capacity.saturating_sub(live),
+        });
+    }
+    Ok(found)
 }
 
 /// Raises every courier's stored `capacity` to at least `capacity` (the configured one), so
@@ -348,26 +375,55 @@ pub async fn raise_stored_capacity(db: impl PgExecutor<'_>, capacity: i32) -> Re
 }
 
 /// Takes one unit of `courier`'s capacity if it still has some and is still where it was
-/// ranked; false if it lost that in the meantime (another assignment, or it moved). The
-/// conditional update locks the row and re-checks after any concurrent writer commits, so
-/// capacity is never exceeded.
+/// ranked; false if it lost that in the meantime (another assignment, or it moved):
+/// [`take_capacities`] for one courier.
 pub async fn take_capacity(
     conn: &mut PgConnection,
     courier: &RankedCourier,
     capacity: i32,
 ) -> Result<bool> {
-    let updated = sqlx::query(
-        "UPDATE couriers SET live_waybills = live_waybills + 1
-         WHERE courier_id = $1 AND live_waybills < $2 AND lat = $3 AND lon = $4",
+    let taken = take_capacities(conn, &[(courier, 1)], capacity).await?;
+    Ok(!taken.is_empty())
+}
+
+/// Takes `count` units of each courier's capacity, all or none per courier, if it still has
+/// them and is still where it was ranked, in one statement; the couriers taken. The couriers'
+/// rows are locked in the order of their ids (two transactions taking several never wait for
+/// each other in a cycle), and each condition is checked again on the row as locked, after any
+/// concurrent writer committed, so capacity is never exceeded.
+pub async fn take_capacities(
+    conn: &mut PgConnection,
+    takes: &[(&RankedCourier, i32)],
+    capacity: i32,
+) -> Result<Vec<CourierId>> {
+    if takes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = takes.iter().map(|(c, _)| c.courier_id.as_str()).collect();
+    let counts: Vec<i32> = takes.iter().map(|(_, count)| *count).collect();
+    let lats: Vec<f64> = takes.iter().map(|(c, _)| c.position.lat).collect();
+    let lons: Vec<f64> = takes.iter().map(|(c, _)| c.position.lon).collect();
+    let taken: Vec<String> = sqlx::query_scalar(
+        "WITH locked AS MATERIALIZED (
+             SELECT courier_id FROM couriers WHERE courier_id = ANY($1)
+             ORDER BY courier_id
+             FOR UPDATE
+         )
+         UPDATE couriers c SET live_waybills = c.live_waybills + t.count
+         FROM unnest($1::text[], $2::int4[], $3::float8[], $4::float8[]) AS t(id, count, lat, lon),
+              locked
+         WHERE locked.courier_id = t.id AND c.courier_id = t.id
+           AND c.live_waybills + t.count <= $5 AND c.lat = t.lat AND c.lon = t.lon
+         RETURNING c.courier_id",
     )
-    .bind(courier.courier_id.as_str())
+    .bind(ids)
+    .bind(counts)
+    .bind(lats)
+    .bind(lons)
     .bind(capacity)
-    .bind(courier.position.lat)
-    .bind(courier.position.lon)
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(updated == 1)
+    .fetch_all(conn)
+    .await?;
+    taken.iter().map(|id| courier_id(id)).collect()
 }
 
 /// Fails a waiting waybill; false if it was not waiting.
