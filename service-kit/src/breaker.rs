@@ -45,6 +45,9 @@ pub const P99_FACTOR: f64 = 4.0;
 const BASELINE_WEIGHT: f64 = 0.3;
 /// Most calls kept in the window (the oldest are dropped first).
 const MAX_WINDOW_CALLS: usize = 2_000;
+/// The window's gauges (error rate, p99) are refreshed on a call at most this often (and on
+/// every transition): computing the p99 sorts the window.
+const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 /// Transitions kept for [`Breaker::snapshot`].
 const KEPT_TRANSITIONS: usize = 64;
 
@@ -186,6 +189,8 @@ struct Inner {
     baseline: Option<Baseline>,
     /// When the baseline last learned (or the window started).
     learned_at: Instant,
+    /// When the window's gauges were last published.
+    published_at: Instant,
     rejected: u64,
     transitions: VecDeque<Transition>,
 }
@@ -260,13 +265,14 @@ impl Breaker {
                 window: VecDeque::new(),
                 baseline: None,
                 learned_at: now,
+                published_at: now,
                 rejected: 0,
                 transitions: VecDeque::new(),
             }),
             changed: Notify::new(),
         });
-        let inner = breaker.lock();
-        breaker.publish(&inner, None);
+        let mut inner = breaker.lock();
+        breaker.publish(&mut inner, now);
         metrics::counter!(REJECTED_METRIC, "breaker" => breaker.name.clone()).absolute(0);
         for to in [
             BreakerState::Closed,
@@ -437,21 +443,23 @@ impl Breaker {
             inner.window.pop_front();
         }
         self.expire(&mut inner, now);
-        let window = stats(&inner.window);
-        let enough = window.calls >= self.settings.min_calls as usize;
+        // every call is checked against the thresholds, without sorting the window: counting
+        // the calls over the p99 threshold says whether the p99 is over it
+        let check = check(&inner.window, thresholds.p99);
+        let enough = check.calls >= self.settings.min_calls as usize;
         let trip = if !enough {
             None
-        } else if window.error_rate > thresholds.error_rate {
+        } else if check.error_rate > thresholds.error_rate {
             Some(format!(
                 "error rate {:.2} over the threshold {:.2} ({} calls)",
-                window.error_rate, thresholds.error_rate, window.calls
+                check.error_rate, thresholds.error_rate, check.calls
             ))
-        } else if window.p99 > thresholds.p99 {
+        } else if check.p99_over {
             Some(format!(
                 "p99 latency {} ms over the threshold {} ms ({} calls)",
-                window.p99.as_millis(),
+                stats(&inner.window).p99.as_millis(),
                 thresholds.p99.as_millis(),
-                window.calls
+                check.calls
             ))
         } else {
             None
@@ -460,6 +468,7 @@ impl Breaker {
             Some(reason) => self.open(&mut inner, now, reason),
             None => {
                 if enough && now.duration_since(inner.learned_at) >= self.settings.window {
+                    let window = stats(&inner.window);
                     inner.learned_at = now;
                     inner.baseline = Some(match inner.baseline {
                         None => Baseline {
@@ -476,7 +485,9 @@ impl Breaker {
                         },
                     });
                 }
-                self.publish(&inner, Some(window));
+                if now.duration_since(inner.published_at) >= PUBLISH_INTERVAL {
+                    self.publish(&mut inner, now);
+                }
             }
         }
         inner.state
@@ -521,7 +532,7 @@ impl Breaker {
             reason,
             thresholds,
         });
-        self.publish(inner, None);
+        self.publish(inner, Instant::now());
         self.changed.notify_waiters();
     }
 
@@ -536,7 +547,8 @@ impl Breaker {
         }
     }
 
-    fn publish(&self, inner: &Inner, window: Option<WindowStats>) {
+    fn publish(&self, inner: &mut Inner, now: Instant) {
+        inner.published_at = now;
         let name = self.name.clone();
         let thresholds = self.thresholds(inner.baseline);
         metrics::gauge!(STATE_METRIC, "breaker" => name.clone()).set(inner.state.gauge());
@@ -544,7 +556,7 @@ impl Breaker {
             .set(thresholds.error_rate);
         metrics::gauge!(P99_THRESHOLD_METRIC, "breaker" => name.clone())
             .set(thresholds.p99.as_secs_f64());
-        let window = window.unwrap_or_else(|| stats(&inner.window));
+        let window = stats(&inner.window);
         metrics::gauge!(ERROR_RATE_METRIC, "breaker" => name.clone()).set(window.error_rate);
         metrics::gauge!(P99_METRIC, "breaker" => name).set(window.p99.as_secs_f64());
     }
@@ -553,6 +565,39 @@ impl Breaker {
         // every update leaves the state consistent, so a panic elsewhere cannot corrupt it
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// What [`Breaker::record`] checks after every call: the calls in the window, their error rate,
+/// and whether their p99 (nearest rank) is over `p99_threshold`, in one pass without sorting.
+struct Check {
+    calls: usize,
+    error_rate: f64,
+    p99_over: bool,
+}
+
+fn check(window: &VecDeque<Call>, p99_threshold: Duration) -> Check {
+    let calls = window.len();
+    let (mut errors, mut slower) = (0usize, 0usize);
+    for call in window {
+        errors += usize::from(!call.ok);
+        slower += usize::from(call.latency > p99_threshold);
+    }
+    // the p99 is the call at `rank` in latency order: over the threshold exactly when that call
+    // and every one after it (calls - rank of them) are
+    Check {
+        calls,
+        error_rate: if calls == 0 {
+            0.0
+        } else {
+            errors as f64 / calls as f64
+        },
+        p99_over: calls > 0 && slower >= calls - p99_rank(calls),
+    }
+}
+
+/// The index of the p99 (nearest rank) among `calls` sorted latencies (`calls` > 0).
+fn p99_rank(calls: usize) -> usize {
+    (calls * 99).div_ceil(100).max(1) - 1
 }
 
 /// Error rate and p99 (nearest rank) of `window`.
@@ -568,7 +613,7 @@ fn stats(window: &VecDeque<Call>) -> WindowStats {
     let errors = window.iter().filter(|call| !call.ok).count();
     let mut latencies: Vec<Duration> = window.iter().map(|call| call.latency).collect();
     latencies.sort_unstable();
-    let rank = (calls * 99).div_ceil(100).max(1) - 1;
+    let rank = p99_rank(calls);
     WindowStats {
         calls,
         error_rate: errors as f64 / calls as f64,

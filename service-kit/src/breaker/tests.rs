@@ -255,3 +255,46 @@ fn p99_is_the_nearest_rank() {
     let one: VecDeque<Call> = window.iter().take(1).copied().collect();
     assert_eq!(stats(&one).p99, Duration::from_millis(1));
 }
+
+#[test]
+fn the_per_call_check_agrees_with_the_sorted_window() {
+    let at = Instant::now();
+    // windows of every size up to 250 in a scrambled latency order, some calls failed,
+    // against thresholds below, at and above each latency
+    let mut seed = 7u64;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        seed >> 33
+    };
+    let mut window = VecDeque::new();
+    let mut over = 0;
+    for _ in 0..250 {
+        window.push_back(Call {
+            at,
+            ok: next() % 5 != 0,
+            latency: Duration::from_millis(next() % 120),
+        });
+        let sorted = stats(&window);
+        for threshold_ms in 0..125 {
+            let threshold = Duration::from_millis(threshold_ms);
+            let checked = check(&window, threshold);
+            assert_eq!(checked.calls, sorted.calls);
+            assert_eq!(checked.error_rate, sorted.error_rate);
+            assert_eq!(
+                checked.p99_over,
+                sorted.p99 > threshold,
+                "{} calls, threshold {threshold_ms} ms, p99 {:?}",
+                window.len(),
+                sorted.p99
+            );
+            over += usize::from(checked.p99_over);
+        }
+    }
+    // both answers occurred
+    assert!(over > 0 && over < 250 * 125);
+    let empty = check(&VecDeque::new(), Duration::ZERO);
+    assert!(!empty.p99_over);
+    assert_eq!(empty.calls, 0);
+}
