@@ -15,6 +15,12 @@ use clap::Parser;
 
 use crate::args::{Cli, Command};
 
+/// mimalloc rather than glibc's malloc: at saturation, glibc's allocator (`_int_malloc`,
+/// `malloc_consolidate`, `_int_free`, `unlink_chunk`) took about a quarter of the `jwl`
+/// process's CPU in a `perf` profile (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
