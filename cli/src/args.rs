@@ -586,7 +586,7 @@ pub struct MessagingArgs {
     pub consumer_workers: u16,
     /// The most messages one consumer batch (one transaction) holds, and how many the
     /// consumer asks the broker for ahead.
-    #[arg(long, env = "JWL_CONSUMER_BATCH_SIZE", default_value = "64",
+    #[arg(long, env = "JWL_CONSUMER_BATCH_SIZE", default_value = "256",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub consumer_batch_size: u16,
 }

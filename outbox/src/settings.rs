@@ -38,7 +38,10 @@ pub struct MessagingSettings {
     /// existing ones alone (the operator tools, which must not rescale a deployment's streams).
     pub stream_replicas: Option<usize>,
 
-    /// Most messages handled in one consumer transaction.
+    /// Most messages handled in one consumer transaction (default 256). Below saturation a
+    /// batch is what is ready, usually a few messages; at saturation a batch's round trips
+    /// (begin, inbox claim, locks, the handler's statements, outbox insert, commit) are paid once
+    /// for this many messages, which is what lets a one-worker consumer (inventory) keep up.
     pub consumer_batch_size: usize,
     /// Batches one consumer loop handles at once, each in its own transaction. Messages are
     /// split between them by order id, so one order's messages are still handled one after the
@@ -106,7 +109,7 @@ impl Default for MessagingSettings {
             dlq_log_max_age: 90 * DAY,
             duplicate_window: Duration::from_secs(120),
             stream_replicas: Some(1),
-            consumer_batch_size: 64,
+            consumer_batch_size: 256,
             consumer_workers: 1,
             max_ack_pending: 1024,
             ack_wait: Duration::from_secs(30),
