@@ -1024,7 +1024,7 @@ mod tests {
         assert_eq!(settings.ack_wait, Duration::from_secs(3));
         assert_eq!(
             (settings.consumer_workers, settings.consumer_batch_size),
-            (2, 64)
+            (2, 256)
         );
         assert_eq!(settings.faults, None);
         assert_eq!(
