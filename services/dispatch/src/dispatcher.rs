@@ -49,7 +49,8 @@ pub async fn reserve_nearest(
 ) -> Result<Option<RankedCourier>, DispatchError> {
     let search = domain::courier_search(pickup, settings.dispatch_radius_km)?;
     store::lock_areas_for_waybill(conn, &search.matching_areas).await?;
-    reserve_nearest_locked(conn, pickup, &search, settings).await
+    let mut reserved = reserve_all_locked(conn, &[(pickup, &search)], settings).await?;
+    Ok(reserved.pop().flatten())
 }
 
 /// [`reserve_nearest`] for a caller that already holds the matching areas of `search` (the
