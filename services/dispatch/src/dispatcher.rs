@@ -107,19 +107,7 @@ pub async fn reserve_all_locked(
             None => Pick::Unknown,
         });
     }
-    let takes: Vec<(&RankedCourier, i32)> = picker
-        .takes()
-        .into_iter()
-        .filter_map(|(courier_id, count)| {
-            picks.iter().find_map(|pick| match pick {
-                Pick::Courier(courier) if courier.courier_id == courier_id => {
-                    Some((courier, count))
-                }
-                _ => None,
-            })
-        })
-        .collect();
-    let taken = store::take_capacities(conn, &takes, capacity).await?;
+    let taken = store::take_capacities(conn, &picker.takes(), capacity).await?;
     let mut reserved = Vec::with_capacity(pickups.len());
     for ((pickup, search), pick) in pickups.iter().zip(picks) {
         reserved.push(match pick {

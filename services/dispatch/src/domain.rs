@@ -396,8 +396,8 @@ pub enum Pick {
 /// afterwards, all together.
 #[derive(Debug, Default)]
 pub struct BatchPicker {
-    /// Slots picked so far, by courier.
-    picked: HashMap<CourierId, i32>,
+    /// Slots picked so far, by courier, with the courier as ranked (where it was read).
+    picked: HashMap<CourierId, (RankedCourier, i32)>,
 }
 
 impl BatchPicker {
@@ -430,14 +430,20 @@ impl BatchPicker {
                 .iter()
                 .find(|candidate| candidate.courier.courier_id == courier.courier_id)
                 .map_or(0, |candidate| candidate.free_slots);
-            let picked = self.picked.get(&courier.courier_id).copied().unwrap_or(0);
+            let picked = self
+                .picked
+                .get(&courier.courier_id)
+                .map_or(0, |(_, count)| *count);
             if free <= picked {
                 continue;
             }
             if !planar.covers(courier.distance_km, horizon) {
                 return Pick::Unknown;
             }
-            *self.picked.entry(courier.courier_id.clone()).or_insert(0) += 1;
+            self.picked
+                .entry(courier.courier_id.clone())
+                .or_insert_with(|| (courier.clone(), 0))
+                .1 += 1;
             return Pick::Courier(courier);
         }
         if planar.covers(radius_km, horizon) {
@@ -447,14 +453,14 @@ impl BatchPicker {
         }
     }
 
-    /// The slots picked, by courier, sorted by courier id.
-    pub fn takes(&self) -> Vec<(CourierId, i32)> {
-        let mut takes: Vec<(CourierId, i32)> = self
+    /// The couriers picked, each with its number of slots, sorted by courier id.
+    pub fn takes(&self) -> Vec<(&RankedCourier, i32)> {
+        let mut takes: Vec<(&RankedCourier, i32)> = self
             .picked
-            .iter()
-            .map(|(courier, count)| (courier.clone(), *count))
+            .values()
+            .map(|(courier, count)| (courier, *count))
             .collect();
-        takes.sort_unstable();
+        takes.sort_unstable_by(|a, b| a.0.courier_id.cmp(&b.0.courier_id));
         takes
     }
 }
@@ -1046,7 +1052,7 @@ mod tests {
         let takes: Vec<(String, i32)> = picker
             .takes()
             .into_iter()
-            .map(|(courier, count)| (courier.as_str().to_owned(), count))
+            .map(|(courier, count)| (courier.courier_id.as_str().to_owned(), count))
             .collect();
         assert_eq!(takes, [("mid".to_owned(), 1), ("near".to_owned(), 2)]);
     }

@@ -238,7 +238,7 @@ async fn a_courier_taken_between_the_batch_search_and_its_take_is_searched_past(
 
     let first = waybill_created(PICKUP);
     let second = waybill_created(km_east(20.0));
-    let batch = vec![first.clone(), second.clone()];
+    let batch = [first.clone(), second.clone()];
     let (pool, handler) = (h.pool.clone(), h.handler.clone());
     let handling = tokio::spawn(async move {
         let events: Vec<&Envelope> = batch.iter().collect();
