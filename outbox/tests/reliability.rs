@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jwl_events::{Envelope, HeaderStyle, Service};
-use jwl_outbox::relay::{self, Relay};
+use jwl_outbox::relay::{self, Relay, Unmarked};
 use jwl_outbox::transport::{OutboundMessage, PublishReceipt, Publisher};
 use jwl_outbox::{OutboxError, Processed, RelaySignal, TransportError};
 use jwl_testkit::eventually;
@@ -100,6 +100,22 @@ async fn relay_publishes_in_outbox_order() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn a_relay_with_nothing_more_to_do_marks_what_it_published() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    // no poll (and so no claim) would come before the deadline: the mark is the quiet moment's
+    h.settings.relay_poll_interval = Duration::from_secs(60);
+    h.settings.db_stall_timeout = Duration::from_secs(120);
+    h.enqueue(&[1; 5]).await?;
+    let running = h.run_relay_only();
+    eventually("the rows are marked published", SOON, || async {
+        h.pending_in_outbox().await.ok() == Some(0)
+    })
+    .await?;
+    assert_eq!(h.events_in_stream().await?.len(), 5);
+    running.stop().await
+}
+
+#[tokio::test]
 async fn crash_between_publish_and_mark_only_duplicates_the_publish() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     let events = h.enqueue(&[1; 10]).await?;
@@ -144,12 +160,18 @@ async fn a_claim_marks_the_last_rounds_rows_published_and_skips_them() -> anyhow
     h.enqueue(&[1; 5]).await?;
     let mut conn = h.pool.acquire().await?;
 
-    let first = relay::claim_pending_in(&mut conn, (1, 0), 3, &[]).await?;
+    let first = relay::claim_pending_in(&mut conn, (1, 0), 3, Unmarked::Keep(&[])).await?;
     assert_eq!(first.len(), 3);
     assert_eq!(h.pending_in_outbox().await?, 5, "claiming marks nothing");
+    // a claim that keeps them unmarked skips them too, and writes nothing
+    let kept = relay::claim_pending_in(&mut conn, (1, 0), 100, Unmarked::Keep(&first.seqs)).await?;
+    assert_eq!(kept.len(), 2);
+    assert!(kept.seqs.iter().all(|seq| !first.seqs.contains(seq)));
+    assert_eq!(h.pending_in_outbox().await?, 5, "keeping marks nothing");
     // the next claim marks the first round's rows and does not hand them out again, although
     // its snapshot still sees them pending
-    let second = relay::claim_pending_in(&mut conn, (1, 0), 100, &first.seqs).await?;
+    let second =
+        relay::claim_pending_in(&mut conn, (1, 0), 100, Unmarked::Mark(&first.seqs)).await?;
     assert_eq!(second.len(), 2);
     assert!(second.seqs.iter().all(|seq| !first.seqs.contains(seq)));
     assert!(
@@ -159,7 +181,8 @@ async fn a_claim_marks_the_last_rounds_rows_published_and_skips_them() -> anyhow
             .all(|seq| seq > first.seqs.last().unwrap_or(&0))
     );
     assert_eq!(h.pending_in_outbox().await?, 2);
-    let third = relay::claim_pending_in(&mut conn, (1, 0), 100, &second.seqs).await?;
+    let third =
+        relay::claim_pending_in(&mut conn, (1, 0), 100, Unmarked::Mark(&second.seqs)).await?;
     assert!(third.is_empty());
     assert_eq!(h.pending_in_outbox().await?, 0);
     Ok(())

@@ -18,6 +18,7 @@ pub mod steps;
 mod wakeup;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use jwl_events::Service;
@@ -36,7 +37,9 @@ use share::Board;
 use wakeup::Wakeup;
 
 pub use signal::RelaySignal;
-pub use steps::{OutboxBatch, PublishOutcome, claim_pending, claim_pending_in, mark, publish};
+pub use steps::{
+    OutboxBatch, PublishOutcome, Unmarked, claim_pending, claim_pending_in, mark, publish,
+};
 
 /// Publishes a schema's outbox (the schema of the pool's `search_path`), one task per partition.
 pub struct Relay {
@@ -115,6 +118,47 @@ impl Relay {
                 std::panic::resume_unwind(error.into_panic());
             }
         }
+    }
+}
+
+/// How long the rows a relay published may wait for their mark when the relay is not kept busy
+/// (see [`PartitionRelay::idle`]); a busy relay marks with its next claim once they have waited
+/// this long, or once they would fill a batch.
+const MARK_AFTER: Duration = Duration::from_millis(20);
+
+/// The rows the broker acknowledged that are not marked published yet: each claim skips them.
+#[derive(Debug, Default)]
+struct ToMark {
+    seqs: Vec<i64>,
+    /// When the oldest of them was acknowledged.
+    since: Option<Instant>,
+}
+
+impl ToMark {
+    fn add(&mut self, seqs: &[i64]) {
+        if !seqs.is_empty() && self.since.is_none() {
+            self.since = Some(Instant::now());
+        }
+        self.seqs.extend_from_slice(seqs);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    /// When they are due for their mark.
+    fn due(&self) -> Option<Instant> {
+        self.since.map(|since| since + MARK_AFTER)
+    }
+
+    /// Whether the next claim is to mark them: they are due, or would fill a batch.
+    fn overdue(&self, batch_size: usize) -> bool {
+        self.seqs.len() >= batch_size || self.due().is_some_and(|due| Instant::now() >= due)
+    }
+
+    fn take(&mut self) -> Vec<i64> {
+        self.since = None;
+        std::mem::take(&mut self.seqs)
     }
 }
 
@@ -238,13 +282,12 @@ impl PartitionRelay {
         let mut wakeup = Wakeup::new(&shared.signal, settings.relay_poll_interval);
         let mut retry: Option<ExponentialBackoff> = None;
         let mut next_housekeeping = Instant::now();
-        // Rows the broker acknowledged in the last round, marked published by the next claim.
-        let mut published: Vec<i64> = Vec::new();
+        let mut to_mark = ToMark::default();
         loop {
             if shutdown.is_cancelled() || self.board.giving_up(partition.index) {
-                if !published.is_empty() {
+                if !to_mark.is_empty() {
                     let outcome = PublishOutcome {
-                        published,
+                        published: to_mark.take(),
                         ..PublishOutcome::default()
                     };
                     lease.run(async |conn| mark(conn, &outcome).await).await?;
@@ -259,27 +302,39 @@ impl PartitionRelay {
 
             // wake-ups from here on may concern rows this claim does not see
             wakeup.reset();
+            // a relay kept busy marks with its claims (one round trip and one commit per round);
+            // one that keeps up marks in a quiet moment (see `idle`), so that no claim in front
+            // of a hop waits for a WAL flush
+            let mark_now = to_mark.overdue(settings.relay_batch_size);
             let batch = lease
                 .run(async |conn| {
+                    let unmarked = if mark_now {
+                        Unmarked::Mark(&to_mark.seqs)
+                    } else {
+                        Unmarked::Keep(&to_mark.seqs)
+                    };
                     steps::claim_pending_in(
                         conn,
                         partition.sql(),
                         settings.relay_batch_size,
-                        &published,
+                        unmarked,
                     )
                     .await
                 })
                 .await?;
-            published.clear();
+            if mark_now {
+                to_mark.take();
+            }
             if batch.is_empty() {
                 self.metrics.pending.set(0.0);
                 self.metrics.oldest_pending_age.set(0.0);
-                wakeup.wait(shutdown).await;
+                self.idle(&mut lease, &mut wakeup, &mut to_mark, shutdown)
+                    .await?;
                 continue;
             }
             self.metrics.batch_size.record(batch.len() as f64);
             let publish_started = Instant::now();
-            let outcome = publish(&*shared.publisher, &batch).await;
+            let mut outcome = publish(&*shared.publisher, &batch).await;
             self.metrics
                 .publish_duration
                 .record(publish_started.elapsed().as_secs_f64());
@@ -291,9 +346,10 @@ impl PartitionRelay {
             }
             self.record(&outcome);
             if outcome.failed.is_empty() {
-                // marked by the next claim (see the end of the round)
-                published.clone_from(&outcome.published);
+                to_mark.add(&outcome.published);
             } else {
+                // failures are recorded at once, with every published row not marked yet
+                outcome.published.extend(to_mark.take());
                 lease.run(async |conn| mark(conn, &outcome).await).await?;
                 if outcome.failed.iter().any(|(_, error)| error.is_permanent()) {
                     self.count_parked(&mut lease).await?;
@@ -303,7 +359,7 @@ impl PartitionRelay {
             if batch.len() >= settings.relay_batch_size || !outcome.failed.is_empty() {
                 let backlog = lease
                     .run(async |conn| {
-                        steps::pending_backlog(conn, partition.sql(), &published).await
+                        steps::pending_backlog(conn, partition.sql(), &to_mark.seqs).await
                     })
                     .await?;
                 self.metrics.pending.set(backlog.rows as f64);
@@ -316,13 +372,10 @@ impl PartitionRelay {
             }
             if outcome.failed.is_empty() {
                 retry = None;
-                // the next claim marks this round: at once when the batch was full or rows were
-                // committed meanwhile; else at the next wake-up or poll, so that a relay that
-                // keeps up pays one claim (one commit) per round, not a second one that finds
-                // nothing (the claim skips the rows it marks; a crash meanwhile re-publishes
-                // them, which the duplicate window and the inboxes absorb)
+                // at once when the batch was full or rows were committed meanwhile
                 if batch.len() < settings.relay_batch_size && !wakeup.woken() {
-                    wakeup.wait(shutdown).await;
+                    self.idle(&mut lease, &mut wakeup, &mut to_mark, shutdown)
+                        .await?;
                 }
             } else {
                 let delay = retry
@@ -334,12 +387,36 @@ impl PartitionRelay {
         }
     }
 
+    /// Waits for a wake-up, the poll or shutdown. The rows published and not marked yet are
+    /// marked in a quiet moment: once [`MARK_AFTER`] has passed since the first of them was
+    /// acknowledged with no wake-up meanwhile, so that the mark's WAL flush is in front of no
+    /// hop. (A crash before the mark re-publishes them, which the broker's duplicate window
+    /// and the inboxes absorb.)
+    async fn idle(
+        &self,
+        lease: &mut RelayLease,
+        wakeup: &mut Wakeup,
+        to_mark: &mut ToMark,
+        shutdown: &CancellationToken,
+    ) -> Result<(), OutboxError> {
+        if wakeup.wait_until(shutdown, to_mark.due()).await {
+            let outcome = PublishOutcome {
+                published: to_mark.take(),
+                ..PublishOutcome::default()
+            };
+            lease.run(async |conn| mark(conn, &outcome).await).await?;
+            // a wake-up during the mark is not lost: it returns at once
+            wakeup.wait(shutdown).await;
+        }
+        Ok(())
+    }
+
     /// Waits `delay` (or until shutdown) before retrying a publish, keeping the lease session
     /// busy once per poll interval meanwhile (see [`lease`]).
     async fn pause(
         &self,
         lease: &mut RelayLease,
-        delay: std::time::Duration,
+        delay: Duration,
         shutdown: &CancellationToken,
     ) -> Result<(), OutboxError> {
         let until = Instant::now() + delay;

@@ -70,22 +70,39 @@ pub async fn claim_pending(
     conn: &mut PgConnection,
     limit: usize,
 ) -> Result<OutboxBatch, sqlx::Error> {
-    claim_pending_in(conn, (1, 0), limit, &[]).await
+    claim_pending_in(conn, (1, 0), limit, Unmarked::Keep(&[])).await
 }
 
-/// [`claim_pending`] of one relay partition, given as (partition count, partition index), in
-/// the same statement (so the same transaction) that marks `published` published: a busy relay
-/// pays one round trip and one commit per round, not two. A row's partition is
-/// `order_hash % partitions` (NULL, from a binary older than the column, counts as partition 0);
-/// the walk follows `outbox_pending_idx` in `seq` order.
+/// The rows a relay published and has not marked published yet, as a claim is to treat them:
+/// it never hands them out again (its snapshot may still see them pending), and it marks them
+/// in the same statement or leaves them to a later mark.
+#[derive(Debug, Clone, Copy)]
+pub enum Unmarked<'a> {
+    /// Skip them and mark them published: the claim writes, so its commit waits for a WAL flush.
+    Mark(&'a [i64]),
+    /// Skip them only: a claim that marks nothing writes nothing and commits without a flush.
+    Keep(&'a [i64]),
+}
+
+/// [`claim_pending`] of one relay partition, given as (partition count, partition index),
+/// skipping the rows the relay published and has not marked yet ([`Unmarked`]), and marking them
+/// in the same statement (so the same transaction) when asked: a busy relay pays one round trip
+/// and one commit per round, not two. A row's partition is `order_hash % partitions` (NULL, from
+/// a binary older than the column, counts as partition 0); the walk follows
+/// `outbox_pending_idx` in `seq` order.
 pub async fn claim_pending_in(
     conn: &mut PgConnection,
     (partitions, partition): (i32, i32),
     limit: usize,
-    published: &[i64],
+    unmarked: Unmarked<'_>,
 ) -> Result<OutboxBatch, sqlx::Error> {
+    let (mark, skip) = match unmarked {
+        Unmarked::Mark(seqs) => (seqs, seqs),
+        Unmarked::Keep(seqs) => (&[][..], seqs),
+    };
     // The SELECT reads the snapshot taken before the UPDATE ran, where the rows it marks are
-    // still pending: it skips them by `seq`.
+    // still pending: it skips them by `seq`. An UPDATE of no row takes no transaction id, so the
+    // commit of a claim that marks nothing writes no WAL.
     let rows: Vec<PendingRow> = sqlx::query_as(
         "WITH marked AS (
            UPDATE outbox SET published_at = now() WHERE seq = ANY($4)
@@ -93,7 +110,7 @@ pub async fn claim_pending_in(
          SELECT seq, event_id, subject, headers, payload FROM outbox
          WHERE published_at IS NULL AND parked_at IS NULL
            AND ($2 = 1 OR coalesce(order_hash, 0) % $2 = $3)
-           AND seq <> ALL($4)
+           AND seq <> ALL($5)
          ORDER BY seq LIMIT $1",
     )
     // planned per call (docs/performance.md, *Plans of a fresh system*)
@@ -101,7 +118,8 @@ pub async fn claim_pending_in(
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .bind(partitions)
     .bind(partition)
-    .bind(published)
+    .bind(mark)
+    .bind(skip)
     .fetch_all(conn)
     .await?;
     let mut batch = OutboxBatch {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::RelaySignal;
@@ -41,10 +42,25 @@ impl Wakeup {
     /// Returns when woken (a wake-up since the last wait counts), after the poll interval, or
     /// at shutdown.
     pub async fn wait(&mut self, shutdown: &CancellationToken) {
+        self.wait_until(shutdown, None).await;
+    }
+
+    /// [`Wakeup::wait`], or until `deadline` if that comes first: returns whether it did (no
+    /// wake-up, poll or shutdown before it).
+    pub async fn wait_until(
+        &mut self,
+        shutdown: &CancellationToken,
+        deadline: Option<Instant>,
+    ) -> bool {
+        let poll = Instant::now() + self.poll_interval;
+        let (until, is_deadline) = match deadline {
+            Some(deadline) if deadline < poll => (deadline, true),
+            _ => (poll, false),
+        };
         tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = self.wakeups.changed() => {}
-            _ = tokio::time::sleep(self.poll_interval) => {}
+            _ = shutdown.cancelled() => false,
+            _ = self.wakeups.changed() => false,
+            _ = tokio::time::sleep_until(until) => is_deadline,
         }
     }
 }
