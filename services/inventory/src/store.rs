@@ -46,26 +46,27 @@ pub async fn lock_for_batch(
 ) -> Result<(), sqlx::Error> {
     let settling: Vec<uuid::Uuid> = settling.iter().map(|order| order.0).collect();
     let orders: Vec<uuid::Uuid> = orders.iter().map(|order| order.0).collect();
+    // One statement, one round trip: the order rows' scan starts only once its one-time filter
+    // has read every stock row locked, so the stock is always locked first.
     sqlx::query(
-        "SELECT sku FROM stock
-         WHERE sku = ANY(ARRAY(
-             SELECT unnest($1::text[])
-             UNION
-             SELECT sku FROM reservations WHERE order_id = ANY($2) AND state = 'reserved'))
-         ORDER BY sku FOR UPDATE",
+        "WITH stock_rows AS MATERIALIZED (
+             SELECT sku FROM stock
+             WHERE sku = ANY(ARRAY(
+                 SELECT unnest($1::text[])
+                 UNION
+                 SELECT sku FROM reservations WHERE order_id = ANY($2) AND state = 'reserved'))
+             ORDER BY sku FOR UPDATE
+         ), order_rows AS MATERIALIZED (
+             SELECT order_id FROM order_reservations
+             WHERE order_id = ANY($3) AND (SELECT count(*) FROM stock_rows) >= 0
+             ORDER BY order_id FOR UPDATE
+         )
+         SELECT count(*) FROM order_rows",
     )
     // planned per call (docs/performance.md, *Plans of a fresh system*)
     .persistent(false)
     .bind(reserving)
     .bind(&settling)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "SELECT order_id FROM order_reservations WHERE order_id = ANY($1)
-         ORDER BY order_id FOR UPDATE",
-    )
-    // planned per call (docs/performance.md, *Plans of a fresh system*)
-    .persistent(false)
     .bind(&orders)
     .execute(conn)
     .await?;
