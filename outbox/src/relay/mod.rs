@@ -121,10 +121,10 @@ impl Relay {
     }
 }
 
-/// How long the rows a relay published may wait for their mark when the relay is not kept busy
-/// (see [`PartitionRelay::idle`]); a busy relay marks with its next claim once they have waited
-/// this long, or once they would fill a batch.
-const MARK_AFTER: Duration = Duration::from_millis(20);
+/// How long the rows a relay published wait for their mark, at least: the mark is made in the
+/// relay's first quiet moment after that (see [`PartitionRelay::idle`]), so that a relay that
+/// keeps up pays one commit for the rows of many rounds, none of them in front of a hop.
+const MARK_AFTER: Duration = Duration::from_millis(50);
 
 /// The rows the broker acknowledged that are not marked published yet: each claim skips them.
 #[derive(Debug, Default)]
@@ -151,9 +151,10 @@ impl ToMark {
         self.since.map(|since| since + MARK_AFTER)
     }
 
-    /// Whether the next claim is to mark them: they are due, or would fill a batch.
+    /// Whether the next claim is to mark them: they would fill a batch (a relay kept busy
+    /// never has a quiet moment; this bounds the rows each claim skips).
     fn overdue(&self, batch_size: usize) -> bool {
-        self.seqs.len() >= batch_size || self.due().is_some_and(|due| Instant::now() >= due)
+        self.seqs.len() >= batch_size
     }
 
     fn take(&mut self) -> Vec<i64> {
@@ -302,9 +303,9 @@ impl PartitionRelay {
 
             // wake-ups from here on may concern rows this claim does not see
             wakeup.reset();
-            // a relay kept busy marks with its claims (one round trip and one commit per round);
-            // one that keeps up marks in a quiet moment (see `idle`), so that no claim in front
-            // of a hop waits for a WAL flush
+            // a relay kept busy marks with its claims (one round trip and one commit for a
+            // batch's worth of rows); one that keeps up marks in a quiet moment (see `idle`), so
+            // that no claim in front of a hop waits for a WAL flush
             let mark_now = to_mark.overdue(settings.relay_batch_size);
             let batch = lease
                 .run(async |conn| {
@@ -388,10 +389,10 @@ impl PartitionRelay {
     }
 
     /// Waits for a wake-up, the poll or shutdown. The rows published and not marked yet are
-    /// marked in a quiet moment: once [`MARK_AFTER`] has passed since the first of them was
-    /// acknowledged with no wake-up meanwhile, so that the mark's WAL flush is in front of no
-    /// hop. (A crash before the mark re-publishes them, which the broker's duplicate window
-    /// and the inboxes absorb.)
+    /// marked in a quiet moment: here (nothing is pending), once [`MARK_AFTER`] has passed since
+    /// the first of them was acknowledged, at once if it has already, so that the mark's WAL
+    /// flush is in front of no hop. (A crash before the mark re-publishes them, which the
+    /// broker's duplicate window and the inboxes absorb.)
     async fn idle(
         &self,
         lease: &mut RelayLease,
