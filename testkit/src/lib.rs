@@ -39,6 +39,7 @@ mod nats_cluster;
 mod scratch;
 mod secure_nats;
 pub mod service;
+mod shared_server;
 mod tansu;
 
 pub use cluster::{TestCluster, cluster};

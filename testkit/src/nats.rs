@@ -1,13 +1,13 @@
 //! A private `nats-server -js` per test, with fault injection (kill, restart).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use jwl_local_infra::{InfraError, NatsOptions, NatsServer, free_port};
 use tempfile::TempDir;
 
 use crate::scratch;
+use crate::shared_server::SharedServer;
 
 const START_ATTEMPTS: usize = 5;
 
@@ -17,7 +17,7 @@ const START_ATTEMPTS: usize = 5;
 #[derive(Debug)]
 pub struct TestNats {
     // Field order matters: the server dies before its store is removed.
-    server: Arc<Mutex<NatsServer>>,
+    server: SharedServer<NatsServer>,
     url: String,
     port: u16,
     log_file: PathBuf,
@@ -67,7 +67,7 @@ impl TestNats {
         let (url, port, log_file) = (server.url(), server.port(), server.log_file());
         let server_name = server.server_name().to_owned();
         Self {
-            server: Arc::new(Mutex::new(server)),
+            server: SharedServer::new(server, "nats-server"),
             url,
             port,
             log_file,
@@ -103,43 +103,28 @@ impl TestNats {
     /// Stops the server (SIGTERM) and starts it again on the same port and store; returns once
     /// JetStream answers. Streams and durable consumers survive.
     pub async fn restart(&self) -> anyhow::Result<()> {
-        self.blocking(NatsServer::restart).await
+        self.server.run(NatsServer::restart).await
     }
 
     /// SIGKILLs the server (a crash). Bring it back with [`start_again`](Self::start_again).
     pub async fn kill(&self) -> anyhow::Result<()> {
-        self.blocking(NatsServer::kill).await
+        self.server.run(NatsServer::kill).await
     }
 
     /// Stops the server gracefully (SIGTERM).
     pub async fn stop(&self) -> anyhow::Result<()> {
-        self.blocking(NatsServer::stop).await
+        self.server.run(NatsServer::stop).await
     }
 
     /// Starts a killed or stopped server again on the same port and store. No-op when running.
     pub async fn start_again(&self) -> anyhow::Result<()> {
-        self.blocking(NatsServer::start_again).await
+        self.server.run(NatsServer::start_again).await
     }
 
     pub async fn is_running(&self) -> bool {
-        self.blocking(|server| Ok::<_, InfraError>(server.is_running()))
+        self.server
+            .run(|server| Ok::<_, InfraError>(server.is_running()))
             .await
             .unwrap_or(false)
-    }
-
-    async fn blocking<T, F>(&self, operation: F) -> anyhow::Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut NatsServer) -> Result<T, InfraError> + Send + 'static,
-    {
-        let server = Arc::clone(&self.server);
-        let result = tokio::task::spawn_blocking(move || {
-            let mut server = server
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            operation(&mut server)
-        })
-        .await;
-        Ok(result.context("nats-server task failed")??)
     }
 }

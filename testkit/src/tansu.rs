@@ -2,7 +2,6 @@
 //! `None` when tansu is not installed (it is optional: `scripts/install-deps` builds it).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use jwl_local_infra::{
@@ -11,6 +10,7 @@ use jwl_local_infra::{
 use tempfile::TempDir;
 
 use crate::scratch;
+use crate::shared_server::SharedServer;
 
 const START_ATTEMPTS: usize = 5;
 
@@ -20,7 +20,7 @@ const START_ATTEMPTS: usize = 5;
 #[derive(Debug)]
 pub struct TestTansu {
     // Field order matters: the broker dies before its directory is removed.
-    server: Arc<Mutex<TansuServer>>,
+    server: SharedServer<TansuServer>,
     bootstrap_servers: String,
     storage: TansuStorage,
     log_file: PathBuf,
@@ -63,7 +63,7 @@ fn start_blocking() -> anyhow::Result<TestTansu> {
     };
     let (bootstrap_servers, log_file) = (server.bootstrap_servers(), server.log_file());
     Ok(TestTansu {
-        server: Arc::new(Mutex::new(server)),
+        server: SharedServer::new(server, "tansu"),
         bootstrap_servers,
         storage,
         log_file,
@@ -90,32 +90,16 @@ impl TestTansu {
     /// Stops the broker (SIGTERM) and starts it again on the same port and storage; returns once
     /// it answers.
     pub async fn restart(&self) -> anyhow::Result<()> {
-        self.blocking(TansuServer::restart).await
+        self.server.run(TansuServer::restart).await
     }
 
     /// SIGKILLs the broker (a crash). Bring it back with [`start_again`](Self::start_again).
     pub async fn kill(&self) -> anyhow::Result<()> {
-        self.blocking(TansuServer::kill).await
+        self.server.run(TansuServer::kill).await
     }
 
     /// Starts a killed or stopped broker again. No-op when running.
     pub async fn start_again(&self) -> anyhow::Result<()> {
-        self.blocking(TansuServer::start_again).await
-    }
-
-    async fn blocking<T, F>(&self, operation: F) -> anyhow::Result<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut TansuServer) -> Result<T, InfraError> + Send + 'static,
-    {
-        let server = Arc::clone(&self.server);
-        let result = tokio::task::spawn_blocking(move || {
-            let mut server = server
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            operation(&mut server)
-        })
-        .await;
-        Ok(result.context("tansu task failed")??)
+        self.server.run(TansuServer::start_again).await
     }
 }
