@@ -151,9 +151,9 @@ impl ToMark {
         self.since.map(|since| since + MARK_AFTER)
     }
 
-    /// Whether the next claim is to mark them: they would fill a batch (a relay kept busy
-    /// never has a quiet moment; this bounds the rows each claim skips).
-    fn overdue(&self, batch_size: usize) -> bool {
+    /// Whether they would fill a batch: then the next claim marks them (a relay kept busy never
+    /// has a quiet moment; this bounds the rows each claim skips).
+    fn fill_a_batch(&self, batch_size: usize) -> bool {
         self.seqs.len() >= batch_size
     }
 
@@ -306,7 +306,7 @@ impl PartitionRelay {
             // a relay kept busy marks with its claims (one round trip and one commit for a
             // batch's worth of rows); one that keeps up marks in a quiet moment (see `idle`), so
             // that no claim in front of a hop waits for a WAL flush
-            let mark_now = to_mark.overdue(settings.relay_batch_size);
+            let mark_now = to_mark.fill_a_batch(settings.relay_batch_size);
             let batch = lease
                 .run(async |conn| {
                     let unmarked = if mark_now {

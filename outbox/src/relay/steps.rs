@@ -86,9 +86,9 @@ pub enum Unmarked<'a> {
 
 /// [`claim_pending`] of one relay partition, given as (partition count, partition index),
 /// skipping the rows the relay published and has not marked yet ([`Unmarked`]), and marking them
-/// in the same statement (so the same transaction) when asked: a busy relay pays one round trip
-/// and one commit per round, not two. A row's partition is `order_hash % partitions` (NULL, from
-/// a binary older than the column, counts as partition 0); the walk follows
+/// in the same statement (so the same transaction) when asked: a relay kept busy marks with the
+/// round trip it claims with, not one of its own. A row's partition is `order_hash % partitions`
+/// (NULL, from a binary older than the column, counts as partition 0); the walk follows
 /// `outbox_pending_idx` in `seq` order.
 pub async fn claim_pending_in(
     conn: &mut PgConnection,
@@ -302,11 +302,11 @@ pub struct PendingBacklog {
 }
 
 /// The [`PendingBacklog`] of one relay partition, given as (partition count, partition index).
-/// Rows in `published` (acknowledged, to be marked by the next claim) are not counted.
+/// Rows in `unmarked` (acknowledged by the broker, not marked published yet) are not counted.
 pub async fn pending_backlog(
     conn: &mut PgConnection,
     (partitions, partition): (i32, i32),
-    published: &[i64],
+    unmarked: &[i64],
 ) -> Result<PendingBacklog, sqlx::Error> {
     sqlx::query_as(
         "SELECT count(*) AS rows,
@@ -318,7 +318,7 @@ pub async fn pending_backlog(
     )
     .bind(partitions)
     .bind(partition)
-    .bind(published)
+    .bind(unmarked)
     .fetch_one(conn)
     .await
 }
