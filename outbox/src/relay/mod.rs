@@ -163,6 +163,18 @@ impl ToMark {
     }
 }
 
+/// Marks every row of `to_mark` published, in one statement (none: no statement).
+async fn mark_all(lease: &mut RelayLease, to_mark: &mut ToMark) -> Result<(), OutboxError> {
+    if to_mark.is_empty() {
+        return Ok(());
+    }
+    let outcome = PublishOutcome {
+        published: to_mark.take(),
+        ..PublishOutcome::default()
+    };
+    lease.run(async |conn| mark(conn, &outcome).await).await
+}
+
 /// The relay of one partition in this process.
 struct PartitionRelay {
     shared: Arc<Relay>,
@@ -286,13 +298,7 @@ impl PartitionRelay {
         let mut to_mark = ToMark::default();
         loop {
             if shutdown.is_cancelled() || self.board.giving_up(partition.index) {
-                if !to_mark.is_empty() {
-                    let outcome = PublishOutcome {
-                        published: to_mark.take(),
-                        ..PublishOutcome::default()
-                    };
-                    lease.run(async |conn| mark(conn, &outcome).await).await?;
-                }
+                mark_all(&mut lease, &mut to_mark).await?;
                 lease.release().await;
                 return Ok(());
             }
@@ -401,11 +407,7 @@ impl PartitionRelay {
         shutdown: &CancellationToken,
     ) -> Result<(), OutboxError> {
         if wakeup.wait_until(shutdown, to_mark.due()).await {
-            let outcome = PublishOutcome {
-                published: to_mark.take(),
-                ..PublishOutcome::default()
-            };
-            lease.run(async |conn| mark(conn, &outcome).await).await?;
+            mark_all(lease, to_mark).await?;
             // a wake-up during the mark is not lost: it returns at once
             wakeup.wait(shutdown).await;
         }
