@@ -90,10 +90,15 @@ impl RelayLease {
             // the index keeps an entry for every row marked published until a vacuum, and only
             // an index scan marks the dead ones it visits so that the next claim skips them (a
             // bitmap scan, which the planner picks when it expects few pending rows, visits
-            // every one of them on every claim: 8–90 ms per claim after 30 s at 250 orders/s)
+            // every one of them on every claim: 8–90 ms per claim after 30 s at 250 orders/s);
+            // and each of its statements is planned with its arguments every time it runs
+            // (prepared once, so one round trip per run: PostgreSQL would otherwise settle on a
+            // generic plan after five runs, and one costed while a fresh system's outbox was
+            // nearly empty scans it whole; docs/performance.md, *Plans of a fresh system*)
             sqlx::query(
                 "SELECT set_config('idle_session_timeout', $1, false),
-                        set_config('enable_bitmapscan', 'off', false)",
+                        set_config('enable_bitmapscan', 'off', false),
+                        set_config('plan_cache_mode', 'force_custom_plan', false)",
             )
             .bind(format!("{}ms", stall_timeout.as_millis()))
                 .execute(&mut *conn)
@@ -217,6 +222,7 @@ mod tests {
     use std::time::Duration;
 
     use super::{Attempt, Partition, RelayLease, try_switch_count};
+    use crate::relay::{PublishOutcome, Unmarked, claim_pending_in, mark};
 
     const STALL: Duration = Duration::from_millis(1500);
     const ONLY: Partition = Partition { index: 0, count: 1 };
@@ -325,6 +331,47 @@ mod tests {
             .fetch_one(&pool)
             .await?;
         assert_eq!(pooled, "on");
+        Ok(())
+    }
+
+    /// A lease session's statements are prepared once and planned with their arguments at
+    /// every run: a generic plan made on a fresh system's near-empty outbox would scan it whole
+    /// later. (A mark of more rows than the ten a generic plan assumes for an array is one that
+    /// PostgreSQL would otherwise run with a generic plan from its sixth run on.)
+    #[tokio::test]
+    async fn a_lease_session_plans_each_statement_with_its_arguments() -> anyhow::Result<()> {
+        let db = jwl_testkit::database().await?;
+        let pool = db.pool().await?;
+        crate::migrate(&pool).await?;
+        let mut lease = acquire(&pool, ONLY).await?.expect("the lease is free");
+        let outcome = PublishOutcome {
+            published: (1..=50).collect(),
+            ..PublishOutcome::default()
+        };
+        for _ in 0..8 {
+            lease
+                .run(async |conn| {
+                    claim_pending_in(conn, (1, 0), 10, Unmarked::Keep(&[])).await?;
+                    mark(conn, &outcome).await
+                })
+                .await?;
+        }
+        let plans: Vec<(i64, i64)> = lease
+            .run(async |conn| {
+                sqlx::query_as(
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements
+                     WHERE statement ~ '(FROM|UPDATE) outbox\\s' AND statement NOT LIKE '%pg_prepared%'
+                     ORDER BY statement",
+                )
+                .fetch_all(conn)
+                .await
+            })
+            .await?;
+        assert_eq!(
+            plans,
+            vec![(0, 8), (0, 8)],
+            "the claim and the mark, each prepared once and planned at every run"
+        );
         Ok(())
     }
 }

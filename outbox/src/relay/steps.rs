@@ -113,8 +113,6 @@ pub async fn claim_pending_in(
            AND seq <> ALL($5)
          ORDER BY seq LIMIT $1",
     )
-    // planned per call (docs/performance.md, *Plans of a fresh system*)
-    .persistent(false)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
     .bind(partitions)
     .bind(partition)
@@ -258,8 +256,6 @@ fn round_end(keys: &[&str], start: usize) -> usize {
 pub async fn mark(conn: &mut PgConnection, outcome: &PublishOutcome) -> Result<(), sqlx::Error> {
     if !outcome.published.is_empty() {
         sqlx::query("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)")
-            // planned per call (docs/performance.md, *Plans of a fresh system*)
-            .persistent(false)
             .bind(&outcome.published)
             .execute(&mut *conn)
             .await?;
