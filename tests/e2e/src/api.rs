@@ -20,8 +20,8 @@ use crate::geo::Point;
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// How long one request may take (the services' own limit is 10 s).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Attempts of an order placement that the service sheds with `429`/`503`.
-const PLACE_ATTEMPTS: u32 = 30;
+/// Attempts of a call that the service sheds with `429`/`503` ([`ApiClient::send_until_served`]).
+const SHED_ATTEMPTS: u32 = 30;
 /// The longest `Retry-After` honoured (the services say 1 s).
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -319,6 +319,28 @@ impl ApiClient {
             .with_context(|| format!("no {service} service in this system"))
     }
 
+    /// [`ApiClient::send`], again (the same call, so the same idempotency key) while the service
+    /// sheds it with `429` or says it is briefly unavailable with `503` (a database that stalls
+    /// for a moment on a busy host), honouring `Retry-After`, up to [`SHED_ATTEMPTS`] times; the
+    /// last reply otherwise. For calls whose test is not about load shedding or outages.
+    pub async fn send_until_served(&self, call: Call) -> anyhow::Result<Reply> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let reply = self.send(call.clone()).await?;
+            let shed = matches!(
+                reply.status,
+                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            );
+            if !shed || attempt >= SHED_ATTEMPTS {
+                return Ok(reply);
+            }
+            let wait = reply.retry_after().unwrap_or(Duration::from_secs(1));
+            // The server asked for this pause (Retry-After); it is not a wait for a condition.
+            tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
+        }
+    }
+
     /// Sends `call` and checks that the reply carries an `X-Request-ID` (echoing the one sent).
     pub async fn send(&self, call: Call) -> anyhow::Result<Reply> {
         let url = format!("{}{}", self.base_url(call.service)?, call.path);
@@ -394,42 +416,27 @@ impl ApiClient {
         order: &NewOrder,
     ) -> anyhow::Result<String> {
         let key = uuid::Uuid::new_v4().to_string();
-        let body = serde_json::to_value(order)?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let call = Call::new(Service::Order, Method::POST, "/v1/orders")
-                .token(customer_token)
-                .idempotency_key(&key)
-                .json(body.clone());
-            let reply = self.send(call).await?;
-            let shed = matches!(
-                reply.status,
-                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-            );
-            if shed && attempt < PLACE_ATTEMPTS {
-                let wait = reply.retry_after().unwrap_or(Duration::from_secs(1));
-                // The server asked for this pause (Retry-After); it is not a wait for a condition.
-                tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
-                continue;
-            }
-            let location = reply.header("location").map(str::to_owned);
-            let created: Value = reply.expect(StatusCode::CREATED, "placing an order")?;
-            let order_id = created["order_id"]
-                .as_str()
-                .with_context(|| format!("the created order has no order_id: {created}"))?
-                .to_owned();
-            anyhow::ensure!(
-                created["status"] == json!("pending"),
-                "a new order must be pending: {created}"
-            );
-            let location = location.context("the 201 for a new order has no Location header")?;
-            anyhow::ensure!(
-                location.ends_with(&format!("/v1/orders/{order_id}")),
-                "Location {location:?} does not name order {order_id}"
-            );
-            return Ok(order_id);
-        }
+        let call = Call::new(Service::Order, Method::POST, "/v1/orders")
+            .token(customer_token)
+            .idempotency_key(&key)
+            .json(serde_json::to_value(order)?);
+        let reply = self.send_until_served(call).await?;
+        let location = reply.header("location").map(str::to_owned);
+        let created: Value = reply.expect(StatusCode::CREATED, "placing an order")?;
+        let order_id = created["order_id"]
+            .as_str()
+            .with_context(|| format!("the created order has no order_id: {created}"))?
+            .to_owned();
+        anyhow::ensure!(
+            created["status"] == json!("pending"),
+            "a new order must be pending: {created}"
+        );
+        let location = location.context("the 201 for a new order has no Location header")?;
+        anyhow::ensure!(
+            location.ends_with(&format!("/v1/orders/{order_id}")),
+            "Location {location:?} does not name order {order_id}"
+        );
+        Ok(order_id)
     }
 
     /// `GET /v1/orders/{id}`.

@@ -151,7 +151,7 @@ async fn happy_path(broker: BrokerKind) -> anyhow::Result<()> {
         let bob = system.tokens().customer("bob")?;
         let reply = system
             .api()
-            .send(
+            .send_until_served(
                 Call::new(
                     Service::Order,
                     Method::GET,
