@@ -13,7 +13,7 @@ use jwl_ops::DeadLetterReason;
 use jwl_outbox::{FaultPoints, MessagingSettings, TransientFault};
 use jwl_service_kit::ConsolePeers;
 use jwl_service_kit::auth::Scope;
-use jwl_service_kit::db::PoolSettings;
+use jwl_service_kit::db::{Planning, PoolSettings};
 use secrecy::SecretString;
 
 use crate::services::ServiceName;
@@ -798,21 +798,25 @@ impl MessagingArgs {
         }
     }
 
-    /// The production pool settings with these tunables.
+    /// The settings of a service's own pool (its consumers, handlers, relay and timers) with
+    /// these tunables: each statement planned once, by index ([`Planning::OnceByIndex`]).
     pub fn to_pool_settings(&self) -> PoolSettings {
         PoolSettings {
             stall_timeout: self.db_stall_timeout,
+            planning: Planning::OnceByIndex,
             ..PoolSettings::default()
         }
     }
 
     /// The settings of the HTTP routes' pool: [`Self::to_pool_settings`] with
     /// `JWL_HTTP_DB_POOL_SIZE` connections, each pinged before use (a request is not retried,
-    /// so a connection broken by a database restart must not fail one).
+    /// so a connection broken by a database restart must not fail one), and PostgreSQL's own
+    /// choice of plans (the routes' lists and filters vary in what they select).
     pub fn to_http_pool_settings(&self) -> PoolSettings {
         PoolSettings {
             max_connections: self.http_db_pool_size.get(),
             ping_before_acquire: true,
+            planning: Planning::Adaptive,
             ..self.to_pool_settings()
         }
     }
@@ -1035,7 +1039,12 @@ mod tests {
         assert_eq!(http.max_connections, 5);
         assert!(http.ping_before_acquire);
         assert_eq!(http.stall_timeout, Duration::from_secs(30));
+        assert_eq!(http.planning, Planning::Adaptive);
         assert_eq!(serve.messaging.to_pool_settings().max_connections, 10);
+        assert_eq!(
+            serve.messaging.to_pool_settings().planning,
+            Planning::OnceByIndex
+        );
     }
 
     #[test]

@@ -13,6 +13,10 @@
 //! server's side of the socket is bounded too: `tcp_user_timeout` (data it sent left unacknowledged,
 //! say a result it is blocked sending to a client that vanished) and TCP keepalives, so a session
 //! whose client is gone does not outlive it by the operating system's two hours.
+//!
+//! How PostgreSQL plans a pool's statements is a setting of the pool ([`Planning`]): the
+//! consumers' pool plans each statement once, by index; the HTTP routes' pool leaves the choice
+//! to PostgreSQL.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -62,6 +66,28 @@ pub struct PoolSettings {
     /// restart or left half-open by a partition is replaced instead of failing the request.
     /// Off for the consumers' pool, whose batches retry and which runs on the hot path.
     pub ping_before_acquire: bool,
+    /// How PostgreSQL plans the statements of the pool's sessions.
+    pub planning: Planning,
+}
+
+/// How PostgreSQL plans the prepared statements of a pool's sessions (sqlx prepares each
+/// statement once per connection).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Planning {
+    /// PostgreSQL's own choice: a statement is planned with its arguments for its first five
+    /// runs, then keeps a generic plan if that does not look costlier. For pools whose statements
+    /// vary in what they select (the HTTP routes' lists and filters, operator commands).
+    #[default]
+    Adaptive,
+    /// Each statement is planned once per session, without its arguments, and never with a
+    /// sequential scan where an index serves (`plan_cache_mode = force_generic_plan`,
+    /// `enable_seqscan = off`). For sessions whose statements all find their rows by key or by
+    /// arrays of keys, run once per batch (the consumers', their handlers' and the relays'):
+    /// planning each run with its arguments cost PostgreSQL more than running it, and the
+    /// generic plan PostgreSQL would otherwise keep may have been costed while a fresh system's
+    /// tables were nearly empty, where a sequential scan is cheapest, and then scan them whole as
+    /// they grow (docs/performance.md, *One plan per statement*).
+    OnceByIndex,
 }
 
 /// Longest a [`PoolSettings::ping_before_acquire`] ping may take: a healthy server answers a ping
@@ -78,6 +104,7 @@ impl Default for PoolSettings {
             startup_retry_for: Duration::from_secs(20),
             stall_timeout: Duration::from_secs(30),
             ping_before_acquire: false,
+            planning: Planning::Adaptive,
         }
     }
 }
@@ -135,6 +162,13 @@ pub async fn connect_labelled(
         ("tcp_keepalives_interval", keepalive_interval.as_str()),
         ("tcp_keepalives_count", "3"),
     ]);
+    let options = match settings.planning {
+        Planning::Adaptive => options,
+        Planning::OnceByIndex => options.options([
+            ("plan_cache_mode", "force_generic_plan"),
+            ("enable_seqscan", "off"),
+        ]),
+    };
     let release_check = settings.stall_timeout;
     let acquire_check = settings.stall_timeout.min(ACQUIRE_CHECK_LIMIT);
     let ping_before_acquire = settings.ping_before_acquire;

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use jwl_service_kit::ApiError;
-use jwl_service_kit::db::{self, DbError, PoolSettings};
+use jwl_service_kit::db::{self, DbError, Planning, PoolSettings};
 use jwl_testkit::{StopMode, TestCluster, eventually};
 
 #[tokio::test]
@@ -112,6 +112,84 @@ async fn a_connection_given_back_mid_statement_is_closed_after_the_stall_timeout
         waited < Duration::from_secs(5),
         "the only pool slot came back after {waited:?}, not when the 10 s statement ended"
     );
+}
+
+/// The plan a session of `pool` runs `lookup` of ids 1 and 2 with (`EXPLAIN EXECUTE` of a
+/// statement prepared on it), and how often it planned it generically and with its arguments.
+async fn lookup_plan(pool: &sqlx::PgPool) -> anyhow::Result<(String, (i64, i64))> {
+    let mut conn = pool.acquire().await?;
+    sqlx::raw_sql("PREPARE lookup (int[]) AS SELECT label FROM widget WHERE id = ANY($1)")
+        .execute(&mut *conn)
+        .await?;
+    let mut plan: Vec<String> = Vec::new();
+    for _ in 0..6 {
+        plan = sqlx::query_scalar("EXPLAIN EXECUTE lookup ('{1,2}')")
+            .fetch_all(&mut *conn)
+            .await?;
+    }
+    let plans = sqlx::query_as(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = 'lookup'",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((plan.join("\n"), plans))
+}
+
+/// A pool planning once by index keeps one generic plan per statement from its first run, and
+/// that plan finds rows by index even where the statistics say the table is nearly empty (as
+/// on a fresh system), where PostgreSQL's own choice (a pool leaving planning to it) is a
+/// sequential scan, a plan it would keep while the table grows. Statements sqlx prepares are
+/// planned the same way.
+#[tokio::test]
+async fn a_pool_planning_once_by_index_keeps_one_indexed_plan_per_statement() -> anyhow::Result<()>
+{
+    let database = jwl_testkit::database().await?;
+    let adaptive = db::connect(database.url(), "jwl_plans").await?;
+    sqlx::raw_sql(
+        "CREATE TABLE widget (id int PRIMARY KEY, label text NOT NULL);
+         INSERT INTO widget SELECT n, 'w' || n FROM generate_series(1, 5) AS n;
+         ANALYZE widget;",
+    )
+    .execute(&adaptive)
+    .await?;
+    let settings = PoolSettings {
+        planning: Planning::OnceByIndex,
+        ..PoolSettings::default()
+    };
+    let by_index = db::connect_with(database.url(), "jwl_plans", &settings).await?;
+
+    let (plan, _) = lookup_plan(&adaptive).await?;
+    assert!(
+        plan.contains("Seq Scan on widget"),
+        "PostgreSQL's own choice:\n{plan}"
+    );
+    let (plan, plans) = lookup_plan(&by_index).await?;
+    assert!(
+        plan.contains("widget_pkey") && !plan.contains("Seq Scan"),
+        "planned by index:\n{plan}"
+    );
+    assert_eq!(
+        plans,
+        (6, 0),
+        "the generic plan for all six runs, none with arguments"
+    );
+
+    let mut conn = by_index.acquire().await?;
+    for id in 1..=3 {
+        let label: String = sqlx::query_scalar("SELECT label FROM widget WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await?;
+        assert_eq!(label, format!("w{id}"));
+    }
+    let prepared: (i64, i64) = sqlx::query_as(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements
+         WHERE statement = 'SELECT label FROM widget WHERE id = $1'",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    assert_eq!(prepared, (3, 0), "a statement sqlx prepared, planned once");
+    Ok(())
 }
 
 #[tokio::test]

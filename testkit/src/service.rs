@@ -19,7 +19,7 @@ use jwl_outbox::{
     Handler, HandlerError, JetStreamBroker, MessagingSettings, OutboxError, Processed,
 };
 use jwl_service_kit::auth::{JwtKeys, Scope};
-use jwl_service_kit::db::{PoolSettings, connect_with};
+use jwl_service_kit::db::{Planning, PoolSettings, connect_with};
 use jwl_service_kit::http::{Readiness, edge};
 use jwl_service_kit::{ServiceContext, Settings};
 use serde_json::Value;
@@ -31,12 +31,14 @@ use crate::TestNats;
 /// Largest response body [`send`] reads.
 const MAX_BODY_BYTES: usize = 1 << 20;
 
-/// A pool on a fresh test database whose `search_path` is `schema` (created if missing). The
-/// acquire timeout is generous, as tests share two cores; the caller runs its migrations.
+/// A pool on a fresh test database whose `search_path` is `schema` (created if missing),
+/// planning as a service's own pool does ([`Planning::OnceByIndex`]). The acquire timeout is
+/// generous, as tests share two cores; the caller runs its migrations.
 pub async fn schema_pool(schema: &str) -> anyhow::Result<PgPool> {
     let database = crate::database().await?;
     let settings = PoolSettings {
         acquire_timeout: Duration::from_secs(60),
+        planning: Planning::OnceByIndex,
         ..PoolSettings::default()
     };
     connect_with(database.url(), schema, &settings)

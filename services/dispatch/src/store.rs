@@ -120,8 +120,6 @@ pub async fn orders_on_arrival(
          ) AS tombstone ON true
          ORDER BY o.n",
     )
-    // planned per call: a generic plan costed on a fresh system's empty tables scans them
-    .persistent(false)
     .bind(ids)
     .fetch_all(conn)
     .await?;

@@ -71,8 +71,6 @@ pub async fn lock_by_orders(
         "SELECT waybill_id, order_id, status, courier_id FROM waybills
          WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE",
     )
-    // planned per call: a generic plan costed on a fresh system's empty table scans it
-    .persistent(false)
     .bind(ids)
     .fetch_all(conn)
     .await?;
@@ -201,8 +199,6 @@ pub async fn transition(conn: &mut PgConnection, moves: &[Move<'_>]) -> Result<u
               AS m(waybill_id, from_status, to_status, courier_id)
          WHERE waybills.waybill_id = m.waybill_id AND waybills.status = m.from_status",
     )
-    // planned per call: a generic plan costed on a fresh system's empty table scans it
-    .persistent(false)
     .bind(moves.iter().map(|m| m.waybill_id.0).collect::<Vec<Uuid>>())
     .bind(moves.iter().map(|m| m.from.as_str()).collect::<Vec<&str>>())
     .bind(moves.iter().map(|m| m.to.as_str()).collect::<Vec<&str>>())

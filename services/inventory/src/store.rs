@@ -63,8 +63,6 @@ pub async fn lock_for_batch(
          )
          SELECT count(*) FROM order_rows",
     )
-    // planned per call (docs/performance.md, *Plans of a fresh system*)
-    .persistent(false)
     .bind(reserving)
     .bind(&settling)
     .bind(&orders)
@@ -99,8 +97,6 @@ pub async fn lock_stock(
         "SELECT sku, on_hand, reserved, shipped FROM stock
          WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
     )
-    // planned per call (docs/performance.md, *Plans of a fresh system*)
-    .persistent(false)
     .bind(skus)
     .fetch_all(conn)
     .await?;
@@ -177,8 +173,6 @@ pub async fn record_orders(
              RETURNING 1)
          SELECT count(*) FROM recorded",
     )
-    // planned per call (docs/performance.md, *Plans of a fresh system*)
-    .persistent(false)
     .bind(&ids)
     .bind(&states)
     .bind(&items)
@@ -246,8 +240,6 @@ pub async fn commit(conn: &mut PgConnection, orders: &[OrderId]) -> Result<u64, 
              RETURNING 1)
          SELECT count(*) FROM committed",
     )
-    // planned per call (docs/performance.md, *Plans of a fresh system*)
-    .persistent(false)
     .bind(&orders)
     .fetch_one(conn)
     .await?;

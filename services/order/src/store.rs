@@ -360,8 +360,6 @@ pub async fn lock_and_record_all(
          )
          SELECT * FROM locked",
     )
-    // planned per call (docs/performance.md, *Plans of a fresh system*)
-    .persistent(false)
     .bind(&order_ids)
     .bind(timeline.event_id)
     .bind(timeline.order_id)
@@ -402,8 +400,6 @@ pub async fn update_read_models(
               AS u (order_id, status, reason, waybill_id, courier_id, terminal)
          WHERE orders.order_id = u.order_id",
     )
-    // planned per call (docs/performance.md, *Plans of a fresh system*)
-    .persistent(false)
     .bind(updates.iter().map(|(id, _)| id.0).collect::<Vec<Uuid>>())
     .bind(
         updates

@@ -110,8 +110,6 @@ pub async fn lock_states(
          LEFT JOIN locked USING (order_id)
          ORDER BY o.n",
     )
-    // planned per call: a generic plan costed on a fresh system's empty table scans it
-    .persistent(false)
     .bind(ids)
     .fetch_all(conn)
     .await?;
@@ -167,8 +165,6 @@ pub async fn capture_many(
          WHERE order_id = ANY($1) AND status = 'authorized'
          RETURNING order_id, amount_cents",
     )
-    // planned per call: a generic plan costed on a fresh system's empty table scans it
-    .persistent(false)
     .bind(ids)
     .fetch_all(conn)
     .await?;
