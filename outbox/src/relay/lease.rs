@@ -91,14 +91,16 @@ impl RelayLease {
             // an index scan marks the dead ones it visits so that the next claim skips them (a
             // bitmap scan, which the planner picks when it expects few pending rows, visits
             // every one of them on every claim: 8–90 ms per claim after 30 s at 250 orders/s);
-            // and each of its statements is planned with its arguments every time it runs
-            // (prepared once, so one round trip per run: PostgreSQL would otherwise settle on a
-            // generic plan after five runs, and one costed while a fresh system's outbox was
-            // nearly empty scans it whole; docs/performance.md, *Plans of a fresh system*)
+            // and each of its statements is planned once, by index, whatever the pool's
+            // planning (planned at every run, the claim cost PostgreSQL several times more to
+            // plan than to run; a generic plan PostgreSQL chose itself may have been costed
+            // while a fresh system's outbox was nearly empty and scan it whole later;
+            // docs/performance.md, *One plan per statement*)
             sqlx::query(
                 "SELECT set_config('idle_session_timeout', $1, false),
                         set_config('enable_bitmapscan', 'off', false),
-                        set_config('plan_cache_mode', 'force_custom_plan', false)",
+                        set_config('enable_seqscan', 'off', false),
+                        set_config('plan_cache_mode', 'force_generic_plan', false)",
             )
             .bind(format!("{}ms", stall_timeout.as_millis()))
                 .execute(&mut *conn)
@@ -222,6 +224,7 @@ mod tests {
     use std::time::Duration;
 
     use super::{Attempt, Partition, RelayLease, try_switch_count};
+    use crate::relay::steps::CLAIM;
     use crate::relay::{PublishOutcome, Unmarked, claim_pending_in, mark};
 
     const STALL: Duration = Duration::from_millis(1500);
@@ -334,12 +337,12 @@ mod tests {
         Ok(())
     }
 
-    /// A lease session's statements are prepared once and planned with their arguments at
-    /// every run: a generic plan made on a fresh system's near-empty outbox would scan it whole
-    /// later. (A mark of more rows than the ten a generic plan assumes for an array is one that
-    /// PostgreSQL would otherwise run with a generic plan from its sixth run on.)
+    /// A lease session's statements are prepared once and planned once, without their
+    /// arguments (planning each run cost more than running it), and the claim's one plan walks
+    /// the pending rows' index even when made on an empty outbox, as on a fresh system, where a
+    /// plan costed by PostgreSQL's own choice would scan the table.
     #[tokio::test]
-    async fn a_lease_session_plans_each_statement_with_its_arguments() -> anyhow::Result<()> {
+    async fn a_lease_session_plans_each_statement_once_by_index() -> anyhow::Result<()> {
         let db = jwl_testkit::database().await?;
         let pool = db.pool().await?;
         crate::migrate(&pool).await?;
@@ -369,8 +372,25 @@ mod tests {
             .await?;
         assert_eq!(
             plans,
-            vec![(0, 8), (0, 8)],
-            "the claim and the mark, each prepared once and planned at every run"
+            vec![(8, 0), (8, 0)],
+            "the claim and the mark, each prepared and planned once"
+        );
+        let claim_plan: Vec<String> = lease
+            .run(async |conn| {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "PREPARE claim_plan (bigint, int, int, bigint[], bigint[]) AS {CLAIM}"
+                )))
+                .execute(&mut *conn)
+                .await?;
+                sqlx::query_scalar("EXPLAIN EXECUTE claim_plan (10, 1, 0, '{}', '{}')")
+                    .fetch_all(&mut *conn)
+                    .await
+            })
+            .await?;
+        let claim_plan = claim_plan.join("\n");
+        assert!(
+            claim_plan.contains("Index Scan using outbox_pending_idx"),
+            "the claim walks the pending rows' index:\n{claim_plan}"
         );
         Ok(())
     }

@@ -84,6 +84,20 @@ pub enum Unmarked<'a> {
     Keep(&'a [i64]),
 }
 
+/// The claim of [`claim_pending_in`]: marks the rows `$4` published, and reads up to `$1`
+/// pending rows of partition `$3` of `$2`, in `seq` order, skipping the rows `$5`. The SELECT
+/// reads the snapshot taken before the UPDATE ran, where the rows it marks are still pending: it
+/// skips them by `seq`. An UPDATE of no row takes no transaction id, so the commit of a claim
+/// that marks nothing writes no WAL.
+pub(super) const CLAIM: &str = "WITH marked AS (
+   UPDATE outbox SET published_at = now() WHERE seq = ANY($4)
+ )
+ SELECT seq, event_id, subject, headers, payload FROM outbox
+ WHERE published_at IS NULL AND parked_at IS NULL
+   AND ($2 = 1 OR coalesce(order_hash, 0) % $2 = $3)
+   AND seq <> ALL($5)
+ ORDER BY seq LIMIT $1";
+
 /// [`claim_pending`] of one relay partition, given as (partition count, partition index),
 /// skipping the rows the relay published and has not marked yet ([`Unmarked`]), and marking them
 /// in the same statement (so the same transaction) when asked: a relay kept busy marks with the
@@ -100,26 +114,14 @@ pub async fn claim_pending_in(
         Unmarked::Mark(seqs) => (seqs, seqs),
         Unmarked::Keep(seqs) => (&[][..], seqs),
     };
-    // The SELECT reads the snapshot taken before the UPDATE ran, where the rows it marks are
-    // still pending: it skips them by `seq`. An UPDATE of no row takes no transaction id, so the
-    // commit of a claim that marks nothing writes no WAL.
-    let rows: Vec<PendingRow> = sqlx::query_as(
-        "WITH marked AS (
-           UPDATE outbox SET published_at = now() WHERE seq = ANY($4)
-         )
-         SELECT seq, event_id, subject, headers, payload FROM outbox
-         WHERE published_at IS NULL AND parked_at IS NULL
-           AND ($2 = 1 OR coalesce(order_hash, 0) % $2 = $3)
-           AND seq <> ALL($5)
-         ORDER BY seq LIMIT $1",
-    )
-    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .bind(partitions)
-    .bind(partition)
-    .bind(mark)
-    .bind(skip)
-    .fetch_all(conn)
-    .await?;
+    let rows: Vec<PendingRow> = sqlx::query_as(CLAIM)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(partitions)
+        .bind(partition)
+        .bind(mark)
+        .bind(skip)
+        .fetch_all(conn)
+        .await?;
     let mut batch = OutboxBatch {
         seqs: Vec::with_capacity(rows.len()),
         messages: Vec::with_capacity(rows.len()),
