@@ -79,14 +79,15 @@ pub enum Planning {
     /// vary in what they select (the HTTP routes' lists and filters, operator commands).
     #[default]
     Adaptive,
-    /// Each statement is planned once per session, without its arguments, and never with a
-    /// sequential scan where an index serves (`plan_cache_mode = force_generic_plan`,
-    /// `enable_seqscan = off`). For sessions whose statements all find their rows by key or by
-    /// arrays of keys, run once per batch (the consumers', their handlers' and the relays'):
-    /// planning each run with its arguments cost PostgreSQL more than running it, and the
-    /// generic plan PostgreSQL would otherwise keep may have been costed while a fresh system's
-    /// tables were nearly empty, where a sequential scan is cheapest, and then scan them whole as
-    /// they grow (docs/performance.md, *One plan per statement*).
+    /// Each statement is planned once per session, without its arguments, finding rows by
+    /// index: no sequential scan where an index serves, and joins as nested loops that look each
+    /// row up by its key (`plan_cache_mode = force_generic_plan`, `enable_seqscan`,
+    /// `enable_hashjoin` and `enable_mergejoin` off). For sessions whose statements all find
+    /// their rows by key or by arrays of keys, once per batch (the consumers', their handlers'
+    /// and the relays'): planning each run with its arguments cost PostgreSQL more than running
+    /// it, and a plan costed while a fresh system's tables were nearly empty, where scanning a
+    /// table whole (alone, or to hash it for a join) is cheapest, would be kept while they grow
+    /// (docs/performance.md, *One plan per statement*).
     OnceByIndex,
 }
 
@@ -167,6 +168,8 @@ pub async fn connect_labelled(
         Planning::OnceByIndex => options.options([
             ("plan_cache_mode", "force_generic_plan"),
             ("enable_seqscan", "off"),
+            ("enable_hashjoin", "off"),
+            ("enable_mergejoin", "off"),
         ]),
     };
     let release_check = settings.stall_timeout;

@@ -114,32 +114,45 @@ async fn a_connection_given_back_mid_statement_is_closed_after_the_stall_timeout
     );
 }
 
-/// The plan a session of `pool` runs `lookup` of ids 1 and 2 with (`EXPLAIN EXECUTE` of a
-/// statement prepared on it), and how often it planned it generically and with its arguments.
-async fn lookup_plan(pool: &sqlx::PgPool) -> anyhow::Result<(String, (i64, i64))> {
+/// The plans a session of `pool` runs two statements with (`EXPLAIN EXECUTE` of statements
+/// prepared on it, each run six times): a lookup of two ids, and a batch update joining the
+/// table to arrays of ids and labels; and how often it planned the lookup generically and with
+/// its arguments.
+async fn plans_on(pool: &sqlx::PgPool) -> anyhow::Result<(String, String, (i64, i64))> {
     let mut conn = pool.acquire().await?;
-    sqlx::raw_sql("PREPARE lookup (int[]) AS SELECT label FROM widget WHERE id = ANY($1)")
-        .execute(&mut *conn)
-        .await?;
-    let mut plan: Vec<String> = Vec::new();
-    for _ in 0..6 {
-        plan = sqlx::query_scalar("EXPLAIN EXECUTE lookup ('{1,2}')")
-            .fetch_all(&mut *conn)
-            .await?;
+    sqlx::raw_sql(
+        "PREPARE lookup (int[]) AS SELECT label FROM widget WHERE id = ANY($1);
+         PREPARE relabel (int[], text[]) AS UPDATE widget SET label = m.label
+           FROM unnest($1, $2) AS m(id, label) WHERE widget.id = m.id;",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let mut plans: Vec<String> = Vec::new();
+    for explain in [
+        "EXPLAIN EXECUTE lookup ('{1,2}')",
+        "EXPLAIN EXECUTE relabel ('{1,2}', '{a,b}')",
+    ] {
+        let mut plan: Vec<String> = Vec::new();
+        for _ in 0..6 {
+            plan = sqlx::query_scalar(explain).fetch_all(&mut *conn).await?;
+        }
+        plans.push(plan.join("\n"));
     }
-    let plans = sqlx::query_as(
+    let counts = sqlx::query_as(
         "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = 'lookup'",
     )
     .fetch_one(&mut *conn)
     .await?;
-    Ok((plan.join("\n"), plans))
+    let relabel = plans.pop().unwrap_or_default();
+    let lookup = plans.pop().unwrap_or_default();
+    Ok((lookup, relabel, counts))
 }
 
 /// A pool planning once by index keeps one generic plan per statement from its first run, and
 /// that plan finds rows by index even where the statistics say the table is nearly empty (as
-/// on a fresh system), where PostgreSQL's own choice (a pool leaving planning to it) is a
-/// sequential scan, a plan it would keep while the table grows. Statements sqlx prepares are
-/// planned the same way.
+/// on a fresh system), where PostgreSQL's own choice (a pool leaving planning to it) scans the
+/// table whole, alone or to hash it for a join: plans a generic plan would keep while the table
+/// grows. Statements sqlx prepares are planned the same way.
 #[tokio::test]
 async fn a_pool_planning_once_by_index_keeps_one_indexed_plan_per_statement() -> anyhow::Result<()>
 {
@@ -147,7 +160,7 @@ async fn a_pool_planning_once_by_index_keeps_one_indexed_plan_per_statement() ->
     let adaptive = db::connect(database.url(), "jwl_plans").await?;
     sqlx::raw_sql(
         "CREATE TABLE widget (id int PRIMARY KEY, label text NOT NULL);
-         INSERT INTO widget SELECT n, 'w' || n FROM generate_series(1, 5) AS n;
+         INSERT INTO widget SELECT n, 'w' || n FROM generate_series(1, 30) AS n;
          ANALYZE widget;",
     )
     .execute(&adaptive)
@@ -158,18 +171,22 @@ async fn a_pool_planning_once_by_index_keeps_one_indexed_plan_per_statement() ->
     };
     let by_index = db::connect_with(database.url(), "jwl_plans", &settings).await?;
 
-    let (plan, _) = lookup_plan(&adaptive).await?;
+    let (lookup, _, _) = plans_on(&adaptive).await?;
     assert!(
-        plan.contains("Seq Scan on widget"),
-        "PostgreSQL's own choice:\n{plan}"
+        lookup.contains("Seq Scan on widget"),
+        "PostgreSQL's own choice:\n{lookup}"
     );
-    let (plan, plans) = lookup_plan(&by_index).await?;
+    let (lookup, relabel, counts) = plans_on(&by_index).await?;
     assert!(
-        plan.contains("widget_pkey") && !plan.contains("Seq Scan"),
-        "planned by index:\n{plan}"
+        lookup.contains("widget_pkey") && !lookup.contains("Seq Scan"),
+        "the lookup, planned by index:\n{lookup}"
+    );
+    assert!(
+        relabel.contains("Nested Loop") && relabel.contains("Index Cond: (id = m.id)"),
+        "the batch update looks each row up by its key:\n{relabel}"
     );
     assert_eq!(
-        plans,
+        counts,
         (6, 0),
         "the generic plan for all six runs, none with arguments"
     );
