@@ -150,6 +150,9 @@ pub async fn record_orders(
             ReservationDecision::Reject { .. } => states.push(OrderState::Rejected.as_str()),
         }
     }
+    // The lines are checked against an array of the recorded ids, not joined to them: a service
+    // pool plans without hash joins, and a nested loop over two in-memory sets grows with the
+    // square of the batch.
     let recorded: i64 = sqlx::query_scalar(
         "WITH recorded AS (
              INSERT INTO order_reservations (order_id, state, items)
@@ -161,7 +164,7 @@ pub async fn record_orders(
          line AS (
              SELECT line.order_id, line.sku, line.qty
              FROM unnest($4::uuid[], $5::text[], $6::bigint[]) AS line (order_id, sku, qty)
-             JOIN recorded USING (order_id)),
+             WHERE line.order_id = ANY (ARRAY(SELECT order_id FROM recorded))),
          noted AS (
              INSERT INTO reservations (order_id, sku, qty, state)
              SELECT order_id, sku, qty, 'reserved' FROM line

@@ -344,6 +344,10 @@ pub async fn lock_and_record_all(
     order_ids.sort_unstable();
     order_ids.dedup();
     let timeline = TimelineColumns::of(events);
+    // The events' orders are checked against an array of the locked ids, not by a semi-join
+    // of the two sets: a service pool plans without hash joins, and a nested loop that
+    // rescans the locked rows for each event grew with the square of the batch (measured at
+    // 256 events: 5.9 ms a run against 3.5 ms).
     let rows: Vec<LockedRowWithId> = sqlx::query_as(
         "WITH locked AS (
              SELECT order_id, customer_id, created_at, traceparent, status, reason, waybill_id,
@@ -354,7 +358,7 @@ pub async fn lock_and_record_all(
              SELECT e.event_id, e.order_id, e.event_type, e.event_time, e.source
              FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::timestamptz[], $6::text[])
                   WITH ORDINALITY AS e (event_id, order_id, event_type, event_time, source, n)
-             WHERE e.order_id IN (SELECT order_id FROM locked)
+             WHERE e.order_id = ANY (ARRAY(SELECT order_id FROM locked))
              ORDER BY e.n
              ON CONFLICT (event_id) DO NOTHING
          )
