@@ -106,6 +106,8 @@ struct Accepted {
     /// Each cause → effect hop of the saga with the effect's type, by event times (seen on the
     /// broker only).
     hops: Vec<(EventType, Duration)>,
+    /// Each of the saga's events: its time → seen on the broker (broker only).
+    to_broker: Vec<Duration>,
 }
 
 /// The sending phase: each POST's latency and outcome, when it started and how long it took.
@@ -702,6 +704,7 @@ async fn classify(
             ended_offset: None,
             end_to_end: None,
             hops: Vec::new(),
+            to_broker: Vec::new(),
         }),
         Err(_) => PostOutcome::Refused("201 with an unreadable body".to_owned()),
     }
@@ -745,11 +748,13 @@ async fn settle_by_events(
         let scanned = Instant::now();
         let mut pending = 0;
         for order in orders.iter_mut().filter(|o| o.ended_offset.is_none()) {
-            let Some((ended, hops)) = order.key.as_ref().and_then(|key| watcher.ended(key)) else {
+            let Some(seen) = order.key.as_ref().and_then(|key| watcher.ended(key)) else {
                 pending += 1;
                 continue;
             };
-            order.hops = hops;
+            let ended = seen.ended;
+            order.hops = seen.hops;
+            order.to_broker = seen.to_broker;
             order.ended_offset = Some(
                 ended
                     .last
@@ -963,6 +968,12 @@ fn saga_report(
                 .collect(),
         ),
         event_hops_by_type: hops_by_type(orders),
+        event_to_broker_latency: LatencySummary::of(
+            orders
+                .iter()
+                .flat_map(|order| order.to_broker.iter().copied())
+                .collect(),
+        ),
         dispatch_time_source: format!(
             "the CloudEvents time of the order's `{DISPATCH_EVENT}` event, which makes it \
              dispatched (else when it was seen)"

@@ -336,6 +336,11 @@ pub struct SagaReport {
     pub event_hop_latency: Option<LatencySummary>,
     /// The same by the effect's event type: the hop into the service that emits it.
     pub event_hops_by_type: BTreeMap<String, LatencySummary>,
+    /// Each event's time → when the bench received it from the broker: the rest of the handler
+    /// that emitted it, its commit, the relay and the broker (a hop is this for its cause plus
+    /// the consumer's part); absent when the ends were polled. Needs the services' clocks and
+    /// the bench's to agree.
+    pub event_to_broker_latency: Option<LatencySummary>,
     /// What marks "dispatched" in the latency.
     pub dispatch_time_source: String,
     /// How the ends of the sagas were observed.
@@ -931,6 +936,11 @@ impl StepReport {
         for (effect, hops) in &g.event_hops_by_type {
             latency_line(out, &format!("  → {effect}"), Some(hops))?;
         }
+        latency_line(out, "event → broker", g.event_to_broker_latency.as_ref())?;
+        writeln!(
+            out,
+            "    an event's time → seen on the broker: the rest of its handler, commit, relay, broker"
+        )?;
         writeln!(
             out,
             "  completed              {:.1} sagas/s over {:.1} s (first POST → last saga's end)",
@@ -1572,6 +1582,7 @@ mod tests {
             assignment_hop_latency: LatencySummary::of(vec![ms(7)]),
             event_hop_latency: LatencySummary::of(vec![ms(2), ms(3)]),
             event_hops_by_type: BTreeMap::new(),
+            event_to_broker_latency: LatencySummary::of(vec![ms(1)]),
             dispatch_time_source: "timeline".to_owned(),
             observed_by: "nats".to_owned(),
             completed_per_second: 10.0,
@@ -1697,12 +1708,14 @@ mod tests {
             "jwl: 100",
             "achieved 5.8/s",
             "5 of 5 sampled orders agree",
+            "event → broker",
         ] {
             assert!(text.contains(expected), "{expected:?} missing from\n{text}");
         }
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(json["ingest"]["accepted"], 19);
         assert_eq!(json["saga"]["end_to_end_latency"]["p50_ms"], 100.0);
+        assert_eq!(json["saga"]["event_to_broker_latency"]["p50_ms"], 1.0);
         assert_eq!(json["baselines"]["postgres_commits"]["status"], "measured");
         assert_eq!(json["baselines"]["postgres_commits"]["per_second"], 1000.0);
         assert_eq!(

@@ -5,7 +5,9 @@
 //! whether and how its saga ended; the happy path's earlier events are watched too, for the
 //! latency of each hop (an event's time → the time of the event its consumer emitted in
 //! reaction, by `causationid`: [`SagaEvents::hops`]; the courier-assignment hop is the one into
-//! `dispatch.courier_assigned`). Only the three headers these need are read, not the whole
+//! `dispatch.courier_assigned`), and how long each event took to reach the broker (its time →
+//! when the bench received it: [`SagaEvents::to_broker`]), which splits a hop into the cause's
+//! way to the broker and the consumer's part. Only the three headers these need are read, not the whole
 //! event through `jwl_events::decode`: the watcher shares the cores with the system it measures.
 
 use std::collections::HashMap;
@@ -45,11 +47,23 @@ const WATCHED: [EventType; 12] = [
     EventType::WaybillCancelled,
 ];
 
-/// When one event happened (its CloudEvents `time`) and when the bench received it.
+/// When one event happened (its CloudEvents `time`) and when the bench received it (by its
+/// monotonic clock, and by the wall clock the event's time is compared with).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Seen {
     pub time: DateTime<Utc>,
     pub arrived: Instant,
+    pub received: DateTime<Utc>,
+}
+
+/// One event of an order's timeline, as the hops need it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Observed {
+    causation: Causation,
+    event_type: EventType,
+    time: DateTime<Utc>,
+    /// Its time → received here; `None` when the clocks put the receipt first.
+    to_broker: Option<Duration>,
 }
 
 /// An event's id and cause (CloudEvents `id` and `causationid`), as the hops need them.
@@ -62,8 +76,8 @@ pub struct Causation {
 /// The ending events of one order seen so far, and when each event seen happened.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SagaEvents {
-    /// Every event seen once (by id), with its type, cause and time.
-    timeline: Vec<(Causation, EventType, DateTime<Utc>)>,
+    /// Every event seen once (by id).
+    timeline: Vec<Observed>,
     captured: Option<Seen>,
     declined: Option<Seen>,
     voided: Option<Seen>,
@@ -106,9 +120,14 @@ impl SagaEvents {
         reason: Option<String>,
     ) {
         if let Some(causation) = causation
-            && !self.timeline.iter().any(|(c, ..)| c.id == causation.id)
+            && !self.timeline.iter().any(|o| o.causation.id == causation.id)
         {
-            self.timeline.push((causation, event_type, seen.time));
+            self.timeline.push(Observed {
+                causation,
+                event_type,
+                time: seen.time,
+                to_broker: (seen.received - seen.time).to_std().ok(),
+            });
         }
         let slot = match event_type {
             EventType::PaymentCaptured => &mut self.captured,
@@ -133,12 +152,20 @@ impl SagaEvents {
     pub fn hops(&self) -> Vec<(EventType, Duration)> {
         self.timeline
             .iter()
-            .filter_map(|(effect, effect_type, time)| {
-                let cause = effect.cause?;
-                let (.., cause_time) = self.timeline.iter().find(|(c, ..)| c.id == cause)?;
-                Some((*effect_type, (*time - *cause_time).to_std().ok()?))
+            .filter_map(|effect| {
+                let cause = effect.causation.cause?;
+                let cause = self.timeline.iter().find(|o| o.causation.id == cause)?;
+                Some((effect.event_type, (effect.time - cause.time).to_std().ok()?))
             })
             .collect()
+    }
+
+    /// For each event seen: its time → when the bench received it from the broker, i.e. the
+    /// rest of the handler that emitted it, its commit, the relay and the broker. A hop is
+    /// about this for its cause, plus the consumer's part (delivery, the batch's transaction up
+    /// to the handler that emits the effect).
+    pub fn to_broker(&self) -> Vec<Duration> {
+        self.timeline.iter().filter_map(|o| o.to_broker).collect()
     }
 
     /// Whether the saga has ended: captured (dispatched); declined (rejected); out of stock
@@ -182,6 +209,15 @@ impl SagaEvents {
         }
         None
     }
+}
+
+/// What the watcher saw of an ended saga.
+pub struct SagaSeen {
+    pub ended: Ended,
+    /// [`SagaEvents::hops`].
+    pub hops: Vec<(EventType, Duration)>,
+    /// [`SagaEvents::to_broker`].
+    pub to_broker: Vec<Duration>,
 }
 
 /// The part of the `dispatch.failed` payload the watcher reads.
@@ -232,6 +268,7 @@ impl Watcher {
             async move {
                 while let Some(message) = messages.next().await {
                     let arrived = Instant::now();
+                    let received = Utc::now();
                     let Some((order_id, event_type)) = parse_subject(message.subject.as_str())
                     else {
                         continue;
@@ -260,7 +297,11 @@ impl Watcher {
                     if let Ok(mut seen) = seen.lock() {
                         seen.entry(order_id).or_default().record(
                             event_type,
-                            Seen { time, arrived },
+                            Seen {
+                                time,
+                                arrived,
+                                received,
+                            },
                             causation,
                             reason,
                         );
@@ -278,10 +319,14 @@ impl Watcher {
     }
 
     /// How `order_id`'s saga ended, if it has, and every hop seen.
-    pub fn ended(&self, order_id: &OrderId) -> Option<(Ended, Vec<(EventType, Duration)>)> {
+    pub fn ended(&self, order_id: &OrderId) -> Option<SagaSeen> {
         let seen = self.seen.lock().ok()?;
         let events = seen.get(order_id)?;
-        Some((events.ended()?, events.hops()))
+        Some(SagaSeen {
+            ended: events.ended()?,
+            hops: events.hops(),
+            to_broker: events.to_broker(),
+        })
     }
 
     /// Forgets the orders of earlier steps.
@@ -307,9 +352,16 @@ mod tests {
     use super::*;
 
     fn seen(base: Instant, ms: u64) -> Seen {
+        received_after(base, ms, 1)
+    }
+
+    /// An event of time `ms` received `lag_ms` later.
+    fn received_after(base: Instant, ms: u64, lag_ms: i64) -> Seen {
+        let time = DateTime::from_timestamp_millis(1_800_000_000_000 + ms as i64).unwrap();
         Seen {
-            time: DateTime::from_timestamp_millis(1_800_000_000_000 + ms as i64).unwrap(),
+            time,
             arrived: base + Duration::from_millis(ms),
+            received: time + chrono::Duration::milliseconds(lag_ms),
         }
     }
 
@@ -422,6 +474,42 @@ mod tests {
                 (EventType::PaymentAuthorized, Duration::from_millis(4)),
                 (EventType::InventoryReserved, Duration::from_millis(5)),
             ]
+        );
+    }
+
+    #[test]
+    fn the_way_to_the_broker_runs_from_an_events_time_to_its_receipt_once_per_event() {
+        let base = Instant::now();
+        let (created, authorized, early) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let of = |id, cause| Some(Causation { id, cause });
+        let mut events = SagaEvents::default();
+        events.record(
+            EventType::OrderCreated,
+            received_after(base, 0, 3),
+            of(created, None),
+            None,
+        );
+        // a redelivered copy, received later, is the same event
+        for lag in [2, 40] {
+            events.record(
+                EventType::PaymentAuthorized,
+                received_after(base, 5, lag),
+                of(authorized, Some(created)),
+                None,
+            );
+        }
+        // received before its time by the clocks: no figure rather than a wrong one
+        events.record(
+            EventType::InventoryReserved,
+            received_after(base, 9, -1),
+            of(early, Some(authorized)),
+            None,
+        );
+        let mut lags = events.to_broker();
+        lags.sort();
+        assert_eq!(
+            lags,
+            vec![Duration::from_millis(2), Duration::from_millis(3)]
         );
     }
 }
