@@ -29,6 +29,16 @@ pub trait Handler: Send + Sync + 'static {
         usize::MAX
     }
 
+    /// How long a batch waits for more messages after its first one reached its worker (default:
+    /// not at all, a batch is what is ready). For a handler that no other service waits on — a
+    /// read model, which emits nothing — a short wait turns a trickle of one-message
+    /// transactions into a few larger ones: fewer commits, which every other transaction of
+    /// the database waits behind at its WAL flush, for each message applied up to this much
+    /// later. A full batch, a closing subscription or a pause ends the wait at once.
+    fn linger(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Takes, at the start of a batch transaction and before any of its events is handled, the
     /// row locks the batch's events will need (default: none). `events` are the batch's events
     /// for this handler (some may turn out to be duplicates). A handler whose events lock shared

@@ -1178,6 +1178,37 @@ async fn a_handler_with_a_batch_way_gets_the_fresh_events_of_a_batch_together() 
 }
 
 #[tokio::test]
+async fn a_lingering_handler_gets_what_arrives_during_its_linger_in_one_batch() -> anyhow::Result<()>
+{
+    let mut h = Harness::start_as(Service::Dispatch).await?;
+    h.settings.consumer_workers = 1;
+    h.settings.consumer_batch_size = 4;
+    // far longer than the test takes: the batch ends when it is full
+    let running = h.run_with(h.lingering_batching_handler(Duration::from_secs(60)));
+    let events: Vec<Envelope> = [1, 2, 3, 4].into_iter().map(captured).collect();
+    h.publish_event(&events[0], &events[0].id.0.to_string()).await?;
+    eventually("the first event is delivered", SOON, || async {
+        h.consumer_counts().await.ok() == Some((0, 1))
+    })
+    .await?;
+    for event in &events[1..] {
+        h.publish_event(event, &event.id.0.to_string()).await?;
+    }
+    eventually("the events are handled", SOON, || async {
+        h.effects_total().await.ok() == Some(4)
+    })
+    .await?;
+    // the first waited for the other three (without the linger it is handled at once, alone,
+    // one by one), and the batch, full, did not wait out the minute
+    assert_eq!(h.batches().await?, vec![(4, false)]);
+    let one_by_one: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts")
+        .fetch_one(&h.pool)
+        .await?;
+    assert_eq!(one_by_one, 0);
+    running.stop().await
+}
+
+#[tokio::test]
 async fn a_batch_the_batch_way_refuses_is_handled_one_by_one() -> anyhow::Result<()> {
     // not a service whose counters another test of this file reads
     let mut h = Harness::start_as(Service::Dispatch).await?;

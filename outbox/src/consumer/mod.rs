@@ -424,8 +424,8 @@ impl ConsumerLoop {
         interrupted
     }
 
-    /// One worker: batches of what is ready in `receiver`, one transaction at a time, until the
-    /// channel closes. After a batch whose transaction the database refused (e.g. at commit), the
+    /// One worker: batches of what is ready in `receiver` (or arrives within the handler's
+    /// [`Handler::linger`]), one transaction at a time, until the channel closes. After a batch whose transaction the database refused (e.g. at commit), the
     /// next that many messages are handled one per transaction, so the one at fault fails alone
     /// and the others are not pushed towards `max_attempts` with it. Once the loop pauses (the
     /// database is down or a dependency unavailable, found here or elsewhere), what is left is
@@ -453,10 +453,23 @@ impl ConsumerLoop {
             };
             let mut batch = Vec::with_capacity(limit);
             batch.push(first);
-            while batch.len() < limit {
-                match receiver.try_recv() {
-                    Ok(delivery) => batch.push(delivery),
-                    Err(_empty_or_closed) => break,
+            take_ready(&mut receiver, &mut batch, limit);
+            let linger = self.handler.linger();
+            if limit > 1 && !linger.is_zero() {
+                let until = tokio::time::Instant::now() + linger;
+                while batch.len() < limit {
+                    tokio::select! {
+                        biased;
+                        _ = paused.token.cancelled() => break,
+                        next = tokio::time::timeout_at(until, receiver.recv()) => match next {
+                            Ok(Some(delivery)) => {
+                                batch.push(delivery);
+                                take_ready(&mut receiver, &mut batch, limit);
+                            }
+                            // the wait is over, or the channel closed (shutdown, interruption)
+                            Ok(None) | Err(_) => break,
+                        },
+                    }
                 }
             }
             let size = batch.len();
@@ -524,6 +537,20 @@ const MIN_DEPENDENCY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Longest pause between two renewals of the held messages during a database outage.
 const KEEP_HELD_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Adds to `batch` what is ready in `receiver`, up to `limit` in all.
+fn take_ready(
+    receiver: &mut mpsc::Receiver<Box<dyn Delivery>>,
+    batch: &mut Vec<Box<dyn Delivery>>,
+    limit: usize,
+) {
+    while batch.len() < limit {
+        match receiver.try_recv() {
+            Ok(delivery) => batch.push(delivery),
+            Err(_empty_or_closed) => break,
+        }
+    }
+}
 
 /// Messages already received from the subscription but not handed to a worker.
 fn prefetched(deliveries: &mut Deliveries) -> Vec<Box<dyn Delivery>> {

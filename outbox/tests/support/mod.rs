@@ -168,11 +168,18 @@ impl Harness {
 
     /// The test handler with a batch way (see [`BatchingHandler`]).
     pub fn batching_handler(&self) -> Arc<BatchingHandler> {
+        self.lingering_batching_handler(Duration::ZERO)
+    }
+
+    /// [`Self::batching_handler`] whose batches wait `linger` for more messages
+    /// ([`Handler::linger`]).
+    pub fn lingering_batching_handler(&self, linger: Duration) -> Arc<BatchingHandler> {
         Arc::new(BatchingHandler {
             one_by_one: RecordingHandler {
                 log: self.pool.clone(),
             },
             log: self.pool.clone(),
+            linger,
         })
     }
 
@@ -294,6 +301,12 @@ impl Harness {
 
     /// Whether the test consumer has nothing pending and nothing unacknowledged.
     pub async fn consumer_settled(&self) -> anyhow::Result<bool> {
+        let (pending, ack_pending) = self.consumer_counts().await?;
+        Ok(pending == 0 && ack_pending == 0)
+    }
+
+    /// The test consumer's messages not delivered yet, and delivered and not acknowledged.
+    pub async fn consumer_counts(&self) -> anyhow::Result<(u64, usize)> {
         let stream = self
             .broker
             .jetstream()
@@ -302,7 +315,7 @@ impl Harness {
         let info = stream
             .consumer_info(jwl_outbox::events_durable(self.service))
             .await?;
-        Ok(info.num_pending == 0 && info.num_ack_pending == 0)
+        Ok((info.num_pending, info.num_ack_pending))
     }
 }
 
@@ -587,6 +600,7 @@ impl Handler for RecordingHandler {
 pub struct BatchingHandler {
     one_by_one: RecordingHandler,
     log: PgPool,
+    linger: Duration,
 }
 
 #[async_trait]
@@ -605,6 +619,10 @@ impl Handler for BatchingHandler {
 
     fn batch(&self) -> Option<&dyn BatchHandler> {
         Some(self)
+    }
+
+    fn linger(&self) -> Duration {
+        self.linger
     }
 }
 
