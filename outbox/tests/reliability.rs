@@ -1186,7 +1186,8 @@ async fn a_lingering_handler_gets_what_arrives_during_its_linger_in_one_batch() 
     // far longer than the test takes: the batch ends when it is full
     let running = h.run_with(h.lingering_batching_handler(Duration::from_secs(60)));
     let events: Vec<Envelope> = [1, 2, 3, 4].into_iter().map(captured).collect();
-    h.publish_event(&events[0], &events[0].id.0.to_string()).await?;
+    h.publish_event(&events[0], &events[0].id.0.to_string())
+        .await?;
     eventually("the first event is delivered", SOON, || async {
         h.consumer_counts().await.ok() == Some((0, 1))
     })
