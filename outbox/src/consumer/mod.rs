@@ -425,8 +425,9 @@ impl ConsumerLoop {
     }
 
     /// One worker: batches of what is ready in `receiver` (or arrives within the handler's
-    /// [`Handler::linger`]), one transaction at a time, until the channel closes. After a batch whose transaction the database refused (e.g. at commit), the
-    /// next that many messages are handled one per transaction, so the one at fault fails alone
+    /// [`Handler::linger`]), one transaction at a time, until the channel closes. After a batch
+    /// whose transaction the database refused (e.g. at commit), the next that many messages are
+    /// handled one per transaction, so the one at fault fails alone
     /// and the others are not pushed towards `max_attempts` with it. Once the loop pauses (the
     /// database is down or a dependency unavailable, found here or elsewhere), what is left is
     /// returned unsettled, in the order received.
