@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use jwl_e2e::api::PaymentStatus;
 use jwl_e2e::{
     BrokerKind, Call, LineItem, NewOrder, OrderStatus, Outcomes, PlacedOrder, Point, Service,
-    System, SystemOptions, with_system,
+    System, SystemOptions, eventually, with_system,
 };
 use jwl_service_kit::auth::Scope;
 use reqwest::{Method, StatusCode};
@@ -132,10 +132,21 @@ async fn happy_path(broker: BrokerKind) -> anyhow::Result<()> {
             .await?;
         assert_eq!(payment.status, PaymentStatus::Captured);
         assert_eq!(payment.amount_cents, 3 * PRICE_CENTS);
-        let waybill = system
-            .api()
-            .waybill(system.admin_token(), &waybill_id)
-            .await?;
+        // fulfillment records the assignment beside the capture that ends the saga, not before
+        // it (on Kafka it was seen still `open` when the order read dispatched): wait for it
+        let waybill = eventually(
+            "fulfillment records the assignment",
+            saga_timeout,
+            || async {
+                let waybill = system
+                    .api()
+                    .waybill(system.admin_token(), &waybill_id)
+                    .await?;
+                anyhow::ensure!(waybill.status != "open", "the waybill is still open");
+                anyhow::Ok(waybill)
+            },
+        )
+        .await?;
         assert_eq!(
             (waybill.status.as_str(), waybill.courier_id.as_deref()),
             ("assigned", Some("courier-1"))
