@@ -127,25 +127,24 @@ async fn plans_on(pool: &sqlx::PgPool) -> anyhow::Result<(String, String, (i64, 
     )
     .execute(&mut *conn)
     .await?;
-    let mut plans: Vec<String> = Vec::new();
-    for explain in [
-        "EXPLAIN EXECUTE lookup ('{1,2}')",
-        "EXPLAIN EXECUTE relabel ('{1,2}', '{a,b}')",
-    ] {
-        let mut plan: Vec<String> = Vec::new();
-        for _ in 0..6 {
-            plan = sqlx::query_scalar(explain).fetch_all(&mut *conn).await?;
-        }
-        plans.push(plan.join("\n"));
-    }
+    let lookup = explained(&mut conn, "EXPLAIN EXECUTE lookup ('{1,2}')").await?;
+    let relabel = explained(&mut conn, "EXPLAIN EXECUTE relabel ('{1,2}', '{a,b}')").await?;
     let counts = sqlx::query_as(
         "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = 'lookup'",
     )
     .fetch_one(&mut *conn)
     .await?;
-    let relabel = plans.pop().unwrap_or_default();
-    let lookup = plans.pop().unwrap_or_default();
     Ok((lookup, relabel, counts))
+}
+
+/// The plan of the sixth run of `explain` (an `EXPLAIN EXECUTE`): past the five runs after
+/// which PostgreSQL's own choice may switch to a generic plan.
+async fn explained(conn: &mut sqlx::PgConnection, explain: &'static str) -> anyhow::Result<String> {
+    let mut plan: Vec<String> = Vec::new();
+    for _ in 0..6 {
+        plan = sqlx::query_scalar(explain).fetch_all(&mut *conn).await?;
+    }
+    Ok(plan.join("\n"))
 }
 
 /// A pool planning once by index keeps one generic plan per statement from its first run, and
