@@ -183,8 +183,9 @@ async fn put_location(
     ) = dispatcher::report_position(&mut tx, &courier_id, &position, &state.settings, Utc::now())
         .await?;
     tx.commit().await?;
-    state.relay.committed(&state.pool).await;
+    // only an assignment emits (`courier_assigned`): most updates wake no relay
     if !assigned.is_empty() {
+        state.relay.committed(&state.pool).await;
         tracing::info!(%courier_id, ?assigned, "courier took waiting waybills");
     }
     Ok(Json(LocationView {
