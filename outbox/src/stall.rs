@@ -7,10 +7,17 @@
 //! (row locks, advisory locks, the relay lease) is freed by PostgreSQL's own session timeouts,
 //! which the pools and the relay lease set to the same limit
 //! ([`MessagingSettings::db_stall_timeout`](crate::MessagingSettings::db_stall_timeout)).
+//!
+//! A loop that runs one transaction after another keeps its connection between them
+//! ([`KeptConnection`]): giving a connection back to a service pool costs two round trips (the
+//! pool's bounded ping, then sqlx's own) and a task, which at a few messages per batch were a
+//! quarter of a consumer batch's round trips.
 
+use std::pin::pin;
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::time::{Instant, timeout_at};
 
 /// The error of database work that did not finish within `limit`: an I/O `TimedOut`, which
@@ -33,16 +40,91 @@ pub async fn with_connection<T, E>(
 where
     E: From<sqlx::Error>,
 {
-    let deadline = Instant::now() + limit;
-    let mut conn = timeout_at(deadline, pool.acquire())
+    // a connection kept for no longer than this unit
+    KeptConnection::new(pool.clone())
+        .run(limit, work, |_| false)
         .await
-        .map_err(|_elapsed| stalled(limit))??;
-    let outcome = timeout_at(deadline, work(&mut conn)).await;
-    match outcome {
-        Ok(result) => result,
-        Err(_elapsed) => {
-            conn.close_on_drop();
-            Err(stalled(limit).into())
+}
+
+/// A pooled connection one loop keeps from one unit of work to the next, so that it pays the
+/// pool's release checks (two pings and a task) only now and then instead of after every unit.
+///
+/// The connection is kept only when the unit's outcome says it is idle and healthy (its
+/// transaction committed or rolled back); after anything else it goes back to the pool, which
+/// pings it and sends first the `ROLLBACK` of a transaction dropped on an error (so no lock is
+/// held past the failure), or it is closed after a stall, as with [`with_connection`]. A kept
+/// connection goes back to the pool once it has been kept for [`KEEP_AT_MOST`] (the pool's
+/// lifetime and idle limits then apply to it again), while the loop waits for more work longer
+/// than [`KEEP_WHILE_IDLE`] ([`Self::waiting_for`]), and when it is dropped.
+pub struct KeptConnection {
+    pool: PgPool,
+    kept: Option<(PoolConnection<Postgres>, Instant)>,
+}
+
+/// Longest a [`KeptConnection`] keeps one connection before giving it back to its pool.
+pub const KEEP_AT_MOST: Duration = Duration::from_secs(60);
+
+/// How long a [`KeptConnection`] keeps its connection while its loop waits for work: longer, the
+/// connection goes back to the pool for the pool's other users.
+pub const KEEP_WHILE_IDLE: Duration = Duration::from_secs(1);
+
+impl KeptConnection {
+    /// Keeps connections of `pool` (none yet).
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool, kept: None }
+    }
+
+    /// Waits for `next` (the loop's next work), giving the kept connection back to the pool if
+    /// that takes longer than [`KEEP_WHILE_IDLE`].
+    pub async fn waiting_for<T>(&mut self, next: impl Future<Output = T>) -> T {
+        if self.kept.is_none() {
+            return next.await;
+        }
+        let mut next = pin!(next);
+        match tokio::time::timeout(KEEP_WHILE_IDLE, next.as_mut()).await {
+            Ok(output) => output,
+            Err(_idle) => {
+                self.kept = None;
+                next.await
+            }
+        }
+    }
+
+    /// [`with_connection`] on the kept connection, or on one from the pool if none is kept (or
+    /// it has been kept for [`KEEP_AT_MOST`]). The connection is kept afterwards if `keep` says
+    /// the outcome left it idle and healthy; otherwise it goes back to the pool (or is closed,
+    /// after a stall).
+    pub async fn run<T, E>(
+        &mut self,
+        limit: Duration,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+        keep: impl FnOnce(&Result<T, E>) -> bool,
+    ) -> Result<T, E>
+    where
+        E: From<sqlx::Error>,
+    {
+        let deadline = Instant::now() + limit;
+        let (mut conn, since) = match self.kept.take() {
+            Some((conn, since)) if since.elapsed() < KEEP_AT_MOST => (conn, since),
+            // the old one (if any) goes back to the pool before another is taken
+            _ => {
+                let conn = timeout_at(deadline, self.pool.acquire())
+                    .await
+                    .map_err(|_elapsed| stalled(limit))??;
+                (conn, Instant::now())
+            }
+        };
+        match timeout_at(deadline, work(&mut conn)).await {
+            Ok(result) => {
+                if keep(&result) {
+                    self.kept = Some((conn, since));
+                }
+                result
+            }
+            Err(_elapsed) => {
+                conn.close_on_drop();
+                Err(stalled(limit).into())
+            }
         }
     }
 }

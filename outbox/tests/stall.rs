@@ -51,3 +51,104 @@ async fn work_within_the_stall_timeout_returns_its_result() -> anyhow::Result<()
     assert_eq!(sum, 55);
     Ok(())
 }
+
+/// The session behind a connection.
+async fn backend_pid(conn: &mut sqlx::PgConnection) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+}
+
+#[tokio::test]
+async fn a_kept_connection_serves_the_next_unit_and_is_not_in_the_pool_meanwhile()
+-> anyhow::Result<()> {
+    let db = jwl_testkit::database().await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_millis(300))
+        .connect(db.url())
+        .await?;
+    let mut kept = stall::KeptConnection::new(pool.clone());
+    let limit = Duration::from_secs(5);
+
+    let first = kept.run(limit, backend_pid, Result::is_ok).await?;
+    // the pool's one connection is kept: the pool has none to hand out
+    assert!(
+        matches!(pool.acquire().await, Err(sqlx::Error::PoolTimedOut)),
+        "the kept connection went back to the pool"
+    );
+    let second = kept.run(limit, backend_pid, Result::is_ok).await?;
+    assert_eq!(first, second, "the second unit ran on the kept session");
+
+    // not kept this time: back in the pool at once
+    kept.run(limit, backend_pid, |_| false).await?;
+    let mut pooled = pool.acquire().await?;
+    assert_eq!(backend_pid(&mut pooled).await?, first);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_unit_gives_its_connection_back_and_its_transaction_is_rolled_back()
+-> anyhow::Result<()> {
+    let db = jwl_testkit::database().await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(db.url())
+        .await?;
+    let mut kept = stall::KeptConnection::new(pool.clone());
+    let failed = kept
+        .run(
+            Duration::from_secs(5),
+            async |conn| {
+                let mut tx = sqlx::Connection::begin(conn).await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(4242)")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("SELECT 1 / 0").execute(&mut *tx).await?;
+                tx.commit().await
+            },
+            Result::is_ok,
+        )
+        .await;
+    assert!(failed.is_err(), "division by zero fails the unit");
+
+    // the transaction the unit dropped is rolled back as the connection goes back to the pool:
+    // its lock is free for another session
+    let other = db.pool().await?;
+    jwl_testkit::eventually(
+        "the failed unit's lock is released",
+        Duration::from_secs(10),
+        || async {
+            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(4242)")
+                .fetch_one(&other)
+                .await?;
+            anyhow::ensure!(taken, "still held");
+            Ok(())
+        },
+    )
+    .await?;
+    // and the pool hands the connection out again
+    let mut pooled = pool.acquire().await?;
+    backend_pid(&mut pooled).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_kept_connection_goes_back_to_the_pool_while_its_loop_idles() -> anyhow::Result<()> {
+    let db = jwl_testkit::database().await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(stall::KEEP_WHILE_IDLE * 5)
+        .connect(db.url())
+        .await?;
+    let mut kept = stall::KeptConnection::new(pool.clone());
+    let pid = kept
+        .run(Duration::from_secs(5), backend_pid, Result::is_ok)
+        .await?;
+    // what the loop waits for is the pool's one connection: it comes once the kept one is given
+    // back for idling
+    let mut pooled = kept.waiting_for(pool.acquire()).await?;
+    assert_eq!(backend_pid(&mut pooled).await?, pid);
+    Ok(())
+}

@@ -24,7 +24,7 @@ use crate::inbox::{HandlingTarget, SavepointOutcome, handle_in_savepoint};
 use crate::metrics::count_dead_letter;
 use crate::naming::durable_name;
 use crate::protocol::replay::{self, ReplayMode};
-use crate::stall;
+use crate::stall::{self, KeptConnection};
 use crate::trace_context;
 use crate::transport::Delivery;
 
@@ -119,7 +119,11 @@ impl From<sqlx::Error> for TxError {
 }
 
 impl ConsumerLoop {
-    pub(super) async fn handle_batch(&self, batch: Vec<Box<dyn Delivery>>) -> BatchResult {
+    pub(super) async fn handle_batch(
+        &self,
+        batch: Vec<Box<dyn Delivery>>,
+        conn: &mut KeptConnection,
+    ) -> BatchResult {
         let screened: Vec<Screened> = batch
             .iter()
             .map(|delivery| self.screen(delivery.as_ref()))
@@ -143,7 +147,7 @@ impl ConsumerLoop {
         if needs_database {
             let outcome =
                 if fast_path::eligible(&screened) && !self.injects_failure(&batch, &screened) {
-                    self.handle_fast(&batch, &screened).await
+                    self.handle_fast(&batch, &screened, conn).await
                 } else {
                     Ok(FastOutcome::Careful(None))
                 };
@@ -163,7 +167,7 @@ impl ConsumerLoop {
                 }
                 Ok(FastOutcome::Careful(known)) => {
                     verdicts.resize_with(batch.len(), || None);
-                    self.handle_in_transaction(&batch, screened, known, &mut verdicts)
+                    self.handle_in_transaction(&batch, screened, known, &mut verdicts, conn)
                         .await
                         .map(|(released, careful_emitted)| {
                             released_dead = released;
@@ -424,10 +428,11 @@ impl ConsumerLoop {
         screened: Vec<Screened>,
         mut known: Option<KnownFailure>,
         verdicts: &mut [Option<Verdict>],
+        conn: &mut KeptConnection,
     ) -> Result<(Vec<ReleasedDeadLetter>, bool), TxError> {
         let waiting = Instant::now();
         let limit = self.settings.db_stall_timeout;
-        stall::with_connection(&self.pool, limit, async |conn| {
+        let work = async |conn: &mut PgConnection| {
             let mut tx = conn.begin().await?;
             // mostly the wait for a pooled connection (plus one BEGIN round trip)
             self.metrics
@@ -473,8 +478,9 @@ impl ConsumerLoop {
             }
             tx.commit().await?;
             Ok((released_dead, emitted))
-        })
-        .await
+        };
+        // kept when the transaction committed
+        conn.run(limit, work, Result::is_ok).await
     }
 
     async fn run_work(

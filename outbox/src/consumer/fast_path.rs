@@ -31,7 +31,7 @@ use crate::enqueue::{OutboxRow, insert_rows};
 use crate::handler::{BatchContext, BatchHandler, HandlerContext, HandlerError};
 use crate::inbox::panic_text;
 use crate::inbox::{self, BatchClaim};
-use crate::stall;
+use crate::stall::KeptConnection;
 use crate::trace_context::traceparent_of;
 use crate::transport::Delivery;
 
@@ -99,10 +99,11 @@ impl ConsumerLoop {
         &self,
         batch: &[Box<dyn Delivery>],
         screened: &[Screened],
+        conn: &mut KeptConnection,
     ) -> Result<FastOutcome, sqlx::Error> {
         let waiting = Instant::now();
         let limit = self.settings.db_stall_timeout;
-        let result = stall::with_connection(&self.pool, limit, async |conn| {
+        let work = async |conn: &mut PgConnection| {
             let mut tx = conn.begin().await?;
             self.metrics
                 .db_acquire
@@ -178,8 +179,13 @@ impl ConsumerLoop {
                 return Ok(Err(error));
             }
             Ok(Ok(FastOutcome::Committed { verdicts, emitted }))
-        })
-        .await;
+        };
+        // kept when the transaction committed or was rolled back on purpose (the careful path
+        // goes on with it); not after a refused commit or an error (the pool then sends the
+        // rollback and checks it)
+        let result = conn
+            .run(limit, work, |result| matches!(result, Ok(Ok(_))))
+            .await;
         match result {
             // refused at commit: the batch failed
             Ok(committed) => committed,

@@ -30,7 +30,7 @@ use crate::naming::{durable_name, events_durable};
 use crate::protocol::replay;
 use crate::relay::RelaySignal;
 use crate::settings::MessagingSettings;
-use crate::stall;
+use crate::stall::{self, KeptConnection};
 use crate::transport::{Broker, ConsumerSpec, Deliveries, Delivery, TransportError};
 use batch::BatchResult;
 
@@ -439,7 +439,9 @@ impl ConsumerLoop {
     ) -> Vec<Box<dyn Delivery>> {
         let mut handle_alone = 0usize;
         let mut unhandled = Vec::new();
-        while let Some(first) = receiver.recv().await {
+        // one transaction after another on the same connection while messages keep coming
+        let mut conn = KeptConnection::new(self.pool.clone());
+        while let Some(first) = conn.waiting_for(receiver.recv()).await {
             if paused.is_paused() {
                 unhandled.push(first);
                 while let Ok(delivery) = receiver.try_recv() {
@@ -474,7 +476,7 @@ impl ConsumerLoop {
                 }
             }
             let size = batch.len();
-            match self.handle_batch(batch).await {
+            match self.handle_batch(batch, &mut conn).await {
                 BatchResult::Committed => {
                     handle_alone = handle_alone.saturating_sub(size);
                     committed.store(true, Ordering::Relaxed);
