@@ -5,17 +5,14 @@ use std::io::ErrorKind;
 use std::time::Duration;
 
 use jwl_outbox::stall;
+use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 #[tokio::test]
 async fn work_past_the_stall_timeout_is_given_up_and_its_connection_closed() -> anyhow::Result<()> {
     let db = jwl_testkit::database().await?;
     // one connection only: a connection kept busy by the abandoned statement would block the next
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(db.url())
-        .await?;
+    let pool = one_connection_pool(&db, Duration::from_secs(5)).await?;
     let limit = Duration::from_millis(300);
 
     let stalled = stall::with_connection(&pool, limit, async |conn| {
@@ -52,6 +49,18 @@ async fn work_within_the_stall_timeout_returns_its_result() -> anyhow::Result<()
     Ok(())
 }
 
+/// A pool of one connection to `db`, whose callers wait at most `acquire_timeout` for it.
+async fn one_connection_pool(
+    db: &jwl_testkit::TestDatabase,
+    acquire_timeout: Duration,
+) -> Result<PgPool, sqlx::Error> {
+    PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(acquire_timeout)
+        .connect(db.url())
+        .await
+}
+
 /// The session behind a connection.
 async fn backend_pid(conn: &mut sqlx::PgConnection) -> Result<i32, sqlx::Error> {
     sqlx::query_scalar("SELECT pg_backend_pid()")
@@ -63,11 +72,7 @@ async fn backend_pid(conn: &mut sqlx::PgConnection) -> Result<i32, sqlx::Error> 
 async fn a_kept_connection_serves_the_next_unit_and_is_not_in_the_pool_meanwhile()
 -> anyhow::Result<()> {
     let db = jwl_testkit::database().await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_millis(300))
-        .connect(db.url())
-        .await?;
+    let pool = one_connection_pool(&db, Duration::from_millis(300)).await?;
     let mut kept = stall::KeptConnection::new(pool.clone());
     let limit = Duration::from_secs(5);
 
@@ -91,11 +96,7 @@ async fn a_kept_connection_serves_the_next_unit_and_is_not_in_the_pool_meanwhile
 async fn a_failed_unit_gives_its_connection_back_and_its_transaction_is_rolled_back()
 -> anyhow::Result<()> {
     let db = jwl_testkit::database().await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect(db.url())
-        .await?;
+    let pool = one_connection_pool(&db, Duration::from_secs(5)).await?;
     let mut kept = stall::KeptConnection::new(pool.clone());
     let failed = kept
         .run(
@@ -137,11 +138,7 @@ async fn a_failed_unit_gives_its_connection_back_and_its_transaction_is_rolled_b
 #[tokio::test]
 async fn a_kept_connection_goes_back_to_the_pool_while_its_loop_idles() -> anyhow::Result<()> {
     let db = jwl_testkit::database().await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(stall::KEEP_WHILE_IDLE * 5)
-        .connect(db.url())
-        .await?;
+    let pool = one_connection_pool(&db, stall::KEEP_WHILE_IDLE * 5).await?;
     let mut kept = stall::KeptConnection::new(pool.clone());
     let pid = kept
         .run(Duration::from_secs(5), backend_pid, Result::is_ok)
