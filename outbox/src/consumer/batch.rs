@@ -434,7 +434,7 @@ impl ConsumerLoop {
         let limit = self.settings.db_stall_timeout;
         let work = async |conn: &mut PgConnection| {
             let mut tx = conn.begin().await?;
-            // mostly the wait for a pooled connection (plus one BEGIN round trip)
+            // the wait for a pooled connection when none was kept, plus one BEGIN round trip
             self.metrics
                 .db_acquire
                 .record(waiting.elapsed().as_secs_f64());
