@@ -17,7 +17,7 @@ use std::pin::pin;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::{Connection as _, PgConnection, PgPool, Postgres};
 use tokio::time::{Instant, timeout_at};
 
 /// The error of database work that did not finish within `limit`: an I/O `TimedOut`, which
@@ -58,7 +58,17 @@ where
 /// than [`KEEP_WHILE_IDLE`] ([`Self::waiting_for`]), and when it is dropped.
 pub struct KeptConnection {
     pool: PgPool,
-    kept: Option<(PoolConnection<Postgres>, Instant)>,
+    kept: Option<Kept>,
+    /// A kept connection idle longer than this is pinged before it is used again
+    /// ([`Self::checked_after`]).
+    check_after: Option<Duration>,
+}
+
+/// The kept connection, since when it is kept and when it was last used.
+struct Kept {
+    conn: PoolConnection<Postgres>,
+    since: Instant,
+    used: Instant,
 }
 
 /// Longest a [`KeptConnection`] keeps one connection before giving it back to its pool.
@@ -68,10 +78,30 @@ pub const KEEP_AT_MOST: Duration = Duration::from_secs(60);
 /// connection goes back to the pool for the pool's other users.
 pub const KEEP_WHILE_IDLE: Duration = Duration::from_secs(1);
 
+/// Longest the ping of a [`KeptConnection::checked_after`] check may take (or the unit's limit,
+/// if shorter): a healthy server answers one in well under a millisecond, a busy one in
+/// milliseconds.
+pub const CHECK_LIMIT: Duration = Duration::from_secs(2);
+
 impl KeptConnection {
     /// Keeps connections of `pool` (none yet).
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, kept: None }
+        Self {
+            pool,
+            kept: None,
+            check_after: None,
+        }
+    }
+
+    /// Pings the kept connection before a unit runs on it if it has been idle longer than `idle`
+    /// (within [`CHECK_LIMIT`]), and replaces it with one from the pool if it does not answer,
+    /// as a pool that pings before acquire does. For loops whose callers do not retry (the order
+    /// intake answers HTTP requests): a database restart or a network cut lasts longer than
+    /// `idle`, so the first unit after one runs on a working connection instead of failing on the
+    /// broken one.
+    pub fn checked_after(mut self, idle: Duration) -> Self {
+        self.check_after = Some(idle);
+        self
     }
 
     /// Waits for `next` (the loop's next work), giving the kept connection back to the pool if
@@ -104,10 +134,14 @@ impl KeptConnection {
         E: From<sqlx::Error>,
     {
         let deadline = Instant::now() + limit;
-        let (mut conn, since) = match self.kept.take() {
-            Some((conn, since)) if since.elapsed() < KEEP_AT_MOST => (conn, since),
+        let kept = match self.kept.take() {
+            Some(kept) if kept.since.elapsed() < KEEP_AT_MOST => self.checked(kept, deadline).await,
             // the old one (if any) goes back to the pool before another is taken
-            _ => {
+            _ => None,
+        };
+        let (mut conn, since) = match kept {
+            Some(Kept { conn, since, .. }) => (conn, since),
+            None => {
                 let conn = timeout_at(deadline, self.pool.acquire())
                     .await
                     .map_err(|_elapsed| stalled(limit))??;
@@ -117,13 +151,39 @@ impl KeptConnection {
         match timeout_at(deadline, work(&mut conn)).await {
             Ok(result) => {
                 if keep(&result) {
-                    self.kept = Some((conn, since));
+                    let used = Instant::now();
+                    self.kept = Some(Kept { conn, since, used });
                 }
                 result
             }
             Err(_elapsed) => {
                 conn.close_on_drop();
                 Err(stalled(limit).into())
+            }
+        }
+    }
+
+    /// `kept`, unless it must be checked ([`Self::checked_after`]) and does not answer (then it
+    /// is closed).
+    async fn checked(&self, mut kept: Kept, deadline: Instant) -> Option<Kept> {
+        let Some(idle) = self.check_after else {
+            return Some(kept);
+        };
+        if kept.used.elapsed() <= idle {
+            return Some(kept);
+        }
+        let limit = deadline.min(Instant::now() + CHECK_LIMIT);
+        match timeout_at(limit, kept.conn.ping()).await {
+            Ok(Ok(())) => Some(kept),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "a kept connection failed its ping; replacing it");
+                kept.conn.close_on_drop();
+                None
+            }
+            Err(_elapsed) => {
+                tracing::warn!("a kept connection did not answer its ping; replacing it");
+                kept.conn.close_on_drop();
+                None
             }
         }
     }

@@ -149,3 +149,35 @@ async fn a_kept_connection_goes_back_to_the_pool_while_its_loop_idles() -> anyho
     assert_eq!(backend_pid(&mut pooled).await?, pid);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_checked_kept_connection_that_was_cut_is_replaced_before_the_next_unit()
+-> anyhow::Result<()> {
+    let db = jwl_testkit::database().await?;
+    let pool = one_connection_pool(&db, Duration::from_secs(5)).await?;
+    let mut kept = stall::KeptConnection::new(pool.clone()).checked_after(Duration::ZERO);
+    let limit = Duration::from_secs(5);
+    let cut = kept.run(limit, backend_pid, Result::is_ok).await?;
+
+    // the server ends the kept session (as a restart would)
+    let admin = db.pool().await?;
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(cut)
+        .execute(&admin)
+        .await?;
+    jwl_testkit::eventually("the session is gone", Duration::from_secs(10), || async {
+        let alive: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
+                .bind(cut)
+                .fetch_one(&admin)
+                .await?;
+        anyhow::ensure!(!alive, "still there");
+        Ok(())
+    })
+    .await?;
+
+    // the check finds it broken: the unit runs on a new session instead of failing
+    let fresh = kept.run(limit, backend_pid, Result::is_ok).await?;
+    assert_ne!(fresh, cut);
+    Ok(())
+}

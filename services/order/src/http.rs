@@ -97,6 +97,7 @@ pub fn routes(ctx: &ServiceContext) -> ListedRouter {
                 ctx.http_pool.clone(),
                 ctx.relay.clone(),
                 ctx.settings.idempotency_ttl,
+                ctx.messaging.db_stall_timeout,
             ),
             settings: ctx.settings.clone(),
             relay: ctx.relay.clone(),
