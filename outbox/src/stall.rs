@@ -78,10 +78,26 @@ pub const KEEP_AT_MOST: Duration = Duration::from_secs(60);
 /// connection goes back to the pool for the pool's other users.
 pub const KEEP_WHILE_IDLE: Duration = Duration::from_secs(1);
 
-/// Longest the ping of a [`KeptConnection::checked_after`] check may take (or the unit's limit,
-/// if shorter): a healthy server answers one in well under a millisecond, a busy one in
-/// milliseconds.
+/// Longest the ping that checks a connection before use may take (a service pool's ping before
+/// acquire, a [`KeptConnection::checked_after`] check; or the caller's limit, if shorter): a
+/// healthy server answers one in well under a millisecond, a busy one in milliseconds.
 pub const CHECK_LIMIT: Duration = Duration::from_secs(2);
+
+/// Whether `conn` answers a ping within `limit`: `false` (close it) when it does not, e.g. broken
+/// by a server restart, or half-open with a cancelled statement still in flight.
+pub async fn answers_within(conn: &mut PgConnection, limit: Duration) -> bool {
+    match tokio::time::timeout(limit, conn.ping()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "a connection failed its ping; closing it");
+            false
+        }
+        Err(_elapsed) => {
+            tracing::warn!(?limit, "a connection did not answer its ping; closing it");
+            false
+        }
+    }
+}
 
 impl KeptConnection {
     /// Keeps connections of `pool` (none yet).
@@ -172,19 +188,12 @@ impl KeptConnection {
         if kept.used.elapsed() <= idle {
             return Some(kept);
         }
-        let limit = deadline.min(Instant::now() + CHECK_LIMIT);
-        match timeout_at(limit, kept.conn.ping()).await {
-            Ok(Ok(())) => Some(kept),
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "a kept connection failed its ping; replacing it");
-                kept.conn.close_on_drop();
-                None
-            }
-            Err(_elapsed) => {
-                tracing::warn!("a kept connection did not answer its ping; replacing it");
-                kept.conn.close_on_drop();
-                None
-            }
+        let limit = CHECK_LIMIT.min(deadline.saturating_duration_since(Instant::now()));
+        if answers_within(&mut kept.conn, limit).await {
+            Some(kept)
+        } else {
+            kept.conn.close_on_drop();
+            None
         }
     }
 }

@@ -22,6 +22,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use jwl_outbox::stall;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
@@ -60,7 +61,7 @@ pub struct PoolSettings {
     /// How long a connection may go without answering before it is given up (see the module
     /// documentation); `JWL_DB_STALL_TIMEOUT`.
     pub stall_timeout: Duration,
-    /// Ping every connection before handing it out (bounded by [`ACQUIRE_CHECK_LIMIT`] or the
+    /// Ping every connection before handing it out (bounded by [`stall::CHECK_LIMIT`] or the
     /// stall timeout, whichever is shorter), and replace it if it does not answer. For pools
     /// whose callers do not retry, such as the HTTP routes': a connection broken by a database
     /// restart or left half-open by a partition is replaced instead of failing the request.
@@ -90,10 +91,6 @@ pub enum Planning {
     /// (docs/performance.md, *One plan per statement*).
     OnceByIndex,
 }
-
-/// Longest a [`PoolSettings::ping_before_acquire`] ping may take: a healthy server answers a ping
-/// in well under a millisecond, a busy one in milliseconds.
-pub const ACQUIRE_CHECK_LIMIT: Duration = Duration::from_secs(2);
 
 impl Default for PoolSettings {
     fn default() -> Self {
@@ -173,7 +170,7 @@ pub async fn connect_labelled(
         ]),
     };
     let release_check = settings.stall_timeout;
-    let acquire_check = settings.stall_timeout.min(ACQUIRE_CHECK_LIMIT);
+    let acquire_check = settings.stall_timeout.min(stall::CHECK_LIMIT);
     let ping_before_acquire = settings.ping_before_acquire;
     (|| {
         let pool = PgPoolOptions::new()
@@ -187,9 +184,9 @@ pub async fn connect_labelled(
             // broken by a server restart fails its query (a transient error callers retry) and
             // is then discarded by the pool.
             .test_before_acquire(false)
-            .after_release(move |conn, _| Box::pin(answers_within(conn, release_check)));
+            .after_release(move |conn, _| Box::pin(checked(conn, release_check)));
         let pool = if ping_before_acquire {
-            pool.before_acquire(move |conn, _| Box::pin(answers_within(conn, acquire_check)))
+            pool.before_acquire(move |conn, _| Box::pin(checked(conn, acquire_check)))
         } else {
             pool
         };
@@ -204,21 +201,10 @@ pub async fn connect_labelled(
     .inspect(|pool| crate::telemetry::watch_pool(label, pool.clone()))
 }
 
-/// Whether a pooled connection (given back, or about to be handed out) answers a ping within
-/// `limit`: `false` (close it) when it does not, e.g. broken by a server restart, or half-open
-/// with a cancelled statement still in flight.
-async fn answers_within(conn: &mut PgConnection, limit: Duration) -> Result<bool, sqlx::Error> {
-    match tokio::time::timeout(limit, conn.ping()).await {
-        Ok(Ok(())) => Ok(true),
-        Ok(Err(error)) => {
-            tracing::debug!(%error, "a pooled connection failed its ping; closing it");
-            Ok(false)
-        }
-        Err(_elapsed) => {
-            tracing::warn!(?limit, "a pooled connection did not answer; closing it");
-            Ok(false)
-        }
-    }
+/// [`stall::answers_within`] as the pool's check of a connection given back or about to be
+/// handed out (`false` closes it).
+async fn checked(conn: &mut PgConnection, limit: Duration) -> Result<bool, sqlx::Error> {
+    Ok(stall::answers_within(conn, limit).await)
 }
 
 /// One round trip to the database.
