@@ -25,9 +25,11 @@ use std::fmt;
 use std::io::IsTerminal;
 
 use opentelemetry::trace::{SpanId, TraceContextExt, TraceId};
+use tracing::span::Record;
 use tracing::{Event, Subscriber};
-use tracing_subscriber::fmt::format::{Format, Full, Json, Writer};
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::{Format, Full, Json, JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -71,6 +73,7 @@ where
     match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
+            .fmt_fields(SpanJsonFields)
             .event_format(ServiceJson {
                 service: serde_json::to_string(service).unwrap_or_else(|_| "\"?\"".to_owned()),
                 inner: tracing_subscriber::fmt::format()
@@ -153,6 +156,46 @@ where
             }
             Some(rest) => write!(writer, "{{\"service\":{}{trace},{rest}", self.service),
             None => writer.write_str(&line),
+        }
+    }
+}
+
+/// A span's fields as one JSON object, like [`JsonFields`], but a field recorded after the span
+/// was created (`span.record("outcome", …)`, once per handled message) is spliced into the
+/// object's text instead of parsing the object and writing it again. A field recorded twice
+/// appears twice in the text; whoever reads it as JSON (the line formatter, which embeds the
+/// span's fields in each line) keeps the last value, as `JsonFields` would have.
+struct SpanJsonFields;
+
+impl<'writer> FormatFields<'writer> for SpanJsonFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
+        JsonFields::new().format_fields(writer, fields)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'writer mut FormattedFields<Self>,
+        fields: &Record<'_>,
+    ) -> fmt::Result {
+        let mut added = String::new();
+        JsonFields::new().format_fields(Writer::new(&mut added), fields)?;
+        if current.fields.is_empty() {
+            current.fields = added;
+            return Ok(());
+        }
+        // both are objects: `{"a":1}` + `{"b":2}` → `{"a":1,"b":2}`
+        let Some(members) = added.strip_prefix('{').filter(|rest| *rest != "}") else {
+            return Ok(());
+        };
+        match current.fields.pop() {
+            Some('}') => {
+                if current.fields.len() > 1 {
+                    current.fields.push(',');
+                }
+                current.fields.push_str(members);
+                Ok(())
+            }
+            _ => Err(fmt::Error),
         }
     }
 }

@@ -101,6 +101,39 @@ fn json_lines_carry_the_service_and_the_enclosing_spans_fields() {
 }
 
 #[test]
+fn json_lines_carry_the_fields_recorded_after_a_span_began() {
+    let (captured, _guard) = capture_logs(LogFormat::Json);
+    let span = tracing::info_span!(
+        "handle_event",
+        consumer = "payment",
+        outcome = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+    );
+    span.record("outcome", "retried");
+    span.record("attempt", 2);
+    span.record("outcome", "ok");
+    span.in_scope(|| tracing::info!("handled"));
+    let bare = tracing::info_span!("bare", later = tracing::field::Empty);
+    bare.record("later", "set");
+    bare.in_scope(|| tracing::info!("in the bare span"));
+
+    let lines = json_lines(&captured.text());
+    let handled = lines
+        .iter()
+        .find(|line| line["message"] == "handled")
+        .expect("the event was logged");
+    assert_eq!(handled["span"]["consumer"], "payment");
+    assert_eq!(handled["span"]["attempt"], 2);
+    assert_eq!(handled["span"]["outcome"], "ok", "the last value recorded");
+    assert_eq!(handled["spans"][0]["outcome"], "ok");
+    let bare = lines
+        .iter()
+        .find(|line| line["message"] == "in the bare span")
+        .expect("the event was logged");
+    assert_eq!(bare["span"]["later"], "set");
+}
+
+#[test]
 fn the_human_format_names_the_service() {
     let (captured, _guard) = capture_logs(LogFormat::Human);
     tracing::info!(order_id = "o-1", "order placed");
