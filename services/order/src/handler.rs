@@ -131,7 +131,7 @@ fn advance(
     if next.status.is_terminal() && !current.status.is_terminal() {
         record_saga_duration(next.status.as_str(), event.time - order.created_at);
     }
-    tracing::info!(
+    tracing::debug!(
         order_id = %event.order_id(),
         event_type = %event.event_type(),
         from = current.status.as_str(),

@@ -314,7 +314,8 @@ async fn create_order(
     }
 
     metrics::counter!("jwl_orders_created_total").increment(1);
-    tracing::info!(%order_id, amount_cents, "order created");
+    // the edge's INFO line for this response carries the order id (recorded on its span above)
+    tracing::debug!(%order_id, amount_cents, "order created");
     created_response(StatusCode::CREATED, order_id, body)
 }
 
