@@ -181,6 +181,89 @@ async fn events_out_of_order_end_dispatched_then_delivered() -> anyhow::Result<(
     Ok(())
 }
 
+/// An open order's read-model updates are HOT (no index names a column they change, so no index
+/// grows with them); the one that ends the order sets `finished_at`, which the partial indexes of
+/// open orders read, and the schema refuses a terminal status without it.
+#[tokio::test]
+async fn an_open_orders_updates_touch_no_index_and_its_end_sets_finished_at() -> anyhow::Result<()>
+{
+    let app = TestApp::start().await?;
+    let order_id = app.place_order().await?;
+    let waybill_id = WaybillId::new();
+    let base = Utc::now() + chrono::TimeDelta::seconds(1);
+    let events = [
+        event_at(Service::Payment, authorized(order_id), base, 10),
+        event_at(Service::Inventory, reserved(order_id), base, 20),
+        event_at(
+            Service::Fulfillment,
+            waybill_created(order_id, waybill_id),
+            base,
+            30,
+        ),
+        event_at(
+            Service::Dispatch,
+            CourierAssigned {
+                order_id,
+                waybill_id,
+                courier_id: CourierId::parse("courier-07")?,
+                distance_km: 0.4,
+            },
+            base,
+            40,
+        ),
+        event_at(
+            Service::Payment,
+            PaymentCaptured {
+                order_id,
+                amount_cents: 32200,
+            },
+            base,
+            50,
+        ),
+    ];
+    for event in &events {
+        app.deliver(event).await?;
+    }
+    let (status, finished): (String, Option<chrono::DateTime<Utc>>) =
+        sqlx::query_as("SELECT status, finished_at FROM orders WHERE order_id = $1")
+            .bind(order_id.0)
+            .fetch_one(&app.pool)
+            .await?;
+    assert_eq!(status, "dispatched");
+    assert!(finished.is_some(), "dispatched sets finished_at");
+
+    // this database's own counters, flushed by the backends within about a second
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (updated, hot) = loop {
+        let (updated, hot): (i64, i64) = sqlx::query_as(
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+             WHERE relid = 'orders'::regclass",
+        )
+        .fetch_one(&app.pool)
+        .await?;
+        if updated >= 5 || std::time::Instant::now() > deadline {
+            break (updated, hot);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (updated, hot),
+        (5, 4),
+        "paid, reserved, waybill_created and the courier in place; dispatched (finished) is not"
+    );
+
+    let refused = sqlx::query("UPDATE orders SET finished_at = NULL WHERE order_id = $1")
+        .bind(order_id.0)
+        .execute(&app.pool)
+        .await
+        .expect_err("a terminal order without finished_at");
+    assert!(
+        refused.to_string().contains("orders_finished_iff_terminal"),
+        "{refused}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn declined_ends_rejected_and_stays() -> anyhow::Result<()> {
     let app = TestApp::start().await?;
