@@ -707,7 +707,7 @@ mod tests {
             .filter(|s| !s.is_terminal())
             .map(|s| s.as_str())
             .collect();
-        // the migrations' constraint tying `finished_at` to the status lists these literally
+        // the migration's partial index and the deadline timer's query list these literally
         assert_eq!(open, ["pending", "paid", "reserved", "waybill_created"]);
         for reason in CancelledReason::ALL {
             assert_eq!(CancelledReason::parse(reason.as_str()), Some(reason));
