@@ -187,16 +187,16 @@ impl<'writer> FormatFields<'writer> for SpanJsonFields {
         let Some(members) = added.strip_prefix('{').filter(|rest| *rest != "}") else {
             return Ok(());
         };
-        match current.fields.pop() {
-            Some('}') => {
-                if current.fields.len() > 1 {
-                    current.fields.push(',');
-                }
-                current.fields.push_str(members);
-                Ok(())
-            }
-            _ => Err(fmt::Error),
+        if !current.fields.ends_with('}') {
+            // not an object this formatter wrote: left as it is
+            return Err(fmt::Error);
         }
+        current.fields.pop();
+        if current.fields.len() > 1 {
+            current.fields.push(',');
+        }
+        current.fields.push_str(members);
+        Ok(())
     }
 }
 
