@@ -185,7 +185,7 @@ struct Inner {
     open_until: Instant,
     /// While half-open: whether the probe is out.
     probing: bool,
-    window: VecDeque<Call>,
+    window: Window,
     baseline: Option<Baseline>,
     /// When the baseline last learned (or the window started).
     learned_at: Instant,
@@ -262,7 +262,7 @@ impl Breaker {
                 state: BreakerState::Closed,
                 open_until: now,
                 probing: false,
-                window: VecDeque::new(),
+                window: Window::default(),
                 baseline: None,
                 learned_at: now,
                 published_at: now,
@@ -314,6 +314,7 @@ impl Breaker {
             BreakerState::Open if now >= inner.open_until => {
                 self.transition(
                     &mut inner,
+                    now,
                     BreakerState::HalfOpen,
                     "open time over; letting one probe through".to_owned(),
                 );
@@ -372,7 +373,7 @@ impl Breaker {
         let mut inner = self.lock();
         let now = Instant::now();
         self.expire(&mut inner, now);
-        let stats = stats(&inner.window);
+        let stats = inner.window.stats();
         BreakerSnapshot {
             name: self.name.clone(),
             state: inner.state,
@@ -413,6 +414,7 @@ impl Breaker {
                     inner.learned_at = now;
                     self.transition(
                         &mut inner,
+                        now,
                         BreakerState::Closed,
                         format!("probe succeeded in {} ms", latency.as_millis()),
                     );
@@ -434,18 +436,15 @@ impl Breaker {
             // a call let through before the breaker opened: its outcome is already told
             return inner.state;
         }
-        inner.window.push_back(Call {
+        inner.window.push(Call {
             at: now,
             ok,
             latency,
         });
-        if inner.window.len() > MAX_WINDOW_CALLS {
-            inner.window.pop_front();
-        }
         self.expire(&mut inner, now);
-        // every call is checked against the thresholds, without sorting the window: counting
-        // the calls over the p99 threshold says whether the p99 is over it
-        let check = check(&inner.window, thresholds.p99);
+        // every call is checked against the thresholds, without sorting the window (see
+        // `Window::check`)
+        let check = inner.window.check(thresholds.p99);
         let enough = check.calls >= self.settings.min_calls as usize;
         let trip = if !enough {
             None
@@ -457,7 +456,7 @@ impl Breaker {
         } else if check.p99_over {
             Some(format!(
                 "p99 latency {} ms over the threshold {} ms ({} calls)",
-                stats(&inner.window).p99.as_millis(),
+                inner.window.stats().p99.as_millis(),
                 thresholds.p99.as_millis(),
                 check.calls
             ))
@@ -468,7 +467,7 @@ impl Breaker {
             Some(reason) => self.open(&mut inner, now, reason),
             None => {
                 if enough && now.duration_since(inner.learned_at) >= self.settings.window {
-                    let window = stats(&inner.window);
+                    let window = inner.window.stats();
                     inner.learned_at = now;
                     inner.baseline = Some(match inner.baseline {
                         None => Baseline {
@@ -505,10 +504,10 @@ impl Breaker {
         inner.open_until = now + self.settings.open_for;
         inner.window.clear();
         inner.probing = false;
-        self.transition(inner, BreakerState::Open, reason);
+        self.transition(inner, now, BreakerState::Open, reason);
     }
 
-    fn transition(&self, inner: &mut Inner, to: BreakerState, reason: String) {
+    fn transition(&self, inner: &mut Inner, now: Instant, to: BreakerState, reason: String) {
         let thresholds = self.thresholds(inner.baseline);
         let from = inner.state;
         inner.state = to;
@@ -532,7 +531,7 @@ impl Breaker {
             reason,
             thresholds,
         });
-        self.publish(inner, Instant::now());
+        self.publish(inner, now);
         self.changed.notify_waiters();
     }
 
@@ -540,10 +539,10 @@ impl Breaker {
     fn expire(&self, inner: &mut Inner, now: Instant) {
         while inner
             .window
-            .front()
+            .oldest()
             .is_some_and(|call| now.duration_since(call.at) > self.settings.window)
         {
-            inner.window.pop_front();
+            inner.window.pop_oldest();
         }
     }
 
@@ -556,7 +555,7 @@ impl Breaker {
             .set(thresholds.error_rate);
         metrics::gauge!(P99_THRESHOLD_METRIC, "breaker" => name.clone())
             .set(thresholds.p99.as_secs_f64());
-        let window = stats(&inner.window);
+        let window = inner.window.stats();
         metrics::gauge!(ERROR_RATE_METRIC, "breaker" => name.clone()).set(window.error_rate);
         metrics::gauge!(P99_METRIC, "breaker" => name).set(window.p99.as_secs_f64());
     }
@@ -568,57 +567,108 @@ impl Breaker {
 }
 
 /// What [`Breaker::record`] checks after every call: the calls in the window, their error rate,
-/// and whether their p99 (nearest rank) is over `p99_threshold`, in one pass without sorting.
+/// and whether their p99 (nearest rank) is over the p99 threshold.
 struct Check {
     calls: usize,
     error_rate: f64,
     p99_over: bool,
 }
 
-fn check(window: &VecDeque<Call>, p99_threshold: Duration) -> Check {
-    let calls = window.len();
-    let (mut errors, mut slower) = (0usize, 0usize);
-    for call in window {
-        errors += usize::from(!call.ok);
-        slower += usize::from(call.latency > p99_threshold);
+/// The calls of the sliding window, oldest first (at most [`MAX_WINDOW_CALLS`]), with the counts
+/// each call's check needs kept up to date as calls come and go: the failed ones, and the ones
+/// slower than the p99 threshold last checked against. So a check costs O(1), not a pass over
+/// up to [`MAX_WINDOW_CALLS`] calls; only a new threshold (the baseline learns once per window
+/// span) recounts the slower ones.
+#[derive(Debug, Default)]
+struct Window {
+    calls: VecDeque<Call>,
+    errors: usize,
+    /// Calls slower than `slower_than`.
+    slower: usize,
+    slower_than: Duration,
+}
+
+impl Window {
+    /// Adds the newest call, dropping the oldest past [`MAX_WINDOW_CALLS`].
+    fn push(&mut self, call: Call) {
+        self.errors += usize::from(!call.ok);
+        self.slower += usize::from(call.latency > self.slower_than);
+        self.calls.push_back(call);
+        if self.calls.len() > MAX_WINDOW_CALLS {
+            self.pop_oldest();
+        }
     }
-    // the p99 is the call at `rank` in latency order: over the threshold exactly when that call
-    // and every one after it (calls - rank of them) are
-    Check {
-        calls,
-        error_rate: if calls == 0 {
+
+    fn oldest(&self) -> Option<&Call> {
+        self.calls.front()
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some(call) = self.calls.pop_front() {
+            self.errors -= usize::from(!call.ok);
+            self.slower -= usize::from(call.latency > self.slower_than);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.calls.clear();
+        self.errors = 0;
+        self.slower = 0;
+    }
+
+    /// The window's [`Check`] against `p99_threshold`, without sorting: the p99 is the call at
+    /// `rank` in latency order, so it is over the threshold exactly when that call and every
+    /// one after it (`calls - rank` of them) are.
+    fn check(&mut self, p99_threshold: Duration) -> Check {
+        if p99_threshold != self.slower_than {
+            self.slower_than = p99_threshold;
+            self.slower = self
+                .calls
+                .iter()
+                .filter(|call| call.latency > p99_threshold)
+                .count();
+        }
+        let calls = self.calls.len();
+        Check {
+            calls,
+            error_rate: self.error_rate(),
+            p99_over: calls > 0 && self.slower >= calls - p99_rank(calls),
+        }
+    }
+
+    fn error_rate(&self) -> f64 {
+        if self.calls.is_empty() {
             0.0
         } else {
-            errors as f64 / calls as f64
-        },
-        p99_over: calls > 0 && slower >= calls - p99_rank(calls),
+            self.errors as f64 / self.calls.len() as f64
+        }
+    }
+
+    /// Error rate and p99 (nearest rank): a pass over the window, sorting its latencies.
+    fn stats(&self) -> WindowStats {
+        let calls = self.calls.len();
+        if calls == 0 {
+            return WindowStats {
+                calls,
+                error_rate: 0.0,
+                p99: Duration::ZERO,
+            };
+        }
+        // counted afresh, like the latencies: the reference the kept counts are tested against
+        let errors = self.calls.iter().filter(|call| !call.ok).count();
+        let mut latencies: Vec<Duration> = self.calls.iter().map(|call| call.latency).collect();
+        latencies.sort_unstable();
+        WindowStats {
+            calls,
+            error_rate: errors as f64 / calls as f64,
+            p99: latencies[p99_rank(calls)],
+        }
     }
 }
 
 /// The index of the p99 (nearest rank) among `calls` sorted latencies (`calls` > 0).
 fn p99_rank(calls: usize) -> usize {
     (calls * 99).div_ceil(100).max(1) - 1
-}
-
-/// Error rate and p99 (nearest rank) of `window`.
-fn stats(window: &VecDeque<Call>) -> WindowStats {
-    let calls = window.len();
-    if calls == 0 {
-        return WindowStats {
-            calls,
-            error_rate: 0.0,
-            p99: Duration::ZERO,
-        };
-    }
-    let errors = window.iter().filter(|call| !call.ok).count();
-    let mut latencies: Vec<Duration> = window.iter().map(|call| call.latency).collect();
-    latencies.sort_unstable();
-    let rank = p99_rank(calls);
-    WindowStats {
-        calls,
-        error_rate: errors as f64 / calls as f64,
-        p99: latencies[rank],
-    }
 }
 
 #[cfg(test)]

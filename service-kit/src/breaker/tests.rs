@@ -241,26 +241,38 @@ async fn calls_older_than_the_window_are_forgotten() {
     assert_eq!(breaker.snapshot().window_calls, 1);
 }
 
+/// A window holding `calls`, pushed in order.
+fn window_of(calls: impl IntoIterator<Item = Call>) -> Window {
+    let mut window = Window::default();
+    for call in calls {
+        window.push(call);
+    }
+    window
+}
+
 #[test]
 fn p99_is_the_nearest_rank() {
     let at = Instant::now();
-    let window: VecDeque<Call> = (1..=200)
-        .map(|ms| Call {
-            at,
-            ok: true,
-            latency: Duration::from_millis(ms),
-        })
-        .collect();
-    assert_eq!(stats(&window).p99, Duration::from_millis(198));
-    let one: VecDeque<Call> = window.iter().take(1).copied().collect();
-    assert_eq!(stats(&one).p99, Duration::from_millis(1));
+    let calls = (1..=200).map(|ms| Call {
+        at,
+        ok: true,
+        latency: Duration::from_millis(ms),
+    });
+    let window = window_of(calls.clone());
+    assert_eq!(window.stats().p99, Duration::from_millis(198));
+    assert_eq!(
+        window_of(calls.take(1)).stats().p99,
+        Duration::from_millis(1)
+    );
 }
 
 #[test]
 fn the_per_call_check_agrees_with_the_sorted_window() {
     let at = Instant::now();
-    // windows of every size up to 250 in a scrambled latency order, some calls failed,
-    // against thresholds below, at and above each latency
+    // a window that grows, loses its oldest calls and is cleared, in a scrambled latency order,
+    // some calls failed: after each change it is checked against a threshold that changes only
+    // now and then (the kept count of slower calls is carried through the pushes and pops), and
+    // every few steps against thresholds below, at and above each latency (each one a recount)
     let mut seed = 7u64;
     let mut next = move || {
         seed = seed
@@ -268,33 +280,58 @@ fn the_per_call_check_agrees_with_the_sorted_window() {
             .wrapping_add(1442695040888963407);
         seed >> 33
     };
-    let mut window = VecDeque::new();
-    let mut over = 0;
-    for _ in 0..250 {
-        window.push_back(Call {
-            at,
-            ok: next() % 5 != 0,
-            latency: Duration::from_millis(next() % 120),
-        });
-        let sorted = stats(&window);
-        for threshold_ms in 0..125 {
-            let threshold = Duration::from_millis(threshold_ms);
-            let checked = check(&window, threshold);
+    let mut window = Window::default();
+    let (mut over, mut checks) = (0, 0);
+    let mut steady = Duration::from_millis(60);
+    for step in 0..2_000 {
+        match next() % 10 {
+            0 if step % 97 == 0 => window.clear(),
+            0..=2 => window.pop_oldest(),
+            _ => window.push(Call {
+                at,
+                ok: next() % 5 != 0,
+                latency: Duration::from_millis(next() % 120),
+            }),
+        }
+        if step % 150 == 0 {
+            steady = Duration::from_millis(next() % 125);
+        }
+        let sorted = window.stats();
+        let sweep = if step % 25 == 0 { 0..125 } else { 0..0 };
+        let thresholds = std::iter::once(steady).chain(sweep.map(Duration::from_millis));
+        for threshold in thresholds {
+            let checked = window.check(threshold);
             assert_eq!(checked.calls, sorted.calls);
             assert_eq!(checked.error_rate, sorted.error_rate);
             assert_eq!(
                 checked.p99_over,
-                sorted.p99 > threshold,
-                "{} calls, threshold {threshold_ms} ms, p99 {:?}",
-                window.len(),
+                sorted.calls > 0 && sorted.p99 > threshold,
+                "step {step}: {} calls, threshold {threshold:?}, p99 {:?}",
+                sorted.calls,
                 sorted.p99
             );
             over += usize::from(checked.p99_over);
+            checks += 1;
         }
     }
     // both answers occurred
-    assert!(over > 0 && over < 250 * 125);
-    let empty = check(&VecDeque::new(), Duration::ZERO);
+    assert!(over > 0 && over < checks);
+    let empty = Window::default().check(Duration::ZERO);
     assert!(!empty.p99_over);
     assert_eq!(empty.calls, 0);
+}
+
+#[test]
+fn the_window_keeps_at_most_max_window_calls() {
+    let at = Instant::now();
+    let window = window_of((0..MAX_WINDOW_CALLS + 10).map(|i| Call {
+        at,
+        // the ten oldest failed and were slow: dropped, they count for nothing
+        ok: i >= 10,
+        latency: Duration::from_millis(if i < 10 { 500 } else { 1 }),
+    }));
+    assert_eq!(window.calls.len(), MAX_WINDOW_CALLS);
+    assert_eq!(window.stats().error_rate, 0.0);
+    let mut window = window;
+    assert!(!window.check(Duration::from_millis(100)).p99_over);
 }
