@@ -83,6 +83,12 @@ impl RelaySignal {
         self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// How many wake-ups this signal has sent (wrapping): a caller's tests compare it before and
+    /// after a request to see whether the request woke the relay.
+    pub fn wakeups(&self) -> u64 {
+        *self.inner.wake.borrow()
+    }
+
     /// Whether this process's relay leads every partition of the schema.
     fn leads_all(&self) -> bool {
         self.inner.led.load(Ordering::Acquire) >= self.inner.partitions.load(Ordering::Acquire)

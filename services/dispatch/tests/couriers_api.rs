@@ -30,12 +30,17 @@ async fn a_location_update_assigns_waiting_waybills_in_range() -> anyhow::Result
         assert!(h.emitted(event).await?.is_empty());
     }
 
-    // Out of range: nothing.
+    // Out of range: nothing, and the relay is left asleep (most location updates assign
+    // nothing: waking it for each would cost a claim per update)
+    let wakeups = h.edge.ctx.relay.wakeups();
     let body = h.report("c1", km_east(-6.0)).await;
     assert_eq!(body["assigned"], json!([]));
     assert_eq!(body["live_waybills"], 0);
+    assert_eq!(h.edge.ctx.relay.wakeups(), wakeups);
 
     let body = h.report("c1", km_east(0.0)).await;
+    // the assignments' events are committed: the relay is woken for them
+    assert!(h.edge.ctx.relay.wakeups() != wakeups);
     let (lat, lon) = km_east(0.0);
     assert_eq!(
         body,
