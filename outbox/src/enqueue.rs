@@ -1,15 +1,20 @@
 //! Writing events to the outbox inside the caller's transaction: [`enqueue`] for one, and
 //! [`OutboxRow`]s written together by [`insert_rows`] for the events a consumer's handlers emit
 //! during a batch (one statement for all of them). The relay is told afterwards, by
+//! [`RelaySignal::committed_rows`](crate::RelaySignal::committed_rows) with the [`Enqueued`]
+//! rows (which may then be published at once, see [`crate::relay`]'s hand-over) or
 //! [`RelaySignal::committed`](crate::RelaySignal::committed).
 
+use bytes::Bytes;
 use jwl_events::{Envelope, HeaderStyle, WireMessage};
 use sqlx::PgConnection;
 use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::error::OutboxError;
+use crate::relay::{Enqueued, Written};
 use crate::trace_context;
+use crate::transport::OutboundMessage;
 
 /// Prefix of the `LISTEN/NOTIFY` channel the relay of a schema listens on.
 pub(crate) const CHANNEL_PREFIX: &str = "jwl_outbox.";
@@ -26,15 +31,17 @@ pub fn notify_channel(schema: &str) -> String {
 /// [`RelaySignal`](crate::RelaySignal) for why.
 ///
 /// The W3C `traceparent` is captured here, with the row (see [`OutboxRow::encode`]).
-pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<(), OutboxError> {
+pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<Enqueued, OutboxError> {
     enqueue_all(conn, &[env]).await
 }
 
 /// [`enqueue`] for several events in one statement, in their order.
-pub async fn enqueue_all(conn: &mut PgConnection, envs: &[&Envelope]) -> Result<(), OutboxError> {
+pub async fn enqueue_all(
+    conn: &mut PgConnection,
+    envs: &[&Envelope],
+) -> Result<Enqueued, OutboxError> {
     let rows: Vec<OutboxRow> = envs.iter().map(|env| OutboxRow::encode(env)).collect();
-    insert_rows(conn, &rows).await?;
-    Ok(())
+    Ok(insert_rows(conn, &rows).await?)
 }
 
 /// An event encoded for the outbox, not written yet.
@@ -69,17 +76,31 @@ impl OutboxRow {
     }
 }
 
+impl OutboxRow {
+    /// The message the relay publishes for this row.
+    fn outbound(&self) -> OutboundMessage {
+        OutboundMessage {
+            dedup_id: self.event_id.to_string(),
+            subject: self.wire.subject.clone(),
+            headers: self.wire.headers.clone(),
+            payload: Bytes::copy_from_slice(&self.wire.payload),
+        }
+    }
+}
+
 /// Inserts `rows` into the outbox of the connection's current schema in one statement, in their
-/// order (their `seq`s follow it). Nothing is sent for no rows.
+/// order (their `seq`s follow it), and returns what they became. Nothing is sent for no rows.
 ///
 /// The relay partition of a row is `order_hash % partitions`: the same hash as migration 0004
-/// computes for older rows, of the same key as the relay's ordering key.
+/// computes for older rows, of the same key as the relay's ordering key. With each row comes the
+/// `seq` of every row of the same order (by that hash) still pending when the statement began,
+/// which decides whether the rows may be handed over (see [`crate::relay`]).
 pub(crate) async fn insert_rows(
     conn: &mut PgConnection,
     rows: &[OutboxRow],
-) -> Result<(), sqlx::Error> {
+) -> Result<Enqueued, sqlx::Error> {
     if rows.is_empty() {
-        return Ok(());
+        return Ok(Enqueued::default());
     }
     let mut ids = Vec::with_capacity(rows.len());
     let mut subjects = Vec::with_capacity(rows.len());
@@ -96,19 +117,27 @@ pub(crate) async fn insert_rows(
             &row.wire.headers,
         ));
     }
-    sqlx::query(
+    let written: Vec<Written> = sqlx::query_as(
         "INSERT INTO outbox (event_id, subject, headers, payload, order_hash)
          SELECT id, subject, headers, payload, hashtext(key) & 2147483647
          FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::bytea[], $5::text[])
               WITH ORDINALITY AS row (id, subject, headers, payload, key, n)
-         ORDER BY n",
+         ORDER BY n
+         RETURNING seq, order_hash,
+             ARRAY(SELECT earlier.seq FROM outbox AS earlier
+                   WHERE earlier.order_hash = outbox.order_hash AND earlier.seq < outbox.seq
+                     AND earlier.published_at IS NULL AND earlier.parked_at IS NULL) AS earlier",
     )
     .bind(&ids)
     .bind(&subjects)
     .bind(&headers)
     .bind(&payloads)
     .bind(&keys)
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(())
+    let mut enqueued = Enqueued::default();
+    for (written, row) in written.into_iter().zip(rows) {
+        enqueued.push(written, row.outbound());
+    }
+    Ok(enqueued)
 }

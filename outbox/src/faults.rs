@@ -13,8 +13,8 @@ pub struct FaultPoints {
     /// This consumer aborts the process after committing a batch that handled an event, before
     /// acknowledging it (`JWL_FAULT_CRASH_AFTER_COMMIT=<consumer>`).
     pub crash_after_commit: Option<String>,
-    /// The relay aborts the process after publishing a batch, before marking its rows
-    /// published (`JWL_FAULT_CRASH_AFTER_PUBLISH=1`).
+    /// The relay (or a hand-over) aborts the process after publishing a batch, before its rows
+    /// are marked published (`JWL_FAULT_CRASH_AFTER_PUBLISH=1`).
     pub crash_after_publish: bool,
     /// A consumer whose handler fails transiently on the first deliveries of every message
     /// (`JWL_FAULT_TRANSIENT_FIRST=<consumer>:<n>`).

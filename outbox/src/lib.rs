@@ -3,7 +3,9 @@
 //! - [`migrate`] creates the `outbox`, `inbox`, `dead_letter_holds` and `parked_messages` tables
 //!   (and the relay's partition bookkeeping) in the pool's schema;
 //! - [`enqueue`] writes an event to the outbox inside the caller's transaction, and
-//!   [`RelaySignal::committed`] wakes the relay after the commit;
+//!   [`RelaySignal::committed_rows`] (or [`RelaySignal::committed`]) tells the relay after the
+//!   commit — the rows are then usually published at once, without a claim (the relay's
+//!   hand-over), else the relay is woken;
 //! - the relay publishes outbox rows to the broker in order, split into partitions by order (one
 //!   active relay per partition of a schema, shared out between a service's replicas);
 //!   a row the broker rejects for good is parked, counted, listed and un-parked by [`parked_rows`];
@@ -57,7 +59,7 @@ pub use handler::{
 pub use inbox::{Processed, process_batch, process_one};
 pub use messaging::Messaging;
 pub use naming::{consumer_service, durable_name, events_durable};
-pub use relay::RelaySignal;
+pub use relay::{Enqueued, RelaySignal};
 pub use schema::{migrate, migrate_with};
 pub use settings::{MAX_OUTBOX_PARTITIONS, MessagingSettings};
 pub use transport::TransportError;

@@ -13,6 +13,10 @@ pub(crate) const OUTBOX_OLDEST_PENDING_AGE: &str = "jwl_outbox_oldest_pending_ag
 pub(crate) const RELAY_BATCH_SIZE: &str = "jwl_relay_batch_size";
 pub(crate) const RELAY_PUBLISH_DURATION: &str = "jwl_relay_publish_duration_seconds";
 pub(crate) const RELAY_PARTITION_LEADER: &str = "jwl_relay_partition_leader";
+/// Committed transactions' rows, by whether they were handed over (published at once) or left to
+/// the relay's claim (an earlier row of one of their orders was not acknowledged yet).
+pub(crate) const OUTBOX_HANDOVERS: &str = "jwl_outbox_handovers_total";
+pub(crate) const HANDOVER_OUTCOME: &str = "outcome";
 pub(crate) const DEAD_LETTERS: &str = "jwl_dead_letters_total";
 pub(crate) const EVENTS_HANDLED: &str = "jwl_events_handled_total";
 pub(crate) const HANDLER_DURATION: &str = "jwl_handler_duration_seconds";

@@ -24,6 +24,7 @@ use crate::inbox::{HandlingTarget, SavepointOutcome, handle_in_savepoint};
 use crate::metrics::count_dead_letter;
 use crate::naming::durable_name;
 use crate::protocol::replay::{self, ReplayMode};
+use crate::relay::Enqueued;
 use crate::stall::{self, KeptConnection};
 use crate::trace_context;
 use crate::transport::Delivery;
@@ -54,6 +55,15 @@ impl Verdict {
             Self::DeadLetter(_) => "dead_lettered",
         }
     }
+}
+
+/// What a committed batch wrote to the outbox, for the relay.
+enum Emitted {
+    Nothing,
+    /// These rows (the fast path's).
+    Rows(Enqueued),
+    /// Rows it did not list (the careful path's).
+    Unlisted,
 }
 
 /// The work one delivery asks for, under the inbox consumer name it is handled as.
@@ -135,7 +145,8 @@ impl ConsumerLoop {
         });
         let mut verdicts: Vec<Option<Verdict>> = Vec::with_capacity(batch.len());
         let mut released_dead = Vec::new();
-        let mut emitted = false;
+        // what the batch wrote to the outbox: the fast path's rows, or that the careful path wrote
+        let mut emitted = Emitted::Nothing;
         // the consumer each delivery is handled as (its metrics, the crash_after_commit point)
         let handled_as: Vec<Option<String>> = screened
             .iter()
@@ -162,7 +173,9 @@ impl ConsumerLoop {
                             *slot = Some(verdict);
                         }
                     }
-                    emitted = fast_emitted;
+                    if !fast_emitted.is_empty() {
+                        emitted = Emitted::Rows(fast_emitted);
+                    }
                     Ok(())
                 }
                 Ok(FastOutcome::Careful(known)) => {
@@ -171,7 +184,9 @@ impl ConsumerLoop {
                         .await
                         .map(|(released, careful_emitted)| {
                             released_dead = released;
-                            emitted = careful_emitted;
+                            if careful_emitted {
+                                emitted = Emitted::Unlisted;
+                            }
                         })
                 }
                 Err(error) => Err(TxError::Database(error)),
@@ -221,8 +236,10 @@ impl ConsumerLoop {
                 Screened::Work(_) => None,
             }));
         }
-        if emitted {
-            self.relay_signal.committed(&self.pool).await;
+        match emitted {
+            Emitted::Nothing => {}
+            Emitted::Rows(rows) => self.relay_signal.committed_rows(&self.pool, rows).await,
+            Emitted::Unlisted => self.relay_signal.committed(&self.pool).await,
         }
         self.settle(&batch, &handled_as, verdicts, released_dead)
             .await;

@@ -31,6 +31,7 @@ use crate::enqueue::{OutboxRow, insert_rows};
 use crate::handler::{BatchContext, BatchHandler, HandlerContext, HandlerError};
 use crate::inbox::panic_text;
 use crate::inbox::{self, BatchClaim};
+use crate::relay::Enqueued;
 use crate::stall::KeptConnection;
 use crate::trace_context::traceparent_of;
 use crate::transport::Delivery;
@@ -41,7 +42,8 @@ pub(super) enum FastOutcome {
     /// decided already), and whether any handler emitted events.
     Committed {
         verdicts: Vec<Option<Verdict>>,
-        emitted: bool,
+        /// The outbox rows of the events the handlers emitted.
+        emitted: Enqueued,
     },
     /// Nothing was committed: run the batch through the careful path, which takes this failure
     /// as the outcome of that delivery's handler.
@@ -167,12 +169,12 @@ impl ConsumerLoop {
             // A handler that swallowed an SQL error leaves the transaction aborted, and COMMIT
             // of an aborted transaction rolls back without an error: the next statement fails
             // instead, the outbox insert of the batch's events if it emitted any.
-            if emitted.is_empty() {
+            let emitted = if emitted.is_empty() {
                 sqlx::query("SELECT 1").execute(&mut *tx).await?;
+                Enqueued::default()
             } else {
-                insert_rows(&mut tx, &emitted).await?;
-            }
-            let emitted = !emitted.is_empty();
+                insert_rows(&mut tx, &emitted).await?
+            };
             // refused at commit (e.g. a deferred constraint): no savepoint could isolate that, so
             // this is the batch's failure, as it would be on the careful path
             if let Err(error) = tx.commit().await {

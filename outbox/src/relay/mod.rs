@@ -10,7 +10,11 @@
 //! order is kept through broker outages); an order's rows after a failed one are not sent until
 //! it is (see [`steps`]); a row the broker rejects for good is parked. The relay of partition 0
 //! also deletes published outbox rows and handled inbox rows past their retention.
+//!
+//! Rows this process commits are usually not claimed at all: they are handed over and published
+//! by a task of their own right after the commit ([`handover`]), and the relay only marks them.
 
+mod handover;
 mod lease;
 mod share;
 mod signal;
@@ -36,6 +40,8 @@ use lease::{Attempt, Partition, RelayLease};
 use share::Board;
 use wakeup::Wakeup;
 
+pub use handover::Enqueued;
+pub(crate) use handover::Written;
 pub use signal::RelaySignal;
 pub use steps::{
     OutboxBatch, PublishOutcome, Unmarked, claim_pending, claim_pending_in, mark, publish,
@@ -77,6 +83,14 @@ impl Relay {
         let settings = self.settings.clone();
         let partitions = settings.outbox_partitions.max(1);
         self.signal.set_partitions(partitions);
+        self.signal.enable_handover(
+            self.service.as_str(),
+            self.publisher.clone(),
+            settings
+                .faults
+                .as_ref()
+                .is_some_and(|faults| faults.crash_after_publish),
+        );
         let board = Arc::new(Board::new(partitions));
         let mut tasks = JoinSet::new();
         tasks.spawn(wakeup::forward_notifications(
@@ -170,7 +184,11 @@ impl ToMark {
 }
 
 /// Marks every row of `to_mark` published, in one statement (none: no statement).
-async fn mark_all(lease: &mut RelayLease, to_mark: &mut ToMark) -> Result<(), OutboxError> {
+async fn mark_all(
+    lease: &mut RelayLease,
+    to_mark: &mut ToMark,
+    signal: &RelaySignal,
+) -> Result<(), OutboxError> {
     if to_mark.is_empty() {
         return Ok(());
     }
@@ -178,7 +196,9 @@ async fn mark_all(lease: &mut RelayLease, to_mark: &mut ToMark) -> Result<(), Ou
         published: to_mark.take(),
         ..PublishOutcome::default()
     };
-    lease.run(async |conn| mark(conn, &outcome).await).await
+    lease.run(async |conn| mark(conn, &outcome).await).await?;
+    signal.handover().marked(&outcome.published);
+    Ok(())
 }
 
 /// The relay of one partition in this process.
@@ -305,7 +325,8 @@ impl PartitionRelay {
         let mut backlog_counted: Option<Instant> = None;
         loop {
             if shutdown.is_cancelled() || self.board.giving_up(partition.index) {
-                mark_all(&mut lease, &mut to_mark).await?;
+                self.take_handed_over(&mut to_mark);
+                mark_all(&mut lease, &mut to_mark, &shared.signal).await?;
                 lease.release().await;
                 return Ok(());
             }
@@ -316,6 +337,7 @@ impl PartitionRelay {
 
             // wake-ups from here on may concern rows this claim does not see
             wakeup.reset();
+            self.take_handed_over(&mut to_mark);
             // a relay kept busy marks with its claims (one round trip and one commit for a
             // batch's worth of rows); one that keeps up marks in a quiet moment (see `idle`), so
             // that no claim in front of a hop waits for a WAL flush
@@ -337,7 +359,7 @@ impl PartitionRelay {
                 })
                 .await?;
             if mark_now {
-                to_mark.take();
+                shared.signal.handover().marked(&to_mark.take());
             }
             if batch.is_empty() {
                 self.metrics.pending.set(0.0);
@@ -360,11 +382,13 @@ impl PartitionRelay {
             }
             self.record(&outcome);
             if outcome.failed.is_empty() {
+                shared.signal.handover().acked(&outcome.published);
                 to_mark.add(&outcome.published);
             } else {
                 // failures are recorded at once, with every published row not marked yet
                 outcome.published.extend(to_mark.take());
                 lease.run(async |conn| mark(conn, &outcome).await).await?;
+                shared.signal.handover().marked(&outcome.published);
                 if outcome.failed.iter().any(|(_, error)| error.is_permanent()) {
                     self.count_parked(&mut lease).await?;
                 }
@@ -409,6 +433,8 @@ impl PartitionRelay {
     /// the first of them was acknowledged, at once if it has already, so that the mark's WAL
     /// flush is in front of no hop. (A crash before the mark re-publishes them, which the
     /// broker's duplicate window and the inboxes absorb.)
+    ///
+    /// Rows handed over meanwhile join them as they are acknowledged, without a claim.
     async fn idle(
         &self,
         lease: &mut RelayLease,
@@ -416,12 +442,36 @@ impl PartitionRelay {
         to_mark: &mut ToMark,
         shutdown: &CancellationToken,
     ) -> Result<(), OutboxError> {
-        if wakeup.wait_until(shutdown, to_mark.due()).await {
-            mark_all(lease, to_mark).await?;
-            // a wake-up during the mark is not lost: it returns at once
-            wakeup.wait(shutdown).await;
+        let signal = &self.shared.signal;
+        let mut handed_over = signal.handover().subscribe();
+        // hand-overs coming one after the other must not put the poll off
+        let poll_at = Instant::now() + self.shared.settings.relay_poll_interval;
+        loop {
+            self.take_handed_over(to_mark);
+            handed_over.mark_unchanged();
+            tokio::select! {
+                due = wakeup.wait_until(shutdown, to_mark.due()) => {
+                    if !due {
+                        return Ok(());
+                    }
+                    // a wake-up during the mark is not lost: the next wait returns at once
+                    mark_all(lease, to_mark, signal).await?;
+                }
+                _ = handed_over.changed() => {}
+                _ = tokio::time::sleep_until(poll_at) => return Ok(()),
+            }
         }
-        Ok(())
+    }
+
+    /// Adds the rows of this partition handed over and acknowledged since the last call to those
+    /// to mark (and to the published count).
+    fn take_handed_over(&self, to_mark: &mut ToMark) {
+        let Partition { index, count } = self.partition;
+        let handed = self.shared.signal.handover().take_to_mark(index, count);
+        if !handed.is_empty() {
+            self.metrics.published.increment(handed.len() as u64);
+            to_mark.add(&handed);
+        }
     }
 
     /// Waits `delay` (or until shutdown) before retrying a publish, keeping the lease session

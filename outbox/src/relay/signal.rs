@@ -14,6 +14,9 @@
 //!
 //! A missed signal costs latency, never an event: the relay also polls every
 //! `relay_poll_interval`.
+//!
+//! Given the rows it committed ([`RelaySignal::committed_rows`]), the signal may instead have them
+//! published at once, without a claim (see [`handover`](super::handover)).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,8 +25,12 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::watch;
 
+use super::handover::{Enqueued, Handover};
+use super::steps::publish;
 use crate::enqueue::CHANNEL_PREFIX;
+use crate::faults::crash;
 use crate::stall;
+use crate::transport::Publisher;
 
 /// A handle shared by a schema's relay and everything in the same process that commits outbox
 /// rows to that schema. Cheap to clone.
@@ -42,6 +49,7 @@ struct Inner {
     partitions: AtomicUsize,
     /// Bound on the cross-process `NOTIFY` (a half-open connection must not hang the caller).
     stall_timeout: Duration,
+    handover: Handover,
 }
 
 impl RelaySignal {
@@ -54,6 +62,7 @@ impl RelaySignal {
                 led: AtomicUsize::new(0),
                 partitions: AtomicUsize::new(1),
                 stall_timeout,
+                handover: Handover::default(),
             }),
         }
     }
@@ -76,6 +85,53 @@ impl RelaySignal {
         if let Err(error) = sent {
             tracing::debug!(%error, "could not notify the relay; it will find the rows when it polls");
         }
+    }
+
+    /// Call after committing a transaction that wrote `rows` to the outbox of the schema of
+    /// `pool`: publishes them at once, without a claim, when nothing can be out of order (the
+    /// relay runs in this process and leads every partition, and every earlier pending row of
+    /// their orders was acknowledged by the broker; see [`handover`](super::handover)), else as
+    /// [`committed`](Self::committed). Never fails, never waits for the broker: a hand-over that
+    /// fails is the relay's to retry.
+    pub async fn committed_rows(&self, pool: &PgPool, rows: Enqueued) {
+        if rows.is_empty() {
+            return;
+        }
+        let taken = if self.leads_all() {
+            self.inner.handover.take(rows)
+        } else {
+            None
+        };
+        let Some((publisher, crash_after_publish, rows)) = taken else {
+            return self.committed(pool).await;
+        };
+        let signal = self.clone();
+        tokio::spawn(async move {
+            let outcome = publish(&*publisher, Handover::batch(&rows)).await;
+            if crash_after_publish && !outcome.published.is_empty() {
+                crash("crash_after_publish (handed over, not marked)");
+            }
+            if signal.inner.handover.published(&rows, &outcome) {
+                signal.wake();
+            }
+        });
+    }
+
+    /// Makes [`committed_rows`](Self::committed_rows) hand rows over, publishing with the
+    /// relay's `publisher`.
+    pub(crate) fn enable_handover(
+        &self,
+        service: &'static str,
+        publisher: Arc<dyn Publisher>,
+        crash_after_publish: bool,
+    ) {
+        self.inner
+            .handover
+            .enable(service, publisher, crash_after_publish);
+    }
+
+    pub(crate) fn handover(&self) -> &Handover {
+        &self.inner.handover
     }
 
     /// Wakes this process's partition relays.
@@ -105,10 +161,13 @@ impl RelaySignal {
             self.inner.led.fetch_add(1, Ordering::AcqRel);
         } else {
             // never below 0, whatever the call order
-            let _ = self
+            let was = self
                 .inner
                 .led
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            if was == Ok(1) {
+                self.inner.handover.forget();
+            }
         }
     }
 

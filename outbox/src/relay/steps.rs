@@ -229,7 +229,7 @@ const SUBJECT_HEADER: &str = "ce-subject";
 
 /// The key whose rows must reach the broker in `seq` order: the event's order (its CloudEvents
 /// subject), or the broker subject for a row without one.
-fn ordering_key(message: &OutboundMessage) -> &str {
+pub(super) fn ordering_key(message: &OutboundMessage) -> &str {
     ordering_key_of(&message.subject, &message.headers)
 }
 

@@ -39,13 +39,8 @@ impl Wakeup {
         self.wakeups.has_changed().unwrap_or(true)
     }
 
-    /// Returns when woken (a wake-up since the last wait counts), after the poll interval, or
-    /// at shutdown.
-    pub async fn wait(&mut self, shutdown: &CancellationToken) {
-        self.wait_until(shutdown, None).await;
-    }
-
-    /// [`Wakeup::wait`], or until `deadline` if that comes first: returns whether it did (no
+    /// Returns when woken (a wake-up since the last wait counts), after the poll interval, at
+    /// shutdown, or at `deadline` if that comes first: returns whether it was the deadline (no
     /// wake-up, poll or shutdown before it).
     pub async fn wait_until(
         &mut self,

@@ -25,8 +25,8 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use jwl_events::{Envelope, OrderId};
-use jwl_outbox::RelaySignal;
 use jwl_outbox::stall::KeptConnection;
+use jwl_outbox::{Enqueued, RelaySignal};
 use jwl_service_kit::ApiError;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
@@ -206,23 +206,22 @@ impl Writer {
                 Result::is_ok,
             )
             .await?;
-        if created {
-            self.relay.committed(&self.pool).await;
-        }
+        self.relay.committed_rows(&self.pool, created).await;
         Ok(outcomes)
     }
 }
 
-/// [`Writer::write`]'s transaction on `conn`: what became of each placement, and whether any
-/// order was created (events were enqueued).
+/// [`Writer::write`]'s transaction on `conn`: what became of each placement, and the outbox rows
+/// of the orders created (none if none was).
 async fn write_on(
     conn: &mut PgConnection,
     placements: &[&Placement],
     idempotency_ttl: Duration,
-) -> Result<(Vec<Placed>, bool), ApiError> {
+) -> Result<(Vec<Placed>, Enqueued), ApiError> {
     let mut tx = conn.begin().await?;
     let mut outcomes = Vec::with_capacity(placements.len());
     let mut created = Vec::with_capacity(placements.len());
+    let mut enqueued = Enqueued::default();
     for placement in placements {
         if let Some(idempotency) = &placement.idempotency {
             let response = IdempotentResponse {
@@ -265,12 +264,12 @@ async fn write_on(
         let events: Vec<&Envelope> = created.iter().map(|placement| &placement.event).collect();
         store::insert_orders(&mut tx, &orders).await?;
         store::insert_timelines(&mut tx, &events).await?;
-        jwl_outbox::enqueue_all(&mut tx, &events)
+        enqueued = jwl_outbox::enqueue_all(&mut tx, &events)
             .await
             .map_err(crate::http::outbox_error)?;
     }
     tx.commit().await?;
-    Ok((outcomes, !created.is_empty()))
+    Ok((outcomes, enqueued))
 }
 
 #[cfg(test)]
