@@ -1353,25 +1353,48 @@ async fn an_unavailable_dependency_holds_messages_without_spending_attempts() ->
     running.stop().await
 }
 
-/// A relay of `h`'s schema publishing with `publisher`, woken by `signal`, that never polls
-/// within a test: rows reach the broker by a wake-up or a hand-over only.
-fn start_sleepy_relay(
-    h: &mut Harness,
-    publisher: Arc<dyn Publisher>,
-    signal: &RelaySignal,
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    h.settings.relay_poll_interval = Duration::from_secs(60);
-    h.settings.db_stall_timeout = Duration::from_secs(120);
-    let relay = Relay::new(
-        SERVICE,
-        h.pool.clone(),
-        publisher,
-        Arc::new(h.settings.clone()),
-        signal.clone(),
-    );
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(relay.run(shutdown.clone()));
-    (shutdown, task)
+/// A relay of `h`'s schema publishing with `publisher` that never polls within a test (rows
+/// reach the broker by a wake-up or a hand-over only), once it leads: it published a first row,
+/// woken in-process by its signal.
+struct SleepyRelay {
+    signal: RelaySignal,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SleepyRelay {
+    async fn leading(h: &mut Harness, publisher: Arc<dyn Publisher>) -> anyhow::Result<Self> {
+        h.settings.relay_poll_interval = Duration::from_secs(60);
+        h.settings.db_stall_timeout = Duration::from_secs(120);
+        let signal = RelaySignal::new(h.settings.db_stall_timeout);
+        let relay = Relay::new(
+            SERVICE,
+            h.pool.clone(),
+            publisher,
+            Arc::new(h.settings.clone()),
+            signal.clone(),
+        );
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(relay.run(shutdown.clone()));
+        let first = captured_of(jwl_events::OrderId(uuid::Uuid::now_v7()), 1);
+        commit_events(h, &first).await?;
+        signal.committed(&h.pool).await;
+        eventually("the relay publishes a first row", SOON, || async {
+            h.pending_in_outbox().await.ok() == Some(0)
+        })
+        .await?;
+        Ok(Self {
+            signal,
+            shutdown,
+            task,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task).await??;
+        Ok(())
+    }
 }
 
 /// Writes `events` in one transaction and commits it, returning its rows (nobody is told).
@@ -1383,99 +1406,81 @@ async fn commit_events(h: &Harness, events: &[Envelope]) -> anyhow::Result<jwl_o
     Ok(rows)
 }
 
-/// Waits until the relay leads (it published a first row, woken in-process).
-async fn relay_leads(h: &Harness, signal: &RelaySignal) -> anyhow::Result<()> {
-    let first = captured_of(jwl_events::OrderId(uuid::Uuid::now_v7()), 1);
-    commit_events(h, &first).await?;
-    signal.committed(&h.pool).await;
-    eventually("the relay publishes a first row", SOON, || async {
+/// Waits until all of `events` are in the events stream, then checks that each is there once,
+/// in order.
+async fn published_in_order(h: &Harness, events: &[Envelope]) -> anyhow::Result<()> {
+    let in_stream = || async {
+        let wanted = ids(events);
+        let ids: Vec<String> = h
+            .events_in_stream()
+            .await?
+            .iter()
+            .filter_map(|m| header(m, "Nats-Msg-Id"))
+            .filter(|id| wanted.iter().any(|w| w == id))
+            .map(str::to_owned)
+            .collect();
+        anyhow::Ok(ids)
+    };
+    eventually("the rows are in the stream", SOON, || async {
+        in_stream().await.is_ok_and(|ids| ids.len() >= events.len())
+    })
+    .await?;
+    assert_eq!(
+        in_stream().await?,
+        ids(events),
+        "each once, in outbox order"
+    );
+    Ok(())
+}
+
+async fn marked_published(h: &Harness) -> anyhow::Result<()> {
+    eventually("the relay marks the rows published", SOON, || async {
         h.pending_in_outbox().await.ok() == Some(0)
     })
     .await
-}
-
-/// The message ids in the events stream of the events of `events`, in stream order.
-async fn in_stream(h: &Harness, events: &[Envelope]) -> anyhow::Result<Vec<String>> {
-    let wanted = ids(events);
-    Ok(h.events_in_stream()
-        .await?
-        .iter()
-        .filter_map(|m| header(m, "Nats-Msg-Id"))
-        .filter(|id| wanted.iter().any(|w| w == id))
-        .map(str::to_owned)
-        .collect())
 }
 
 #[tokio::test]
 async fn committed_rows_are_handed_over_without_waking_the_relay_and_marked_by_it()
 -> anyhow::Result<()> {
     let mut h = Harness::start().await?;
-    let signal = RelaySignal::new(Duration::from_secs(120));
     let broker = Arc::new(h.broker.clone());
-    let (shutdown, task) = start_sleepy_relay(&mut h, broker, &signal);
-    relay_leads(&h, &signal).await?;
+    let relay = SleepyRelay::leading(&mut h, broker).await?;
 
     let events = captured_of(jwl_events::OrderId(uuid::Uuid::now_v7()), 3);
     let rows = commit_events(&h, &events).await?;
-    let wakeups = signal.wakeups();
-    signal.committed_rows(&h.pool, rows).await;
-    eventually("the rows are in the stream", SOON, || async {
-        in_stream(&h, &events)
-            .await
-            .ok()
-            .is_some_and(|s| s.len() == 3)
-    })
-    .await?;
+    let wakeups = relay.signal.wakeups();
+    relay.signal.committed_rows(&h.pool, rows).await;
+    published_in_order(&h, &events).await?;
+    marked_published(&h).await?;
     assert_eq!(
-        in_stream(&h, &events).await?,
-        ids(&events),
-        "in outbox order"
-    );
-    eventually("the relay marks them published", SOON, || async {
-        h.pending_in_outbox().await.ok() == Some(0)
-    })
-    .await?;
-    assert_eq!(
-        signal.wakeups(),
+        relay.signal.wakeups(),
         wakeups,
         "handed over: the relay was not woken to claim them"
     );
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task).await??;
-    Ok(())
+    relay.stop().await
 }
 
 #[tokio::test]
 async fn rows_behind_an_unpublished_row_of_their_order_are_left_to_the_relay_and_kept_in_order()
 -> anyhow::Result<()> {
     let mut h = Harness::start().await?;
-    let signal = RelaySignal::new(Duration::from_secs(120));
     let broker = Arc::new(h.broker.clone());
-    let (shutdown, task) = start_sleepy_relay(&mut h, broker, &signal);
-    relay_leads(&h, &signal).await?;
+    let relay = SleepyRelay::leading(&mut h, broker).await?;
 
     let events = captured_of(jwl_events::OrderId(uuid::Uuid::now_v7()), 2);
     // the first, as another process would write it, its NOTIFY not there yet
     commit_events(&h, &events[..1]).await?;
     let rows = commit_events(&h, &events[1..]).await?;
-    let wakeups = signal.wakeups();
-    signal.committed_rows(&h.pool, rows).await;
-    assert_ne!(signal.wakeups(), wakeups, "the relay is woken instead");
-    eventually("both rows are in the stream", SOON, || async {
-        in_stream(&h, &events)
-            .await
-            .ok()
-            .is_some_and(|s| s.len() == 2)
-    })
-    .await?;
-    assert_eq!(
-        in_stream(&h, &events).await?,
-        ids(&events),
-        "the earlier row first"
+    let wakeups = relay.signal.wakeups();
+    relay.signal.committed_rows(&h.pool, rows).await;
+    assert_ne!(
+        relay.signal.wakeups(),
+        wakeups,
+        "the relay is woken instead"
     );
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task).await??;
-    Ok(())
+    published_in_order(&h, &events).await?;
+    relay.stop().await
 }
 
 #[tokio::test]
@@ -1487,33 +1492,15 @@ async fn a_failed_hand_over_is_the_relays_to_retry() -> anyhow::Result<()> {
         dedup_id: events[0].id.0.to_string(),
         failed: AtomicUsize::new(0),
     });
-    let signal = RelaySignal::new(Duration::from_secs(120));
-    let (shutdown, task) = start_sleepy_relay(&mut h, publisher.clone(), &signal);
-    relay_leads(&h, &signal).await?;
+    let relay = SleepyRelay::leading(&mut h, publisher.clone()).await?;
 
     let rows = commit_events(&h, &events).await?;
-    signal.committed_rows(&h.pool, rows).await;
-    eventually("both rows are in the stream", SOON, || async {
-        in_stream(&h, &events)
-            .await
-            .ok()
-            .is_some_and(|s| s.len() == 2)
-    })
-    .await?;
+    relay.signal.committed_rows(&h.pool, rows).await;
+    published_in_order(&h, &events).await?;
     assert!(
         publisher.failed.load(Ordering::SeqCst) >= 2,
         "the hand-over failed and the relay published the row again"
     );
-    assert_eq!(
-        in_stream(&h, &events).await?,
-        ids(&events),
-        "each once, in outbox order"
-    );
-    eventually("the relay marks them published", SOON, || async {
-        h.pending_in_outbox().await.ok() == Some(0)
-    })
-    .await?;
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task).await??;
-    Ok(())
+    marked_published(&h).await?;
+    relay.stop().await
 }
