@@ -51,7 +51,8 @@ pub struct Enqueued {
     rows: OutboxBatch,
     /// Each row's `order_hash`, parallel to `rows`.
     order_hashes: Vec<i32>,
-    /// The pending rows of the same orders written before them (their own excepted).
+    /// The pending rows of the same orders written before them, by earlier statements of the
+    /// same transaction too ([`Enqueued::others_earlier`] leaves those out).
     earlier: Vec<i64>,
 }
 
