@@ -23,7 +23,7 @@
 //! rows a second time: the broker's duplicate window (the inboxes, on Kafka) absorbs it, and the
 //! relay's rounds keep the order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use metrics::Counter;
@@ -44,8 +44,7 @@ pub(crate) struct Written {
 
 /// The outbox rows a transaction wrote ([`enqueue`](crate::enqueue()),
 /// [`enqueue_all`](crate::enqueue_all)): once it has committed, hand them to
-/// [`RelaySignal::committed_rows`](super::RelaySignal::committed_rows). Several can be put
-/// together with [`Enqueued::extend`].
+/// [`RelaySignal::committed_rows`](super::RelaySignal::committed_rows).
 #[derive(Debug, Default)]
 pub struct Enqueued {
     rows: OutboxBatch,
@@ -64,16 +63,13 @@ impl Enqueued {
         self.earlier.extend(written.earlier);
     }
 
-    /// Adds `later`, written after these rows in the same transaction.
-    pub fn extend(&mut self, later: Enqueued) {
-        self.rows.seqs.extend(later.rows.seqs);
-        self.rows.messages.extend(later.rows.messages);
-        self.order_hashes.extend(later.order_hashes);
-        self.earlier.extend(later.earlier);
-    }
-
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
+    }
+
+    /// The rows as the relay's publish takes them.
+    pub(crate) fn batch(&self) -> &OutboxBatch {
+        &self.rows
     }
 
     /// The ordering keys of the rows (each once).
@@ -118,8 +114,8 @@ struct State {
     /// Rows handed over and acknowledged, with their `order_hash`, for their partition's relay
     /// to mark.
     to_mark: Vec<(i64, i32)>,
-    /// The ordering keys (orders) of the hand-overs in flight, with their count.
-    in_flight: HashMap<String, usize>,
+    /// The ordering keys (orders) of the hand-overs in flight (one at a time per order).
+    in_flight: HashSet<String>,
 }
 
 impl std::fmt::Debug for Handover {
@@ -167,18 +163,17 @@ impl Handover {
     }
 
     /// Takes `rows` to publish now (`Some`: the publisher and the batch), when the relay runs in
-    /// this process and every earlier pending row of their orders is acknowledged; `None`: the
-    /// relay must be woken. Only call it while this process leads every partition.
+    /// this process, every earlier pending row of their orders is acknowledged and no hand-over
+    /// of those orders is in flight; `None`: the relay must be woken. Only call it while this
+    /// process leads every partition.
     pub(crate) fn take(&self, rows: Enqueued) -> Option<(Arc<dyn Publisher>, bool, Enqueued)> {
         let publishing = self.publishing.get()?;
         let taken = {
             let mut state = self.state();
             let free = rows.others_earlier().all(|seq| state.acked.contains(seq))
-                && rows.keys().all(|key| !state.in_flight.contains_key(key));
+                && rows.keys().all(|key| !state.in_flight.contains(key));
             if free {
-                for key in rows.keys() {
-                    *state.in_flight.entry(key.to_owned()).or_default() += 1;
-                }
+                state.in_flight.extend(rows.keys().map(str::to_owned));
             }
             free
         };
@@ -207,12 +202,7 @@ impl Handover {
                 }
             }
             for key in rows.keys() {
-                if let Some(count) = state.in_flight.get_mut(key) {
-                    *count -= 1;
-                    if *count == 0 {
-                        state.in_flight.remove(key);
-                    }
-                }
+                state.in_flight.remove(key);
             }
         }
         if !published.is_empty() {
@@ -269,11 +259,6 @@ impl Handover {
     /// A receiver of the acknowledgements of handed-over rows, for one partition relay.
     pub(crate) fn subscribe(&self) -> watch::Receiver<u64> {
         self.acknowledged.subscribe()
-    }
-
-    /// The rows of a hand-over as the relay's publish takes them.
-    pub(crate) fn batch(rows: &Enqueued) -> &OutboxBatch {
-        &rows.rows
     }
 }
 
@@ -394,8 +379,8 @@ mod tests {
     #[test]
     fn a_transactions_own_earlier_rows_do_not_hold_it_back() {
         let handover = enabled();
-        let mut own = rows(vec![written(8, 7, &[])]);
-        own.extend(rows(vec![written(9, 7, &[8])]));
+        // row 9 written by a later statement of the transaction that wrote row 8
+        let own = rows(vec![written(8, 7, &[]), written(9, 7, &[8])]);
         assert!(handover.take(own).is_some());
     }
 

@@ -107,7 +107,7 @@ impl RelaySignal {
         };
         let signal = self.clone();
         tokio::spawn(async move {
-            let outcome = publish(&*publisher, Handover::batch(&rows)).await;
+            let outcome = publish(&*publisher, rows.batch()).await;
             if crash_after_publish && !outcome.published.is_empty() {
                 crash("crash_after_publish (handed over, not marked)");
             }
