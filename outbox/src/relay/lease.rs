@@ -229,6 +229,8 @@ mod tests {
 
     const STALL: Duration = Duration::from_millis(1500);
     const ONLY: Partition = Partition { index: 0, count: 1 };
+    /// How long a closed session's locks may take to be freed, at most.
+    const WAIT: Duration = Duration::from_secs(10);
 
     async fn acquire(
         pool: &sqlx::PgPool,
@@ -276,6 +278,10 @@ mod tests {
 
     /// The recorded count changes only while no relay of that count holds a lease; then relays
     /// of the old count are refused and those of the new one granted.
+    ///
+    /// A closed session's advisory locks are freed when its server process exits, a moment after
+    /// the client has closed it: an attempt right after a release (or after an attempt that took
+    /// the lock and dropped it) may still find a lock taken, so those wait with a deadline.
     #[tokio::test]
     async fn the_partition_count_switches_only_when_no_relay_of_the_old_count_leads()
     -> anyhow::Result<()> {
@@ -292,22 +298,38 @@ mod tests {
             Attempt::OtherCount(1)
         ));
         old.release().await;
-        assert!(try_switch_count(&pool, 1, 4, STALL).await?);
+        jwl_testkit::eventually("the switch, once the old relay is gone", WAIT, || async {
+            try_switch_count(&pool, 1, 4, STALL)
+                .await
+                .ok()
+                .filter(|switched| *switched)
+        })
+        .await?;
         assert!(
             !try_switch_count(&pool, 1, 4, STALL).await?,
             "the record is no longer 1"
         );
-        assert!(matches!(
-            RelayLease::try_acquire(&pool, ONLY, STALL).await?,
-            Attempt::OtherCount(4)
-        ));
+        let refused = jwl_testkit::eventually("an answer other than busy", WAIT, || async {
+            match RelayLease::try_acquire(&pool, ONLY, STALL).await {
+                Ok(Attempt::OtherCount(count)) => Some(Some(count)),
+                Ok(Attempt::Taken(_)) => Some(None),
+                Ok(Attempt::Busy) | Err(_) => None,
+            }
+        })
+        .await?;
+        assert_eq!(refused, Some(4), "a relay of the old count is refused");
         let third = acquire(&pool, Partition { index: 2, count: 4 }).await?;
         assert!(
             third.is_some(),
             "a relay of the recorded count takes its partition"
         );
-        let first = acquire(&pool, Partition { index: 0, count: 4 }).await?;
-        assert!(first.is_some(), "partitions have locks of their own");
+        jwl_testkit::eventually("partition 0 of 4", WAIT, || async {
+            acquire(&pool, Partition { index: 0, count: 4 })
+                .await
+                .ok()
+                .flatten()
+        })
+        .await?;
         Ok(())
     }
 
