@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use jwl_events::{CourierAssigned, CourierId, Envelope, GeoPoint, WaybillId};
+use jwl_outbox::Enqueued;
 use jwl_service_kit::Settings;
 use sqlx::PgConnection;
 
@@ -240,10 +241,7 @@ pub async fn report_position(
         (None, _) => false,
     };
     if nothing_in_range {
-        let unchanged = Offer {
-            live_waybills: courier.live_waybills,
-            assigned: Vec::new(),
-        };
+        let unchanged = Offer::unchanged(&courier);
         return Ok((courier, unchanged));
     }
     let offer = offer_courier(conn, &courier, settings, now).await?;
@@ -251,12 +249,27 @@ pub async fn report_position(
 }
 
 /// What a courier took when offered the waiting waybills around it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct Offer {
     /// The courier's live waybills afterwards.
     pub live_waybills: i32,
     /// The waybills it was assigned, nearest first.
     pub assigned: Vec<WaybillId>,
+    /// The outbox rows of their `courier_assigned` events: for
+    /// [`RelaySignal::committed_rows`](jwl_outbox::RelaySignal::committed_rows) once the
+    /// transaction has committed.
+    pub emitted: Enqueued,
+}
+
+impl Offer {
+    /// Nothing taken.
+    fn unchanged(courier: &Courier) -> Self {
+        Self {
+            live_waybills: courier.live_waybills,
+            assigned: Vec::new(),
+            emitted: Enqueued::default(),
+        }
+    }
 }
 
 /// Assigns `courier` the nearest waiting waybills within the radius (oldest deadline first on
@@ -269,10 +282,7 @@ pub async fn offer_courier(
     settings: &Settings,
     now: DateTime<Utc>,
 ) -> Result<Offer, DispatchError> {
-    let unchanged = Offer {
-        live_waybills: courier.live_waybills,
-        assigned: Vec::new(),
-    };
+    let unchanged = Offer::unchanged(courier);
     let free = domain::free_slots(settings.courier_capacity, courier.live_waybills);
     if free == 0 {
         return Ok(unchanged);
@@ -280,6 +290,7 @@ pub async fn offer_courier(
     let (waiting, picks) = waiting_picks(conn, &courier.position, free, settings, now).await?;
 
     let mut assigned = Vec::with_capacity(picks.len());
+    let mut events = Vec::with_capacity(picks.len());
     for pick in picks {
         let Some(row) = waiting
             .iter()
@@ -305,12 +316,13 @@ pub async fn offer_courier(
         // Born from a courier's request, not from an event: no causation, but the order's
         // trace continues.
         event.traceparent.clone_from(&row.cause_traceparent);
-        jwl_outbox::enqueue(conn, &event).await?;
+        events.push(event);
         assigned.push(pick.waybill_id);
     }
     if assigned.is_empty() {
         return Ok(unchanged);
     }
+    let emitted = jwl_outbox::enqueue_all(conn, &events.iter().collect::<Vec<_>>()).await?;
     let count = i32::try_from(assigned.len()).unwrap_or(i32::MAX);
     let live_waybills =
         store::add_live_waybills(conn, &courier.courier_id, count, capacity(settings))
@@ -319,6 +331,7 @@ pub async fn offer_courier(
     Ok(Offer {
         live_waybills,
         assigned,
+        emitted,
     })
 }
 

@@ -179,13 +179,14 @@ async fn put_location(
         Offer {
             live_waybills,
             assigned,
+            emitted,
         },
     ) = dispatcher::report_position(&mut tx, &courier_id, &position, &state.settings, Utc::now())
         .await?;
     tx.commit().await?;
-    // only an assignment emits (`courier_assigned`): most updates wake no relay
+    // only an assignment emits (`courier_assigned`): most updates publish nothing
+    state.relay.committed_rows(&state.pool, emitted).await;
     if !assigned.is_empty() {
-        state.relay.committed(&state.pool).await;
         tracing::info!(%courier_id, ?assigned, "courier took waiting waybills");
     }
     Ok(Json(LocationView {
@@ -265,12 +266,14 @@ async fn post_delivery(
     );
     // Born from the courier's request: no causation, but the order's trace continues.
     event.traceparent = waybill.cause_traceparent;
-    jwl_outbox::enqueue(&mut tx, &event)
+    let delivered = jwl_outbox::enqueue(&mut tx, &event)
         .await
         .map_err(DispatchError::from)?;
     let offer = dispatcher::offer_courier(&mut tx, &courier, &state.settings, Utc::now()).await?;
     tx.commit().await?;
-    state.relay.committed(&state.pool).await;
+    // the delivered order's row, then the rows of the orders the courier took next
+    state.relay.committed_rows(&state.pool, delivered).await;
+    state.relay.committed_rows(&state.pool, offer.emitted).await;
     Ok(Json(DeliveryView {
         waybill_id,
         order_id: waybill.order_id,

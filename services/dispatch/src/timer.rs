@@ -4,7 +4,7 @@
 //! Replicas can all run it: rows are claimed with `FOR UPDATE SKIP LOCKED`, and a waybill
 //! being assigned or cancelled at that moment is skipped and looked at again on the next tick.
 
-use jwl_outbox::RelaySignal;
+use jwl_outbox::{Enqueued, RelaySignal};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -40,10 +40,9 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        match fail_overdue(&pool, stall_timeout).await {
+        match fail_overdue(&pool, &relay, stall_timeout).await {
             Ok(0) => {}
             Ok(failed) => {
-                relay.committed(&pool).await;
                 tracing::info!(failed, "failed waybills past their dispatch deadline")
             }
             Err(error) => tracing::warn!(%error, "deadline timer round failed; retrying"),
@@ -53,10 +52,16 @@ pub async fn run(
 
 /// Fails every overdue waiting waybill, one batch per transaction (each within `stall_timeout`);
 /// how many it failed.
-async fn fail_overdue(pool: &PgPool, stall_timeout: Duration) -> Result<usize, DispatchError> {
+async fn fail_overdue(
+    pool: &PgPool,
+    relay: &RelaySignal,
+    stall_timeout: Duration,
+) -> Result<usize, DispatchError> {
     let mut total = 0;
     loop {
-        let failed = jwl_outbox::stall::with_connection(pool, stall_timeout, fail_batch).await?;
+        let (failed, emitted) =
+            jwl_outbox::stall::with_connection(pool, stall_timeout, fail_batch).await?;
+        relay.committed_rows(pool, emitted).await;
         total += failed;
         if i64::try_from(failed).unwrap_or(i64::MAX) < BATCH_SIZE {
             return Ok(total);
@@ -64,10 +69,12 @@ async fn fail_overdue(pool: &PgPool, stall_timeout: Duration) -> Result<usize, D
     }
 }
 
-/// Fails up to [`BATCH_SIZE`] overdue waybills in one transaction; how many it failed.
-async fn fail_batch(conn: &mut PgConnection) -> Result<usize, DispatchError> {
+/// Fails up to [`BATCH_SIZE`] overdue waybills in one transaction; how many it failed, and the
+/// outbox rows of their `dispatch_failed` events.
+async fn fail_batch(conn: &mut PgConnection) -> Result<(usize, Enqueued), DispatchError> {
     let mut tx = conn.begin().await?;
     let overdue = store::fail_overdue(&mut tx, Utc::now(), BATCH_SIZE).await?;
+    let mut events = Vec::with_capacity(overdue.len());
     for waybill in &overdue {
         let mut event = Envelope::new(
             SERVICE,
@@ -81,8 +88,9 @@ async fn fail_batch(conn: &mut PgConnection) -> Result<usize, DispatchError> {
         // Born from the timer, acting on the `waybill_created` that started the wait.
         event.causation_id = Some(waybill.cause_event_id);
         event.traceparent.clone_from(&waybill.cause_traceparent);
-        jwl_outbox::enqueue(&mut tx, &event).await?;
+        events.push(event);
     }
+    let emitted = jwl_outbox::enqueue_all(&mut tx, &events.iter().collect::<Vec<_>>()).await?;
     tx.commit().await?;
-    Ok(overdue.len())
+    Ok((overdue.len(), emitted))
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
 use jwl_events::{CancelReason, Envelope, OrderCancelRequested};
-use jwl_outbox::{OutboxError, RelaySignal};
+use jwl_outbox::{Enqueued, OutboxError, RelaySignal};
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
@@ -32,10 +32,13 @@ pub(crate) async fn run(
     let period = domain::deadline_sweep_period(order_deadline);
     while !shutdown.is_cancelled() {
         let run = jwl_outbox::stall::with_connection(&pool, stall_timeout, cancel_overdue_orders);
-        let claimed = run.await;
-        if matches!(claimed, Ok(claimed) if claimed > 0) {
-            relay.committed(&pool).await;
-        }
+        let claimed = match run.await {
+            Ok((claimed, emitted)) => {
+                relay.committed_rows(&pool, emitted).await;
+                Ok(claimed)
+            }
+            Err(error) => Err(error),
+        };
         let wait = match claimed {
             Ok(claimed) if claimed >= BATCH => Duration::ZERO,
             Ok(_) => period,
@@ -52,11 +55,12 @@ pub(crate) async fn run(
 }
 
 /// One run: claims up to [`BATCH`] overdue orders and requests their cancellation; returns how
-/// many it claimed.
-async fn cancel_overdue_orders(conn: &mut PgConnection) -> Result<usize, OutboxError> {
+/// many it claimed, and the outbox rows of their `order.cancel_requested` events.
+async fn cancel_overdue_orders(conn: &mut PgConnection) -> Result<(usize, Enqueued), OutboxError> {
     let now = Utc::now().trunc_subsecs(6);
     let mut tx = conn.begin().await?;
     let overdue = store::claim_overdue_orders(&mut tx, now, BATCH as i64).await?;
+    let mut events = Vec::with_capacity(overdue.len());
     for (order_id, traceparent) in &overdue {
         let order_id = *order_id;
         let event = Envelope {
@@ -73,13 +77,14 @@ async fn cancel_overdue_orders(conn: &mut PgConnection) -> Result<usize, OutboxE
             )
         };
         store::insert_timeline(&mut tx, &event).await?;
-        jwl_outbox::enqueue(&mut tx, &event).await?;
+        events.push(event);
     }
+    let emitted = jwl_outbox::enqueue_all(&mut tx, &events.iter().collect::<Vec<_>>()).await?;
     tx.commit().await?;
     for (order_id, _) in &overdue {
         tracing::info!(%order_id, "order deadline passed; cancellation requested");
     }
     metrics::counter!("jwl_order_cancel_requests_total", "reason" => "deadline")
         .increment(overdue.len() as u64);
-    Ok(overdue.len())
+    Ok((overdue.len(), emitted))
 }

@@ -379,6 +379,7 @@ async fn cancel_order(
         .require_owner_or_admin(&order.customer_id)
         .map_err(|_| order_not_found(order_id))?;
     let status = order.state.status;
+    let mut emitted = jwl_outbox::Enqueued::default();
     match domain::decide_cancel(status, order.cancel_requested) {
         CancelDecision::Refuse => {
             return Err(ApiError::Conflict(format!(
@@ -408,7 +409,7 @@ async fn cancel_order(
             )
             .await?;
             store::insert_timeline(&mut tx, &event).await?;
-            jwl_outbox::enqueue(&mut tx, &event)
+            emitted = jwl_outbox::enqueue(&mut tx, &event)
                 .await
                 .map_err(outbox_error)?;
             metrics::counter!("jwl_order_cancel_requests_total", "reason" => "customer")
@@ -417,7 +418,7 @@ async fn cancel_order(
         }
     }
     tx.commit().await?;
-    state.relay.committed(&state.pool).await;
+    state.relay.committed_rows(&state.pool, emitted).await;
     Ok((
         StatusCode::ACCEPTED,
         Json(CancelAcceptedBody {
