@@ -168,12 +168,15 @@ impl Handover {
     /// process leads every partition.
     pub(crate) fn take(&self, rows: Enqueued) -> Option<(Arc<dyn Publisher>, bool, Enqueued)> {
         let publishing = self.publishing.get()?;
+        let keys: Vec<&str> = rows.keys().collect();
         let taken = {
             let mut state = self.state();
             let free = rows.others_earlier().all(|seq| state.acked.contains(seq))
-                && rows.keys().all(|key| !state.in_flight.contains(key));
+                && keys.iter().all(|key| !state.in_flight.contains(*key));
             if free {
-                state.in_flight.extend(rows.keys().map(str::to_owned));
+                state
+                    .in_flight
+                    .extend(keys.iter().map(|key| (*key).to_owned()));
             }
             free
         };
