@@ -5,6 +5,8 @@
 //! rows (which may then be published at once, see [`crate::relay`]'s hand-over) or
 //! [`RelaySignal::committed`](crate::RelaySignal::committed).
 
+use std::borrow::Borrow;
+
 use bytes::Bytes;
 use jwl_events::{Envelope, HeaderStyle, WireMessage};
 use sqlx::PgConnection;
@@ -35,12 +37,15 @@ pub async fn enqueue(conn: &mut PgConnection, env: &Envelope) -> Result<Enqueued
     enqueue_all(conn, &[env]).await
 }
 
-/// [`enqueue`] for several events in one statement, in their order.
-pub async fn enqueue_all(
+/// [`enqueue`] for several events (owned or borrowed) in one statement, in their order.
+pub async fn enqueue_all<E: Borrow<Envelope>>(
     conn: &mut PgConnection,
-    envs: &[&Envelope],
+    envs: &[E],
 ) -> Result<Enqueued, OutboxError> {
-    let rows: Vec<OutboxRow> = envs.iter().map(|env| OutboxRow::encode(env)).collect();
+    let rows: Vec<OutboxRow> = envs
+        .iter()
+        .map(|env| OutboxRow::encode(env.borrow()))
+        .collect();
     Ok(insert_rows(conn, &rows).await?)
 }
 

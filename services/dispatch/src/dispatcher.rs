@@ -322,7 +322,7 @@ pub async fn offer_courier(
     if assigned.is_empty() {
         return Ok(unchanged);
     }
-    let emitted = jwl_outbox::enqueue_all(conn, &events.iter().collect::<Vec<_>>()).await?;
+    let emitted = jwl_outbox::enqueue_all(conn, &events).await?;
     let count = i32::try_from(assigned.len()).unwrap_or(i32::MAX);
     let live_waybills =
         store::add_live_waybills(conn, &courier.courier_id, count, capacity(settings))

@@ -90,7 +90,7 @@ async fn fail_batch(conn: &mut PgConnection) -> Result<(usize, Enqueued), Dispat
         event.traceparent.clone_from(&waybill.cause_traceparent);
         events.push(event);
     }
-    let emitted = jwl_outbox::enqueue_all(&mut tx, &events.iter().collect::<Vec<_>>()).await?;
+    let emitted = jwl_outbox::enqueue_all(&mut tx, &events).await?;
     tx.commit().await?;
     Ok((overdue.len(), emitted))
 }

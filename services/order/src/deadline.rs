@@ -79,7 +79,7 @@ async fn cancel_overdue_orders(conn: &mut PgConnection) -> Result<(usize, Enqueu
         store::insert_timeline(&mut tx, &event).await?;
         events.push(event);
     }
-    let emitted = jwl_outbox::enqueue_all(&mut tx, &events.iter().collect::<Vec<_>>()).await?;
+    let emitted = jwl_outbox::enqueue_all(&mut tx, &events).await?;
     tx.commit().await?;
     for (order_id, _) in &overdue {
         tracing::info!(%order_id, "order deadline passed; cancellation requested");
