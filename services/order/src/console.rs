@@ -20,6 +20,7 @@
 //!   ([`jwl_ops::backlog::consumers`]) and the outbox backlog of each service whose tables
 //!   this database holds.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -366,7 +367,7 @@ struct OrderState {
     security(("bearer" = [])),
 )]
 pub(crate) async fn order(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     _admin: Admin,
     headers: HeaderMap,
     path: Result<Path<OrderId>, ApiError>,
@@ -446,7 +447,7 @@ pub(crate) struct DeadLettersBody {
     security(("bearer" = [])),
 )]
 pub(crate) async fn list_dead_letters(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     _admin: Admin,
 ) -> ApiResult<Json<DeadLettersBody>> {
     let filter = DeadLetterFilter {
@@ -489,7 +490,7 @@ pub(crate) struct ResolvedBody {
     security(("bearer" = [])),
 )]
 pub(crate) async fn redrive(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Admin(caller): Admin,
     path: Result<Path<u64>, ApiError>,
 ) -> ApiResult<Json<ResolvedBody>> {
@@ -552,7 +553,7 @@ pub(crate) struct DiscardRequest {
     security(("bearer" = [])),
 )]
 pub(crate) async fn discard(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Admin(caller): Admin,
     path: Result<Path<u64>, ApiError>,
     body: Result<Json<DiscardRequest>, ApiError>,
@@ -614,7 +615,7 @@ pub(crate) struct StuckBody {
     security(("bearer" = [])),
 )]
 pub(crate) async fn stuck(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     _admin: Admin,
     query: Result<Query<StuckQuery>, QueryRejection>,
 ) -> ApiResult<Json<StuckBody>> {
@@ -793,7 +794,7 @@ struct OutboxBacklog {
     security(("bearer" = [])),
 )]
 pub(crate) async fn figures(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     _admin: Admin,
 ) -> ApiResult<Json<FiguresBody>> {
     let pool = &state.pool;

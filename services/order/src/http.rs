@@ -40,7 +40,7 @@ const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Set on a response replayed for a repeated idempotency key.
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-#[derive(Clone)]
+/// Shared by every request behind an [`Arc`]: the router clones its state for each request.
 pub(crate) struct AppState {
     pub(crate) pool: PgPool,
     /// Writes the placed orders, several per transaction under load.
@@ -90,7 +90,7 @@ pub fn routes(ctx: &ServiceContext) -> ListedRouter {
         )
         .route(RouteMethod::Get, "/v1/console/stuck", console::stuck)
         .route(RouteMethod::Get, "/v1/console/figures", console::figures)
-        .with_state(AppState {
+        .with_state(Arc::new(AppState {
             // its own pool: requests never take the consumers' connections
             pool: ctx.http_pool.clone(),
             intake: Intake::start(
@@ -105,7 +105,7 @@ pub fn routes(ctx: &ServiceContext) -> ListedRouter {
             messaging: ctx.messaging.clone(),
             redrive_limit: console::redrive_limiter(),
             peers: console::Peers::new(ctx.settings.console_peers.clone()),
-        })
+        }))
 }
 
 /// The OpenAPI description of these routes (see [`jwl_service_kit::openapi`]).
@@ -243,7 +243,7 @@ impl From<OrderRecord> for OrderBody {
     security(("bearer" = [])),
 )]
 async fn create_order(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     caller: Caller,
     headers: HeaderMap,
     body: Result<Json<OrderRequest>, ApiError>,
@@ -333,7 +333,7 @@ async fn create_order(
     security(("bearer" = [])),
 )]
 async fn get_order(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     caller: Caller,
     path: Result<Path<OrderId>, ApiError>,
 ) -> ApiResult<Json<OrderBody>> {
@@ -364,7 +364,7 @@ async fn get_order(
     security(("bearer" = [])),
 )]
 async fn cancel_order(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     caller: Caller,
     path: Result<Path<OrderId>, ApiError>,
 ) -> ApiResult<(StatusCode, Json<CancelAcceptedBody>)> {
