@@ -134,6 +134,55 @@ fn json_lines_carry_the_fields_recorded_after_a_span_began() {
 }
 
 #[test]
+fn json_lines_are_valid_json_whatever_the_fields_hold() {
+    let (captured, _guard) = capture_logs(LogFormat::Json);
+    let awkward = "quote \" backslash \\ newline \n tab \t bell \u{7} é";
+    let span = tracing::info_span!(
+        "handle_event",
+        r#type = "order.created",
+        attempt = tracing::field::Empty,
+    );
+    span.record("attempt", 1);
+    span.record("attempt", 2);
+    span.in_scope(|| {
+        tracing::error!(
+            text = awkward,
+            debugged = ?awkward,
+            count = 3u64,
+            delta = -4i64,
+            ratio = 0.5,
+            nan = f64::NAN,
+            flag = true,
+            "a message with {} inside",
+            "\"quotes\""
+        )
+    });
+
+    let text = captured.text();
+    let lines = json_lines(&text);
+    let line = &lines[0];
+    assert_eq!(line["text"], awkward);
+    assert_eq!(line["debugged"], format!("{awkward:?}"));
+    assert_eq!(line["count"], 3);
+    assert_eq!(line["delta"], -4);
+    assert_eq!(line["ratio"], 0.5);
+    assert!(line["nan"].is_null(), "{line}");
+    assert_eq!(line["flag"], true);
+    assert_eq!(line["message"], "a message with \"quotes\" inside");
+    assert_eq!(line["level"], "ERROR");
+    assert_eq!(
+        line["span"]["type"], "order.created",
+        "a raw identifier's r# dropped"
+    );
+    assert_eq!(line["span"]["attempt"], 2, "the value recorded last");
+    assert_eq!(
+        text.matches("\"attempt\":").count(),
+        2,
+        "once in the span, once in the span list: {text}"
+    );
+}
+
+#[test]
 fn the_human_format_names_the_service() {
     let (captured, _guard) = capture_logs(LogFormat::Human);
     tracing::info!(order_id = "o-1", "order placed");
