@@ -207,8 +207,8 @@ where
 /// A span's fields as one JSON object, written directly (`{"consumer":"payment","attempt":2}`).
 /// A field recorded after the span was created (`span.record("outcome", …)`, once per handled
 /// message) is spliced into the object's text. A field recorded a second time replaces its
-/// earlier value: the object is then parsed and written again (rare: no span of the services
-/// records a field twice).
+/// earlier value: the object is then parsed and written again (rare: a span's fields are
+/// normally recorded once each).
 struct SpanJsonFields;
 
 impl<'writer> FormatFields<'writer> for SpanJsonFields {
