@@ -2,8 +2,9 @@
 //! returns a pool whose connections have `search_path` set to it; [`ping`] checks liveness.
 //!
 //! The first connection is retried with exponential backoff (bounded) so a service can start
-//! while its database is still coming up; afterwards a dead database surfaces as errors after
-//! [`PoolSettings::acquire_timeout`] rather than as hangs.
+//! while its database is still coming up, and so are start-up steps such as migrations
+//! ([`retry_startup`]) that fail for a passing reason; afterwards a dead database surfaces as
+//! errors after [`PoolSettings::acquire_timeout`] rather than as hangs.
 //!
 //! A connection that goes silent without closing (half-open after a partition) is bounded by
 //! [`PoolSettings::stall_timeout`] on both ends: a connection given back to the pool must answer
@@ -133,12 +134,7 @@ pub async fn connect_labelled(
     validate_schema(schema)?;
     let base = PgConnectOptions::from_str(url).map_err(DbError::InvalidUrl)?;
 
-    let retry_policy = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(2))
-        .with_total_delay(Some(settings.startup_retry_for))
-        .with_max_times(usize::MAX)
-        .with_jitter();
+    let retry_policy = startup_backoff(settings);
 
     (|| ensure_schema(&base, schema))
         .retry(retry_policy)
@@ -199,6 +195,40 @@ pub async fn connect_labelled(
     .map_err(DbError::Connect)
     // its size and idle connections are exported on /metrics, under its label
     .inspect(|pool| crate::telemetry::watch_pool(label, pool.clone()))
+}
+
+/// Runs a start-up step on a freshly connected pool (a service's migrations), retrying it with
+/// the first connection's backoff, for up to [`PoolSettings::startup_retry_for`], while it fails
+/// for a reason that passes ([`sqlx::Error::PoolTimedOut`] on a machine too loaded to open a
+/// connection within [`PoolSettings::acquire_timeout`], a connection dropped by a restarting
+/// server). The step must be safe to run again (migrations are: each runs under sqlx's lock and
+/// applied versions are skipped). Any other failure is returned at once.
+pub async fn retry_startup<T, F, Fut>(settings: &PoolSettings, step: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    step.retry(startup_backoff(settings))
+        .when(|error: &anyhow::Error| {
+            error
+                .chain()
+                .any(|cause| cause.downcast_ref().is_some_and(is_transient_db_error))
+        })
+        .notify(|error, delay| {
+            tracing::warn!(error = %format!("{error:#}"), ?delay, "start-up step failed; retrying")
+        })
+        .await
+}
+
+/// The backoff of start-up steps: from 100 ms up to 2 s between tries, for
+/// [`PoolSettings::startup_retry_for`] in all.
+fn startup_backoff(settings: &PoolSettings) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_total_delay(Some(settings.startup_retry_for))
+        .with_max_times(usize::MAX)
+        .with_jitter()
 }
 
 /// [`stall::answers_within`] as the pool's check of a connection given back or about to be

@@ -327,3 +327,63 @@ async fn a_pool_that_pings_before_acquire_answers_the_first_query_after_a_restar
         db::ping(&pool).await.unwrap();
     }
 }
+
+/// A start-up step (a service's migrations) that cannot get a connection within the acquire
+/// timeout is tried again, with the failure's context around it; a step that fails for any
+/// other reason is not.
+#[tokio::test]
+async fn a_start_up_step_outlasts_a_pool_timeout_but_not_other_errors() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let database = jwl_testkit::database().await?;
+    let settings = PoolSettings {
+        max_connections: 1,
+        acquire_timeout: Duration::from_millis(200),
+        startup_retry_for: Duration::from_secs(30),
+        ..PoolSettings::default()
+    };
+    let pool = db::connect_with(database.url(), "jwl_startup", &settings).await?;
+
+    // the pool's only connection is taken: the first try times out waiting for it
+    let mut held = Some(pool.acquire().await?);
+    let tries = AtomicUsize::new(0);
+    db::retry_startup(&settings, || {
+        if tries.fetch_add(1, Ordering::SeqCst) == 1 {
+            held = None;
+        }
+        let pool = pool.clone();
+        async move {
+            sqlx::query("CREATE TABLE IF NOT EXISTS widget (id int PRIMARY KEY)")
+                .execute(&pool)
+                .await
+                .context("migrating the widgets")?;
+            Ok(())
+        }
+    })
+    .await?;
+    assert_eq!(
+        tries.load(Ordering::SeqCst),
+        2,
+        "tried again after the pool timed out"
+    );
+    assert!(held.is_none());
+
+    let tries = AtomicUsize::new(0);
+    let error = db::retry_startup(&settings, || {
+        tries.fetch_add(1, Ordering::SeqCst);
+        let pool = pool.clone();
+        async move {
+            sqlx::query("CREATE TABLE widget (id int PRIMARY KEY)")
+                .execute(&pool)
+                .await
+                .context("migrating the widgets")?;
+            Ok(())
+        }
+    })
+    .await
+    .expect_err("the table exists");
+    assert_eq!(tries.load(Ordering::SeqCst), 1, "{error:#}");
+    assert!(format!("{error:#}").contains("already exists"), "{error:#}");
+    Ok(())
+}

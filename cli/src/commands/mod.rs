@@ -45,12 +45,15 @@ async fn connect_and_migrate(
     settings: &PoolSettings,
 ) -> anyhow::Result<PgPool> {
     let pool = connect_pool(entry, url, settings).await?;
-    (entry.migrate)(&pool).await.with_context(|| {
-        format!(
-            "migrating the {} service (schema {})",
-            entry.name, entry.schema
-        )
-    })?;
+    // a machine too loaded to open a connection within the acquire timeout must not fail start-up
+    jwl_service_kit::db::retry_startup(settings, || (entry.migrate)(&pool))
+        .await
+        .with_context(|| {
+            format!(
+                "migrating the {} service (schema {})",
+                entry.name, entry.schema
+            )
+        })?;
     tracing::info!(service = %entry.name, schema = entry.schema, "migrations applied");
     Ok(pool)
 }
