@@ -333,7 +333,6 @@ async fn a_pool_that_pings_before_acquire_answers_the_first_query_after_a_restar
 /// other reason is not.
 #[tokio::test]
 async fn a_start_up_step_outlasts_a_pool_timeout_but_not_other_errors() -> anyhow::Result<()> {
-    use anyhow::Context as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     let database = jwl_testkit::database().await?;
@@ -352,14 +351,10 @@ async fn a_start_up_step_outlasts_a_pool_timeout_but_not_other_errors() -> anyho
         if tries.fetch_add(1, Ordering::SeqCst) == 1 {
             held = None;
         }
-        let pool = pool.clone();
-        async move {
-            sqlx::query("CREATE TABLE IF NOT EXISTS widget (id int PRIMARY KEY)")
-                .execute(&pool)
-                .await
-                .context("migrating the widgets")?;
-            Ok(())
-        }
+        migrate_widgets(
+            pool.clone(),
+            "CREATE TABLE IF NOT EXISTS widget (id int PRIMARY KEY)",
+        )
     })
     .await?;
     assert_eq!(
@@ -372,18 +367,22 @@ async fn a_start_up_step_outlasts_a_pool_timeout_but_not_other_errors() -> anyho
     let tries = AtomicUsize::new(0);
     let error = db::retry_startup(&settings, || {
         tries.fetch_add(1, Ordering::SeqCst);
-        let pool = pool.clone();
-        async move {
-            sqlx::query("CREATE TABLE widget (id int PRIMARY KEY)")
-                .execute(&pool)
-                .await
-                .context("migrating the widgets")?;
-            Ok(())
-        }
+        migrate_widgets(pool.clone(), "CREATE TABLE widget (id int PRIMARY KEY)")
     })
     .await
     .expect_err("the table exists");
     assert_eq!(tries.load(Ordering::SeqCst), 1, "{error:#}");
     assert!(format!("{error:#}").contains("already exists"), "{error:#}");
+    Ok(())
+}
+
+/// A migration step of [`a_start_up_step_outlasts_a_pool_timeout_but_not_other_errors`]: `ddl`,
+/// its failure in the context a service's start-up gives it.
+async fn migrate_widgets(pool: sqlx::PgPool, ddl: &'static str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    sqlx::query(ddl)
+        .execute(&pool)
+        .await
+        .context("migrating the widgets")?;
     Ok(())
 }
