@@ -333,6 +333,7 @@ async fn a_pool_that_pings_before_acquire_answers_the_first_query_after_a_restar
 /// reason is not.
 #[tokio::test]
 async fn a_start_up_step_outlasts_a_pool_timeout_but_not_other_errors() -> anyhow::Result<()> {
+    use anyhow::Context as _;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     let database = jwl_testkit::database().await?;
@@ -367,22 +368,18 @@ async fn a_start_up_step_outlasts_a_pool_timeout_but_not_other_errors() -> anyho
     let tries = AtomicUsize::new(0);
     let error = db::retry_startup(&settings, || {
         tries.fetch_add(1, Ordering::SeqCst);
-        migrate_widgets(pool.clone(), "ALTER TABLE widget ADD COLUMN name text")
+        let pool = pool.clone();
+        async move {
+            sqlx::query("ALTER TABLE widget ADD COLUMN name text")
+                .execute(&pool)
+                .await
+                .context("migrating the widgets")?;
+            Ok(())
+        }
     })
     .await
     .expect_err("there is no widget table");
     assert_eq!(tries.load(Ordering::SeqCst), 1, "{error:#}");
     assert!(format!("{error:#}").contains("does not exist"), "{error:#}");
-    Ok(())
-}
-
-/// `ddl` as a migration step, its failure in the context a service's start-up gives it (the
-/// step that fails for good in [`a_start_up_step_outlasts_a_pool_timeout_but_not_other_errors`]).
-async fn migrate_widgets(pool: sqlx::PgPool, ddl: &'static str) -> anyhow::Result<()> {
-    use anyhow::Context as _;
-    sqlx::query(ddl)
-        .execute(&pool)
-        .await
-        .context("migrating the widgets")?;
     Ok(())
 }
