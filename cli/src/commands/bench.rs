@@ -37,8 +37,8 @@ use self::cost::{PgCounters, PgWindow, SystemProcesses};
 use self::figures::{
     ArrivalSchedule, Baseline, Baselines, BenchReport, BenchSetup, CITY_RADIUS_KM, Confirmation,
     CostReport, CourierUpdatesReport, CpuCost, IngestReport, LatencySummary, OutcomeMix, PgCost,
-    Ratios, SagaReport, SendLimit, StepReport, SweepReport, completed_under_load, cpu_cost,
-    per_second,
+    Ratios, SagaReport, SecondsSummary, SendLimit, StepReport, SweepReport, completed_under_load,
+    cpu_cost, per_second,
 };
 use self::observe::Watcher;
 use super::redact_userinfo;
@@ -953,6 +953,11 @@ fn saga_report(
         end_to_end_latency: LatencySummary::of(
             orders.iter().filter_map(|order| order.end_to_end).collect(),
         ),
+        end_to_end_by_second: first_sent.and_then(|first| {
+            SecondsSummary::of(orders.iter().filter_map(|order| {
+                Some((order.sent_offset.saturating_sub(first), order.end_to_end?))
+            }))
+        }),
         assignment_hop_latency: LatencySummary::of(
             orders
                 .iter()

@@ -302,6 +302,63 @@ impl LatencySummary {
     }
 }
 
+/// Fewest sagas a second of the sending phase must hold to get a p99 of its own in
+/// [`SecondsSummary`].
+pub const MIN_SAGAS_PER_SECOND: usize = 20;
+
+/// A second whose p99 is over this many times the median second's counts as a bad second in
+/// [`SecondsSummary`].
+pub const BAD_SECOND_FACTOR: f64 = 1.5;
+
+/// The end-to-end p99 of the sagas sent in each whole second of the sending phase, summed up:
+/// whether a run's tail is spread over the whole run or comes from a few bad seconds, the mark
+/// of a stall somewhere in the system (docs/performance.md, *The tail is the broker's*).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SecondsSummary {
+    /// Seconds with at least [`MIN_SAGAS_PER_SECOND`] sagas, the only ones counted.
+    pub seconds: usize,
+    /// The median of those seconds' p99s.
+    pub median_p99_ms: f64,
+    /// The worst second's p99.
+    pub worst_p99_ms: f64,
+    /// When the worst second began, in whole seconds from the first POST.
+    pub worst_second: u64,
+    /// Seconds whose p99 is over [`BAD_SECOND_FACTOR`] times the median second's.
+    pub bad_seconds: usize,
+}
+
+impl SecondsSummary {
+    /// The summary of `(sent, latency)` pairs, `sent` counted from the first POST; `None` when
+    /// no second holds enough sagas.
+    pub fn of(samples: impl IntoIterator<Item = (Duration, Duration)>) -> Option<Self> {
+        let mut by_second: BTreeMap<u64, Vec<Duration>> = BTreeMap::new();
+        for (sent, latency) in samples {
+            by_second.entry(sent.as_secs()).or_default().push(latency);
+        }
+        let mut p99s: Vec<(u64, f64)> = by_second
+            .into_iter()
+            .filter(|(_, latencies)| latencies.len() >= MIN_SAGAS_PER_SECOND)
+            .filter_map(|(second, mut latencies)| {
+                latencies.sort_unstable();
+                Some((second, millis(percentile(&latencies, 99.0)?)))
+            })
+            .collect();
+        let &(worst_second, worst_p99_ms) = p99s.iter().max_by(|a, b| a.1.total_cmp(&b.1))?;
+        p99s.sort_unstable_by(|a, b| a.1.total_cmp(&b.1));
+        let median_p99_ms = p99s[(p99s.len() - 1) / 2].1;
+        Some(SecondsSummary {
+            seconds: p99s.len(),
+            median_p99_ms,
+            worst_p99_ms,
+            worst_second,
+            bad_seconds: p99s
+                .iter()
+                .filter(|(_, p99)| *p99 > median_p99_ms * BAD_SECOND_FACTOR)
+                .count(),
+        })
+    }
+}
+
 /// The sending phase.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IngestReport {
@@ -328,6 +385,8 @@ pub struct SagaReport {
     pub outcomes: BTreeMap<String, u64>,
     /// POST sent → dispatched, for the dispatched orders only.
     pub end_to_end_latency: Option<LatencySummary>,
+    /// The same, second by second of the sending phase.
+    pub end_to_end_by_second: Option<SecondsSummary>,
     /// `fulfillment.waybill_created` → `dispatch.courier_assigned`, by event times (absent
     /// when the ends were polled).
     pub assignment_hop_latency: Option<LatencySummary>,
@@ -919,6 +978,18 @@ impl StepReport {
             g.end_to_end_latency.as_ref(),
         )?;
         writeln!(out, "    POST sent → {}", g.dispatch_time_source)?;
+        if let Some(by_second) = &g.end_to_end_by_second {
+            writeln!(
+                out,
+                "    by second sent: p99 of the median second {:.1} ms, of the worst {:.1} ms \
+                 (+{} s); {} of {} seconds over {BAD_SECOND_FACTOR}× the median",
+                by_second.median_p99_ms,
+                by_second.worst_p99_ms,
+                by_second.worst_second,
+                by_second.bad_seconds,
+                by_second.seconds
+            )?;
+        }
         latency_line(
             out,
             "courier assignment hop",
@@ -1564,6 +1635,28 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn seconds_summary_finds_the_bad_seconds_of_a_run() {
+        // ten seconds of 50 sagas each at 60–109 ms; the 7th also has a stall: its slowest
+        // two sagas took 400 ms, enough to be its p99
+        let mut samples = Vec::new();
+        for second in 0..10u64 {
+            for i in 0..50u64 {
+                let stalled = second == 7 && i >= 48;
+                let latency = if stalled { ms(400) } else { ms(60 + i) };
+                samples.push((Duration::from_millis(second * 1000 + i * 20), latency));
+            }
+        }
+        // a second with too few sagas (the end of the sending) is not counted, however slow
+        samples.push((Duration::from_millis(10_500), ms(900)));
+        let summary = SecondsSummary::of(samples).unwrap();
+        assert_eq!(summary.seconds, 10);
+        assert_eq!(summary.median_p99_ms, 109.0);
+        assert_eq!((summary.worst_second, summary.worst_p99_ms), (7, 400.0));
+        assert_eq!(summary.bad_seconds, 1);
+        assert_eq!(SecondsSummary::of([(ms(1), ms(1))]), None);
+    }
+
     fn sample_step() -> StepReport {
         let ingest = IngestReport {
             sent: 20,
@@ -1579,6 +1672,9 @@ mod tests {
             unsettled: 0,
             outcomes: BTreeMap::from([("dispatched".to_owned(), 15), ("rejected".to_owned(), 4)]),
             end_to_end_latency: LatencySummary::of(vec![ms(100)]),
+            end_to_end_by_second: SecondsSummary::of(
+                (0..40).map(|i| (Duration::from_millis(i * 25), ms(100))),
+            ),
             assignment_hop_latency: LatencySummary::of(vec![ms(7)]),
             event_hop_latency: LatencySummary::of(vec![ms(2), ms(3)]),
             event_hops_by_type: BTreeMap::new(),
@@ -1709,6 +1805,7 @@ mod tests {
             "achieved 5.8/s",
             "5 of 5 sampled orders agree",
             "event → broker",
+            "p99 of the median second 100.0 ms, of the worst 100.0 ms (+0 s); 0 of 1 seconds",
         ] {
             assert!(text.contains(expected), "{expected:?} missing from\n{text}");
         }
@@ -1716,6 +1813,7 @@ mod tests {
         assert_eq!(json["ingest"]["accepted"], 19);
         assert_eq!(json["saga"]["end_to_end_latency"]["p50_ms"], 100.0);
         assert_eq!(json["saga"]["event_to_broker_latency"]["p50_ms"], 1.0);
+        assert_eq!(json["saga"]["end_to_end_by_second"]["worst_p99_ms"], 100.0);
         assert_eq!(json["baselines"]["postgres_commits"]["status"], "measured");
         assert_eq!(json["baselines"]["postgres_commits"]["per_second"], 1000.0);
         assert_eq!(
