@@ -439,9 +439,10 @@ impl ApiClient {
         Ok(order_id)
     }
 
-    /// `GET /v1/orders/{id}`.
+    /// `GET /v1/orders/{id}`, again while the service answers `429` or `503`
+    /// ([`ApiClient::send_until_served`]): a read that must succeed.
     pub async fn order(&self, token: &str, order_id: &str) -> anyhow::Result<OrderView> {
-        self.send(
+        self.send_until_served(
             Call::new(
                 Service::Order,
                 Method::GET,
@@ -482,9 +483,9 @@ impl ApiClient {
         .expect(StatusCode::OK, "setting stock")
     }
 
-    /// `GET /v1/stock/{sku}`.
+    /// `GET /v1/stock/{sku}`, again while the service answers `429` or `503`.
     pub async fn stock(&self, admin_token: &str, sku: &str) -> anyhow::Result<StockLevel> {
-        self.send(
+        self.send_until_served(
             Call::new(Service::Inventory, Method::GET, format!("/v1/stock/{sku}"))
                 .token(admin_token),
         )
@@ -492,9 +493,10 @@ impl ApiClient {
         .expect(StatusCode::OK, "reading stock")
     }
 
-    /// `GET /v1/payments/{order_id}`.
+    /// `GET /v1/payments/{order_id}`, again while the service answers `429` or `503` (an audit
+    /// right after a restart can meet a pool that is still connecting).
     pub async fn payment(&self, admin_token: &str, order_id: &str) -> anyhow::Result<PaymentView> {
-        self.send(
+        self.send_until_served(
             Call::new(
                 Service::Payment,
                 Method::GET,
