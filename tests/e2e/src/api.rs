@@ -493,8 +493,9 @@ impl ApiClient {
         .expect(StatusCode::OK, "reading stock")
     }
 
-    /// `GET /v1/payments/{order_id}`, again while the service answers `429` or `503` (an audit
-    /// right after a restart can meet a pool that is still connecting).
+    /// `GET /v1/payments/{order_id}`, again while the service answers `429` or `503` (an audit's
+    /// concurrent reads on a busy host can time out waiting for one of the HTTP pool's
+    /// connections).
     pub async fn payment(&self, admin_token: &str, order_id: &str) -> anyhow::Result<PaymentView> {
         self.send_until_served(
             Call::new(
