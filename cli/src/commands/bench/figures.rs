@@ -343,8 +343,9 @@ impl SecondsSummary {
                 Some((second, millis(percentile(&latencies, 99.0)?)))
             })
             .collect();
-        let &(worst_second, worst_p99_ms) = p99s.iter().max_by(|a, b| a.1.total_cmp(&b.1))?;
-        p99s.sort_unstable_by(|a, b| a.1.total_cmp(&b.1));
+        // slowest last (of equal ones, the latest second)
+        p99s.sort_unstable_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        let &(worst_second, worst_p99_ms) = p99s.last()?;
         let median_p99_ms = p99s[(p99s.len() - 1) / 2].1;
         Some(SecondsSummary {
             seconds: p99s.len(),
