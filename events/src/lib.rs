@@ -24,5 +24,6 @@ pub use geo::{GeoError, GeoPoint};
 pub use ids::{CourierId, EventId, IdError, OrderId, WaybillId};
 pub use wire::{
     APPLICATION_JSON, CONTENT_TYPE_HEADER, EVENTS_SUBJECTS, HeaderStyle, WireMessage, decode,
-    encode, order_filter, parse_subject, subject, subject_type, type_filter,
+    encode, order_filters, parse_subject, subject, subject_order, subject_type, subjects_of,
+    type_filter, type_filters,
 };

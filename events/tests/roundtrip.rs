@@ -39,7 +39,7 @@ fn nats_headers_follow_the_binary_mode_contract() {
     let msg = encode(&env, HeaderStyle::Nats);
     assert_eq!(
         msg.subject,
-        format!("jwl.evt.{ORDER_ID}.payment.authorized")
+        format!("jwl.evt.payment.authorized.{ORDER_ID}")
     );
     let expected = [
         ("ce-specversion", "1.0".to_owned()),

@@ -16,7 +16,7 @@ use crate::{dead_letters, replay};
 pub struct OrderHistory {
     pub order_id: OrderId,
     /// Every message of the order's events (on JetStream: its subjects
-    /// `jwl.evt.<order id>.<type>`), in stream order; undecodable ones included.
+    /// `jwl.evt.<type>.<order id>`, and the legacy `jwl.evt.<order id>.<type>`), in stream order; undecodable ones included.
     pub events: Vec<EventEntry>,
     /// Every dead letter of the order (`jwl.dlq.*.<order id>`), in dead-letter stream order.
     pub dead_letters: Vec<DeadLetterEntry>,
@@ -24,7 +24,8 @@ pub struct OrderHistory {
 
 impl OrderHistory {
     /// Reads the order's events from the events stream by order — on JetStream one ephemeral
-    /// ordered consumer per catalogue type on the literal subject `jwl.evt.<order id>.<type>`,
+    /// ordered consumer per catalogue type and layout on its literal subject
+    /// (`jwl.evt.<type>.<order id>`, `jwl.evt.<order id>.<type>`),
     /// from the first message to the stream's last sequence, merged in stream order — and, at
     /// the same time, its dead letters from the dead-letter stream. The time this takes follows
     /// the order's own message count, not the events stream's size.

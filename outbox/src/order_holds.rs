@@ -92,14 +92,17 @@ pub async fn read(conn: &mut PgConnection, order_id: Uuid) -> Result<OrderHolds,
     .bind(order_id)
     .fetch_all(&mut *conn)
     .await?;
-    // the order's subjects, `jwl.evt.<order>.<type>`; only parked rows are looked at
-    let prefix = format!("jwl.evt.{order_id}.");
+    // the order's subjects, `jwl.evt.<type>.<order>` or (legacy) `jwl.evt.<order>.<type>`;
+    // only parked rows are looked at
     let parked_rows: Vec<ParkedRow> = sqlx::query_as(
         "SELECT seq, event_id, subject, attempts, last_error, parked_at, created_at FROM outbox
-         WHERE parked_at IS NOT NULL AND published_at IS NULL AND starts_with(subject, $1)
+         WHERE parked_at IS NOT NULL AND published_at IS NULL
+           AND starts_with(subject, 'jwl.evt.')
+           AND (right(subject, length($1)) = $1 OR starts_with(subject, 'jwl.evt.' || $2 || '.'))
          ORDER BY seq",
     )
-    .bind(&prefix)
+    .bind(format!(".{order_id}"))
+    .bind(order_id.to_string())
     .fetch_all(&mut *conn)
     .await?;
     let parked_messages = held
@@ -122,10 +125,13 @@ pub async fn read(conn: &mut PgConnection, order_id: Uuid) -> Result<OrderHolds,
     })
 }
 
-/// The event type named by the tokens after the order id of `subject`: the events subject
-/// `jwl.evt.<order>.payment.captured` and the replay subject
-/// `jwl.replay.<service>.<order>.payment.captured` alike.
+/// The event type `subject` names if it is one of `order_id`'s: an events subject (of either
+/// layout), or the replay subject `jwl.replay.<service>.<order>.payment.captured`.
 fn type_after_order(subject: &str, order_id: Uuid) -> Option<EventType> {
+    if let Some(ty) = jwl_events::subject_type(subject) {
+        let order = order_id.to_string();
+        return (jwl_events::subject_order(subject) == Some(order.as_str())).then_some(ty);
+    }
     let (_, token) = subject.split_once(&format!(".{order_id}."))?;
     EventType::ALL
         .into_iter()
@@ -140,8 +146,19 @@ mod tests {
     fn the_type_is_read_from_events_and_replay_subjects() {
         let order = Uuid::now_v7();
         assert_eq!(
+            type_after_order(&format!("jwl.evt.payment.captured.{order}"), order),
+            Some(EventType::PaymentCaptured)
+        );
+        assert_eq!(
             type_after_order(&format!("jwl.evt.{order}.payment.captured"), order),
             Some(EventType::PaymentCaptured)
+        );
+        assert_eq!(
+            type_after_order(
+                &format!("jwl.evt.payment.captured.{}", Uuid::now_v7()),
+                order
+            ),
+            None
         );
         assert_eq!(
             type_after_order(

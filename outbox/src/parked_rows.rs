@@ -16,7 +16,7 @@ use uuid::Uuid;
 pub struct ParkedRow {
     pub seq: i64,
     pub event_id: Uuid,
-    /// The subject it would be published on (`jwl.evt.<order>.<type>`).
+    /// The subject it would be published on (`jwl.evt.<type>.<order>`).
     pub subject: String,
     /// Publish attempts so far.
     pub attempts: i32,

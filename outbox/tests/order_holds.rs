@@ -125,7 +125,7 @@ async fn an_orders_holds_held_messages_and_parked_rows_are_read_back() -> anyhow
         read.parked_messages
             .iter()
             .all(|message| message.dead_letter_reason.is_none()
-                && message.subject.starts_with(&format!("jwl.evt.{x}.")))
+                && jwl_events::subject_order(&message.subject) == Some(x.to_string().as_str()))
     );
     assert!(read.holds[0].held_since <= read.parked_messages[0].parked_at);
     assert_eq!(read.parked_rows.len(), 1, "{:?}", read.parked_rows);

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use jwl_events::{Envelope, HeaderStyle, Service};
+use jwl_events::{Envelope, EventData, HeaderStyle, PaymentVoided, Service};
 use jwl_outbox::relay::{self, Relay, Unmarked};
 use jwl_outbox::transport::{OutboundMessage, PublishReceipt, Publisher};
 use jwl_outbox::{OutboxError, Processed, RelaySignal, TransportError};
@@ -975,6 +975,54 @@ async fn the_service_consumer_takes_over_from_the_per_type_consumers_of_earlier_
     assert!(h.attempts_of(&events[0]).await?.is_empty());
     assert!(h.attempts_of(&events[1]).await?.is_empty());
     assert!(stream.consumer_info(&legacy.durable_name).await.is_err());
+    running.stop().await
+}
+
+#[tokio::test]
+async fn events_of_the_earlier_subject_layout_are_still_handled_after_an_upgrade()
+-> anyhow::Result<()> {
+    use jwl_outbox::transport::{ConsumerSpec, Subscriber};
+
+    let h = Harness::start().await?;
+    // the service's consumer as an earlier version left it: filtered on `jwl.evt.*.<type>`
+    let earlier = ConsumerSpec {
+        filter_subjects: [SUBSCRIBED, ALSO_SUBSCRIBED]
+            .map(|ty| format!("jwl.evt.*.{}", ty.subject_token()))
+            .to_vec(),
+        ..h.events_consumer_spec()
+    };
+    drop(h.broker.subscribe(&earlier).await?);
+    // an event on the earlier layout (an earlier relay's, or an outbox row written before the
+    // upgrade), then one of the same order on the current layout
+    let old = captured(1);
+    let new = Envelope::new(
+        Service::Payment,
+        EventData::PaymentVoided(PaymentVoided {
+            order_id: old.order_id(),
+            amount_cents: 1,
+        }),
+    );
+    let wire = jwl_events::encode(&old, HeaderStyle::Nats);
+    let [current_subject, earlier_subject] = jwl_events::subjects_of(&old.order_id(), SUBSCRIBED);
+    assert_eq!(wire.subject, current_subject);
+    h.publish_raw(&earlier_subject, &wire.headers, wire.payload, "old")
+        .await?;
+    h.publish_event(&new, "new").await?;
+
+    let running = h.run();
+    eventually("both are handled", SOON, || async {
+        (h.effects_of(&old).await.ok() == Some(1) && h.effects_of(&new).await.ok() == Some(1))
+            .then_some(())
+    })
+    .await?;
+    assert!(h.dead_letters().await?.is_empty());
+    let stream = h.jetstream().get_stream(&h.settings.events_stream).await?;
+    let info = stream.consumer_info(&earlier.durable_name).await?;
+    assert_eq!(
+        info.config.filter_subjects,
+        h.events_consumer_spec().filter_subjects,
+        "the consumer now filters on both layouts"
+    );
     running.stop().await
 }
 

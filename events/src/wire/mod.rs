@@ -5,7 +5,8 @@ mod subjects;
 
 pub use binary::{decode, encode};
 pub use subjects::{
-    EVENTS_SUBJECTS, order_filter, parse_subject, subject, subject_type, type_filter,
+    EVENTS_SUBJECTS, order_filters, parse_subject, subject, subject_order, subject_type,
+    subjects_of, type_filter, type_filters,
 };
 
 /// The header naming of the CloudEvents protocol binding in use.

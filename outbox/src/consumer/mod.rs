@@ -159,7 +159,7 @@ impl ConsumerLoop {
                 self.settings.events_stream.clone(),
                 subscriptions
                     .iter()
-                    .map(|&ty| jwl_events::type_filter(ty))
+                    .flat_map(|&ty| jwl_events::type_filters(ty))
                     .collect(),
                 // the per-type durables of earlier versions
                 subscriptions
@@ -589,14 +589,14 @@ async fn keep_in_progress_once(held: &[Box<dyn Delivery>]) {
     }
 }
 
-/// The part of a subject that names the order: `jwl.evt.<order>.…` or `jwl.replay.<service>.<order>.…`
-/// (the whole subject if it is of neither shape).
+/// The part of a subject that names the order: that of an event subject, or `<order>` of
+/// `jwl.replay.<service>.<order>.…` (the whole subject if it is of neither shape).
 fn order_key(source: ConsumerSource, subject: &str) -> &str {
-    let token = match source {
-        ConsumerSource::Events => 2,
-        ConsumerSource::Replay => 3,
+    let order = match source {
+        ConsumerSource::Events => jwl_events::subject_order(subject),
+        ConsumerSource::Replay => subject.split('.').nth(3),
     };
-    subject.split('.').nth(token).unwrap_or(subject)
+    order.unwrap_or(subject)
 }
 
 /// Which of `workers` handles the messages of `key` (stable for the life of the process).
@@ -639,7 +639,8 @@ mod tests {
     #[test]
     fn one_order_always_goes_to_the_same_worker() {
         let order = "01a2378a-de41-7701-8d03-b7e6933b6820";
-        let created = format!("jwl.evt.{order}.order.created");
+        let created = format!("jwl.evt.order.created.{order}");
+        // an event of the legacy layout goes to the same worker as the order's others
         let captured = format!("jwl.evt.{order}.payment.captured");
         let replayed = format!("jwl.replay.payment.{order}.order.created");
         assert_eq!(order_key(ConsumerSource::Events, &created), order);

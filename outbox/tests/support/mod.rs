@@ -128,8 +128,9 @@ impl Harness {
             stream: self.settings.events_stream.clone(),
             durable_name: jwl_outbox::events_durable(self.service),
             filter_subjects: [SUBSCRIBED, ALSO_SUBSCRIBED]
-                .map(jwl_events::type_filter)
-                .to_vec(),
+                .into_iter()
+                .flat_map(jwl_events::type_filters)
+                .collect(),
             replaces: [SUBSCRIBED, ALSO_SUBSCRIBED]
                 .map(|ty| jwl_outbox::durable_name(self.service, ty))
                 .to_vec(),

@@ -42,7 +42,7 @@ async fn consumes_payment_authorized_and_relays_the_reservation() {
         || async {
             sqlx::query_scalar::<_, bool>(
                 "SELECT EXISTS (SELECT 1 FROM stock WHERE sku = 'TEA' AND reserved = 2)
-                    AND EXISTS (SELECT 1 FROM outbox WHERE subject LIKE '%.inventory.reserved'
+                    AND EXISTS (SELECT 1 FROM outbox WHERE subject LIKE 'jwl.evt.inventory.reserved.%'
                                 AND published_at IS NOT NULL)",
             )
             .fetch_one(&pool)

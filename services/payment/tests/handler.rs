@@ -313,8 +313,8 @@ async fn a_voided_payment_is_never_captured_and_a_captured_one_never_voided() {
     );
 
     let counts: (i64, i64) = sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE subject LIKE '%.payment.captured'),
-                count(*) FILTER (WHERE subject LIKE '%.payment.voided')
+        "SELECT count(*) FILTER (WHERE subject LIKE 'jwl.evt.payment.captured.%'),
+                count(*) FILTER (WHERE subject LIKE 'jwl.evt.payment.voided.%')
          FROM outbox",
     )
     .fetch_one(&pool)

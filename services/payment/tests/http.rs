@@ -150,7 +150,9 @@ async fn admins_see_what_payment_holds_back_of_an_order() {
     );
 
     // a hold, a message parked behind it and a parked outbox row, as the consumer and the
-    // relay write them; and the same for another order, which is not listed
+    // relay write them; and the same for another order, which is not listed. Their subjects are
+    // of the legacy layout (`jwl.evt.<order>.<type>`, rows written before an upgrade); the
+    // outbox crate's order_holds test reads back those of the current one.
     let head = uuid::Uuid::now_v7();
     let parked = uuid::Uuid::now_v7();
     let unsent = uuid::Uuid::now_v7();

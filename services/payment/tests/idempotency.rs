@@ -105,11 +105,12 @@ async fn a_rolled_back_authorisation_redelivered_holds_the_card_once() {
         1,
         "the processor placed exactly one hold for the two requests"
     );
-    let authorized: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE subject LIKE '%.payment.authorized'")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let authorized: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox WHERE subject LIKE 'jwl.evt.payment.authorized.%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(authorized, 1, "one payment.authorized");
     // and the committed handling is in the inbox: a later redelivery changes nothing
     assert!(matches!(

@@ -38,7 +38,7 @@ async fn consumes_order_created_and_relays_the_authorization() {
         || async {
             sqlx::query_scalar::<_, bool>(
                 "SELECT EXISTS (SELECT 1 FROM payments WHERE order_id = $1 AND status = 'authorized')
-                    AND EXISTS (SELECT 1 FROM outbox WHERE subject LIKE '%.payment.authorized'
+                    AND EXISTS (SELECT 1 FROM outbox WHERE subject LIKE 'jwl.evt.payment.authorized.%'
                                 AND published_at IS NOT NULL)",
             )
             .bind(created.order_id().0)

@@ -1,5 +1,5 @@
 //! How `jwl bench` sees sagas end: core NATS subscriptions on the events that end a saga
-//! (`jwl.evt.*.payment.captured`, `…payment.declined`, `…payment.voided`, and the failures and
+//! (`jwl.evt.payment.captured.*`, `…payment.declined`, `…payment.voided`, and the failures and
 //! compensations before a void), JetStream-published messages being delivered to core
 //! subscribers too, so no order is polled. [`SagaEvents::ended`] decides from an order's events
 //! whether and how its saga ended; the happy path's earlier events are watched too, for the

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use jwl_events::{order_filter, subject, type_filter};
+use jwl_events::{order_filters, subjects_of, type_filters};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -122,15 +122,23 @@ impl History for KafkaBroker {
         let (partitions, filters) = match &query.order {
             Some(order) if query.types.is_empty() => (
                 Partitions::Key(order.to_string()),
-                vec![order_filter(order)],
+                order_filters(order).to_vec(),
             ),
             Some(order) => (
                 Partitions::Key(order.to_string()),
-                query.types.iter().map(|ty| subject(order, *ty)).collect(),
+                query
+                    .types
+                    .iter()
+                    .flat_map(|ty| subjects_of(order, *ty))
+                    .collect(),
             ),
             None => (
                 Partitions::All,
-                query.types.iter().map(|ty| type_filter(*ty)).collect(),
+                query
+                    .types
+                    .iter()
+                    .flat_map(|ty| type_filters(*ty))
+                    .collect(),
             ),
         };
         let scan = Scan {

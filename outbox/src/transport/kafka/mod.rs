@@ -8,7 +8,7 @@
 //!   is (Kafka can only add partitions, which would move keys between partitions). A message
 //!   goes to the topic of the stream whose subjects hold its subject (`jwl.evt.>` → events, …).
 //! - **Key = order.** The message key is the CloudEvents subject (`ce-subject`, the order id),
-//!   else the order token of `jwl.evt.<order>.<type>`, else the subject: one order's messages
+//!   else the order token of `jwl.evt.<type>.<order>`, else the subject: one order's messages
 //!   stay in one partition, in order.
 //! - **Headers.** Kafka has no subjects: the subject travels in the `jwl_subject` header. Every
 //!   header is carried as a Kafka header; the NATS binding's `ce-` names are written with the

@@ -8,7 +8,7 @@ use jwl_events::HeaderStyle;
 
 use crate::transport::TransportError;
 
-/// The message's broker subject (`jwl.evt.<order>.<type>`, …): Kafka has no subjects.
+/// The message's broker subject (`jwl.evt.<type>.<order>`, …): Kafka has no subjects.
 pub(crate) const SUBJECT: &str = "jwl_subject";
 /// The publisher's dedup id (kept for operators; Kafka does not deduplicate by it).
 pub(crate) const MSG_ID: &str = "jwl_msg_id";
@@ -49,7 +49,7 @@ pub(crate) fn retry_topic_of(topic: &str, group: &str) -> Result<String, Transpo
 }
 
 /// The message key, which picks the partition: the CloudEvents `subject` (the order id) when
-/// the message has one, else the order token of `jwl.evt.<order>.<type>`, else the subject.
+/// the message has one, else the order token of the event subject, else the subject.
 /// All messages of one order thus stay in one partition, in publication order.
 pub(crate) fn key_of<'m>(subject: &'m str, headers: &'m [(String, String)]) -> &'m str {
     if let Some((_, order)) = headers
@@ -58,10 +58,7 @@ pub(crate) fn key_of<'m>(subject: &'m str, headers: &'m [(String, String)]) -> &
     {
         return order;
     }
-    match subject.strip_prefix(jwl_events::EVENTS_SUBJECTS.trim_end_matches('>')) {
-        Some(rest) => rest.split('.').next().unwrap_or(subject),
-        None => subject,
-    }
+    jwl_events::subject_order(subject).unwrap_or(subject)
 }
 
 /// A header name as written to Kafka: the neutral `ce-` prefix becomes the Kafka
@@ -183,6 +180,8 @@ mod tests {
     fn the_key_is_the_order() {
         let headers = vec![("ce-subject".to_owned(), "order-1".to_owned())];
         assert_eq!(key_of("jwl.dlq.c.order-1", &headers), "order-1");
+        assert_eq!(key_of("jwl.evt.order.created.order-2", &[]), "order-2");
+        // the earlier layout
         assert_eq!(key_of("jwl.evt.order-2.order.created", &[]), "order-2");
         assert_eq!(key_of("other.subject", &[]), "other.subject");
     }

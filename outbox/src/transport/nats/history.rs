@@ -11,8 +11,9 @@
 //! Cost on nats-server 2.9: a consumer on a literal subject is created in about a millisecond
 //! whatever the stream's size, while one on a wildcard subject has the server count its
 //! pending messages across the whole stream (≈0.5 s at 1,000,000 messages). An order's events
-//! are therefore read on their literal subjects (`jwl.evt.<order>.<type>`, one consumer per
-//! catalogue type), which the server finds through its per-subject index: the time does not
+//! are therefore read on their literal subjects (`jwl.evt.<type>.<order>` and the legacy
+//! `jwl.evt.<order>.<type>`, one consumer each per catalogue type), which the server finds
+//! through its per-subject index: the time does not
 //! grow with the events stream (measured on nats-server 2.9.10: ~6 ms for one order at 10,000
 //! and at 1,000,000 events, where a wildcard `jwl.evt.<order>.>` consumer took 0.6 s at
 //! 1,000,000). Works on nats-server 2.9 and newer (one filter subject per consumer).
@@ -29,7 +30,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::TryStreamExt;
 use futures::future::try_join_all;
-use jwl_events::{EVENTS_SUBJECTS, EventType, subject, type_filter};
+use jwl_events::{EVENTS_SUBJECTS, EventType, subjects_of, type_filters};
 
 use super::JetStreamBroker;
 use crate::protocol::dead_letter::{DLQ_LOG_SUBJECTS, dead_letter_filter, dead_letter_log_subject};
@@ -198,13 +199,15 @@ impl History for JetStreamBroker {
 
 /// The narrowest subject filters covering `query`, one consumer each (nats-server 2.9 allows
 /// one filter per consumer):
-/// - with an order: the literal subject `jwl.evt.<order>.<type>` of each wanted type, or of
-///   every catalogue type. Literal subjects are found through the server's per-subject index,
-///   so the cost does not grow with the stream, unlike the wildcard `jwl.evt.<order>.>` (which
-///   2.9 answers by walking the whole stream). A message on a subject outside the catalogue
-///   (`jwl.evt.<order>.<unknown type>`) is therefore not read; a query without an order
+/// - with an order: the literal subjects (`jwl.evt.<type>.<order>`, and the legacy
+///   `jwl.evt.<order>.<type>`) of each wanted type, or of every catalogue type. Literal
+///   subjects are found through the server's per-subject index, so the cost does not grow with
+///   the stream, unlike a wildcard such as `jwl.evt.*.*.<order>` (which 2.9 answers by walking
+///   the whole stream). A message on a subject outside the catalogue
+///   (`jwl.evt.<unknown type>.<order>`) is therefore not read; a query without an order
 ///   includes it;
-/// - without an order: `jwl.evt.*.<type>` per wanted type, or `jwl.evt.>`.
+/// - without an order: the type filters (`jwl.evt.<type>.*`, and the legacy
+///   `jwl.evt.*.<type>`) of each wanted type, or `jwl.evt.>`.
 fn event_filters(query: &EventQuery) -> Vec<String> {
     let mut types = if query.types.is_empty() && query.order.is_some() {
         EventType::ALL.to_vec()
@@ -214,9 +217,12 @@ fn event_filters(query: &EventQuery) -> Vec<String> {
     types.sort_unstable();
     types.dedup();
     match (&query.order, types.is_empty()) {
-        (Some(order), _) => types.into_iter().map(|ty| subject(order, ty)).collect(),
+        (Some(order), _) => types
+            .into_iter()
+            .flat_map(|ty| subjects_of(order, ty))
+            .collect(),
         (None, true) => vec![EVENTS_SUBJECTS.to_owned()],
-        (None, false) => types.into_iter().map(type_filter).collect(),
+        (None, false) => types.into_iter().flat_map(type_filters).collect(),
     }
 }
 
@@ -505,7 +511,13 @@ mod tests {
         };
         let every_type: Vec<String> = EventType::ALL
             .into_iter()
-            .map(|ty| format!("jwl.evt.{ORDER}.{}", ty.subject_token()))
+            .flat_map(|ty| {
+                let token = ty.subject_token();
+                [
+                    format!("jwl.evt.{token}.{ORDER}"),
+                    format!("jwl.evt.{ORDER}.{token}"),
+                ]
+            })
             .collect();
         assert_eq!(event_filters(&one_order), every_type);
         let order_types = EventQuery {
@@ -520,7 +532,9 @@ mod tests {
         assert_eq!(
             event_filters(&order_types),
             [
+                format!("jwl.evt.order.created.{ORDER}"),
                 format!("jwl.evt.{ORDER}.order.created"),
+                format!("jwl.evt.payment.captured.{ORDER}"),
                 format!("jwl.evt.{ORDER}.payment.captured")
             ]
         );
@@ -528,7 +542,10 @@ mod tests {
             types: vec![EventType::DispatchFailed],
             ..Default::default()
         };
-        assert_eq!(event_filters(&types), ["jwl.evt.*.dispatch.failed"]);
+        assert_eq!(
+            event_filters(&types),
+            ["jwl.evt.dispatch.failed.*", "jwl.evt.*.dispatch.failed"]
+        );
     }
 
     #[test]

@@ -359,7 +359,10 @@ fn a_cancelled_order_still_holding_stock_is_reported() {
     });
     for (_, rows) in &mut world.evidence.outboxes {
         rows.retain(|r| {
-            !r.subject.ends_with("courier_assigned") && !r.subject.ends_with("captured")
+            !matches!(
+                jwl_events::subject_type(&r.subject),
+                Some(EventType::CourierAssigned | EventType::PaymentCaptured)
+            )
         });
     }
     let order = &mut world.evidence.orders[0];
