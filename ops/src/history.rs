@@ -16,7 +16,8 @@ use crate::{dead_letters, replay};
 pub struct OrderHistory {
     pub order_id: OrderId,
     /// Every message of the order's events (on JetStream: its subjects
-    /// `jwl.evt.<type>.<order id>`, and the legacy `jwl.evt.<order id>.<type>`), in stream order; undecodable ones included.
+    /// `jwl.evt.<type>.<order id>`, and the legacy `jwl.evt.<order id>.<type>`), in stream
+    /// order; undecodable ones included.
     pub events: Vec<EventEntry>,
     /// Every dead letter of the order (`jwl.dlq.*.<order id>`), in dead-letter stream order.
     pub dead_letters: Vec<DeadLetterEntry>,

@@ -13,10 +13,10 @@
 //! pending messages across the whole stream (≈0.5 s at 1,000,000 messages). An order's events
 //! are therefore read on their literal subjects (`jwl.evt.<type>.<order>` and the legacy
 //! `jwl.evt.<order>.<type>`, one consumer each per catalogue type), which the server finds
-//! through its per-subject index: the time does not
-//! grow with the events stream (measured on nats-server 2.9.10: ~6 ms for one order at 10,000
-//! and at 1,000,000 events, where a wildcard `jwl.evt.<order>.>` consumer took 0.6 s at
-//! 1,000,000). Works on nats-server 2.9 and newer (one filter subject per consumer).
+//! through its per-subject index: the time does not grow with the events stream (measured on
+//! nats-server 2.9.10: ~6 ms for one order at 10,000 and at 1,000,000 events, where a wildcard
+//! `jwl.evt.<order>.>` consumer took 0.6 s at 1,000,000). Works on nats-server 2.9 and newer
+//! (one filter subject per consumer).
 
 use std::time::Duration;
 
