@@ -61,13 +61,14 @@ fn read_operator_env(child: &mut Child) -> (String, String) {
         let line = lines_rx
             .recv_timeout(Duration::from_secs(120))
             .expect("jwl up prints its banner");
-        let Some(exports) = line.trim().strip_prefix("export JWL_") else {
+        if !line.trim().starts_with("export JWL_") {
             continue;
-        };
+        }
+        let exports = support::banner_exports(&line);
         let value = |name: &str| {
-            format!("JWL_{exports}")
-                .split_whitespace()
-                .find_map(|pair| pair.strip_prefix(&format!("{name}=")).map(str::to_owned))
+            exports
+                .iter()
+                .find_map(|(key, value)| (key == name).then(|| value.clone()))
                 .unwrap_or_else(|| panic!("{name} missing from {line:?}"))
         };
         let urls = (value("JWL_NATS_URL"), value("JWL_DATABASE_URL"));
