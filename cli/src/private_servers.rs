@@ -94,8 +94,8 @@ impl PrivateServers {
         })
         .await
         .context("starting the private PostgreSQL")?;
-        create_database_if_missing(&server.local_url("postgres"), DATABASE).await?;
-        let url = server.local_url(DATABASE);
+        create_database_if_missing(&server.url("postgres"), DATABASE).await?;
+        let url = server.url(DATABASE);
         if server.stat_statements_loaded() {
             create_stat_statements(&url).await;
         }

@@ -61,14 +61,13 @@ fn read_operator_env(child: &mut Child) -> (String, String) {
         let line = lines_rx
             .recv_timeout(Duration::from_secs(120))
             .expect("jwl up prints its banner");
-        if !line.trim().starts_with("export JWL_") {
+        let Some(exports) = line.trim().strip_prefix("export JWL_") else {
             continue;
-        }
-        let exports = support::banner_exports(&line);
+        };
         let value = |name: &str| {
-            exports
-                .iter()
-                .find_map(|(key, value)| (key == name).then(|| value.clone()))
+            format!("JWL_{exports}")
+                .split_whitespace()
+                .find_map(|pair| pair.strip_prefix(&format!("{name}=")).map(str::to_owned))
                 .unwrap_or_else(|| panic!("{name} missing from {line:?}"))
         };
         let urls = (value("JWL_NATS_URL"), value("JWL_DATABASE_URL"));

@@ -73,7 +73,11 @@ async fn up_on_kafka() -> Up {
     let exports = tokio::task::block_in_place(|| banner_rx.recv_timeout(Duration::from_secs(180)))
         .expect("jwl up prints its banner")
         .expect("the banner has the operator tools' variables");
-    let operator_env = support::banner_exports(&exports);
+    let operator_env = exports
+        .split_whitespace()
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
     let up = Up {
         child,
         base: format!("http://127.0.0.1:{port}"),

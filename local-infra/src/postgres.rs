@@ -1,12 +1,6 @@
-//! A private PostgreSQL cluster: `initdb` once, then `postgres` on 127.0.0.1:<port> and on a
-//! Unix-domain socket in its data directory (where the path is short and plain enough), logging
-//! to `postgres.log` in the data directory; on request with `pg_stat_statements` preloaded when
-//! the installation ships it.
-//!
-//! A client on the same machine reaches it cheaper through the socket ([`PostgresServer::local_url`]):
-//! every round trip over loopback TCP runs the kernel's whole TCP/IP path on both sides, and a
-//! profile of `jwl up` at 50 sagas/s found a third of PostgreSQL's CPU time in `tcp_sendmsg` and
-//! its softirq.
+//! A private PostgreSQL cluster: `initdb` once, then `postgres` on 127.0.0.1:<port> with no
+//! Unix sockets, logging to `postgres.log` in the data directory; on request with
+//! `pg_stat_statements` preloaded when the installation ships it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -29,8 +23,6 @@ const INITDB_TIMEOUT: Duration = Duration::from_secs(180);
 /// Generous: after an immediate stop the server replays WAL before it accepts connections.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
-/// The longest path of a Unix-domain socket (`sun_path` holds 108 bytes with the closing NUL).
-const MAX_SOCKET_PATH: usize = 107;
 
 /// Durability settings of the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,19 +135,6 @@ impl PostgresServer {
         )
     }
 
-    /// The URL for a client on this machine: through the server's Unix-domain socket
-    /// (`postgres://postgres@localhost:PORT/<db>?host=<data dir>`) where it has one, else
-    /// [`url`](Self::url).
-    pub fn local_url(&self, db: &str) -> String {
-        match socket_dir(&self.options.data_dir, self.options.port) {
-            Some(dir) => format!(
-                "postgres://{SUPERUSER}@localhost:{}/{db}?host={dir}",
-                self.options.port
-            ),
-            None => self.url(db),
-        }
-    }
-
     pub fn port(&self) -> u16 {
         self.options.port
     }
@@ -208,11 +187,12 @@ impl PostgresServer {
             .arg(data_dir)
             .arg("-p")
             .arg(self.options.port.to_string())
-            .args(["-c", "listen_addresses=127.0.0.1", "-c"])
-            .arg(format!(
-                "unix_socket_directories={}",
-                socket_dir(data_dir, self.options.port).unwrap_or_default()
-            ))
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",
+            ])
             .args(
                 tuning_settings(self.options.tuning)
                     .iter()
@@ -262,18 +242,6 @@ impl Drop for PostgresServer {
             tracing::warn!(error = %e, "could not stop postgres");
         }
     }
-}
-
-/// The directory of the server's Unix-domain socket: its data directory, unless the socket's
-/// path would be too long for the kernel or the directory's name holds anything but letters,
-/// digits and `/._-` (so it needs no quoting in the setting, nor escaping in a URL's query).
-fn socket_dir(data_dir: &Path, port: u16) -> Option<&str> {
-    let dir = data_dir.to_str()?;
-    let plain = dir
-        .bytes()
-        .all(|byte| byte.is_ascii_alphanumeric() || b"/._-".contains(&byte));
-    let socket_path = dir.len() + "/.s.PGSQL.".len() + port.to_string().len();
-    (plain && dir.starts_with('/') && socket_path <= MAX_SOCKET_PATH).then_some(dir)
 }
 
 fn tuning_settings(tuning: PgTuning) -> &'static [&'static str] {
@@ -400,40 +368,4 @@ fn postmaster_status(data_dir: &Path, pid: u32) -> Option<String> {
         return None;
     }
     Some(lines.nth(6)?.trim().to_owned())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_socket_lives_in_a_plain_data_directory_whose_path_fits_the_kernel_limit() {
-        assert_eq!(
-            socket_dir(Path::new("/var/lib/jwl/.jwl/pg"), 5432),
-            Some("/var/lib/jwl/.jwl/pg")
-        );
-        // `<dir>/.s.PGSQL.<port>` is at most 107 bytes
-        let fits = format!(
-            "/{}",
-            "d".repeat(MAX_SOCKET_PATH - 1 - "/.s.PGSQL.65535".len())
-        );
-        assert_eq!(socket_dir(Path::new(&fits), 65535), Some(fits.as_str()));
-        let too_long = format!("{fits}x");
-        assert_eq!(socket_dir(Path::new(&too_long), 65535), None);
-        assert_eq!(
-            socket_dir(Path::new(&too_long), 5432),
-            Some(too_long.as_str())
-        );
-        // names that would need quoting in the setting or escaping in the URL's query
-        for dir in [
-            "/srv/my pg",
-            "/srv/a,b",
-            "/srv/a&b",
-            "/srv/a+b",
-            "/srv/\"pg\"",
-            "relative/pg",
-        ] {
-            assert_eq!(socket_dir(Path::new(dir), 5432), None, "{dir}");
-        }
-    }
 }

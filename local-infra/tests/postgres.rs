@@ -42,42 +42,6 @@ fn uid_of(pid: u32) -> u32 {
     line.split_whitespace().nth(2).unwrap().parse().unwrap() // effective uid
 }
 
-/// `jwl up` hands its services the socket: a connection through it is a Unix-domain one, which
-/// PostgreSQL reports with no server address.
-#[tokio::test]
-async fn a_client_on_the_machine_reaches_the_server_through_its_unix_socket() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = PostgresServer::start(options(&dir, PgTuning::Durable)).unwrap();
-    let data_dir = server.data_dir().to_str().unwrap().to_owned();
-    assert_eq!(
-        server.local_url("app"),
-        format!(
-            "postgres://postgres@localhost:{}/app?host={data_dir}",
-            server.port()
-        )
-    );
-    assert!(
-        std::path::Path::new(&data_dir)
-            .join(format!(".s.PGSQL.{}", server.port()))
-            .exists()
-    );
-    let mut conn = PgConnection::connect(&server.local_url("postgres"))
-        .await
-        .expect("connects through the socket");
-    let over_unix_socket: bool = sqlx::query_scalar("SELECT inet_server_addr() IS NULL")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert!(over_unix_socket);
-    // the TCP address still answers, for clients elsewhere
-    let mut conn = connect(&server).await;
-    let over_unix_socket: bool = sqlx::query_scalar("SELECT inet_server_addr() IS NULL")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert!(!over_unix_socket);
-}
-
 #[tokio::test]
 async fn durable_cluster_keeps_committed_data_across_fast_and_immediate_stops() {
     let dir = tempfile::tempdir().unwrap();

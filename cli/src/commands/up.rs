@@ -208,7 +208,7 @@ fn banner(
     let metrics_url = format!("http://{}/metrics", metrics_addr.unwrap_or(addr));
     let operator_env: String = operator_env
         .iter()
-        .map(|(name, value)| format!(" {name}={}", shell_word(value)))
+        .map(|(name, value)| format!(" {name}={value}"))
         .collect();
     format!(
         "\nJiangwanli is up at {url}\n\
@@ -233,34 +233,9 @@ fn banner(
     )
 }
 
-/// `value` as one word for a POSIX shell: as it is when it holds nothing the shell would
-/// expand or split (a URL with a query has `?`, a glob character), else in single quotes.
-fn shell_word(value: &str) -> String {
-    let plain = !value.is_empty()
-        && value
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || b"@%+=:,./_-".contains(&byte));
-    if plain {
-        value.to_owned()
-    } else {
-        format!("'{}'", value.replace('\'', r"'\''"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn operator_variables_are_quoted_only_where_a_shell_would_change_them() {
-        assert_eq!(shell_word("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
-        assert_eq!(
-            shell_word("postgres://postgres@localhost:5432/jwl?host=/srv/jwl/pg"),
-            "'postgres://postgres@localhost:5432/jwl?host=/srv/jwl/pg'"
-        );
-        assert_eq!(shell_word("it's"), r"'it'\''s'");
-        assert_eq!(shell_word(""), "''");
-    }
 
     #[test]
     fn banner_shows_the_url_token_and_a_curl() {

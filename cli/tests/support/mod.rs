@@ -45,25 +45,3 @@ pub fn token(secret: &str, sub: &str, scopes: &str) -> String {
         .trim()
         .to_owned()
 }
-
-/// The variables of the `export NAME=value …` line of `jwl up`'s banner, each value as a shell
-/// would read it (the banner single-quotes a value such as a URL with a query).
-#[allow(dead_code)] // not every test binary that includes this module needs it
-pub fn banner_exports(line: &str) -> Vec<(String, String)> {
-    let (_, exports) = line
-        .split_once("export ")
-        .unwrap_or_else(|| panic!("not an export line: {line:?}"));
-    exports
-        .split_whitespace()
-        .map(|pair| {
-            let (name, value) = pair
-                .split_once('=')
-                .unwrap_or_else(|| panic!("not NAME=value: {pair:?} in {line:?}"));
-            let value = match value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
-                Some(quoted) => quoted.replace(r"'\''", "'"),
-                None => value.to_owned(),
-            };
-            (name.to_owned(), value)
-        })
-        .collect()
-}
