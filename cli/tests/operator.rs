@@ -251,9 +251,10 @@ async fn saga_show_and_stuck_read_the_broker_and_the_order_database() {
     let delivered = OrderId::new();
     sqlx::query(
         "INSERT INTO orders (order_id, customer_id, status, amount_cents, items, pickup_lat, \
-         pickup_lon, dropoff_lat, dropoff_lon, deadline, created_at, updated_at) \
+         pickup_lon, dropoff_lat, dropoff_lon, deadline, created_at, updated_at, finished_at) \
          VALUES ($1, 'cust-43', 'delivered', 2000, '[]', 31.23, 121.47, 31.22, 121.47, \
-         now(), now() - interval '10 minutes', now() - interval '1 minute')",
+         now(), now() - interval '10 minutes', now() - interval '1 minute', \
+         now() - interval '2 minutes')",
     )
     .bind(delivered.0)
     .execute(&pool)

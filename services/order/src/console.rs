@@ -798,11 +798,11 @@ pub(crate) async fn figures(
     _admin: Admin,
 ) -> ApiResult<Json<FiguresBody>> {
     let pool = &state.pool;
-    // through the partial indexes admission reads: open orders by created_at, finished ones by
-    // finished_at (terminal statuses are the complement of the open ones)
+    // through the partial indexes admission reads: open (unfinished) orders by created_at,
+    // finished ones by finished_at
     let (open_orders, placed_open): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE created_at > now() - interval '60 seconds') \
-         FROM jwl_order.orders WHERE status IN ('pending', 'paid', 'reserved', 'waybill_created')",
+         FROM jwl_order.orders WHERE finished_at IS NULL",
     )
     .fetch_one(pool)
     .await?;

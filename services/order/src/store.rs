@@ -492,13 +492,12 @@ pub async fn claim_overdue_orders(
     now: DateTime<Utc>,
     limit: i64,
 ) -> Result<Vec<(OrderId, Option<String>)>, sqlx::Error> {
-    // The status list is the non-terminal statuses (domain::OrderStatus::is_terminal), written
-    // out like the predicate of `orders_open_deadline_idx` so that the index is used.
+    // Written like the predicate of `orders_unfinished_deadline_idx`, so that the index is
+    // used: an order is unfinished exactly while its status is not terminal (a CHECK says so).
     let claimed: Vec<(Uuid, Option<String>)> = sqlx::query_as(
         "WITH overdue AS (
              SELECT order_id FROM orders
-             WHERE cancel_requested_at IS NULL
-               AND status IN ('pending', 'paid', 'reserved', 'waybill_created')
+             WHERE finished_at IS NULL AND cancel_requested_at IS NULL
                AND deadline <= $1
              ORDER BY deadline
              LIMIT $2
@@ -520,8 +519,8 @@ pub async fn claim_overdue_orders(
 }
 
 /// Open orders, the age of the oldest in seconds, and the orders that finished in the last
-/// `window_secs`: what intake admission samples. The status list matches the predicate of
-/// `orders_open_created_idx`.
+/// `window_secs`: what intake admission samples, through the partial indexes
+/// `orders_unfinished_created_idx` and `orders_finished_idx`.
 pub async fn backlog(
     pool: &PgPool,
     window_secs: f64,
@@ -531,7 +530,7 @@ pub async fn backlog(
          FROM (SELECT count(*) AS count,
                       extract(epoch FROM now() - min(created_at))::float8 AS oldest
                FROM orders
-               WHERE status IN ('pending', 'paid', 'reserved', 'waybill_created')) AS open,
+               WHERE finished_at IS NULL) AS open,
               (SELECT count(*) AS count FROM orders
                WHERE finished_at > now() - make_interval(secs => $1)) AS finished",
     )

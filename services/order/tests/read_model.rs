@@ -529,3 +529,48 @@ async fn a_batch_with_an_unknown_order_is_refused_whole() -> anyhow::Result<()> 
     );
     Ok(())
 }
+
+/// A saga's status changes before its end (paid, reserved, waybill created) update the order's
+/// row in place (HOT: no new index entries). They can only while no index of the table refers
+/// to `status`; otherwise every step of every saga writes a new entry into each index.
+#[tokio::test]
+async fn status_changes_before_the_end_of_a_saga_update_the_row_in_place() -> anyhow::Result<()> {
+    let app = TestApp::start().await?;
+    let order_id = app.place_order().await?;
+    let base = Utc::now() + chrono::TimeDelta::seconds(1);
+    let steps = [
+        event_at(Service::Payment, authorized(order_id), base, 10),
+        event_at(Service::Inventory, reserved(order_id), base, 20),
+        event_at(
+            Service::Fulfillment,
+            waybill_created(order_id, WaybillId::new()),
+            base,
+            30,
+        ),
+    ];
+    for event in &steps {
+        assert!(matches!(
+            app.deliver(event).await?,
+            Processed::Handled { .. }
+        ));
+    }
+    assert_eq!(view(&app, order_id).await?["status"], "waybill_created");
+    // the statistics reach pg_stat_user_tables once the updating sessions flush them
+    let (updates, in_place) = jwl_testkit::eventually(
+        "the three updates are counted",
+        std::time::Duration::from_secs(30),
+        || async {
+            let counts: (i64, i64) = sqlx::query_as(
+                "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+                 WHERE relid = 'orders'::regclass",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .ok()?;
+            (counts.0 >= 3).then_some(counts)
+        },
+    )
+    .await?;
+    assert_eq!((updates, in_place), (3, 3), "(updates, HOT updates)");
+    Ok(())
+}
