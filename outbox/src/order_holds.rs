@@ -128,9 +128,8 @@ pub async fn read(conn: &mut PgConnection, order_id: Uuid) -> Result<OrderHolds,
 /// The event type `subject` names if it is one of `order_id`'s: an events subject (of either
 /// layout), or the replay subject `jwl.replay.<service>.<order>.payment.captured`.
 fn type_after_order(subject: &str, order_id: Uuid) -> Option<EventType> {
-    if let Some(ty) = jwl_events::subject_type(subject) {
-        let order = order_id.to_string();
-        return (jwl_events::subject_order(subject) == Some(order.as_str())).then_some(ty);
+    if let Some((order, ty)) = jwl_events::parse_subject(subject) {
+        return (order.0 == order_id).then_some(ty);
     }
     let (_, token) = subject.split_once(&format!(".{order_id}."))?;
     EventType::ALL
