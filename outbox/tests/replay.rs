@@ -11,12 +11,13 @@ use std::time::Duration;
 use async_nats::jetstream::message::StreamMessage;
 use async_trait::async_trait;
 use jwl_events::{
-    CancelReason, Envelope, EventData, HeaderStyle, OrderCancelRequested, OrderId, PaymentCaptured,
-    PaymentVoided, Service,
+    CancelReason, Envelope, EventData, EventType, HeaderStyle, OrderCancelRequested, OrderId,
+    PaymentCaptured, PaymentVoided, Service,
 };
 use jwl_outbox::transport::{
-    Broker, ConsumerBacklog, ConsumerSpec, DeadLetterQuery, Deliveries, EventQuery, History, Keep,
-    NamedBacklog, OutboundMessage, PublishReceipt, Publisher, StoredMessage, Subscriber,
+    Broker, ConsumerBacklog, ConsumerSpec, DeadLetterQuery, Deliveries, EventQuery, FollowedEvents,
+    History, Keep, NamedBacklog, OutboundMessage, PublishReceipt, Publisher, StoredMessage,
+    Subscriber,
 };
 use jwl_outbox::{JetStreamBroker, Messaging, MessagingSettings, TransportError};
 use jwl_testkit::eventually;
@@ -694,6 +695,14 @@ impl Broker for DeadLettersRefused {
 
 #[async_trait]
 impl History for DeadLettersRefused {
+    async fn follow_events(
+        &self,
+        settings: &MessagingSettings,
+        types: &[EventType],
+    ) -> Result<FollowedEvents, TransportError> {
+        self.inner.follow_events(settings, types).await
+    }
+
     async fn read_events(
         &self,
         settings: &MessagingSettings,

@@ -5,9 +5,13 @@
 //! through [`Publisher`]. Queries name orders, event types and consumers, never a broker's
 //! subjects: which filters, start positions and readers serve them is the broker's choice
 //! (see [`super::nats`] for JetStream's).
+//!
+//! One read does wait for new messages: [`History::follow_events`], the events as they are
+//! published from the moment it returns, for a watcher (`jwl bench` sees sagas end through it).
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
 use jwl_events::{EventType, OrderId};
 
 use super::{ConsumerBacklog, Publisher, TransportError};
@@ -34,6 +38,41 @@ impl StoredMessage {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// One event as [`History::follow_events`] sees it go by: no stream position (a follower on
+/// NATS reads a core subscription, which has none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FollowedEvent {
+    pub subject: String,
+    /// Header name/value pairs (a name may repeat), named as the application names them
+    /// (`ce-id`, …).
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+}
+
+impl FollowedEvent {
+    /// The first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        first_header(&self.headers, name)
+    }
+}
+
+/// Events of the events stream as they are published, from when
+/// [`History::follow_events`] returned; the stream ends if the broker connection is given up.
+pub type FollowedEvents = BoxStream<'static, FollowedEvent>;
+
+/// Whether a follower of `types` wants the event on `subject` (either subject layout).
+pub(crate) fn is_followed(types: &[EventType], subject: &str) -> bool {
+    jwl_events::subject_type(subject).is_some_and(|ty| types.contains(&ty))
+}
+
+/// The first of `headers` called `name` (case-insensitive).
+fn first_header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// Where a read starts in its stream.
@@ -114,10 +153,21 @@ pub struct NamedBacklog {
     pub backlog: ConsumerBacklog,
 }
 
-/// The broker as the operator tools see it. Every read returns the kept messages in stream
-/// order, ends where the stream ended when it started, and never waits for new messages.
+/// The broker as the operator tools see it. Every read but [`Self::follow_events`] returns the
+/// kept messages in stream order, ends where the stream ended when it started, and never waits
+/// for new messages.
 #[async_trait]
 pub trait History: Publisher + Send + Sync {
+    /// The events of `types` published from when this returns, as they arrive, each order's in
+    /// publication order; nothing durable is created and nothing is acknowledged. A follower
+    /// that falls far behind may lose events (NATS drops a slow core subscriber's messages), so
+    /// it suits watchers, not consumers.
+    async fn follow_events(
+        &self,
+        settings: &MessagingSettings,
+        types: &[EventType],
+    ) -> Result<FollowedEvents, TransportError>;
+
     /// The events `query` selects among those of the events stream that `keep` accepts.
     async fn read_events(
         &self,

@@ -9,7 +9,8 @@ pub mod kafka;
 pub mod nats;
 
 pub use history::{
-    DeadLetterQuery, EventQuery, History, Keep, NamedBacklog, ReadEnd, ReadStart, StoredMessage,
+    DeadLetterQuery, EventQuery, FollowedEvent, FollowedEvents, History, Keep, NamedBacklog,
+    ReadEnd, ReadStart, StoredMessage,
 };
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use jwl_events::EventType;
 
 use crate::handler::BoxError;
 use crate::protocol::dead_letter::{DLQ_LOG_SUBJECTS, DLQ_SUBJECTS};
@@ -161,6 +163,14 @@ impl<T: Subscriber + ?Sized> Subscriber for Arc<T> {
 
 #[async_trait]
 impl<T: History + ?Sized> History for Arc<T> {
+    async fn follow_events(
+        &self,
+        settings: &MessagingSettings,
+        types: &[EventType],
+    ) -> Result<FollowedEvents, TransportError> {
+        (**self).follow_events(settings, types).await
+    }
+
     async fn read_events(
         &self,
         settings: &MessagingSettings,

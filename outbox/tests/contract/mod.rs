@@ -21,7 +21,7 @@ use jwl_outbox::protocol::dead_letter::{
 };
 use jwl_outbox::transport::{
     Broker, ConsumerBacklog, ConsumerSpec, DeadLetterQuery, Deliveries, Delivery, EventQuery,
-    OutboundMessage, ReadStart, StoredMessage,
+    FollowedEvent, OutboundMessage, ReadStart, StoredMessage,
 };
 use jwl_testkit::eventually;
 use tokio::time::Instant;
@@ -93,6 +93,7 @@ macro_rules! contract_tests {
             history_reads_a_range_up_to_its_limit,
             history_lists_reads_and_deletes_dead_letters,
             history_lists_the_consumers_backlogs,
+            following_sees_the_events_published_after_it_started,
         );
     };
     (@cases $start:path; $($case:ident),* $(,)?) => {
@@ -971,4 +972,87 @@ pub async fn history_lists_the_consumers_backlogs(fixture: Fixture) -> anyhow::R
     // closed while the broker runs (closing a Kafka consumer without its broker hangs)
     drop(deliveries);
     listed
+}
+
+/// A follower sees the events of its types published after it started — on either subject
+/// layout, each order's in publication order, with their subjects, headers and payloads — and
+/// neither the events published before nor those of other types.
+pub async fn following_sees_the_events_published_after_it_started(
+    fixture: Fixture,
+) -> anyhow::Result<()> {
+    let orders: Vec<OrderId> = (0..3).map(|_| OrderId::new()).collect();
+    let before: Vec<OutboundMessage> = orders
+        .iter()
+        .map(|order| catalogue_event(order, EventType::OrderCreated, 0))
+        .collect();
+    publish(&fixture, &before).await?;
+    let followed = [EventType::OrderCreated, EventType::PaymentCaptured];
+    let mut events = fixture
+        .broker
+        .follow_events(&fixture.settings, &followed)
+        .await?;
+
+    let mut batch = Vec::new();
+    for order in &orders {
+        batch.push(catalogue_event(order, EventType::OrderCreated, 1));
+        // not followed
+        batch.push(catalogue_event(order, EventType::PaymentAuthorized, 2));
+        let mut legacy = catalogue_event(order, EventType::PaymentCaptured, 3);
+        legacy.subject = jwl_events::subjects_of(order, EventType::PaymentCaptured)[1].clone();
+        batch.push(legacy);
+        batch.push(catalogue_event(order, EventType::PaymentCaptured, 4));
+    }
+    publish(&fixture, &batch).await?;
+
+    let text = |event: &FollowedEvent| String::from_utf8_lossy(&event.payload).into_owned();
+    let mut seen: Vec<FollowedEvent> = Vec::new();
+    let deadline = Instant::now() + SOON;
+    while seen.len() < orders.len() * 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.next()).await {
+            Ok(Some(event)) => seen.push(event),
+            Ok(None) => bail!("the follower ended after {} events", seen.len()),
+            Err(_) => bail!(
+                "only {} events followed: {:?}",
+                seen.len(),
+                seen.iter().map(text).collect::<Vec<_>>()
+            ),
+        }
+    }
+    for order in &orders {
+        let own: Vec<&FollowedEvent> = seen
+            .iter()
+            .filter(|event| event.header("ce-subject") == Some(order.to_string().as_str()))
+            .collect();
+        let payloads: Vec<String> = own.iter().map(|event| text(event)).collect();
+        assert_eq!(
+            payloads,
+            [1, 3, 4].map(|n| format!("history:{order}:{n}")),
+            "order {order}"
+        );
+        let subjects: Vec<&str> = own.iter().map(|event| event.subject.as_str()).collect();
+        let captured = jwl_events::subjects_of(order, EventType::PaymentCaptured);
+        assert_eq!(
+            subjects,
+            [
+                jwl_events::subject(order, EventType::OrderCreated).as_str(),
+                captured[1].as_str(),
+                captured[0].as_str(),
+            ]
+        );
+        ensure!(
+            own.iter()
+                .all(|event| event.header("content-type") == Some("application/json")),
+            "headers lost: {own:?}"
+        );
+    }
+    // nothing else arrives: not the events from before, not the other type
+    if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_millis(500), events.next()).await {
+        bail!(
+            "followed an event it should not have: {} on {}",
+            text(&extra),
+            extra.subject
+        );
+    }
+    Ok(())
 }

@@ -33,20 +33,20 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use jwl_events::{order_filters, subjects_of, type_filters};
+use jwl_events::{EventType, order_filters, subjects_of, type_filters};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{ClientCtx, KafkaBroker, subscription, wire};
+use super::{ClientCtx, KafkaBroker, follow, subscription, wire};
 use crate::protocol::dead_letter::{dead_letter_filter, dead_letter_log_subject};
 use crate::settings::MessagingSettings;
 use crate::transport::history::{ReadEnd, ReadStart};
 use crate::transport::{
-    ConsumerBacklog, DeadLetterQuery, EventQuery, History, Keep, NamedBacklog, StoredMessage,
-    TransportError,
+    ConsumerBacklog, DeadLetterQuery, EventQuery, FollowedEvents, History, Keep, NamedBacklog,
+    StoredMessage, TransportError,
 };
 
 /// Longest wait for the next message while a partition has messages due.
@@ -105,11 +105,52 @@ struct Record {
     stored: StoredMessage,
 }
 
+/// A record's headers: its subject, its deletion mark, and the rest as the application names
+/// them (`ce-id`, …; this transport's own `jwl_` headers left out).
+pub(super) struct WireHeaders {
+    pub subject: String,
+    /// The `jwl_dlq_deleted` of a deletion marker.
+    pub deleted: Option<u64>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl WireHeaders {
+    pub fn of(message: &impl Message) -> Self {
+        let mut read = WireHeaders {
+            subject: String::new(),
+            deleted: None,
+            headers: Vec::new(),
+        };
+        let Some(wire_headers) = message.headers() else {
+            return read;
+        };
+        for header in wire_headers.iter() {
+            let value = String::from_utf8_lossy(header.value.unwrap_or_default());
+            if header.key == wire::SUBJECT {
+                read.subject = value.into_owned();
+            } else if header.key == DELETED {
+                read.deleted = value.parse().ok();
+            } else if let Some(name) = wire::from_wire_name(header.key) {
+                read.headers.push((name, value.into_owned()));
+            }
+        }
+        read
+    }
+}
+
 /// What each partition read holds, each in offset order.
 type PerPartition = Vec<Vec<Record>>;
 
 #[async_trait]
 impl History for KafkaBroker {
+    async fn follow_events(
+        &self,
+        settings: &MessagingSettings,
+        types: &[EventType],
+    ) -> Result<FollowedEvents, TransportError> {
+        follow::follow(self.clone(), &settings.events_stream, types.to_vec()).await
+    }
+
     async fn read_events(
         &self,
         settings: &MessagingSettings,
@@ -339,7 +380,7 @@ impl KafkaBroker {
     }
 
     /// A consumer that is assigned partitions and never joins its group nor commits.
-    fn reader(&self) -> Result<BaseConsumer<ClientCtx>, KafkaError> {
+    pub(super) fn reader(&self) -> Result<BaseConsumer<ClientCtx>, KafkaError> {
         self.inner
             .settings
             .client_config()
@@ -482,21 +523,11 @@ impl KafkaBroker {
             if key.is_some_and(|key| message.key() != Some(key.as_bytes())) {
                 continue;
             }
-            let mut subject = String::new();
-            let mut deleted = None;
-            let mut headers = Vec::new();
-            if let Some(wire_headers) = message.headers() {
-                for header in wire_headers.iter() {
-                    let value = String::from_utf8_lossy(header.value.unwrap_or_default());
-                    if header.key == wire::SUBJECT {
-                        subject = value.into_owned();
-                    } else if header.key == DELETED {
-                        deleted = value.parse().ok();
-                    } else if let Some(name) = wire::from_wire_name(header.key) {
-                        headers.push((name, value.into_owned()));
-                    }
-                }
-            }
+            let WireHeaders {
+                subject,
+                deleted,
+                headers,
+            } = WireHeaders::of(&message);
             if deleted.is_none() && !wire::matches_any(&scan.filters, &subject) {
                 continue;
             }
@@ -552,7 +583,7 @@ impl KafkaBroker {
 }
 
 /// The partition ids of `topic`, sorted; an error when the topic does not exist.
-fn partition_ids(
+pub(super) fn partition_ids(
     client: &BaseConsumer<ClientCtx>,
     topic: &str,
     timeout: Duration,
@@ -605,7 +636,7 @@ fn merge(read: PerPartition, keep: Keep<'_>, limit: Option<usize>) -> Vec<Stored
     merged
 }
 
-fn on_stream(stream: &str, source: crate::handler::BoxError) -> TransportError {
+pub(super) fn on_stream(stream: &str, source: crate::handler::BoxError) -> TransportError {
     TransportError::Stream {
         stream: stream.to_owned(),
         source,

@@ -49,6 +49,7 @@
 //! - **Health.** From librdkafka's statistics (every second): healthy while a broker connection
 //!   is up, unhealthy on `AllBrokersDown`.
 
+mod follow;
 mod history;
 mod publish;
 mod subscription;

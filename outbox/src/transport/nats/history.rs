@@ -17,6 +17,10 @@
 //! nats-server 2.9.10: ~6 ms for one order at 10,000 and at 1,000,000 events, where a wildcard
 //! `jwl.evt.<order>.>` consumer took 0.6 s at 1,000,000). Works on nats-server 2.9 and newer
 //! (one filter subject per consumer).
+//!
+//! Following the events ([`History::follow_events`]) needs no consumer: JetStream delivers what
+//! it stores to core subscribers of the subject too, so the follower is one core subscription on
+//! the events' subjects, on the broker's own connection, filtered by type on the client.
 
 use std::time::Duration;
 
@@ -36,7 +40,8 @@ use super::JetStreamBroker;
 use crate::protocol::dead_letter::{DLQ_LOG_SUBJECTS, dead_letter_filter, dead_letter_log_subject};
 use crate::settings::MessagingSettings;
 use crate::transport::history::{
-    DeadLetterQuery, EventQuery, History, Keep, NamedBacklog, ReadEnd, ReadStart, StoredMessage,
+    DeadLetterQuery, EventQuery, FollowedEvent, FollowedEvents, History, Keep, NamedBacklog,
+    ReadEnd, ReadStart, StoredMessage, is_followed,
 };
 use crate::transport::{ConsumerBacklog, TransportError};
 
@@ -45,6 +50,41 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[async_trait]
 impl History for JetStreamBroker {
+    async fn follow_events(
+        &self,
+        settings: &MessagingSettings,
+        types: &[EventType],
+    ) -> Result<FollowedEvents, TransportError> {
+        let reader_error = |error: async_nats::Error| TransportError::Reader {
+            stream: settings.events_stream.clone(),
+            filter: EVENTS_SUBJECTS.to_owned(),
+            source: error,
+        };
+        // one subscription, filtered here: the server keeps the stream's order within one
+        // subscription, not across several
+        let subscription = self
+            .client
+            .subscribe(EVENTS_SUBJECTS)
+            .await
+            .map_err(|error| reader_error(error.into()))?;
+        // the server has registered the subscription once it answered the flush
+        self.client
+            .flush()
+            .await
+            .map_err(|error| reader_error(error.into()))?;
+        let types = types.to_vec();
+        Ok(subscription
+            .filter(move |message| {
+                std::future::ready(is_followed(&types, message.subject.as_str()))
+            })
+            .map(|message| FollowedEvent {
+                subject: message.subject.to_string(),
+                headers: header_pairs(message.headers.as_ref()),
+                payload: message.payload.to_vec(),
+            })
+            .boxed())
+    }
+
     async fn read_events(
         &self,
         settings: &MessagingSettings,
