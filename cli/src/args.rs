@@ -373,17 +373,11 @@ pub struct BenchArgs {
     /// transactions and statements per saga; skipped when unset.
     #[arg(long, env = "JWL_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// NATS for watching the sagas end (core subscriptions on the terminal events) and the
-    /// JetStream publish baseline (a scratch stream, deleted afterwards); without it the bench
-    /// polls every order and skips that baseline.
-    #[arg(long, env = "JWL_NATS_URL", hide_env_values = true)]
-    pub nats_url: Option<String>,
+    /// The system's broker, where the bench watches the sagas end (it follows the events as
+    /// they are published); without its address the bench polls every order. On NATS it also
+    /// measures the JetStream publish baseline (a scratch stream, deleted afterwards).
     #[command(flatten)]
-    pub nats_security: NatsSecurityArgs,
-    /// The system's broker: with `kafka` the bench polls every order and skips the JetStream
-    /// baseline (both need NATS).
-    #[arg(long, env = "JWL_BROKER", default_value = "nats", value_parser = parse_broker)]
-    pub broker: BrokerKind,
+    pub broker: BrokerArgs,
     #[command(flatten)]
     pub jwt: JwtArgs,
     /// Only used to find the JWT secret file when JWL_JWT_SECRET is unset.

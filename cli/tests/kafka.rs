@@ -221,7 +221,8 @@ async fn an_order_is_dispatched_on_kafka_and_saga_show_reads_its_events() {
     }
     assert_eq!(view["status"]["status"], "dispatched", "{stdout}");
 
-    // `jwl bench` on Kafka: the sagas' ends are polled, the JetStream baseline is skipped
+    // `jwl bench` on Kafka: the sagas' ends are seen on the events topic (so the hops are
+    // measured), the JetStream baseline is skipped
     let report_path = up.dir.path().join("bench.json");
     let output = tokio::task::spawn_blocking({
         let mut command = jwl();
@@ -256,9 +257,10 @@ async fn an_order_is_dispatched_on_kafka_and_saga_show_reads_its_events() {
     assert_eq!(report["saga"]["terminal"], 3, "{report:#}");
     assert_eq!(report["saga"]["outcomes"]["dispatched"], 3, "{report:#}");
     let observed_by = report["saga"]["observed_by"].as_str().unwrap();
-    assert!(
-        observed_by.starts_with("polling") && observed_by.contains("Kafka"),
-        "{observed_by}"
+    assert!(observed_by.starts_with("Kafka"), "{observed_by}");
+    assert_eq!(
+        report["saga"]["event_hop_latency"]["samples"], 15,
+        "five hops of three sagas: {report:#}"
     );
     let jetstream = &report["baselines"]["jetstream_acked_publishes"];
     assert_eq!(jetstream["status"], "skipped", "{report:#}");

@@ -1,8 +1,8 @@
 //! `jwl bench`: a load generator for a running system that looks like a city. Per step (one,
 //! or one per `--sweep` rate) it plans the orders ([`city`]), stocks the SKUs and registers the
 //! couriers through the APIs, then sends `POST /v1/orders` at a constant arrival rate while the
-//! couriers move, watches the sagas end on NATS ([`observe`]; polling each order only without a
-//! NATS URL), confirms a sample through the HTTP API, and measures what the system spent
+//! couriers move, watches the sagas end on the broker ([`observe`]; polling each order only when
+//! the broker cannot be reached), confirms a sample through the HTTP API, and measures what the system spent
 //! ([`cost`]: CPU time from /proc, PostgreSQL commits and statements). After the steps it
 //! measures raw Postgres-commit and JetStream-publish baselines, prints the report (and writes
 //! it as JSON with `--json`, and a latency/throughput chart with `--plot`, [`plot`]). The
@@ -45,11 +45,11 @@ use super::redact_userinfo;
 use crate::args::{BenchArgs, BrokerKind};
 use jwl_outbox::transport::nats::NatsSecurity;
 
-/// Pause between two polling rounds of the orders not yet terminal (without NATS).
+/// Pause between two polling rounds of the orders not yet terminal (without the broker).
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// `GET /v1/orders/{id}` requests in flight while polling.
 const POLL_CONCURRENCY: usize = 16;
-/// Least time between two scans of the orders for ended sagas (with NATS).
+/// Least time between two scans of the orders for ended sagas (following the events).
 const SCAN_INTERVAL: Duration = Duration::from_millis(25);
 /// Bound on one HTTP request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -257,31 +257,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         },
     };
-    let nats_security = args.nats_security.to_security()?;
-    // the watcher and the JetStream baseline read NATS: on Kafka the bench polls instead
-    let nats_url = match args.broker {
-        BrokerKind::Nats => non_empty(args.nats_url.as_deref()),
-        BrokerKind::Kafka => None,
-    };
-    let (watcher, polling_reason) = match nats_url {
-        None if args.broker == BrokerKind::Kafka => (
-            None,
-            Some(
-                "the broker is Kafka (JWL_BROKER=kafka): the watcher needs the NATS broker"
-                    .to_owned(),
-            ),
-        ),
-        None => (
-            None,
-            Some("no NATS URL (--nats-url / JWL_NATS_URL)".to_owned()),
-        ),
-        Some(url) => match Watcher::start(url, &nats_security).await {
-            Ok(watcher) => (Some(watcher), None),
-            Err(error) => {
-                eprintln!("warning: cannot watch the events ({error:#}); polling every order");
-                (None, Some(format!("the NATS watcher failed: {error:#}")))
-            }
-        },
+    let (watcher, polling_reason) = match Watcher::start(&args.broker).await {
+        Ok(watcher) => (Some(watcher), None),
+        Err(error) => {
+            eprintln!("warning: cannot follow the events ({error:#}); polling every order");
+            (None, Some(format!("{error:#}")))
+        }
     };
     let mut run = Run {
         api,
@@ -324,7 +305,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.baseline_duration,
         )
         .await,
-        jetstream_acked_publishes: match args.broker {
+        jetstream_acked_publishes: match args.broker.kind {
             BrokerKind::Kafka => Baseline::Skipped {
                 reason:
                     "the broker is Kafka (JWL_BROKER=kafka): this baseline needs the NATS broker"
@@ -332,8 +313,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             },
             BrokerKind::Nats => {
                 jetstream_baseline(
-                    nats_url,
-                    &nats_security,
+                    args.broker.nats_url(),
+                    &args.broker.nats_security.to_security()?,
                     &run.run_id,
                     args.baseline_duration,
                 )
@@ -460,14 +441,14 @@ async fn run_step(
     let observed_by = match &run.watcher {
         Some(watcher) => {
             settle_by_events(watcher, &mut accepted, sent.started, args.settle_timeout).await;
-            "NATS: core subscriptions on the events that end a saga".to_owned()
+            watcher.source().to_owned()
         }
         None => {
             settle_by_polling(&run.api, &mut accepted, sent.started, args.settle_timeout).await;
             format!(
                 "polling GET /v1/orders/{{id}} every {} ms ({})",
                 POLL_INTERVAL.as_millis(),
-                run.polling_reason.as_deref().unwrap_or("no NATS")
+                run.polling_reason.as_deref().unwrap_or("no broker")
             )
         }
     };

@@ -1,7 +1,8 @@
-//! How `jwl bench` sees sagas end: core NATS subscriptions on the events that end a saga
-//! (`jwl.evt.payment.captured.*`, `…payment.declined`, `…payment.voided`, and the failures and
-//! compensations before a void), JetStream-published messages being delivered to core
-//! subscribers too, so no order is polled. [`SagaEvents::ended`] decides from an order's events
+//! How `jwl bench` sees sagas end: it follows the events that end a saga (`payment.captured`,
+//! `payment.declined`, `payment.voided`, and the failures and compensations before a void) as
+//! the broker gets them, through the transport's
+//! [`History::follow_events`](jwl_outbox::transport::History::follow_events) (a core subscription
+//! on NATS, a group-less reader on Kafka), so no order is polled. [`SagaEvents::ended`] decides from an order's events
 //! whether and how its saga ended; the happy path's earlier events are watched too, for the
 //! latency of each hop (an event's time → the time of the event its consumer emitted in
 //! reaction, by `causationid`: [`SagaEvents::hops`]; the courier-assignment hop is the one into
@@ -17,19 +18,15 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use jwl_events::{EventType, OrderId, parse_subject, type_filter};
+use jwl_events::{EventType, OrderId, parse_subject};
+use jwl_outbox::transport::Broker;
 use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::commands::redact_userinfo;
-use jwl_outbox::transport::nats::NatsSecurity;
-
-/// Bound on connecting to NATS.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Messages buffered per subscription before the client drops them (slow consumer).
-const SUBSCRIPTION_CAPACITY: usize = 1 << 17;
+use crate::args::{BrokerArgs, BrokerKind};
+use crate::commands::connect_operator;
 
 /// The event types the watcher subscribes to.
 const WATCHED: [EventType; 12] = [
@@ -231,67 +228,47 @@ pub struct Watcher {
     seen: Arc<Mutex<HashMap<OrderId, SagaEvents>>>,
     changed: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
-    client: async_nats::Client,
+    /// Keeps the connection the events arrive on.
+    _broker: Arc<dyn Broker>,
+    source: &'static str,
 }
 
 impl Watcher {
-    /// Connects and subscribes; every event published after this returns is seen.
-    pub async fn start(url: &str, security: &NatsSecurity) -> anyhow::Result<Self> {
-        let (options, servers) = security.client_options(
-            url,
-            async_nats::ConnectOptions::new()
-                .name("jwl-bench-watcher")
-                .subscription_capacity(SUBSCRIPTION_CAPACITY),
-        )?;
-        let client = tokio::time::timeout(CONNECT_TIMEOUT, options.connect(servers))
+    /// Connects to the system's broker and follows the events; every event published after
+    /// this returns is seen. Fails when the broker has no address or cannot be reached.
+    pub async fn start(broker: &BrokerArgs) -> anyhow::Result<Self> {
+        let (connected, settings) = connect_operator(broker, "bench-watcher").await?;
+        let mut events = connected
+            .follow_events(&settings, &WATCHED)
             .await
-            .context("timed out connecting")?
-            .with_context(|| format!("connecting to NATS at {}", redact_userinfo(url)))?;
-        let mut subscriptions = Vec::with_capacity(WATCHED.len());
-        for event_type in WATCHED {
-            let subject = type_filter(event_type);
-            subscriptions.push(
-                client
-                    .subscribe(subject.clone())
-                    .await
-                    .with_context(|| format!("subscribing to {subject}"))?,
-            );
-        }
-        // The server has registered the subscriptions once it answered the flush.
-        client.flush().await.context("flushing the subscriptions")?;
+            .context("following the events")?;
         let seen: Arc<Mutex<HashMap<OrderId, SagaEvents>>> = Arc::default();
         let changed = Arc::new(Notify::new());
-        let mut messages = futures::stream::select_all(subscriptions);
         let task = tokio::spawn({
             let seen = seen.clone();
             let changed = changed.clone();
             async move {
-                while let Some(message) = messages.next().await {
+                while let Some(event) = events.next().await {
                     let arrived = Instant::now();
                     let received = Utc::now();
-                    let Some((order_id, event_type)) = parse_subject(message.subject.as_str())
-                    else {
+                    let Some((order_id, event_type)) = parse_subject(&event.subject) else {
                         continue;
                     };
-                    let header = |name: &str| {
-                        message
-                            .headers
-                            .as_ref()
-                            .and_then(|headers| headers.get(name))
-                            .map(|value| value.as_str().to_owned())
-                    };
-                    let time = header("ce-time")
-                        .and_then(|value| DateTime::parse_from_rfc3339(&value).ok())
+                    let time = event
+                        .header("ce-time")
+                        .and_then(|value| DateTime::parse_from_rfc3339(value).ok())
                         .map_or_else(Utc::now, |time| time.with_timezone(&Utc));
-                    let causation = header("ce-id")
-                        .and_then(|id| Uuid::parse_str(&id).ok())
+                    let causation = event
+                        .header("ce-id")
+                        .and_then(|id| Uuid::parse_str(id).ok())
                         .map(|id| Causation {
                             id,
-                            cause: header("ce-causationid")
-                                .and_then(|cause| Uuid::parse_str(&cause).ok()),
+                            cause: event
+                                .header("ce-causationid")
+                                .and_then(|cause| Uuid::parse_str(cause).ok()),
                         });
                     let reason = (event_type == EventType::DispatchFailed)
-                        .then(|| serde_json::from_slice::<FailurePayload>(&message.payload).ok())
+                        .then(|| serde_json::from_slice::<FailurePayload>(&event.payload).ok())
                         .flatten()
                         .map(|payload| payload.reason);
                     if let Ok(mut seen) = seen.lock() {
@@ -310,12 +287,22 @@ impl Watcher {
                 }
             }
         });
+        let source = match broker.kind {
+            BrokerKind::Nats => "NATS: a core subscription on the events",
+            BrokerKind::Kafka => "Kafka: a group-less reader of the events topic",
+        };
         Ok(Self {
             seen,
             changed,
             task,
-            client,
+            _broker: connected,
+            source,
         })
+    }
+
+    /// How the events are followed, for the report.
+    pub fn source(&self) -> &'static str {
+        self.source
     }
 
     /// How `order_id`'s saga ended, if it has, and every hop seen.
@@ -343,7 +330,8 @@ impl Watcher {
 
     pub async fn stop(self) {
         self.task.abort();
-        let _ = self.client.flush().await;
+        // the follower's stream ends with the task; the connection closes when dropped
+        let _ = self.task.await;
     }
 }
 
