@@ -4,12 +4,13 @@
 use std::process::{Command, Output};
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::jetstream;
 use jwl_events::{
     CourierAssigned, CourierId, Envelope, EventData, GeoPoint, HeaderStyle, LineItem, OrderCreated,
     OrderId, PaymentAuthorized, Service, WaybillCreated, WaybillId, encode,
 };
 use jwl_outbox::{JetStreamBroker, MessagingSettings};
+use jwl_testkit::service::publish_events;
 use serde_json::Value;
 
 const JWL: &str = env!("CARGO_BIN_EXE_jwl");
@@ -116,59 +117,29 @@ fn saga(order_id: OrderId) -> Vec<Envelope> {
     events
 }
 
-fn header_map(headers: &[(String, String)]) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (name, value) in headers {
-        map.append(name.as_str(), value.as_str());
-    }
-    map
-}
-
 /// Publishes events as the relay does; returns their stream sequences.
-async fn publish(js: &jetstream::Context, events: &[Envelope]) -> Vec<u64> {
-    let mut sequences = Vec::new();
-    for event in events {
-        let wire = encode(event, HeaderStyle::Nats);
-        let message = PublishMessage::build()
-            .payload(wire.payload.into())
-            .headers(header_map(&wire.headers))
-            .message_id(event.id.to_string());
-        let ack = js.send_publish(wire.subject, message).await.unwrap();
-        sequences.push(ack.await.unwrap().sequence);
-    }
-    sequences
+async fn publish(broker: &JetStreamBroker, events: &[Envelope]) -> Vec<u64> {
+    publish_events(broker, events).await.unwrap()
 }
 
-/// Publishes a dead letter as the outcome consumer does; returns its dead-letter sequence.
+/// Publishes a dead letter of `original` as the consumer loop does; returns its dead-letter
+/// sequence.
 async fn publish_dead_letter(
-    js: &jetstream::Context,
+    broker: &JetStreamBroker,
     consumer: &str,
     original: &Envelope,
     original_seq: u64,
 ) -> u64 {
-    let wire = encode(original, HeaderStyle::Nats);
-    let order = original.order_id().to_string();
-    let mut headers = wire.headers.clone();
-    headers.extend(
-        [
-            ("jwl-dlq-consumer", consumer.to_owned()),
-            ("jwl-dlq-reason", "permanent".to_owned()),
-            ("jwl-dlq-error", "card processor said no".to_owned()),
-            ("jwl-dlq-subject", wire.subject.clone()),
-            ("jwl-dlq-stream-seq", original_seq.to_string()),
-            ("jwl-dlq-order-id", order.clone()),
-        ]
-        .map(|(name, value)| (name.to_owned(), value)),
-    );
-    let message = PublishMessage::build()
-        .payload(wire.payload.into())
-        .headers(header_map(&headers))
-        .message_id(format!("dlq:{consumer}:{}", original.id));
-    let ack = js
-        .send_publish(format!("jwl.dlq.{consumer}.{order}"), message)
-        .await
-        .unwrap();
-    ack.await.unwrap().sequence
+    jwl_testkit::service::publish_dead_letter(
+        broker,
+        consumer,
+        "permanent",
+        "card processor said no",
+        original,
+        original_seq,
+    )
+    .await
+    .unwrap()
 }
 
 async fn count(js: &jetstream::Context, stream: &str) -> u64 {
@@ -208,12 +179,11 @@ async fn saga_show_and_stuck_read_the_broker_and_the_order_database() {
     let nats = jwl_testkit::nats().await.unwrap();
     let database = jwl_testkit::database().await.unwrap();
     let broker = broker(nats.url()).await;
-    let js = broker.jetstream();
     let order_id = OrderId::new();
     let events = saga(order_id);
-    let sequences = publish(js, &events[..2]).await;
+    let sequences = publish(&broker, &events[..2]).await;
     publish_dead_letter(
-        js,
+        &broker,
         "inventory__payment_authorized",
         &events[1],
         sequences[1],
@@ -312,8 +282,8 @@ async fn replay_to_payment_sends_exactly_what_payment_consumes_and_dry_run_nothi
     let js = broker.jetstream();
     let order_id = OrderId::new();
     let events = saga(order_id);
-    let sequences = publish(js, &events).await;
-    publish(js, &saga(OrderId::new())).await;
+    let sequences = publish(&broker, &events).await;
+    publish(&broker, &saga(OrderId::new())).await;
     let order = order_id.to_string();
 
     let json = run_ok(jwl(nats.url()).args([
@@ -389,9 +359,9 @@ async fn an_interrupted_redrive_resumed_sends_each_dead_letter_once() {
     let mut dead_letters = Vec::new();
     for _ in 0..5 {
         let events = saga(OrderId::new());
-        let sequences = publish(js, &events[..1]).await;
+        let sequences = publish(&broker, &events[..1]).await;
         dead_letters.push(
-            publish_dead_letter(js, "payment__order_created", &events[0], sequences[0]).await,
+            publish_dead_letter(&broker, "payment__order_created", &events[0], sequences[0]).await,
         );
     }
     let dir = tempfile::tempdir().unwrap();
@@ -418,8 +388,8 @@ async fn an_interrupted_redrive_resumed_sends_each_dead_letter_once() {
 
     // a dead letter arriving after the start is not part of the frozen selection
     let late = saga(OrderId::new());
-    let late_seq = publish(js, &late[..1]).await;
-    publish_dead_letter(js, "payment__order_created", &late[0], late_seq[0]).await;
+    let late_seq = publish(&broker, &late[..1]).await;
+    publish_dead_letter(&broker, "payment__order_created", &late[0], late_seq[0]).await;
 
     for _ in 0..2 {
         let text = run_ok(jwl(nats.url()).args(["dlq", "redrive", "--resume", state_arg]));
@@ -464,8 +434,9 @@ async fn discard_releases_the_hold_keeps_the_reason_and_removes_the_dead_letter(
     let js = broker.jetstream();
     let order_id = OrderId::new();
     let events = saga(order_id);
-    let sequences = publish(js, &events[..1]).await;
-    let seq = publish_dead_letter(js, "payment__order_created", &events[0], sequences[0]).await;
+    let sequences = publish(&broker, &events[..1]).await;
+    let seq =
+        publish_dead_letter(&broker, "payment__order_created", &events[0], sequences[0]).await;
 
     let listed: Value =
         serde_json::from_str(&run_ok(jwl(nats.url()).args(["dlq", "ls", "--json"]))).unwrap();

@@ -26,30 +26,33 @@ async fn list_filters_by_consumer_type_reason_order_and_age() -> anyhow::Result<
     );
     let (a, c) = (OrderId::new(), OrderId::new());
     let (saga_a, saga_c) = (saga(a), saga(c));
-    let seqs_a = publish(b.js(), &saga_a).await?;
-    let seqs_c = publish(b.js(), &saga_c).await?;
+    let seqs_a = publish(&b.broker, &saga_a).await?;
+    let seqs_c = publish(&b.broker, &saga_c).await?;
 
     // dead letters: 1–3 early, 4 later
     let d1 = publish_dead_letter(
-        b.js(),
+        &b.broker,
         "payment__order_created",
         "permanent",
+        "permanent failure",
         &saga_a[0],
         seqs_a[0],
     )
     .await?;
     let d2 = publish_dead_letter(
-        b.js(),
+        &b.broker,
         "inventory__payment_authorized",
         "max_attempts",
+        "max_attempts failure",
         &saga_a[1],
         seqs_a[1],
     )
     .await?;
     let d3 = publish_dead_letter(
-        b.js(),
+        &b.broker,
         "payment__order_created",
         "decode",
+        "decode failure",
         &saga_c[0],
         seqs_c[0],
     )
@@ -57,9 +60,10 @@ async fn list_filters_by_consumer_type_reason_order_and_age() -> anyhow::Result<
     let d3_at = stored_at(b.js(), &b.settings.dlq_stream, d3).await?;
     clock_passes(d3_at, Duration::from_millis(400)).await?;
     let d4 = publish_dead_letter(
-        b.js(),
+        &b.broker,
         "dispatch__waybill_created",
         "permanent",
+        "permanent failure",
         &saga_c[3],
         seqs_c[3],
     )
@@ -144,11 +148,12 @@ async fn show_returns_headers_payload_and_metadata() -> anyhow::Result<()> {
     let b = Broker::start().await?;
     let order = OrderId::new();
     let events = saga(order);
-    let seqs = publish(b.js(), &events).await?;
+    let seqs = publish(&b.broker, &events).await?;
     let dlq_seq = publish_dead_letter(
-        b.js(),
+        &b.broker,
         "payment__order_created",
         "permanent",
+        "permanent failure",
         &events[0],
         seqs[0],
     )

@@ -37,7 +37,7 @@ async fn history_of_one_order_among_many_is_complete_and_in_order() -> anyhow::R
     // interleaved, as a busy system writes them: step 1 of every order, then step 2, …
     for step in 0..sagas[0].len() {
         for (index, saga) in sagas.iter().enumerate() {
-            let seqs = publish(b.js(), &saga[step..=step]).await?;
+            let seqs = publish(&b.broker, &saga[step..=step]).await?;
             if index == target {
                 target_seqs.extend(seqs);
             }
@@ -102,7 +102,7 @@ async fn undecodable_messages_are_listed_with_the_decode_error() -> anyhow::Resu
     let b = Broker::start().await?;
     let order = OrderId::new();
     let events = saga(order);
-    publish(b.js(), &events[..2]).await?;
+    publish(&b.broker, &events[..2]).await?;
     // a reserved event whose payload is not JSON, then a message without CloudEvents headers
     let mut broken = encode(&events[2], HeaderStyle::Nats);
     broken.payload = b"{not json".to_vec();
@@ -114,7 +114,7 @@ async fn undecodable_messages_are_listed_with_the_decode_error() -> anyhow::Resu
         b"{}",
     )
     .await?;
-    publish(b.js(), &events[2..]).await?;
+    publish(&b.broker, &events[2..]).await?;
 
     let history = OrderHistory::read(&b.broker, &b.settings, &order).await?;
     assert_eq!(history.events.len(), events.len() + 2);
@@ -176,8 +176,8 @@ async fn dead_letters_of_the_order_are_listed_after_their_event() -> anyhow::Res
     let order = OrderId::new();
     let other = OrderId::new();
     let events = saga(order);
-    let created_seq = publish(b.js(), &events[..1]).await?[0];
-    publish(b.js(), &saga(other)[..1]).await?;
+    let created_seq = publish(&b.broker, &events[..1]).await?[0];
+    publish(&b.broker, &saga(other)[..1]).await?;
     // an order.cancel_requested of a schema version this build cannot read: dead-lettered as
     // `decode`. Another consumer than order.created's, whose dead letter holds the order's later
     // order.created events (sequenced dead letters) but not this one.
@@ -198,7 +198,7 @@ async fn dead_letters_of_the_order_are_listed_after_their_event() -> anyhow::Res
         &future_version.payload,
     )
     .await?;
-    publish(b.js(), &events[1..]).await?;
+    publish(&b.broker, &events[1..]).await?;
 
     // the real consumer loop of a service refusing every order
     let db = jwl_testkit::database().await?;

@@ -31,7 +31,7 @@ async fn publish_interleaved(
     let mut published = Vec::new();
     for step in 0..sagas[0].len() {
         for saga in sagas {
-            let seq = publish(b.js(), &saga[step..=step]).await?[0];
+            let seq = publish(&b.broker, &saga[step..=step]).await?[0];
             published.push((saga[step].clone(), seq));
         }
     }

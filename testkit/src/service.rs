@@ -1,7 +1,8 @@
 //! Service-level helpers for the integration tests of the service crates (`services/*`): a pool
 //! in the service's schema on a fresh test database, a `ServiceContext` against a private
 //! nats-server, requests through the real HTTP edge, delivery of an event exactly as a
-//! consumer would, publishing an event to JetStream, and reading the outbox back.
+//! consumer would, publishing events and dead letters as the relay and the consumer loop do,
+//! and reading the outbox back.
 //!
 //! Everything here talks to real PostgreSQL and a real `nats-server`; the assertions stay in
 //! the tests.
@@ -14,6 +15,10 @@ use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode, header, request};
 use jwl_events::{Envelope, HeaderStyle, Service};
+use jwl_outbox::protocol::dead_letter::{
+    CONSUMER_HEADER, ERROR_HEADER, ORDER_ID_HEADER, REASON_HEADER, STREAM_SEQ_HEADER,
+    SUBJECT_HEADER, dead_letter_subject,
+};
 use jwl_outbox::transport::{OutboundMessage, Publisher};
 use jwl_outbox::{
     Handler, HandlerError, JetStreamBroker, MessagingSettings, OutboxError, Processed,
@@ -203,19 +208,87 @@ pub fn assert_batch_refused<T: std::fmt::Debug>(result: &Result<T, OutboxError>,
 /// Publishes `event` to the events stream as a producer's relay would (NATS headers, the event
 /// id as the dedup id) and waits for the broker's acknowledgement.
 pub async fn publish_event(broker: &dyn Publisher, event: &Envelope) -> anyhow::Result<()> {
-    let wire = jwl_events::encode(event, HeaderStyle::NEUTRAL);
+    publish_events(broker, std::slice::from_ref(event)).await?;
+    Ok(())
+}
+
+/// Publishes `events` in order as a producer's relay would (the event id as the dedup id) and
+/// returns their stream sequences.
+pub async fn publish_events(
+    broker: &dyn Publisher,
+    events: &[Envelope],
+) -> anyhow::Result<Vec<u64>> {
+    let messages: Vec<OutboundMessage> = events
+        .iter()
+        .map(|event| {
+            let wire = jwl_events::encode(event, HeaderStyle::NEUTRAL);
+            OutboundMessage {
+                dedup_id: event.id.0.to_string(),
+                subject: wire.subject,
+                headers: wire.headers,
+                payload: wire.payload.into(),
+            }
+        })
+        .collect();
+    acknowledged(broker, &messages, "publishing events").await
+}
+
+/// Publishes a dead letter of `original` (stored at `original_seq` of the events stream) as the
+/// consumer loop does: on `jwl.dlq.<consumer>.<order>`, with the original's headers and payload
+/// and the dead-letter headers of `jwl_outbox::protocol::dead_letter`. Returns its sequence in
+/// the dead-letter stream.
+pub async fn publish_dead_letter(
+    broker: &dyn Publisher,
+    consumer: &str,
+    reason: &str,
+    error: &str,
+    original: &Envelope,
+    original_seq: u64,
+) -> anyhow::Result<u64> {
+    let wire = jwl_events::encode(original, HeaderStyle::NEUTRAL);
+    let order = original.order_id().to_string();
+    let mut headers = wire.headers;
+    headers.extend(
+        [
+            (CONSUMER_HEADER, consumer.to_owned()),
+            (REASON_HEADER, reason.to_owned()),
+            (ERROR_HEADER, error.to_owned()),
+            (SUBJECT_HEADER, wire.subject),
+            (STREAM_SEQ_HEADER, original_seq.to_string()),
+            (ORDER_ID_HEADER, order.clone()),
+        ]
+        .map(|(name, value)| (name.to_owned(), value)),
+    );
     let message = OutboundMessage {
-        dedup_id: event.id.0.to_string(),
-        subject: wire.subject,
-        headers: wire.headers,
+        dedup_id: format!("dlq:{consumer}:{}", original.id),
+        subject: dead_letter_subject(consumer, &order),
+        headers,
         payload: wire.payload.into(),
     };
-    let acked = broker.publish_batch(std::slice::from_ref(&message)).await;
-    match acked.into_iter().next() {
-        Some(Ok(_receipt)) => Ok(()),
-        Some(Err(error)) => Err(error).context("publishing an event"),
-        None => anyhow::bail!("publishing an event: no acknowledgement"),
-    }
+    let sequences = acknowledged(broker, &[message], "publishing a dead letter").await?;
+    sequences
+        .first()
+        .copied()
+        .context("publishing a dead letter: no acknowledgement")
+}
+
+/// Publishes `messages` in one batch and returns their stream sequences, or the first failure.
+async fn acknowledged(
+    broker: &dyn Publisher,
+    messages: &[OutboundMessage],
+    what: &'static str,
+) -> anyhow::Result<Vec<u64>> {
+    let receipts = broker.publish_batch(messages).await;
+    anyhow::ensure!(
+        receipts.len() == messages.len(),
+        "{what}: {} acknowledgements for {} messages",
+        receipts.len(),
+        messages.len()
+    );
+    receipts
+        .into_iter()
+        .map(|receipt| receipt.map(|receipt| receipt.sequence).context(what))
+        .collect()
 }
 
 /// An outbox row's headers and payload.

@@ -9,12 +9,13 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, message::PublishMessage};
 use chrono::{DateTime, Utc};
 use jwl_events::{
-    CourierAssigned, CourierId, Envelope, EventData, GeoPoint, HeaderStyle, InventoryReserved,
-    LineItem, OrderCreated, OrderId, PaymentAuthorized, PaymentCaptured, Service, WaybillCreated,
-    WaybillId, encode,
+    CourierAssigned, CourierId, Envelope, EventData, GeoPoint, InventoryReserved, LineItem,
+    OrderCreated, OrderId, PaymentAuthorized, PaymentCaptured, Service, WaybillCreated, WaybillId,
 };
 use jwl_outbox::{JetStreamBroker, MessagingSettings};
 use jwl_testkit::TestNats;
+#[allow(unused_imports)] // each test file uses a different part
+pub use jwl_testkit::service::{publish_dead_letter, publish_events as publish};
 
 /// Deadline for conditions that should hold within a second or two.
 pub const SOON: Duration = Duration::from_secs(20);
@@ -174,60 +175,6 @@ pub async fn publish_raw(
         .headers(header_map(headers));
     Ok(js
         .send_publish(subject.to_owned(), message)
-        .await?
-        .await?
-        .sequence)
-}
-
-/// Publishes events as the relay does (binary mode, `Nats-Msg-Id` = event id), in order;
-/// returns their stream sequences.
-pub async fn publish(js: &jetstream::Context, events: &[Envelope]) -> anyhow::Result<Vec<u64>> {
-    let mut sequences = Vec::with_capacity(events.len());
-    for event in events {
-        let wire = encode(event, HeaderStyle::Nats);
-        let message = PublishMessage::build()
-            .payload(wire.payload.into())
-            .headers(header_map(&wire.headers))
-            .message_id(event.id.to_string());
-        sequences.push(
-            js.send_publish(wire.subject, message)
-                .await?
-                .await?
-                .sequence,
-        );
-    }
-    Ok(sequences)
-}
-
-/// Publishes a dead letter exactly as the outbox consumer does (`jwl.dlq.<consumer>.<order>`,
-/// the original headers plus `jwl-dlq-*`); returns its dead-letter stream sequence.
-pub async fn publish_dead_letter(
-    js: &jetstream::Context,
-    consumer: &str,
-    reason: &str,
-    original: &Envelope,
-    original_seq: u64,
-) -> anyhow::Result<u64> {
-    let wire = encode(original, HeaderStyle::Nats);
-    let order = original.order_id().to_string();
-    let mut headers = wire.headers.clone();
-    headers.extend(
-        [
-            ("jwl-dlq-consumer", consumer.to_owned()),
-            ("jwl-dlq-reason", reason.to_owned()),
-            ("jwl-dlq-error", format!("{reason} failure")),
-            ("jwl-dlq-subject", wire.subject.clone()),
-            ("jwl-dlq-stream-seq", original_seq.to_string()),
-            ("jwl-dlq-order-id", order.clone()),
-        ]
-        .map(|(name, value)| (name.to_owned(), value)),
-    );
-    let message = PublishMessage::build()
-        .payload(wire.payload.into())
-        .headers(header_map(&headers))
-        .message_id(format!("dlq-{consumer}-{original_seq}"));
-    Ok(js
-        .send_publish(format!("jwl.dlq.{consumer}.{order}"), message)
         .await?
         .await?
         .sequence)
