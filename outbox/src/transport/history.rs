@@ -12,7 +12,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
-use jwl_events::{EventType, OrderId};
+use jwl_events::{EventType, OrderId, WireMessage};
 
 use super::{ConsumerBacklog, Publisher, TransportError};
 use crate::settings::MessagingSettings;
@@ -40,39 +40,15 @@ impl StoredMessage {
     }
 }
 
-/// One event as [`History::follow_events`] sees it go by: no stream position (a follower on
-/// NATS reads a core subscription, which has none).
-#[derive(Debug, Clone, PartialEq)]
-pub struct FollowedEvent {
-    pub subject: String,
-    /// Header name/value pairs (a name may repeat), named as the application names them
-    /// (`ce-id`, …).
-    pub headers: Vec<(String, String)>,
-    pub payload: Vec<u8>,
-}
-
-impl FollowedEvent {
-    /// The first header called `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        first_header(&self.headers, name)
-    }
-}
-
 /// Events of the events stream as they are published, from when
-/// [`History::follow_events`] returned; the stream ends if the broker connection is given up.
-pub type FollowedEvents = BoxStream<'static, FollowedEvent>;
+/// [`History::follow_events`] returned, with their headers as the application names them
+/// (`ce-id`, …; no stream position: a follower on NATS reads a core subscription, which has
+/// none); the stream ends if the broker connection is given up.
+pub type FollowedEvents = BoxStream<'static, WireMessage>;
 
 /// Whether a follower of `types` wants the event on `subject` (either subject layout).
 pub(crate) fn is_followed(types: &[EventType], subject: &str) -> bool {
     jwl_events::subject_type(subject).is_some_and(|ty| types.contains(&ty))
-}
-
-/// The first of `headers` called `name` (case-insensitive).
-fn first_header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
 }
 
 /// Where a read starts in its stream.

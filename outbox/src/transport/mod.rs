@@ -9,8 +9,8 @@ pub mod kafka;
 pub mod nats;
 
 pub use history::{
-    DeadLetterQuery, EventQuery, FollowedEvent, FollowedEvents, History, Keep, NamedBacklog,
-    ReadEnd, ReadStart, StoredMessage,
+    DeadLetterQuery, EventQuery, FollowedEvents, History, Keep, NamedBacklog, ReadEnd, ReadStart,
+    StoredMessage,
 };
 
 use std::sync::Arc;

@@ -14,14 +14,14 @@ use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use jwl_events::{EventType, OrderId};
+use jwl_events::{EventType, OrderId, WireMessage};
 use jwl_outbox::MessagingSettings;
 use jwl_outbox::protocol::dead_letter::{
     CONSUMER_HEADER, ORDER_ID_HEADER, REASON_HEADER, dead_letter_log_subject, dead_letter_subject,
 };
 use jwl_outbox::transport::{
     Broker, ConsumerBacklog, ConsumerSpec, DeadLetterQuery, Deliveries, Delivery, EventQuery,
-    FollowedEvent, OutboundMessage, ReadStart, StoredMessage,
+    OutboundMessage, ReadStart, StoredMessage,
 };
 use jwl_testkit::eventually;
 use tokio::time::Instant;
@@ -1004,8 +1004,8 @@ pub async fn following_sees_the_events_published_after_it_started(
     }
     publish(&fixture, &batch).await?;
 
-    let text = |event: &FollowedEvent| String::from_utf8_lossy(&event.payload).into_owned();
-    let mut seen: Vec<FollowedEvent> = Vec::new();
+    let text = |event: &WireMessage| String::from_utf8_lossy(&event.payload).into_owned();
+    let mut seen: Vec<WireMessage> = Vec::new();
     let deadline = Instant::now() + SOON;
     while seen.len() < orders.len() * 3 {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -1020,7 +1020,7 @@ pub async fn following_sees_the_events_published_after_it_started(
         }
     }
     for order in &orders {
-        let own: Vec<&FollowedEvent> = seen
+        let own: Vec<&WireMessage> = seen
             .iter()
             .filter(|event| event.header("ce-subject") == Some(order.to_string().as_str()))
             .collect();

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use jwl_events::EventType;
+use jwl_events::{EventType, WireMessage};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use super::history::{WireHeaders, on_stream, partition_ids};
 use super::{ClientCtx, KafkaBroker, wire};
 use crate::transport::history::is_followed;
-use crate::transport::{FollowedEvent, FollowedEvents, TransportError};
+use crate::transport::{FollowedEvents, TransportError};
 
 /// Events read ahead of the follower's reader; past that the thread waits (Kafka keeps them).
 const BUFFER: usize = 1 << 14;
@@ -74,7 +74,7 @@ fn assigned_at_end(
 fn forward(
     reader: &BaseConsumer<ClientCtx>,
     types: &[EventType],
-    sender: &mpsc::Sender<FollowedEvent>,
+    sender: &mpsc::Sender<WireMessage>,
 ) {
     while !sender.is_closed() {
         let message = match reader.poll(POLL) {
@@ -92,7 +92,7 @@ fn forward(
         if !is_followed(types, &subject) {
             continue;
         }
-        let event = FollowedEvent {
+        let event = WireMessage {
             subject,
             headers,
             payload: rdkafka::Message::payload(&message)

@@ -34,14 +34,14 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::TryStreamExt;
 use futures::future::try_join_all;
-use jwl_events::{EVENTS_SUBJECTS, EventType, subjects_of, type_filters};
+use jwl_events::{EVENTS_SUBJECTS, EventType, WireMessage, subjects_of, type_filters};
 
 use super::JetStreamBroker;
 use crate::protocol::dead_letter::{DLQ_LOG_SUBJECTS, dead_letter_filter, dead_letter_log_subject};
 use crate::settings::MessagingSettings;
 use crate::transport::history::{
-    DeadLetterQuery, EventQuery, FollowedEvent, FollowedEvents, History, Keep, NamedBacklog,
-    ReadEnd, ReadStart, StoredMessage, is_followed,
+    DeadLetterQuery, EventQuery, FollowedEvents, History, Keep, NamedBacklog, ReadEnd, ReadStart,
+    StoredMessage, is_followed,
 };
 use crate::transport::{ConsumerBacklog, TransportError};
 
@@ -77,7 +77,7 @@ impl History for JetStreamBroker {
             .filter(move |message| {
                 std::future::ready(is_followed(&types, message.subject.as_str()))
             })
-            .map(|message| FollowedEvent {
+            .map(|message| WireMessage {
                 subject: message.subject.to_string(),
                 headers: header_pairs(message.headers.as_ref()),
                 payload: message.payload.to_vec(),
