@@ -314,6 +314,12 @@ pub struct BenchArgs {
     /// Send exactly this many orders (per sweep step) instead of sending for `--duration`.
     #[arg(long)]
     pub orders: Option<NonZeroU64>,
+    /// Before the first step, send orders at its rate for this long and wait for their sagas
+    /// to end, counting none of it: the figures are then those of a warm system (its
+    /// connections open, its statements prepared, its caches filled), not of its first
+    /// seconds. `0s`: no warm-up.
+    #[arg(long, default_value = "5s", value_parser = parse_duration_or_zero)]
+    pub warmup: Duration,
     /// Most order requests in flight at once.
     #[arg(long, default_value = "256")]
     pub concurrency: NonZeroUsize,

@@ -151,6 +151,8 @@ async fn bench_reports_a_city_s_outcomes_and_costs_and_sweeps_with_a_plot() {
         "1s",
         "--pg-stats-wait",
         "1s",
+        "--warmup",
+        "1s",
         "--system-pid",
         &up_pid.to_string(),
         "--json",
@@ -162,6 +164,8 @@ async fn bench_reports_a_city_s_outcomes_and_costs_and_sweeps_with_a_plot() {
     }
 
     let report = read_json(&report_path);
+    // the warm-up's 20 orders are not counted
+    assert_eq!(report["setup"]["warmup_seconds"], 1.0, "{report:#}");
     assert_eq!(report["ingest"]["sent"], 20, "{report:#}");
     assert_eq!(report["ingest"]["accepted"], 20, "{report:#}");
     assert_eq!(report["ingest"]["errors"], 0, "{report:#}");
@@ -219,6 +223,17 @@ async fn bench_reports_a_city_s_outcomes_and_costs_and_sweeps_with_a_plot() {
     .fetch_one(&mut conn)
     .await
     .unwrap();
+    // the warm-up's orders were placed and ended before the window, on SKUs of their own
+    let (orders, warm_up_orders): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE EXISTS (
+             SELECT 1 FROM jsonb_array_elements(items) AS item
+             WHERE item->>'sku' LIKE '%-w-%'))
+         FROM jwl_order.orders",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!((orders, warm_up_orders), (40, 20));
     if statements_installed {
         assert!(
             number(&cost["postgres"]["statements_per_saga"]) > 0.0,
@@ -272,6 +287,8 @@ async fn bench_reports_a_city_s_outcomes_and_costs_and_sweeps_with_a_plot() {
         "--baseline-duration",
         "1s",
         "--pg-stats-wait",
+        "0s",
+        "--warmup",
         "0s",
         "--system-pid",
         &up_pid.to_string(),

@@ -239,6 +239,8 @@ async fn an_order_is_dispatched_on_kafka_and_saga_show_reads_its_events() {
                 "1s",
                 "--pg-stats-wait",
                 "0s",
+                "--warmup",
+                "0s",
                 "--json",
             ])
             .arg(&report_path);

@@ -210,7 +210,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     let per_step = args.duration + args.settle_timeout + 2 * args.pg_stats_wait;
-    let token_ttl = per_step * rates.len() as u32 + Duration::from_secs(3600);
+    let token_ttl = per_step * rates.len() as u32
+        + args.warmup
+        + args.settle_timeout
+        + Duration::from_secs(3600);
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .pool_max_idle_per_host(args.concurrency.get())
@@ -276,6 +279,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         polling_reason,
     };
 
+    if !args.warmup.is_zero() {
+        warm_up(&mut run, &args, rates[0]).await?;
+    }
     let mut steps = Vec::with_capacity(rates.len());
     for (index, rate) in rates.iter().enumerate() {
         let step = run_step(&mut run, &args, index, *rate).await?;
@@ -359,6 +365,60 @@ fn non_empty(value: Option<&str>) -> Option<&str> {
 
 /// One bench at `rate` with fresh SKUs and couriers: plan, prepare, send while the couriers
 /// move, wait for the sagas to end, confirm a sample, and measure the cost of the window.
+/// Sends orders at `rate` for `--warmup` on a city of their own (SKUs and couriers named
+/// `b<run>-w-…`, so that no step inherits its stock or busy couriers) and waits for their sagas
+/// to end, within `--settle-timeout`. Nothing of it is counted.
+async fn warm_up(
+    run: &mut Run,
+    args: &BenchArgs,
+    rate: std::num::NonZeroU32,
+) -> anyhow::Result<()> {
+    let schedule = ArrivalSchedule {
+        rate_per_second: rate,
+        limit: SendLimit::Duration(args.warmup),
+    };
+    let planned = schedule.planned_orders();
+    let prefix = format!("b{}-w-", run.run_id);
+    let plan = city::plan(&run.city, &prefix, u64::MAX, planned)?;
+    eprintln!(
+        "warming up: {planned} orders at {rate}/s over {} (not counted), SKUs and couriers \
+         named {prefix}*…",
+        humantime::format_duration(args.warmup)
+    );
+    city::prepare(&run.api, &run.keys, &plan, run.token_ttl).await?;
+    if let Some(watcher) = &run.watcher {
+        watcher.clear();
+    }
+    let sent = send_orders(&run.api, &plan, schedule, args.concurrency.get()).await;
+    let mut accepted: Vec<Accepted> = sent
+        .outcomes
+        .into_iter()
+        .filter_map(|(_, outcome)| match outcome {
+            PostOutcome::Accepted(order) => Some(order),
+            PostOutcome::Refused(_) => None,
+        })
+        .collect();
+    match &run.watcher {
+        Some(watcher) => {
+            settle_by_events(watcher, &mut accepted, sent.started, args.settle_timeout).await
+        }
+        None => settle_by_polling(&run.api, &mut accepted, sent.started, args.settle_timeout).await,
+    }
+    let open = accepted
+        .iter()
+        .filter(|order| order.ended_offset.is_none())
+        .count();
+    if open > 0 {
+        eprintln!(
+            "warning: {open} of the warm-up's {} accepted orders had not ended after {}; \
+             the first step starts anyway",
+            accepted.len(),
+            humantime::format_duration(args.settle_timeout)
+        );
+    }
+    Ok(())
+}
+
 async fn run_step(
     run: &mut Run,
     args: &BenchArgs,
@@ -567,6 +627,7 @@ fn setup_of(run: &Run, args: &BenchArgs, rate: std::num::NonZeroU32, plan: &Plan
         city_diameter_km: 2.0 * CITY_RADIUS_KM,
         seed: run.city.seed,
         prefix: plan.prefix.clone(),
+        warmup_seconds: args.warmup.as_secs_f64(),
     }
 }
 

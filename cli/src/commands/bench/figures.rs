@@ -313,7 +313,7 @@ pub const BAD_SECOND_FACTOR: f64 = 1.5;
 /// The end-to-end p99 of the sagas sent in each whole second of the sending phase, summed up:
 /// whether a run's tail is spread over the whole run or comes from a few bad seconds, the mark
 /// of a stall somewhere in the system (docs/performance.md, *The tail is the broker's*).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SecondsSummary {
     /// Seconds with at least [`MIN_SAGAS_PER_SECOND`] sagas, the only ones counted.
     pub seconds: usize,
@@ -325,6 +325,9 @@ pub struct SecondsSummary {
     pub worst_second: u64,
     /// Seconds whose p99 is over [`BAD_SECOND_FACTOR`] times the median second's.
     pub bad_seconds: usize,
+    /// When each of those began, in whole seconds from the first POST, earliest first: a stall
+    /// that recurs with the broker's blocks, or slow first seconds of a cold system.
+    pub bad_seconds_at: Vec<u64>,
 }
 
 impl SecondsSummary {
@@ -347,15 +350,19 @@ impl SecondsSummary {
         p99s.sort_unstable_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
         let &(worst_second, worst_p99_ms) = p99s.last()?;
         let median_p99_ms = p99s[(p99s.len() - 1) / 2].1;
+        let mut bad_seconds_at: Vec<u64> = p99s
+            .iter()
+            .filter(|(_, p99)| *p99 > median_p99_ms * BAD_SECOND_FACTOR)
+            .map(|&(second, _)| second)
+            .collect();
+        bad_seconds_at.sort_unstable();
         Some(SecondsSummary {
             seconds: p99s.len(),
             median_p99_ms,
             worst_p99_ms,
             worst_second,
-            bad_seconds: p99s
-                .iter()
-                .filter(|(_, p99)| *p99 > median_p99_ms * BAD_SECOND_FACTOR)
-                .count(),
+            bad_seconds: bad_seconds_at.len(),
+            bad_seconds_at,
         })
     }
 }
@@ -846,6 +853,8 @@ pub struct BenchSetup {
     pub seed: u64,
     /// Prefix of this step's SKU and courier names.
     pub prefix: String,
+    /// How long the run warmed the system up before its first step (`--warmup`; 0: not).
+    pub warmup_seconds: f64,
 }
 
 /// One bench at one offered rate.
@@ -923,8 +932,16 @@ impl StepReport {
         let s = &self.setup;
         writeln!(
             out,
-            "jwl bench: {} orders at {}/s against {} (at most {} in flight)",
-            s.planned_orders, s.rate_per_second, s.url, s.concurrency
+            "jwl bench: {} orders at {}/s against {} (at most {} in flight{})",
+            s.planned_orders,
+            s.rate_per_second,
+            s.url,
+            s.concurrency,
+            if s.warmup_seconds > 0.0 {
+                format!("; the run warmed up for {} s first", s.warmup_seconds)
+            } else {
+                String::new()
+            }
         )?;
         let p = &s.planned_outcomes;
         writeln!(
@@ -990,6 +1007,14 @@ impl StepReport {
                 by_second.bad_seconds,
                 by_second.seconds
             )?;
+            if !by_second.bad_seconds_at.is_empty() {
+                let at: Vec<String> = by_second
+                    .bad_seconds_at
+                    .iter()
+                    .map(|second| format!("+{second}"))
+                    .collect();
+                writeln!(out, "    the seconds over it began at {} s", at.join(", "))?;
+            }
         }
         latency_line(
             out,
@@ -1655,6 +1680,7 @@ mod tests {
         assert_eq!(summary.median_p99_ms, 109.0);
         assert_eq!((summary.worst_second, summary.worst_p99_ms), (7, 400.0));
         assert_eq!(summary.bad_seconds, 1);
+        assert_eq!(summary.bad_seconds_at, [7]);
         assert_eq!(SecondsSummary::of([(ms(1), ms(1))]), None);
     }
 
@@ -1713,6 +1739,7 @@ mod tests {
                 city_diameter_km: 20.0,
                 seed: 1,
                 prefix: "b1234-1-".to_owned(),
+                warmup_seconds: 5.0,
             },
             ingest,
             saga,
@@ -1807,6 +1834,7 @@ mod tests {
             "5 of 5 sampled orders agree",
             "event → broker",
             "p99 of the median second 100.0 ms, of the worst 100.0 ms (+0 s); 0 of 1 seconds",
+            "the run warmed up for 5 s first",
         ] {
             assert!(text.contains(expected), "{expected:?} missing from\n{text}");
         }
@@ -1815,6 +1843,11 @@ mod tests {
         assert_eq!(json["saga"]["end_to_end_latency"]["p50_ms"], 100.0);
         assert_eq!(json["saga"]["event_to_broker_latency"]["p50_ms"], 1.0);
         assert_eq!(json["saga"]["end_to_end_by_second"]["worst_p99_ms"], 100.0);
+        assert_eq!(
+            json["saga"]["end_to_end_by_second"]["bad_seconds_at"],
+            serde_json::json!([])
+        );
+        assert_eq!(json["setup"]["warmup_seconds"], 5.0);
         assert_eq!(json["baselines"]["postgres_commits"]["status"], "measured");
         assert_eq!(json["baselines"]["postgres_commits"]["per_second"], 1000.0);
         assert_eq!(
