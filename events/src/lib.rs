@@ -24,6 +24,6 @@ pub use geo::{GeoError, GeoPoint};
 pub use ids::{CourierId, EventId, IdError, OrderId, WaybillId};
 pub use wire::{
     APPLICATION_JSON, CONTENT_TYPE_HEADER, EVENTS_SUBJECTS, HeaderStyle, WireMessage, decode,
-    encode, order_filters, parse_subject, subject, subject_order, subject_type, subjects_of,
-    type_filter, type_filters,
+    encode, header_value, order_filters, parse_subject, subject, subject_order, subject_type,
+    subjects_of, type_filter, type_filters,
 };

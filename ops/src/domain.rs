@@ -130,12 +130,7 @@ pub(crate) fn decode_event(headers: &[(String, String)], payload: &[u8]) -> Entr
             data: envelope.data,
         }),
         Err(error) => {
-            let header = |name: &str| {
-                headers
-                    .iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v.clone())
-            };
+            let header = |name: &str| jwl_events::header_value(headers, name).map(str::to_owned);
             EntryEvent::Undecodable(UndecodableMessage {
                 error: error.to_string(),
                 error_kind: error.kind(),
@@ -332,10 +327,7 @@ pub struct ReplayMessage {
 impl ReplayMessage {
     /// The first header called `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        jwl_events::header_value(&self.headers, name)
     }
 }
 
@@ -444,13 +436,8 @@ impl DeadLetterOutcome {
         run_id: Option<&str>,
         at: DateTime<Utc>,
     ) -> DeadLetterOutcome {
-        let header = |name: &str| {
-            detail
-                .headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
+        let header =
+            |name: &str| jwl_events::header_value(&detail.headers, name).map(str::to_owned);
         DeadLetterOutcome {
             dlq_seq: detail.entry.dlq_seq,
             action,

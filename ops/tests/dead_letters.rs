@@ -169,13 +169,7 @@ async fn show_returns_headers_payload_and_metadata() -> anyhow::Result<()> {
         detail.subject,
         format!("jwl.dlq.payment__order_created.{order}")
     );
-    let header = |name: &str| {
-        detail
-            .headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
+    let header = |name: &str| jwl_events::header_value(&detail.headers, name);
     assert_eq!(header("jwl-dlq-reason"), Some("permanent"));
     assert_eq!(header("ce-id"), Some(events[0].id.to_string().as_str()));
     let payload: serde_json::Value = serde_json::from_str(&detail.payload)?;

@@ -48,17 +48,41 @@ pub struct WireMessage {
     pub payload: Vec<u8>,
 }
 
+/// The value of the first of `headers` called `name` (header names are case-insensitive), for
+/// any shape of name/value pairs a transport or a tool holds (`String`s or `&str`s).
+pub fn header_value<'h, N, V>(headers: &'h [(N, V)], name: &str) -> Option<&'h str>
+where
+    N: AsRef<str>,
+    V: AsRef<str>,
+{
+    headers
+        .iter()
+        .find(|(n, _)| n.as_ref().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_ref())
+}
+
 impl WireMessage {
     /// The first header called `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header_value(&self.headers, name)
     }
 
     /// The headers as `(&str, &str)` pairs, the shape [`decode`] takes.
     pub fn header_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_is_found_by_its_name_in_any_case_and_the_first_one_wins() {
+        let borrowed = [("Jwl-Replay-Mode", "rerun"), ("jwl-replay-mode", "release")];
+        assert_eq!(header_value(&borrowed, "jwl-replay-mode"), Some("rerun"));
+        assert_eq!(header_value(&borrowed, "jwl-replay-origin"), None);
+        let owned = vec![("CE-ID".to_owned(), "e-1".to_owned())];
+        assert_eq!(header_value(&owned, "ce-id"), Some("e-1"));
     }
 }

@@ -307,11 +307,13 @@ impl ConsumerLoop {
     /// type (which the handler must subscribe to).
     fn screen_replayed(&self, delivery: &dyn Delivery) -> Screened {
         let headers = delivery.headers();
-        let mode =
-            match ReplayMode::from_header(replay::header_value(&headers, replay::MODE_HEADER)) {
-                Ok(mode) => mode,
-                Err(error) => return self.refuse(&headers, DeadLetterReason::Permanent, error),
-            };
+        let mode = match ReplayMode::from_header(jwl_events::header_value(
+            &headers,
+            replay::MODE_HEADER,
+        )) {
+            Ok(mode) => mode,
+            Err(error) => return self.refuse(&headers, DeadLetterReason::Permanent, error),
+        };
         if mode == ReplayMode::Release {
             return self.screen_release(delivery.subject(), &headers);
         }
@@ -325,7 +327,7 @@ impl ConsumerLoop {
                 return self.refuse(&headers, DeadLetterReason::Decode, error.to_string());
             }
         };
-        let origin = replay::header_value(&headers, replay::ORIGIN_HEADER);
+        let origin = jwl_events::header_value(&headers, replay::ORIGIN_HEADER);
         let event_type = envelope.event_type();
         if !self.handler.subscriptions().contains(&event_type) {
             let mut letter = DeadLetter::of_event(
@@ -408,7 +410,7 @@ impl ConsumerLoop {
                 format!("release subject {subject} has no valid order id"),
             );
         };
-        let consumer = replay::header_value(headers, replay::RELEASE_CONSUMER_HEADER);
+        let consumer = jwl_events::header_value(headers, replay::RELEASE_CONSUMER_HEADER);
         let known = consumer.filter(|consumer| {
             self.handler
                 .subscriptions()
@@ -425,7 +427,7 @@ impl ConsumerLoop {
                 ),
             );
         };
-        let reason = replay::header_value(headers, replay::RELEASE_REASON_HEADER).unwrap_or("");
+        let reason = jwl_events::header_value(headers, replay::RELEASE_REASON_HEADER).unwrap_or("");
         Screened::Work(Work {
             consumer: consumer.to_owned(),
             kind: WorkKind::Release {
@@ -636,7 +638,7 @@ impl ConsumerLoop {
                 .iter()
                 .map(|(name, value)| (name.as_str(), value.as_str()))
                 .collect();
-            let replay_origin = replay::header_value(&headers, replay::ORIGIN_HEADER);
+            let replay_origin = jwl_events::header_value(&headers, replay::ORIGIN_HEADER);
             let letter = match jwl_events::decode(
                 HeaderStyle::NEUTRAL,
                 headers.iter().copied(),
@@ -650,7 +652,7 @@ impl ConsumerLoop {
                     true,
                 ),
                 Ok(envelope) => {
-                    let rerun = ReplayMode::from_header(replay::header_value(
+                    let rerun = ReplayMode::from_header(jwl_events::header_value(
                         &headers,
                         replay::MODE_HEADER,
                     )) == Ok(ReplayMode::Rerun);
@@ -983,7 +985,7 @@ fn owed_letter(parked: &ParkedMessage, reason: DeadLetterReason, error: String) 
             reason,
             error,
             &envelope,
-            replay::header_value(&headers, replay::ORIGIN_HEADER),
+            jwl_events::header_value(&headers, replay::ORIGIN_HEADER),
         ),
         Err(_) => DeadLetter::of_message(&parked.consumer, reason, error, &headers, true),
     }

@@ -146,10 +146,7 @@ pub(crate) fn dead_letter_message(
 
 /// Header `name` (case-insensitive) as a UUID, if it holds one.
 fn uuid_header(headers: &[(&str, &str)], name: &str) -> Option<Uuid> {
-    headers
-        .iter()
-        .find(|(key, _)| key.eq_ignore_ascii_case(name))
-        .and_then(|(_, value)| Uuid::parse_str(value).ok())
+    jwl_events::header_value(headers, name).and_then(|value| Uuid::parse_str(value).ok())
 }
 
 /// One line, bounded length: header values cannot hold CR/LF.

@@ -75,14 +75,6 @@ impl fmt::Display for ReplayOrigin {
     }
 }
 
-/// The first value of header `name` (case-insensitive).
-pub fn header_value<'h>(headers: &[(&'h str, &'h str)], name: &str) -> Option<&'h str> {
-    headers
-        .iter()
-        .find(|(key, _)| key.eq_ignore_ascii_case(name))
-        .map(|(_, value)| *value)
-}
-
 /// The durable name of `service`'s replay consumer: `<service>__replay`.
 pub fn replay_durable(service: Service) -> String {
     format!("{}__replay", service.as_str())
@@ -158,12 +150,5 @@ mod tests {
     fn origins_name_their_stream() {
         assert_eq!(ReplayOrigin::Events(4).to_string(), "events:4");
         assert_eq!(ReplayOrigin::DeadLetter(7).to_string(), "dlq:7");
-    }
-
-    #[test]
-    fn headers_are_matched_case_insensitively() {
-        let headers = [("Jwl-Replay-Mode", "rerun")];
-        assert_eq!(header_value(&headers, MODE_HEADER), Some("rerun"));
-        assert_eq!(header_value(&headers, ORIGIN_HEADER), None);
     }
 }

@@ -33,10 +33,7 @@ pub struct StoredMessage {
 impl StoredMessage {
     /// The first header called `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        jwl_events::header_value(&self.headers, name)
     }
 }
 
