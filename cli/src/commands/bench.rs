@@ -1,4 +1,5 @@
-//! `jwl bench`: a load generator for a running system that looks like a city. Per step (one,
+//! `jwl bench`: a load generator for a running system that looks like a city. After a warm-up
+//! that counts for nothing (`--warmup`: orders at the first step's rate). Per step (one,
 //! or one per `--sweep` rate) it plans the orders ([`city`]), stocks the SKUs and registers the
 //! couriers through the APIs, then sends `POST /v1/orders` at a constant arrival rate while the
 //! couriers move, watches the sagas end on the broker ([`observe`]; polling each order only when
@@ -363,8 +364,6 @@ fn non_empty(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|v| !v.is_empty())
 }
 
-/// One bench at `rate` with fresh SKUs and couriers: plan, prepare, send while the couriers
-/// move, wait for the sagas to end, confirm a sample, and measure the cost of the window.
 /// Sends orders at `rate` for `--warmup` on a city of their own (SKUs and couriers named
 /// `b<run>-w-…`, so that no step inherits its stock or busy couriers) and waits for their sagas
 /// to end, within `--settle-timeout`. Nothing of it is counted.
@@ -419,6 +418,8 @@ async fn warm_up(
     Ok(())
 }
 
+/// One bench at `rate` with fresh SKUs and couriers: plan, prepare, send while the couriers
+/// move, wait for the sagas to end, confirm a sample, and measure the cost of the window.
 async fn run_step(
     run: &mut Run,
     args: &BenchArgs,
