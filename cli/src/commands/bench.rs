@@ -1,5 +1,5 @@
-//! `jwl bench`: a load generator for a running system that looks like a city. After a warm-up
-//! that counts for nothing (`--warmup`: orders at the first step's rate). Per step (one,
+//! `jwl bench`: a load generator for a running system that looks like a city. It first warms
+//! the system up (`--warmup`: orders at the first step's rate, counted nowhere). Per step (one,
 //! or one per `--sweep` rate) it plans the orders ([`city`]), stocks the SKUs and registers the
 //! couriers through the APIs, then sends `POST /v1/orders` at a constant arrival rate while the
 //! couriers move, watches the sagas end on the broker ([`observe`]; polling each order only when
